@@ -1,0 +1,47 @@
+# The two entry points the README opens with: `make run` and `make test`.
+# Everything is installed into ./.venv from the project's own files, so a clean clone needs only
+# Python 3.11+ (with venv) and a Rust toolchain.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install lint rust-test py-test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install the venv module (Debian: apt-get install python3-venv)"; exit 1; }
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml Cargo.toml nexus_core/Cargo.toml $(shell find nexus_core/src -name '*.rs' 2>/dev/null)
+	$(PIP) install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Install and start the gateway (proxy on :3000).
+run: install
+	$(BIN)/nexus serve
+
+## Install and run the whole test suite: lints, Rust tests, Python tests.
+test: install lint rust-test py-test
+
+lint: install
+	$(BIN)/ruff check nexus tests bench
+	$(BIN)/ruff format --check nexus tests bench
+	cargo fmt --all -- --check
+	cargo clippy --all-targets --locked -- -D warnings
+
+rust-test:
+	cargo test --locked
+
+py-test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(PIP) install --quiet -e '.[test,bench]'
+	$(BIN)/python -m bench.overhead
+
+clean:
+	rm -rf $(VENV) target

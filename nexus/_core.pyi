@@ -1,0 +1,100 @@
+"""Type stub for ``nexus._core``, the Rust extension built from ``nexus_core/`` (PyO3 + maturin).
+
+The native module does one job per call across the boundary: the proxy hands it each network
+chunk as it arrives and reads a compact summary at the end, so the hot path costs one call per
+chunk and no per-event Python objects. The pure-Python twin used by the tests is
+``nexus.reference.sse.ReferenceSseObserver``.
+"""
+
+from typing import Final, final
+
+__version__: Final[str]
+"""Version of the Rust crate, which is also the Python package version (maturin dynamic version)."""
+
+DEFAULT_MAX_LINE_BYTES: Final[int]
+"""Default cap (16 MiB) for one SSE line and for one event's joined data."""
+
+class NexusCoreError(ValueError):
+    """Every error raised by ``nexus._core`` (converted from the Rust error enum in one place)."""
+
+@final
+class SseObserver:
+    """Incremental observer of an Anthropic Messages SSE stream.
+
+    It never copies or changes the stream for output: the proxy forwards the original bytes
+    itself, and this object only extracts facts (ids, usage, stop reason, tool calls, errors) and
+    can rebuild the final message. Chunks may be split at any byte, including inside a UTF-8
+    character or between ``\\r`` and ``\\n``; the result never depends on where. Memory is
+    bounded: at most one incomplete line is buffered, and a line or event longer than
+    ``max_line_bytes`` is dropped with its event and sets ``overflowed``. Malformed event data
+    is counted, never raised.
+    """
+
+    def __init__(self, *, max_line_bytes: int = ...) -> None:
+        """Create an observer. Raises ``NexusCoreError`` if ``max_line_bytes`` is below 1."""
+
+    def feed(self, chunk: bytes | bytearray | memoryview, /) -> int:
+        """Observe one network chunk; return how many SSE events it completed.
+
+        ``bytes`` is read in place; other buffers (unsigned-byte format) are copied once. Never
+        raises on content; raises ``TypeError`` only for an object that is not a byte buffer.
+        """
+
+    @property
+    def max_line_bytes(self) -> int:
+        """The line and event-data cap this observer was built with."""
+    @property
+    def message_id(self) -> str | None:
+        """``message_start.message.id``."""
+    @property
+    def model(self) -> str | None:
+        """``message_start.message.model`` (the model that actually answered)."""
+    @property
+    def role(self) -> str | None:
+        """``message_start.message.role``."""
+    @property
+    def stop_reason(self) -> str | None:
+        """Last ``message_delta.delta.stop_reason``; None until one arrives (e.g. cut-off stream)."""
+    @property
+    def stop_sequence(self) -> str | None:
+        """Last ``message_delta.delta.stop_sequence``."""
+    @property
+    def input_tokens(self) -> int:
+        """Uncached input tokens; 0 if never reported. Cumulative counts: the last report wins."""
+    @property
+    def output_tokens(self) -> int:
+        """Output tokens from the last ``message_delta.usage`` (cumulative, never summed)."""
+    @property
+    def cache_creation_input_tokens(self) -> int:
+        """Input tokens written to the prompt cache (billed apart from ``input_tokens``)."""
+    @property
+    def cache_read_input_tokens(self) -> int:
+        """Input tokens read from the prompt cache (billed apart from ``input_tokens``)."""
+    @property
+    def event_count(self) -> int:
+        """SSE events dispatched so far (those with a ``data:`` line), malformed ones included."""
+    @property
+    def malformed_events(self) -> int:
+        """Dispatched events whose data was not a JSON object; they are skipped, never raised."""
+    @property
+    def content_blocks(self) -> int:
+        """Number of ``content_block_start`` events seen."""
+    @property
+    def saw_message_stop(self) -> bool:
+        """True once ``message_stop`` arrived: False means the stream was cut or ended in error."""
+    @property
+    def tool_uses(self) -> list[tuple[str, str]]:
+        """``(id, name)`` of each ``tool_use``/``server_tool_use``/``mcp_tool_use`` block, in order."""
+    @property
+    def error(self) -> tuple[str, str] | None:
+        """``(error.type, error.message)`` of the last ``error`` event; it can follow a 200."""
+    @property
+    def overflowed(self) -> bool:
+        """True if a line or an event's data exceeded ``max_line_bytes`` and was dropped."""
+    def usage_json(self) -> bytes | None:
+        """Merged usage as compact JSON: ``message_start`` usage shallow-merged with every
+        ``message_delta`` usage (keeps ``cache_creation``, ``service_tier``, ``server_tool_use``
+        and unknown keys); None if no usage was seen."""
+    def message_json(self) -> bytes | None:
+        """The final message rebuilt from the stream as compact JSON (content blocks assembled,
+        tool inputs parsed, stop reason and usage applied); None before ``message_start``."""

@@ -1,0 +1,119 @@
+"""The `nexus` command line.
+
+Command-line options are written into the environment before anything starts, so the settings object
+stays the single source of truth and worker processes spawned by Granian see the same values.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+import orjson
+
+from nexus import __version__
+from nexus.settings import SettingsError, get_settings, load_settings, settings_markdown
+
+
+def _apply_env(**values: Any) -> None:
+    for name, value in values.items():
+        if value is not None:
+            os.environ[name.upper()] = str(value)
+    get_settings.cache_clear()
+
+
+def _settings_or_exit() -> Any:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nexus")
+def main() -> None:
+    """Nexus: a gateway in front of the Anthropic Messages API."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--markdown", is_flag=True, help="Print the documented settings table (defaults, meanings).")
+def config(as_json: bool, markdown: bool) -> None:
+    """Print the effective settings, secrets masked."""
+    if markdown:
+        click.echo(settings_markdown(), nl=False)
+        return
+    values = _settings_or_exit().masked()
+    if as_json:
+        click.echo(orjson.dumps(values, option=orjson.OPT_INDENT_2).decode())
+        return
+    width = max(len(k) for k in values)
+    for key, value in values.items():
+        click.echo(f"{key.ljust(width)}  {'(unset)' if value is None else value}")
+
+
+def _run_proxy() -> None:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    settings = _settings_or_exit()
+    server = Granian(
+        "nexus.proxy.app:create_app",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.RSGI,
+        loop=Loops.uvloop,
+        workers=settings.proxy_workers,
+        runtime_threads=settings.proxy_threads,
+        log_level="debug" if settings.debug else "warning",
+        workers_kill_timeout=30,
+        backlog=2048,
+        websockets=False,
+    )
+    click.echo(
+        f"nexus proxy {__version__} on http://{settings.host}:{settings.port} -> {settings.claude_api_base_url}",
+        err=True,
+    )
+    server.serve()
+
+
+def _proxy_options(fn: Any) -> Any:
+    fn = click.option("--workers", type=int, help="Worker processes (PROXY_WORKERS).")(fn)
+    fn = click.option("--threads", type=int, help="Runtime threads per worker (PROXY_THREADS).")(fn)
+    fn = click.option("--port", type=int, help="Listen port (PORT).")(fn)
+    fn = click.option("--host", help="Listen address (HOST).")(fn)
+    return fn
+
+
+@main.command()
+@_proxy_options
+def proxy(host: str | None, port: int | None, threads: int | None, workers: int | None) -> None:
+    """Run the proxy alone (Granian, RSGI, uvloop)."""
+    _apply_env(host=host, port=port, proxy_threads=threads, proxy_workers=workers)
+    _run_proxy()
+
+
+@main.command()
+@_proxy_options
+def serve(host: str | None, port: int | None, threads: int | None, workers: int | None) -> None:
+    """Run the gateway: the proxy, with the parts later releases add alongside it."""
+    _apply_env(host=host, port=port, proxy_threads=threads, proxy_workers=workers)
+    _run_proxy()
+
+
+@main.command("fake-upstream")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8123, show_default=True, type=int)
+@click.option("--event-delay-ms", default=0, show_default=True, type=float, help="Pacing between SSE events.")
+def fake_upstream(host: str, port: int, event_delay_ms: float) -> None:
+    """Run the faithful fake Anthropic API (for tests, benchmarks and offline trials)."""
+    from nexus.testing.fake_anthropic import serve as serve_fake
+
+    serve_fake(host=host, port=port, event_delay_ms=event_delay_ms)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The client-facing proxy: an RSGI application served by Granian."""

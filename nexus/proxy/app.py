@@ -1,0 +1,205 @@
+"""The proxy's RSGI application: routing and the life of one request.
+
+Handlers stay thin: reading and checking the body (`body`), choosing headers (`headers`), opening the
+upstream with retries (`forward`) and relaying the answer (`relay`) each live in their own module.
+A client that goes away cancels the request task at once, which drops the upstream connection, so an
+abandoned generation stops costing tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from nexus import __version__
+from nexus.errors import ProxyError
+from nexus.proxy.body import check_json_content_type, parse_messages_body, read_body
+from nexus.proxy.forward import open_upstream
+from nexus.proxy.headers import upstream_request_headers
+from nexus.proxy.ids import new_request_id
+from nexus.proxy.relay import Outcome, relay
+from nexus.proxy.retry import RetryPolicy
+from nexus.proxy.upstream import Upstream
+from nexus.settings import Settings, get_settings
+
+log = logging.getLogger("nexus.proxy")
+
+JSON_HEADERS = [("content-type", "application/json")]
+CORS_HEADERS = [
+    ("access-control-allow-origin", "*"),
+    ("access-control-allow-methods", "GET, POST, OPTIONS"),
+    ("access-control-allow-headers", "Content-Type, Authorization, X-API-Key, anthropic-version, anthropic-beta"),
+    ("access-control-max-age", "86400"),
+]
+
+
+@dataclass(slots=True)
+class ProxyStats:
+    """In-process counters since start, shown by /health."""
+
+    requests: int = 0
+    streams: int = 0
+    upstream_errors: int = 0
+    client_disconnects: int = 0
+    proxy_errors: int = 0
+
+
+class ProxyApp:
+    """One instance per worker process; Granian calls `__rsgi_init__` once the loop exists."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        s = self.settings
+        self.policy = RetryPolicy(
+            max_attempts=s.upstream_max_attempts,
+            base_delay_s=s.upstream_retry_base_delay_ms / 1000,
+            max_delay_s=s.upstream_retry_max_delay_ms / 1000,
+            budget_s=s.upstream_retry_budget_ms / 1000,
+        )
+        self.head_timeout_s = s.claude_api_timeout / 1000
+        self.idle_timeout_s = s.stream_idle_timeout_ms / 1000
+        self.server_timeout_s = s.proxy_server_timeout / 1000
+        self.upstream: Upstream | None = None
+        self.stats = ProxyStats()
+        self.started_at = time.time()
+
+    # --- RSGI protocol -----------------------------------------------------------------------
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.upstream = Upstream(self.settings)
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None and not loop.is_closed() and not loop.is_running():
+            loop.run_until_complete(upstream.close())
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        if scope.proto != "http":
+            return
+        request_id = new_request_id()
+        path: str = scope.path
+        method: str = scope.method
+        try:
+            if path.startswith("/v1/"):
+                if method == "OPTIONS":
+                    proto.response_empty(204, [*CORS_HEADERS, ("x-request-id", request_id)])
+                    return
+                await self._proxy(scope, proto, request_id, path, method)
+            elif path == "/health" and method == "GET":
+                self._respond_json(proto, 200, self.health(), request_id)
+            elif path == "/" and method == "GET":
+                self._respond_json(proto, 200, self.descriptor(), request_id)
+            elif path.startswith("/api/event_logging/"):
+                # Claude Code's own telemetry: acknowledged and dropped, never forwarded.
+                self._respond_json(proto, 200, {"status": "ok"}, request_id)
+            else:
+                raise ProxyError(404, f"No route for {method} {path}.", "not_found_error")
+        except ProxyError as exc:
+            self.stats.proxy_errors += 1
+            proto.response_bytes(exc.status, [*JSON_HEADERS, ("x-request-id", request_id)], exc.body(request_id))
+
+    # --- the proxied request -----------------------------------------------------------------
+    async def _proxy(self, scope: Any, proto: Any, request_id: str, path: str, method: str) -> None:
+        assert self.upstream is not None, "__rsgi_init__ was not called"
+        self.stats.requests += 1
+        headers = scope.headers
+        is_messages = path == "/v1/messages"
+        if is_messages and method != "POST":
+            raise ProxyError(405, f"Method {method} not allowed on /v1/messages; use POST.", "invalid_request_error")
+        body: bytes | None = None
+        if method in ("POST", "PUT", "PATCH") or headers.get("content-length") or headers.get("transfer-encoding"):
+            if is_messages:
+                check_json_content_type(headers.get("content-type"))
+            body = await read_body(proto, headers.get("content-length"), self.settings.max_request_size)
+            if is_messages:
+                parse_messages_body(body)
+        target = path + "?" + scope.query_string if scope.query_string else path
+        upstream_headers = upstream_request_headers(headers.items())
+
+        outcome = Outcome()
+        task = asyncio.current_task()
+        watcher = asyncio.ensure_future(proto.client_disconnect())
+        state = {"done": False, "disconnected": False}
+
+        def on_disconnect(fut: asyncio.Future[None]) -> None:
+            if not fut.cancelled() and not state["done"] and task is not None:
+                state["disconnected"] = True
+                task.cancel()
+
+        watcher.add_done_callback(on_disconnect)
+        try:
+            async with asyncio.timeout(self.server_timeout_s) as server_deadline:
+                opened = await open_upstream(
+                    self.upstream, self.policy, method, target, upstream_headers, body, self.head_timeout_s
+                )
+                server_deadline.reschedule(None)  # the response has started: streams may run long
+            try:
+                await relay(
+                    proto,
+                    opened,
+                    request_id,
+                    idle_timeout_s=self.idle_timeout_s,
+                    body_timeout_s=self.head_timeout_s,
+                    outcome=outcome,
+                )
+            finally:
+                await opened.close()
+            if outcome.streamed:
+                self.stats.streams += 1
+            if outcome.status >= 400 or outcome.error:
+                self.stats.upstream_errors += 1
+        except TimeoutError:
+            raise ProxyError(
+                504, f"No upstream response within the server limit of {self.server_timeout_s:g} s.", "timeout_error"
+            ) from None
+        except asyncio.CancelledError:
+            if not state["disconnected"]:
+                raise
+            task.uncancel()  # type: ignore[union-attr]
+            self.stats.client_disconnects += 1
+            log.info("client disconnected; upstream request %s cancelled", request_id)
+        finally:
+            state["done"] = True
+            watcher.cancel()
+
+    # --- small endpoints ---------------------------------------------------------------------
+    def health(self) -> dict[str, object]:
+        return {
+            "status": "healthy",
+            "service": "nexus-proxy",
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "stats": {
+                "requests": self.stats.requests,
+                "streams": self.stats.streams,
+                "upstream_errors": self.stats.upstream_errors,
+                "client_disconnects": self.stats.client_disconnects,
+                "proxy_errors": self.stats.proxy_errors,
+            },
+        }
+
+    def descriptor(self) -> dict[str, object]:
+        return {
+            "service": "nexus",
+            "version": __version__,
+            "status": "operational",
+            "upstream": self.settings.claude_api_base_url,
+            "endpoints": {
+                "messages": "POST /v1/messages",
+                "passthrough": "/v1/*",
+                "health": "GET /health",
+            },
+        }
+
+    @staticmethod
+    def _respond_json(proto: Any, status: int, payload: object, request_id: str) -> None:
+        proto.response_bytes(status, [*JSON_HEADERS, ("x-request-id", request_id)], orjson.dumps(payload))
+
+
+def create_app() -> ProxyApp:
+    """Granian factory target (`nexus.proxy.app:create_app`)."""
+    return ProxyApp()

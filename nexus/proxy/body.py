@@ -1,0 +1,65 @@
+"""Reading and checking a client's request body before anything goes upstream.
+
+Granian accepts any body size, so the cap is enforced here while reading: a `Content-Length` over the
+limit is refused before a byte is read, and a chunked body is refused as soon as it crosses the limit,
+so memory per request is bounded by the limit. Only the fields the proxy relies on are checked; all else
+is Anthropic's to judge, so new API fields pass through untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import orjson
+
+from nexus.errors import ProxyError
+
+
+class BodySource(Protocol):
+    def __aiter__(self) -> Any: ...
+
+
+async def read_body(proto: BodySource, content_length: str | None, limit: int) -> bytes:
+    if content_length is not None:
+        try:
+            declared = int(content_length)
+        except ValueError:
+            raise ProxyError(400, "Invalid Content-Length header.") from None
+        if declared > limit:
+            raise ProxyError(413, f"Request body is {declared} bytes; the limit is {limit} bytes.")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in proto:
+        size += len(chunk)
+        if size > limit:
+            raise ProxyError(413, f"Request body exceeds the limit of {limit} bytes.")
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def check_json_content_type(content_type: str | None) -> None:
+    if not content_type or "json" not in content_type.lower():
+        raise ProxyError(
+            415, f"Content-Type must be application/json, got {content_type or 'none'!r}.", "invalid_request_error"
+        )
+
+
+def parse_messages_body(body: bytes) -> dict[str, Any]:
+    """Parse a `/v1/messages` body and check what the proxy itself depends on."""
+    if not body:
+        raise ProxyError(400, "Request body is empty; expected a JSON object.")
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProxyError(400, f"Request body is not valid JSON: {exc.msg} at position {exc.pos}.") from None
+    if not isinstance(parsed, dict):
+        raise ProxyError(400, "Request body must be a JSON object.")
+    model = parsed.get("model")
+    if not isinstance(model, str) or not model:
+        raise ProxyError(400, "model: Field required (a non-empty string).")
+    messages = parsed.get("messages")
+    if not isinstance(messages, list):
+        raise ProxyError(400, "messages: Field required (a list of messages).")
+    if "stream" in parsed and not isinstance(parsed["stream"], bool):
+        raise ProxyError(400, "stream: Input should be a valid boolean.")
+    return parsed

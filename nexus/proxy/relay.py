@@ -1,0 +1,124 @@
+"""Sending the upstream response to the client: SSE streamed as it arrives, JSON in one piece.
+
+Streams are relayed chunk by chunk with the bytes untouched; the Rust observer reads the same chunks
+(one boundary crossing per chunk) to learn ids, usage and errors without re-framing anything. If the
+upstream breaks or goes silent after the stream has started, the status line is already sent, so the
+failure is reported the way the API itself does it: an SSE `error` event, then the end of the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from nexus._core import SseObserver
+from nexus.errors import ProxyError, sse_error_event
+from nexus.proxy.forward import OpenResponse
+from nexus.proxy.headers import client_response_headers
+from nexus.proxy.upstream import NetworkError, RequestError
+
+#: Non-stream bodies up to this size are sent in one piece; larger or unsized ones are streamed through.
+BUFFER_LIMIT = 16 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened on the way back, for accounting and storage."""
+
+    status: int = 0
+    streamed: bool = False
+    first_byte_at: float | None = None
+    response_body: bytes | None = None
+    observer: SseObserver | None = None
+    error: str | None = None
+
+
+async def relay_stream(
+    proto: object, opened: OpenResponse, request_id: str, idle_timeout_s: float, outcome: Outcome
+) -> None:
+    response = opened.response
+    outcome.status = response.status
+    outcome.streamed = True
+    observer = outcome.observer = SseObserver()
+    headers = client_response_headers(response.headers.items(), request_id)
+    transport = proto.response_stream(response.status, headers)  # type: ignore[attr-defined]
+    reader = response.body_reader
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(None) as idle:
+            while True:
+                idle.reschedule(loop.time() + idle_timeout_s)
+                chunk = await reader.read_chunk()
+                if chunk is None:
+                    break
+                data = bytes(chunk)
+                if outcome.first_byte_at is None:
+                    outcome.first_byte_at = time.monotonic()
+                observer.feed(data)
+                await transport.send_bytes(data)
+    except TimeoutError:
+        outcome.error = "stream_idle_timeout"
+        message = f"Upstream sent nothing for {idle_timeout_s:g} s; stream ended by the proxy."
+        await transport.send_bytes(sse_error_event("timeout_error", message, request_id))
+    except (NetworkError, RequestError) as exc:
+        outcome.error = "upstream_disconnected"
+        message = f"Upstream connection lost mid-stream ({exc.__class__.__name__})."
+        await transport.send_bytes(sse_error_event("api_error", message, request_id))
+
+
+async def relay_buffered(
+    proto: object, opened: OpenResponse, request_id: str, timeout_s: float, outcome: Outcome
+) -> None:
+    response = opened.response
+    try:
+        async with asyncio.timeout(timeout_s):
+            body = bytes(await response.bytes())
+    except TimeoutError:
+        raise ProxyError(504, f"Upstream response body not complete within {timeout_s:g} s.", "timeout_error") from None
+    except (NetworkError, RequestError) as exc:
+        raise ProxyError(
+            502, f"Upstream connection lost while reading the response ({exc.__class__.__name__})."
+        ) from None
+    outcome.status = response.status
+    outcome.first_byte_at = time.monotonic()
+    outcome.response_body = body
+    headers = client_response_headers(response.headers.items(), request_id)
+    proto.response_bytes(response.status, headers, body)  # type: ignore[attr-defined]
+
+
+async def relay_passthrough(proto: object, opened: OpenResponse, request_id: str, outcome: Outcome) -> None:
+    """A large or unsized non-SSE body (e.g. a file download) streamed through without observing it."""
+    response = opened.response
+    outcome.status = response.status
+    transport = proto.response_stream(response.status, client_response_headers(response.headers.items(), request_id))  # type: ignore[attr-defined]
+    reader = response.body_reader
+    try:
+        while (chunk := await reader.read_chunk()) is not None:
+            if outcome.first_byte_at is None:
+                outcome.first_byte_at = time.monotonic()
+            await transport.send_bytes(bytes(chunk))
+    except (NetworkError, RequestError) as exc:
+        outcome.error = f"upstream_disconnected: {exc.__class__.__name__}"
+
+
+async def relay(
+    proto: object,
+    opened: OpenResponse,
+    request_id: str,
+    *,
+    idle_timeout_s: float,
+    body_timeout_s: float,
+    outcome: Outcome,
+) -> None:
+    content_type = opened.response.get_header("content-type") or ""
+    if content_type.startswith("text/event-stream"):
+        await relay_stream(proto, opened, request_id, idle_timeout_s, outcome)
+        return
+    length = opened.response.get_header("content-length")
+    if (length is not None and length.isdigit() and int(length) <= BUFFER_LIMIT) or content_type.startswith(
+        "application/json"
+    ):
+        await relay_buffered(proto, opened, request_id, body_timeout_s, outcome)
+    else:
+        await relay_passthrough(proto, opened, request_id, outcome)

@@ -1,0 +1,189 @@
+"""The one source of truth for configuration.
+
+Every knob of every Nexus service is a field here, read from the environment (names kept from the
+reference system so existing deployments keep working), validated once at start-up so a typo fails
+loudly instead of surfacing as a strange runtime error, and printed with secrets masked by
+`nexus config`. `docs/settings.md` is generated from this class (`nexus config --markdown`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+#: Fields whose values are secrets: masked wherever settings are shown.
+SECRET_FIELDS = frozenset({"api_key_salt", "dashboard_api_key"})
+#: Fields that are URLs which may carry a password.
+URL_FIELDS = frozenset({"database_url"})
+
+
+class SettingsError(ValueError):
+    """Raised with one readable line per bad environment variable."""
+
+
+class Settings(BaseSettings):
+    """Nexus settings. Each field is one environment variable (upper-case name)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="",
+        case_sensitive=False,
+        extra="ignore",
+        validate_default=True,
+        frozen=True,
+    )
+
+    # --- listening --------------------------------------------------------------------------
+    host: str = Field("0.0.0.0", description="Proxy listen address.")
+    port: int = Field(3000, ge=1, le=65535, description="Proxy listen port.")
+    dashboard_port: int = Field(3001, ge=1, le=65535, description="Dashboard listen port.")
+    proxy_workers: int = Field(1, ge=1, le=64, description="Granian worker processes for the proxy (one per core).")
+    proxy_threads: int = Field(1, ge=1, le=64, description="Granian runtime threads per proxy worker.")
+    proxy_server_timeout: int = Field(
+        660_000, ge=1000, description="Server-side limit for one request, ms (longer than the upstream timeout)."
+    )
+
+    # --- upstream ---------------------------------------------------------------------------
+    claude_api_base_url: str = Field("https://api.anthropic.com", description="Upstream base URL.")
+    claude_api_timeout: int = Field(
+        600_000,
+        ge=100,
+        description="Upstream timeout, ms: until response headers, and for a whole non-streaming body.",
+    )
+    stream_idle_timeout_ms: int = Field(
+        300_000,
+        ge=100,
+        description="A stream that sends no byte (not even a ping) for this long is ended with an error event, ms.",
+    )
+    upstream_connect_timeout_ms: int = Field(10_000, ge=10, description="TCP/TLS connect timeout upstream, ms.")
+    upstream_max_attempts: int = Field(
+        3, ge=1, le=10, description="Attempts per request for connect errors, 5xx and 529 before any byte was sent."
+    )
+    upstream_retry_base_delay_ms: int = Field(
+        500, ge=0, description="First retry delay, ms; doubled each attempt, plus up to 50% jitter."
+    )
+    upstream_retry_max_delay_ms: int = Field(
+        30_000, ge=0, description="Cap on one retry delay (and on retry-after), ms."
+    )
+    upstream_retry_budget_ms: int = Field(
+        60_000, ge=0, description="No new attempt starts once this much time has passed since the first, ms."
+    )
+    upstream_pool_max_idle: int = Field(
+        256, ge=0, description="Idle keep-alive connections kept per upstream host by the shared client."
+    )
+    max_request_size: int = Field(
+        32 * MIB, ge=1024, description="Largest accepted request body, bytes (checked while reading)."
+    )
+
+    # --- storage ----------------------------------------------------------------------------
+    database_url: str | None = Field(None, description="PostgreSQL URL; unset starts an embedded PostgreSQL.")
+    storage_enabled: bool = Field(True, description="Store requests and responses.")
+    storage_batch_size: int = Field(200, ge=1, le=100_000, description="Rows per batch write.")
+    storage_batch_interval_ms: int = Field(50, ge=1, description="Longest a row waits before its batch is flushed, ms.")
+    nexus_home: Path = Field(Path("~/.local/share/nexus"), description="Local state: embedded database, spool.")
+
+    # --- credentials and auth ---------------------------------------------------------------
+    credentials_dir: Path = Field(Path("./credentials"), description="Directory of credential files.")
+    enable_client_auth: bool = Field(False, description="Require a client key issued by `nexus keys create`.")
+    api_key_salt: str | None = Field(None, description="Secret salt for client-key digests.")
+    dashboard_api_key: str | None = Field(None, description="Key required on /api/* and the dashboard when set.")
+    claude_oauth_token_url: str = Field(
+        "https://console.anthropic.com/v1/oauth/token", description="OAuth token endpoint used to refresh accounts."
+    )
+    claude_oauth_client_id: str = Field(
+        "9d1c250a-e61b-44d9-88ed-5944d1962f5e", description="OAuth client id used for refresh."
+    )
+
+    # --- diagnostics ------------------------------------------------------------------------
+    debug: bool = Field(False, description="Verbose logs (never secrets).")
+    debug_sql: bool = Field(False, description="Log SQL statements.")
+
+    @field_validator("claude_api_base_url", "claude_oauth_token_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"must be an http(s) URL with a host, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _pg_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if urlsplit(value).scheme not in ("postgres", "postgresql") and not value.startswith("host="):
+            raise ValueError("must be a postgresql:// URL or a libpq connection string")
+        return value
+
+    @field_validator("nexus_home", "credentials_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    def masked(self) -> dict[str, Any]:
+        """Effective values with every secret reduced to a short preview."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is not None and name in SECRET_FIELDS:
+                value = mask_secret(str(value))
+            elif value is not None and name in URL_FIELDS:
+                value = mask_url_password(str(value))
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name.upper()] = value
+        return out
+
+
+def mask_secret(value: str) -> str:
+    """Keep just enough of a secret to tell two apart, never enough to use one."""
+    if len(value) <= 8:
+        return "****"
+    return f"{value[:4]}…{value[-2:]}"
+
+
+def mask_url_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the environment; raise `SettingsError` naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"])
+            shown = "" if name in SECRET_FIELDS | URL_FIELDS else f" (got {err.get('input')!r})"
+            lines.append(f"{name.upper() or 'settings'}: {err['msg']}{shown}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return load_settings()
+
+
+def settings_markdown() -> str:
+    """The settings table for the docs, generated so it cannot drift from the code."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, Path):
+            default = str(default)
+        shown = "unset" if default is None else f"`{default}`"
+        if isinstance(default, bool):
+            shown = f"`{str(default).lower()}`"
+        rows.append(f"| `{name.upper()}` | {shown} | {field.description or ''} |")
+    return "\n".join(rows) + "\n"

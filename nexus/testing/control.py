@@ -1,0 +1,46 @@
+"""A small client for the fake upstream's `/_fake/*` control endpoints, used by tests and benchmarks."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from typing import Any
+
+import orjson
+
+
+class FakeControl:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+
+    def _call(self, method: str, path: str, payload: object | None = None) -> Any:
+        data = None if payload is None else orjson.dumps(payload)
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)  # noqa: S310 (loopback only)
+        if data is not None:
+            req.add_header("content-type", "application/json")
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            body = resp.read()
+        return orjson.loads(body) if body else None
+
+    def reset(self) -> None:
+        self._call("POST", "/_fake/reset", {})
+
+    def queue(self, *scenarios: str) -> None:
+        self._call("POST", "/_fake/scenarios", {"scenarios": list(scenarios)})
+
+    def requests(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/_fake/requests")
+
+    def events(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/_fake/events")
+
+    def wait_for_event(self, outcome: str, timeout_s: float = 5.0) -> dict[str, Any]:
+        """Poll until a connection record with `outcome` appears; the wait is bounded."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for event in self.events():
+                if event.get("outcome") == outcome:
+                    return event
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {outcome!r} event within {timeout_s}s: {self.events()}")
+            time.sleep(0.02)

@@ -1,0 +1,471 @@
+"""A faithful fake of the Anthropic Messages API, for tests, benchmarks and offline trials.
+
+It speaks the real wire format: the error envelope and types per status, `request-id` and
+`anthropic-ratelimit-*` headers on every response (plus the `-unified-*` ones for OAuth bearer
+tokens), and SSE streams in the API's exact event order (`message_start`, `ping`, per block
+`content_block_start` / `content_block_delta`* / `content_block_stop`, `message_delta` with cumulative
+usage, `message_stop`). Replies are deterministic functions of the request, so a test can compare a
+direct call with one through the proxy.
+
+Faults are chosen per request with the header `x-fake-scenario: <spec>` (an end-to-end header, so it
+travels through the proxy), or queued with `POST /_fake/scenarios {"scenarios": [spec, ...]}`: each
+later `/v1/messages` request without the header takes the next one. Specs:
+
+    ok                      a normal answer
+    error:<status>          the API's error for that status (400 401 403 404 413 429 500 503 529);
+                            429 carries `retry-after: 1`, or `error:429:retry-after=<s>`
+    delay:<ms>              wait before sending the response head
+    event-delay:<ms>        pace stream events
+    hang                    never answer; hold the request until the client leaves
+    hang-after:<n>          stream n events, then go silent with the connection open
+    drop-after:<n>          stream n events, then abort the connection (no terminating chunk)
+    error-event-after:<n>   stream n events, then an `overloaded_error` error event, then end
+
+Observation: `GET /_fake/requests` (what was received, bounded), `GET /_fake/events` (how each
+streamed or held connection ended: `completed`, `client_disconnected` or `dropped`), `POST
+/_fake/reset`, `GET /_fake/health`.
+
+Tool use is deterministic too: with `tools` in the request, a `tool_choice` of `tool`/`any`, or the
+marker `[[use_tool:NAME {json input}]]` in the last user message, the reply calls that tool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+MODELS = [
+    ("claude-opus-4-6", "Claude Opus 4.6", "2026-02-05T00:00:00Z"),
+    ("claude-sonnet-4-6", "Claude Sonnet 4.6", "2026-02-17T00:00:00Z"),
+    ("claude-haiku-4-5-20251001", "Claude Haiku 4.5", "2025-10-01T00:00:00Z"),
+]
+ERRORS: dict[int, tuple[str, str]] = {
+    400: ("invalid_request_error", "Invalid request."),
+    401: ("authentication_error", "invalid x-api-key"),
+    403: ("permission_error", "Your API key does not have permission to use the specified resource."),
+    404: ("not_found_error", "Not found."),
+    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    429: ("rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit."),
+    500: ("api_error", "Internal server error."),
+    503: ("api_error", "Service unavailable."),
+    529: ("overloaded_error", "Overloaded"),
+}
+REPLY_WORDS = "Hello! This is a deterministic reply from the fake Anthropic API: naïve café ✓.".split()
+TOOL_MARKER = re.compile(r"\[\[use_tool:([A-Za-z0-9_-]+)\s*(\{.*?\})?\]\]", re.S)
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    kind: str = "ok"
+    value: int = 0
+    retry_after: str = "1"
+
+    @classmethod
+    def parse(cls, spec: str) -> Scenario:
+        parts = spec.strip().split(":")
+        kind = parts[0]
+        if kind in ("ok", "hang"):
+            return cls(kind)
+        if kind == "error" and len(parts) >= 2:
+            retry_after = parts[2].split("=", 1)[1] if len(parts) > 2 and parts[2].startswith("retry-after=") else "1"
+            return cls("error", int(parts[1]), retry_after)
+        if kind in ("delay", "event-delay", "hang-after", "drop-after", "error-event-after") and len(parts) == 2:
+            return cls(kind, int(parts[1]))
+        raise ValueError(f"unknown fake scenario {spec!r}")
+
+
+def _rid(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(18).replace("-", "a").replace("_", "b")
+
+
+def _event(name: str, payload: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+class FakeAnthropic:
+    """The RSGI application."""
+
+    def __init__(
+        self, *, event_delay_ms: float = 0, text_tokens: int = 12, record_bodies: bool = True, max_records: int = 10_000
+    ) -> None:
+        self.event_delay_s = event_delay_ms / 1000
+        self.text_tokens = text_tokens
+        self.record_bodies = record_bodies
+        self.requests: deque[dict[str, Any]] = deque(maxlen=max_records)
+        self.events: deque[dict[str, Any]] = deque(maxlen=max_records)
+        self.queue: deque[Scenario] = deque()
+        self.count = 0
+        self._reset_cache: tuple[int, str] = (0, "")
+
+    # --- plumbing ----------------------------------------------------------------------------
+    def _ratelimit_headers(self, oauth: bool) -> list[tuple[str, str]]:
+        now = int(time.time())
+        if self._reset_cache[0] != now:
+            reset = (datetime.fromtimestamp(now, UTC) + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            self._reset_cache = (now, reset)
+        reset = self._reset_cache[1]
+        headers = [("request-id", _rid("req_"))]
+        for kind, limit in (
+            ("requests", 4000),
+            ("tokens", 2_000_000),
+            ("input-tokens", 1_600_000),
+            ("output-tokens", 400_000),
+        ):
+            headers += [
+                (f"anthropic-ratelimit-{kind}-limit", str(limit)),
+                (f"anthropic-ratelimit-{kind}-remaining", str(limit - 1)),
+                (f"anthropic-ratelimit-{kind}-reset", reset),
+            ]
+        if oauth:
+            headers += [
+                ("anthropic-ratelimit-unified-status", "allowed"),
+                ("anthropic-ratelimit-unified-representative-claim", "five_hour"),
+                ("anthropic-ratelimit-unified-5h-status", "allowed"),
+                ("anthropic-ratelimit-unified-5h-utilization", "0.12"),
+                ("anthropic-ratelimit-unified-5h-reset", str(now + 3600)),
+                ("anthropic-ratelimit-unified-7d-status", "allowed"),
+                ("anthropic-ratelimit-unified-7d-utilization", "0.34"),
+                ("anthropic-ratelimit-unified-7d-reset", str(now + 86400)),
+            ]
+        return headers
+
+    def _json(self, proto: Any, status: int, payload: object, headers: list[tuple[str, str]]) -> None:
+        proto.response_bytes(status, [("content-type", "application/json"), *headers], orjson.dumps(payload))
+
+    def _error(self, proto: Any, status: int, headers: list[tuple[str, str]], message: str | None = None) -> None:
+        etype, default = ERRORS.get(status, ("api_error", "Error."))
+        request_id = headers[0][1] if headers and headers[0][0] == "request-id" else _rid("req_")
+        body = {"type": "error", "error": {"type": etype, "message": message or default}, "request_id": request_id}
+        self._json(proto, status, body, headers)
+
+    def _record_event(self, index: int, outcome: str, sent: int) -> None:
+        self.events.append({"request_index": index, "outcome": outcome, "events_sent": sent, "at": time.time()})
+
+    # --- RSGI entry ----------------------------------------------------------------------------
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        if scope.proto != "http":
+            return
+        path: str = scope.path
+        if path.startswith("/_fake/"):
+            await self._control(scope, proto, path)
+            return
+        raw = await proto()
+        index = self.count
+        self.count += 1
+        header_items = scope.headers.items()
+        headers: dict[str, str] = {}
+        for k, v in header_items:
+            headers[k] = f"{headers[k]}, {v}" if k in headers else v
+        body: Any = None
+        if raw:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                body = raw.decode("utf-8", "replace")
+        self.requests.append(
+            {
+                "index": index,
+                "method": scope.method,
+                "path": path,
+                "query": scope.query_string,
+                "headers": headers,
+                "body": body if self.record_bodies else None,
+                "received_at": time.time(),
+            }
+        )
+        auth = headers.get("authorization", "")
+        rl = self._ratelimit_headers(oauth=auth.startswith("Bearer sk-ant-oat"))
+        if not headers.get("x-api-key") and not auth.startswith("Bearer "):
+            return self._error(proto, 401, rl, "x-api-key header is required")
+        if path.startswith("/v1/models") and scope.method == "GET":
+            return self._models(proto, path, scope.query_string, rl)
+        if scope.method != "POST" or path not in ("/v1/messages", "/v1/messages/count_tokens"):
+            return self._error(proto, 404, rl, f"Not found: {scope.method} {path}")
+        if not headers.get("anthropic-version"):
+            return self._error(proto, 400, rl, "anthropic-version: header is required")
+        if not isinstance(body, dict):
+            return self._error(proto, 400, rl, "Request body must be a JSON object.")
+        missing = [f for f in ("model", "messages") if f not in body]
+        if path == "/v1/messages" and "max_tokens" not in body:
+            missing.append("max_tokens")
+        if missing:
+            return self._error(proto, 400, rl, f"{missing[0]}: Field required")
+        if not isinstance(body["messages"], list) or not body["messages"]:
+            return self._error(proto, 400, rl, "messages: at least one message is required")
+        input_tokens = max(1, len(raw) // 4)
+        if path == "/v1/messages/count_tokens":
+            return self._json(proto, 200, {"input_tokens": input_tokens}, rl)
+
+        spec = headers.get("x-fake-scenario")
+        try:
+            scenario = Scenario.parse(spec) if spec else (self.queue.popleft() if self.queue else Scenario())
+        except ValueError as exc:
+            return self._error(proto, 400, rl, str(exc))
+        await self._messages(proto, index, body, raw, input_tokens, scenario, rl)
+        return None
+
+    # --- /v1/messages --------------------------------------------------------------------------
+    def _content(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+        text = " ".join(REPLY_WORDS[i % len(REPLY_WORDS)] for i in range(self.text_tokens))
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        tools = body.get("tools") or []
+        last = body["messages"][-1]
+        content = last.get("content") if isinstance(last, dict) else None
+        if not tools or last.get("role") != "user":
+            return blocks, "end_turn"
+        if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
+            return blocks, "end_turn"
+        last_text = (
+            content
+            if isinstance(content, str)
+            else " ".join(b.get("text", "") for b in content or [] if isinstance(b, dict) and b.get("type") == "text")
+        )
+        choice = body.get("tool_choice") or {}
+        name: str | None = None
+        tool_input: Any = {}
+        if (match := TOOL_MARKER.search(last_text)) is not None:
+            name = match.group(1)
+            tool_input = orjson.loads(match.group(2)) if match.group(2) else {}
+        elif choice.get("type") == "tool":
+            name = choice.get("name")
+        elif choice.get("type") == "any":
+            name = tools[0].get("name")
+        if name is None:
+            return blocks, "end_turn"
+        blocks.append({"type": "tool_use", "id": _rid("toolu_"), "name": name, "input": tool_input})
+        return blocks, "tool_use"
+
+    async def _messages(
+        self,
+        proto: Any,
+        index: int,
+        body: dict[str, Any],
+        raw: bytes,
+        input_tokens: int,
+        scenario: Scenario,
+        rl: list[tuple[str, str]],
+    ) -> None:
+        kind = scenario.kind
+        if kind == "delay":
+            await asyncio.sleep(scenario.value / 1000)
+        elif kind == "hang":
+            await proto.client_disconnect()
+            self._record_event(index, "client_disconnected", 0)
+            return
+        elif kind == "error":
+            headers = [*rl, ("retry-after", scenario.retry_after)] if scenario.value == 429 else rl
+            self._error(proto, scenario.value, headers)
+            return
+        blocks, stop_reason = self._content(body)
+        cache_read = raw.count(b'"cache_control"') * 64
+        output_tokens = sum(len(b.get("text", "").split()) + len(orjson.dumps(b.get("input", ""))) // 4 for b in blocks)
+        usage = {
+            "input_tokens": input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": cache_read,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "output_tokens": output_tokens,
+            "service_tier": "standard",
+        }
+        message = {
+            "id": _rid("msg_01"),
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model"),
+            "content": blocks,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            self._json(proto, 200, message, rl)
+            return
+        await self._stream(proto, index, message, scenario, rl)
+
+    def _stream_events(self, message: dict[str, Any]) -> list[bytes]:
+        usage = message["usage"]
+        start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+        out = [_event("message_start", {"type": "message_start", "message": start}), _event("ping", {"type": "ping"})]
+        for i, block in enumerate(message["content"]):
+            if block["type"] == "text":
+                out.append(
+                    _event(
+                        "content_block_start",
+                        {"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}},
+                    )
+                )
+                words = block["text"].split(" ")
+                for j in range(0, len(words), 3):
+                    piece = " ".join(words[j : j + 3]) + (" " if j + 3 < len(words) else "")
+                    delta = {"type": "text_delta", "text": piece}
+                    out.append(
+                        _event("content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta})
+                    )
+            else:
+                opening = {**block, "input": {}}
+                out.append(
+                    _event("content_block_start", {"type": "content_block_start", "index": i, "content_block": opening})
+                )
+                partial = orjson.dumps(block["input"]).decode()
+                for j in range(0, len(partial), 7):
+                    delta = {"type": "input_json_delta", "partial_json": partial[j : j + 7]}
+                    out.append(
+                        _event("content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta})
+                    )
+            out.append(_event("content_block_stop", {"type": "content_block_stop", "index": i}))
+        final_usage = {
+            k: usage[k]
+            for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+        }
+        out.append(
+            _event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                    "usage": final_usage,
+                },
+            )
+        )
+        out.append(_event("message_stop", {"type": "message_stop"}))
+        return out
+
+    async def _stream(
+        self, proto: Any, index: int, message: dict[str, Any], scenario: Scenario, rl: list[tuple[str, str]]
+    ) -> None:
+        events = self._stream_events(message)
+        kind, n = scenario.kind, scenario.value
+        delay = n / 1000 if kind == "event-delay" else self.event_delay_s
+        limit = n if kind in ("hang-after", "drop-after", "error-event-after") else len(events)
+        headers = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"), *rl]
+        if kind == "drop-after":
+            # A declared length the body never reaches: the server must cut the connection mid-body,
+            # which is what a client sees when the upstream dies (not a clean end of stream).
+            headers.append(("content-length", str(sum(map(len, events)) + 1024)))
+        transport = proto.response_stream(200, headers)
+        gone = asyncio.ensure_future(proto.client_disconnect())
+        sent = 0
+        try:
+            for event in events[:limit]:
+                if gone.done():
+                    self._record_event(index, "client_disconnected", sent)
+                    return
+                await transport.send_bytes(event)
+                sent += 1
+                if delay:
+                    await asyncio.wait({gone}, timeout=delay)
+            if kind == "hang-after":
+                await gone
+                self._record_event(index, "client_disconnected", sent)
+                return
+            if kind == "drop-after":
+                self._record_event(index, "dropped", sent)
+                return  # the body falls short of its declared length: the server cuts the connection
+            if kind == "error-event-after":
+                error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+                await transport.send_bytes(_event("error", error))
+            if gone.done():
+                self._record_event(index, "client_disconnected", sent)
+            else:
+                self._record_event(index, "completed", sent)
+        except Exception:  # the client went away while we were writing
+            self._record_event(index, "client_disconnected", sent)
+        finally:
+            gone.cancel()
+
+    # --- other endpoints -------------------------------------------------------------------------
+    def _models(self, proto: Any, path: str, query: str, rl: list[tuple[str, str]]) -> None:
+        data = [{"type": "model", "id": i, "display_name": n, "created_at": c} for i, n, c in MODELS]
+        if path.startswith("/v1/models/"):
+            wanted = path.removeprefix("/v1/models/")
+            found = [m for m in data if m["id"] == wanted]
+            if not found:
+                return self._error(proto, 404, rl, f"model: {wanted}")
+            return self._json(proto, 200, found[0], rl)
+        limit = 20
+        for pair in query.split("&"):
+            if pair.startswith("limit="):
+                limit = int(pair[6:] or 20)
+        page = data[:limit]
+        payload = {"data": page, "has_more": len(data) > limit, "first_id": page[0]["id"], "last_id": page[-1]["id"]}
+        return self._json(proto, 200, payload, rl)
+
+    async def _control(self, scope: Any, proto: Any, path: str) -> None:
+        raw = await proto()
+        if path == "/_fake/health":
+            return self._json(proto, 200, {"status": "ok"}, [])
+        if path == "/_fake/requests":
+            return self._json(proto, 200, list(self.requests), [])
+        if path == "/_fake/events":
+            return self._json(proto, 200, list(self.events), [])
+        if path == "/_fake/reset":
+            self.requests.clear()
+            self.events.clear()
+            self.queue.clear()
+            return self._json(proto, 200, {"status": "reset"}, [])
+        if path == "/_fake/scenarios" and scope.method == "POST":
+            specs = orjson.loads(raw).get("scenarios", [])
+            self.queue.extend(Scenario.parse(s) for s in specs)
+            return self._json(proto, 200, {"queued": len(self.queue)}, [])
+        return self._json(proto, 404, {"error": "unknown control path"}, [])
+
+
+def app_from_env() -> FakeAnthropic:
+    """Granian factory: options come from the environment so worker processes see them."""
+    return FakeAnthropic(
+        event_delay_ms=float(os.environ.get("FAKE_ANTHROPIC_EVENT_DELAY_MS", "0")),
+        text_tokens=int(os.environ.get("FAKE_ANTHROPIC_TEXT_TOKENS", "12")),
+        record_bodies=os.environ.get("FAKE_ANTHROPIC_RECORD_BODIES", "1") == "1",
+    )
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8123,
+    event_delay_ms: float = 0,
+    text_tokens: int = 12,
+    record_bodies: bool = True,
+) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    os.environ["FAKE_ANTHROPIC_EVENT_DELAY_MS"] = str(event_delay_ms)
+    os.environ["FAKE_ANTHROPIC_TEXT_TOKENS"] = str(text_tokens)
+    os.environ["FAKE_ANTHROPIC_RECORD_BODIES"] = "1" if record_bodies else "0"
+    Granian(
+        "nexus.testing.fake_anthropic:app_from_env",
+        factory=True,
+        address=host,
+        port=port,
+        interface=Interfaces.RSGI,
+        loop=Loops.uvloop,
+        workers=1,
+        log_level="warning",
+        websockets=False,
+        workers_kill_timeout=2,
+    ).serve()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="fake-anthropic", description="A faithful fake of the Anthropic API.")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8123)
+    ap.add_argument("--event-delay-ms", type=float, default=0)
+    ap.add_argument("--text-tokens", type=int, default=12)
+    ap.add_argument("--no-record-bodies", action="store_true")
+    args = ap.parse_args(argv)
+    serve(args.host, args.port, args.event_delay_ms, args.text_tokens, not args.no_record_bodies)
+
+
+if __name__ == "__main__":
+    main()

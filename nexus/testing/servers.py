@@ -1,0 +1,75 @@
+"""Starting real proxy and fake-upstream processes for tests and benchmarks, and stopping them cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was healthy")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (loopback only)
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} not healthy within {timeout_s}s")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """SIGTERM to the main process only (Granian forwards it), then SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@contextmanager
+def run_proxy(env: Mapping[str, str], *, workers: int = 1) -> Iterator[str]:
+    """Run `nexus proxy` on a free loopback port with `env` added; yield its base URL."""
+    port = free_port()
+    full_env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port), "PROXY_WORKERS": str(workers)}
+    proc = subprocess.Popen([sys.executable, "-m", "nexus.cli", "proxy"], env=full_env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url + "/health", proc)
+        yield url
+    finally:
+        stop(proc)
+
+
+@contextmanager
+def run_fake_upstream(*, event_delay_ms: float = 0, text_tokens: int = 12, record_bodies: bool = True) -> Iterator[str]:
+    """Run the fake Anthropic API on a free loopback port; yield its base URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "nexus.testing.fake_anthropic", "--port", str(port)]
+    cmd += ["--event-delay-ms", str(event_delay_ms), "--text-tokens", str(text_tokens)]
+    if not record_bodies:
+        cmd.append("--no-record-bodies")
+    proc = subprocess.Popen(cmd)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url + "/_fake/health", proc)
+        yield url
+    finally:
+        stop(proc)

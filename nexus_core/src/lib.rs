@@ -1,0 +1,13 @@
+//! Rust core of the Nexus gateway.
+//!
+//! The logic here is plain Rust with no PyO3 dependency, so `cargo test` and fuzzing need no
+//! Python. The Python bindings (`nexus._core`) live in [`python`] behind the `python` feature.
+
+pub mod error;
+pub mod sse;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use error::NexusError;
+pub use sse::{ApiError, SseObserver, SseSummary, ToolUse, DEFAULT_MAX_LINE_BYTES};

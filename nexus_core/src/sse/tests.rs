@@ -1,0 +1,385 @@
+use super::*;
+use proptest::prelude::*;
+use serde_json::json;
+
+const REALISTIC: &[u8] = include_bytes!("../../tests/data/realistic_stream.sse");
+const THINKING_ERROR: &[u8] = include_bytes!("../../tests/data/thinking_error_stream.sse");
+
+type Outcome = (SseSummary, Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn outcome(obs: &SseObserver) -> Outcome {
+    (obs.summary().clone(), obs.message_json(), obs.usage_json())
+}
+
+fn observe_whole(stream: &[u8], cap: usize) -> Outcome {
+    let mut obs = SseObserver::with_max_line_bytes(cap).unwrap();
+    obs.feed(stream);
+    outcome(&obs)
+}
+
+fn observe_split(stream: &[u8], cuts: &[usize], cap: usize) -> Outcome {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+    cuts.sort_unstable();
+    let mut obs = SseObserver::with_max_line_bytes(cap).unwrap();
+    let mut start = 0;
+    let mut events = 0;
+    for cut in cuts.into_iter().chain([stream.len()]) {
+        events += obs.feed(&stream[start..cut]);
+        start = cut;
+    }
+    assert_eq!(events as u64, obs.summary().event_count);
+    outcome(&obs)
+}
+
+fn with_line_endings(stream: &[u8], eol: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(stream.len() * 2);
+    for &b in stream {
+        if b == b'\n' {
+            out.extend_from_slice(eol);
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+fn message(obs: &SseObserver) -> Value {
+    serde_json::from_slice(&obs.message_json().unwrap()).unwrap()
+}
+
+fn realistic() -> SseObserver {
+    let mut obs = SseObserver::new();
+    assert_eq!(obs.feed(REALISTIC), 15);
+    obs
+}
+
+#[test]
+fn message_start_fields() {
+    let obs = realistic();
+    let s = obs.summary();
+    assert_eq!(
+        s.message_id.as_deref(),
+        Some("msg_01XFDUDYJgAACzvnptvVoYEL")
+    );
+    assert_eq!(s.model.as_deref(), Some("claude-sonnet-4-6"));
+    assert_eq!(s.role.as_deref(), Some("assistant"));
+}
+
+#[test]
+fn usage_is_cumulative_and_merged() {
+    let obs = realistic();
+    let s = obs.summary();
+    assert_eq!(s.input_tokens, 12);
+    assert_eq!(s.cache_creation_input_tokens, 2048);
+    assert_eq!(s.cache_read_input_tokens, 10240);
+    assert_eq!(s.output_tokens, 89, "last message_delta wins, never summed");
+    let usage: Value = serde_json::from_slice(&obs.usage_json().unwrap()).unwrap();
+    assert_eq!(
+        usage,
+        json!({
+            "input_tokens": 12,
+            "cache_creation_input_tokens": 2048,
+            "cache_read_input_tokens": 10240,
+            "cache_creation": {"ephemeral_5m_input_tokens": 2048, "ephemeral_1h_input_tokens": 0},
+            "output_tokens": 89,
+            "service_tier": "standard",
+            "server_tool_use": {"web_search_requests": 0}
+        })
+    );
+}
+
+#[test]
+fn message_delta_usage_replaces_not_adds() {
+    let mut obs = SseObserver::new();
+    obs.feed(b"data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n");
+    obs.feed(
+        b"data: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":10}}\n\n",
+    );
+    obs.feed(b"data: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":25,\"input_tokens\":null}}\n\n");
+    assert_eq!(obs.summary().output_tokens, 25);
+    assert_eq!(obs.summary().input_tokens, 3, "null never erases a count");
+}
+
+#[test]
+fn stop_reason_and_counters() {
+    let obs = realistic();
+    let s = obs.summary();
+    assert_eq!(s.stop_reason.as_deref(), Some("tool_use"));
+    assert_eq!(s.stop_sequence, None);
+    assert_eq!(s.event_count, 15);
+    assert_eq!(s.malformed_events, 0);
+    assert!(s.saw_message_stop);
+    assert_eq!(s.content_blocks, 2);
+    assert!(!s.overflowed);
+    assert_eq!(s.error, None);
+}
+
+#[test]
+fn tool_uses_listed() {
+    let obs = realistic();
+    assert_eq!(
+        obs.summary().tool_uses,
+        vec![ToolUse {
+            id: "toolu_01T1x1fJ34qAmk2tNTrN7Up6".into(),
+            name: "get_weather".into()
+        }]
+    );
+}
+
+#[test]
+fn message_json_rebuilt() {
+    let obs = realistic();
+    let msg = message(&obs);
+    assert_eq!(
+        msg["content"],
+        json!([
+            {"type": "text", "text": "Okay, let me check the weather in São Paulo — 東京 too 🌦️."},
+            {"type": "tool_use", "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "name": "get_weather",
+             "input": {"location": "São Paulo", "unit": "celsius"}}
+        ])
+    );
+    assert_eq!(msg["stop_reason"], "tool_use");
+    assert_eq!(msg["stop_sequence"], Value::Null);
+    assert_eq!(msg["usage"]["output_tokens"], 89);
+    assert_eq!(
+        msg["usage"]["cache_creation"]["ephemeral_5m_input_tokens"],
+        2048
+    );
+    assert_eq!(msg["id"], "msg_01XFDUDYJgAACzvnptvVoYEL");
+    // compact serialization, upstream key order kept
+    let raw = obs.message_json().unwrap();
+    assert!(raw.starts_with(b"{\"id\":\"msg_01XFDUDYJgAACzvnptvVoYEL\",\"type\":\"message\""));
+    assert_eq!(serde_json::to_vec(&msg).unwrap(), raw);
+}
+
+#[test]
+fn thinking_blocks_and_error_after_content() {
+    let mut obs = SseObserver::new();
+    obs.feed(THINKING_ERROR);
+    let s = obs.summary();
+    assert_eq!(
+        s.error,
+        Some(ApiError {
+            error_type: "overloaded_error".into(),
+            message: "Overloaded".into()
+        })
+    );
+    assert!(!s.saw_message_stop);
+    assert_eq!(s.stop_reason, None);
+    assert_eq!(s.content_blocks, 3);
+    let msg = message(&obs);
+    assert_eq!(
+        msg["content"],
+        json!([
+            {"type": "thinking", "thinking": "Let me think step by step.", "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3h"},
+            {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"},
+            {"type": "text", "text": "Partial"}
+        ])
+    );
+    assert_eq!(msg["stop_reason"], Value::Null);
+}
+
+#[test]
+fn tool_input_edge_cases() {
+    let start = |i: u32| {
+        format!("data: {{\"type\":\"content_block_start\",\"index\":{i},\"content_block\":{{\"type\":\"server_tool_use\",\"id\":\"srvtoolu_{i}\",\"name\":\"web_search\",\"input\":{{}}}}}}\n\n")
+    };
+    let delta = |i: u32, p: &str| {
+        format!("data: {{\"type\":\"content_block_delta\",\"index\":{i},\"delta\":{{\"type\":\"input_json_delta\",\"partial_json\":{}}}}}\n\n", json!(p))
+    };
+    let stop = |i: u32| format!("data: {{\"type\":\"content_block_stop\",\"index\":{i}}}\n\n");
+    let mut s = String::from(
+        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"content\":[]}}\n\n",
+    );
+    s += &start(0);
+    s += &stop(0); // no deltas: input stays {}
+    s += &start(1);
+    s += &delta(1, "{\"query\": \"unterminated");
+    s += &stop(1); // does not parse: raw string kept
+    let mut obs = SseObserver::new();
+    obs.feed(s.as_bytes());
+    let msg = message(&obs);
+    assert_eq!(msg["content"][0]["input"], json!({}));
+    assert_eq!(
+        msg["content"][1]["input"],
+        json!("{\"query\": \"unterminated")
+    );
+    assert_eq!(obs.summary().tool_uses.len(), 2);
+    assert_eq!(obs.summary().tool_uses[1].name, "web_search");
+    assert!(obs.usage_json().is_none());
+}
+
+#[test]
+fn crlf_and_cr_line_endings() {
+    let whole = observe_whole(REALISTIC, DEFAULT_MAX_LINE_BYTES);
+    for eol in [&b"\r\n"[..], b"\r"] {
+        let converted = with_line_endings(REALISTIC, eol);
+        assert_eq!(observe_whole(&converted, DEFAULT_MAX_LINE_BYTES), whole);
+        let cuts: Vec<usize> = (0..converted.len()).collect();
+        assert_eq!(
+            observe_split(&converted, &cuts, DEFAULT_MAX_LINE_BYTES),
+            whole
+        );
+    }
+}
+
+#[test]
+fn cr_then_lf_in_next_chunk_is_one_line_ending() {
+    let mut obs = SseObserver::new();
+    obs.feed(b"data: {\"type\":\"ping\"}\r");
+    obs.feed(b"\n");
+    assert_eq!(
+        obs.summary().event_count,
+        0,
+        "CRLF split across chunks is not a blank line"
+    );
+    assert_eq!(obs.feed(b"\r\n"), 1);
+}
+
+#[test]
+fn comments_ids_retry_and_bom_ignored() {
+    let mut stream = b"\xEF\xBB\xBF: keep-alive\nid: 7\nretry: 1000\n".to_vec();
+    stream.extend_from_slice(
+        b"event: message_stop\n:comment inside\ndata:{\"type\":\"message_stop\"}\n\n",
+    );
+    let mut obs = SseObserver::new();
+    assert_eq!(obs.feed(&stream), 1);
+    assert!(obs.summary().saw_message_stop);
+    assert_eq!(obs.summary().malformed_events, 0);
+}
+
+#[test]
+fn multi_line_data_joined_with_newline() {
+    let stream = b"event: error\ndata: {\"type\": \"error\",\ndata:  \"error\": {\"type\": \"api_error\",\ndata: \"message\": \"boom\"}}\n\n";
+    let mut obs = SseObserver::new();
+    assert_eq!(obs.feed(stream), 1);
+    assert_eq!(
+        obs.summary().error,
+        Some(ApiError {
+            error_type: "api_error".into(),
+            message: "boom".into()
+        })
+    );
+}
+
+#[test]
+fn event_name_used_when_type_missing_and_unknown_events_tolerated() {
+    let mut obs = SseObserver::new();
+    obs.feed(b"event: message_stop\ndata: {}\n\nevent: brand_new\ndata: {\"type\":\"brand_new\",\"x\":[1]}\n\n");
+    assert!(obs.summary().saw_message_stop);
+    assert_eq!(obs.summary().event_count, 2);
+    assert_eq!(obs.summary().malformed_events, 0);
+}
+
+#[test]
+fn malformed_json_counted_and_skipped() {
+    let mut obs = SseObserver::new();
+    let n = obs.feed(b"data: {not json\n\ndata: [1,2]\n\ndata:\n\nevent: x\n\ndata: {\"type\":\"message_stop\"}\n\n");
+    assert_eq!(n, 4, "an event without data lines is not dispatched");
+    assert_eq!(obs.summary().malformed_events, 3);
+    assert!(obs.summary().saw_message_stop);
+    assert!(obs.message_json().is_none());
+}
+
+#[test]
+fn incomplete_trailing_event_not_dispatched() {
+    let mut obs = SseObserver::new();
+    assert_eq!(obs.feed(b"data: {\"type\":\"message_stop\"}\n"), 0);
+    assert!(!obs.summary().saw_message_stop);
+    assert_eq!(obs.feed(b"\n"), 1);
+}
+
+#[test]
+fn overflowing_line_is_dropped_with_its_event() {
+    let mut obs = SseObserver::with_max_line_bytes(32).unwrap();
+    obs.feed(b"data: {\"type\":\"message_stop\", \"pad\": \"");
+    obs.feed(&[b'x'; 100]);
+    assert!(obs.summary().overflowed);
+    assert!(obs.line.is_empty(), "nothing buffered once overflowed");
+    obs.feed(b"\"}\n\n");
+    assert_eq!(obs.summary().event_count, 0);
+    assert!(!obs.summary().saw_message_stop);
+    assert_eq!(obs.feed(b"data: {\"type\":\"message_stop\"}\n\n"), 1);
+    assert!(obs.summary().saw_message_stop);
+}
+
+#[test]
+fn overflowing_data_is_dropped() {
+    let mut obs = SseObserver::with_max_line_bytes(22).unwrap();
+    obs.feed(b"data: {\"type\":\ndata: \"message_stop\"}\n\n");
+    assert!(obs.line.is_empty());
+    assert!(obs.summary().overflowed);
+    assert_eq!(obs.summary().event_count, 0);
+}
+
+#[test]
+fn zero_cap_is_rejected() {
+    assert!(matches!(
+        SseObserver::with_max_line_bytes(0),
+        Err(crate::NexusError::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn single_byte_feeding_matches_whole() {
+    for stream in [REALISTIC, THINKING_ERROR] {
+        let cuts: Vec<usize> = (0..stream.len()).collect();
+        assert_eq!(
+            observe_split(stream, &cuts, DEFAULT_MAX_LINE_BYTES),
+            observe_whole(stream, DEFAULT_MAX_LINE_BYTES)
+        );
+    }
+}
+
+fn sse_ish_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        Just(&b"\n"[..]),
+        Just(&b"\r"[..]),
+        Just(&b"\r\n"[..]),
+        Just(&b":"[..]),
+        Just(&b" "[..]),
+        Just(&b"data"[..]),
+        Just(&b"event"[..]),
+        Just(&b"data: "[..]),
+        Just(&b"{\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":1}}}"[..]),
+        Just(&b"{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"n\"}}"[..]),
+        Just(&b"{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\"\"}}"[..]),
+        Just(&b"{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9}}"[..]),
+        Just(&b"\xEF\xBB\xBF"[..]),
+        Just("é東🌦".as_bytes()),
+        Just(&b"\xff\xfe"[..]),
+    ];
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..300),
+        proptest::collection::vec(piece, 0..60).prop_map(|ps| ps.concat()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn any_split_of_valid_stream_matches_whole(
+        which in 0usize..6,
+        cuts in proptest::collection::vec(any::<usize>(), 0..64),
+    ) {
+        let base = if which % 2 == 0 { REALISTIC } else { THINKING_ERROR };
+        let stream = match which / 2 {
+            0 => base.to_vec(),
+            1 => with_line_endings(base, b"\r\n"),
+            _ => with_line_endings(base, b"\r"),
+        };
+        let whole = observe_whole(&stream, DEFAULT_MAX_LINE_BYTES);
+        prop_assert_eq!(observe_split(&stream, &cuts, DEFAULT_MAX_LINE_BYTES), whole);
+    }
+
+    #[test]
+    fn any_split_of_any_bytes_matches_whole_without_panic(
+        stream in sse_ish_bytes(),
+        cuts in proptest::collection::vec(any::<usize>(), 0..32),
+        cap in prop_oneof![Just(DEFAULT_MAX_LINE_BYTES), 1usize..80],
+    ) {
+        let whole = observe_whole(&stream, cap);
+        prop_assert_eq!(observe_split(&stream, &cuts, cap), whole);
+    }
+}

@@ -1,0 +1,36 @@
+"""The `nexus` command line: the commands the contract names exist and behave."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from nexus import __version__
+from nexus.cli import main
+from nexus.settings import settings_markdown
+
+
+def test_commands_are_listed() -> None:
+    out = CliRunner().invoke(main, ["--help"]).output
+    for command in ("serve", "proxy", "config", "fake-upstream"):
+        assert command in out
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_config_json_and_markdown(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PORT", "4242")
+    result = CliRunner().invoke(main, ["config", "--json"])
+    assert result.exit_code == 0
+    assert '"PORT": 4242' in result.output
+    md = CliRunner().invoke(main, ["config", "--markdown"])
+    assert md.output == settings_markdown()
+
+
+def test_proxy_refuses_bad_settings(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("CLAUDE_API_TIMEOUT", "-5")
+    result = CliRunner().invoke(main, ["proxy"])
+    assert result.exit_code != 0
+    assert "CLAUDE_API_TIMEOUT" in result.output

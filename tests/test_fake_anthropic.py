@@ -1,0 +1,97 @@
+"""The fake upstream itself: it must speak the real wire format, or every other test proves nothing."""
+
+from __future__ import annotations
+
+import http.client
+from urllib.parse import urlsplit
+
+import anthropic
+import orjson
+import pytest
+
+from nexus.testing.control import FakeControl
+from nexus.testing.fake_anthropic import Scenario
+
+HEADERS = {"content-type": "application/json", "x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
+
+
+def raw_post(url: str, body: dict, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    parts = urlsplit(url)
+    c = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    c.request("POST", "/v1/messages", body=orjson.dumps(body), headers=headers or HEADERS)
+    resp = c.getresponse()
+    data = resp.read()
+    c.close()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+
+
+def test_stream_event_order_and_usage(upstream_url: str) -> None:
+    body = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 10,
+        "stream": True,
+        "messages": [{"role": "user", "content": "x"}],
+    }
+    status, headers, data = raw_post(upstream_url, body)
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert headers["request-id"].startswith("req_")
+    assert "anthropic-ratelimit-tokens-remaining" in headers
+    blocks = [b for b in data.decode().split("\n\n") if b]
+    names = [b.split("\n")[0].removeprefix("event: ") for b in blocks]
+    assert names[:3] == ["message_start", "ping", "content_block_start"]
+    assert set(names[3:-3]) == {"content_block_delta"}
+    assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    for block in blocks:  # every event's name matches its data's type
+        name, data_line = block.split("\n")
+        assert orjson.loads(data_line.removeprefix("data: "))["type"] == name.removeprefix("event: ")
+    start = orjson.loads(blocks[0].split("data: ", 1)[1])["message"]["usage"]
+    delta = orjson.loads(blocks[-2].split("data: ", 1)[1])["usage"]
+    assert start["input_tokens"] == delta["input_tokens"] > 0
+    assert "ephemeral_5m_input_tokens" in start["cache_creation"]
+
+
+def test_oauth_requests_get_unified_rate_limit_headers(upstream_url: str) -> None:
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    headers = {**HEADERS, "authorization": "Bearer sk-ant-oat01-abc"}
+    del headers["x-api-key"]
+    _, got, _ = raw_post(upstream_url, body, headers)
+    assert got["anthropic-ratelimit-unified-status"] == "allowed"
+    assert float(got["anthropic-ratelimit-unified-5h-utilization"]) < 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "etype"),
+    [
+        ({"content-type": "application/json", "anthropic-version": "2023-06-01"}, {}, 401, "authentication_error"),
+        ({"content-type": "application/json", "x-api-key": "k"}, {}, 400, "invalid_request_error"),
+        (HEADERS, {"model": "m", "messages": [{"role": "user", "content": "x"}]}, 400, "invalid_request_error"),
+    ],
+)
+def test_validation_errors_have_the_api_shape(
+    upstream_url: str, headers: dict[str, str], body: dict, status: int, etype: str
+) -> None:
+    got_status, _, data = raw_post(upstream_url, body, headers)
+    err = orjson.loads(data)
+    assert got_status == status
+    assert err["type"] == "error" and err["error"]["type"] == etype and err["request_id"].startswith("req_")
+
+
+def test_scenario_queue_and_recording(upstream_url: str, fake: FakeControl) -> None:
+    client = anthropic.Anthropic(base_url=upstream_url, api_key="sk-ant-x", max_retries=0)
+    fake.queue("error:529", "ok")
+    with pytest.raises(anthropic.APIStatusError) as info:
+        client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "a"}])
+    assert info.value.status_code == 529 and info.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    ok = client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "b"}])
+    assert ok.content[0].type == "text"
+    seen = fake.requests()
+    assert [r["body"]["messages"][0]["content"] for r in seen] == ["a", "b"]
+    sent = seen[0]["headers"]
+    assert sent.get("x-api-key") == "sk-ant-x" or sent.get("authorization") == "Bearer sk-ant-x"
+
+
+def test_scenario_grammar() -> None:
+    assert Scenario.parse("error:429:retry-after=7") == Scenario("error", 429, "7")
+    assert Scenario.parse("drop-after:3") == Scenario("drop-after", 3)
+    with pytest.raises(ValueError, match="unknown fake scenario"):
+        Scenario.parse("explode")

@@ -1,0 +1,143 @@
+"""Pure pieces of the proxy: header rules, retry policy, body checks, request ids."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from nexus.errors import ProxyError
+from nexus.proxy.body import check_json_content_type, parse_messages_body, read_body
+from nexus.proxy.headers import client_response_headers, upstream_request_headers
+from nexus.proxy.ids import new_request_id
+from nexus.proxy.retry import RetryPolicy, is_retryable_status, parse_retry_after
+
+
+def test_upstream_headers_keep_end_to_end_and_drop_the_rest() -> None:
+    incoming = [
+        ("host", "localhost:3000"),
+        ("content-length", "12"),
+        ("connection", "keep-alive, x-private"),
+        ("x-private", "hop"),
+        ("keep-alive", "timeout=5"),
+        ("accept-encoding", "gzip"),
+        ("anthropic-version", "2023-06-01"),
+        ("anthropic-beta", "a-2025-01-01,b-2025-02-02"),
+        ("x-api-key", "sk-ant-caller"),
+        ("train-id", "proj"),
+        ("msl-project-id", "proj"),
+        ("x-train-account", "acct"),
+        ("msl-account", "acct"),
+        ("x-claude-code-session-id", "sess"),
+    ]
+    out = dict(upstream_request_headers(incoming))
+    assert out == {
+        "anthropic-version": "2023-06-01",
+        "anthropic-beta": "a-2025-01-01,b-2025-02-02",
+        "x-api-key": "sk-ant-caller",
+        "x-claude-code-session-id": "sess",
+    }
+
+
+def test_response_headers_get_request_id_and_lose_framing() -> None:
+    out = client_response_headers(
+        [("content-length", "5"), ("transfer-encoding", "chunked"), ("request-id", "req_1"), ("retry-after", "3")],
+        "rid",
+    )
+    assert out == [("request-id", "req_1"), ("retry-after", "3"), ("x-request-id", "rid")]
+
+
+def test_retry_policy_bounds_attempts_budget_and_honours_retry_after() -> None:
+    policy = RetryPolicy(max_attempts=3, base_delay_s=0.1, max_delay_s=2.0, budget_s=5.0)
+    for attempt in (1, 2):
+        delay = policy.next_delay(attempt, elapsed_s=0.0)
+        base = 0.1 * 2 ** (attempt - 1)
+        assert delay is not None and base <= delay <= base * 1.5
+    assert policy.next_delay(3, elapsed_s=0.0) is None  # attempts spent
+    assert policy.next_delay(1, elapsed_s=4.99) is None  # budget spent
+    assert policy.next_delay(1, 0.0, retry_after_s=1.5) == 1.5  # never shorter than retry-after
+    assert policy.next_delay(1, 0.0, retry_after_s=60) is None  # longer than we may hold the client
+
+
+def test_retryable_statuses() -> None:
+    assert [s for s in (400, 401, 404, 413, 429, 500, 502, 503, 529) if is_retryable_status(s)] == [500, 502, 503, 529]
+
+
+def test_parse_retry_after() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after("Thu, 01 Jan 2026 12:00:10 GMT", now=now) == 10.0
+    assert parse_retry_after("garbage") is None
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("-4") == 0.0
+
+
+class _Chunks:
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = list(chunks)
+        self.read = 0
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self.chunks:
+            raise StopAsyncIteration
+        self.read += 1
+        return self.chunks.pop(0)
+
+
+async def test_body_limit_is_enforced_while_reading() -> None:
+    src = _Chunks(b"a" * 600, b"b" * 600, b"c" * 600)
+    with pytest.raises(ProxyError) as info:
+        await read_body(src, None, limit=1000)
+    assert info.value.status == 413 and info.value.error_type == "request_too_large"
+    assert src.read == 2  # stopped at the chunk that crossed the limit, the rest never read
+
+
+async def test_declared_length_over_limit_is_refused_before_reading() -> None:
+    src = _Chunks(b"x")
+    with pytest.raises(ProxyError) as info:
+        await read_body(src, "5000", limit=1000)
+    assert info.value.status == 413 and src.read == 0
+    assert await read_body(_Chunks(b"ab", b"cd"), "4", limit=1000) == b"abcd"
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"", "empty"),
+        (b"{not json", "not valid JSON"),
+        (b"[1,2]", "JSON object"),
+        (b'{"messages": []}', "model"),
+        (b'{"model": "", "messages": []}', "model"),
+        (b'{"model": "m"}', "messages"),
+        (b'{"model": "m", "messages": {}}', "messages"),
+        (b'{"model": "m", "messages": [], "stream": "yes"}', "stream"),
+    ],
+)
+def test_messages_body_checks(body: bytes, fragment: str) -> None:
+    with pytest.raises(ProxyError) as info:
+        parse_messages_body(body)
+    assert info.value.status == 400 and info.value.error_type == "invalid_request_error"
+    assert fragment in info.value.message
+
+
+def test_content_type_check() -> None:
+    check_json_content_type("application/json; charset=utf-8")
+    for bad in (None, "text/plain", "application/x-www-form-urlencoded"):
+        with pytest.raises(ProxyError) as info:
+            check_json_content_type(bad)
+        assert info.value.status == 415
+
+
+def test_request_ids_are_uuid7_and_ordered() -> None:
+    ids = [new_request_id() for _ in range(50)]
+    assert len(set(ids)) == 50
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    prefixes = [i[:13] for i in ids]  # the millisecond timestamp part never goes backwards
+    assert prefixes == sorted(prefixes)
