@@ -76,7 +76,7 @@ async def one(client, url: str, body: bytes, stream: bool) -> float:  # type: ig
     start = time.perf_counter()
     req = client.post(url + "/v1/messages").headers(HEADERS).body_bytes(body).streamed_read_buffer_limit(0)
     async with req.build_streamed() as resp:
-        reader = resp.body_reader()
+        reader = resp.body_reader
         first = await reader.read_chunk()
         ttfb = time.perf_counter() - start
         assert resp.status == 200 and first, resp.status
