@@ -2,8 +2,9 @@
 
     python -m bench.overhead [--requests 2000] [--concurrency 32] [--body-kb 40] [--json out.json]
 
-Starts the fake upstream (no event delay, no body recording) and a proxy in front of it, then drives
-both with the same load generator (an in-process asyncio client on one shared pooled connection set):
+Starts the fake upstream (no event delay, no body recording), the stack's floor (bench/floor_proxy.py:
+the least a Granian RSGI + pyreqwest forwarder does) and Nexus, then drives all three with the same
+load generator (an in-process asyncio client on one shared pooled connection set):
   * latency at concurrency 1: JSON round trip and streaming time to first byte, p50 / p99;
   * throughput at `--concurrency` (JSON requests/s) and its p99.
 The proxy's added latency is the difference between the two columns of one run; the load generator's
@@ -18,14 +19,18 @@ import asyncio
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import orjson
 from pyreqwest.client import ClientBuilder
 
 from nexus import __version__
-from nexus.testing.servers import run_fake_upstream, run_proxy
+from nexus.testing.servers import free_port, run_fake_upstream, run_proxy, stop, wait_until_healthy
 
 
 def claude_code_like_body(kb: int, stream: bool) -> bytes:
@@ -126,6 +131,20 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
     }
 
 
+@contextmanager
+def run_floor(upstream: str) -> Iterator[str]:
+    """The minimal Granian + pyreqwest forwarder (bench/floor_proxy.py) on a free port."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--loop", "uvloop", "--log-level", "warning"]
+    cmd += ["--port", str(port), "bench.floor_proxy:app"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "FLOOR_UPSTREAM": upstream})
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}/health", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=3000, help="requests in the throughput phase")
@@ -135,9 +154,12 @@ def main() -> None:
     ap.add_argument("--json", dest="json_out", help="also write the results here")
     args = ap.parse_args()
 
-    with run_fake_upstream(record_bodies=False) as upstream, run_proxy({"CLAUDE_API_BASE_URL": upstream}) as proxy:
+    with run_fake_upstream(record_bodies=False) as upstream:
         direct = asyncio.run(measure(upstream, args))
-        proxied = asyncio.run(measure(proxy, args))
+        with run_floor(upstream) as floor_url:
+            floor = asyncio.run(measure(floor_url, args))
+        with run_proxy({"CLAUDE_API_BASE_URL": upstream, "STORAGE_ENABLED": "false"}) as proxy:
+            proxied = asyncio.run(measure(proxy, args))
 
     rows = [
         ("JSON latency p50 (c=1)", "json_p50_ms", "ms"),
@@ -148,17 +170,26 @@ def main() -> None:
         (f"p99 at c={args.concurrency}", "rps_p99_ms", "ms"),
     ]
     print(f"nexus {__version__} | {platform.python_version()} | {os.cpu_count()} cpus | body {args.body_kb} KiB")
-    print(f"{'metric':28} {'direct':>10} {'proxy':>10} {'added/ratio':>12}")
+    print(f"{'metric':28} {'direct':>10} {'floor':>10} {'nexus':>10} {'nexus-direct':>13} {'nexus-floor':>12}")
     for label, key, unit in rows:
-        d, p = direct[key], proxied[key]
-        delta = f"{p / d:.2f}x" if unit == "req/s" else f"+{p - d:.3f}"
-        print(f"{label:28} {d:10.3f} {p:10.3f} {delta:>12} {unit}")
+        d, f, p = direct[key], floor[key], proxied[key]
+        if unit == "req/s":
+            delta, own = f"{p / d:.2f}x", f"{p / f:.2f}x"
+        else:
+            delta, own = f"+{p - d:.3f}", f"{p - f:+.3f}"
+        print(f"{label:28} {d:10.3f} {f:10.3f} {p:10.3f} {delta:>13} {own:>12} {unit}")
     print("note: one load generator process on the same 2 cores as both servers; ratios, not absolutes.")
     if args.json_out:
         with open(args.json_out, "wb") as fh:
             fh.write(
                 orjson.dumps(
-                    {"when": datetime.now(UTC).isoformat(), "args": vars(args), "direct": direct, "proxy": proxied},
+                    {
+                        "when": datetime.now(UTC).isoformat(),
+                        "args": vars(args),
+                        "direct": direct,
+                        "floor": floor,
+                        "proxy": proxied,
+                    },
                     option=orjson.OPT_INDENT_2,
                 )
             )
