@@ -11,6 +11,10 @@ STAMP := $(VENV)/.installed
 .PHONY: run test install lint rust-test py-test bench clean
 
 $(BIN)/python:
+	@# psycopg's C build needs pg_config and the libpq headers
+	@command -v pg_config >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq libpq-dev >/dev/null; } || \
+		{ echo "pg_config not found: install the libpq development package (Debian: libpq-dev)"; exit 1; }
 	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install the venv module (Debian: apt-get install python3-venv)"; exit 1; }
 	$(PIP) install --quiet --upgrade pip
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 
+from nexus.storage.embedded import start_embedded
+from nexus.storage.migrate import migrate
 from nexus.testing.control import FakeControl
 from nexus.testing.servers import run_fake_upstream, run_proxy
 
@@ -48,3 +54,52 @@ def fake(upstream_url: str) -> Iterator[FakeControl]:
     control.reset()
     yield control
     control.reset()
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at database `name`."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def database_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL server: `NEXUS_TEST_DATABASE_URL` when set, else a throwaway embedded one."""
+    given = os.environ.get("NEXUS_TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    url, stop_server = start_embedded(tmp_path_factory.mktemp("pg"), database="postgres")
+    try:
+        yield url
+    finally:
+        stop_server()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(database_admin_url: str) -> Iterator[str]:
+    name = f"nexus_template_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    migrate(with_database(database_admin_url, name))
+    try:
+        yield name
+    finally:
+        with psycopg.connect(database_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def migrated_db(database_admin_url: str, migrated_template: str) -> Iterator[str]:
+    """A fresh, migrated database of its own for one test (a cheap copy of a migrated template)."""
+    name = f"nexus_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(database_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
+    try:
+        yield with_database(database_admin_url, name)
+    finally:
+        with psycopg.connect(database_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

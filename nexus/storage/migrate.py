@@ -1,0 +1,71 @@
+"""Applying the numbered SQL migrations: idempotent, recorded, and safe from several processes.
+
+Every process that starts (`nexus serve`, `nexus proxy`, `nexus migrate`) may call `migrate()`; an
+advisory lock serialises them, the `nexus_migrations` table records what was applied with a checksum,
+and each migration runs in its own transaction, so a failed one leaves nothing half-applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+
+from nexus.storage.partitions import ensure_partitions
+
+log = logging.getLogger("nexus.storage")
+
+LOCK_KEY = 0x6E65787573  # "nexus"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def available_migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("nexus.storage").joinpath("sql").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            found.append(Migration(int(name[:4]), name.removesuffix(".sql"), entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+def migrate(dsn: str) -> list[str]:
+    """Apply pending migrations and make sure the coming days have partitions; return what was applied."""
+    applied: list[str] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS nexus_migrations (version int PRIMARY KEY, name text NOT NULL, "
+                "checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {v: c for v, c in conn.execute("SELECT version, checksum FROM nexus_migrations").fetchall()}
+            for m in available_migrations():
+                if m.version in done:
+                    if done[m.version] != m.checksum:
+                        log.warning("migration %s changed after it was applied; not re-applied", m.name)
+                    continue
+                with conn.transaction():
+                    conn.execute(m.sql)  # type: ignore[arg-type]
+                    conn.execute(
+                        "INSERT INTO nexus_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                        (m.version, m.name, m.checksum),
+                    )
+                applied.append(m.name)
+                log.info("applied migration %s", m.name)
+            ensure_partitions(conn)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+    return applied

@@ -1,0 +1,130 @@
+"""An append-only, checksummed, fsync'd spool on local disk: where batches wait while PostgreSQL can't
+take them, so a database outage or a `kill -9` loses nothing.
+
+A record is one batch exactly as it would be sent (the COPY payloads), framed as
+`magic(4) | length(4) | crc32(4) | payload`. Writes append and fsync before returning. Replay claims a
+file by renaming it (atomic, so two workers never replay the same file), sends its records in order,
+and deletes it; a crash mid-replay leaves the claimed file to be replayed again at the next start,
+which is harmless because every insert is idempotent (`ON CONFLICT DO NOTHING` on the request id).
+A torn tail (a crash mid-append) fails its length or checksum and is dropped with a warning: it was
+never acknowledged as written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+log = logging.getLogger("nexus.storage")
+
+MAGIC = b"NXS1"
+HEADER = struct.Struct(">4sII")
+
+
+class SpoolFullError(OSError):
+    """The spool reached its size bound; the batch could not be kept."""
+
+
+class Spool:
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._name = f"spool-{os.getpid()}-{threading.get_ident()}.log"
+
+    @property
+    def active_path(self) -> Path:
+        return self.directory / self._name
+
+    def size(self) -> int:
+        """Bytes waiting in all spool files of this directory (any process's)."""
+        try:
+            return sum(p.stat().st_size for p in self.directory.glob("spool-*"))
+        except OSError:
+            return 0
+
+    def append(self, payload: bytes) -> None:
+        """Append one record durably; raise `SpoolFullError` or `OSError` if it cannot be kept."""
+        record = HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+        with self._lock:
+            if self.size() + len(record) > self.max_bytes:
+                raise SpoolFullError(f"spool at {self.directory} is full ({self.max_bytes} bytes)")
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.active_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, record)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def pending_files(self) -> list[Path]:
+        """Spool files to replay, oldest first (claimed ones from a crashed replay included)."""
+        if not self.directory.is_dir():
+            return []
+        files = [p for p in self.directory.glob("spool-*") if p.is_file()]
+        return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
+
+    def replay(self, send: Callable[[bytes], None]) -> int:
+        """Send every spooled record in order; return how many were replayed.
+
+        Stops at the first failure of `send` (the database is still away): the rest stays spooled.
+        """
+        replayed = 0
+        for path in self.pending_files():
+            claimed = path if path.name.startswith("spool-claimed-") else self._claim(path)
+            if claimed is None:
+                continue
+            records = list(read_records(claimed))
+            done = 0
+            try:
+                for payload in records:
+                    send(payload)
+                    done += 1
+            finally:
+                if done == len(records):
+                    claimed.unlink(missing_ok=True)
+                elif done:
+                    self._rewrite(claimed, records[done:])
+            replayed += done
+        return replayed
+
+    def _claim(self, path: Path) -> Path | None:
+        with self._lock:
+            target = path.with_name(f"spool-claimed-{os.getpid()}-{path.name.removeprefix('spool-')}")
+            try:
+                os.rename(path, target)
+            except FileNotFoundError:
+                return None  # another worker claimed it first
+            return target
+
+    @staticmethod
+    def _rewrite(path: Path, remaining: list[bytes]) -> None:
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            for payload in remaining:
+                fh.write(HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+
+def read_records(path: Path) -> Iterator[bytes]:
+    """The intact records of a spool file, in order; a torn or corrupt tail ends the file."""
+    data = path.read_bytes()
+    offset = 0
+    while offset + HEADER.size <= len(data):
+        magic, length, crc = HEADER.unpack_from(data, offset)
+        start = offset + HEADER.size
+        payload = data[start : start + length]
+        if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
+            log.warning("spool %s: dropping a torn or corrupt record at byte %d", path.name, offset)
+            return
+        yield payload
+        offset = start + length
+    if offset != len(data):
+        log.warning("spool %s: dropping %d trailing bytes of a torn record", path.name, len(data) - offset)
