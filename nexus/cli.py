@@ -54,11 +54,27 @@ def config(as_json: bool, markdown: bool) -> None:
         click.echo(f"{key.ljust(width)}  {'(unset)' if value is None else value}")
 
 
+def _prepare_storage(settings: Any) -> None:
+    """Apply pending migrations before workers start; an unreachable database must not stop the proxy."""
+    if not settings.storage_enabled or settings.database_url is None:
+        return
+    from nexus.storage.migrate import migrate
+
+    try:
+        applied = migrate(settings.database_url)
+    except Exception as exc:
+        click.echo(f"warning: migrations not applied ({exc.__class__.__name__}: {exc}); rows will be spooled", err=True)
+        return
+    if applied:
+        click.echo(f"applied migrations: {', '.join(applied)}", err=True)
+
+
 def _run_proxy() -> None:
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
     settings = _settings_or_exit()
+    _prepare_storage(settings)
     server = Granian(
         "nexus.proxy.app:create_app",
         factory=True,
@@ -99,9 +115,45 @@ def proxy(host: str | None, port: int | None, threads: int | None, workers: int 
 @main.command()
 @_proxy_options
 def serve(host: str | None, port: int | None, threads: int | None, workers: int | None) -> None:
-    """Run the gateway: the proxy, with the parts later releases add alongside it."""
+    """Run the gateway: the proxy, with an embedded PostgreSQL when DATABASE_URL is unset."""
     _apply_env(host=host, port=port, proxy_threads=threads, proxy_workers=workers)
-    _run_proxy()
+    settings = _settings_or_exit()
+    stop_embedded = None
+    if settings.storage_enabled and settings.database_url is None:
+        from nexus.storage.embedded import start_embedded
+
+        data_dir = settings.nexus_home / "postgres"
+        url, stop_embedded = start_embedded(data_dir)
+        click.echo(f"embedded PostgreSQL with its data in {data_dir}", err=True)
+        _apply_env(database_url=url)
+    try:
+        _run_proxy()
+    finally:
+        if stop_embedded is not None:
+            stop_embedded()
+
+
+@main.command("migrate")
+@click.option("--embedded", is_flag=True, help="Migrate the embedded database under NEXUS_HOME instead.")
+def migrate_command(embedded: bool) -> None:
+    """Apply pending SQL migrations to DATABASE_URL (idempotent, safe to run concurrently)."""
+    from nexus.storage.migrate import migrate
+
+    settings = _settings_or_exit()
+    url = settings.database_url
+    stop_embedded = None
+    if embedded:
+        from nexus.storage.embedded import start_embedded
+
+        url, stop_embedded = start_embedded(settings.nexus_home / "postgres")
+    if url is None:
+        raise click.ClickException("DATABASE_URL is not set (or pass --embedded for the embedded database)")
+    try:
+        applied = migrate(url)
+    finally:
+        if stop_embedded is not None:
+            stop_embedded()
+    click.echo("applied: " + ", ".join(applied) if applied else "database is up to date")
 
 
 @main.command("fake-upstream")

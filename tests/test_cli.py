@@ -11,7 +11,7 @@ from nexus.settings import settings_markdown
 
 def test_commands_are_listed() -> None:
     out = CliRunner().invoke(main, ["--help"]).output
-    for command in ("serve", "proxy", "config", "fake-upstream"):
+    for command in ("serve", "proxy", "config", "fake-upstream", "migrate"):
         assert command in out
 
 
@@ -34,3 +34,13 @@ def test_proxy_refuses_bad_settings(monkeypatch) -> None:  # type: ignore[no-unt
     result = CliRunner().invoke(main, ["proxy"])
     assert result.exit_code != 0
     assert "CLAUDE_API_TIMEOUT" in result.output
+
+
+def test_migrate_command(migrated_db: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("DATABASE_URL", migrated_db)
+    result = CliRunner().invoke(main, ["migrate"])
+    assert result.exit_code == 0, result.output
+    assert "up to date" in result.output
+    monkeypatch.delenv("DATABASE_URL")
+    bad = CliRunner().invoke(main, ["migrate"])
+    assert bad.exit_code != 0 and "DATABASE_URL" in bad.output
