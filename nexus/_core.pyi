@@ -6,6 +6,7 @@ chunk and no per-event Python objects. The pure-Python twin used by the tests is
 ``nexus.reference.sse.ReferenceSseObserver``.
 """
 
+from collections.abc import Iterable, Sequence
 from typing import Final, final
 
 __version__: Final[str]
@@ -98,3 +99,44 @@ class SseObserver:
     def message_json(self) -> bytes | None:
         """The final message rebuilt from the stream as compact JSON (content blocks assembled,
         tool inputs parsed, stop reason and usage applied); None before ``message_start``."""
+
+def encode_copy_binary(types: Sequence[str], rows: Iterable[Sequence[object]], /) -> bytes:
+    """Encode a whole batch into one PostgreSQL ``COPY ... FROM STDIN (FORMAT binary)`` payload.
+
+    One call per batch, so the writer crosses into Rust once per flush, not once per row or cell.
+    ``types`` are PostgreSQL type names: ``jsonb`` (value: encoded JSON bytes), ``json``, ``text``,
+    ``uuid`` (str or 16 bytes), ``timestamptz`` (int microseconds since the Unix epoch), ``int2``,
+    ``int4``, ``int8``, ``float8``, ``bool``, ``bytea`` and the arrays ``text[]``, ``bytea[]``,
+    ``uuid[]``, ``int8[]`` (lists, elements may be None). None is NULL anywhere. A value that does
+    not fit raises ``NexusCoreError`` naming its row, column and type.
+    """
+
+@final
+class SplitBody:
+    """A request body split for content-addressed storage (see ``split_body``)."""
+
+    @property
+    def envelope(self) -> bytes:
+        """The body without ``messages``, ``system`` and ``tools``: a JSON object."""
+    @property
+    def system_key(self) -> bytes | None:
+        """16-byte key of the exact ``system`` JSON, or None when the body has none."""
+    @property
+    def tools_key(self) -> bytes | None:
+        """16-byte key of the exact ``tools`` JSON, or None."""
+    @property
+    def message_keys(self) -> list[bytes] | None:
+        """Key of each element of ``messages`` in order; None when ``messages`` is not a list."""
+    @property
+    def parts(self) -> list[tuple[bytes, int, bytes]]:
+        """Distinct ``(key, kind, exact JSON bytes)``; kind 0 message, 1 system, 2 tools."""
+
+def split_body(body: bytes, /) -> SplitBody:
+    """Split a JSON request body; keys are xxh3-128 (big-endian) of each part's exact bytes.
+
+    Claude Code re-sends its whole history every turn, so each message is stored once under its
+    key. The GIL is released while splitting. Raises ``NexusCoreError`` for a non-object body.
+    """
+
+def join_body(envelope: bytes, system: bytes | None, tools: bytes | None, messages: Sequence[bytes] | None, /) -> bytes:
+    """Rebuild a body from its envelope and parts: equal to the original after parsing."""

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     storage_enabled: bool = Field(True, description="Store requests and responses.")
     storage_batch_size: int = Field(200, ge=1, le=100_000, description="Rows per batch write.")
     storage_batch_interval_ms: int = Field(50, ge=1, description="Longest a row waits before its batch is flushed, ms.")
+    storage_max_queue: int = Field(
+        50_000, ge=100, description="Rows held in memory per worker before new ones are refused (and counted)."
+    )
+    storage_spool_max_bytes: int = Field(
+        1024 * MIB, ge=MIB, description="Disk bound of the spool that keeps batches while the database is away."
+    )
     nexus_home: Path = Field(Path("~/.local/share/nexus"), description="Local state: embedded database, spool.")
 
     # --- credentials and auth ---------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from nexus.errors import ProxyError
 from nexus.proxy.body import check_json_content_type, parse_messages_body, read_body
 from nexus.proxy.headers import client_response_headers, upstream_request_headers
-from nexus.proxy.ids import new_request_id
+from nexus.proxy.ids import new_request_id, request_id_unix_ms
 from nexus.proxy.retry import RetryPolicy, is_retryable_status, parse_retry_after
 
 
@@ -141,3 +141,10 @@ def test_request_ids_are_uuid7_and_ordered() -> None:
         assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
     prefixes = [i[:13] for i in ids]  # the millisecond timestamp part never goes backwards
     assert prefixes == sorted(prefixes)
+
+
+def test_request_id_carries_its_start_time() -> None:
+    rid = new_request_id(1_795_000_000_123)
+    assert request_id_unix_ms(rid) == 1_795_000_000_123
+    assert request_id_unix_ms(str(uuid.uuid4())) is None
+    assert request_id_unix_ms("not-a-uuid") is None

@@ -86,7 +86,10 @@ def test_partitions_ahead_and_retention_drops_whole_days(migrated_db: str) -> No
 @pytest.mark.parametrize(
     ("query", "index"),
     [
-        ("SELECT request_id FROM api_requests ORDER BY timestamp DESC, request_id DESC LIMIT 50", "timestamp_request_id_idx"),
+        (
+            "SELECT request_id FROM api_requests ORDER BY timestamp DESC, request_id DESC LIMIT 50",
+            "timestamp_request_id_idx",
+        ),
         (
             "SELECT request_id FROM api_requests WHERE project_id = 'p' ORDER BY timestamp DESC LIMIT 50",
             "project_id_timestamp_idx",

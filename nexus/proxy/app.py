@@ -17,15 +17,19 @@ from typing import Any
 import orjson
 
 from nexus import __version__
+from nexus.api.routes import ApiRoutes
 from nexus.errors import ProxyError
 from nexus.proxy.body import check_json_content_type, parse_messages_body, read_body
 from nexus.proxy.forward import open_upstream
 from nexus.proxy.headers import upstream_request_headers
 from nexus.proxy.ids import new_request_id
+from nexus.proxy.recording import complete_record
 from nexus.proxy.relay import Outcome, relay
 from nexus.proxy.retry import RetryPolicy
 from nexus.proxy.upstream import Upstream
 from nexus.settings import Settings, get_settings
+from nexus.storage.records import ExchangeRecord
+from nexus.storage.writer import StorageWriter, build_writer
 
 log = logging.getLogger("nexus.proxy")
 
@@ -65,22 +69,31 @@ class ProxyApp:
         self.idle_timeout_s = s.stream_idle_timeout_ms / 1000
         self.server_timeout_s = s.proxy_server_timeout / 1000
         self.upstream: Upstream | None = None
+        self.writer: StorageWriter | None = None
+        self.api = ApiRoutes(s.database_url, s.dashboard_api_key)
         self.stats = ProxyStats()
         self.started_at = time.time()
 
     # --- RSGI protocol -----------------------------------------------------------------------
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.upstream = Upstream(self.settings)
+        self.writer = build_writer(self.settings)
+        if self.writer is not None:
+            self.writer.start()
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         upstream, self.upstream = self.upstream, None
+        if self.writer is not None:
+            self.writer.close()  # graceful shutdown flushes (or spools) everything queued
         if upstream is not None and not loop.is_closed() and not loop.is_running():
             loop.run_until_complete(upstream.close())
+            loop.run_until_complete(self.api.close())
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.proto != "http":
             return
-        request_id = new_request_id()
+        now_ns = time.time_ns()
+        request_id = new_request_id(now_ns // 1_000_000)
         path: str = scope.path
         method: str = scope.method
         try:
@@ -88,11 +101,13 @@ class ProxyApp:
                 if method == "OPTIONS":
                     proto.response_empty(204, [*CORS_HEADERS, ("x-request-id", request_id)])
                     return
-                await self._proxy(scope, proto, request_id, path, method)
+                await self._proxy(scope, proto, request_id, path, method, now_ns // 1000)
             elif path == "/health" and method == "GET":
                 self._respond_json(proto, 200, self.health(), request_id)
             elif path == "/" and method == "GET":
                 self._respond_json(proto, 200, self.descriptor(), request_id)
+            elif path.startswith("/api/requests"):
+                await self.api.handle(scope, proto, request_id)
             elif path.startswith("/api/event_logging/"):
                 # Claude Code's own telemetry: acknowledged and dropped, never forwarded.
                 self._respond_json(proto, 200, {"status": "ok"}, request_id)
@@ -103,7 +118,7 @@ class ProxyApp:
             proto.response_bytes(exc.status, [*JSON_HEADERS, ("x-request-id", request_id)], exc.body(request_id))
 
     # --- the proxied request -----------------------------------------------------------------
-    async def _proxy(self, scope: Any, proto: Any, request_id: str, path: str, method: str) -> None:
+    async def _proxy(self, scope: Any, proto: Any, request_id: str, path: str, method: str, started_us: int) -> None:
         assert self.upstream is not None, "__rsgi_init__ was not called"
         self.stats.requests += 1
         headers = scope.headers
@@ -118,9 +133,12 @@ class ProxyApp:
             if is_messages:
                 parse_messages_body(body)
         target = path + "?" + scope.query_string if scope.query_string else path
-        upstream_headers = upstream_request_headers(headers.items())
+        header_items = headers.items()
+        upstream_headers = upstream_request_headers(header_items)
 
         outcome = Outcome()
+        started = time.monotonic()
+        record = ExchangeRecord(request_id, started_us, "default", None, method, target, header_items, body)
         task = asyncio.current_task()
         watcher = asyncio.ensure_future(proto.client_disconnect())
         state = {"done": False, "disconnected": False}
@@ -153,18 +171,26 @@ class ProxyApp:
             if outcome.status >= 400 or outcome.error:
                 self.stats.upstream_errors += 1
         except TimeoutError:
+            record.outcome, record.response_status = "timeout", 504
             raise ProxyError(
                 504, f"No upstream response within the server limit of {self.server_timeout_s:g} s.", "timeout_error"
             ) from None
+        except ProxyError as exc:
+            record.outcome, record.response_status, record.error = "proxy_error", exc.status, exc.message
+            raise
         except asyncio.CancelledError:
             if not state["disconnected"]:
                 raise
             task.uncancel()  # type: ignore[union-attr]
+            record.outcome = "client_disconnected"
             self.stats.client_disconnects += 1
             log.info("client disconnected; upstream request %s cancelled", request_id)
         finally:
             state["done"] = True
             watcher.cancel()
+            if self.writer is not None:
+                complete_record(record, outcome, started)
+                self.writer.submit(record)
 
     # --- small endpoints ---------------------------------------------------------------------
     def health(self) -> dict[str, object]:
@@ -173,6 +199,7 @@ class ProxyApp:
             "service": "nexus-proxy",
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 3),
+            "storage": self.writer.snapshot() if self.writer is not None else {"enabled": False},
             "stats": {
                 "requests": self.stats.requests,
                 "streams": self.stats.streams,

@@ -27,6 +27,7 @@ class Outcome:
     """What happened on the way back, for accounting and storage."""
 
     status: int = 0
+    headers: list[tuple[str, str]] | None = None
     streamed: bool = False
     first_byte_at: float | None = None
     response_body: bytes | None = None
@@ -41,7 +42,7 @@ async def relay_stream(
     outcome.status = response.status
     outcome.streamed = True
     observer = outcome.observer = SseObserver()
-    headers = client_response_headers(response.headers.items(), request_id)
+    headers = outcome.headers = client_response_headers(response.headers.items(), request_id)
     transport = proto.response_stream(response.status, headers)  # type: ignore[attr-defined]
     reader = response.body_reader
     loop = asyncio.get_running_loop()
@@ -83,7 +84,7 @@ async def relay_buffered(
     outcome.status = response.status
     outcome.first_byte_at = time.monotonic()
     outcome.response_body = body
-    headers = client_response_headers(response.headers.items(), request_id)
+    headers = outcome.headers = client_response_headers(response.headers.items(), request_id)
     proto.response_bytes(response.status, headers, body)  # type: ignore[attr-defined]
 
 
@@ -91,7 +92,8 @@ async def relay_passthrough(proto: object, opened: OpenResponse, request_id: str
     """A large or unsized non-SSE body (e.g. a file download) streamed through without observing it."""
     response = opened.response
     outcome.status = response.status
-    transport = proto.response_stream(response.status, client_response_headers(response.headers.items(), request_id))  # type: ignore[attr-defined]
+    headers = outcome.headers = client_response_headers(response.headers.items(), request_id)
+    transport = proto.response_stream(response.status, headers)  # type: ignore[attr-defined]
     reader = response.body_reader
     try:
         while (chunk := await reader.read_chunk()) is not None:

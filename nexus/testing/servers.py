@@ -44,15 +44,28 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
             proc.wait(5)
 
 
-@contextmanager
-def run_proxy(env: Mapping[str, str], *, workers: int = 1) -> Iterator[str]:
-    """Run `nexus proxy` on a free loopback port with `env` added; yield its base URL."""
+def spawn_proxy(env: Mapping[str, str], *, workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `nexus proxy` on a free loopback port in its own process group; return it and its URL.
+
+    Its own group lets a test `kill -9` the whole proxy (main process and workers) at once.
+    """
     port = free_port()
     full_env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port), "PROXY_WORKERS": str(workers)}
-    proc = subprocess.Popen([sys.executable, "-m", "nexus.cli", "proxy"], env=full_env)
+    proc = subprocess.Popen([sys.executable, "-m", "nexus.cli", "proxy"], env=full_env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(url + "/health", proc)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, url
+
+
+@contextmanager
+def run_proxy(env: Mapping[str, str], *, workers: int = 1) -> Iterator[str]:
+    """Run `nexus proxy` on a free loopback port with `env` added; yield its base URL."""
+    proc, url = spawn_proxy(env, workers=workers)
+    try:
         yield url
     finally:
         stop(proc)

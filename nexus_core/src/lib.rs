@@ -3,7 +3,9 @@
 //! The logic here is plain Rust with no PyO3 dependency, so `cargo test` and fuzzing need no
 //! Python. The Python bindings (`nexus._core`) live in [`python`] behind the `python` feature.
 
+pub mod body;
 pub mod error;
+pub mod pgcopy;
 pub mod sse;
 
 #[cfg(feature = "python")]

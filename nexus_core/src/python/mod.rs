@@ -3,6 +3,9 @@
 //! All logic lives in the pure-Rust modules; this file only converts types. Rust errors become
 //! Python exceptions here and nowhere else (`impl From<NexusError> for PyErr`).
 
+mod body;
+mod pgcopy;
+
 use pyo3::buffer::PyBuffer;
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
@@ -163,5 +166,9 @@ fn nexus_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DEFAULT_MAX_LINE_BYTES", DEFAULT_MAX_LINE_BYTES)?;
     m.add("NexusCoreError", m.py().get_type::<NexusCoreError>())?;
     m.add_class::<PySseObserver>()?;
+    m.add_function(wrap_pyfunction!(pgcopy::encode_copy_binary, m)?)?;
+    m.add_function(wrap_pyfunction!(body::split_body, m)?)?;
+    m.add_function(wrap_pyfunction!(body::join_body, m)?)?;
+    m.add_class::<body::PySplitBody>()?;
     Ok(())
 }

@@ -1,0 +1,33 @@
+"""Turning what happened to one proxied request into the record storage keeps."""
+
+from __future__ import annotations
+
+import time
+
+from nexus.proxy.relay import Outcome
+from nexus.storage.records import ExchangeRecord
+
+
+def complete_record(record: ExchangeRecord, outcome: Outcome, started: float) -> None:
+    """Fill the response side of `record` from the relay's outcome (one crossing into Rust per field)."""
+    record.response_status = outcome.status or record.response_status
+    record.response_headers = outcome.headers
+    record.streamed = outcome.streamed
+    record.duration_ms = int((time.monotonic() - started) * 1000)
+    if outcome.first_byte_at is not None:
+        record.first_byte_ms = int((outcome.first_byte_at - started) * 1000)
+    if outcome.error:
+        record.outcome, record.error = "upstream_error", outcome.error
+    observer = outcome.observer
+    if observer is not None:
+        record.response_body = observer.message_json()
+        record.usage_json = observer.usage_json()
+        record.input_tokens = observer.input_tokens
+        record.output_tokens = observer.output_tokens
+        record.cache_creation_input_tokens = observer.cache_creation_input_tokens
+        record.cache_read_input_tokens = observer.cache_read_input_tokens
+        record.tool_call_count = len(observer.tool_uses)
+        if observer.error is not None and not outcome.error:
+            record.outcome, record.error = "stream_error", f"{observer.error[0]}: {observer.error[1]}"
+    else:
+        record.response_body = outcome.response_body

@@ -1,0 +1,97 @@
+"""SQL for reading stored requests: the one place the request tables are queried.
+
+Lookups by id are narrowed to a two-day window around the time encoded in the UUIDv7 id, so the
+planner prunes to one or two daily partitions instead of probing every partition's index.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+from nexus.proxy.ids import request_id_unix_ms
+
+SUMMARY_COLUMNS = (
+    "request_id, timestamp, project_id, account_id, model, request_type, conversation_id, branch_id, "
+    "parent_request_id, is_subtask, parent_task_request_id, response_status, usage, duration_ms, "
+    "first_byte_ms, method, path, input_tokens, output_tokens, cache_creation_input_tokens, "
+    "cache_read_input_tokens, tool_call_count, response_streaming, outcome, error"
+)
+DETAIL_COLUMNS = (
+    SUMMARY_COLUMNS
+    + ", request_headers, response_headers, response_body, envelope, system_key, tools_key, message_keys"
+)
+
+
+async def get_request(conn: AsyncConnection[Any], request_id: str) -> dict[str, Any] | None:
+    """One stored request with its body rebuilt from the content store."""
+    ms = request_id_unix_ms(request_id)
+    async with conn.cursor(row_factory=dict_row) as cur:
+        if ms is not None:
+            at = datetime.fromtimestamp(ms / 1000, UTC)
+            await cur.execute(
+                f"SELECT {DETAIL_COLUMNS} FROM api_requests WHERE request_id = %s "  # noqa: S608 (constant columns)
+                "AND timestamp >= %s AND timestamp < %s",
+                (request_id, at - timedelta(days=1), at + timedelta(days=1)),
+            )
+        else:
+            await cur.execute(f"SELECT {DETAIL_COLUMNS} FROM api_requests WHERE request_id = %s", (request_id,))  # noqa: S608
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        system_key, tools_key, message_keys = row.pop("system_key"), row.pop("tools_key"), row.pop("message_keys")
+        keys = [k for k in (system_key, tools_key) if k is not None] + list(message_keys or [])
+        blobs: dict[bytes, Any] = {}
+        if keys:
+            await cur.execute("SELECT key, body FROM content_blobs WHERE key = ANY(%s)", (keys,))
+            blobs = {bytes(r["key"]): r["body"] for r in await cur.fetchall()}
+    envelope = row.pop("envelope")
+    return {**row, "request_body": rebuild_body(envelope, system_key, tools_key, message_keys, blobs)}
+
+
+def rebuild_body(
+    envelope: Any,
+    system_key: bytes | None,
+    tools_key: bytes | None,
+    message_keys: list[bytes] | None,
+    blobs: dict[bytes, Any],
+) -> Any:
+    """The request body: the envelope plus its content-addressed parts."""
+    if not isinstance(envelope, dict):
+        return envelope
+    body = dict(envelope)
+    for field, key in (("system", system_key), ("tools", tools_key)):
+        if key is not None:
+            body[field] = blobs.get(bytes(key))
+    if message_keys is not None:
+        body["messages"] = [blobs.get(bytes(k)) for k in message_keys]
+    return body
+
+
+async def list_requests(
+    conn: AsyncConnection[Any],
+    *,
+    limit: int,
+    before: tuple[datetime, str] | None = None,
+    project_id: str | None = None,
+    conversation_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Newest first, keyset-paginated on (timestamp, request_id)."""
+    where, params = [], []
+    if before is not None:
+        where.append("(timestamp, request_id) < (%s, %s)")
+        params += [before[0], before[1]]
+    if project_id is not None:
+        where.append("project_id = %s")
+        params.append(project_id)
+    if conversation_id is not None:
+        where.append("conversation_id = %s")
+        params.append(conversation_id)
+    clause = ("WHERE " + " AND ".join(where)) if where else ""
+    sql = f"SELECT {SUMMARY_COLUMNS} FROM api_requests {clause} ORDER BY timestamp DESC, request_id DESC LIMIT %s"  # noqa: S608
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, (*params, limit))  # type: ignore[arg-type]
+        return await cur.fetchall()

@@ -1,0 +1,240 @@
+//! Splitting a request body into an envelope and content-addressed parts.
+//!
+//! Claude Code re-sends the whole history, the system prompt and ~20 KB of tool definitions on every
+//! turn, so storing bodies whole grows as the square of a conversation's length. Each element of
+//! `messages`, the `system` value and the `tools` value is kept once, keyed by the xxh3-128 of its
+//! exact JSON bytes as the client sent them (never re-serialised, so equal bytes always give equal
+//! keys); the rest of the body is the envelope. `join_body` rebuilds a body equal to the original
+//! after canonical re-serialisation (parsed-JSON equality; key order is the database's concern).
+
+use std::collections::HashSet;
+
+use serde_json::value::RawValue;
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::NexusError;
+
+/// What a part is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PartKind {
+    Message = 0,
+    System = 1,
+    Tools = 2,
+}
+
+pub type Key = [u8; 16];
+
+/// A body split for storage: borrowed slices of the original bytes where possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitBody<'a> {
+    pub envelope: Vec<u8>,
+    pub system_key: Option<Key>,
+    pub tools_key: Option<Key>,
+    pub message_keys: Option<Vec<Key>>,
+    /// Distinct parts in first-seen order.
+    pub parts: Vec<(Key, PartKind, &'a [u8])>,
+}
+
+impl<'a> SplitBody<'a> {
+    fn add(&mut self, seen: &mut HashSet<Key>, kind: PartKind, json: &'a [u8]) -> Key {
+        let key = content_key(json);
+        if seen.insert(key) {
+            self.parts.push((key, kind, json));
+        }
+        key
+    }
+}
+
+/// The storage key of a part: xxh3-128 of its exact bytes, big-endian.
+pub fn content_key(json: &[u8]) -> Key {
+    xxh3_128(json).to_be_bytes()
+}
+
+fn invalid(msg: impl Into<String>) -> NexusError {
+    NexusError::InvalidArgument(msg.into())
+}
+
+pub fn split_body(body: &[u8]) -> Result<SplitBody<'_>, NexusError> {
+    let text = std::str::from_utf8(body).map_err(|_| invalid("request body is not valid UTF-8"))?;
+    let object: indexmap_like::RawObject<'_> = serde_json::from_str(text)
+        .map_err(|e| invalid(format!("request body is not a JSON object: {e}")))?;
+    let mut split = SplitBody {
+        envelope: Vec::with_capacity(256),
+        system_key: None,
+        tools_key: None,
+        message_keys: None,
+        parts: Vec::new(),
+    };
+    let mut seen = HashSet::new();
+    // `RawValue`s point into `text`, which is `body`: recover each span as a borrow of `body`.
+    let span = |raw: &RawValue| -> &[u8] {
+        let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+        &body[start..start + raw.get().len()]
+    };
+    split.envelope.push(b'{');
+    let mut first = true;
+    for (name, raw) in object.0 {
+        match name.as_ref() {
+            "system" => {
+                split.system_key = Some(split.add(&mut seen, PartKind::System, span(raw)));
+                continue;
+            }
+            "tools" => {
+                split.tools_key = Some(split.add(&mut seen, PartKind::Tools, span(raw)));
+                continue;
+            }
+            "messages" => {
+                if let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
+                    let keys = items
+                        .iter()
+                        .map(|m| split.add(&mut seen, PartKind::Message, span(m)))
+                        .collect();
+                    split.message_keys = Some(keys);
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        if !first {
+            split.envelope.push(b',');
+        }
+        first = false;
+        serde_json::to_writer(&mut split.envelope, name.as_ref())
+            .map_err(|e| invalid(e.to_string()))?;
+        split.envelope.push(b':');
+        split.envelope.extend_from_slice(raw.get().as_bytes());
+    }
+    split.envelope.push(b'}');
+    Ok(split)
+}
+
+/// Rebuild a body from its envelope and parts (equal to the original after canonical re-serialisation).
+pub fn join_body(
+    envelope: &[u8],
+    system: Option<&[u8]>,
+    tools: Option<&[u8]>,
+    messages: Option<&[&[u8]]>,
+) -> Result<Vec<u8>, NexusError> {
+    let trimmed = envelope.trim_ascii();
+    if trimmed.first() != Some(&b'{') || trimmed.last() != Some(&b'}') {
+        return Err(invalid("envelope is not a JSON object"));
+    }
+    let inner = trimmed[1..trimmed.len() - 1].trim_ascii();
+    let mut out = Vec::with_capacity(envelope.len() + 1024);
+    out.push(b'{');
+    out.extend_from_slice(inner);
+    let mut first = inner.is_empty();
+    let mut field = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(format!("\"{name}\":").as_bytes());
+        out.extend_from_slice(value);
+    };
+    if let Some(s) = system {
+        field(&mut out, "system", s);
+    }
+    if let Some(t) = tools {
+        field(&mut out, "tools", t);
+    }
+    if let Some(ms) = messages {
+        let mut list = vec![b'['];
+        for (i, m) in ms.iter().enumerate() {
+            if i > 0 {
+                list.push(b',');
+            }
+            list.extend_from_slice(m);
+        }
+        list.push(b']');
+        field(&mut out, "messages", &list);
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+mod indexmap_like {
+    //! A top-level JSON object read as an ordered list of (name, raw value), duplicates kept.
+    use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+    use serde_json::value::RawValue;
+    use std::borrow::Cow;
+    use std::fmt;
+
+    pub struct RawObject<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
+
+    impl<'de> Deserialize<'de> for RawObject<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = RawObject<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some((k, v)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                        out.push((k, v));
+                    }
+                    Ok(RawObject(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &str = r#"{"model":"m","system":[{"type":"text","text":"s"}],"max_tokens":5,
+        "messages":[{"role":"user","content":"hi \u00e9"},{"role":"assistant","content":"yo"},{"role":"user","content":"hi \u00e9"}],
+        "tools":[{"name":"t"}],"stream":true,"we\"ird":1}"#;
+
+    #[test]
+    fn splits_and_joins() {
+        let split = split_body(BODY.as_bytes()).unwrap();
+        let envelope: serde_json::Value = serde_json::from_slice(&split.envelope).unwrap();
+        assert_eq!(
+            envelope,
+            serde_json::json!({"model":"m","max_tokens":5,"stream":true,"we\"ird":1})
+        );
+        let keys = split.message_keys.clone().unwrap();
+        assert_eq!(keys.len(), 3);
+        assert_eq!(keys[0], keys[2]); // identical messages share one key
+        assert_ne!(keys[0], keys[1]);
+        assert_eq!(split.parts.len(), 4); // system, 2 distinct messages, tools
+        assert_eq!(
+            split.parts[1].2,
+            br#"{"role":"user","content":"hi \u00e9"}"#
+        ); // exact bytes
+        let part = |k: Key| split.parts.iter().find(|p| p.0 == k).unwrap().2;
+        let messages: Vec<&[u8]> = keys.iter().map(|k| part(*k)).collect();
+        let joined = join_body(
+            &split.envelope,
+            split.system_key.map(part),
+            split.tools_key.map(part),
+            Some(&messages),
+        )
+        .unwrap();
+        let a: serde_json::Value = serde_json::from_slice(&joined).unwrap();
+        let b: serde_json::Value = serde_json::from_str(BODY).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn non_array_messages_stay_in_the_envelope() {
+        let split = split_body(br#"{"messages":{"oops":1}}"#).unwrap();
+        assert_eq!(split.message_keys, None);
+        assert_eq!(split.envelope, br#"{"messages":{"oops":1}}"#);
+        assert!(split_body(b"[1]").is_err());
+        assert!(split_body(b"{").is_err());
+        assert!(split_body(b"\xff").is_err());
+    }
+
+    #[test]
+    fn key_is_xxh3_128_big_endian() {
+        assert_eq!(content_key(b"{}"), xxh3_128(b"{}").to_be_bytes());
+    }
+}

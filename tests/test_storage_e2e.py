@@ -1,0 +1,180 @@
+"""Storage end to end: real proxy processes, the fake upstream, a real PostgreSQL.
+
+Every request through the proxy becomes exactly one row, readable at `/api/requests/{X-Request-ID}`
+with its body rebuilt from the content store; a database outage or a `kill -9` loses nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import orjson
+import psycopg
+import pytest
+
+from nexus.testing.control import FakeControl
+from nexus.testing.servers import run_proxy, spawn_proxy, stop
+
+MODEL = "claude-sonnet-4-6"
+FAST = {"STORAGE_BATCH_INTERVAL_MS": "20", "STORAGE_BATCH_SIZE": "50"}
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (loopback)
+        return orjson.loads(resp.read())
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def count_rows(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM api_requests").fetchone()[0]  # type: ignore[index]
+
+
+def set_database_reachable(admin_dsn: str, dbname: str, reachable: bool) -> None:
+    """Take one database away (refuse and cut its connections) or give it back, server untouched."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS {"true" if reachable else "false"}')
+        if not reachable:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
+
+
+@pytest.fixture
+def stored_proxy(upstream_url: str, migrated_db: str, tmp_path: Path) -> Iterator[str]:
+    env = {"CLAUDE_API_BASE_URL": upstream_url, "DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path), **FAST}
+    with run_proxy(env) as url:
+        yield url
+
+
+def test_every_request_is_stored_and_readable_by_its_request_id(
+    stored_proxy: str, migrated_db: str, fake: FakeControl
+) -> None:
+    client = anthropic.Anthropic(base_url=stored_proxy, api_key="sk-ant-api03-secret-key", max_retries=0)
+    history = [{"role": "user", "content": "first question"}]
+    ids = []
+    for turn in range(3):
+        raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=50, messages=history)
+        reply = raw.parse()
+        ids.append(raw.headers["x-request-id"])
+        history = [
+            *history,
+            {"role": "assistant", "content": reply.content[0].text},
+            {"role": "user", "content": f"q{turn}"},
+        ]
+    with client.messages.stream(model=MODEL, max_tokens=50, messages=history) as stream:
+        final = stream.get_final_message()
+        ids.append(stream.response.headers["x-request-id"])
+    wait_for(lambda: count_rows(migrated_db) == 4, what="4 rows")
+
+    sent_bodies = [r["body"] for r in fake.requests()]
+    for rid, sent in zip(ids, sent_bodies, strict=True):
+        row = get_json(f"{stored_proxy}/api/requests/{rid}")
+        assert row["request_id"] == rid
+        assert row["request_body"] == sent  # rebuilt from envelope + content-addressed parts
+        assert row["response_status"] == 200 and row["model"] == MODEL
+        assert row["usage"]["input_tokens"] > 0 and row["duration_ms"] >= 0
+        assert row["project_id"] == "default"
+        assert "x-api-key" not in row["request_headers"] and "authorization" not in row["request_headers"]
+    streamed = get_json(f"{stored_proxy}/api/requests/{ids[-1]}")
+    assert streamed["response_streaming"] is True
+    assert streamed["usage"]["output_tokens"] == final.usage.output_tokens
+    assert streamed["response_body"]["content"][0]["text"] == final.content[0].text
+    listing = get_json(f"{stored_proxy}/api/requests?limit=3")
+    assert [r["request_id"] for r in listing["requests"]] == ids[::-1][:3]  # newest first
+    assert listing["next_cursor"]
+    more = get_json(f"{stored_proxy}/api/requests?limit=3&before={listing['next_cursor']}")
+    assert [r["request_id"] for r in more["requests"]] == [ids[0]]
+    with psycopg.connect(migrated_db) as conn:
+        blobs = conn.execute("SELECT count(*) FROM content_blobs WHERE kind = 0").fetchone()[0]  # type: ignore[index]
+    # 1 + 3 + 5 + 7 = 16 messages sent; distinct: the first question, q0..q2, and the fake's reply,
+    # which is the same text every turn, so stored once
+    assert blobs == 5
+
+
+def test_unknown_ids_are_404_in_the_api_shape(stored_proxy: str) -> None:
+    for rid in ("not-a-uuid", "01a20ff9-a7fd-799f-8b74-7e2b1304e5de"):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            get_json(f"{stored_proxy}/api/requests/{rid}")
+        assert info.value.code == 404
+        assert orjson.loads(info.value.read())["error"]["type"] == "not_found_error"
+
+
+def test_database_outage_loses_nothing(
+    upstream_url: str, migrated_db: str, database_admin_url: str, tmp_path: Path
+) -> None:
+    dbname = psycopg.conninfo.conninfo_to_dict(migrated_db)["dbname"]
+    env = {"CLAUDE_API_BASE_URL": upstream_url, "DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path), **FAST}
+    client_ids: list[str] = []
+    with run_proxy(env) as url:
+        client = anthropic.Anthropic(base_url=url, api_key="sk-ant-x", max_retries=0)
+
+        def send(n: int) -> None:
+            for i in range(n):
+                raw = client.messages.with_raw_response.create(
+                    model=MODEL, max_tokens=5, messages=[{"role": "user", "content": f"m{len(client_ids)}-{i}"}]
+                )
+                client_ids.append(raw.headers["x-request-id"])
+
+        send(100)
+        set_database_reachable(database_admin_url, dbname, False)
+        try:
+            send(300)  # the proxy keeps serving while the database is away
+            wait_for(lambda: get_json(url + "/health")["storage"]["spooled_batches"] > 0, what="spooling")
+        finally:
+            set_database_reachable(database_admin_url, dbname, True)
+        send(100)
+        wait_for(lambda: count_rows(migrated_db) == 500, timeout_s=30, what="all 500 rows")
+        health = get_json(url + "/health")["storage"]
+        assert health["replayed_batches"] > 0 and health["dropped_rows"] == 0
+    with psycopg.connect(migrated_db) as conn:
+        stored = {str(r[0]) for r in conn.execute("SELECT request_id FROM api_requests")}
+    assert stored == set(client_ids)  # every request exactly once (the key forbids duplicates)
+
+
+def test_kill_9_with_a_full_spool_then_restart_loses_nothing(
+    upstream_url: str, migrated_db: str, database_admin_url: str, tmp_path: Path
+) -> None:
+    dbname = psycopg.conninfo.conninfo_to_dict(migrated_db)["dbname"]
+    env = {"CLAUDE_API_BASE_URL": upstream_url, "DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path), **FAST}
+    set_database_reachable(database_admin_url, dbname, False)
+    try:
+        proc, url = spawn_proxy(env)
+        client = anthropic.Anthropic(base_url=url, api_key="sk-ant-x", max_retries=0)
+        ids = [
+            client.messages.with_raw_response.create(
+                model=MODEL, max_tokens=5, messages=[{"role": "user", "content": f"k{i}"}]
+            ).headers["x-request-id"]
+            for i in range(120)
+        ]
+
+        def all_spooled() -> bool:
+            s = get_json(url + "/health")["storage"]
+            return s["queue_depth"] == 0 and s["submitted"] == 120 and s["spooled_batches"] > 0
+
+        wait_for(all_spooled, what="everything spooled")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert any((tmp_path / "spool").iterdir())
+    finally:
+        set_database_reachable(database_admin_url, dbname, True)
+    proc2, _ = spawn_proxy(env)  # a new process replays the spool it finds at start
+    try:
+        wait_for(lambda: count_rows(migrated_db) == 120, timeout_s=30, what="replayed rows")
+    finally:
+        stop(proc2)
+    with psycopg.connect(migrated_db) as conn:
+        stored = sorted(str(r[0]) for r in conn.execute("SELECT request_id FROM api_requests"))
+    assert stored == sorted(ids)
