@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     storage_max_queue: int = Field(
         50_000, ge=100, description="Rows held in memory per worker before new ones are refused (and counted)."
     )
+    storage_retention_days: int = Field(
+        0,
+        ge=0,
+        description="Drop stored requests older than this many days, whole daily partitions at a time (0 keeps all).",
+    )
     storage_spool_max_bytes: int = Field(
         1024 * MIB, ge=MIB, description="Disk bound of the spool that keeps batches while the database is away."
     )

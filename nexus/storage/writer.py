@@ -22,6 +22,7 @@ import psycopg
 
 from nexus._core import encode_copy_binary
 from nexus.settings import Settings
+from nexus.storage.partitions import drop_expired_partitions, ensure_partitions
 from nexus.storage.records import (
     BLOB_NAMES,
     BLOB_TYPES,
@@ -99,6 +100,7 @@ class StorageWriter:
         spool: Spool,
         max_queue: int = 50_000,
         known_keys: int = 200_000,
+        retention_days: int = 0,
     ) -> None:
         self.dsn = dsn
         self.batch_size = batch_size
@@ -112,6 +114,8 @@ class StorageWriter:
         self._known = RecentKeys(known_keys)
         self._conn: psycopg.Connection | None = None
         self._retry_at = 0.0
+        self.retention_days = retention_days
+        self._maintained_at = 0.0
         self._thread = threading.Thread(target=self._run, name="nexus-storage-writer", daemon=True)
 
     # --- request path ----------------------------------------------------------------------------
@@ -159,6 +163,8 @@ class StorageWriter:
                 self._write_batch(batch)
             elif self.spool.pending_files():
                 self._replay_spool()
+            else:
+                self._maintain()
             if stopping:
                 break
         if self._conn is not None:
@@ -200,6 +206,25 @@ class StorageWriter:
             self.metrics.last_error = f"{exc.__class__.__name__}: {exc}"[:500]
             log.warning("storage flush failed (%s); spooling %d rows", self.metrics.last_error, len(rows))
             self._to_spool(payload, len(rows))
+
+    def _maintain(self) -> None:
+        """Hourly, when idle: partitions for the coming days, and retention by dropping old days."""
+        if time.monotonic() - self._maintained_at < 3600:
+            return
+        self._maintained_at = time.monotonic()
+        try:
+            conn = self._connection()
+            conn.autocommit = True
+            try:
+                ensure_partitions(conn)
+                dropped = drop_expired_partitions(conn, self.retention_days)
+            finally:
+                conn.autocommit = False
+            if dropped:
+                log.info("retention: dropped partitions %s", ", ".join(dropped))
+        except Exception as exc:
+            self._maintained_at -= 3000  # try again in ten minutes
+            log.warning("partition maintenance failed: %s", exc)
 
     def _to_spool(self, payload: bytes, rows: int) -> None:
         try:
@@ -282,4 +307,5 @@ def build_writer(settings: Settings) -> StorageWriter | None:
         interval_ms=settings.storage_batch_interval_ms,
         spool=spool,
         max_queue=settings.storage_max_queue,
+        retention_days=settings.storage_retention_days,
     )
