@@ -21,15 +21,19 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 from pyreqwest.client import ClientBuilder
 
 from nexus import __version__
+from nexus.storage.embedded import start_embedded
+from nexus.storage.migrate import migrate
 from nexus.testing.servers import free_port, run_fake_upstream, run_proxy, stop, wait_until_healthy
 
 
@@ -152,6 +156,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--body-kb", type=int, default=40)
     ap.add_argument("--json", dest="json_out", help="also write the results here")
+    ap.add_argument("--storage", action="store_true", help="also measure Nexus with storage on (embedded PostgreSQL)")
     args = ap.parse_args()
 
     with run_fake_upstream(record_bodies=False) as upstream:
@@ -160,6 +165,17 @@ def main() -> None:
             floor = asyncio.run(measure(floor_url, args))
         with run_proxy({"CLAUDE_API_BASE_URL": upstream, "STORAGE_ENABLED": "false"}) as proxy:
             proxied = asyncio.run(measure(proxy, args))
+        stored: dict[str, float] | None = None
+        if args.storage:
+            with tempfile.TemporaryDirectory(prefix="nexus-bench-") as home:
+                dsn, stop_db = start_embedded(Path(home) / "postgres")
+                try:
+                    migrate(dsn)
+                    env = {"CLAUDE_API_BASE_URL": upstream, "DATABASE_URL": dsn, "NEXUS_HOME": home}
+                    with run_proxy(env) as proxy:
+                        stored = asyncio.run(measure(proxy, args))
+                finally:
+                    stop_db()
 
     rows = [
         ("JSON latency p50 (c=1)", "json_p50_ms", "ms"),
@@ -170,14 +186,19 @@ def main() -> None:
         (f"p99 at c={args.concurrency}", "rps_p99_ms", "ms"),
     ]
     print(f"nexus {__version__} | {platform.python_version()} | {os.cpu_count()} cpus | body {args.body_kb} KiB")
-    print(f"{'metric':28} {'direct':>10} {'floor':>10} {'nexus':>10} {'nexus-direct':>13} {'nexus-floor':>12}")
+    head = f"{'metric':28} {'direct':>10} {'floor':>10} {'nexus':>10} {'nexus-direct':>13} {'nexus-floor':>12}"
+    print(head + (f" {'+storage':>10} {'storage cost':>13}" if stored else ""))
     for label, key, unit in rows:
         d, f, p = direct[key], floor[key], proxied[key]
         if unit == "req/s":
             delta, own = f"{p / d:.2f}x", f"{p / f:.2f}x"
         else:
             delta, own = f"+{p - d:.3f}", f"{p - f:+.3f}"
-        print(f"{label:28} {d:10.3f} {f:10.3f} {p:10.3f} {delta:>13} {own:>12} {unit}")
+        line = f"{label:28} {d:10.3f} {f:10.3f} {p:10.3f} {delta:>13} {own:>12}"
+        if stored:
+            st = stored[key]
+            line += f" {st:10.3f} {(f'{st / p:.2f}x' if unit == 'req/s' else f'{st - p:+.3f}'):>13}"
+        print(f"{line} {unit}")
     print("note: one load generator process on the same 2 cores as both servers; ratios, not absolutes.")
     if args.json_out:
         with open(args.json_out, "wb") as fh:
@@ -189,6 +210,7 @@ def main() -> None:
                         "direct": direct,
                         "floor": floor,
                         "proxy": proxied,
+                        "proxy_storage": stored,
                     },
                     option=orjson.OPT_INDENT_2,
                 )

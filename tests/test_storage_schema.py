@@ -106,3 +106,16 @@ def test_lookups_use_their_index(migrated_db: str, query: str, index: str) -> No
         conn.execute("SET enable_seqscan = off")  # on an empty table the planner would scan anyway
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query))  # type: ignore[arg-type]
     assert "Index" in plan and index in plan, plan  # partition indexes are named after their columns
+
+
+def test_roles_writer_inserts_reader_only_reads(migrated_db: str) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute("SET ROLE nexus_reader")
+        assert conn.execute("SELECT count(*) FROM api_requests").fetchone() == (0,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            _insert(conn, datetime.now(UTC))
+        conn.execute("RESET ROLE")
+        conn.execute("SET ROLE nexus_writer")
+        _insert(conn, datetime.now(UTC))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM api_requests")
