@@ -30,11 +30,14 @@ ERROR_TYPES: dict[int, str] = {
 class ProxyError(Exception):
     """An error answered to the client by the proxy itself (never reaches the upstream)."""
 
-    def __init__(self, status: int, message: str, error_type: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, error_type: str | None = None, headers: list[tuple[str, str]] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.error_type = error_type or ERROR_TYPES.get(status, "api_error")
+        self.headers = headers or []
 
     def body(self, request_id: str) -> bytes:
         return error_body(self.error_type, self.message, request_id)

@@ -90,7 +90,7 @@ def test_every_request_is_stored_and_readable_by_its_request_id(
         assert row["request_body"] == sent  # rebuilt from envelope + content-addressed parts
         assert row["response_status"] == 200 and row["model"] == MODEL
         assert row["usage"]["input_tokens"] > 0 and row["duration_ms"] >= 0
-        assert row["project_id"] == "default"
+        assert row["project_id"] == urlsplit(stored_proxy).netloc  # from Host: IP hosts keep their port
         assert "x-api-key" not in row["request_headers"] and "authorization" not in row["request_headers"]
     streamed = get_json(f"{stored_proxy}/api/requests/{ids[-1]}")
     assert streamed["response_streaming"] is True

@@ -18,6 +18,7 @@ import orjson
 
 from nexus import __version__
 from nexus.api.routes import ApiRoutes
+from nexus.auth.service import RequestAuthorizer
 from nexus.errors import ProxyError
 from nexus.proxy.body import check_json_content_type, parse_messages_body, read_body
 from nexus.proxy.forward import open_upstream
@@ -71,12 +72,14 @@ class ProxyApp:
         self.upstream: Upstream | None = None
         self.writer: StorageWriter | None = None
         self.api = ApiRoutes(s.database_url, s.dashboard_api_key)
+        self.authorizer = RequestAuthorizer(s)
         self.stats = ProxyStats()
         self.started_at = time.time()
 
     # --- RSGI protocol -----------------------------------------------------------------------
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.upstream = Upstream(self.settings)
+        self.authorizer.announce()
         self.writer = build_writer(self.settings)
         if self.writer is not None:
             self.writer.start()
@@ -115,7 +118,8 @@ class ProxyApp:
                 raise ProxyError(404, f"No route for {method} {path}.", "not_found_error")
         except ProxyError as exc:
             self.stats.proxy_errors += 1
-            proto.response_bytes(exc.status, [*JSON_HEADERS, ("x-request-id", request_id)], exc.body(request_id))
+            headers = [*JSON_HEADERS, *exc.headers, ("x-request-id", request_id)]
+            proto.response_bytes(exc.status, headers, exc.body(request_id))
 
     # --- the proxied request -----------------------------------------------------------------
     async def _proxy(self, scope: Any, proto: Any, request_id: str, path: str, method: str, started_us: int) -> None:
@@ -125,6 +129,8 @@ class ProxyApp:
         is_messages = path == "/v1/messages"
         if is_messages and method != "POST":
             raise ProxyError(405, f"Method {method} not allowed on /v1/messages; use POST.", "invalid_request_error")
+        header_items = headers.items()
+        auth = await self.authorizer.authorize(header_items, upstream_request_headers(header_items))
         body: bytes | None = None
         if method in ("POST", "PUT", "PATCH") or headers.get("content-length") or headers.get("transfer-encoding"):
             if is_messages:
@@ -133,12 +139,12 @@ class ProxyApp:
             if is_messages:
                 parse_messages_body(body)
         target = path + "?" + scope.query_string if scope.query_string else path
-        header_items = headers.items()
-        upstream_headers = upstream_request_headers(header_items)
 
         outcome = Outcome()
         started = time.monotonic()
-        record = ExchangeRecord(request_id, started_us, "default", None, method, target, header_items, body)
+        record = ExchangeRecord(
+            request_id, started_us, auth.project_id, auth.account_id, method, target, header_items, body
+        )
         task = asyncio.current_task()
         watcher = asyncio.ensure_future(proto.client_disconnect())
         state = {"done": False, "disconnected": False}
@@ -152,8 +158,13 @@ class ProxyApp:
         try:
             async with asyncio.timeout(self.server_timeout_s) as server_deadline:
                 opened = await open_upstream(
-                    self.upstream, self.policy, method, target, upstream_headers, body, self.head_timeout_s
+                    self.upstream, self.policy, method, target, auth.headers, body, self.head_timeout_s
                 )
+                if opened.response.status == 401 and (retry := await self.authorizer.after_unauthorized(auth)):
+                    await opened.close()  # an expired OAuth token: refreshed once, the request sent once more
+                    opened = await open_upstream(
+                        self.upstream, self.policy, method, target, retry.headers, body, self.head_timeout_s
+                    )
                 server_deadline.reschedule(None)  # the response has started: streams may run long
             try:
                 await relay(
