@@ -40,6 +40,7 @@ class RefreshState:
     failed_at: float | None = None
     needs_login: bool = False
     refreshes: int = 0
+    failed_refresh_token: str | None = None  # a new file (new login) clears the failure
 
 
 class OAuthRefresher:
@@ -65,6 +66,8 @@ class OAuthRefresher:
         if not force and not self.due(cred):
             return cred
         state = self._state(cred.path)
+        if state.failed_refresh_token is not None and cred.refresh_token != state.failed_refresh_token:
+            state.needs_login, state.failed_at, state.failed_refresh_token = False, None, None
         if state.needs_login:
             raise ProxyError(
                 401, f"OAuth account {cred.name!r} needs a new login (nexus oauth login).", "authentication_error"
@@ -83,6 +86,8 @@ class OAuthRefresher:
             except OAuthError as exc:
                 state.failed_at, state.last_error = time.monotonic(), str(exc)
                 state.needs_login = exc.invalid_grant
+                state.failed_refresh_token = cred.refresh_token
+                save_status(cred.path, needs_login=exc.invalid_grant, last_error=str(exc))
                 log.warning("OAuth refresh failed for %s: %s", cred.name, exc)
                 status = 401 if exc.invalid_grant else 502
                 raise ProxyError(
@@ -93,6 +98,7 @@ class OAuthRefresher:
             state.failed_at, state.last_error = None, None
             state.last_refresh_at = time.time()
             state.refreshes += 1
+            save_status(cred.path, needs_login=False, last_refresh_at=state.last_refresh_at)
             self.store.invalidate(cred.path)
             return refreshed
 
@@ -147,6 +153,31 @@ class OAuthRefresher:
         if not isinstance(answer, dict) or "access_token" not in answer:
             raise OAuthError("token endpoint answer has no access_token")
         return answer
+
+
+def status_path(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".json") + ".status.json")
+
+
+def save_status(path: Path, **fields: object) -> None:
+    """What `nexus oauth status` shows: last refresh, last error, whether a new login is needed."""
+    target = status_path(path)
+    try:
+        current = orjson.loads(target.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        current = {}
+    current.update(fields)
+    try:
+        write_atomically(target, current)
+    except OSError as exc:
+        log.warning("could not record OAuth status for %s: %s", path.name, exc)
+
+
+def load_status(path: Path) -> dict[str, Any]:
+    try:
+        return dict(orjson.loads(status_path(path).read_bytes()))
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return {}
 
 
 class OAuthError(Exception):

@@ -34,6 +34,10 @@ class FakeControl:
     def events(self) -> list[dict[str, Any]]:
         return self._call("GET", "/_fake/events")
 
+    def oauth(self, **config: object) -> dict[str, Any]:
+        """Configure (with arguments) or read the fake token endpoint."""
+        return self._call("POST", "/_fake/oauth", config) if config else self._call("GET", "/_fake/oauth")
+
     def wait_for_event(self, outcome: str, timeout_s: float = 5.0) -> dict[str, Any]:
         """Poll until a connection record with `outcome` appears; the wait is bounded."""
         deadline = time.monotonic() + timeout_s

@@ -106,6 +106,7 @@ class FakeAnthropic:
         self.queue: deque[Scenario] = deque()
         self.count = 0
         self._reset_cache: tuple[int, str] = (0, "")
+        self.oauth = FakeOAuth()
 
     # --- plumbing ----------------------------------------------------------------------------
     def _ratelimit_headers(self, oauth: bool) -> list[tuple[str, str]]:
@@ -159,6 +160,9 @@ class FakeAnthropic:
         if path.startswith("/_fake/"):
             await self._control(scope, proto, path)
             return
+        if path == "/v1/oauth/token":
+            await self.oauth.token(proto, await proto())
+            return
         raw = await proto()
         index = self.count
         self.count += 1
@@ -187,6 +191,11 @@ class FakeAnthropic:
         rl = self._ratelimit_headers(oauth=auth.startswith("Bearer sk-ant-oat"))
         if not headers.get("x-api-key") and not auth.startswith("Bearer "):
             return self._error(proto, 401, rl, "x-api-key header is required")
+        if auth.startswith("Bearer sk-ant-oat"):
+            if "oauth-2025-04-20" not in headers.get("anthropic-beta", ""):
+                return self._error(proto, 401, rl, "OAuth authentication is currently not supported.")
+            if auth[7:] in self.oauth.revoked_access:
+                return self._error(proto, 401, rl, "OAuth token has expired.")
         if path.startswith("/v1/models") and scope.method == "GET":
             return self._models(proto, path, scope.query_string, rl)
         if scope.method != "POST" or path not in ("/v1/messages", "/v1/messages/count_tokens"):
@@ -408,7 +417,12 @@ class FakeAnthropic:
             return self._json(proto, 200, list(self.requests), [])
         if path == "/_fake/events":
             return self._json(proto, 200, list(self.events), [])
+        if path == "/_fake/oauth":
+            if scope.method == "POST":
+                self.oauth.configure(orjson.loads(raw))
+            return self._json(proto, 200, self.oauth.describe(), [])
         if path == "/_fake/reset":
+            self.oauth = FakeOAuth()
             self.requests.clear()
             self.events.clear()
             self.queue.clear()
@@ -418,6 +432,64 @@ class FakeAnthropic:
             self.queue.extend(Scenario.parse(s) for s in specs)
             return self._json(proto, 200, {"queued": len(self.queue)}, [])
         return self._json(proto, 404, {"error": "unknown control path"}, [])
+
+
+class FakeOAuth:
+    """The token endpoint (`POST /v1/oauth/token`): single-use, rotating refresh tokens, counted calls.
+
+    Configure with `POST /_fake/oauth {"refresh_token": ..., "expires_in": s, "delay_ms": ms,
+    "revoke_access": token}`; `GET /_fake/oauth` tells how many refresh calls arrived.
+    """
+
+    def __init__(self) -> None:
+        self.valid_refresh: set[str] = set()
+        self.revoked_access: set[str] = set()
+        self.calls = 0
+        self.expires_in = 3600
+        self.delay_s = 0.0
+        self.issued = 0
+
+    def configure(self, cfg: dict[str, Any]) -> None:
+        if cfg.get("refresh_token"):
+            self.valid_refresh.add(cfg["refresh_token"])
+        if cfg.get("revoke_access"):
+            self.revoked_access.add(cfg["revoke_access"])
+        self.expires_in = int(cfg.get("expires_in", self.expires_in))
+        self.delay_s = float(cfg.get("delay_ms", self.delay_s * 1000)) / 1000
+
+    def describe(self) -> dict[str, Any]:
+        return {"calls": self.calls, "valid_refresh_tokens": sorted(self.valid_refresh), "issued": self.issued}
+
+    async def token(self, proto: Any, raw: bytes) -> None:
+        self.calls += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        try:
+            req = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            req = {}
+        headers = [("content-type", "application/json")]
+        if req.get("grant_type") != "refresh_token" or not req.get("client_id"):
+            body = {"error": "invalid_request", "error_description": "grant_type and client_id are required"}
+            proto.response_bytes(400, headers, orjson.dumps(body))
+            return
+        token = req.get("refresh_token")
+        if token not in self.valid_refresh:
+            body = {"error": "invalid_grant", "error_description": "Refresh token not found or invalid"}
+            proto.response_bytes(400, headers, orjson.dumps(body))
+            return
+        self.valid_refresh.discard(token)  # single use: it rotates
+        self.issued += 1
+        new_refresh = f"sk-ant-ort01-fake-{self.issued}-{secrets.token_hex(4)}"
+        self.valid_refresh.add(new_refresh)
+        answer = {
+            "token_type": "Bearer",
+            "access_token": f"sk-ant-oat01-fake-{self.issued}-{secrets.token_hex(4)}",
+            "refresh_token": new_refresh,
+            "expires_in": self.expires_in,
+            "scope": "user:inference user:profile",
+        }
+        proto.response_bytes(200, headers, orjson.dumps(answer))
 
 
 def app_from_env() -> FakeAnthropic:
