@@ -1,15 +1,15 @@
-"""`/api/*` handlers: thin HTTP over the storage read functions.
+"""`/api/*`: a small route table over thin handlers, each domain adding its own.
 
 Guarded by `DASHBOARD_API_KEY` when it is set (`X-API-Key` or `Authorization: Bearer`), compared in
 constant time. Reads use a small async pool of their own, opened on first use, so a proxy that never
-serves the API never connects for it.
+serves the API never connects for it. A handler gets the pool, the path parameter (the part after its
+prefix, for prefix routes) and the parsed query, and returns a JSON-serialisable payload.
 """
 
 from __future__ import annotations
 
 import hmac
-import uuid
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -17,9 +17,11 @@ import orjson
 from psycopg_pool import AsyncConnectionPool
 
 from nexus.errors import ProxyError
-from nexus.storage import requests_repo
 
 JSON = [("content-type", "application/json")]
+
+#: (pool, path parameter, query) -> payload
+Handler = Callable[[AsyncConnectionPool, str, dict[str, list[str]]], Awaitable[Any]]
 
 
 class ApiRoutes:
@@ -27,8 +29,21 @@ class ApiRoutes:
         self.database_url = database_url
         self.api_key = api_key
         self._pool: AsyncConnectionPool | None = None
+        self._exact: dict[str, Handler] = {}
+        self._prefixes: list[tuple[str, Handler]] = []
+        from nexus.api import requests as request_routes
 
-    async def _conn_pool(self) -> AsyncConnectionPool:
+        request_routes.register(self)
+
+    def route(self, path: str, handler: Handler) -> None:
+        """Serve `path` exactly, or every path below it when `path` ends with `/`."""
+        if path.endswith("/"):
+            self._prefixes.append((path, handler))
+            self._prefixes.sort(key=lambda item: -len(item[0]))
+        else:
+            self._exact[path] = handler
+
+    async def pool(self) -> AsyncConnectionPool:
         if self.database_url is None:
             raise ProxyError(503, "Storage is not configured on this proxy.", "api_error")
         if self._pool is None:
@@ -50,56 +65,25 @@ class ApiRoutes:
         if not hmac.compare_digest(given.encode(), self.api_key.encode()):
             raise ProxyError(401, "A valid DASHBOARD_API_KEY is required for /api/*.", "authentication_error")
 
+    def _find(self, path: str) -> tuple[Handler, str] | None:
+        handler = self._exact.get(path)
+        if handler is not None:
+            return handler, ""
+        for prefix, handler in self._prefixes:
+            if path.startswith(prefix) and len(path) > len(prefix):
+                return handler, path[len(prefix) :]
+        return None
+
     async def handle(self, scope: Any, proto: Any, request_id: str) -> None:
         self._authorize(scope.headers)
         path: str = scope.path
+        found = self._find(path)
+        if found is None:
+            raise ProxyError(404, f"No route for {scope.method} {path}.", "not_found_error")
         if scope.method != "GET":
             raise ProxyError(405, f"Method {scope.method} not allowed on {path}.", "invalid_request_error")
-        if path == "/api/requests":
-            payload = await self._list(parse_qs(scope.query_string))
-        elif path.startswith("/api/requests/"):
-            payload = await self._get(path.removeprefix("/api/requests/"))
-        else:
-            raise ProxyError(404, f"No route for GET {path}.", "not_found_error")
+        handler, param = found
+        payload = await handler(await self.pool(), param, parse_qs(scope.query_string))
         proto.response_bytes(
             200, [*JSON, ("x-request-id", request_id)], orjson.dumps(payload, option=orjson.OPT_NAIVE_UTC)
         )
-
-    async def _get(self, wanted: str) -> dict[str, Any]:
-        try:
-            uuid.UUID(wanted)
-        except ValueError:
-            raise ProxyError(404, f"No stored request {wanted!r}.", "not_found_error") from None
-        pool = await self._conn_pool()
-        async with pool.connection() as conn:
-            row = await requests_repo.get_request(conn, wanted)
-        if row is None:
-            raise ProxyError(404, f"No stored request {wanted!r}.", "not_found_error")
-        return row
-
-    async def _list(self, query: dict[str, list[str]]) -> dict[str, Any]:
-        try:
-            limit = max(1, min(500, int(query.get("limit", ["50"])[0])))
-        except ValueError:
-            raise ProxyError(400, "limit must be an integer.") from None
-        before = None
-        if "before" in query:
-            try:
-                us, rid = query["before"][0].split("_", 1)
-                before = (datetime.fromtimestamp(int(us) / 1_000_000, UTC), str(uuid.UUID(rid)))
-            except ValueError:
-                raise ProxyError(400, "before must be a cursor returned as next_cursor.") from None
-        pool = await self._conn_pool()
-        async with pool.connection() as conn:
-            rows = await requests_repo.list_requests(
-                conn,
-                limit=limit,
-                before=before,
-                project_id=query.get("project_id", [None])[0],
-                conversation_id=query.get("conversation_id", [None])[0],
-            )
-        cursor = None
-        if len(rows) == limit:  # URL-safe: epoch microseconds and the id of the last row
-            last = rows[-1]
-            cursor = f"{int(last['timestamp'].timestamp() * 1_000_000)}_{last['request_id']}"
-        return {"requests": rows, "next_cursor": cursor}

@@ -109,11 +109,11 @@ class ProxyApp:
                 self._respond_json(proto, 200, self.health(), request_id)
             elif path == "/" and method == "GET":
                 self._respond_json(proto, 200, self.descriptor(), request_id)
-            elif path.startswith("/api/requests"):
-                await self.api.handle(scope, proto, request_id)
             elif path.startswith("/api/event_logging/"):
                 # Claude Code's own telemetry: acknowledged and dropped, never forwarded.
                 self._respond_json(proto, 200, {"status": "ok"}, request_id)
+            elif path.startswith("/api/"):
+                await self.api.handle(scope, proto, request_id)
             else:
                 raise ProxyError(404, f"No route for {method} {path}.", "not_found_error")
         except ProxyError as exc:
