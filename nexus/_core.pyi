@@ -140,3 +140,81 @@ def split_body(body: bytes, /) -> SplitBody:
 
 def join_body(envelope: bytes, system: bytes | None, tools: bytes | None, messages: Sequence[bytes] | None, /) -> bytes:
     """Rebuild a body from its envelope and parts: equal to the original after parsing."""
+
+@final
+class RequestAnalysis:
+    """A ``/v1/messages`` body analysed in one pass: the storage split and the linking facts.
+
+    Hashes are xxh3-128, 16 bytes big-endian. Messages are normalised before hashing (only ``user`` and
+    ``assistant`` kept, ``cache_control`` and thinking blocks ignored, a string equal to one text block,
+    ``<system-reminder>`` text removed, a message repeating a tool id dropped, empty messages skipped),
+    so a request continues another exactly when one of its prefix hashes is the other's last one.
+    """
+
+    @property
+    def envelope(self) -> bytes:
+        """The body without ``messages``, ``system`` and ``tools`` (as ``SplitBody.envelope``)."""
+    @property
+    def system_key(self) -> bytes | None:
+        """Storage key of the exact ``system`` JSON."""
+    @property
+    def tools_key(self) -> bytes | None:
+        """Storage key of the exact ``tools`` JSON."""
+    @property
+    def message_keys(self) -> list[bytes] | None:
+        """Storage key of each element of ``messages``; None when ``messages`` is not a list."""
+    @property
+    def part_spans(self) -> list[tuple[bytes, int, int, int]]:
+        """Distinct ``(key, kind, start, end)``: the part's exact JSON is ``body[start:end]``."""
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def stream(self) -> bool | None: ...
+    @property
+    def message_count(self) -> int:
+        """Raw length of ``messages``, ``role: "system"`` entries included."""
+    @property
+    def system_message_count(self) -> int:
+        """``role: "system"`` entries inside ``messages``."""
+    @property
+    def prefix_hashes(self) -> bytes:
+        """16 bytes per kept message: bytes ``16k:16k+16`` hash kept messages ``0..=k``."""
+    @property
+    def kept_roles(self) -> bytes:
+        """One byte per kept message: ``u`` or ``a``."""
+    @property
+    def system_hash(self) -> bytes | None:
+        """Hash of the system text without the billing line and reminders; None when empty."""
+    @property
+    def system_block_count(self) -> int: ...
+    @property
+    def system_head(self) -> str:
+        """The first 512 bytes of that system text."""
+    @property
+    def is_subagent(self) -> bool:
+        """The billing line carries ``cc_is_subagent=true``."""
+    @property
+    def has_tools(self) -> bool: ...
+    @property
+    def first_user_key(self) -> bytes | None:
+        """``prompt_key`` of the first kept user message's text (matches a spawning ``Agent`` prompt)."""
+    @property
+    def first_user_head(self) -> str: ...
+    @property
+    def last_user_head(self) -> str: ...
+    @property
+    def continuation_text(self) -> str | None:
+        """The first user text when it opens a post-compaction continuation."""
+
+def analyze_request(body: bytes, /, *, strict: bool = True) -> RequestAnalysis:
+    """Analyse a request body once (GIL released while parsing and hashing).
+
+    With ``strict`` the fields the proxy relies on are checked and a bad body raises
+    ``NexusCoreError`` with a message meant for the client (``model: Field required ...``).
+    """
+
+def prompt_key(text: str, /) -> bytes:
+    """The key a sub-agent prompt is matched by: xxh3-128 of ``normalize_text(text)``."""
+
+def normalize_text(text: str, /) -> str:
+    """``<system-reminder>`` blocks (and the whitespace before them) removed, CRLF as LF, trimmed."""

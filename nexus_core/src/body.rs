@@ -55,10 +55,37 @@ fn invalid(msg: impl Into<String>) -> NexusError {
     NexusError::InvalidArgument(msg.into())
 }
 
+/// Called for the fields of a body while it is split, so other passes need not parse it again.
+pub trait FieldVisitor<'a> {
+    /// A top-level field other than a `messages` list.
+    fn field(&mut self, _name: &str, _raw: &'a RawValue) -> Result<(), NexusError> {
+        Ok(())
+    }
+    /// The elements of a `messages` list, in order.
+    fn messages(&mut self, _items: &[&'a RawValue]) -> Result<(), NexusError> {
+        Ok(())
+    }
+}
+
+impl<'a> FieldVisitor<'a> for () {}
+
 pub fn split_body(body: &[u8]) -> Result<SplitBody<'_>, NexusError> {
+    split_body_with(body, &mut ())
+}
+
+/// Split `body`, showing every top-level field to `visitor` on the way.
+pub fn split_body_with<'a, V: FieldVisitor<'a>>(
+    body: &'a [u8],
+    visitor: &mut V,
+) -> Result<SplitBody<'a>, NexusError> {
     let text = std::str::from_utf8(body).map_err(|_| invalid("request body is not valid UTF-8"))?;
-    let object: indexmap_like::RawObject<'_> = serde_json::from_str(text)
-        .map_err(|e| invalid(format!("request body is not a JSON object: {e}")))?;
+    let object: indexmap_like::RawObject<'_> = serde_json::from_str(text).map_err(|e| {
+        if e.classify() == serde_json::error::Category::Data {
+            invalid("request body must be a JSON object")
+        } else {
+            invalid(format!("request body is not valid JSON: {e}"))
+        }
+    })?;
     let mut split = SplitBody {
         envelope: Vec::with_capacity(256),
         system_key: None,
@@ -68,7 +95,7 @@ pub fn split_body(body: &[u8]) -> Result<SplitBody<'_>, NexusError> {
     };
     let mut seen = HashSet::new();
     // `RawValue`s point into `text`, which is `body`: recover each span as a borrow of `body`.
-    let span = |raw: &RawValue| -> &[u8] {
+    let span = |raw: &RawValue| -> &'a [u8] {
         let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
         &body[start..start + raw.get().len()]
     };
@@ -78,10 +105,12 @@ pub fn split_body(body: &[u8]) -> Result<SplitBody<'_>, NexusError> {
         match name.as_ref() {
             "system" => {
                 split.system_key = Some(split.add(&mut seen, PartKind::System, span(raw)));
+                visitor.field(&name, raw)?;
                 continue;
             }
             "tools" => {
                 split.tools_key = Some(split.add(&mut seen, PartKind::Tools, span(raw)));
+                visitor.field(&name, raw)?;
                 continue;
             }
             "messages" => {
@@ -91,11 +120,13 @@ pub fn split_body(body: &[u8]) -> Result<SplitBody<'_>, NexusError> {
                         .map(|m| split.add(&mut seen, PartKind::Message, span(m)))
                         .collect();
                     split.message_keys = Some(keys);
+                    visitor.messages(&items)?;
                     continue;
                 }
             }
             _ => {}
         }
+        visitor.field(&name, raw)?;
         if !first {
             split.envelope.push(b',');
         }

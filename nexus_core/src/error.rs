@@ -8,12 +8,15 @@ use std::fmt;
 pub enum NexusError {
     /// A constructor argument is out of range.
     InvalidArgument(String),
+    /// A request body the proxy must refuse; the message is meant for the client as it is.
+    InvalidRequest(String),
 }
 
 impl fmt::Display for NexusError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NexusError::InvalidArgument(msg) => write!(f, "invalid argument: {msg}"),
+            NexusError::InvalidRequest(msg) => f.write_str(msg),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! Python. The Python bindings (`nexus._core`) live in [`python`] behind the `python` feature.
 
 pub mod body;
+pub mod conversation;
 pub mod error;
 pub mod pgcopy;
 pub mod sse;

@@ -4,6 +4,7 @@
 //! Python exceptions here and nowhere else (`impl From<NexusError> for PyErr`).
 
 mod body;
+mod conversation;
 mod pgcopy;
 
 use pyo3::buffer::PyBuffer;
@@ -170,5 +171,9 @@ fn nexus_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(body::split_body, m)?)?;
     m.add_function(wrap_pyfunction!(body::join_body, m)?)?;
     m.add_class::<body::PySplitBody>()?;
+    m.add_function(wrap_pyfunction!(conversation::analyze_request, m)?)?;
+    m.add_function(wrap_pyfunction!(conversation::prompt_key, m)?)?;
+    m.add_function(wrap_pyfunction!(conversation::normalize_text, m)?)?;
+    m.add_class::<conversation::PyRequestAnalysis>()?;
     Ok(())
 }

@@ -1,0 +1,451 @@
+//! One pass over a `/v1/messages` body: the storage split, the checks the proxy relies on, and the
+//! facts the linker needs (prefix hashes, system hash, sub-agent and compaction markers).
+//!
+//! Messages are filtered (only `user` and `assistant` count; Claude Code's `role: "system"` entries
+//! come and go between turns), normalised block by block (see [`super::digest`] for the stream), and a
+//! message that repeats a tool id already seen is dropped whole (a client bug duplicates tool turns).
+//! A message with nothing left after normalisation is skipped, so a turn that was only a reminder
+//! cannot shift the prefixes. Malformed messages never fail the request: they hash as an opaque block.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use xxhash_rust::xxh3::{xxh3_128, Xxh3Default};
+
+use super::digest::Sink;
+use super::text::{head, normalize_text, trim_ws};
+use crate::body::{split_body_with, FieldVisitor, Key, SplitBody};
+use crate::NexusError;
+
+/// Bytes kept of the short texts the linker classifies by (system prompt, first and last user turn).
+pub const HEAD_BYTES: usize = 512;
+/// The opening of the first user message after a compaction (Claude Code 2.x).
+pub const CONTINUATION_MARKER: &str =
+    "This session is being continued from a previous conversation";
+const BILLING_LINE: &str = "x-anthropic-billing-header:";
+const SUBAGENT_FLAG: &str = "cc_is_subagent=true";
+
+/// Facts about one request body, for classification and linking.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestFacts {
+    pub model: Option<String>,
+    pub stream: Option<bool>,
+    /// Raw length of `messages`, `role: "system"` entries included.
+    pub message_count: usize,
+    pub system_message_count: usize,
+    /// Hash of each prefix of the kept messages: `prefix_hashes[k]` covers kept messages `0..=k`.
+    pub prefix_hashes: Vec<Key>,
+    /// Role of each kept message (`b'u'` or `b'a'`).
+    pub kept_roles: Vec<u8>,
+    /// Hash of the system prompt without its billing line and reminders; None when empty.
+    pub system_hash: Option<Key>,
+    pub system_block_count: usize,
+    pub system_head: String,
+    /// The billing line says `cc_is_subagent=true`.
+    pub is_subagent: bool,
+    pub has_tools: bool,
+    /// `prompt_key` of the first kept user message's text (what a sub-agent's spawning prompt matches).
+    pub first_user_key: Option<Key>,
+    pub first_user_head: String,
+    pub last_user_head: String,
+    /// The whole first user text when it opens a post-compaction continuation.
+    pub continuation_text: Option<String>,
+}
+
+/// A body split for storage plus its facts.
+#[derive(Debug, Clone)]
+pub struct Analysis<'a> {
+    pub split: SplitBody<'a>,
+    pub facts: RequestFacts,
+}
+
+/// Analyse a request body. With `strict`, the fields the proxy relies on are checked (`model` a
+/// non-empty string, `messages` a list, `stream` a boolean) and a failure is an `InvalidRequest`.
+pub fn analyze_request(body: &[u8], strict: bool) -> Result<Analysis<'_>, NexusError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(NexusError::InvalidRequest(
+            "Request body is empty; expected a JSON object.".into(),
+        ));
+    }
+    let mut visitor = Collector::default();
+    let split = split_body_with(body, &mut visitor).map_err(|e| match e {
+        NexusError::InvalidArgument(msg) => NexusError::InvalidRequest(capitalize(&msg)),
+        other => other,
+    })?;
+    let mut facts = visitor.facts;
+    if strict {
+        if facts.model.as_deref().is_none_or(str::is_empty) {
+            return Err(NexusError::InvalidRequest(
+                "model: Field required (a non-empty string).".into(),
+            ));
+        }
+        if split.message_keys.is_none() {
+            return Err(NexusError::InvalidRequest(
+                "messages: Field required (a list of messages).".into(),
+            ));
+        }
+        if visitor.bad_stream {
+            return Err(NexusError::InvalidRequest(
+                "stream: Input should be a valid boolean.".into(),
+            ));
+        }
+    }
+    facts.message_count = split.message_keys.as_ref().map_or(0, Vec::len);
+    Ok(Analysis { split, facts })
+}
+
+fn capitalize(msg: &str) -> String {
+    let mut chars = msg.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect::<String>() + ".",
+        None => String::new(),
+    }
+}
+
+#[derive(Default)]
+struct Collector {
+    facts: RequestFacts,
+    bad_stream: bool,
+}
+
+impl<'a> FieldVisitor<'a> for Collector {
+    fn field(&mut self, name: &str, raw: &'a RawValue) -> Result<(), NexusError> {
+        match name {
+            "model" => self.facts.model = serde_json::from_str::<String>(raw.get()).ok(),
+            "stream" => match serde_json::from_str::<bool>(raw.get()) {
+                Ok(v) => self.facts.stream = Some(v),
+                Err(_) => self.bad_stream = true,
+            },
+            "tools" => {
+                let t = raw.get().trim_ascii();
+                self.facts.has_tools = t.starts_with('[') && trim_ws(&t[1..]) != "]";
+            }
+            "system" => self.system(raw),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn messages(&mut self, items: &[&'a RawValue]) -> Result<(), NexusError> {
+        let mut hasher = Xxh3Default::new();
+        let mut seen_uses: HashSet<Cow<'a, str>> = HashSet::new();
+        let mut seen_results: HashSet<Cow<'a, str>> = HashSet::new();
+        let mut first_user: Option<String> = None;
+        let mut last_user: Option<String> = None;
+        for raw in items {
+            let Ok(message) = serde_json::from_str::<RawMessage<'a>>(raw.get()) else {
+                continue; // not an object: nothing a later turn could match
+            };
+            let role = match message.role.as_deref() {
+                Some("user") => b'u',
+                Some("assistant") => b'a',
+                Some("system") => {
+                    self.facts.system_message_count += 1;
+                    continue;
+                }
+                _ => continue,
+            };
+            let blocks = content_blocks(message.content);
+            let (uses, results) = tool_ids(&blocks);
+            let repeats = uses.iter().any(|id| seen_uses.contains(id))
+                || results.iter().any(|id| seen_results.contains(id));
+            seen_uses.extend(uses);
+            seen_results.extend(results);
+            if repeats || blocks.is_empty() {
+                continue;
+            }
+            hasher.tag(b'M');
+            hasher.tag(role);
+            for block in &blocks {
+                block.feed(&mut hasher);
+            }
+            self.facts
+                .prefix_hashes
+                .push(hasher.digest128().to_be_bytes());
+            self.facts.kept_roles.push(role);
+            if role == b'u' {
+                let text = joined_text(&blocks);
+                if first_user.is_none() {
+                    first_user = Some(text.clone());
+                }
+                last_user = Some(text);
+            }
+        }
+        if let Some(text) = first_user {
+            self.facts.first_user_key = Some(xxh3_128(text.as_bytes()).to_be_bytes());
+            self.facts.first_user_head = head(&text, HEAD_BYTES).to_owned();
+            if text.contains(CONTINUATION_MARKER) {
+                self.facts.continuation_text = Some(text);
+            }
+        }
+        if let Some(text) = last_user {
+            self.facts.last_user_head = head(&text, HEAD_BYTES).to_owned();
+        }
+        Ok(())
+    }
+}
+
+impl Collector {
+    fn system(&mut self, raw: &RawValue) {
+        let texts: Vec<Cow<'_, str>> = match serde_json::from_str::<Cow<'_, str>>(raw.get()) {
+            Ok(s) => vec![s],
+            Err(_) => match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
+                Ok(items) => items
+                    .iter()
+                    .filter_map(|b| serde_json::from_str::<RawBlock<'_>>(b.get()).ok())
+                    .filter_map(|b| string(b.text))
+                    .collect(),
+                Err(_) => return,
+            },
+        };
+        self.facts.system_block_count = texts.len();
+        let mut kept: Vec<String> = Vec::new();
+        for text in &texts {
+            let mut lines = String::with_capacity(text.len());
+            for line in text.split_inclusive('\n') {
+                let start = line.trim_start_matches([' ', '\t']);
+                let is_billing = start.len() >= BILLING_LINE.len()
+                    && start.as_bytes()[..BILLING_LINE.len()]
+                        .eq_ignore_ascii_case(BILLING_LINE.as_bytes());
+                if is_billing {
+                    self.facts.is_subagent |= line.contains(SUBAGENT_FLAG);
+                    if line.ends_with('\n') {
+                        lines.push('\n');
+                    }
+                } else {
+                    lines.push_str(line);
+                }
+            }
+            let normalized = normalize_text(&lines);
+            if !normalized.is_empty() {
+                kept.push(normalized.into_owned());
+            }
+        }
+        let joined = kept.join("\n");
+        if !joined.is_empty() {
+            self.facts.system_hash = Some(xxh3_128(joined.as_bytes()).to_be_bytes());
+            self.facts.system_head = head(&joined, HEAD_BYTES).to_owned();
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawMessage<'a> {
+    #[serde(borrow, default)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawBlock<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tool_use_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    is_error: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    source: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawSource<'a> {
+    #[serde(borrow, default)]
+    media_type: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    url: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    file_id: Option<&'a RawValue>,
+}
+
+/// A normalised block.
+enum Block<'a> {
+    Text(String),
+    ToolUse {
+        id: Cow<'a, str>,
+        name: Cow<'a, str>,
+        input: Value,
+    },
+    ToolResult {
+        id: Cow<'a, str>,
+        is_error: bool,
+        items: Vec<Block<'a>>,
+    },
+    Media {
+        kind: Cow<'a, str>,
+        media_type: Cow<'a, str>,
+        key: Key,
+    },
+    Other(Cow<'a, str>),
+}
+
+impl Block<'_> {
+    fn feed(&self, sink: &mut impl Sink) {
+        match self {
+            Block::Text(text) => {
+                sink.tag(b'T');
+                sink.lp(text.as_bytes());
+            }
+            Block::ToolUse { id, name, input } => {
+                sink.tag(b'U');
+                sink.lp(id.as_bytes());
+                sink.lp(name.as_bytes());
+                sink.json(input);
+            }
+            Block::ToolResult {
+                id,
+                is_error,
+                items,
+            } => {
+                sink.tag(b'R');
+                sink.lp(id.as_bytes());
+                sink.tag(if *is_error { b'E' } else { b'-' });
+                for item in items {
+                    item.feed(sink);
+                }
+                sink.tag(b'r');
+            }
+            Block::Media {
+                kind,
+                media_type,
+                key,
+            } => {
+                sink.tag(b'I');
+                sink.lp(kind.as_bytes());
+                sink.lp(media_type.as_bytes());
+                sink.lp(key);
+            }
+            Block::Other(kind) => {
+                sink.tag(b'O');
+                sink.lp(kind.as_bytes());
+            }
+        }
+    }
+}
+
+fn string(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    serde_json::from_str::<Cow<'_, str>>(raw?.get()).ok()
+}
+
+fn text_block(text: &str) -> Option<Block<'static>> {
+    let normalized = normalize_text(text);
+    (!normalized.is_empty()).then(|| Block::Text(normalized.into_owned()))
+}
+
+/// Normalised blocks of a message's `content` (a string is one text block).
+fn content_blocks(content: Option<&RawValue>) -> Vec<Block<'_>> {
+    let Some(raw) = content else {
+        return Vec::new();
+    };
+    if let Some(text) = string(Some(raw)) {
+        return text_block(&text).into_iter().collect();
+    }
+    match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
+        Ok(items) => items.iter().filter_map(|item| block(item, true)).collect(),
+        Err(_) => vec![Block::Other(Cow::Borrowed("invalid"))],
+    }
+}
+
+fn block<'a>(raw: &'a RawValue, top: bool) -> Option<Block<'a>> {
+    let Ok(b) = serde_json::from_str::<RawBlock<'a>>(raw.get()) else {
+        return Some(Block::Other(Cow::Borrowed("invalid")));
+    };
+    let kind = string(b.kind).unwrap_or(Cow::Borrowed(""));
+    match kind.as_ref() {
+        "text" => text_block(&string(b.text).unwrap_or_default()),
+        "thinking" | "redacted_thinking" => None,
+        "tool_use" | "server_tool_use" | "mcp_tool_use" if top => Some(Block::ToolUse {
+            id: string(b.id).unwrap_or_default(),
+            name: string(b.name).unwrap_or_default(),
+            input: b
+                .input
+                .and_then(|raw| serde_json::from_str(raw.get()).ok())
+                .unwrap_or(Value::Null),
+        }),
+        "tool_result" if top => {
+            let items = match b.content {
+                None => Vec::new(),
+                Some(raw) => match string(Some(raw)) {
+                    Some(text) => text_block(&text).into_iter().collect(),
+                    None => match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
+                        Ok(items) => items.iter().filter_map(|i| block(i, false)).collect(),
+                        Err(_) => vec![Block::Other(Cow::Borrowed("invalid"))],
+                    },
+                },
+            };
+            Some(Block::ToolResult {
+                id: string(b.tool_use_id).unwrap_or_default(),
+                is_error: b
+                    .is_error
+                    .and_then(|raw| serde_json::from_str::<bool>(raw.get()).ok())
+                    .unwrap_or(false),
+                items,
+            })
+        }
+        "image" | "document" => {
+            let source = b
+                .source
+                .and_then(|raw| serde_json::from_str::<RawSource<'_>>(raw.get()).ok());
+            let (media_type, data) = match source {
+                Some(s) => (
+                    string(s.media_type).unwrap_or_default(),
+                    string(s.data)
+                        .or_else(|| string(s.url))
+                        .or_else(|| string(s.file_id))
+                        .unwrap_or_default(),
+                ),
+                None => (Cow::Borrowed(""), Cow::Borrowed("")),
+            };
+            Some(Block::Media {
+                kind,
+                media_type,
+                key: xxh3_128(data.as_bytes()).to_be_bytes(),
+            })
+        }
+        _ => Some(Block::Other(kind)),
+    }
+}
+
+fn tool_ids<'a>(blocks: &[Block<'a>]) -> (Vec<Cow<'a, str>>, Vec<Cow<'a, str>>) {
+    let mut uses = Vec::new();
+    let mut results = Vec::new();
+    for block in blocks {
+        match block {
+            Block::ToolUse { id, .. } if !id.is_empty() => uses.push(id.clone()),
+            Block::ToolResult { id, .. } if !id.is_empty() => results.push(id.clone()),
+            _ => {}
+        }
+    }
+    (uses, results)
+}
+
+/// The text blocks of a message, joined by newlines (what a sub-agent prompt or a summary is read from).
+fn joined_text(blocks: &[Block<'_>]) -> String {
+    let texts: Vec<&str> = blocks
+        .iter()
+        .filter_map(|b| match b {
+            Block::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    texts.join("\n")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,170 @@
+use super::*;
+use crate::conversation::prompt_key;
+use serde_json::json;
+
+fn facts(body: &Value) -> RequestFacts {
+    let bytes = serde_json::to_vec(body).unwrap();
+    analyze_request(&bytes, true).unwrap().facts
+}
+
+fn body(messages: Value) -> Value {
+    json!({"model": "m", "max_tokens": 1, "messages": messages})
+}
+
+#[test]
+fn string_and_block_content_hash_the_same_and_cache_control_is_ignored() {
+    let a = facts(&body(json!([{"role": "user", "content": "hello"}])));
+    let b = facts(&body(json!([{"role": "user", "content": [
+        {"type": "text", "text": "hello", "cache_control": {"type": "ephemeral"}}
+    ]}])));
+    assert_eq!(a.prefix_hashes, b.prefix_hashes);
+    assert_eq!(a.prefix_hashes.len(), 1);
+}
+
+#[test]
+fn a_child_extends_its_parent() {
+    let parent = facts(&body(json!([
+        {"role": "user", "content": [{"type": "text", "text": "<system-reminder>ctx</system-reminder>"},
+                                      {"type": "text", "text": "do it"}]},
+        {"role": "system", "content": "injected"}
+    ])));
+    let child = facts(&body(json!([
+        {"role": "user", "content": [{"type": "text", "text": "<system-reminder>other ctx</system-reminder>"},
+                                      {"type": "text", "text": "do it", "cache_control": {"type": "ephemeral"}}]},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "hmm", "signature": "s"},
+            {"type": "tool_use", "id": "t1", "name": "Bash", "input": {"b": 1, "a": "x"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]}
+    ])));
+    assert_eq!(parent.prefix_hashes.len(), 1);
+    assert_eq!(parent.system_message_count, 1);
+    assert_eq!(child.prefix_hashes.len(), 3);
+    assert_eq!(child.prefix_hashes[0], parent.prefix_hashes[0]);
+    assert_eq!(child.kept_roles, b"uau".to_vec());
+    // the same turn with the tool input's keys in another order and the thinking block dropped
+    let again = facts(&body(json!([
+        {"role": "user", "content": "do it"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {"a": "x", "b": 1}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "ok"}]}]}
+    ])));
+    assert_eq!(again.prefix_hashes[..2], child.prefix_hashes[..2]);
+    // a string tool_result and a one-text-block tool_result are the same too
+    assert_eq!(again.prefix_hashes, child.prefix_hashes);
+}
+
+#[test]
+fn different_content_gives_different_hashes() {
+    let a = facts(&body(json!([{"role": "user", "content": "a"}])));
+    let b = facts(&body(json!([{"role": "user", "content": "b"}])));
+    let c = facts(&body(json!([{"role": "assistant", "content": "a"}])));
+    assert_ne!(a.prefix_hashes, b.prefix_hashes);
+    assert_ne!(a.prefix_hashes, c.prefix_hashes);
+}
+
+#[test]
+fn repeated_tool_ids_drop_the_whole_message_and_empty_messages_are_skipped() {
+    let once = facts(&body(json!([
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "X", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "r"}]}
+    ])));
+    let twice = facts(&body(json!([
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "X", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "r"}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "X", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "r"}]},
+        {"role": "user", "content": "<system-reminder>only a reminder</system-reminder>"}
+    ])));
+    assert_eq!(once.prefix_hashes, twice.prefix_hashes);
+    assert_eq!(twice.message_count, 6);
+}
+
+#[test]
+fn system_prompt_hash_ignores_the_billing_line_and_flags_sub_agents() {
+    let system = |billing: &str| {
+        json!({"model": "m", "messages": [], "system": [
+            {"type": "text", "text": billing},
+            {"type": "text", "text": "You are Claude Code."},
+            {"type": "text", "text": "Main prompt", "cache_control": {"type": "ephemeral"}}
+        ]})
+    };
+    let a = facts(&system(
+        "x-anthropic-billing-header: cc_version=2.1.330.a1b; cc_entrypoint=cli;",
+    ));
+    let b = facts(&system("x-anthropic-billing-header: cc_version=2.1.330.ff0; cc_entrypoint=cli; cc_is_subagent=true;"));
+    assert_eq!(a.system_hash, b.system_hash);
+    assert!(a.system_hash.is_some());
+    assert!(!a.is_subagent);
+    assert!(b.is_subagent);
+    assert_eq!(a.system_block_count, 3);
+    assert_eq!(a.system_head, "You are Claude Code.\nMain prompt");
+    let plain = facts(&json!({"model": "m", "messages": [], "system": "Be brief."}));
+    assert_eq!(plain.system_block_count, 1);
+    assert_eq!(
+        plain.system_hash,
+        Some(xxh3_128(b"Be brief.").to_be_bytes())
+    );
+}
+
+#[test]
+fn first_user_text_matches_a_spawning_prompt_and_continuations_are_seen() {
+    let prompt = "Find every TODO in src/\n\nReport file:line.";
+    let sub = facts(&body(json!([
+        {"role": "user", "content": [
+            {"type": "text", "text": "<system-reminder>\nAs you answer...\n</system-reminder>\n"},
+            {"type": "text", "text": prompt}]},
+        {"role": "system", "content": "x"}
+    ])));
+    assert_eq!(sub.first_user_key, Some(prompt_key(prompt)));
+    assert_eq!(sub.first_user_head, prompt);
+    assert!(sub.continuation_text.is_none());
+    let cont = facts(&body(json!([{"role": "user", "content":
+        "This session is being continued from a previous conversation that ran out of context. Summary: ..."}])));
+    assert!(cont
+        .continuation_text
+        .unwrap()
+        .starts_with(CONTINUATION_MARKER));
+}
+
+#[test]
+fn strict_checks_name_the_field() {
+    let err = |b: &[u8]| match analyze_request(b, true) {
+        Err(NexusError::InvalidRequest(msg)) => msg,
+        other => panic!("expected an InvalidRequest, got {other:?}"),
+    };
+    assert!(err(b"").contains("empty"));
+    assert!(err(b"{nope").contains("not valid JSON"));
+    assert!(err(b"[1]").contains("must be a JSON object"));
+    assert!(err(br#"{"messages": []}"#).starts_with("model:"));
+    assert!(err(br#"{"model": "", "messages": []}"#).starts_with("model:"));
+    assert!(err(br#"{"model": "m"}"#).starts_with("messages:"));
+    assert!(err(br#"{"model": "m", "messages": {}}"#).starts_with("messages:"));
+    assert!(err(br#"{"model": "m", "messages": [], "stream": "yes"}"#).starts_with("stream:"));
+    // not strict: the same bodies are analysed, never refused for their fields
+    assert!(analyze_request(br#"{"model": "m"}"#, false).is_ok());
+}
+
+#[test]
+fn malformed_messages_never_fail_the_request() {
+    let f = facts(&body(json!([
+        1, {"role": "user"}, {"role": "user", "content": 5}, {"role": "user", "content": [3, {"type": "text", "text": 7}]},
+        {"role": "user", "content": "fine"}
+    ])));
+    assert_eq!(f.message_count, 5);
+    assert!(!f.prefix_hashes.is_empty());
+}
+
+#[test]
+fn the_split_is_the_same_as_split_body() {
+    let raw = serde_json::to_vec(
+        &json!({"model": "m", "system": "s", "tools": [{"name": "t"}],
+        "messages": [{"role": "user", "content": "a"}], "stream": true}),
+    )
+    .unwrap();
+    let analysis = analyze_request(&raw, true).unwrap();
+    assert_eq!(analysis.split, crate::body::split_body(&raw).unwrap());
+    assert!(analysis.facts.has_tools);
+    assert_eq!(analysis.facts.stream, Some(true));
+    assert_eq!(analysis.facts.model.as_deref(), Some("m"));
+}

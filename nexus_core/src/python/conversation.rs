@@ -1,0 +1,127 @@
+//! Bindings for the one-pass request analysis (storage split + linking facts).
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+use crate::conversation::{self, analyze_request as analyze};
+
+/// A request body analysed once on the request path (see `nexus._core.analyze_request`).
+///
+/// Parts are given as offsets into the original body, so the storage writer copies only the parts
+/// the database does not have yet.
+#[pyclass(module = "nexus._core", name = "RequestAnalysis", frozen)]
+pub struct PyRequestAnalysis {
+    #[pyo3(get)]
+    envelope: Py<PyBytes>,
+    #[pyo3(get)]
+    system_key: Option<Py<PyBytes>>,
+    #[pyo3(get)]
+    tools_key: Option<Py<PyBytes>>,
+    #[pyo3(get)]
+    message_keys: Option<Py<PyList>>,
+    /// `(key, kind, start, end)`: the part is `body[start:end]`.
+    #[pyo3(get)]
+    part_spans: Py<PyList>,
+    #[pyo3(get)]
+    model: Option<String>,
+    #[pyo3(get)]
+    stream: Option<bool>,
+    #[pyo3(get)]
+    message_count: usize,
+    #[pyo3(get)]
+    system_message_count: usize,
+    /// 16 bytes per kept message, concatenated.
+    #[pyo3(get)]
+    prefix_hashes: Py<PyBytes>,
+    #[pyo3(get)]
+    kept_roles: Py<PyBytes>,
+    #[pyo3(get)]
+    system_hash: Option<Py<PyBytes>>,
+    #[pyo3(get)]
+    system_block_count: usize,
+    #[pyo3(get)]
+    system_head: String,
+    #[pyo3(get)]
+    is_subagent: bool,
+    #[pyo3(get)]
+    has_tools: bool,
+    #[pyo3(get)]
+    first_user_key: Option<Py<PyBytes>>,
+    #[pyo3(get)]
+    first_user_head: String,
+    #[pyo3(get)]
+    last_user_head: String,
+    #[pyo3(get)]
+    continuation_text: Option<String>,
+}
+
+/// Analyse a request body: split for storage, check it (`strict`), and compute the linking facts.
+/// The GIL is released while the body is parsed and hashed.
+#[pyfunction]
+#[pyo3(signature = (body, /, *, strict = true))]
+pub fn analyze_request(
+    py: Python<'_>,
+    body: &Bound<'_, PyBytes>,
+    strict: bool,
+) -> PyResult<PyRequestAnalysis> {
+    let data = body.as_bytes();
+    let analysis = py.detach(|| analyze(data, strict))?;
+    let bytes = |b: &[u8]| PyBytes::new(py, b).unbind();
+    let base = data.as_ptr() as usize;
+    let spans = PyList::empty(py);
+    for (key, kind, json) in &analysis.split.parts {
+        let start = json.as_ptr() as usize - base;
+        let item = PyTuple::new(
+            py,
+            [
+                PyBytes::new(py, key).into_any(),
+                (*kind as u8).into_pyobject(py)?.into_any(),
+                start.into_pyobject(py)?.into_any(),
+                (start + json.len()).into_pyobject(py)?.into_any(),
+            ],
+        )?;
+        spans.append(item)?;
+    }
+    let split = &analysis.split;
+    let facts = analysis.facts;
+    let message_keys = match &split.message_keys {
+        Some(keys) => Some(PyList::new(py, keys.iter().map(|k| PyBytes::new(py, k)))?.unbind()),
+        None => None,
+    };
+    Ok(PyRequestAnalysis {
+        envelope: bytes(&split.envelope),
+        system_key: split.system_key.as_ref().map(|k| bytes(k)),
+        tools_key: split.tools_key.as_ref().map(|k| bytes(k)),
+        message_keys,
+        part_spans: spans.unbind(),
+        model: facts.model,
+        stream: facts.stream,
+        message_count: facts.message_count,
+        system_message_count: facts.system_message_count,
+        prefix_hashes: bytes(&facts.prefix_hashes.concat()),
+        kept_roles: bytes(&facts.kept_roles),
+        system_hash: facts.system_hash.as_ref().map(|k| bytes(k)),
+        system_block_count: facts.system_block_count,
+        system_head: facts.system_head,
+        is_subagent: facts.is_subagent,
+        has_tools: facts.has_tools,
+        first_user_key: facts.first_user_key.as_ref().map(|k| bytes(k)),
+        first_user_head: facts.first_user_head,
+        last_user_head: facts.last_user_head,
+        continuation_text: facts.continuation_text,
+    })
+}
+
+/// The key a sub-agent prompt is matched by (xxh3-128 of the normalised text).
+#[pyfunction]
+#[pyo3(signature = (text, /))]
+pub fn prompt_key<'py>(py: Python<'py>, text: &str) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, &conversation::prompt_key(text))
+}
+
+/// Normalised text: reminders removed, CRLF as LF, trimmed.
+#[pyfunction]
+#[pyo3(signature = (text, /))]
+pub fn normalize_text(text: &str) -> String {
+    conversation::normalize_text(text).into_owned()
+}
