@@ -167,5 +167,14 @@ def fake_upstream(host: str, port: int, event_delay_ms: float) -> None:
     serve_fake(host=host, port=port, event_delay_ms=event_delay_ms)
 
 
+def _add_domain_commands() -> None:
+    from nexus.conversations.cli import relink_command, replay_command
+
+    main.add_command(replay_command)
+    main.add_command(relink_command)
+
+
+_add_domain_commands()
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -99,6 +99,17 @@ class Settings(BaseSettings):
     )
     nexus_home: Path = Field(Path("~/.local/share/nexus"), description="Local state: embedded database, spool.")
 
+    # --- conversation tracking ----------------------------------------------------------------
+    link_index_size: int = Field(
+        100_000, ge=100, description="Recent requests the linker keeps in memory per worker (about 0.5 KB each)."
+    )
+    link_lookup_timeout_ms: int = Field(
+        200, ge=1, description="Longest a request waits on the database when memory has no link evidence, ms."
+    )
+    link_lookback_days: int = Field(
+        30, ge=1, description="How far back the linker's database lookups search for a parent, days."
+    )
+
     # --- credentials and auth ---------------------------------------------------------------
     credentials_dir: Path = Field(Path("./credentials"), description="Directory of credential files.")
     enable_client_auth: bool = Field(False, description="Require a client key issued by `nexus keys create`.")

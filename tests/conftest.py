@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -66,17 +69,20 @@ def with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def database_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_admin_url() -> Iterator[str]:
     """A real PostgreSQL server: `NEXUS_TEST_DATABASE_URL` when set, else a throwaway embedded one."""
     given = os.environ.get("NEXUS_TEST_DATABASE_URL")
     if given:
         yield given
         return
-    url, stop_server = start_embedded(tmp_path_factory.mktemp("pg"), database="postgres")
+    # Not under pytest's basetemp: a concurrent pytest run prunes old basetemps while this one runs.
+    data_dir = Path(tempfile.mkdtemp(prefix="nexus-test-pg-"))
+    url, stop_server = start_embedded(data_dir, database="postgres")
     try:
         yield url
     finally:
         stop_server()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -31,9 +31,10 @@ class ApiRoutes:
         self._pool: AsyncConnectionPool | None = None
         self._exact: dict[str, Handler] = {}
         self._prefixes: list[tuple[str, Handler]] = []
-        from nexus.api import requests as request_routes
+        from nexus.api import conversations, requests
 
-        request_routes.register(self)
+        requests.register(self)
+        conversations.register(self)
 
     def route(self, path: str, handler: Handler) -> None:
         """Serve `path` exactly, or every path below it when `path` ends with `/`."""

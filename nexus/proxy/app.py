@@ -17,10 +17,14 @@ from typing import Any
 import orjson
 
 from nexus import __version__
+from nexus._core import NexusCoreError, RequestAnalysis, analyze_request
 from nexus.api.routes import ApiRoutes
 from nexus.auth.service import RequestAuthorizer
+from nexus.conversations.index import LinkIndex
+from nexus.conversations.linker import Linker
+from nexus.conversations.service import ConversationService, link_request
 from nexus.errors import ProxyError
-from nexus.proxy.body import check_json_content_type, parse_messages_body, read_body
+from nexus.proxy.body import check_json_content_type, read_body
 from nexus.proxy.forward import open_upstream
 from nexus.proxy.headers import upstream_request_headers
 from nexus.proxy.ids import new_request_id
@@ -71,6 +75,7 @@ class ProxyApp:
         self.server_timeout_s = s.proxy_server_timeout / 1000
         self.upstream: Upstream | None = None
         self.writer: StorageWriter | None = None
+        self.conversations: ConversationService | None = None
         self.api = ApiRoutes(s.database_url, s.dashboard_api_key)
         self.authorizer = RequestAuthorizer(s)
         self.stats = ProxyStats()
@@ -83,6 +88,13 @@ class ProxyApp:
         self.writer = build_writer(self.settings)
         if self.writer is not None:
             self.writer.start()
+            s = self.settings
+            self.conversations = ConversationService(
+                Linker(LinkIndex(s.link_index_size)),
+                self.api.pool,
+                lookup_timeout_s=s.link_lookup_timeout_ms / 1000,
+                lookback_days=s.link_lookback_days,
+            )
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         upstream, self.upstream = self.upstream, None
@@ -132,12 +144,17 @@ class ProxyApp:
         header_items = headers.items()
         auth = await self.authorizer.authorize(header_items, upstream_request_headers(header_items))
         body: bytes | None = None
+        analysis: RequestAnalysis | None = None
         if method in ("POST", "PUT", "PATCH") or headers.get("content-length") or headers.get("transfer-encoding"):
             if is_messages:
                 check_json_content_type(headers.get("content-type"))
             body = await read_body(proto, headers.get("content-length"), self.settings.max_request_size)
-            if is_messages:
-                parse_messages_body(body)
+            if is_messages or path == "/v1/messages/count_tokens":
+                try:  # one pass in Rust: the checks, the storage split and the linking hashes
+                    analysis = analyze_request(body, strict=is_messages)
+                except NexusCoreError as exc:
+                    if is_messages:
+                        raise ProxyError(400, str(exc), "invalid_request_error") from None
         target = path + "?" + scope.query_string if scope.query_string else path
 
         outcome = Outcome()
@@ -145,6 +162,10 @@ class ProxyApp:
         record = ExchangeRecord(
             request_id, started_us, auth.project_id, auth.account_id, method, target, header_items, body
         )
+        if self.conversations is not None:
+            req = link_request(request_id, auth.project_id, started_us / 1e6, path, headers, analysis)
+            record.analysis, record.request_type = analysis, req.request_type
+            record.link = await self.conversations.link(req)
         task = asyncio.current_task()
         watcher = asyncio.ensure_future(proto.client_disconnect())
         state = {"done": False, "disconnected": False}
@@ -201,6 +222,12 @@ class ProxyApp:
             watcher.cancel()
             if self.writer is not None:
                 complete_record(record, outcome, started)
+                if self.conversations is not None:
+                    tools = [name for _, name in outcome.observer.tool_uses] if outcome.observer is not None else None
+                    ok = record.response_status == 200 and record.outcome == "completed"
+                    record.task_prompt_keys = (
+                        self.conversations.complete(request_id, record.link, ok, record.response_body, tools) or None
+                    )
                 self.writer.submit(record)
 
     # --- small endpoints ---------------------------------------------------------------------

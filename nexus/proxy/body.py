@@ -2,15 +2,14 @@
 
 Granian accepts any body size, so the cap is enforced here while reading: a `Content-Length` over the
 limit is refused before a byte is read, and a chunked body is refused as soon as it crosses the limit,
-so memory per request is bounded by the limit. Only the fields the proxy relies on are checked; all else
-is Anthropic's to judge, so new API fields pass through untouched.
+so memory per request is bounded by the limit. The fields the proxy relies on are checked by the Rust
+analysis (`nexus._core.analyze_request`); all else is Anthropic's to judge, so new API fields pass
+through untouched.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
-
-import orjson
 
 from nexus.errors import ProxyError
 
@@ -42,24 +41,3 @@ def check_json_content_type(content_type: str | None) -> None:
         raise ProxyError(
             415, f"Content-Type must be application/json, got {content_type or 'none'!r}.", "invalid_request_error"
         )
-
-
-def parse_messages_body(body: bytes) -> dict[str, Any]:
-    """Parse a `/v1/messages` body and check what the proxy itself depends on."""
-    if not body:
-        raise ProxyError(400, "Request body is empty; expected a JSON object.")
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ProxyError(400, f"Request body is not valid JSON: {exc.msg} at position {exc.pos}.") from None
-    if not isinstance(parsed, dict):
-        raise ProxyError(400, "Request body must be a JSON object.")
-    model = parsed.get("model")
-    if not isinstance(model, str) or not model:
-        raise ProxyError(400, "model: Field required (a non-empty string).")
-    messages = parsed.get("messages")
-    if not isinstance(messages, list):
-        raise ProxyError(400, "messages: Field required (a list of messages).")
-    if "stream" in parsed and not isinstance(parsed["stream"], bool):
-        raise ProxyError(400, "stream: Input should be a valid boolean.")
-    return parsed

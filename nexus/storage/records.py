@@ -7,12 +7,16 @@ content-addressed parts, reading usage) off the event loop.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from nexus._core import split_body
+from nexus._core import RequestAnalysis, split_body
+
+if TYPE_CHECKING:
+    from nexus.conversations.linker import Link
 
 #: Request headers kept with a stored request. An allow-list, so no credential can ever be stored.
 STORED_REQUEST_HEADERS = frozenset(
@@ -24,6 +28,7 @@ STORED_REQUEST_HEADERS = frozenset(
         "anthropic-beta",
         "x-app",
         "x-claude-code-session-id",
+        "x-claude-code-agent-id",
         "x-forwarded-for",
         "x-real-ip",
         "train-id",
@@ -63,9 +68,23 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("tool_call_count", "int4"),
     ("outcome", "text"),
     ("error", "text"),
+    ("conversation_id", "uuid"),
+    ("branch_id", "text"),
+    ("parent_request_id", "uuid"),
+    ("is_subtask", "bool"),
+    ("parent_task_request_id", "uuid"),
+    ("current_message_hash", "bytea"),
+    ("parent_message_hash", "bytea"),
+    ("system_hash", "bytea"),
+    ("session_id", "text"),
+    ("agent_id", "text"),
+    ("task_prompt_keys", "bytea[]"),
 )
 REQUEST_TYPES = [t for _, t in REQUEST_COLUMNS]
 REQUEST_NAMES = [n for n, _ in REQUEST_COLUMNS]
+#: The column lists of earlier releases by their length (a COPY tuple carries its field count), so a
+#: batch spooled before an upgrade is replayed with the columns it was encoded with.
+REQUEST_NAMES_BY_COUNT: dict[int, list[str]] = {28: REQUEST_NAMES[:28], len(REQUEST_NAMES): REQUEST_NAMES}
 BLOB_COLUMNS: tuple[tuple[str, str], ...] = (("key", "bytea"), ("kind", "int2"), ("body", "jsonb"))
 BLOB_TYPES = [t for _, t in BLOB_COLUMNS]
 BLOB_NAMES = [n for n, _ in BLOB_COLUMNS]
@@ -95,6 +114,10 @@ class ExchangeRecord:
     first_byte_ms: int | None = None
     outcome: str = "completed"
     error: str | None = None
+    analysis: RequestAnalysis | None = None  # computed once on the request path (split + linking facts)
+    link: Link | None = None
+    request_type: str | None = None
+    task_prompt_keys: list[bytes] | None = None  # sub-agents the reply spawned
 
 
 def _json_or_none(data: bytes | None) -> Any:
@@ -106,23 +129,31 @@ def _json_or_none(data: bytes | None) -> Any:
         return None
 
 
-def to_row(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]]) -> list[object]:
-    """The `api_requests` row for `rec`; its distinct body parts are added to `blobs`."""
+def to_row(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Container[bytes] = ()) -> list[object]:
+    """The `api_requests` row for `rec`; its body parts not in `known` are added to `blobs`."""
     headers = {k: v for k, v in rec.request_headers if k in STORED_REQUEST_HEADERS}
     envelope: bytes | None = None
     system_key = tools_key = None
     message_keys: list[bytes] | None = None
     model: str | None = None
-    if rec.request_body:
+    analysis, body = rec.analysis, rec.request_body
+    if analysis is not None and body is not None:
+        envelope, system_key, tools_key = analysis.envelope, analysis.system_key, analysis.tools_key
+        message_keys, model = analysis.message_keys, analysis.model
+        for key, kind, start, end in analysis.part_spans:
+            if key not in known and key not in blobs:
+                blobs[key] = (kind, body[start:end])  # only parts the database may not have are copied
+    elif body:
         try:
-            split = split_body(rec.request_body)
+            split = split_body(body)
         except ValueError:
-            envelope = orjson.dumps({"unparsed_body": rec.request_body.decode("utf-8", "replace")})
+            envelope = orjson.dumps({"unparsed_body": body.decode("utf-8", "replace")})
         else:
             envelope, system_key, tools_key = split.envelope, split.system_key, split.tools_key
             message_keys = split.message_keys
-            for key, kind, body in split.parts:
-                blobs.setdefault(key, (kind, body))
+            for key, kind, part in split.parts:
+                if key not in known:
+                    blobs.setdefault(key, (kind, part))
             parsed_envelope = orjson.loads(envelope)
             model = parsed_envelope.get("model") if isinstance(parsed_envelope, dict) else None
     usage_bytes = rec.usage_json
@@ -152,7 +183,7 @@ def to_row(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]]) -> list[o
         rec.method,
         rec.path,
         model,
-        None,  # request_type: set by conversation tracking
+        rec.request_type,
         orjson.dumps(headers),
         envelope,
         system_key,
@@ -173,4 +204,24 @@ def to_row(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]]) -> list[o
         tool_calls,
         rec.outcome,
         rec.error,
+        *_link_cells(rec.link),
+        analysis.system_hash if analysis is not None else None,
+        headers.get("x-claude-code-session-id"),
+        headers.get("x-claude-code-agent-id"),
+        rec.task_prompt_keys or None,
+    ]
+
+
+def _link_cells(link: Link | None) -> list[object]:
+    """conversation_id .. parent_message_hash, as the linker decided them."""
+    if link is None:
+        return [None, None, None, False, None, None, None]
+    return [
+        link.conversation_id,
+        link.branch_id,
+        link.parent_request_id,
+        link.is_subtask,
+        link.parent_task_request_id,
+        link.current_hash,
+        link.parent_hash,
     ]

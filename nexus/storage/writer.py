@@ -26,7 +26,7 @@ from nexus.storage.partitions import drop_expired_partitions, ensure_partitions
 from nexus.storage.records import (
     BLOB_NAMES,
     BLOB_TYPES,
-    REQUEST_NAMES,
+    REQUEST_NAMES_BY_COUNT,
     REQUEST_TYPES,
     ExchangeRecord,
     to_row,
@@ -36,19 +36,51 @@ from nexus.storage.spool import Spool, SpoolFullError
 log = logging.getLogger("nexus.storage")
 
 FRAME = struct.Struct(">II")
-_REQ_COLS = ", ".join(f'"{n}"' for n in REQUEST_NAMES)
 _BLOB_COLS = ", ".join(BLOB_NAMES)
-# Statements built once from the constant column lists above (no user input reaches them).
+# Statements built once from the constant column lists (no user input reaches them).
 COPY_BLOBS = f"COPY nexus_stage_blobs ({_BLOB_COLS}) FROM STDIN (FORMAT binary)"
 INSERT_BLOBS = (
     f"INSERT INTO content_blobs ({_BLOB_COLS}) SELECT {_BLOB_COLS} FROM nexus_stage_blobs "  # noqa: S608
     "ON CONFLICT (key) DO NOTHING"
 )
-COPY_REQUESTS = f"COPY nexus_stage_requests ({_REQ_COLS}) FROM STDIN (FORMAT binary)"
-INSERT_REQUESTS = (
-    f"INSERT INTO api_requests ({_REQ_COLS}) SELECT {_REQ_COLS} FROM nexus_stage_requests "  # noqa: S608
-    "ON CONFLICT DO NOTHING"
-)
+#: Rows actually inserted (never a replayed duplicate) are folded into their conversation's summary.
+_CONVERSATION_UPSERT = """
+INSERT INTO conversations AS c (conversation_id, project_id, first_at, last_at, request_count, input_tokens,
+    output_tokens, cache_creation_input_tokens, cache_read_input_tokens, latest_request_id)
+SELECT conversation_id, min(project_id), min("timestamp"), max("timestamp"), count(*),
+    coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), coalesce(sum(cache_creation_input_tokens), 0),
+    coalesce(sum(cache_read_input_tokens), 0), (array_agg(request_id ORDER BY "timestamp" DESC))[1]
+FROM ins WHERE conversation_id IS NOT NULL GROUP BY conversation_id ORDER BY conversation_id
+ON CONFLICT (conversation_id) DO UPDATE SET
+    first_at = least(c.first_at, excluded.first_at),
+    last_at = greatest(c.last_at, excluded.last_at),
+    request_count = c.request_count + excluded.request_count,
+    input_tokens = c.input_tokens + excluded.input_tokens,
+    output_tokens = c.output_tokens + excluded.output_tokens,
+    cache_creation_input_tokens = c.cache_creation_input_tokens + excluded.cache_creation_input_tokens,
+    cache_read_input_tokens = c.cache_read_input_tokens + excluded.cache_read_input_tokens,
+    latest_request_id = CASE WHEN excluded.last_at >= c.last_at THEN excluded.latest_request_id
+                             ELSE c.latest_request_id END
+"""
+
+
+def request_statements(names: list[str]) -> tuple[str, str]:
+    """COPY into staging, then insert what is new and update the conversation summaries, for a column list."""
+    cols = ", ".join(f'"{n}"' for n in names)
+    copy = f"COPY nexus_stage_requests ({cols}) FROM STDIN (FORMAT binary)"
+    insert = (
+        f"WITH ins AS (INSERT INTO api_requests ({cols}) SELECT {cols} FROM nexus_stage_requests "  # noqa: S608
+        'ON CONFLICT DO NOTHING RETURNING conversation_id, project_id, "timestamp", request_id, input_tokens, '
+        "output_tokens, cache_creation_input_tokens, cache_read_input_tokens)" + _CONVERSATION_UPSERT
+    )
+    return copy, insert
+
+
+REQUEST_STATEMENTS = {count: request_statements(names) for count, names in REQUEST_NAMES_BY_COUNT.items()}
+COPY_REQUESTS, INSERT_REQUESTS = REQUEST_STATEMENTS[len(REQUEST_TYPES)]
+COPY_HEADER = 19  # signature (11) + flags (4) + header extension length (4)
+
+
 STAGE_SQL = (
     "CREATE TEMP TABLE IF NOT EXISTS nexus_stage_requests (LIKE api_requests INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS nexus_stage_blobs (LIKE content_blobs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
@@ -175,7 +207,7 @@ class StorageWriter:
         rows = []
         for rec in batch:
             try:
-                rows.append(to_row(rec, blobs))
+                rows.append(to_row(rec, blobs, self._known))
             except Exception as exc:  # one bad record must not sink its batch
                 self.metrics.dropped_rows += 1
                 log.exception("request %s could not be turned into a row: %s", rec.request_id, exc)
@@ -279,9 +311,10 @@ class StorageWriter:
                         cp.write(blob_copy)
                     cur.execute(INSERT_BLOBS)  # type: ignore[arg-type]
                 if req_len:
-                    with cur.copy(COPY_REQUESTS) as cp:  # type: ignore[arg-type]
+                    copy_sql, insert_sql = REQUEST_STATEMENTS[struct.unpack_from(">h", req_copy, COPY_HEADER)[0]]
+                    with cur.copy(copy_sql) as cp:  # type: ignore[arg-type]
                         cp.write(req_copy)
-                    cur.execute(INSERT_REQUESTS)  # type: ignore[arg-type]
+                    cur.execute(insert_sql)  # type: ignore[arg-type]
             conn.commit()
         except Exception:
             try:

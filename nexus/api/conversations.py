@@ -1,0 +1,40 @@
+"""`GET /api/conversations` (latest activity first) and `GET /api/conversations/{id}` (the tree)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from nexus.api.requests import next_cursor, query_cursor, query_limit
+from nexus.conversations import repository
+from nexus.errors import ProxyError
+
+if TYPE_CHECKING:
+    from nexus.api.routes import ApiRoutes
+
+
+def register(api: ApiRoutes) -> None:
+    api.route("/api/conversations", list_conversations)
+    api.route("/api/conversations/", get_conversation)
+
+
+async def list_conversations(pool: AsyncConnectionPool, _: str, query: dict[str, list[str]]) -> dict[str, Any]:
+    limit = query_limit(query)
+    project = (query.get("project_id") or query.get("projectId") or [None])[0]
+    async with pool.connection() as conn:
+        rows = await repository.list_conversations(conn, limit=limit, before=query_cursor(query), project_id=project)
+    return {"conversations": rows, "next_cursor": next_cursor(rows, limit, at="last_at", key="conversation_id")}
+
+
+async def get_conversation(pool: AsyncConnectionPool, wanted: str, query: dict[str, list[str]]) -> dict[str, Any]:
+    try:
+        uuid.UUID(wanted)
+    except ValueError:
+        raise ProxyError(404, f"No conversation {wanted!r}.", "not_found_error") from None
+    async with pool.connection() as conn:
+        tree = await repository.get_conversation(conn, wanted)
+    if tree is None:
+        raise ProxyError(404, f"No conversation {wanted!r}.", "not_found_error")
+    return tree

@@ -1,0 +1,1 @@
+"""Conversation tracking: which stored requests continue, fork, compact or spawn which."""

@@ -1,0 +1,140 @@
+"""The bounded in-memory index of recent requests that the linker consults first.
+
+Writes are batched, so a parent may not be in the database when its child arrives a few milliseconds
+later; this index knows every request the moment it is linked. It is bounded: the oldest requests are
+forgotten first (`LINK_INDEX_SIZE`), after which (and after a restart) the database answers instead.
+Everything is scoped by project, so identical content in two projects never links them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+PENDING, OK, FAILED = 0, 1, 2
+
+
+@dataclass(slots=True)
+class Entry:
+    """What the linker remembers of one request."""
+
+    request_id: str
+    project: str
+    timestamp: float
+    request_type: str
+    current: bytes | None
+    conversation_id: str | None
+    branch_id: str | None
+    parent_request_id: str | None
+    is_subtask: bool
+    parent_task_request_id: str | None
+    session: str | None
+    agent_id: str | None
+    status: int = PENDING
+
+
+@dataclass(slots=True)
+class Invocation:
+    """An `Agent` / `Task` tool_use in a response: a sub-agent about to start with this prompt."""
+
+    request_id: str
+    tool_use_id: str
+    project: str
+    conversation_id: str | None
+    session: str | None
+    timestamp: float
+    prompt_key: bytes
+    claimed: bool = False
+
+
+@dataclass(slots=True)
+class Compaction:
+    """A finished compaction request and the summary text it produced (lower-cased, spaces collapsed)."""
+
+    request_id: str
+    project: str
+    conversation_id: str | None
+    branch_id: str | None
+    timestamp: float
+    text: str
+
+
+class LinkIndex:
+    def __init__(self, capacity: int = 100_000, invocations: int = 20_000, compactions: int = 500) -> None:
+        self.capacity = capacity
+        self.entries: OrderedDict[str, Entry] = OrderedDict()
+        self._by_hash: dict[tuple[str, bytes], list[Entry]] = {}
+        self._children: dict[str, list[Entry]] = {}
+        self._tasks: dict[tuple[str, bytes], list[Invocation]] = {}
+        self._task_order: deque[Invocation] = deque()
+        self._task_capacity = invocations
+        self.compactions: deque[Compaction] = deque(maxlen=compactions)
+        self._subtasks: OrderedDict[str, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    # --- requests ------------------------------------------------------------------------------
+    def add(self, entry: Entry) -> None:
+        if entry.request_id in self.entries:
+            return
+        self.entries[entry.request_id] = entry
+        if entry.current is not None:
+            self._by_hash.setdefault((entry.project, entry.current), []).append(entry)
+        if entry.parent_request_id is not None:
+            self._children.setdefault(entry.parent_request_id, []).append(entry)
+        while len(self.entries) > self.capacity:
+            self._forget(self.entries.popitem(last=False)[1])
+
+    def _forget(self, old: Entry) -> None:
+        if old.current is not None:
+            _remove(self._by_hash, (old.project, old.current), old)
+        if old.parent_request_id is not None:
+            _remove(self._children, old.parent_request_id, old)
+
+    def get(self, request_id: str) -> Entry | None:
+        return self.entries.get(request_id)
+
+    def with_hash(self, project: str, digest: bytes) -> list[Entry]:
+        """Requests of `project` whose whole (normalised) history hashes to `digest`, oldest first."""
+        return self._by_hash.get((project, digest), [])
+
+    def children(self, request_id: str) -> list[Entry]:
+        return self._children.get(request_id, [])
+
+    # --- sub-agent invocations ---------------------------------------------------------------------
+    def add_invocation(self, inv: Invocation) -> None:
+        bucket = self._tasks.setdefault((inv.project, inv.prompt_key), [])
+        if any(i.request_id == inv.request_id and i.tool_use_id == inv.tool_use_id for i in bucket):
+            return
+        bucket.append(inv)
+        self._task_order.append(inv)
+        while len(self._task_order) > self._task_capacity:
+            old = self._task_order.popleft()
+            _remove(self._tasks, (old.project, old.prompt_key), old)
+
+    def invocations(self, project: str, prompt_key: bytes) -> list[Invocation]:
+        return self._tasks.get((project, prompt_key), [])
+
+    def subtask_count(self, conversation_id: str) -> int:
+        """The highest `subtask_N` number seen in a conversation (0 when none)."""
+        return self._subtasks.get(conversation_id, 0)
+
+    def note_subtask(self, conversation_id: str, number: int) -> None:
+        if number > self._subtasks.get(conversation_id, 0):
+            self._subtasks[conversation_id] = number
+            self._subtasks.move_to_end(conversation_id)
+            while len(self._subtasks) > self.capacity:
+                self._subtasks.popitem(last=False)
+
+
+def _remove(table: dict, key: object, item: object) -> None:  # type: ignore[type-arg]
+    bucket = table.get(key)
+    if bucket is None:
+        return
+    try:
+        bucket.remove(item)
+    except ValueError:
+        return
+    if not bucket:
+        del table[key]

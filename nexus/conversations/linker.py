@@ -1,0 +1,271 @@
+"""Deciding, for each request, the conversation it belongs to and the request it continues.
+
+Evidence, strongest first, all scoped to the request's project:
+1. *Retry*: an earlier request with the same normalised history, from the same session and agent
+   (Claude Code re-sends a byte-identical body after a 529). It gets that request's conversation,
+   branch and parent: a retry is never a branch.
+2. *Sub-agent start*: a one-message request whose user text equals the `input.prompt` of an unclaimed
+   `Agent`/`Task` tool_use in a recent reply. It joins that reply's conversation on a new
+   `subtask_N` branch, with the spawning request as parent and parent task.
+3. *Prefix*: the longest proper prefix of the history that is some request's whole history: that
+   request is the parent (tool loops, turns, compaction requests, background task notifications).
+   If the parent already has another child with a different history, this one starts a new branch;
+   otherwise it stays on the parent's branch.
+4. *Compaction continuation*: a first user message quoting the summary a compaction request wrote
+   (checked after the prefix, because every later turn of the compacted session still opens with it).
+Otherwise a new conversation starts. The session header only breaks ties between equal candidates and
+scopes retries; it is never enough on its own. `decide` reads the index and changes nothing, so a caller
+can load more candidates from the database on a miss and decide again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from nexus._core import prompt_key
+from nexus.conversations.classify import COMPACTION, LINKED_TYPES, SUBAGENT
+from nexus.conversations.compaction import reply_text, summary_probe
+from nexus.conversations.index import FAILED, OK, Compaction, Entry, Invocation, LinkIndex
+
+HASH = 16
+SUBAGENT_TOOLS = frozenset({"Agent", "Task"})
+MAIN_BRANCH = "main"
+
+
+@dataclass(slots=True)
+class LinkRequest:
+    """What the linker needs to know about one request."""
+
+    request_id: str
+    project: str
+    timestamp: float  # Unix seconds, the request's start
+    request_type: str
+    prefix_hashes: bytes = b""
+    session: str | None = None
+    agent_id: str | None = None
+    first_user_key: bytes | None = None
+    continuation_text: str | None = None
+
+    def hashes(self) -> list[bytes]:
+        raw = self.prefix_hashes
+        return [raw[i : i + HASH] for i in range(0, len(raw), HASH)]
+
+
+@dataclass(slots=True)
+class Link:
+    """The linker's decision for one request (what is stored with it)."""
+
+    request_type: str
+    conversation_id: str | None = None
+    branch_id: str | None = None
+    parent_request_id: str | None = None
+    is_subtask: bool = False
+    parent_task_request_id: str | None = None
+    current_hash: bytes | None = None
+    parent_hash: bytes | None = None
+    evidence: str = "none"  # retry | subtask | compaction | prefix | new | none
+    #: No evidence in memory, but the database might have some (after a restart, or from another worker).
+    missed: bool = False
+
+
+class Linker:
+    def __init__(self, index: LinkIndex | None = None, new_id: Callable[[], str] | None = None) -> None:
+        self.index = index if index is not None else LinkIndex()
+        self.new_id = new_id or (lambda: str(uuid.uuid4()))
+
+    # --- deciding --------------------------------------------------------------------------------
+    def decide(self, req: LinkRequest) -> Link:
+        if req.request_type not in LINKED_TYPES:
+            return Link(req.request_type)
+        hashes = req.hashes()
+        if not hashes:
+            return self._new(req, None, missed=False)
+        current = hashes[-1]
+        retry_of = self._pick(req, [e for e in self.index.with_hash(req.project, current) if self._is_retry(req, e)])
+        if retry_of is not None:
+            return Link(
+                req.request_type,
+                retry_of.conversation_id,
+                retry_of.branch_id,
+                retry_of.parent_request_id,
+                retry_of.is_subtask,
+                retry_of.parent_task_request_id,
+                current,
+                None,
+                "retry",
+            )
+        if len(hashes) == 1 and req.first_user_key is not None:
+            inv = self._invocation(req)
+            if inv is not None:
+                number = self.index.subtask_count(inv.conversation_id or "") + 1
+                return Link(
+                    req.request_type,
+                    inv.conversation_id,
+                    f"subtask_{number}",
+                    inv.request_id,
+                    True,
+                    inv.request_id,
+                    current,
+                    None,
+                    "subtask",
+                )
+        for k in range(len(hashes) - 2, -1, -1):
+            candidates = self.index.with_hash(req.project, hashes[k])
+            parent = self._pick(req, [e for e in candidates if e.timestamp <= req.timestamp])
+            if parent is not None:
+                return self._child_of(req, parent, hashes[k], current, "prefix")
+        if req.continuation_text is not None:  # after the prefix: later turns still open with the summary
+            compaction = self._compaction(req)
+            if compaction is not None:
+                parent = self.index.get(compaction.request_id)
+                if parent is not None:
+                    return self._child_of(req, parent, None, current, "compaction")
+        could_find = len(hashes) > 1 or req.continuation_text is not None or req.request_type == SUBAGENT
+        return self._new(req, current, missed=could_find)
+
+    def _new(self, req: LinkRequest, current: bytes | None, *, missed: bool) -> Link:
+        return Link(req.request_type, self.new_id(), MAIN_BRANCH, current_hash=current, evidence="new", missed=missed)
+
+    @staticmethod
+    def _is_retry(req: LinkRequest, e: Entry) -> bool:
+        if e.request_id == req.request_id or e.timestamp > req.timestamp or e.agent_id != req.agent_id:
+            return False
+        if req.session is not None or e.session is not None:
+            return e.session == req.session
+        # No session to go by (plain SDK clients): an identical one-message request is a new
+        # conversation unless the first one failed; an identical history is the same conversation.
+        return len(req.prefix_hashes) > HASH or e.status == FAILED
+
+    @staticmethod
+    def _pick(req: LinkRequest, candidates: Iterable[Entry]) -> Entry | None:
+        """Same agent, then same session, then not failed, then newest."""
+        best, best_rank = None, None
+        for e in candidates:
+            if e.request_id == req.request_id:
+                continue
+            rank = (
+                req.agent_id is not None and e.agent_id == req.agent_id,
+                req.session is not None and e.session == req.session,
+                e.status != FAILED,
+                e.timestamp,
+            )
+            if best_rank is None or rank > best_rank:
+                best, best_rank = e, rank
+        return best
+
+    def _child_of(self, req: LinkRequest, parent: Entry, parent_hash: bytes | None, current: bytes, how: str) -> Link:
+        siblings = [
+            c
+            for c in self.index.children(parent.request_id)
+            if c.request_id != req.request_id
+            and c.timestamp <= req.timestamp
+            and c.current != current
+            and c.parent_task_request_id != parent.request_id  # a sub-agent it spawned is no sibling
+            and not (c.request_type == COMPACTION and req.request_type == COMPACTION)  # a compaction retry
+        ]
+        branch = self._branch_name(req) if siblings else parent.branch_id or MAIN_BRANCH
+        return Link(
+            req.request_type,
+            parent.conversation_id,
+            branch,
+            parent.request_id,
+            parent.is_subtask,
+            parent.parent_task_request_id,
+            current,
+            parent_hash,
+            how,
+        )
+
+    @staticmethod
+    def _branch_name(req: LinkRequest) -> str:
+        at = datetime.fromtimestamp(req.timestamp, UTC)
+        return f"branch_{at:%Y%m%d%H%M%S}_{req.request_id.replace('-', '')[-4:]}"
+
+    def _invocation(self, req: LinkRequest) -> Invocation | None:
+        assert req.first_user_key is not None
+        candidates = [
+            i
+            for i in self.index.invocations(req.project, req.first_user_key)
+            if not i.claimed and i.timestamp <= req.timestamp
+        ]
+        if not candidates:
+            return None
+        same_session = [i for i in candidates if req.session is not None and i.session == req.session]
+        return (same_session or candidates)[0]  # the oldest unclaimed: agents start in launch order
+
+    def _compaction(self, req: LinkRequest) -> Compaction | None:
+        probe = summary_probe(req.continuation_text or "")
+        if probe is None:
+            return None
+        for c in reversed(self.index.compactions):
+            if c.project == req.project and c.timestamp <= req.timestamp and probe in c.text:
+                return c
+        return None
+
+    # --- remembering -----------------------------------------------------------------------------
+    def register(self, req: LinkRequest, link: Link) -> None:
+        """Remember a decided request, so its children and retries can find it."""
+        if link.evidence == "subtask" and req.first_user_key is not None:
+            self.index.note_subtask(link.conversation_id or "", int((link.branch_id or "_0").rsplit("_", 1)[1]))
+            for inv in self.index.invocations(req.project, req.first_user_key):
+                if inv.request_id == link.parent_request_id and not inv.claimed:
+                    inv.claimed = True
+                    break
+        if link.conversation_id is None:
+            return
+        self.index.add(
+            Entry(
+                req.request_id,
+                req.project,
+                req.timestamp,
+                req.request_type,
+                link.current_hash,
+                link.conversation_id,
+                link.branch_id,
+                link.parent_request_id,
+                link.is_subtask,
+                link.parent_task_request_id,
+                req.session,
+                req.agent_id,
+            )
+        )
+
+    def complete(self, request_id: str, ok: bool, message: Any) -> list[bytes]:
+        """Record how a request ended and what its reply spawned; return the reply's sub-agent prompt keys."""
+        entry = self.index.get(request_id)
+        if entry is None:
+            return []
+        entry.status = OK if ok else FAILED
+        if not ok or not isinstance(message, dict):
+            return []
+        keys = []
+        for tool_use_id, prompt in spawned_prompts(message):
+            key = prompt_key(prompt)
+            keys.append(key)
+            self.index.add_invocation(
+                Invocation(
+                    request_id, tool_use_id, entry.project, entry.conversation_id, entry.session, entry.timestamp, key
+                )
+            )
+        if entry.request_type == COMPACTION:
+            text = reply_text(message)
+            if text:
+                self.index.compactions.append(
+                    Compaction(request_id, entry.project, entry.conversation_id, entry.branch_id, entry.timestamp, text)
+                )
+        return keys
+
+
+def spawned_prompts(message: dict[str, Any]) -> list[tuple[str, str]]:
+    """`(tool_use id, input.prompt)` of each sub-agent tool call in a reply."""
+    out = []
+    for block in message.get("content") or []:
+        if isinstance(block, dict) and block.get("type") == "tool_use" and block.get("name") in SUBAGENT_TOOLS:
+            tool_input = block.get("input")
+            if isinstance(tool_input, dict) and isinstance(tool_input.get("prompt"), str):
+                out.append((str(block.get("id") or ""), tool_input["prompt"]))
+    return out

@@ -1,0 +1,188 @@
+"""Rebuilding the links of stored requests after a linker change: `nexus relink`.
+
+Rows are read back in time order, their bodies rebuilt from the content store and analysed again by
+the current Rust core, and replayed through the same linker the proxy runs (with the database as its
+fallback for rows before `--since`). Conversation ids are kept wherever the new decision still starts
+the conversation at the same request, so links to existing conversations survive a relink. The
+conversation summaries are rebuilt from the updated rows at the end, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from nexus._core import NexusCoreError, analyze_request, join_body
+from nexus.conversations.index import LinkIndex
+from nexus.conversations.linker import Linker
+from nexus.conversations.service import ConversationService, link_request
+
+BATCH = 500
+ROW_COLUMNS = (
+    "request_id::text, timestamp, project_id, path, request_headers, envelope::text, system_key, tools_key, "
+    "message_keys, response_status, response_body, outcome, conversation_id::text"
+)
+UPDATE_COLUMNS = (
+    ("request_id", "uuid"),
+    ("timestamp", "timestamptz"),
+    ("request_type", "text"),
+    ("conversation_id", "uuid"),
+    ("branch_id", "text"),
+    ("parent_request_id", "uuid"),
+    ("is_subtask", "boolean"),
+    ("parent_task_request_id", "uuid"),
+    ("current_message_hash", "bytea"),
+    ("parent_message_hash", "bytea"),
+    ("system_hash", "bytea"),
+    ("task_prompt_keys", "bytea[]"),
+)
+REBUILD_SUMMARIES = """
+DELETE FROM conversations;
+INSERT INTO conversations (conversation_id, project_id, first_at, last_at, request_count, input_tokens, output_tokens,
+    cache_creation_input_tokens, cache_read_input_tokens, latest_request_id)
+SELECT conversation_id, min(project_id), min("timestamp"), max("timestamp"), count(*), coalesce(sum(input_tokens), 0),
+    coalesce(sum(output_tokens), 0), coalesce(sum(cache_creation_input_tokens), 0),
+    coalesce(sum(cache_read_input_tokens), 0), (array_agg(request_id ORDER BY "timestamp" DESC))[1]
+FROM api_requests WHERE conversation_id IS NOT NULL GROUP BY conversation_id
+"""
+
+
+@dataclass(slots=True)
+class RelinkReport:
+    rows: int = 0
+    changed: int = 0
+    conversations_before: int = 0
+    conversations_after: int = 0
+
+
+async def _rows(conn: AsyncConnection[Any], since: datetime | None) -> AsyncIterator[list[tuple[Any, ...]]]:
+    where, params = ("WHERE timestamp >= %s", (since,)) if since else ("", ())
+    async with conn.cursor(name="nexus_relink") as cur:
+        await cur.execute(f"SELECT {ROW_COLUMNS} FROM api_requests {where} ORDER BY timestamp, request_id", params)  # noqa: S608
+        while batch := await cur.fetchmany(BATCH):
+            yield batch
+
+
+async def _blobs(conn: AsyncConnection[Any], rows: list[tuple[Any, ...]]) -> dict[bytes, bytes]:
+    keys = {bytes(k) for r in rows for k in [r[6], r[7], *(r[8] or [])] if k is not None}
+    if not keys:
+        return {}
+    cur = await conn.execute("SELECT key, body::text FROM content_blobs WHERE key = ANY(%s)", (list(keys),))
+    return {bytes(k): body.encode() for k, body in await cur.fetchall()}
+
+
+def _body(row: tuple[Any, ...], blobs: dict[bytes, bytes]) -> bytes | None:
+    envelope, system_key, tools_key, message_keys = row[5], row[6], row[7], row[8]
+    if envelope is None:
+        return None
+    part = blobs.get
+    messages = [part(bytes(k), b"null") for k in message_keys] if message_keys is not None else None
+    return join_body(
+        envelope.encode(),
+        part(bytes(system_key)) if system_key is not None else None,
+        part(bytes(tools_key)) if tools_key is not None else None,
+        messages,
+    )
+
+
+async def relink(dsn: str, *, since: datetime | None = None, dry_run: bool = False) -> RelinkReport:
+    report = RelinkReport()
+    used: set[str] = set()
+    keep: list[str | None] = [None]
+
+    def new_id() -> str:  # keep the row's conversation id when no other new conversation took it
+        old = keep[0]
+        if old is not None and old not in used:
+            used.add(old)
+            return old
+        fresh = str(uuid.uuid4())
+        used.add(fresh)
+        return fresh
+
+    pool = AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False)
+    await pool.open(wait=True, timeout=10)
+
+    async def get_pool() -> AsyncConnectionPool:
+        return pool
+
+    service = ConversationService(Linker(LinkIndex(10_000_000), new_id), get_pool if since else None)
+    updates: list[list[object]] = []
+    try:
+        async with await AsyncConnection.connect(dsn) as conn:
+            cur = await conn.execute("SELECT count(DISTINCT conversation_id) FROM api_requests")
+            report.conversations_before = (await cur.fetchone() or (0,))[0]
+            async for rows in _rows(conn, since):
+                blobs = await _blobs(conn, rows)
+                for row in rows:
+                    report.rows += 1
+                    updates.append(await _relink_row(service, row, blobs, keep))
+                    if updates[-1][3] != row[12]:
+                        report.changed += 1
+            if not dry_run:
+                await _apply(conn, updates)
+            cur = await conn.execute("SELECT count(DISTINCT conversation_id) FROM api_requests")
+            report.conversations_after = (await cur.fetchone() or (0,))[0]
+            if dry_run:
+                report.conversations_after = len({u[3] for u in updates if u[3] is not None})
+    finally:
+        await pool.close()
+    return report
+
+
+async def _relink_row(
+    service: ConversationService, row: tuple[Any, ...], blobs: dict[bytes, bytes], keep: list[str | None]
+) -> list[object]:
+    request_id, at, project, path, headers = row[0], row[1], row[2], row[3], row[4] or {}
+    body = _body(row, blobs)
+    analysis = None
+    if body is not None and path.startswith("/v1/messages"):
+        try:
+            analysis = analyze_request(body, strict=False)
+        except NexusCoreError:
+            analysis = None
+    keep[0] = row[12]
+    req = link_request(request_id, project, at.timestamp(), path.split("?", 1)[0], headers, analysis)
+    link = await service.link(req)
+    response = row[10]
+    ok = row[9] == 200 and row[11] == "completed"
+    body_bytes = orjson.dumps(response) if response is not None else None
+    keys = service.complete(request_id, link, ok, body_bytes, None)
+    return [
+        request_id,
+        at,
+        link.request_type,
+        link.conversation_id,
+        link.branch_id,
+        link.parent_request_id,
+        link.is_subtask,
+        link.parent_task_request_id,
+        link.current_hash,
+        link.parent_hash,
+        analysis.system_hash if analysis is not None else None,
+        keys or None,
+    ]
+
+
+async def _apply(conn: AsyncConnection[Any], updates: list[list[object]]) -> None:
+    columns = ", ".join(f'"{n}" {t}' for n, t in UPDATE_COLUMNS)
+    names = [n for n, _ in UPDATE_COLUMNS]
+    assignments = ", ".join(f'"{n}" = u."{n}"' for n in names[2:])
+    async with conn.transaction():
+        await conn.execute(f"CREATE TEMP TABLE nexus_relink ({columns}) ON COMMIT DROP")  # type: ignore[arg-type]
+        async with conn.cursor() as cur:
+            async with cur.copy(f"COPY nexus_relink ({', '.join(names)}) FROM STDIN") as cp:  # type: ignore[arg-type]
+                for update in updates:
+                    await cp.write_row(update)
+            await cur.execute(
+                f"UPDATE api_requests r SET {assignments} FROM nexus_relink u "  # type: ignore[arg-type]  # noqa: S608
+                'WHERE r.request_id = u.request_id AND r."timestamp" = u."timestamp"'
+            )
+            for statement in REBUILD_SUMMARIES.strip().split(";\n"):
+                await cur.execute(statement)  # type: ignore[arg-type]

@@ -1,0 +1,223 @@
+"""SQL of the conversations domain: the linker's lookups, the conversation views, and relinking.
+
+Every linker lookup is bounded in time (the request's own start and a look-back window), so it prunes
+to a few daily partitions and gives the same answer when history is replayed later.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+from nexus._core import prompt_key as prompt_key_of
+from nexus.conversations.compaction import reply_text
+from nexus.conversations.index import FAILED, OK, Compaction, Entry, Invocation
+from nexus.conversations.linker import spawned_prompts
+
+ENTRY_COLUMNS = (
+    "request_id::text, project_id, timestamp, request_type, current_message_hash, conversation_id::text, branch_id, "
+    "parent_request_id::text, is_subtask, parent_task_request_id::text, session_id, agent_id, response_status"
+)
+
+
+def _entry(row: tuple[Any, ...]) -> Entry:
+    status = row[12]
+    return Entry(
+        row[0],
+        row[1],
+        row[2].timestamp(),
+        row[3] or "",
+        bytes(row[4]) if row[4] is not None else None,
+        row[5],
+        row[6],
+        row[7],
+        bool(row[8]),
+        row[9],
+        row[10],
+        row[11],
+        OK if status == 200 else FAILED,
+    )
+
+
+def _window(before: float, days: int) -> tuple[datetime, datetime]:
+    end = datetime.fromtimestamp(before, UTC)
+    return end - timedelta(days=days), end
+
+
+async def requests_with_hashes(
+    conn: AsyncConnection[Any], project: str, hashes: list[bytes], before: float, days: int
+) -> list[Entry]:
+    """Requests whose whole history is one of `hashes`, and the children of those (for branching)."""
+    start, end = _window(before, days)
+    found = await conn.execute(
+        f"SELECT {ENTRY_COLUMNS} FROM api_requests WHERE project_id = %s AND current_message_hash = ANY(%s) "  # noqa: S608
+        "AND timestamp >= %s AND timestamp < %s ORDER BY timestamp DESC LIMIT 200",
+        (project, hashes, start, end),
+    )
+    entries = [_entry(r) for r in await found.fetchall()]
+    if entries:
+        children = await conn.execute(
+            f"SELECT {ENTRY_COLUMNS} FROM api_requests WHERE parent_request_id = ANY(%s::uuid[]) "  # noqa: S608
+            "AND timestamp >= %s AND timestamp < %s LIMIT 500",
+            ([e.request_id for e in entries], start, end),
+        )
+        entries += [_entry(r) for r in await children.fetchall()]
+    return entries
+
+
+async def spawning_requests(
+    conn: AsyncConnection[Any], project: str, prompt_key: bytes, before: float, days: int
+) -> tuple[list[Entry], list[Invocation], dict[str, int]]:
+    """Recent replies that launched a sub-agent with this prompt, their requests, and subtask counts."""
+    start, end = _window(before, min(days, 1))
+    cur = await conn.execute(
+        f"SELECT {ENTRY_COLUMNS}, response_body FROM api_requests "  # noqa: S608
+        "WHERE project_id = %s AND task_prompt_keys @> ARRAY[%s::bytea] AND timestamp >= %s AND timestamp < %s "
+        "ORDER BY timestamp DESC LIMIT 10",
+        (project, prompt_key, start, end),
+    )
+    entries, invocations = [], []
+    for row in await cur.fetchall():
+        entry = _entry(row)
+        entries.append(entry)
+        for tool_use_id, prompt in spawned_prompts(row[13] if isinstance(row[13], dict) else {}):
+            k = prompt_key_of(prompt)
+            invocations.append(
+                Invocation(
+                    entry.request_id, tool_use_id, project, entry.conversation_id, entry.session, entry.timestamp, k
+                )
+            )
+    counts: dict[str, int] = {}
+    conversations = sorted({e.conversation_id for e in entries if e.conversation_id})
+    if conversations:
+        cur = await conn.execute(
+            "SELECT conversation_id::text, max(substring(branch_id from 9)::int) FROM api_requests "
+            "WHERE conversation_id = ANY(%s::uuid[]) AND branch_id ~ '^subtask_[0-9]+$' GROUP BY 1",
+            (conversations,),
+        )
+        counts = {c: int(n) for c, n in await cur.fetchall()}
+    return entries, invocations, counts
+
+
+async def recent_compactions(
+    conn: AsyncConnection[Any], project: str, before: float, days: int
+) -> tuple[list[Entry], list[Compaction]]:
+    start, end = _window(before, min(days, 7))
+    cur = await conn.execute(
+        f"SELECT {ENTRY_COLUMNS}, response_body FROM api_requests "  # noqa: S608
+        "WHERE project_id = %s AND request_type = 'compaction' AND response_status = 200 "
+        "AND timestamp >= %s AND timestamp < %s ORDER BY timestamp DESC LIMIT 20",
+        (project, start, end),
+    )
+    entries, compactions = [], []
+    for row in reversed(await cur.fetchall()):
+        entry = _entry(row)
+        entries.append(entry)
+        text = reply_text(row[13])
+        if text:
+            compactions.append(
+                Compaction(entry.request_id, project, entry.conversation_id, entry.branch_id, entry.timestamp, text)
+            )
+    return entries, compactions
+
+
+# --- views --------------------------------------------------------------------------------------------
+CONVERSATION_COLUMNS = (
+    "conversation_id, project_id, first_at, last_at, request_count, input_tokens, output_tokens, "
+    "cache_creation_input_tokens, cache_read_input_tokens, latest_request_id"
+)
+
+
+async def list_conversations(
+    conn: AsyncConnection[Any],
+    *,
+    limit: int,
+    before: tuple[datetime, str] | None = None,
+    project_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Conversations by latest activity, newest first (keyset on last_at, conversation_id), with their
+    branch, sub-agent and compaction counts and models."""
+    where, params = [], []
+    if before is not None:
+        where.append("(last_at, conversation_id) < (%s, %s)")
+        params += [before[0], before[1]]
+    if project_id is not None:
+        where.append("project_id = %s")
+        params.append(project_id)
+    clause = ("WHERE " + " AND ".join(where)) if where else ""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {CONVERSATION_COLUMNS} FROM conversations {clause} "  # noqa: S608
+            "ORDER BY last_at DESC, conversation_id DESC LIMIT %s",
+            (*params, limit),
+        )
+        rows = await cur.fetchall()
+        if not rows:
+            return rows
+        await cur.execute(
+            "SELECT conversation_id, "
+            "count(DISTINCT branch_id) FILTER (WHERE branch_id !~ '^subtask_') AS branch_count, "
+            "count(DISTINCT branch_id) FILTER (WHERE branch_id ~ '^subtask_') AS subagent_count, "
+            "count(*) FILTER (WHERE request_type = 'compaction') AS compaction_count, "
+            "array_agg(DISTINCT model) FILTER (WHERE model IS NOT NULL) AS models "
+            "FROM api_requests WHERE conversation_id = ANY(%s) AND timestamp >= %s AND timestamp <= %s "
+            "GROUP BY conversation_id",
+            ([r["conversation_id"] for r in rows], min(r["first_at"] for r in rows), max(r["last_at"] for r in rows)),
+        )
+        counts = {r["conversation_id"]: r for r in await cur.fetchall()}
+    for row in rows:
+        extra = counts.get(row["conversation_id"], {})
+        row["branch_count"] = extra.get("branch_count", 0)
+        row["subagent_count"] = extra.get("subagent_count", 0)
+        row["compaction_count"] = extra.get("compaction_count", 0)
+        row["models"] = sorted(extra.get("models") or [])
+    return rows
+
+
+TREE_COLUMNS = (
+    "request_id, timestamp, parent_request_id, branch_id, is_subtask, parent_task_request_id, request_type, "
+    "model, response_status, input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens, "
+    "duration_ms, message_count, tool_call_count, session_id, agent_id"
+)
+
+
+async def get_conversation(conn: AsyncConnection[Any], conversation_id: str) -> dict[str, Any] | None:
+    """One conversation as a tree: its requests in time order with parent and sub-agent edges."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        sql = f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE conversation_id = %s"  # noqa: S608
+        await cur.execute(sql, (conversation_id,))  # type: ignore[arg-type]
+        summary = await cur.fetchone()
+        if summary is None:
+            return None
+        await cur.execute(
+            f"SELECT {TREE_COLUMNS} FROM api_requests WHERE conversation_id = %s "  # noqa: S608
+            "AND timestamp >= %s AND timestamp <= %s ORDER BY timestamp, request_id",
+            (conversation_id, summary["first_at"], summary["last_at"]),
+        )
+        requests = await cur.fetchall()
+    branches: dict[str, dict[str, Any]] = {}
+    edges = []
+    for r in requests:
+        b = branches.setdefault(
+            r["branch_id"] or "main",
+            {"branch_id": r["branch_id"] or "main", "first_request_id": r["request_id"], "request_count": 0,
+             "parent_request_id": r["parent_request_id"], "is_subtask": r["is_subtask"]},
+        )  # fmt: skip
+        b["request_count"] += 1
+        b["last_request_id"] = r["request_id"]
+    types = {r["request_id"]: r["request_type"] for r in requests}
+    for r in requests:
+        parent = r["parent_request_id"]
+        if parent is None:
+            continue
+        if r["is_subtask"] and r["parent_task_request_id"] == parent:
+            kind = "subagent"  # the first request of a sub-agent, under the reply that launched it
+        elif types.get(parent) == "compaction":
+            kind = "compaction"  # the history restarted from the summary
+        else:
+            kind = "continuation"
+        edges.append({"from": parent, "to": r["request_id"], "kind": kind})
+    return {**summary, "requests": requests, "branches": list(branches.values()), "edges": edges}
