@@ -207,6 +207,8 @@ class FakeAnthropic:
                 "received_at": time.time(),
             }
         )
+        if path == "/api/hello":  # Claude Code's connectivity probe: HEAD, no credentials
+            return proto.response_empty(200, [("content-type", "application/json")])
         auth = headers.get("authorization", "")
         rl = self._ratelimit_headers(oauth=auth.startswith("Bearer sk-ant-oat"))
         if not headers.get("x-api-key") and not auth.startswith("Bearer "):
