@@ -28,6 +28,24 @@ class FakeControl:
     def queue(self, *scenarios: str) -> None:
         self._call("POST", "/_fake/scenarios", {"scenarios": list(scenarios)})
 
+    def script(self, *rules: dict[str, Any], append: bool = False) -> list[dict[str, Any]]:
+        """Load scripted reply rules (see `nexus.testing.scripted`); returns them with hit counts."""
+        return self._call("POST", "/_fake/script", {"rules": list(rules), "append": append})["rules"]
+
+    def script_state(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/_fake/script")["rules"]
+
+    def replies(self, *entries: dict[str, Any]) -> int:
+        """Queue final messages (or recorded responses) for the next `/v1/messages` requests."""
+        return self._call("POST", "/_fake/replies", {"replies": list(entries)})["queued"]
+
+    def replies_left(self) -> int:
+        return self._call("GET", "/_fake/replies")["queued"]
+
+    def record(self, directory: str | None) -> dict[str, Any]:
+        """Start recording every API request to `directory` (None stops)."""
+        return self._call("POST", "/_fake/record", {"dir": directory})
+
     def requests(self) -> list[dict[str, Any]]:
         return self._call("GET", "/_fake/requests")
 

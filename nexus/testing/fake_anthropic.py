@@ -25,6 +25,9 @@ Observation: `GET /_fake/requests` (what was received, bounded), `GET /_fake/eve
 streamed or held connection ended: `completed`, `client_disconnected` or `dropped`), `POST
 /_fake/reset`, `GET /_fake/health`.
 
+Scripted replies (rules and a FIFO of final messages), the SSE encoder they use, and recording every
+request to a directory (`--record-dir`) live in `nexus.testing.scripted`; see its docstring.
+
 Tool use is deterministic too: with `tools` in the request, a `tool_choice` of `tool`/`any`, or the
 marker `[[use_tool:NAME {json input}]]` in the last user message, the reply calls that tool.
 """
@@ -43,6 +46,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+
+from nexus.testing import scripted
 
 MODELS = [
     ("claude-opus-4-6", "Claude Opus 4.6", "2026-02-05T00:00:00Z"),
@@ -96,7 +101,13 @@ class FakeAnthropic:
     """The RSGI application."""
 
     def __init__(
-        self, *, event_delay_ms: float = 0, text_tokens: int = 12, record_bodies: bool = True, max_records: int = 10_000
+        self,
+        *,
+        event_delay_ms: float = 0,
+        text_tokens: int = 12,
+        record_bodies: bool = True,
+        max_records: int = 10_000,
+        record_dir: str | None = None,
     ) -> None:
         self.event_delay_s = event_delay_ms / 1000
         self.text_tokens = text_tokens
@@ -107,6 +118,7 @@ class FakeAnthropic:
         self.count = 0
         self._reset_cache: tuple[int, str] = (0, "")
         self.oauth = FakeOAuth()
+        self.scripted = scripted.Scripted(record_dir)
 
     # --- plumbing ----------------------------------------------------------------------------
     def _ratelimit_headers(self, oauth: bool) -> list[tuple[str, str]]:
@@ -164,6 +176,14 @@ class FakeAnthropic:
             await self.oauth.token(proto, await proto())
             return
         raw = await proto()
+        recording = self.scripted.recorder.begin(scope, raw) if self.scripted.recorder else None
+        try:
+            await self._api(scope, recording.wrap(proto) if recording else proto, path, raw)
+        finally:
+            if recording is not None:
+                recording.finish()
+
+    async def _api(self, scope: Any, proto: Any, path: str, raw: bytes) -> None:
         index = self.count
         self.count += 1
         header_items = scope.headers.items()
@@ -187,6 +207,8 @@ class FakeAnthropic:
                 "received_at": time.time(),
             }
         )
+        if path == "/api/hello":  # Claude Code's connectivity probe: HEAD, no credentials
+            return proto.response_empty(200, [("content-type", "application/json")])
         auth = headers.get("authorization", "")
         rl = self._ratelimit_headers(oauth=auth.startswith("Bearer sk-ant-oat"))
         if not headers.get("x-api-key") and not auth.startswith("Bearer "):
@@ -212,10 +234,13 @@ class FakeAnthropic:
         if not isinstance(body["messages"], list) or not body["messages"]:
             return self._error(proto, 400, rl, "messages: at least one message is required")
         input_tokens = max(1, len(raw) // 4)
+        spec = headers.get("x-fake-scenario")
+        reply = None if spec else self.scripted.choose(path, headers, body, raw)
+        if reply is not None:
+            return await self.scripted.respond(self, proto, index, body, input_tokens, reply, rl)
         if path == "/v1/messages/count_tokens":
             return self._json(proto, 200, {"input_tokens": input_tokens}, rl)
 
-        spec = headers.get("x-fake-scenario")
         try:
             scenario = Scenario.parse(spec) if spec else (self.queue.popleft() if self.queue else Scenario())
         except ValueError as exc:
@@ -350,9 +375,15 @@ class FakeAnthropic:
         return out
 
     async def _stream(
-        self, proto: Any, index: int, message: dict[str, Any], scenario: Scenario, rl: list[tuple[str, str]]
+        self,
+        proto: Any,
+        index: int,
+        message: dict[str, Any],
+        scenario: Scenario,
+        rl: list[tuple[str, str]],
+        events: list[bytes] | None = None,
     ) -> None:
-        events = self._stream_events(message)
+        events = events or self._stream_events(message)
         kind, n = scenario.kind, scenario.value
         delay = n / 1000 if kind == "event-delay" else self.event_delay_s
         limit = n if kind in ("hang-after", "drop-after", "error-event-after") else len(events)
@@ -411,6 +442,8 @@ class FakeAnthropic:
 
     async def _control(self, scope: Any, proto: Any, path: str) -> None:
         raw = await proto()
+        if path in scripted.CONTROL_PATHS:
+            return self._json(proto, *self.scripted.control(scope.method, path, raw), [])
         if path == "/_fake/health":
             return self._json(proto, 200, {"status": "ok"}, [])
         if path == "/_fake/requests":
@@ -426,6 +459,7 @@ class FakeAnthropic:
             self.requests.clear()
             self.events.clear()
             self.queue.clear()
+            self.scripted.reset()
             return self._json(proto, 200, {"status": "reset"}, [])
         if path == "/_fake/scenarios" and scope.method == "POST":
             specs = orjson.loads(raw).get("scenarios", [])
@@ -498,6 +532,7 @@ def app_from_env() -> FakeAnthropic:
         event_delay_ms=float(os.environ.get("FAKE_ANTHROPIC_EVENT_DELAY_MS", "0")),
         text_tokens=int(os.environ.get("FAKE_ANTHROPIC_TEXT_TOKENS", "12")),
         record_bodies=os.environ.get("FAKE_ANTHROPIC_RECORD_BODIES", "1") == "1",
+        record_dir=os.environ.get("FAKE_ANTHROPIC_RECORD_DIR") or None,
     )
 
 
@@ -507,6 +542,7 @@ def serve(
     event_delay_ms: float = 0,
     text_tokens: int = 12,
     record_bodies: bool = True,
+    record_dir: str | None = None,
 ) -> None:
     from granian import Granian
     from granian.constants import Interfaces, Loops
@@ -514,6 +550,7 @@ def serve(
     os.environ["FAKE_ANTHROPIC_EVENT_DELAY_MS"] = str(event_delay_ms)
     os.environ["FAKE_ANTHROPIC_TEXT_TOKENS"] = str(text_tokens)
     os.environ["FAKE_ANTHROPIC_RECORD_BODIES"] = "1" if record_bodies else "0"
+    os.environ["FAKE_ANTHROPIC_RECORD_DIR"] = os.path.abspath(record_dir) if record_dir else ""
     Granian(
         "nexus.testing.fake_anthropic:app_from_env",
         factory=True,
@@ -535,8 +572,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--event-delay-ms", type=float, default=0)
     ap.add_argument("--text-tokens", type=int, default=12)
     ap.add_argument("--no-record-bodies", action="store_true")
+    ap.add_argument("--record-dir", help="write one JSON file per API request here (see nexus.testing.scripted)")
     args = ap.parse_args(argv)
-    serve(args.host, args.port, args.event_delay_ms, args.text_tokens, not args.no_record_bodies)
+    serve(args.host, args.port, args.event_delay_ms, args.text_tokens, not args.no_record_bodies, args.record_dir)
 
 
 if __name__ == "__main__":

@@ -72,13 +72,20 @@ def run_proxy(env: Mapping[str, str], *, workers: int = 1) -> Iterator[str]:
 
 
 @contextmanager
-def run_fake_upstream(*, event_delay_ms: float = 0, text_tokens: int = 12, record_bodies: bool = True) -> Iterator[str]:
-    """Run the fake Anthropic API on a free loopback port; yield its base URL."""
+def run_fake_upstream(
+    *, event_delay_ms: float = 0, text_tokens: int = 12, record_bodies: bool = True, record_dir: str | None = None
+) -> Iterator[str]:
+    """Run the fake Anthropic API on a free loopback port; yield its base URL.
+
+    With `record_dir`, every API request is written there (see `nexus.testing.scripted`).
+    """
     port = free_port()
     cmd = [sys.executable, "-m", "nexus.testing.fake_anthropic", "--port", str(port)]
     cmd += ["--event-delay-ms", str(event_delay_ms), "--text-tokens", str(text_tokens)]
     if not record_bodies:
         cmd.append("--no-record-bodies")
+    if record_dir:
+        cmd += ["--record-dir", record_dir]
     proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}"
     try:
