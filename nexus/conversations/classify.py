@@ -3,22 +3,16 @@
 `main` and `subagent` turns are what conversations are made of; `compaction` is Claude Code summarising
 its history (`/compact` or auto-compact: the history plus a final "create a detailed summary" turn);
 `auxiliary` covers client housekeeping that is no part of a conversation (session titles, quota
-probes); `count_tokens` and `other` are the remaining `/v1/*` paths. Markers come from recorded
-Claude Code 2.1 traffic (tests/fixtures/claude_code) and older versions the reference system saw.
+probes, `/v1/models`, the `HEAD /api/hello` probe); `count_tokens` is `/v1/messages/count_tokens`.
+Markers come from recorded Claude Code 2.1 traffic (tests/fixtures/claude_code) and from older
+versions the reference system saw.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-MAIN, SUBAGENT, COMPACTION, AUXILIARY, COUNT_TOKENS, OTHER = (
-    "main",
-    "subagent",
-    "compaction",
-    "auxiliary",
-    "count_tokens",
-    "other",
-)
+MAIN, SUBAGENT, COMPACTION, AUXILIARY, COUNT_TOKENS = "main", "subagent", "compaction", "auxiliary", "count_tokens"
 #: Request types that take part in conversations (and are linked).
 LINKED_TYPES = frozenset({MAIN, SUBAGENT, COMPACTION})
 
@@ -51,7 +45,7 @@ def classify(path: str, facts: Facts | None, agent_id: str | None = None) -> str
     if route == "/v1/messages/count_tokens":
         return COUNT_TOKENS
     if route != "/v1/messages" or facts is None:
-        return OTHER
+        return AUXILIARY
     last = facts.last_user_head
     if facts.kept_roles.endswith(b"u") and (
         any(marker in last for marker in COMPACTION_TURN_MARKERS) or SUMMARIZER_SYSTEM in facts.system_head

@@ -13,6 +13,7 @@ Evidence, strongest first, all scoped to the request's project:
    otherwise it stays on the parent's branch.
 4. *Compaction continuation*: a first user message quoting the summary a compaction request wrote
    (checked after the prefix, because every later turn of the compacted session still opens with it).
+   The restarted history is a segment of its own: a new `compact_…` branch under the compaction.
 Otherwise a new conversation starts. The session header only breaks ties between equal candidates and
 scopes retries; it is never enough on its own. `decide` reads the index and changes nothing, so a caller
 can load more candidates from the database on a miss and decide again.
@@ -122,8 +123,18 @@ class Linker:
             compaction = self._compaction(req)
             if compaction is not None:
                 parent = self.index.get(compaction.request_id)
-                if parent is not None:
-                    return self._child_of(req, parent, None, current, "compaction")
+                if parent is not None:  # the history restarts from the summary: a segment of its own
+                    return Link(
+                        req.request_type,
+                        parent.conversation_id,
+                        self._branch_name(req, "compact"),
+                        parent.request_id,
+                        parent.is_subtask,
+                        parent.parent_task_request_id,
+                        current,
+                        None,
+                        "compaction",
+                    )
         could_find = len(hashes) > 1 or req.continuation_text is not None or req.request_type == SUBAGENT
         return self._new(req, current, missed=could_find)
 
@@ -181,9 +192,9 @@ class Linker:
         )
 
     @staticmethod
-    def _branch_name(req: LinkRequest) -> str:
+    def _branch_name(req: LinkRequest, kind: str = "branch") -> str:
         at = datetime.fromtimestamp(req.timestamp, UTC)
-        return f"branch_{at:%Y%m%d%H%M%S}_{req.request_id.replace('-', '')[-4:]}"
+        return f"{kind}_{at:%Y%m%d%H%M%S}_{req.request_id.replace('-', '')[-4:]}"
 
     def _invocation(self, req: LinkRequest) -> Invocation | None:
         assert req.first_user_key is not None

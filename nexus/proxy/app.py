@@ -121,8 +121,9 @@ class ProxyApp:
                 self._respond_json(proto, 200, self.health(), request_id)
             elif path == "/" and method == "GET":
                 self._respond_json(proto, 200, self.descriptor(), request_id)
-            elif path.startswith("/api/event_logging/"):
-                # Claude Code's own telemetry: acknowledged and dropped, never forwarded.
+            elif path.startswith("/api/event_logging/") or path == "/api/hello":
+                # Claude Code's own telemetry (acknowledged and dropped, never forwarded) and its
+                # connectivity probe (`HEAD /api/hello` when interactive mode starts).
                 self._respond_json(proto, 200, {"status": "ok"}, request_id)
             elif path.startswith("/api/"):
                 await self.api.handle(scope, proto, request_id)
