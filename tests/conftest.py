@@ -68,6 +68,15 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
+@pytest.fixture
+def pg_dir() -> Iterator[Path]:
+    """A directory for a PostgreSQL data dir, outside pytest's basetemp: another pytest session starting
+    on the machine resets /tmp/pytest-of-<user> to mode 0700, which locks out the server's own user."""
+    path = Path(tempfile.mkdtemp(prefix="nexus-test-pg-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def database_admin_url() -> Iterator[str]:
     """A real PostgreSQL server: `NEXUS_TEST_DATABASE_URL` when set, else a throwaway embedded one."""
@@ -75,7 +84,7 @@ def database_admin_url() -> Iterator[str]:
     if given:
         yield given
         return
-    # Not under pytest's basetemp: a concurrent pytest run prunes old basetemps while this one runs.
+    # Not under pytest's basetemp (see `pg_dir`).
     data_dir = Path(tempfile.mkdtemp(prefix="nexus-test-pg-"))
     url, stop_server = start_embedded(data_dir, database="postgres")
     try:

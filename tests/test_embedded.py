@@ -10,8 +10,8 @@ from nexus.storage.embedded import start_embedded
 from nexus.storage.migrate import migrate
 
 
-def test_data_survives_a_restart(tmp_path: Path) -> None:
-    url, stop = start_embedded(tmp_path / "pg")
+def test_data_survives_a_restart(pg_dir: Path) -> None:
+    url, stop = start_embedded(pg_dir / "pg")
     try:
         migrate(url)
         with psycopg.connect(url) as conn:
@@ -21,7 +21,7 @@ def test_data_survives_a_restart(tmp_path: Path) -> None:
             )
     finally:
         stop()
-    url2, stop2 = start_embedded(tmp_path / "pg")
+    url2, stop2 = start_embedded(pg_dir / "pg")
     try:
         assert url2 == url  # same socket directory, same URL: clients keep working across restarts
         assert migrate(url2) == []

@@ -99,6 +99,25 @@ def test_partitions_ahead_and_retention_drops_whole_days(migrated_db: str) -> No
             "conversation_id_timestamp_idx",
         ),
         ("SELECT request_id FROM api_requests WHERE current_message_hash = '\\x00'::bytea", "current_message_hash_idx"),
+        ("SELECT request_id FROM api_requests WHERE parent_request_id = gen_random_uuid()", "parent_request_id_idx"),
+        (
+            "SELECT request_id FROM api_requests WHERE task_prompt_keys @> ARRAY['\\x00'::bytea]",
+            "task_prompt_keys_idx",
+        ),
+        (
+            "SELECT request_id FROM api_requests WHERE project_id = 'p' AND request_type = 'compaction' "
+            "AND response_status = 200 ORDER BY timestamp DESC LIMIT 20",
+            "project_id_timestamp_idx1",
+        ),
+        (
+            "SELECT conversation_id FROM conversations ORDER BY last_at DESC, conversation_id DESC LIMIT 50",
+            "conversations_last_idx",
+        ),
+        (
+            "SELECT conversation_id FROM conversations WHERE project_id = 'p' "
+            "ORDER BY last_at DESC, conversation_id DESC LIMIT 50",
+            "conversations_project_last_idx",
+        ),
     ],
 )
 def test_lookups_use_their_index(migrated_db: str, query: str, index: str) -> None:
