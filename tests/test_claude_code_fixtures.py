@@ -9,14 +9,19 @@ every file and points only at earlier files, and each expected edge is visible i
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import orjson
 import pytest
 
+from nexus._core import SseObserver
+from nexus.testing.control import FakeControl
 from nexus.testing.scripted import REDACTED_API_KEY, REDACTED_BEARER
 
 ROOT = Path(__file__).resolve().parent / "fixtures" / "claude_code"
@@ -205,3 +210,33 @@ def test_interactive_scenario_has_title_generation() -> None:
         if records[e["file"]]["body"] and "You are naming a coding session" in json.dumps(records[e["file"]]["body"])
     ]
     assert titles and all(e["request_type"] == "auxiliary" for e in titles)
+
+
+@pytest.mark.parametrize("scenario", ["retry_529", "subagents_background", "python_sdk"])
+def test_fixture_replays_through_the_fake_fifo(scenario: str, upstream_url: str, fake: FakeControl) -> None:
+    """What the end-to-end tests do: queue the recorded responses, re-send the recorded requests."""
+    records, _ = load(scenario)
+    calls = [r for r in records.values() if r["path"].split("?")[0] == "/v1/messages"]
+    assert fake.replies(*(r["response"] for r in calls)) == len(calls)
+    parts = urlsplit(upstream_url)
+    for rec in records.values():
+        headers = {k: v for k, v in rec["headers"].items() if k not in {"host", "content-length", "accept-encoding"}}
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        conn.request(rec["method"], rec["path"], body=orjson.dumps(rec["body"]), headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        assert resp.status == rec["response"]["status"]
+        if resp.getheader("content-type", "").startswith("text/event-stream"):
+            obs = SseObserver()
+            obs.feed(data)
+            assert obs.saw_message_stop
+            data = obs.message_json() or b""
+        got = orjson.loads(data)
+        if rec["path"].endswith("count_tokens"):
+            assert got["input_tokens"] > 0  # answered by the fake itself, not from the queue
+        elif resp.status == 200:
+            assert got == rec["response"]["body"]
+        else:
+            assert got["error"] == rec["response"]["body"]["error"]
+    assert fake.replies_left() == 0
