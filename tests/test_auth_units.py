@@ -15,7 +15,14 @@ import orjson
 import pytest
 
 from nexus.auth import oauth_status
-from nexus.auth.credentials import Credential, CredentialError, merge_beta, parse_credential
+from nexus.auth.credentials import (
+    MAX_CACHED,
+    Credential,
+    CredentialError,
+    CredentialStore,
+    merge_beta,
+    parse_credential,
+)
 from nexus.auth.files import credential_lock, write_atomically
 from nexus.auth.login import LoginError, parse_pasted, start_login
 from nexus.auth.names import safe_name
@@ -206,3 +213,13 @@ def test_client_auth_needs_a_salt_and_the_error_never_shows_it(monkeypatch: pyte
     with pytest.raises(SettingsError) as info:
         load_settings()
     assert "a-long-enough-salt-value" not in str(info.value)
+
+
+def test_name_caches_stay_bounded_whatever_names_clients_send(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path)
+    write_atomically(tmp_path / "real.credentials.json", {"type": "api_key", "api_key": "sk-ant-api03-real"})
+    for i in range(MAX_CACHED + 10):
+        assert store.for_project(f"made-up-{i}") is None
+    assert len(store._cache) <= MAX_CACHED and len(store._paths) <= MAX_CACHED
+    cred = store.for_project("real")
+    assert cred is not None and cred.api_key == "sk-ant-api03-real"

@@ -115,10 +115,17 @@ _Stamp = tuple[int, int, int]  # inode, mtime ns, size: a rename or rewrite chan
 
 
 class CredentialStore:
+    """Credential files by project or account name, cached per file and re-read when they change.
+
+    Both caches are bounded (and simply emptied when full): project names come from client headers,
+    and a client sending endless distinct names must not grow the proxy's memory without limit.
+    """
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        # path -> (last checked, stamp, credential or the error that file gave, or None if absent)
-        self._cache: dict[Path, tuple[float, _Stamp | None, Credential | CredentialError | None]] = {}
+        # file path -> (last checked, stamp, credential or the error that file gave, or None if absent)
+        self._cache: dict[str, tuple[float, _Stamp | None, Credential | CredentialError | None]] = {}
+        self._paths: dict[tuple[bool, str], Path] = {}  # (is account, name) -> path, to skip Path building
 
     def project_path(self, project: str) -> Path:
         return self.directory / f"{_checked(project, 'project')}{SUFFIX}"
@@ -127,10 +134,17 @@ class CredentialStore:
         return self.directory / "accounts" / f"{_checked(account, 'account')}{SUFFIX}"
 
     def for_project(self, project: str) -> Credential | None:
-        return self.load(self.project_path(project))
+        return self.load(self._path(False, project))
 
     def for_account(self, account: str) -> Credential | None:
-        return self.load(self.account_path(account))
+        return self.load(self._path(True, account))
+
+    def _path(self, is_account: bool, name: str) -> Path:
+        path = self._paths.get((is_account, name))
+        if path is None:
+            path = self.account_path(name) if is_account else self.project_path(name)
+            _bounded_put(self._paths, (is_account, name), path)
+        return path
 
     def paths(self) -> list[Path]:
         """Every credential file: projects first, then named accounts, each sorted by name."""
@@ -156,19 +170,20 @@ class CredentialStore:
             return path.name
 
     def invalidate(self, path: Path) -> None:
-        self._cache.pop(path, None)
+        self._cache.pop(os.fspath(path), None)
 
     def load(self, path: Path) -> Credential | None:
         """The credential in `path` (None when absent), re-read when the file changed on disk."""
         now = time.monotonic()
-        cached = self._cache.get(path)
+        key = os.fspath(path)
+        cached = self._cache.get(key)
         if cached is None or now - cached[0] >= RECHECK_S:
             stamp = _stamp(path)
             if cached is None or cached[1] != stamp:
                 cached = (now, stamp, self._parse(path) if stamp else None)
             else:
                 cached = (now, stamp, cached[2])
-            self._cache[path] = cached
+            _bounded_put(self._cache, key, cached)
         if isinstance(cached[2], CredentialError):
             raise cached[2]
         return cached[2]
@@ -182,6 +197,15 @@ class CredentialStore:
             return None  # removed between the stat and the read
         except OSError as exc:
             return CredentialError(f"{self.where(path)}: cannot be read ({exc.strerror})")
+
+
+MAX_CACHED = 4096
+
+
+def _bounded_put(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= MAX_CACHED and key not in cache:
+        cache.clear()
+    cache[key] = value
 
 
 def _checked(name: str, what: str) -> str:

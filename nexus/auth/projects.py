@@ -10,6 +10,7 @@ instead of being ignored: falling through to another project would bill the wron
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 
 from nexus.auth import errors
 from nexus.auth.credentials import CredentialError
@@ -24,6 +25,11 @@ def host_project(host: str | None) -> str | None:
     """The project named by a Host header, or None when it is absent or not a usable name."""
     if not host:
         return None
+    return _host_project(host)
+
+
+@lru_cache(maxsize=1024)  # a deployment sees few Host values; parsing an IP each time costs microseconds
+def _host_project(host: str) -> str | None:
     host = host.strip().lower()
     if host.startswith("["):  # [v6-address]:port -- not a usable file name: default project
         return None
