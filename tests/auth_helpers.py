@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import http.client
+import os
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -93,3 +97,25 @@ def assert_anthropic_error(status: int, body: Any, expected_status: int, error_t
     assert body["type"] == "error" and body["error"]["type"] == error_type, body
     assert body["request_id"]
     return str(body["error"]["message"])
+
+
+def run_login(env: dict[str, str], args: list[str], paste: Any = None) -> tuple[int, str, str, str]:
+    """Run `nexus oauth login`; play the browser on the printed URL; paste `paste(code_and_state)`."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nexus.cli", "oauth", "login", *args],
+        env={**os.environ, **env},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    url = ""
+    while not url.startswith("http"):
+        line = proc.stdout.readline()
+        assert line, "login exited before printing the URL"
+        url = line.strip()
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (loopback fake)
+        shown = resp.read().decode()
+    out, err = proc.communicate((paste(shown) if paste else shown) + "\n", timeout=30)
+    return proc.returncode, url, out, err

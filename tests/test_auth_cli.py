@@ -9,9 +9,6 @@ and client id before the credential file is written.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -24,7 +21,7 @@ from nexus.auth.oauth_status import load_status
 from nexus.cli import main
 from nexus.testing.control import FakeControl
 from nexus.testing.servers import run_proxy
-from tests.auth_helpers import cred_path, now_ms, post, proxy_env, write_api_key, write_oauth
+from tests.auth_helpers import cred_path, now_ms, post, proxy_env, run_login, write_api_key, write_oauth
 
 SALT = "cli-salt-9b1e5c7a3d2f4e6a8c0b"
 
@@ -89,28 +86,6 @@ def test_a_cli_key_admits_requests_until_revoked(env: dict[str, str], creds: Pat
 
 
 # --- oauth login ---------------------------------------------------------------------------------
-
-
-def run_login(env: dict[str, str], args: list[str], paste: Any = None) -> tuple[int, str, str, str]:
-    """Run `nexus oauth login`; play the browser on the printed URL; paste `paste(code_and_state)`."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nexus.cli", "oauth", "login", *args],
-        env={**os.environ, **env},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    url = ""
-    while not url.startswith("http"):
-        line = proc.stdout.readline()
-        assert line, "login exited before printing the URL"
-        url = line.strip()
-    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (loopback fake)
-        shown = resp.read().decode()
-    out, err = proc.communicate((paste(shown) if paste else shown) + "\n", timeout=30)
-    return proc.returncode, url, out, err
 
 
 def test_login_end_to_end_writes_a_private_credential_file(env: dict[str, str], creds: Path, fake: FakeControl) -> None:

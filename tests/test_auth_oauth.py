@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from nexus.cli import main
 from nexus.testing.control import FakeControl
 from nexus.testing.servers import run_proxy
-from tests.auth_helpers import assert_anthropic_error, now_ms, post, proxy_env, wait_for, write_oauth
+from tests.auth_helpers import assert_anthropic_error, now_ms, post, proxy_env, run_login, wait_for, write_oauth
 
 
 @pytest.fixture
@@ -143,12 +143,14 @@ def test_invalid_grant_is_a_clear_401_and_needs_login_until_a_new_login(
     assert bearers(fake) == []
     [row] = status_of(creds, upstream_url)
     assert row["state"] == "needs login" and "invalid_grant" in row["last_error"]
-    # a new login (a new file, new refresh token) clears the state, here and in the proxy
-    fake.oauth(refresh_token="sk-ant-ort01-after-login")
-    write_oauth(creds, "dead", "sk-ant-oat01-after-login", "sk-ant-ort01-after-login", now_ms(3600))
-    assert status_of(creds, upstream_url)[0]["state"] == "valid"
+    # a new login (a new file, new refresh token) clears the state, for `status` and in the proxy
+    code, _, _, err = run_login(proxy_env(upstream_url, creds), ["--project", "dead"])
+    assert code == 0, err
+    [row] = status_of(creds, upstream_url)
+    assert row["state"] == "valid" and row["last_error"] is None and row["last_login_at"] is not None
     wait_for(lambda: post(oauth_proxy, {"train-id": "dead"})[0] == 200, what="the new login to be used")
-    assert bearers(fake)[-1] == "Bearer sk-ant-oat01-after-login"
+    new_access = oauth_file(creds / "dead.credentials.json")["oauth"]["accessToken"]
+    assert bearers(fake)[-1] == f"Bearer {new_access}" and new_access != "sk-ant-oat01-dead"
 
 
 def test_a_failed_refresh_is_cached_briefly_and_a_still_valid_token_keeps_working(
