@@ -73,8 +73,12 @@ def _run_proxy() -> None:
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
+    from nexus.auth.service import startup_lines
+
     settings = _settings_or_exit()
     _prepare_storage(settings)
+    for line in startup_lines(settings):
+        click.echo(line, err=True)
     server = Granian(
         "nexus.proxy.app:create_app",
         factory=True,
@@ -168,10 +172,13 @@ def fake_upstream(host: str, port: int, event_delay_ms: float) -> None:
 
 
 def _add_domain_commands() -> None:
+    from nexus.auth.cli import keys, oauth
     from nexus.conversations.cli import relink_command, replay_command
 
     main.add_command(replay_command)
     main.add_command(relink_command)
+    main.add_command(keys)
+    main.add_command(oauth)
 
 
 _add_domain_commands()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -119,20 +119,37 @@ class Settings(BaseSettings):
         "https://console.anthropic.com/v1/oauth/token", description="OAuth token endpoint used to refresh accounts."
     )
     claude_oauth_client_id: str = Field(
-        "9d1c250a-e61b-44d9-88ed-5944d1962f5e", description="OAuth client id used for refresh."
+        "9d1c250a-e61b-44d9-88ed-5944d1962f5e", description="OAuth client id used for refresh and login."
+    )
+    claude_oauth_authorize_url: str = Field(
+        "https://claude.ai/oauth/authorize", description="Where `nexus oauth login` sends you to sign in."
+    )
+    claude_oauth_redirect_uri: str = Field(
+        "https://console.anthropic.com/oauth/code/callback",
+        description="Redirect URI of the login; its page shows the `code#state` to paste back.",
+    )
+    claude_oauth_scopes: str = Field(
+        "org:create_api_key user:profile user:inference", description="Scopes `nexus oauth login` asks for."
     )
 
     # --- diagnostics ------------------------------------------------------------------------
     debug: bool = Field(False, description="Verbose logs (never secrets).")
     debug_sql: bool = Field(False, description="Log SQL statements.")
 
-    @field_validator("claude_api_base_url", "claude_oauth_token_url")
+    @field_validator("claude_api_base_url", "claude_oauth_token_url", "claude_oauth_authorize_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"must be an http(s) URL with a host, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("api_key_salt")
+    @classmethod
+    def _salt_with_client_auth(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("enable_client_auth") and not value:
+            raise ValueError("required when ENABLE_CLIENT_AUTH is true (e.g. the output of `openssl rand -hex 32`)")
+        return value or None
 
     @field_validator("database_url")
     @classmethod

@@ -11,7 +11,7 @@ from nexus.settings import settings_markdown
 
 def test_commands_are_listed() -> None:
     out = CliRunner().invoke(main, ["--help"]).output
-    for command in ("serve", "proxy", "config", "fake-upstream", "migrate"):
+    for command in ("serve", "proxy", "config", "fake-upstream", "migrate", "keys", "oauth"):
         assert command in out
 
 

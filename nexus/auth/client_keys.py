@@ -1,16 +1,18 @@
-"""Client keys issued by this gateway (`ENABLE_CLIENT_AUTH`).
+"""Client keys issued by this gateway (`ENABLE_CLIENT_AUTH`), stored as salted digests only.
 
-A key is `cnp_live_` + 32 random bytes (url-safe base64) and is shown once. Only
-HMAC-SHA256(API_KEY_SALT, key) is stored, so the files cannot be turned back into keys, and a
-stolen directory without the salt is useless for guessing. A key file is found by a prefix of its
-digest and the full digests are compared with `hmac.compare_digest`.
+A key is `cnp_live_` + 32 random bytes (url-safe base64) and is shown once, at creation. Only
+HMAC-SHA256(API_KEY_SALT, key) is kept, one small JSON file per key under
+`CREDENTIALS_DIR/client-keys/`: the files cannot be turned back into keys, and without the salt they
+do not even allow checking a guess. A presented key's record is found by a prefix of its digest (the
+key id, safe to show) and the full digests are compared with `hmac.compare_digest`, in constant time.
+Unlike the reference system, nothing is stored in clear and nothing is compared with `==`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -19,9 +21,17 @@ from typing import Any
 
 import orjson
 
-from nexus.auth.credentials import write_atomically
+from nexus.auth.files import write_atomically
 
+log = logging.getLogger("nexus.auth")
 PREFIX = "cnp_live_"
+#: Prefixes of keys this gateway issues (`cnp_test_` from the reference's generator): never sent upstream.
+CLIENT_KEY_PREFIXES = ("cnp_live_", "cnp_test_")
+ID_LENGTH = 16
+
+
+class ClientKeyRejected(Exception):
+    """A presented key that does not admit the request; the message says why, without the key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,78 +44,100 @@ class ClientKey:
     expires_at: float | None
     revoked_at: float | None
 
-    def usable(self, now: float | None = None) -> bool:
-        now = now or time.time()
-        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+    def problem(self, now: float | None = None) -> str | None:
+        """Why this key may not be used now, or None when it may."""
+        if self.revoked_at is not None:
+            return "The client key has been revoked."
+        if self.expires_at is not None and (now or time.time()) >= self.expires_at:
+            return "The client key has expired."
+        return None
 
 
 class ClientKeyStore:
-    def __init__(self, directory: Path, salt: str) -> None:
-        self.directory = directory / "client-keys"
+    def __init__(self, credentials_dir: Path, salt: str) -> None:
+        if not salt:
+            raise ValueError("API_KEY_SALT is required for client keys")
+        self.directory = credentials_dir / "client-keys"
         self._salt = salt.encode()
 
     def digest(self, key: str) -> str:
         return hmac.new(self._salt, key.encode(), hashlib.sha256).hexdigest()
 
     def _path(self, key_id: str) -> Path:
-        if not key_id.isalnum():
-            raise ValueError(f"invalid key id {key_id!r}")
+        if len(key_id) != ID_LENGTH or not all(c in "0123456789abcdef" for c in key_id):
+            raise ValueError(f"invalid key id {key_id[:40]!r} (16 hexadecimal characters, as `nexus keys list` shows)")
         return self.directory / f"{key_id}.json"
 
     def create(self, project: str, name: str | None = None, expires_days: float | None = None) -> tuple[ClientKey, str]:
+        """A new key for `project`: its record, and the key itself (to be shown once, never stored)."""
         key = PREFIX + secrets.token_urlsafe(32)
         digest = self.digest(key)
         now = time.time()
         record = {
-            "id": digest[:16],
+            "id": digest[:ID_LENGTH],
             "digest": digest,
             "project": project,
             "name": name,
-            "preview": key[:13] + "…",
+            "preview": f"{PREFIX}****{key[-4:]}",
             "created_at": now,
-            "expires_at": now + expires_days * 86400 if expires_days else None,
+            "expires_at": now + expires_days * 86400 if expires_days is not None else None,
             "revoked_at": None,
         }
-        self.directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.directory, 0o700)
         write_atomically(self._path(record["id"]), record)
-        return self._from(record), key
+        return _from_record(record), key
 
-    def verify(self, presented: str) -> ClientKey | None:
-        """The key's record when `presented` is a valid, unrevoked, unexpired key; else None."""
-        if not presented.startswith(PREFIX):
-            return None
+    def check(self, presented: str) -> ClientKey:
+        """The key's record when `presented` admits a request; else `ClientKeyRejected` saying why."""
         digest = self.digest(presented)
-        try:
-            record = orjson.loads(self._path(digest[:16]).read_bytes())
-        except (FileNotFoundError, orjson.JSONDecodeError):
-            hmac.compare_digest(digest, digest)  # same work either way
-            return None
-        if not hmac.compare_digest(str(record.get("digest", "")), digest):
-            return None
-        key = self._from(record)
-        return key if key.usable() else None
+        record = self._read(digest[:ID_LENGTH]) if presented.startswith(CLIENT_KEY_PREFIXES) else None
+        stored = str(record.get("digest", "")) if record else "0" * len(digest)
+        # the comparison runs whether or not a record was found, so timing tells nothing either way
+        if not hmac.compare_digest(stored, digest) or record is None:
+            raise ClientKeyRejected("The client key is not valid.")
+        key = _from_record(record)
+        if (problem := key.problem()) is not None:
+            raise ClientKeyRejected(problem)
+        return key
 
     def list(self) -> list[ClientKey]:
-        return [self._from(orjson.loads(p.read_bytes())) for p in sorted(self.directory.glob("*.json"))]
+        records = (self._read(p.stem) for p in sorted(self.directory.glob("*.json")) if len(p.stem) == ID_LENGTH)
+        return sorted((_from_record(r) for r in records if r is not None), key=lambda k: k.created_at)
 
-    def revoke(self, key_id: str) -> bool:
-        path = self._path(key_id)
-        if not path.exists():
-            return False
-        record = orjson.loads(path.read_bytes())
-        record["revoked_at"] = time.time()
-        write_atomically(path, record)
-        return True
+    def revoke(self, key_id: str) -> ClientKey | None:
+        """Revoke a key by id (idempotent); None when there is no such key."""
+        record = self._read(key_id)
+        if record is None:
+            return None
+        if record.get("revoked_at") is None:
+            record["revoked_at"] = time.time()
+            write_atomically(self._path(key_id), record)
+        return _from_record(record)
 
-    @staticmethod
-    def _from(record: dict[str, Any]) -> ClientKey:
-        return ClientKey(
-            record["id"],
-            record["project"],
-            record.get("name"),
-            record["preview"],
-            record["created_at"],
-            record.get("expires_at"),
-            record.get("revoked_at"),
-        )
+    def _read(self, key_id: str) -> dict[str, Any] | None:
+        try:
+            data = orjson.loads(self._path(key_id).read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError, ValueError):
+            return None
+        except OSError as exc:
+            log.warning("client key file %s cannot be read (%s)", key_id, exc.strerror)
+            return None
+        if not isinstance(data, dict) or "digest" not in data or "project" not in data:
+            return None
+        data.setdefault("id", key_id)
+        return data
+
+
+def _from_record(record: dict[str, Any]) -> ClientKey:
+    return ClientKey(
+        key_id=record["id"],
+        project=record["project"],
+        name=record.get("name"),
+        preview=record.get("preview", ""),
+        created_at=record.get("created_at", 0.0),
+        expires_at=record.get("expires_at"),
+        revoked_at=record.get("revoked_at"),
+    )
+
+
+def is_client_key(value: str | None) -> bool:
+    return value is not None and value.startswith(CLIENT_KEY_PREFIXES)

@@ -3,7 +3,8 @@
 In: the request's headers. Out: the project, the account, and the exact header list to send
 upstream. A proxy-held credential, when one applies, replaces whatever the caller sent; otherwise the
 caller's own `x-api-key` / `Authorization` passes through. A client key issued by this gateway is
-never forwarded. Selector headers never decide authorization.
+never forwarded, whether or not client authentication is on. Selector headers choose a project or an
+account; they never authenticate anyone.
 """
 
 from __future__ import annotations
@@ -11,16 +12,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from nexus.auth.client_keys import PREFIX, ClientKeyStore
+from nexus.auth import errors
+from nexus.auth.client_keys import ClientKeyRejected, ClientKeyStore, is_client_key
 from nexus.auth.credentials import OAUTH_BETA, Credential, CredentialError, CredentialStore, merge_beta
 from nexus.auth.oauth import OAuthRefresher
-from nexus.auth.projects import resolve_project
-from nexus.errors import ProxyError
+from nexus.auth.projects import requested_account, resolve_project
+from nexus.auth.token_endpoint import TokenEndpoint
 from nexus.settings import Settings
 
 log = logging.getLogger("nexus.auth")
-WWW_AUTHENTICATE = [("www-authenticate", 'Bearer realm="nexus"')]
 _CALLER_AUTH = frozenset({"x-api-key", "authorization"})
+POLICY_NOTICE = (
+    "OAuth accounts loaded ({names}): subscription credentials are for their owner's own use "
+    "(Anthropic: each person uses their own subscription); see docs/credentials.md"
+)
 
 
 @dataclass(slots=True)
@@ -34,82 +39,102 @@ class Authorization:
 class RequestAuthorizer:
     def __init__(self, settings: Settings) -> None:
         self.store = CredentialStore(settings.credentials_dir)
-        self.refresher = OAuthRefresher(self.store, settings.claude_oauth_token_url, settings.claude_oauth_client_id)
+        endpoint = TokenEndpoint(settings.claude_oauth_token_url, settings.claude_oauth_client_id)
+        self.refresher = OAuthRefresher(self.store, endpoint)
         self.client_keys: ClientKeyStore | None = None
         if settings.enable_client_auth:
-            if not settings.api_key_salt:
-                raise ValueError("ENABLE_CLIENT_AUTH needs API_KEY_SALT to be set")
+            assert settings.api_key_salt, "settings validation requires API_KEY_SALT with ENABLE_CLIENT_AUTH"
             self.client_keys = ClientKeyStore(settings.credentials_dir, settings.api_key_salt)
-
-    def announce(self) -> None:
-        """One line at start-up when OAuth accounts are loaded (see docs/credentials.md for the policy)."""
-        try:
-            oauth = [c.name for c in self.store.all() if c.kind == "oauth"]
-        except CredentialError as exc:
-            log.error("credential file problem: %s", exc)
-            return
-        if oauth:
-            log.warning(
-                "OAuth accounts loaded (%s): subscription credentials are for their owner's own use; "
-                "see docs/credentials.md",
-                ", ".join(oauth),
-            )
 
     async def authorize(self, header_items: list[tuple[str, str]], upstream: list[tuple[str, str]]) -> Authorization:
         headers = dict(header_items)
-        key_project = None
-        client_key_header = None
-        if self.client_keys is not None:
-            presented, client_key_header = _presented_key(headers)
-            key = self.client_keys.verify(presented) if presented else None
-            if key is None:
-                raise ProxyError(
-                    401,
-                    "A valid client key is required (x-api-key or Authorization: Bearer).",
-                    "authentication_error",
-                    headers=WWW_AUTHENTICATE,
-                )
-            key_project = key.project
+        key_project = self._client_project(headers)
         project = resolve_project(headers, key_project)
-        account = headers.get("x-train-account") or headers.get("msl-account")
-        try:
-            cred = self.store.for_account(account) if account else self.store.for_project(project)
-        except CredentialError as exc:
-            raise ProxyError(500, f"Credential configuration error: {exc}", "api_error") from None
-        if account and cred is None:
-            raise ProxyError(400, f"Unknown account {account!r}.", "invalid_request_error")
-        out = [(k, v) for k, v in upstream if k != client_key_header]
+        cred = self._credential(headers, project)
+        out = without_client_keys(upstream)
         if cred is None:
+            if key_project is not None and not any(k in _CALLER_AUTH for k, _ in out):
+                raise errors.no_upstream_credential(project)  # the client key was all it sent
             return Authorization(project, None, out, None)
         if cred.kind == "oauth":
             cred = await self.refresher.fresh(cred)
-        return Authorization(project, cred.account_id, self.with_credential(out, cred), cred)
+        return Authorization(project, cred.account_id, with_credential(out, cred), cred)
+
+    def _client_project(self, headers: dict[str, str]) -> str | None:
+        """The project of the presented client key when client authentication is on (401 otherwise)."""
+        if self.client_keys is None:
+            return None
+        presented = presented_client_key(headers)
+        if presented is None:
+            raise errors.client_key_required("No client key was sent.")
+        try:
+            return self.client_keys.check(presented).project
+        except ClientKeyRejected as exc:
+            raise errors.client_key_required(str(exc)) from None
+
+    def _credential(self, headers: dict[str, str], project: str) -> Credential | None:
+        account = requested_account(headers)
+        try:
+            cred = self.store.for_account(account) if account else self.store.for_project(project)
+        except CredentialError as exc:
+            raise errors.configuration_error(exc) from None
+        if account and cred is None:
+            raise errors.unknown_account(account)
+        return cred
 
     @staticmethod
-    def with_credential(upstream: list[tuple[str, str]], cred: Credential) -> list[tuple[str, str]]:
-        out = [(k, v) for k, v in upstream if k not in _CALLER_AUTH and k != "anthropic-beta"]
-        out += cred.auth_headers()
-        beta = next((v for k, v in upstream if k == "anthropic-beta"), None)
-        if cred.kind == "oauth":
-            out.append(("anthropic-beta", merge_beta(beta, [OAUTH_BETA])))
-        elif beta is not None:
-            out.append(("anthropic-beta", beta))
-        return out
+    def refreshable(auth: Authorization) -> bool:
+        """Whether an upstream 401 for this request may be cured by refreshing a proxy-held OAuth token."""
+        return auth.credential is not None and auth.credential.kind == "oauth"
 
-    async def after_unauthorized(self, auth: Authorization) -> Authorization | None:
-        """On an upstream 401 for an OAuth credential: refresh once and give the headers to retry with."""
-        if auth.credential is None or auth.credential.kind != "oauth":
-            return None
+    async def after_unauthorized(self, auth: Authorization) -> Authorization:
+        """After an upstream 401 for an OAuth credential: refresh once, and the headers to replay with."""
+        assert auth.credential is not None
         cred = await self.refresher.fresh(auth.credential, force=True)
-        return Authorization(auth.project_id, cred.account_id, self.with_credential(auth.headers, cred), cred)
+        return Authorization(auth.project_id, cred.account_id, with_credential(auth.headers, cred), cred)
 
 
-def _presented_key(headers: dict[str, str]) -> tuple[str | None, str | None]:
-    """The client key and the header it came in, checking x-api-key then Authorization: Bearer."""
-    api_key = headers.get("x-api-key")
-    if api_key and api_key.startswith(PREFIX):
-        return api_key, "x-api-key"
-    auth = headers.get("authorization", "")
-    if auth[:7].lower() == "bearer " and auth[7:].startswith(PREFIX):
-        return auth[7:], "authorization"
-    return api_key or (auth[7:] if auth[:7].lower() == "bearer " else None), None
+def presented_client_key(headers: dict[str, str]) -> str | None:
+    """The key a client presents: `x-api-key` first, then `Authorization: Bearer` (case-insensitive scheme)."""
+    candidates = [(headers.get("x-api-key") or "").strip(), _bearer(headers.get("authorization"))]
+    for value in candidates:
+        if is_client_key(value):
+            return value
+    return next((v for v in candidates if v), None)  # not one of ours: rejected, with the same message
+
+
+def _bearer(value: str | None) -> str:
+    scheme, _, token = (value or "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def without_client_keys(upstream: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The upstream headers minus any credential header that carries one of our client keys."""
+    return [
+        (k, v)
+        for k, v in upstream
+        if not ((k == "x-api-key" and is_client_key(v.strip())) or (k == "authorization" and is_client_key(_bearer(v))))
+    ]
+
+
+def with_credential(upstream: list[tuple[str, str]], cred: Credential) -> list[tuple[str, str]]:
+    """Replace the caller's credential with `cred`; for OAuth, merge the OAuth beta into `anthropic-beta`."""
+    out = [(k, v) for k, v in upstream if k not in _CALLER_AUTH and k != "anthropic-beta"]
+    out += cred.auth_headers()
+    betas = [v for k, v in upstream if k == "anthropic-beta"]
+    beta = ",".join(betas) if betas else None
+    if cred.kind == "oauth":
+        out.append(("anthropic-beta", merge_beta(beta, [OAUTH_BETA])))
+    elif beta is not None:
+        out.append(("anthropic-beta", beta))
+    return out
+
+
+def startup_lines(settings: Settings) -> list[str]:
+    """What start-up reports about credentials: one policy notice if OAuth accounts are loaded, and bad files."""
+    creds, problems = CredentialStore(settings.credentials_dir).all()
+    lines = [f"credential file problem: {exc}" for exc in problems]
+    oauth = [("accounts/" if c.is_account else "") + c.name for c in creds if c.kind == "oauth"]
+    if oauth:
+        lines.append(POLICY_NOTICE.format(names=", ".join(oauth)))
+    return lines

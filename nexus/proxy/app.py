@@ -84,7 +84,6 @@ class ProxyApp:
     # --- RSGI protocol -----------------------------------------------------------------------
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.upstream = Upstream(self.settings)
-        self.authorizer.announce()
         self.writer = build_writer(self.settings)
         if self.writer is not None:
             self.writer.start()
@@ -182,8 +181,9 @@ class ProxyApp:
                 opened = await open_upstream(
                     self.upstream, self.policy, method, target, auth.headers, body, self.head_timeout_s
                 )
-                if opened.response.status == 401 and (retry := await self.authorizer.after_unauthorized(auth)):
-                    await opened.close()  # an expired OAuth token: refreshed once, the request sent once more
+                if opened.response.status == 401 and self.authorizer.refreshable(auth):
+                    await opened.close()  # a refused OAuth token: refreshed once, the request sent once more
+                    retry = await self.authorizer.after_unauthorized(auth)
                     opened = await open_upstream(
                         self.upstream, self.policy, method, target, retry.headers, body, self.head_timeout_s
                     )

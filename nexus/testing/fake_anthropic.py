@@ -28,6 +28,9 @@ streamed or held connection ended: `completed`, `client_disconnected` or `droppe
 Scripted replies (rules and a FIFO of final messages), the SSE encoder they use, and recording every
 request to a directory (`--record-dir`) live in `nexus.testing.scripted`; see its docstring.
 
+OAuth: `POST /v1/oauth/token` (refresh and authorization-code grants, single-use rotating refresh
+tokens) and `GET /oauth/authorize` (the browser sign-in), configured with `/_fake/oauth` (`FakeOAuth`).
+
 Tool use is deterministic too: with `tools` in the request, a `tool_choice` of `tool`/`any`, or the
 marker `[[use_tool:NAME {json input}]]` in the last user message, the reply calls that tool.
 """
@@ -36,6 +39,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import os
 import re
 import secrets
@@ -44,6 +49,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -175,6 +181,9 @@ class FakeAnthropic:
         if path == "/v1/oauth/token":
             await self.oauth.token(proto, await proto())
             return
+        if path == "/oauth/authorize":
+            self.oauth.authorize(proto, scope.query_string)
+            return
         raw = await proto()
         recording = self.scripted.recorder.begin(scope, raw) if self.scripted.recorder else None
         try:
@@ -216,7 +225,7 @@ class FakeAnthropic:
         if auth.startswith("Bearer sk-ant-oat"):
             if "oauth-2025-04-20" not in headers.get("anthropic-beta", ""):
                 return self._error(proto, 401, rl, "OAuth authentication is currently not supported.")
-            if auth[7:] in self.oauth.revoked_access:
+            if self.oauth.reject_access or auth[7:] in self.oauth.revoked_access:
                 return self._error(proto, 401, rl, "OAuth token has expired.")
         if path.startswith("/v1/models") and scope.method == "GET":
             return self._models(proto, path, scope.query_string, rl)
@@ -469,30 +478,62 @@ class FakeAnthropic:
 
 
 class FakeOAuth:
-    """The token endpoint (`POST /v1/oauth/token`): single-use, rotating refresh tokens, counted calls.
+    """The OAuth side: `POST /v1/oauth/token` (refresh and authorization-code grants) and `GET /oauth/authorize`.
+
+    Refresh tokens are single-use and rotate, as Anthropic's do; every token call is counted.
+    `GET /oauth/authorize?...` stands in for the browser sign-in: it answers, as text, the `code#state`
+    the real callback page shows, and remembers the PKCE challenge so the exchange can check the
+    verifier (S256), the redirect URI, the state and the client id, once per code.
 
     Configure with `POST /_fake/oauth {"refresh_token": ..., "expires_in": s, "delay_ms": ms,
-    "revoke_access": token}`; `GET /_fake/oauth` tells how many refresh calls arrived.
+    "revoke_access": token, "reject_access": bool, "fail_next": n}` (`reject_access` answers 401 to every
+    OAuth bearer token; `fail_next` answers 503 to the next n token calls); `GET /_fake/oauth` tells how
+    many token calls arrived (`calls`, `grants`).
     """
 
     def __init__(self) -> None:
         self.valid_refresh: set[str] = set()
         self.revoked_access: set[str] = set()
+        self.reject_access = False
         self.calls = 0
+        self.grants: list[str] = []
         self.expires_in = 3600
         self.delay_s = 0.0
         self.issued = 0
+        self.codes: dict[str, dict[str, str]] = {}
+        self.fail_next = 0
 
     def configure(self, cfg: dict[str, Any]) -> None:
         if cfg.get("refresh_token"):
             self.valid_refresh.add(cfg["refresh_token"])
         if cfg.get("revoke_access"):
             self.revoked_access.add(cfg["revoke_access"])
+        self.reject_access = bool(cfg.get("reject_access", self.reject_access))
+        self.fail_next = int(cfg.get("fail_next", self.fail_next))
         self.expires_in = int(cfg.get("expires_in", self.expires_in))
         self.delay_s = float(cfg.get("delay_ms", self.delay_s * 1000)) / 1000
 
     def describe(self) -> dict[str, Any]:
-        return {"calls": self.calls, "valid_refresh_tokens": sorted(self.valid_refresh), "issued": self.issued}
+        return {
+            "calls": self.calls,
+            "grants": list(self.grants),
+            "valid_refresh_tokens": sorted(self.valid_refresh),
+            "issued": self.issued,
+        }
+
+    def authorize(self, proto: Any, query: str) -> None:
+        params = {k: v[0] for k, v in parse_qs(query).items()}
+        needed = ("client_id", "redirect_uri", "code_challenge", "state")
+        if (
+            params.get("response_type") != "code"
+            or params.get("code_challenge_method") != "S256"
+            or not all(params.get(k) for k in needed)
+        ):
+            proto.response_bytes(400, [("content-type", "text/plain")], b"bad authorize request")
+            return
+        code = _rid("fakecode_")
+        self.codes[code] = {k: params[k] for k in needed}
+        proto.response_bytes(200, [("content-type", "text/plain")], f"{code}#{params['state']}".encode())
 
     async def token(self, proto: Any, raw: bytes) -> None:
         self.calls += 1
@@ -502,28 +543,59 @@ class FakeOAuth:
             req = orjson.loads(raw)
         except orjson.JSONDecodeError:
             req = {}
+        grant = req.get("grant_type") if isinstance(req, dict) else None
+        self.grants.append(str(grant))
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            body = {"error": "server_error", "error_description": "The token service is unavailable"}
+            proto.response_bytes(503, [("content-type", "application/json")], orjson.dumps(body))
+            return
+        if grant == "refresh_token" and req.get("client_id"):
+            error = self._spend_refresh(req.get("refresh_token"))
+        elif grant == "authorization_code" and req.get("client_id"):
+            error = self._spend_code(req)
+        else:
+            error = ("invalid_request", "grant_type and client_id are required")
         headers = [("content-type", "application/json")]
-        if req.get("grant_type") != "refresh_token" or not req.get("client_id"):
-            body = {"error": "invalid_request", "error_description": "grant_type and client_id are required"}
+        if error is not None:
+            body = {"error": error[0], "error_description": error[1]}
             proto.response_bytes(400, headers, orjson.dumps(body))
             return
-        token = req.get("refresh_token")
+        proto.response_bytes(200, headers, orjson.dumps(self._issue(with_account=grant == "authorization_code")))
+
+    def _spend_refresh(self, token: Any) -> tuple[str, str] | None:
         if token not in self.valid_refresh:
-            body = {"error": "invalid_grant", "error_description": "Refresh token not found or invalid"}
-            proto.response_bytes(400, headers, orjson.dumps(body))
-            return
+            return ("invalid_grant", "Refresh token not found or invalid")
         self.valid_refresh.discard(token)  # single use: it rotates
+        return None
+
+    def _spend_code(self, req: dict[str, Any]) -> tuple[str, str] | None:
+        grant = self.codes.pop(str(req.get("code")), None)  # single use
+        if grant is None:
+            return ("invalid_grant", "Invalid or already used authorization code")
+        verifier = str(req.get("code_verifier") or "")
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        if challenge != grant["code_challenge"]:
+            return ("invalid_grant", "PKCE verification failed")
+        for field in ("client_id", "redirect_uri", "state"):
+            if req.get(field) != grant[field]:
+                return ("invalid_grant", f"{field} does not match the authorization request")
+        return None
+
+    def _issue(self, *, with_account: bool) -> dict[str, Any]:
         self.issued += 1
-        new_refresh = f"sk-ant-ort01-fake-{self.issued}-{secrets.token_hex(4)}"
+        new_refresh = f"sk-ant-ort01-fake-{self.issued}-{secrets.token_hex(8)}"
         self.valid_refresh.add(new_refresh)
-        answer = {
+        answer: dict[str, Any] = {
             "token_type": "Bearer",
-            "access_token": f"sk-ant-oat01-fake-{self.issued}-{secrets.token_hex(4)}",
+            "access_token": f"sk-ant-oat01-fake-{self.issued}-{secrets.token_hex(8)}",
             "refresh_token": new_refresh,
             "expires_in": self.expires_in,
             "scope": "user:inference user:profile",
         }
-        proto.response_bytes(200, headers, orjson.dumps(answer))
+        if with_account:
+            answer["account"] = {"uuid": "00000000-0000-4000-8000-00000000fa4e", "email_address": "owner@example.com"}
+        return answer
 
 
 def app_from_env() -> FakeAnthropic:

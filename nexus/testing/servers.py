@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -44,14 +45,28 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
             proc.wait(5)
 
 
-def spawn_proxy(env: Mapping[str, str], *, workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
+def spawn_proxy(
+    env: Mapping[str, str], *, workers: int = 1, output: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start `nexus proxy` on a free loopback port in its own process group; return it and its URL.
 
-    Its own group lets a test `kill -9` the whole proxy (main process and workers) at once.
+    Its own group lets a test `kill -9` the whole proxy (main process and workers) at once. With
+    `output`, the proxy's stdout and stderr (its logs) are appended to that file.
     """
     port = free_port()
     full_env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port), "PROXY_WORKERS": str(workers)}
-    proc = subprocess.Popen([sys.executable, "-m", "nexus.cli", "proxy"], env=full_env, start_new_session=True)
+    sink = open(output, "ab") if output is not None else None  # the child keeps its own copy
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nexus.cli", "proxy"],
+            env=full_env,
+            start_new_session=True,
+            stdout=sink,
+            stderr=subprocess.STDOUT if sink is not None else None,
+        )
+    finally:
+        if sink is not None:
+            sink.close()
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(url + "/health", proc)
@@ -62,9 +77,9 @@ def spawn_proxy(env: Mapping[str, str], *, workers: int = 1) -> tuple[subprocess
 
 
 @contextmanager
-def run_proxy(env: Mapping[str, str], *, workers: int = 1) -> Iterator[str]:
+def run_proxy(env: Mapping[str, str], *, workers: int = 1, output: Path | None = None) -> Iterator[str]:
     """Run `nexus proxy` on a free loopback port with `env` added; yield its base URL."""
-    proc, url = spawn_proxy(env, workers=workers)
+    proc, url = spawn_proxy(env, workers=workers, output=output)
     try:
         yield url
     finally:
