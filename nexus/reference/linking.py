@@ -111,7 +111,8 @@ class Stream:
             self.put(b"U")
             self.lp(block[1].encode())
             self.lp(block[2].encode())
-            self.json(block[3])
+            if not block[1]:
+                self.json(block[3])
         elif kind == "R":
             self.put(b"R")
             self.lp(block[1].encode())

@@ -306,7 +306,9 @@ impl Block<'_> {
                 sink.tag(b'U');
                 sink.lp(id.as_bytes());
                 sink.lp(name.as_bytes());
-                sink.json(input);
+                if id.is_empty() {
+                    sink.json(input); // no id to tell two calls apart: the input has to
+                }
             }
             Block::ToolResult {
                 id,

@@ -3,12 +3,14 @@
 //! Every field is tagged and length-prefixed, so no two different messages give the same stream.
 //! What the client changes between turns does not enter it: `cache_control` and other block fields,
 //! string-vs-block content (a string is one text block), reminder text, thinking blocks (clients drop or
-//! keep them), empty text blocks. JSON values (tool inputs) are hashed structurally with object keys
-//! sorted, so key order and number spelling do not matter either.
+//! keep them), empty text blocks, the input of a tool call that has an id. JSON values (id-less tool
+//! inputs) are hashed structurally with object keys sorted, so key order and number spelling do not
+//! matter either.
 //!
 //! Stream grammar (the Python reference emits exactly the same bytes):
 //! - message: `M` + role byte (`u` / `a`), then its blocks;
-//! - text: `T` + lp(text); tool_use: `U` + lp(id) + lp(name) + json(input);
+//! - text: `T` + lp(text); tool_use: `U` + lp(id) + lp(name), and json(input) only when the id is
+//!   empty (Claude Code re-sends earlier tool inputs with keys added, e.g. Edit's `replace_all`);
 //! - tool_result: `R` + lp(tool_use_id) + (`E` error / `-`) + its items + `r`;
 //! - image / document: `I` + lp(type) + lp(media_type) + lp(xxh3-128 of the data or url);
 //! - any other block: `O` + lp(type);

@@ -41,7 +41,7 @@ fn a_child_extends_its_parent() {
     assert_eq!(child.prefix_hashes.len(), 3);
     assert_eq!(child.prefix_hashes[0], parent.prefix_hashes[0]);
     assert_eq!(child.kept_roles, b"uau".to_vec());
-    // the same turn with the tool input's keys in another order and the thinking block dropped
+    // the same turn with the tool input changed and the thinking block dropped
     let again = facts(&body(json!([
         {"role": "user", "content": "do it"},
         {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {"a": "x", "b": 1}}]},
@@ -167,4 +167,24 @@ fn the_split_is_the_same_as_split_body() {
     assert!(analysis.facts.has_tools);
     assert_eq!(analysis.facts.stream, Some(true));
     assert_eq!(analysis.facts.model.as_deref(), Some("m"));
+}
+
+#[test]
+fn a_tool_call_is_known_by_its_id_not_its_re_sent_input() {
+    let turn = |input: Value, id: &str| {
+        facts(&body(json!([
+            {"role": "user", "content": "edit it"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": id, "name": "Edit", "input": input}]}
+        ])))
+        .prefix_hashes
+    };
+    let sent = json!({"file_path": "a.py", "old_string": "x", "new_string": "y"});
+    let resent =
+        json!({"replace_all": false, "file_path": "a.py", "old_string": "x", "new_string": "y"});
+    assert_eq!(
+        turn(sent.clone(), "toolu_1"),
+        turn(resent.clone(), "toolu_1")
+    );
+    assert_ne!(turn(sent.clone(), "toolu_1"), turn(sent.clone(), "toolu_2"));
+    assert_ne!(turn(sent, ""), turn(resent, "")); // without an id the input is all there is
 }
