@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from nexus.dashboard import render
+from nexus.dashboard import live, render
 from nexus.dashboard.app import _safe_next
 from nexus.dashboard.auth import DashboardAuth, host_name, is_loopback_peer, parse_cookies
+from nexus.dashboard.live import LiveFeed, Subscriber
 
 
 def test_session_tokens_are_signed_expiring_and_bound_to_the_key() -> None:
@@ -93,3 +94,20 @@ def test_conversation_and_hidden_headers() -> None:
     assert render.number(1234567) == "1,234,567" and render.number(None) == render.DASH
     line = render.sparkline([0, 5, 10])
     assert line["max"] == 10 and len(line["points"].split()) == 3
+
+
+async def test_live_feed_drops_slow_and_vanished_viewers() -> None:
+    feed = LiveFeed(None, lambda row: f"<tr>{row['request_id']}</tr>", interval_s=1)  # type: ignore[arg-type]
+    slow, gone, fine, other = (Subscriber(None), Subscriber(None), Subscriber(None), Subscriber("elsewhere"))
+    feed.subscribers |= {slow, gone, fine, other}
+    for i in range(live.QUEUE_SIZE):
+        feed._publish({"request_id": f"r{i}", "project_id": "p"})
+        fine.queue.get_nowait()  # this one keeps up
+    assert slow.queue.qsize() == live.QUEUE_SIZE and not slow.dropped
+    feed._publish({"request_id": "one-too-many", "project_id": "p"})
+    assert slow.dropped and slow not in feed.subscribers and slow.queue.get_nowait() is None  # its stream ends
+    assert "one-too-many" in fine.queue.get_nowait()  # type: ignore[operator]
+    assert other.queue.empty()  # another project's page got nothing
+    gone.pulled_at -= live.STALE_SECONDS + 1  # its stream stopped being read
+    feed.prune()
+    assert gone.dropped and feed.subscribers == {fine, other}

@@ -23,7 +23,7 @@ from nexus import __version__
 from nexus.dashboard import render, views
 from nexus.dashboard.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Access, DashboardAuth, parse_cookies
 from nexus.dashboard.db import read_only_pool
-from nexus.dashboard.live import LiveFeed
+from nexus.dashboard.live import HEARTBEAT_SECONDS, LiveFeed
 from nexus.settings import Settings
 from nexus.usage.repo import Filters
 
@@ -42,7 +42,6 @@ SECURITY_HEADERS = {
 }
 #: One live stream lasts at most this long; the browser's EventSource then reconnects on its own.
 STREAM_SECONDS = 600
-HEARTBEAT_SECONDS = 15
 
 Page = Callable[[Any, Access], Awaitable[Any]]
 
@@ -177,10 +176,11 @@ class Dashboard:
                 yield "retry: 3000\n\n: connected\n\n"
                 deadline = loop.time() + STREAM_SECONDS
                 while loop.time() < deadline:
+                    sub.touch()
                     try:
                         item = await asyncio.wait_for(sub.queue.get(), HEARTBEAT_SECONDS)
                     except TimeoutError:
-                        yield ": ping\n\n"  # also how a vanished client is noticed
+                        yield ": ping\n\n"  # keeps proxies from idling the stream out
                         continue
                     if item is None:
                         break

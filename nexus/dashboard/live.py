@@ -32,6 +32,15 @@ OVERLAP = timedelta(seconds=10)
 #: Requests that started longer ago than this are not pushed when their row finally arrives.
 OLDEST_START = timedelta(days=1)
 BATCH = 200
+#: An idle stream sends a comment this often, so a live client pulls at least this often...
+HEARTBEAT_SECONDS = 15.0
+#: ...and one that has not pulled for this long is gone (the server stopped driving its stream
+#: without closing it, which Robyn does when a client disconnects): it is removed.
+STALE_SECONDS = 2 * HEARTBEAT_SECONDS + 5
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 @dataclass(eq=False)
@@ -39,6 +48,11 @@ class Subscriber:
     project_id: str | None
     queue: asyncio.Queue[str | None] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
     dropped: bool = False
+    pulled_at: float = field(default_factory=_now)
+
+    def touch(self) -> None:
+        """Called each time the client's stream asks for its next message."""
+        self.pulled_at = _now()
 
 
 class LiveFeed:
@@ -55,6 +69,7 @@ class LiveFeed:
         self.polls = 0
 
     def subscribe(self, project_id: str | None) -> Subscriber | None:
+        self.prune()
         if len(self.subscribers) >= MAX_CLIENTS:
             return None
         sub = Subscriber(project_id)
@@ -66,6 +81,12 @@ class LiveFeed:
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
 
+    def prune(self) -> None:
+        """Forget subscribers whose stream is no longer being read."""
+        cutoff = _now() - STALE_SECONDS
+        for sub in [s for s in self.subscribers if s.pulled_at < cutoff]:
+            self._drop(sub)
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -74,6 +95,7 @@ class LiveFeed:
         """Poll while anyone listens; stop when the last subscriber leaves."""
         self._since = None
         while self.subscribers:
+            self.prune()
             try:
                 await self._poll()
             except asyncio.CancelledError:
