@@ -289,3 +289,45 @@ def test_request_sent_through_the_proxy_is_shown(
     assert "a question for the fake" in page and "via-proxy" in page and "claude-haiku-4-5" in page
     assert f"<dd>{usage.input_tokens:,}</dd>" in page
     assert "sk-ant-api03-secret-value" not in page  # credentials are never stored, so never shown
+
+
+def test_conversation_list_and_tree_pages(
+    upstream_url: str, migrated_db: str, tmp_path: Path, open_dashboard: str
+) -> None:
+    env = {
+        "CLAUDE_API_BASE_URL": upstream_url,
+        "DATABASE_URL": migrated_db,
+        "NEXUS_HOME": str(tmp_path),
+        "STORAGE_BATCH_INTERVAL_MS": "20",
+    }
+    with run_proxy(env) as proxy:
+        client = anthropic.Anthropic(base_url=proxy, api_key="sk-ant-api03-x", max_retries=0)
+        history: list[dict[str, object]] = [{"role": "user", "content": "first question of the thread"}]
+        ids = []
+        for turn in range(2):
+            raw = client.messages.with_raw_response.create(
+                model="claude-sonnet-4-6", max_tokens=40, messages=history, extra_headers={"train-id": "threads"}
+            )
+            ids.append(raw.headers["x-request-id"])
+            history = [*history, {"role": "assistant", "content": raw.parse().content[0].text},
+                       {"role": "user", "content": f"follow-up {turn}"}]  # fmt: skip
+
+        def linked() -> bool:
+            with psycopg.connect(migrated_db) as conn:
+                found = conn.execute(
+                    "SELECT count(DISTINCT conversation_id), count(*) FROM api_requests "
+                    "WHERE request_id = ANY(%s::uuid[])", (ids,)
+                ).fetchone()  # fmt: skip
+            return found == (1, 2)
+
+        wait_for(linked, 15, "both turns stored in one conversation")
+    with psycopg.connect(migrated_db) as conn:
+        conversation = str(conn.execute("SELECT conversation_id FROM api_requests LIMIT 1").fetchone()[0])  # type: ignore[index]
+    listing = call(open_dashboard, "/conversations?project_id=threads")
+    assert listing.status == 200 and conversation in listing.text
+    tree = call(open_dashboard, f"/conversations/{conversation}")
+    assert tree.status == 200 and ids[0] in tree.text and ids[1] in tree.text
+    assert "continuation" in tree.text  # the second turn names the first as its parent
+    detail = call(open_dashboard, f"/requests/{ids[1]}")
+    assert f'href="/conversations/{conversation}#r-{ids[1]}"' in detail.text
+    assert call(open_dashboard, f"/conversations/{uuid.uuid4()}").status == 404

@@ -1,6 +1,7 @@
 """The dashboard service: Robyn routes over thin handlers, server-rendered pages, static files, SSE.
 
-Pages: `/` overview, `/requests` (keyset pages, project filter), `/requests/{id}` (summary, the body
+Pages: `/` overview, `/requests` (keyset pages, project filter), `/conversations` and
+`/conversations/{id}` (the tree), `/requests/{id}` (summary, the body
 as a conversation, raw JSON, stored headers), `/usage` (5-hour windows per account and project, the
 rolling series, daily sums), `/live` (Server-Sent Events of new requests), `/login`, `/logout`,
 `/health` and `/static/*`. Every page but `/health`, `/login` and `/static/*` goes through `auth`.
@@ -157,6 +158,18 @@ class Dashboard:
             data = await views.request_page(conn, request.path_params["request_id"])
         return self.page("request.html", access=access, page="requests", **data)
 
+    async def conversations(self, request: Any, access: Access) -> Any:
+        async with self.pool.connection() as conn:
+            data = await views.conversations_page(
+                conn, project_id=_query(request, "project_id"), before=_query(request, "before")
+            )
+        return self.page("conversations.html", access=access, page="conversations", **data)
+
+    async def conversation(self, request: Any, access: Access) -> Any:
+        async with self.pool.connection() as conn:
+            data = await views.conversation_page(conn, request.path_params["conversation_id"])
+        return self.page("conversation.html", access=access, page="conversations", **data)
+
     async def usage(self, request: Any, access: Access) -> Any:
         filters = Filters(account_id=_query(request, "account_id"), project_id=_query(request, "project_id"))
         async with self.pool.connection() as conn:
@@ -283,6 +296,8 @@ class Dashboard:
         app.add_route("GET", "/", self.guarded(self.overview))
         app.add_route("GET", "/requests", self.guarded(self.requests))
         app.add_route("GET", "/requests/:request_id", self.guarded(self.request_detail))
+        app.add_route("GET", "/conversations", self.guarded(self.conversations))
+        app.add_route("GET", "/conversations/:conversation_id", self.guarded(self.conversation))
         app.add_route("GET", "/usage", self.guarded(self.usage))
         app.add_route("GET", "/live", self.guarded(self.live, stream=True))
         return app

@@ -9,6 +9,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from nexus.api.requests import next_cursor
+from nexus.conversations import repository as conversations_repo
 from nexus.dashboard import render
 from nexus.storage import requests_repo
 from nexus.usage import repo as usage_repo
@@ -109,3 +110,32 @@ async def usage_page(conn: AsyncConnection[Any], filters: Filters, now: datetime
         "accounts": await usage_repo.distinct_values(conn, "account_id", month, now),
         "projects": await usage_repo.distinct_values(conn, "project_id", month, now),
     }
+
+
+async def conversations_page(
+    conn: AsyncConnection[Any], *, project_id: str | None, before: str | None
+) -> dict[str, Any]:
+    rows = await conversations_repo.list_conversations(
+        conn, limit=PAGE_SIZE, before=parse_cursor(before), project_id=project_id
+    )
+    now = service.now_utc()
+    return {
+        "rows": rows,
+        "next": next_cursor(rows, PAGE_SIZE, at="last_at", key="conversation_id"),
+        "projects": await usage_repo.distinct_values(conn, "project_id", now - timedelta(days=30), now),
+        "project_id": project_id,
+        "first_page": before is None,
+    }
+
+
+async def conversation_page(conn: AsyncConnection[Any], conversation_id: str) -> dict[str, Any]:
+    try:
+        conversation_id = str(uuid.UUID(conversation_id))
+    except ValueError:
+        raise NotFound(conversation_id) from None
+    tree = await conversations_repo.get_conversation(conn, conversation_id)
+    if tree is None:
+        raise NotFound(conversation_id)
+    number = {str(r["request_id"]): f"#{i}" for i, r in enumerate(tree["requests"], 1)}
+    edges = {str(e["to"]): {"from": str(e["from"]), "kind": e["kind"]} for e in tree["edges"]}
+    return {"c": tree, "number": number, "edges": edges}
