@@ -24,7 +24,7 @@ $(STAMP): $(BIN)/python pyproject.toml Cargo.toml nexus_core/Cargo.toml $(shell 
 
 install: $(STAMP)
 
-## Install and start the gateway (proxy on :3000).
+## Install and start the gateway (proxy on :3000, dashboard on :3001).
 run: install
 	$(BIN)/nexus serve
 

@@ -117,24 +117,42 @@ def proxy(host: str | None, port: int | None, threads: int | None, workers: int 
 
 
 @main.command()
-@_proxy_options
-def serve(host: str | None, port: int | None, threads: int | None, workers: int | None) -> None:
-    """Run the gateway: the proxy, with an embedded PostgreSQL when DATABASE_URL is unset."""
-    _apply_env(host=host, port=port, proxy_threads=threads, proxy_workers=workers)
+@click.option("--host", help="Listen address (DASHBOARD_HOST).")
+@click.option("--port", type=int, help="Listen port (DASHBOARD_PORT).")
+@click.option("--embedded", is_flag=True, help="Read the embedded database under NEXUS_HOME (no DATABASE_URL).")
+def dashboard(host: str | None, port: int | None, embedded: bool) -> None:
+    """Run the dashboard alone (Robyn; reads the database only)."""
+    _apply_env(dashboard_host=host, dashboard_port=port)
     settings = _settings_or_exit()
-    stop_embedded = None
-    if settings.storage_enabled and settings.database_url is None:
+    url, stop_embedded = settings.database_url, None
+    if embedded:
         from nexus.storage.embedded import start_embedded
 
-        data_dir = settings.nexus_home / "postgres"
-        url, stop_embedded = start_embedded(data_dir)
-        click.echo(f"embedded PostgreSQL with its data in {data_dir}", err=True)
-        _apply_env(database_url=url)
+        url, stop_embedded = start_embedded(settings.nexus_home / "postgres")
+    if url is None:
+        raise click.ClickException("DATABASE_URL is not set (or pass --embedded for the embedded database)")
+    from nexus.dashboard.app import run
+
+    click.echo(f"nexus dashboard {__version__} on http://{settings.dashboard_host}:{settings.dashboard_port}", err=True)
     try:
-        _run_proxy()
+        run(settings, url)
     finally:
         if stop_embedded is not None:
             stop_embedded()
+
+
+@main.command()
+@_proxy_options
+@click.option("--dashboard-port", type=int, help="Dashboard listen port (DASHBOARD_PORT).")
+def serve(
+    host: str | None, port: int | None, threads: int | None, workers: int | None, dashboard_port: int | None
+) -> None:
+    """Run the gateway: the proxy and the dashboard, with an embedded PostgreSQL when DATABASE_URL is unset."""
+    _apply_env(host=host, port=port, proxy_threads=threads, proxy_workers=workers, dashboard_port=dashboard_port)
+    settings = _settings_or_exit()
+    from nexus.supervise import serve_all
+
+    sys.exit(serve_all(settings))
 
 
 @main.command("migrate")

@@ -43,6 +43,15 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", description="Proxy listen address.")
     port: int = Field(3000, ge=1, le=65535, description="Proxy listen port.")
     dashboard_port: int = Field(3001, ge=1, le=65535, description="Dashboard listen port.")
+    dashboard_host: str = Field(
+        "0.0.0.0", description="Dashboard listen address (without DASHBOARD_API_KEY only loopback clients are served)."
+    )
+    dashboard_session_hours: int = Field(
+        24, ge=1, le=24 * 30, description="Lifetime of a dashboard login session (signed cookie), hours."
+    )
+    dashboard_live_interval_ms: int = Field(
+        1000, ge=100, le=60_000, description="How often the dashboard looks for new requests to push live, ms."
+    )
     proxy_workers: int = Field(1, ge=1, le=64, description="Granian worker processes for the proxy (one per core).")
     proxy_threads: int = Field(1, ge=1, le=64, description="Granian runtime threads per proxy worker.")
     proxy_server_timeout: int = Field(

@@ -31,10 +31,11 @@ class ApiRoutes:
         self._pool: AsyncConnectionPool | None = None
         self._exact: dict[str, Handler] = {}
         self._prefixes: list[tuple[str, Handler]] = []
-        from nexus.api import conversations, requests
+        from nexus.api import conversations, requests, usage
 
         requests.register(self)
         conversations.register(self)
+        usage.register(self)
 
     def route(self, path: str, handler: Handler) -> None:
         """Serve `path` exactly, or every path below it when `path` ends with `/`."""
@@ -56,7 +57,7 @@ class ApiRoutes:
         if self._pool is not None:
             await self._pool.close()
 
-    def _authorize(self, headers: Any) -> None:
+    def authorize(self, headers: Any) -> None:
         if not self.api_key:
             return
         given = headers.get("x-api-key") or ""
@@ -76,7 +77,7 @@ class ApiRoutes:
         return None
 
     async def handle(self, scope: Any, proto: Any, request_id: str) -> None:
-        self._authorize(scope.headers)
+        self.authorize(scope.headers)
         path: str = scope.path
         found = self._find(path)
         if found is None:

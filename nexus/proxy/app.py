@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -35,6 +36,7 @@ from nexus.proxy.upstream import Upstream
 from nexus.settings import Settings, get_settings
 from nexus.storage.records import ExchangeRecord
 from nexus.storage.writer import StorageWriter, build_writer
+from nexus.usage.counters import TokenCounters
 
 log = logging.getLogger("nexus.proxy")
 
@@ -79,6 +81,7 @@ class ProxyApp:
         self.api = ApiRoutes(s.database_url, s.dashboard_api_key)
         self.authorizer = RequestAuthorizer(s)
         self.stats = ProxyStats()
+        self.token_counters = TokenCounters()
         self.started_at = time.time()
 
     # --- RSGI protocol -----------------------------------------------------------------------
@@ -118,6 +121,8 @@ class ProxyApp:
                 await self._proxy(scope, proto, request_id, path, method, now_ns // 1000)
             elif path == "/health" and method == "GET":
                 self._respond_json(proto, 200, self.health(), request_id)
+            elif path == "/token-stats" and method == "GET":
+                self._token_stats(scope, proto, request_id)
             elif path == "/" and method == "GET":
                 self._respond_json(proto, 200, self.descriptor(), request_id)
             elif path.startswith("/api/event_logging/") or path == "/api/hello":
@@ -221,6 +226,8 @@ class ProxyApp:
         finally:
             state["done"] = True
             watcher.cancel()
+            if is_messages:
+                self.token_counters.observe(auth.project_id, outcome)
             if self.writer is not None:
                 complete_record(record, outcome, started)
                 if self.conversations is not None:
@@ -260,6 +267,12 @@ class ProxyApp:
                 "health": "GET /health",
             },
         }
+
+    def _token_stats(self, scope: Any, proto: Any, request_id: str) -> None:
+        self.api.authorize(scope.headers)  # the same DASHBOARD_API_KEY rule as /api/*
+        project = parse_qs(scope.query_string).get("projectId", [None])[0]
+        body = orjson.dumps(self.token_counters.snapshot(project))
+        proto.response_bytes(200, [*JSON_HEADERS, *self.token_counters.headers(), ("x-request-id", request_id)], body)
 
     @staticmethod
     def _respond_json(proto: Any, status: int, payload: object, request_id: str) -> None:

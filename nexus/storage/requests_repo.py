@@ -95,3 +95,20 @@ async def list_requests(
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(sql, (*params, limit))  # type: ignore[arg-type]
         return await cur.fetchall()
+
+
+async def list_stored_since(
+    conn: AsyncConnection[Any], *, stored_after: datetime, started_after: datetime, limit: int = 200
+) -> list[dict[str, Any]]:
+    """The newest `limit` requests whose rows were written after `stored_after`, oldest first (live views).
+
+    Rows arrive when a request ends, so a long stream is written well after its `timestamp`: new rows
+    are found by `created_at` (a BRIN index, migration 0004) and `started_after` bounds the partitions.
+    """
+    sql = (
+        f"SELECT {SUMMARY_COLUMNS}, created_at FROM api_requests "  # noqa: S608 (constant columns)
+        "WHERE created_at > %s AND timestamp >= %s ORDER BY created_at DESC, timestamp DESC LIMIT %s"
+    )
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, (stored_after, started_after, limit))
+        return (await cur.fetchall())[::-1]

@@ -1,4 +1,4 @@
-"""Starting real proxy and fake-upstream processes for tests and benchmarks, and stopping them cleanly."""
+"""Starting real proxy, dashboard and fake-upstream processes for tests and benchmarks, and stopping them cleanly."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -81,6 +82,39 @@ def run_proxy(env: Mapping[str, str], *, workers: int = 1, output: Path | None =
     """Run `nexus proxy` on a free loopback port with `env` added; yield its base URL."""
     proc, url = spawn_proxy(env, workers=workers, output=output)
     try:
+        yield url
+    finally:
+        stop(proc)
+
+
+def wait_until_answering(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:
+    """Wait until `url` answers at all (any status); return the status."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (loopback only)
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout_s}s")
+
+
+@contextmanager
+def run_dashboard(env: Mapping[str, str], *, require_healthy: bool = True) -> Iterator[str]:
+    """Run `nexus dashboard` on a free loopback port with `env` added; yield its base URL."""
+    port = free_port()
+    full_env = {**os.environ, **env, "DASHBOARD_HOST": "127.0.0.1", "DASHBOARD_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "nexus.cli", "dashboard"], env=full_env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if require_healthy:
+            wait_until_healthy(url + "/health", proc)
+        else:
+            wait_until_answering(url + "/health", proc)
         yield url
     finally:
         stop(proc)

@@ -1,0 +1,313 @@
+"""The dashboard service: Robyn routes over thin handlers, server-rendered pages, static files, SSE.
+
+Pages: `/` overview, `/requests` (keyset pages, project filter), `/conversations` and
+`/conversations/{id}` (the tree), `/requests/{id}` (summary, the body
+as a conversation, raw JSON, stored headers), `/usage` (5-hour windows per account and project, the
+rolling series, daily sums), `/live` (Server-Sent Events of new requests), `/login`, `/logout`,
+`/health` and `/static/*`. Every page but `/health`, `/login` and `/static/*` goes through `auth`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+import orjson
+
+from nexus import __version__
+from nexus.dashboard import render, views
+from nexus.dashboard.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Access, DashboardAuth, parse_cookies
+from nexus.dashboard.db import read_only_pool
+from nexus.dashboard.live import HEARTBEAT_SECONDS, LiveFeed
+from nexus.settings import Settings
+from nexus.usage.repo import Filters
+
+log = logging.getLogger("nexus.dashboard")
+
+HTML = "text/html; charset=utf-8"
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+    "x-frame-options": "DENY",
+    "cache-control": "no-store",
+}
+#: One live stream lasts at most this long; the browser's EventSource then reconnects on its own.
+STREAM_SECONDS = 600
+
+Page = Callable[[Any, Access], Awaitable[Any]]
+
+
+def _robyn() -> Any:
+    """Import Robyn without letting it parse *our* command line (it reads sys.argv at import)."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        from robyn import Robyn
+        from robyn.argument_parser import Config
+
+        config = Config()
+    finally:
+        sys.argv = argv
+    config.disable_openapi = True
+    config.log_level = "WARNING"
+    return Robyn, config
+
+
+def respond(status: int, body: str | bytes, content_type: str = HTML, headers: dict[str, str] | None = None) -> Any:
+    from robyn import Response
+
+    return Response(status, {**SECURITY_HEADERS, "content-type": content_type, **(headers or {})}, body)
+
+
+def _headers(request: Any) -> dict[str, str]:
+    return {k.lower(): v for k, v in request.headers.to_dict().items()}
+
+
+def _query(request: Any, name: str) -> str | None:
+    value = request.query_params.get(name, None)
+    return value or None
+
+
+def _form(request: Any) -> dict[str, str]:
+    body = request.body
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes | bytearray) else str(body or "")
+    return {k: v[0] for k, v in parse_qs(text, keep_blank_values=True).items()}
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a local path: never an open redirect to another site."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+class Dashboard:
+    def __init__(self, settings: Settings, database_url: str) -> None:
+        self.settings = settings
+        self.auth = DashboardAuth(settings.dashboard_api_key, settings.dashboard_session_hours)
+        self.env = render.environment()
+        self.pool = read_only_pool(database_url)
+        self.feed = LiveFeed(self.pool, self.render_row, settings.dashboard_live_interval_ms / 1000)
+
+    # --- rendering ------------------------------------------------------------------------------
+    def page(self, template: str, status: int = 200, **context: Any) -> Any:
+        return respond(status, self.env.get_template(template).render(**context))
+
+    def render_row(self, row: dict[str, Any]) -> str:
+        return self.env.get_template("_row.html").render(r=row)
+
+    def message(self, status: int, heading: str, text: str, access: Access | None = None) -> Any:
+        return self.page("message.html", status, heading=heading, message=text, access=access, page="")
+
+    # --- access ---------------------------------------------------------------------------------
+    def guarded(self, fn: Page, *, stream: bool = False) -> Callable[[Any], Awaitable[Any]]:
+        async def handler(request: Any) -> Any:
+            headers = _headers(request)
+            access = self.auth.access(request.ip_addr, headers, parse_cookies(headers.get("cookie")))
+            if not access.allowed:
+                return self.denied(request, access, stream)
+            try:
+                return await fn(request, access)
+            except views.NotFound:
+                return self.message(404, "Not found", "No such request is stored.", access)
+            except (views.BadRequest, ValueError) as exc:
+                return self.message(400, "Bad request", str(exc), access)
+
+        return handler
+
+    def denied(self, request: Any, access: Access, stream: bool) -> Any:
+        if not self.auth.key_required:
+            return self.message(
+                403, "Forbidden", f"{access.reason}. Set DASHBOARD_API_KEY to serve the dashboard to other machines."
+            )
+        if access.reason == "login required" and not stream:
+            target = request.url.path
+            query = request.query_params.to_dict()
+            if query:
+                target += "?" + "&".join(f"{quote(k)}={quote(v[-1])}" for k, v in query.items() if v)
+            return respond(303, "", headers={"location": "/login?next=" + quote(target, safe="")})
+        return respond(401, orjson.dumps({"error": access.reason}), "application/json")
+
+    # --- pages ----------------------------------------------------------------------------------
+    async def overview(self, request: Any, access: Access) -> Any:
+        async with self.pool.connection() as conn:
+            data = await views.overview(conn)
+        return self.page("overview.html", access=access, page="overview", **data)
+
+    async def requests(self, request: Any, access: Access) -> Any:
+        async with self.pool.connection() as conn:
+            data = await views.requests_page(
+                conn,
+                project_id=_query(request, "project_id"),
+                conversation_id=_query(request, "conversation_id"),
+                before=_query(request, "before"),
+            )
+        return self.page("requests.html", access=access, page="requests", **data)
+
+    async def request_detail(self, request: Any, access: Access) -> Any:
+        async with self.pool.connection() as conn:
+            data = await views.request_page(conn, request.path_params["request_id"])
+        return self.page("request.html", access=access, page="requests", **data)
+
+    async def conversations(self, request: Any, access: Access) -> Any:
+        async with self.pool.connection() as conn:
+            data = await views.conversations_page(
+                conn, project_id=_query(request, "project_id"), before=_query(request, "before")
+            )
+        return self.page("conversations.html", access=access, page="conversations", **data)
+
+    async def conversation(self, request: Any, access: Access) -> Any:
+        async with self.pool.connection() as conn:
+            data = await views.conversation_page(conn, request.path_params["conversation_id"])
+        return self.page("conversation.html", access=access, page="conversations", **data)
+
+    async def usage(self, request: Any, access: Access) -> Any:
+        filters = Filters(account_id=_query(request, "account_id"), project_id=_query(request, "project_id"))
+        async with self.pool.connection() as conn:
+            data = await views.usage_page(conn, filters)
+        return self.page("usage.html", access=access, page="usage", **data)
+
+    async def live(self, request: Any, access: Access) -> Any:
+        from robyn import Headers, SSEResponse
+
+        sub = self.feed.subscribe(_query(request, "project_id"))
+        if sub is None:
+            return respond(503, "too many live viewers", "text/plain", {"retry-after": "30"})
+        loop = asyncio.get_running_loop()
+
+        async def stream() -> Any:
+            try:
+                yield "retry: 3000\n\n: connected\n\n"
+                deadline = loop.time() + STREAM_SECONDS
+                while loop.time() < deadline:
+                    sub.touch()
+                    try:
+                        item = await asyncio.wait_for(sub.queue.get(), HEARTBEAT_SECONDS)
+                    except TimeoutError:
+                        yield ": ping\n\n"  # keeps proxies from idling the stream out
+                        continue
+                    if item is None:
+                        break
+                    yield item
+            finally:
+                self.feed.unsubscribe(sub)
+
+        headers = Headers({})
+        for name, value in SECURITY_HEADERS.items():
+            headers.set(name, value)
+        return SSEResponse(stream(), headers=headers)
+
+    # --- login ----------------------------------------------------------------------------------
+    def login_form(self, request: Any, status: int = 200, error: str | None = None, target: str = "/") -> Any:
+        token = self.auth.new_login_csrf()
+        resp = self.page("login.html", status, login_csrf=token, next=target, error=error, access=None, page="")
+        resp.set_cookie(LOGIN_CSRF_COOKIE, token, path="/login", http_only=True, same_site="Strict", max_age=3600)
+        return resp
+
+    async def login_get(self, request: Any) -> Any:
+        if not self.auth.key_required:
+            return self.message(404, "No login", "DASHBOARD_API_KEY is unset: this dashboard serves loopback only.")
+        return self.login_form(request, target=_safe_next(_query(request, "next")))
+
+    async def login_post(self, request: Any) -> Any:
+        if not self.auth.key_required:
+            return self.message(404, "No login", "DASHBOARD_API_KEY is unset: there is nothing to log in to.")
+        headers = _headers(request)
+        form = _form(request)
+        target = _safe_next(form.get("next"))
+        cookie = parse_cookies(headers.get("cookie")).get(LOGIN_CSRF_COOKIE)
+        if not self.auth.login_csrf_matches(cookie, form.get("_csrf")):
+            return self.login_form(request, 403, "The form expired; please try again.", target)
+        if not self.auth.key_matches(form.get("key")):
+            await asyncio.sleep(0.5)  # slows guessing; the event loop keeps serving others
+            log.warning("dashboard login refused from %s", request.ip_addr)
+            return self.login_form(request, 401, "Wrong key.", target)
+        resp = respond(303, "", headers={"location": target})
+        secure = headers.get("x-forwarded-proto", "").lower() == "https"
+        resp.set_cookie(
+            SESSION_COOKIE,
+            self.auth.issue_session(),
+            path="/",
+            http_only=True,
+            same_site="Lax",
+            secure=secure,
+            max_age=self.auth.session_seconds,
+        )
+        resp.set_cookie(LOGIN_CSRF_COOKIE, "", path="/login", http_only=True, same_site="Strict", max_age=0)
+        return resp
+
+    async def logout(self, request: Any, access: Access) -> Any:
+        if access.session is not None and not self.auth.csrf_matches(access.session, _form(request).get("_csrf")):
+            return self.message(403, "Forbidden", "Missing or wrong CSRF token.", access)
+        resp = respond(303, "", headers={"location": "/login" if self.auth.key_required else "/"})
+        resp.set_cookie(SESSION_COOKIE, "", path="/", http_only=True, same_site="Lax", max_age=0)
+        return resp
+
+    async def health(self, request: Any) -> Any:
+        body: dict[str, Any] = {"service": "nexus-dashboard", "version": __version__, "pid": os.getpid()}
+        try:
+            async with asyncio.timeout(3):
+                async with self.pool.connection(timeout=2) as conn:
+                    await conn.execute("SELECT 1")
+        except Exception as exc:
+            body |= {"status": "unhealthy", "database": "disconnected", "error": exc.__class__.__name__}
+            return respond(503, orjson.dumps(body), "application/json")
+        body |= {"status": "healthy", "database": "connected", "live_viewers": len(self.feed.subscribers)}
+        return respond(200, orjson.dumps(body), "application/json")
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        await self.pool.open(wait=False)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: loop.create_task(self.shutdown()))
+        if self.auth.key_required:
+            log.warning("dashboard: DASHBOARD_API_KEY is set; login required (or X-API-Key / Bearer)")
+        else:
+            log.warning("dashboard: DASHBOARD_API_KEY is unset; serving loopback clients only (set it to allow others)")
+
+    async def shutdown(self) -> None:
+        """Robyn does not stop on SIGTERM by itself: close what we hold, then leave."""
+        try:
+            await self.feed.close()
+            await asyncio.wait_for(self.pool.close(), 3)
+        finally:
+            logging.shutdown()
+            os._exit(0)
+
+    def build(self) -> Any:
+        robyn_cls, config = _robyn()
+        app = robyn_cls(__file__, config=config)
+        app.startup_handler(self.startup)
+        app.serve_directory("/static", str(render.STATIC))
+        app.add_route("GET", "/health", self.health)
+        app.add_route("GET", "/login", self.login_get)
+        app.add_route("POST", "/login", self.login_post)
+        app.add_route("POST", "/logout", self.guarded(self.logout))
+        app.add_route("GET", "/", self.guarded(self.overview))
+        app.add_route("GET", "/requests", self.guarded(self.requests))
+        app.add_route("GET", "/requests/:request_id", self.guarded(self.request_detail))
+        app.add_route("GET", "/conversations", self.guarded(self.conversations))
+        app.add_route("GET", "/conversations/:conversation_id", self.guarded(self.conversation))
+        app.add_route("GET", "/usage", self.guarded(self.usage))
+        app.add_route("GET", "/live", self.guarded(self.live, stream=True))
+        return app
+
+
+def run(settings: Settings, database_url: str) -> None:
+    """Serve the dashboard in this process until SIGTERM / SIGINT."""
+    logging.basicConfig(level=logging.DEBUG if settings.debug else logging.WARNING, format="%(message)s")
+    app = Dashboard(settings, database_url).build()
+    app.start(host=settings.dashboard_host, port=settings.dashboard_port, _check_port=False)
+
+
+__all__ = ["Dashboard", "run"]

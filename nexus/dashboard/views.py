@@ -1,0 +1,141 @@
+"""What each page shows: queries through the storage and usage domains, shaped for the templates."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from nexus.api.requests import next_cursor
+from nexus.conversations import repository as conversations_repo
+from nexus.dashboard import render
+from nexus.storage import requests_repo
+from nexus.usage import repo as usage_repo
+from nexus.usage import service
+from nexus.usage.repo import Filters
+
+PAGE_SIZE = 50
+
+
+class NotFound(Exception):
+    pass
+
+
+class BadRequest(Exception):
+    pass
+
+
+def parse_cursor(raw: str | None) -> tuple[datetime, str] | None:
+    """The `before` cursor of the API (`<epoch µs>_<uuid>`), so links and API calls share one format."""
+    if not raw:
+        return None
+    try:
+        us, rid = raw.split("_", 1)
+        return datetime.fromtimestamp(int(us) / 1_000_000, UTC), str(uuid.UUID(rid))
+    except ValueError:
+        raise BadRequest("before must be a cursor from a 'next' link") from None
+
+
+async def overview(conn: AsyncConnection[Any], now: datetime | None = None) -> dict[str, Any]:
+    now = now or service.now_utc()
+    day = service.window_ending(now, timedelta(hours=24))
+    return {
+        "day": await usage_repo.totals(conn, day.start, day.end),
+        "window": await service.current_window(conn, Filters(), now=now),
+        "by_model": await usage_repo.grouped(conn, day.start, day.end, ("model",), limit=20),
+        "by_account": await service.window_by(conn, "account_id", now=now),
+        "recent": await requests_repo.list_requests(conn, limit=20),
+    }
+
+
+async def requests_page(
+    conn: AsyncConnection[Any], *, project_id: str | None, conversation_id: str | None, before: str | None
+) -> dict[str, Any]:
+    if conversation_id is not None:
+        try:
+            conversation_id = str(uuid.UUID(conversation_id))
+        except ValueError:
+            raise BadRequest("conversation_id must be a UUID") from None
+    rows = await requests_repo.list_requests(
+        conn,
+        limit=PAGE_SIZE,
+        before=parse_cursor(before),
+        project_id=project_id,
+        conversation_id=conversation_id,
+    )
+    now = service.now_utc()
+    return {
+        "rows": rows,
+        "next": next_cursor(rows, PAGE_SIZE),
+        "projects": await usage_repo.distinct_values(conn, "project_id", now - timedelta(days=30), now),
+        "project_id": project_id,
+        "conversation_id": conversation_id,
+        "first_page": before is None,
+    }
+
+
+async def request_page(conn: AsyncConnection[Any], request_id: str) -> dict[str, Any]:
+    try:
+        request_id = str(uuid.UUID(request_id))
+    except ValueError:
+        raise NotFound(request_id) from None
+    row = await requests_repo.get_request(conn, request_id)
+    if row is None:
+        raise NotFound(request_id)
+    return {
+        "r": row,
+        "conversation": render.conversation(row.get("request_body"), row.get("response_body")),
+        "request_headers": row.get("request_headers") or {},
+        "response_headers": render.shown_response_headers(row.get("response_headers")),
+    }
+
+
+async def usage_page(conn: AsyncConnection[Any], filters: Filters, now: datetime | None = None) -> dict[str, Any]:
+    now = now or service.now_utc()
+    series = await service.rolling_series(
+        conn, filters, span=timedelta(hours=24), bucket=timedelta(minutes=15), now=now
+    )
+    month = now - timedelta(days=30)
+    return {
+        "filters": filters,
+        "window": await service.current_window(conn, filters, now=now),
+        "by_account": await service.window_by(conn, "account_id", filters, now=now),
+        "by_project": await service.window_by(conn, "project_id", filters, now=now),
+        "series": series,
+        "output_line": render.sparkline([int(p["output_tokens"]) for p in series]),
+        "hourly": [p for p in series if p["at"].minute == 0][::-1],
+        "daily": await service.daily_usage(conn, filters, 30, by_model=True, now=now),
+        "accounts": await usage_repo.distinct_values(conn, "account_id", month, now),
+        "projects": await usage_repo.distinct_values(conn, "project_id", month, now),
+    }
+
+
+async def conversations_page(
+    conn: AsyncConnection[Any], *, project_id: str | None, before: str | None
+) -> dict[str, Any]:
+    rows = await conversations_repo.list_conversations(
+        conn, limit=PAGE_SIZE, before=parse_cursor(before), project_id=project_id
+    )
+    now = service.now_utc()
+    return {
+        "rows": rows,
+        "next": next_cursor(rows, PAGE_SIZE, at="last_at", key="conversation_id"),
+        "projects": await usage_repo.distinct_values(conn, "project_id", now - timedelta(days=30), now),
+        "project_id": project_id,
+        "first_page": before is None,
+    }
+
+
+async def conversation_page(conn: AsyncConnection[Any], conversation_id: str) -> dict[str, Any]:
+    try:
+        conversation_id = str(uuid.UUID(conversation_id))
+    except ValueError:
+        raise NotFound(conversation_id) from None
+    tree = await conversations_repo.get_conversation(conn, conversation_id)
+    if tree is None:
+        raise NotFound(conversation_id)
+    number = {str(r["request_id"]): f"#{i}" for i, r in enumerate(tree["requests"], 1)}
+    edges = {str(e["to"]): {"from": str(e["from"]), "kind": e["kind"]} for e in tree["edges"]}
+    return {"c": tree, "number": number, "edges": edges}

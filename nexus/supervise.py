@@ -1,0 +1,120 @@
+"""`nexus serve`: the proxy and the dashboard as two child processes, started and stopped together.
+
+Each child runs in its own session, so a Ctrl-C in the terminal reaches only this supervisor, which
+then sends SIGTERM to each child's main PID (never to a process group: Granian's shutdown can hang
+when its workers are signalled directly). If either child dies, the other is stopped and `serve`
+exits non-zero, so a container or service manager sees the failure and restarts the whole gateway.
+On Linux the children also get SIGTERM if the supervisor itself is killed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import click
+
+from nexus.settings import Settings
+
+#: Longer than the proxy's own drain (Granian `workers_kill_timeout`, 30 s).
+STOP_TIMEOUT_S = 35.0
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover (runs in the child between fork and exec)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass
+
+
+def _spawn(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "nexus.cli", command], env=env, start_new_session=True, preexec_fn=_die_with_parent
+    )
+
+
+def _migrate(url: str) -> None:
+    from nexus.storage.migrate import migrate
+
+    try:
+        applied = migrate(url)
+    except Exception as exc:
+        click.echo(f"warning: migrations not applied ({exc.__class__.__name__}: {exc}); rows will be spooled", err=True)
+        return
+    if applied:
+        click.echo(f"applied migrations: {', '.join(applied)}", err=True)
+
+
+def _reap_group(proc: subprocess.Popen[bytes]) -> None:
+    """A child that died (e.g. `kill -9`) may leave its workers behind in its session: end them."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_children(children: dict[str, subprocess.Popen[bytes]], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    for proc in children.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # the main PID only: it stops its own workers
+        else:
+            _reap_group(proc)
+    deadline = time.monotonic() + timeout_s
+    for name, proc in children.items():
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            click.echo(f"nexus serve: {name} did not stop in {timeout_s:g} s; killing it", err=True)
+            proc.kill()
+            proc.wait(5)
+
+
+def serve_all(settings: Settings) -> int:
+    """Run until SIGTERM / SIGINT (exit 0) or until a child dies (exit 1)."""
+    env = dict(os.environ)
+    url = settings.database_url
+    stop_embedded = None
+    if settings.storage_enabled and url is None:
+        from nexus.storage.embedded import start_embedded
+
+        data_dir = settings.nexus_home / "postgres"
+        url, stop_embedded = start_embedded(data_dir)
+        click.echo(f"embedded PostgreSQL with its data in {data_dir}", err=True)
+        env["DATABASE_URL"] = url
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        if url is not None:
+            _migrate(url)
+        children["proxy"] = _spawn("proxy", env)
+        if url is not None:
+            children["dashboard"] = _spawn("dashboard", env)
+        else:
+            click.echo("nexus serve: storage is disabled and DATABASE_URL unset; no dashboard", err=True)
+        pids = ", ".join(f"{name} pid {proc.pid}" for name, proc in children.items())
+        click.echo(f"nexus serve: {pids}", err=True)
+        while not stopping:
+            dead = next(((n, p) for n, p in children.items() if p.poll() is not None), None)
+            if dead is not None:
+                click.echo(f"nexus serve: {dead[0]} exited with {dead[1].returncode}; stopping", err=True)
+                return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        stop_children(children)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if stop_embedded is not None:
+            stop_embedded()

@@ -1,0 +1,111 @@
+"""`GET /token-stats`: per-project token counters since this worker process started.
+
+Kept in memory and updated once per finished `/v1/messages` request, so they cost a few dictionary
+updates and work with storage disabled or the database away. They are per worker process (with
+`PROXY_WORKERS` > 1 each worker answers for the requests it served, and the `X-Nexus-Worker-PID`
+response header says which);
+the durable, all-worker view is `/api/token-usage/*`, computed from the database.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+#: JSON responses larger than this are not parsed on the request path just to count their usage.
+MAX_PARSED_BODY = 1024 * 1024
+
+
+@dataclass(slots=True)
+class ProjectCounters:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    request_count: int = 0
+    error_count: int = 0
+    tool_call_count: int = 0
+    last_updated_ms: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "inputTokens": self.input_tokens,
+            "outputTokens": self.output_tokens,
+            "cacheCreationInputTokens": self.cache_creation_input_tokens,
+            "cacheReadInputTokens": self.cache_read_input_tokens,
+            "requestCount": self.request_count,
+            "errorCount": self.error_count,
+            "toolCallCount": self.tool_call_count,
+            "lastUpdated": datetime.fromtimestamp(self.last_updated_ms / 1000, UTC).isoformat(timespec="milliseconds"),
+        }
+
+
+def _usage_from_body(body: bytes | None) -> tuple[dict[str, Any], int] | None:
+    if not body or len(body) > MAX_PARSED_BODY:
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("usage"), dict):
+        return None
+    content = parsed.get("content")
+    tools = 0
+    if isinstance(content, list):
+        tools = sum(1 for b in content if isinstance(b, dict) and str(b.get("type", "")).endswith("tool_use"))
+    return parsed["usage"], tools
+
+
+class TokenCounters:
+    """One per worker process; only its event loop touches it, so no lock is needed."""
+
+    def __init__(self) -> None:
+        self.projects: dict[str, ProjectCounters] = {}
+        self.started_at = time.time()
+
+    def observe(self, project_id: str, outcome: Any) -> None:
+        """Count one finished request from the relay's outcome (stream observer or JSON body)."""
+        c = self.projects.get(project_id)
+        if c is None:
+            c = self.projects[project_id] = ProjectCounters()
+        c.request_count += 1
+        c.last_updated_ms = time.time_ns() // 1_000_000
+        if outcome.status >= 400 or outcome.error or not outcome.status:
+            c.error_count += 1
+        observer = outcome.observer
+        if observer is not None:
+            c.input_tokens += observer.input_tokens or 0
+            c.output_tokens += observer.output_tokens or 0
+            c.cache_creation_input_tokens += observer.cache_creation_input_tokens or 0
+            c.cache_read_input_tokens += observer.cache_read_input_tokens or 0
+            c.tool_call_count += len(observer.tool_uses)
+            return
+        found = _usage_from_body(outcome.response_body) if outcome.status < 400 else None
+        if found is not None:
+            usage, tools = found
+            c.input_tokens += _int(usage.get("input_tokens"))
+            c.output_tokens += _int(usage.get("output_tokens"))
+            c.cache_creation_input_tokens += _int(usage.get("cache_creation_input_tokens"))
+            c.cache_read_input_tokens += _int(usage.get("cache_read_input_tokens"))
+            c.tool_call_count += tools
+
+    def snapshot(self, project_id: str | None = None) -> Any:
+        """A map project -> counters, or one project's counters (null if this worker has not seen it)."""
+        if project_id is not None:
+            c = self.projects.get(project_id)
+            return c.as_json() if c else None
+        return {name: c.as_json() for name, c in sorted(self.projects.items())}
+
+    def headers(self) -> list[tuple[str, str]]:
+        """Which worker answered and since when: the counters are per process."""
+        since = datetime.fromtimestamp(self.started_at, UTC).isoformat(timespec="seconds")
+        return [("x-nexus-worker-pid", str(os.getpid())), ("x-nexus-stats-since", since)]
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -1,0 +1,175 @@
+"""SQL for token usage: the one place `api_requests` is aggregated.
+
+Every query is bounded by `timestamp >= %(start)s AND timestamp < %(end)s` with the bounds passed as
+parameters, so the planner prunes the daily partitions to those the range touches, and the
+per-account and per-project indexes (`(account_id, timestamp)`, `(project_id, timestamp)`) serve the
+filtered variants. Grouping columns come from a fixed allow-list, never from a caller's string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+#: Columns a caller may group or filter by, mapped to their SQL.
+GROUPS = {"account_id": "account_id", "project_id": "project_id", "model": "model"}
+
+#: The token sums every usage query returns. The 5-minute / 1-hour split of cache writes exists only
+#: in the `usage` object (`usage.cache_creation`), so it is read from there.
+SUMS = (
+    "count(*) AS requests, "
+    "coalesce(sum(input_tokens), 0)::bigint AS input_tokens, "
+    "coalesce(sum(output_tokens), 0)::bigint AS output_tokens, "
+    "coalesce(sum(cache_creation_input_tokens), 0)::bigint AS cache_creation_input_tokens, "
+    "coalesce(sum(cache_read_input_tokens), 0)::bigint AS cache_read_input_tokens, "
+    "coalesce(sum((usage -> 'cache_creation' ->> 'ephemeral_5m_input_tokens')::bigint), 0)::bigint "
+    "AS cache_creation_5m_input_tokens, "
+    "coalesce(sum((usage -> 'cache_creation' ->> 'ephemeral_1h_input_tokens')::bigint), 0)::bigint "
+    "AS cache_creation_1h_input_tokens"
+)
+SUM_FIELDS = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_5m_input_tokens",
+    "cache_creation_1h_input_tokens",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Optional equality filters; None means every value."""
+
+    account_id: str | None = None
+    project_id: str | None = None
+    model: str | None = None
+
+    def where(self, start: datetime, end: datetime) -> tuple[str, dict[str, Any]]:
+        clauses = ['"timestamp" >= %(start)s', '"timestamp" < %(end)s']
+        params: dict[str, Any] = {"start": start, "end": end}
+        for name in GROUPS:
+            value = getattr(self, name)
+            if value is not None:
+                clauses.append(f"{GROUPS[name]} = %({name})s")
+                params[name] = value
+        return " AND ".join(clauses), params
+
+
+#: No filter: every account, project and model.
+EVERYTHING = Filters()
+
+
+def _group_sql(group_by: tuple[str, ...]) -> str:
+    for name in group_by:
+        if name not in GROUPS:
+            raise ValueError(f"cannot group usage by {name!r}")
+    return ", ".join(GROUPS[name] for name in group_by)
+
+
+async def totals(
+    conn: AsyncConnection[Any], start: datetime, end: datetime, filters: Filters = EVERYTHING
+) -> dict[str, Any]:
+    """Sums over `[start, end)`, plus error count, mean duration and the time of the latest request."""
+    where, params = filters.where(start, end)
+    sql = (
+        f"SELECT {SUMS}, "  # noqa: S608 (constant SQL, values are parameters)
+        "count(*) FILTER (WHERE response_status >= 400 OR error IS NOT NULL) AS errors, "
+        'avg(duration_ms)::float8 AS mean_duration_ms, max("timestamp") AS last_request_at '
+        f"FROM api_requests WHERE {where}"
+    )
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, params)
+        row = await cur.fetchone()
+    assert row is not None  # an aggregate without GROUP BY always returns one row
+    return row
+
+
+async def grouped(
+    conn: AsyncConnection[Any],
+    start: datetime,
+    end: datetime,
+    group_by: tuple[str, ...],
+    filters: Filters = EVERYTHING,
+    *,
+    limit: int = 500,
+) -> list[dict[str, Any]]:
+    """Sums over `[start, end)` per distinct value of `group_by`, largest token totals first."""
+    cols = _group_sql(group_by)
+    where, params = filters.where(start, end)
+    sql = (
+        f'SELECT {cols}, {SUMS}, max("timestamp") AS last_request_at '  # noqa: S608 (allow-listed columns)
+        f"FROM api_requests WHERE {where} GROUP BY {cols} "
+        "ORDER BY sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)) DESC, count(*) DESC LIMIT %(limit)s"
+    )
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, {**params, "limit": limit})
+        return await cur.fetchall()
+
+
+async def daily(
+    conn: AsyncConnection[Any], start: datetime, end: datetime, filters: Filters = EVERYTHING, *, by_model: bool = True
+) -> list[dict[str, Any]]:
+    """Sums per UTC day x account x project (x model), newest day first."""
+    keys = "account_id, project_id" + (", model" if by_model else "")
+    where, params = filters.where(start, end)
+    sql = (
+        f"SELECT (\"timestamp\" AT TIME ZONE 'UTC')::date AS date, {keys}, {SUMS} "  # noqa: S608 (constant SQL)
+        f"FROM api_requests WHERE {where} GROUP BY 1, {keys} ORDER BY 1 DESC, {keys}"
+    )
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, params)
+        return await cur.fetchall()
+
+
+async def rolling(
+    conn: AsyncConnection[Any],
+    first: datetime,
+    last: datetime,
+    bucket: timedelta,
+    window: timedelta,
+    filters: Filters = EVERYTHING,
+) -> list[dict[str, Any]]:
+    """For each bucket boundary `at` in `[first, last]` (a multiple of `bucket` from the epoch), the
+    sums over `[at - window, at)`.
+
+    Rows are binned once per bucket, then a window function over the dense series of buckets adds up
+    the `window / bucket` buckets before each boundary: exact, because the window is a whole number of
+    aligned buckets, and one pass over the rows however many points are asked for.
+    """
+    steps = window // bucket
+    data_start = first - window
+    where, params = filters.where(data_start, last)
+    sums = ", ".join(f"sum(coalesce(x.{f}, 0)) OVER w AS {f}" for f in SUM_FIELDS)
+    sql = (
+        "WITH binned AS ("  # noqa: S608 (constant SQL, values are parameters)
+        f"SELECT date_bin(%(bucket)s, \"timestamp\", TIMESTAMPTZ '1970-01-01 00:00:00+00') AS b, {SUMS} "
+        f"FROM api_requests WHERE {where} GROUP BY 1), "
+        "series AS (SELECT s.b + %(bucket)s AS at, "
+        f"{sums} FROM generate_series(%(start)s::timestamptz, %(last_start)s::timestamptz, %(bucket)s) AS s(b) "
+        "LEFT JOIN binned x ON x.b = s.b "
+        "WINDOW w AS (ORDER BY s.b ROWS BETWEEN %(preceding)s PRECEDING AND CURRENT ROW)) "
+        "SELECT * FROM series WHERE at >= %(first)s ORDER BY at"
+    )
+    params |= {"bucket": bucket, "last_start": last - bucket, "preceding": steps - 1, "first": first}
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, params)
+        return await cur.fetchall()
+
+
+async def distinct_values(conn: AsyncConnection[Any], column: str, start: datetime, end: datetime) -> list[str]:
+    """The distinct non-null values of an allow-listed column seen in `[start, end)` (filter menus)."""
+    col = _group_sql((column,))
+    sql = (
+        f"SELECT {col} AS v, count(*) AS n FROM api_requests "  # noqa: S608 (allow-listed column)
+        f'WHERE "timestamp" >= %(start)s AND "timestamp" < %(end)s AND {col} IS NOT NULL '
+        "GROUP BY 1 ORDER BY 2 DESC LIMIT 200"
+    )
+    async with conn.cursor() as cur:
+        await cur.execute(sql, {"start": start, "end": end})
+        return [r[0] for r in await cur.fetchall()]
