@@ -182,11 +182,12 @@ def migrate_command(embedded: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8123, show_default=True, type=int)
 @click.option("--event-delay-ms", default=0, show_default=True, type=float, help="Pacing between SSE events.")
-def fake_upstream(host: str, port: int, event_delay_ms: float) -> None:
+@click.option("--record-dir", help="Record every request (and its response) as one JSON file in this directory.")
+def fake_upstream(host: str, port: int, event_delay_ms: float, record_dir: str | None) -> None:
     """Run the faithful fake Anthropic API (for tests, benchmarks and offline trials)."""
     from nexus.testing.fake_anthropic import serve as serve_fake
 
-    serve_fake(host=host, port=port, event_delay_ms=event_delay_ms)
+    serve_fake(host=host, port=port, event_delay_ms=event_delay_ms, record_dir=record_dir)
 
 
 def _add_domain_commands() -> None:
