@@ -10,12 +10,12 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use xxhash_rust::xxh3::{xxh3_128, Xxh3Default};
 
 use super::digest::Sink;
+use super::lenient::{Content, Fields, LBlock, LMessage};
 use super::text::{head, normalize_text, trim_ws};
 use crate::body::{split_body_with, FieldVisitor, Key, SplitBody};
 use crate::NexusError;
@@ -136,10 +136,12 @@ impl<'a> FieldVisitor<'a> for Collector {
         let mut first_user: Option<String> = None;
         let mut last_user: Option<String> = None;
         for raw in items {
-            let Ok(message) = serde_json::from_str::<RawMessage<'a>>(raw.get()) else {
+            let Ok(LMessage(Some((role, content)))) =
+                serde_json::from_str::<LMessage<'a>>(raw.get())
+            else {
                 continue; // not an object: nothing a later turn could match
             };
-            let role = match message.role.as_deref() {
+            let role = match role.as_deref() {
                 Some("user") => b'u',
                 Some("assistant") => b'a',
                 Some("system") => {
@@ -148,7 +150,7 @@ impl<'a> FieldVisitor<'a> for Collector {
                 }
                 _ => continue,
             };
-            let blocks = content_blocks(message.content);
+            let blocks = content_blocks(content);
             let (uses, results) = tool_ids(&blocks);
             let repeats = uses.iter().any(|id| seen_uses.contains(id))
                 || results.iter().any(|id| seen_results.contains(id));
@@ -190,16 +192,16 @@ impl<'a> FieldVisitor<'a> for Collector {
 
 impl Collector {
     fn system(&mut self, raw: &RawValue) {
-        let texts: Vec<Cow<'_, str>> = match serde_json::from_str::<Cow<'_, str>>(raw.get()) {
-            Ok(s) => vec![s],
-            Err(_) => match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
-                Ok(items) => items
-                    .iter()
-                    .filter_map(|b| serde_json::from_str::<RawBlock<'_>>(b.get()).ok())
-                    .filter_map(|b| string(b.text))
-                    .collect(),
-                Err(_) => return,
-            },
+        let texts: Vec<Cow<'_, str>> = match serde_json::from_str::<Content<'_>>(raw.get()) {
+            Ok(Content::Text(s)) => vec![s],
+            Ok(Content::Blocks(blocks)) => blocks
+                .into_iter()
+                .filter_map(|b| match b {
+                    LBlock::Block(fields) => fields.text,
+                    LBlock::Invalid => None,
+                })
+                .collect(),
+            _ => return,
         };
         self.facts.system_block_count = texts.len();
         let mut kept: Vec<String> = Vec::new();
@@ -230,48 +232,6 @@ impl Collector {
             self.facts.system_head = head(&joined, HEAD_BYTES).to_owned();
         }
     }
-}
-
-#[derive(Deserialize)]
-struct RawMessage<'a> {
-    #[serde(borrow, default)]
-    role: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    content: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct RawBlock<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    text: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    name: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    input: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    tool_use_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    is_error: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    source: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct RawSource<'a> {
-    #[serde(borrow, default)]
-    media_type: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    url: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    file_id: Option<&'a RawValue>,
 }
 
 /// A normalised block.
@@ -341,76 +301,75 @@ impl Block<'_> {
     }
 }
 
-fn string(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
-    serde_json::from_str::<Cow<'_, str>>(raw?.get()).ok()
-}
-
 fn text_block(text: &str) -> Option<Block<'static>> {
     let normalized = normalize_text(text);
     (!normalized.is_empty()).then(|| Block::Text(normalized.into_owned()))
 }
 
 /// Normalised blocks of a message's `content` (a string is one text block).
-fn content_blocks(content: Option<&RawValue>) -> Vec<Block<'_>> {
-    let Some(raw) = content else {
-        return Vec::new();
-    };
-    if let Some(text) = string(Some(raw)) {
-        return text_block(&text).into_iter().collect();
-    }
-    match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
-        Ok(items) => items.iter().filter_map(|item| block(item, true)).collect(),
-        Err(_) => vec![Block::Other(Cow::Borrowed("invalid"))],
+fn content_blocks(content: Content<'_>) -> Vec<Block<'_>> {
+    match content {
+        Content::Absent => Vec::new(),
+        Content::Text(text) => text_block(&text).into_iter().collect(),
+        Content::Blocks(blocks) => blocks.into_iter().filter_map(|b| block(b, true)).collect(),
+        Content::Invalid => vec![Block::Other(Cow::Borrowed("invalid"))],
     }
 }
 
-fn block<'a>(raw: &'a RawValue, top: bool) -> Option<Block<'a>> {
-    let Ok(b) = serde_json::from_str::<RawBlock<'a>>(raw.get()) else {
+fn block(raw: LBlock<'_>, top: bool) -> Option<Block<'_>> {
+    let LBlock::Block(fields) = raw else {
         return Some(Block::Other(Cow::Borrowed("invalid")));
     };
-    let kind = string(b.kind).unwrap_or(Cow::Borrowed(""));
+    let Fields {
+        kind,
+        text,
+        id,
+        name,
+        input,
+        tool_use_id,
+        content,
+        is_error,
+        source,
+    } = *fields;
+    let kind = kind.unwrap_or(Cow::Borrowed(""));
     match kind.as_ref() {
-        "text" => text_block(&string(b.text).unwrap_or_default()),
+        "text" => text_block(text.as_deref().unwrap_or_default()),
         "thinking" | "redacted_thinking" => None,
-        "tool_use" | "server_tool_use" | "mcp_tool_use" if top => Some(Block::ToolUse {
-            id: string(b.id).unwrap_or_default(),
-            name: string(b.name).unwrap_or_default(),
-            input: b
-                .input
-                .and_then(|raw| serde_json::from_str(raw.get()).ok())
-                .unwrap_or(Value::Null),
-        }),
+        "tool_use" | "server_tool_use" | "mcp_tool_use" if top => {
+            let id = id.unwrap_or_default();
+            // The input only counts for a call without an id (see digest.rs), so it is parsed only then.
+            let input = match input {
+                Some(raw) if id.is_empty() => {
+                    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
+                }
+                _ => Value::Null,
+            };
+            Some(Block::ToolUse {
+                id,
+                name: name.unwrap_or_default(),
+                input,
+            })
+        }
         "tool_result" if top => {
-            let items = match b.content {
-                None => Vec::new(),
-                Some(raw) => match string(Some(raw)) {
-                    Some(text) => text_block(&text).into_iter().collect(),
-                    None => match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
-                        Ok(items) => items.iter().filter_map(|i| block(i, false)).collect(),
-                        Err(_) => vec![Block::Other(Cow::Borrowed("invalid"))],
-                    },
-                },
+            let items = match content {
+                None | Some(Content::Absent) => Vec::new(),
+                Some(Content::Text(text)) => text_block(&text).into_iter().collect(),
+                Some(Content::Blocks(items)) => {
+                    items.into_iter().filter_map(|i| block(i, false)).collect()
+                }
+                Some(Content::Invalid) => vec![Block::Other(Cow::Borrowed("invalid"))],
             };
             Some(Block::ToolResult {
-                id: string(b.tool_use_id).unwrap_or_default(),
-                is_error: b
-                    .is_error
-                    .and_then(|raw| serde_json::from_str::<bool>(raw.get()).ok())
-                    .unwrap_or(false),
+                id: tool_use_id.unwrap_or_default(),
+                is_error,
                 items,
             })
         }
         "image" | "document" => {
-            let source = b
-                .source
-                .and_then(|raw| serde_json::from_str::<RawSource<'_>>(raw.get()).ok());
             let (media_type, data) = match source {
                 Some(s) => (
-                    string(s.media_type).unwrap_or_default(),
-                    string(s.data)
-                        .or_else(|| string(s.url))
-                        .or_else(|| string(s.file_id))
-                        .unwrap_or_default(),
+                    s.media_type.unwrap_or_default(),
+                    s.data.or(s.url).or(s.file_id).unwrap_or_default(),
                 ),
                 None => (Cow::Borrowed(""), Cow::Borrowed("")),
             };

@@ -10,6 +10,7 @@
 
 pub mod analyze;
 pub mod digest;
+mod lenient;
 pub mod text;
 
 pub use analyze::{analyze_request, Analysis, RequestFacts};
