@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,6 +16,9 @@ import orjson
 
 from nexus.auth.files import write_atomically
 from tests.conftest import FAST_RETRIES
+from tests.helpers import wait_for
+
+__all__ = ["wait_for"]
 
 MODEL = "claude-sonnet-4-6"
 BODY = orjson.dumps({"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]})
@@ -81,14 +83,6 @@ def post(
     if headers_out.get("content-type", "").startswith("text/event-stream"):
         return resp.status, headers_out, data.decode()
     return resp.status, headers_out, orjson.loads(data) if data else None
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def assert_anthropic_error(status: int, body: Any, expected_status: int, error_type: str) -> str:

@@ -14,7 +14,7 @@ import psycopg
 
 from nexus.testing.control import FakeControl
 from nexus.testing.servers import run_proxy
-from tests.test_storage_e2e import FAST, get_json, wait_for
+from tests.helpers import FAST, get_json, wait_for
 
 MODEL = "claude-sonnet-4-6"
 

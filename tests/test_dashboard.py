@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from nexus.testing.servers import run_dashboard, run_proxy
-from tests.test_storage_e2e import set_database_reachable, wait_for
+from tests.helpers import set_database_reachable, wait_for
 from tests.usage_rows import insert_row
 
 KEY = "dashboard-key-0123456789"

@@ -18,7 +18,7 @@ from nexus.conversations.linker import Linker
 from nexus.conversations.replay import load_recording, replay_lines
 from nexus.testing.control import FakeControl
 from nexus.testing.servers import run_proxy
-from tests.test_storage_e2e import FAST, get_json, wait_for
+from tests.helpers import FAST, get_json, wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude_code"
 SCENARIOS = sorted(p.name for p in FIXTURES.iterdir() if (p / "expected.jsonl").exists())

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nexus.testing.servers import free_port, stop, wait_until_healthy
-from tests.test_storage_e2e import wait_for
+from tests.helpers import wait_for
 
 
 def _alive(pid: int) -> bool:

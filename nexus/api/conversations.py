@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from nexus.api.requests import next_cursor, query_cursor, query_limit
+from nexus.api.requests import found, next_cursor, path_uuid, query_cursor, query_limit
 from nexus.conversations import repository
-from nexus.errors import ProxyError
 
 if TYPE_CHECKING:
     from nexus.api.routes import ApiRoutes
@@ -29,12 +27,6 @@ async def list_conversations(pool: AsyncConnectionPool, _: str, query: dict[str,
 
 
 async def get_conversation(pool: AsyncConnectionPool, wanted: str, query: dict[str, list[str]]) -> dict[str, Any]:
-    try:
-        uuid.UUID(wanted)
-    except ValueError:
-        raise ProxyError(404, f"No conversation {wanted!r}.", "not_found_error") from None
+    conversation_id = path_uuid(wanted, "conversation")
     async with pool.connection() as conn:
-        tree = await repository.get_conversation(conn, wanted)
-    if tree is None:
-        raise ProxyError(404, f"No conversation {wanted!r}.", "not_found_error")
-    return tree
+        return found(await repository.get_conversation(conn, conversation_id), "conversation", wanted)

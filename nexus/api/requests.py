@@ -20,16 +20,24 @@ def register(api: ApiRoutes) -> None:
     api.route("/api/requests/", get_request)
 
 
-async def get_request(pool: AsyncConnectionPool, wanted: str, query: dict[str, list[str]]) -> dict[str, Any]:
-    try:
-        uuid.UUID(wanted)
-    except ValueError:
-        raise ProxyError(404, f"No stored request {wanted!r}.", "not_found_error") from None
-    async with pool.connection() as conn:
-        row = await requests_repo.get_request(conn, wanted)
+def found(row: dict[str, Any] | None, what: str, wanted: str) -> dict[str, Any]:
     if row is None:
-        raise ProxyError(404, f"No stored request {wanted!r}.", "not_found_error")
+        raise ProxyError(404, f"No {what} {wanted!r}.", "not_found_error")
     return row
+
+
+def path_uuid(wanted: str, what: str) -> str:
+    """The id in the path, or a 404 in the API's shape (an id that is not a UUID names nothing)."""
+    try:
+        return str(uuid.UUID(wanted))
+    except ValueError:
+        raise ProxyError(404, f"No {what} {wanted!r}.", "not_found_error") from None
+
+
+async def get_request(pool: AsyncConnectionPool, wanted: str, query: dict[str, list[str]]) -> dict[str, Any]:
+    request_id = path_uuid(wanted, "stored request")
+    async with pool.connection() as conn:
+        return found(await requests_repo.get_request(conn, request_id), "stored request", wanted)
 
 
 def query_limit(query: dict[str, list[str]], default: int = 50, most: int = 500) -> int:

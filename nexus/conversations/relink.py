@@ -23,6 +23,7 @@ from nexus._core import NexusCoreError, analyze_request, join_body
 from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Linker
 from nexus.conversations.service import ConversationService, link_request
+from nexus.storage.records import link_cells
 
 BATCH = 500
 ROW_COLUMNS = (
@@ -154,20 +155,8 @@ async def _relink_row(
     ok = row[9] == 200 and row[11] == "completed"
     body_bytes = orjson.dumps(response) if response is not None else None
     keys = service.complete(request_id, link, ok, body_bytes, None)
-    return [
-        request_id,
-        at,
-        link.request_type,
-        link.conversation_id,
-        link.branch_id,
-        link.parent_request_id,
-        link.is_subtask,
-        link.parent_task_request_id,
-        link.current_hash,
-        link.parent_hash,
-        analysis.system_hash if analysis is not None else None,
-        keys or None,
-    ]
+    system_hash = analysis.system_hash if analysis is not None else None
+    return [request_id, at, link.request_type, *link_cells(link), system_hash, keys or None]
 
 
 async def _apply(conn: AsyncConnection[Any], updates: list[list[object]]) -> None:

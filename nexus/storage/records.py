@@ -204,7 +204,7 @@ def to_row(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
         tool_calls,
         rec.outcome,
         rec.error,
-        *_link_cells(rec.link),
+        *link_cells(rec.link),
         analysis.system_hash if analysis is not None else None,
         headers.get("x-claude-code-session-id"),
         headers.get("x-claude-code-agent-id"),
@@ -212,7 +212,7 @@ def to_row(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
     ]
 
 
-def _link_cells(link: Link | None) -> list[object]:
+def link_cells(link: Link | None) -> list[object]:
     """conversation_id .. parent_message_hash, as the linker decided them."""
     if link is None:
         return [None, None, None, False, None, None, None]
