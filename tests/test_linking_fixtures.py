@@ -86,6 +86,21 @@ def send(url: str, method: str, path: str, headers: dict[str, str], body: bytes 
 def test_through_the_proxy(
     scenario: str, upstream_url: str, migrated_db: str, tmp_path: Path, fake: FakeControl
 ) -> None:
+    through_proxy(scenario, upstream_url, migrated_db, tmp_path, fake, workers=1)
+
+
+@pytest.mark.parametrize("scenario", ["subagent_foreground", "tool_loop"])
+def test_through_two_workers(
+    scenario: str, upstream_url: str, migrated_db: str, tmp_path: Path, fake: FakeControl
+) -> None:
+    """Each request on a new connection, so turns land on either worker: what one worker linked and
+    queued, the other finds in the database (asked again after a batch interval when not yet there)."""
+    through_proxy(scenario, upstream_url, migrated_db, tmp_path, fake, workers=2)
+
+
+def through_proxy(
+    scenario: str, upstream_url: str, migrated_db: str, tmp_path: Path, fake: FakeControl, *, workers: int
+) -> None:
     recording = load_recording(FIXTURES / scenario)
     env = {
         "CLAUDE_API_BASE_URL": upstream_url,
@@ -94,7 +109,7 @@ def test_through_the_proxy(
         "UPSTREAM_MAX_ATTEMPTS": "1",  # the recorded client saw each 529 itself and re-sent
         **FAST,
     }
-    with run_proxy(env) as url:
+    with run_proxy(env, workers=workers) as url:
         got: dict[str, dict[str, Any]] = {}
         files: dict[str, str] = {}
         for rec in recording:

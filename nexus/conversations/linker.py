@@ -118,7 +118,11 @@ class Linker:
             candidates = self.index.with_hash(req.project, hashes[k])
             parent = self._pick(req, [e for e in candidates if e.timestamp <= req.timestamp])
             if parent is not None:
-                return self._child_of(req, parent, hashes[k], current, "prefix")
+                link = self._child_of(req, parent, hashes[k], current, "prefix")
+                # A turn normally adds two messages (the reply and the new user turn). A parent found
+                # further back may stand for a nearer one this index has not seen (another worker's).
+                link.missed = k < len(hashes) - 3
+                return link
         if req.continuation_text is not None:  # after the prefix: later turns still open with the summary
             compaction = self._compaction(req)
             if compaction is not None:

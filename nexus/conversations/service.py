@@ -3,7 +3,9 @@
 A request is linked before it is forwarded. The in-memory index answers almost always; only when it
 has no evidence where the database might (after a restart, when the index forgot, or when another
 worker served the parent) are matching rows loaded, within `LINK_LOOKUP_TIMEOUT_MS`, and the decision
-taken again. Any failure degrades to "a new conversation" and is logged: linking never fails a request.
+taken again; with several workers a lookup that still leaves evidence missing is asked once more
+after a batch interval, since the parent may still be in another worker's write queue. Any failure
+degrades to "a new conversation" and is logged: linking never fails a request.
 """
 
 from __future__ import annotations
@@ -69,19 +71,29 @@ class ConversationService:
         *,
         lookup_timeout_s: float = 0.2,
         lookback_days: int = 30,
+        flush_wait_s: float = 0.0,
     ) -> None:
         self.linker = linker
         self.pool = pool
         self.lookup_timeout_s = lookup_timeout_s
         self.lookback_days = lookback_days
+        #: With several workers a parent served by another worker may still sit in that worker's write
+        #: queue: an empty lookup is tried once more after about one batch interval.
+        self.flush_wait_s = flush_wait_s
         self.lookups = 0
         self.lookup_failures = 0
 
     async def link(self, req: LinkRequest) -> Link:
         try:
             link = self.linker.decide(req)
-            if link.missed and self.pool is not None and await self._load(req):
-                link = self.linker.decide(req)
+            if link.missed and self.pool is not None:
+                for attempt in range(2 if self.flush_wait_s else 1):
+                    if attempt:
+                        await asyncio.sleep(self.flush_wait_s)
+                    if await self._load(req):
+                        link = self.linker.decide(req)
+                    if not link.missed:
+                        break
             self.linker.register(req, link)
             return link
         except Exception:

@@ -96,6 +96,7 @@ class ProxyApp:
                 self.api.pool,
                 lookup_timeout_s=s.link_lookup_timeout_ms / 1000,
                 lookback_days=s.link_lookback_days,
+                flush_wait_s=(s.storage_batch_interval_ms + 30) / 1000 if s.proxy_workers > 1 else 0.0,
             )
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
