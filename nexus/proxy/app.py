@@ -266,6 +266,10 @@ class ProxyApp:
                 "messages": "POST /v1/messages",
                 "passthrough": "/v1/*",
                 "health": "GET /health",
+                "requests": "GET /api/requests[/{id}]",
+                "conversations": "GET /api/conversations[/{id}]",
+                "token_usage": "GET /api/token-usage/current | /daily | /time-series",
+                "token_stats": "GET /token-stats",
             },
         }
 
