@@ -110,7 +110,7 @@ class Settings(BaseSettings):
 
     # --- conversation tracking ----------------------------------------------------------------
     link_index_size: int = Field(
-        100_000, ge=100, description="Recent requests the linker keeps in memory per worker (about 0.5 KB each)."
+        100_000, ge=100, description="Recent requests the linker keeps in memory per worker (about 0.4 KB each)."
     )
     link_lookup_timeout_ms: int = Field(
         200, ge=1, description="Longest a request waits on the database when memory has no link evidence, ms."

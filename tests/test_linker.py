@@ -274,12 +274,15 @@ def test_projects_never_share_conversations() -> None:
     assert b.evidence == "new" and b.conversation_id != a.conversation_id
 
 
-def test_the_index_is_bounded() -> None:
+def test_the_index_is_bounded_and_forgets_the_oldest() -> None:
     s = Session(Linker(LinkIndex(capacity=50)))
     for i in range(200):
         s.send([user(f"conversation {i}")], reply(text("r")))
     assert len(s.linker.index) == 50
-    assert sum(len(v) for v in s.linker.index._by_hash.values()) == 50
+    forgotten = s.send([*uncache([user("conversation 0")]), assistant(text("r")), user("more")])[1]
+    assert forgotten.evidence == "new" and forgotten.missed  # the database would be asked
+    kept = s.send([*uncache([user("conversation 199")]), assistant(text("r")), user("more")])[1]
+    assert kept.evidence == "prefix"
 
 
 # --- interleavings ------------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ Everything is scoped by project, so identical content in two projects never link
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from typing import Any
 
 PENDING, OK, FAILED = 0, 1, 2
 
@@ -60,11 +62,18 @@ class Compaction:
 
 
 class LinkIndex:
+    """Requests by id, by history hash and by parent, bounded, oldest forgotten first.
+
+    Memory matters at 100,000 entries: buckets hold a single entry until a second one arrives (most
+    hashes and parents have one), and the strings many entries share (project, session, conversation
+    id) are interned, so each entry costs about a third of a kilobyte.
+    """
+
     def __init__(self, capacity: int = 100_000, invocations: int = 20_000, compactions: int = 500) -> None:
         self.capacity = capacity
         self.entries: OrderedDict[str, Entry] = OrderedDict()
-        self._by_hash: dict[tuple[str, bytes], list[Entry]] = {}
-        self._children: dict[str, list[Entry]] = {}
+        self._by_hash: dict[bytes, Entry | list[Entry]] = {}
+        self._children: dict[str, Entry | list[Entry]] = {}
         self._tasks: dict[tuple[str, bytes], list[Invocation]] = {}
         self._task_order: deque[Invocation] = deque()
         self._task_capacity = invocations
@@ -78,17 +87,22 @@ class LinkIndex:
     def add(self, entry: Entry) -> None:
         if entry.request_id in self.entries:
             return
+        entry.project = sys.intern(entry.project)
+        if entry.session is not None:
+            entry.session = sys.intern(entry.session)
+        if entry.conversation_id is not None:
+            entry.conversation_id = sys.intern(entry.conversation_id)
         self.entries[entry.request_id] = entry
         if entry.current is not None:
-            self._by_hash.setdefault((entry.project, entry.current), []).append(entry)
+            _put(self._by_hash, entry.current, entry)
         if entry.parent_request_id is not None:
-            self._children.setdefault(entry.parent_request_id, []).append(entry)
+            _put(self._children, entry.parent_request_id, entry)
         while len(self.entries) > self.capacity:
             self._forget(self.entries.popitem(last=False)[1])
 
     def _forget(self, old: Entry) -> None:
         if old.current is not None:
-            _remove(self._by_hash, (old.project, old.current), old)
+            _remove(self._by_hash, old.current, old)
         if old.parent_request_id is not None:
             _remove(self._children, old.parent_request_id, old)
 
@@ -97,10 +111,10 @@ class LinkIndex:
 
     def with_hash(self, project: str, digest: bytes) -> list[Entry]:
         """Requests of `project` whose whole (normalised) history hashes to `digest`, oldest first."""
-        return self._by_hash.get((project, digest), [])
+        return [e for e in _get(self._by_hash, digest) if e.project == project]
 
     def children(self, request_id: str) -> list[Entry]:
-        return self._children.get(request_id, [])
+        return _get(self._children, request_id)
 
     # --- sub-agent invocations ---------------------------------------------------------------------
     def add_invocation(self, inv: Invocation) -> None:
@@ -128,13 +142,36 @@ class LinkIndex:
                 self._subtasks.popitem(last=False)
 
 
-def _remove(table: dict, key: object, item: object) -> None:  # type: ignore[type-arg]
-    bucket = table.get(key)
-    if bucket is None:
+def _put(table: dict[Any, Entry | list[Entry]], key: object, entry: Entry) -> None:
+    held = table.get(key)
+    if held is None:
+        table[key] = entry
+    elif isinstance(held, list):
+        held.append(entry)
+    else:
+        table[key] = [held, entry]
+
+
+def _get(table: dict[Any, Entry | list[Entry]], key: object) -> list[Entry]:
+    held = table.get(key)
+    if held is None:
+        return []
+    return held if isinstance(held, list) else [held]
+
+
+def _remove(table: dict[Any, Any], key: object, item: object) -> None:
+    held = table.get(key)
+    if held is None:
+        return
+    if not isinstance(held, list):
+        if held is item:
+            del table[key]
         return
     try:
-        bucket.remove(item)
+        held.remove(item)
     except ValueError:
         return
-    if not bucket:
+    if len(held) == 1:
+        table[key] = held[0]
+    elif not held:
         del table[key]
