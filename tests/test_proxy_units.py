@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 
@@ -10,6 +11,7 @@ import pytest
 from nexus._core import NexusCoreError, analyze_request
 from nexus.errors import ProxyError
 from nexus.proxy.body import check_json_content_type, read_body
+from nexus.proxy.deadline import Deadline
 from nexus.proxy.headers import client_response_headers, upstream_request_headers
 from nexus.proxy.ids import new_request_id, request_id_unix_ms
 from nexus.proxy.retry import RetryPolicy, is_retryable_status, parse_retry_after
@@ -149,3 +151,31 @@ def test_request_id_carries_its_start_time() -> None:
     assert request_id_unix_ms(rid) == 1_795_000_000_123
     assert request_id_unix_ms(str(uuid.uuid4())) is None
     assert request_id_unix_ms("not-a-uuid") is None
+
+
+async def test_deadline_fires_only_after_silence() -> None:
+    # touched every 20 ms for 200 ms with a 60 ms idle limit: never fires
+    async with Deadline(0.06) as idle:
+        for _ in range(10):
+            await asyncio.sleep(0.02)
+            idle.touch()
+    assert not idle.expired
+    # then silence: it fires, as TimeoutError, about 60 ms after the last touch
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        async with Deadline(0.06):
+            await asyncio.sleep(5)
+    assert 0.05 <= loop.time() - started < 1.0
+
+
+async def test_deadline_lets_other_cancellations_through() -> None:
+    async def body() -> None:
+        async with Deadline(10):
+            await asyncio.sleep(5)
+
+    task = asyncio.ensure_future(body())
+    await asyncio.sleep(0.01)
+    task.cancel()  # e.g. the client-disconnect watcher
+    with pytest.raises(asyncio.CancelledError):
+        await task

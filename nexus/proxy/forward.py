@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from nexus.errors import ProxyError
+from nexus.proxy.deadline import Deadline
 from nexus.proxy.retry import RetryPolicy, is_retryable_status, parse_retry_after
 from nexus.proxy.upstream import NetworkError, RequestError, Response, Upstream
 
@@ -49,10 +50,10 @@ async def open_upstream(
         retry_after: float | None = None
         failure: str | None = None
         try:
-            async with asyncio.timeout(head_timeout_s) as deadline:
+            async with Deadline(head_timeout_s) as deadline:
                 response = await request.__aenter__()
         except TimeoutError as exc:
-            if deadline.expired():
+            if deadline.expired:
                 raise ProxyError(
                     504, f"Upstream did not answer within {head_timeout_s:g} s.", "timeout_error"
                 ) from None

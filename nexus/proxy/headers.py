@@ -35,6 +35,8 @@ _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server"}
 def upstream_request_headers(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Client request headers to send upstream (names arrive lower-cased from Granian)."""
     out = [(k, v) for k, v in items if k not in _REQUEST_DROP]
+    if len(out) == len(items):
+        return out
     for k, v in items:
         if k == "connection":  # names listed in Connection are hop-by-hop too
             listed = {t.strip().lower() for t in v.split(",")}

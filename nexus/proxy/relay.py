@@ -12,8 +12,11 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+from granian.rsgi import ProtocolClosed
+
 from nexus._core import SseObserver
 from nexus.errors import ProxyError, sse_error_event
+from nexus.proxy.deadline import Deadline
 from nexus.proxy.forward import OpenResponse
 from nexus.proxy.headers import client_response_headers
 from nexus.proxy.upstream import NetworkError, RequestError
@@ -45,27 +48,42 @@ async def relay_stream(
     headers = outcome.headers = client_response_headers(response.headers.items(), request_id)
     transport = proto.response_stream(response.status, headers)  # type: ignore[attr-defined]
     reader = response.body_reader
-    loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(None) as idle:
-            while True:
-                idle.reschedule(loop.time() + idle_timeout_s)
-                chunk = await reader.read_chunk()
-                if chunk is None:
-                    break
+        async with Deadline(idle_timeout_s) as idle:
+            chunk = await reader.read_chunk()
+            if chunk is not None:
+                outcome.first_byte_at = time.monotonic()
+            while chunk is not None:
                 data = bytes(chunk)
-                if outcome.first_byte_at is None:
-                    outcome.first_byte_at = time.monotonic()
                 observer.feed(data)
                 await transport.send_bytes(data)
+                idle.touch()  # the silence counted is the upstream's, from the moment we are ready to read
+                chunk = await reader.read_chunk()
     except TimeoutError:
         outcome.error = "stream_idle_timeout"
         message = f"Upstream sent nothing for {idle_timeout_s:g} s; stream ended by the proxy."
-        await transport.send_bytes(sse_error_event("timeout_error", message, request_id))
+        await _send_last(transport, sse_error_event("timeout_error", message, request_id))
     except (NetworkError, RequestError) as exc:
         outcome.error = "upstream_disconnected"
         message = f"Upstream connection lost mid-stream ({exc.__class__.__name__})."
-        await transport.send_bytes(sse_error_event("api_error", message, request_id))
+        await _send_last(transport, sse_error_event("api_error", message, request_id))
+    except ProtocolClosed:
+        await _client_gone(outcome)
+
+
+async def _send_last(transport: object, event: bytes) -> None:
+    try:
+        await transport.send_bytes(event)  # type: ignore[attr-defined]
+    except ProtocolClosed:
+        pass  # the client left as well: nobody to tell
+
+
+async def _client_gone(outcome: Outcome) -> None:
+    """The client closed the connection while we were writing to it. The disconnect watcher (app.py)
+    normally cancels the request the moment that happens, which records it as `client_disconnected`;
+    give it a moment to do so, and record the disconnect here only if it does not."""
+    await asyncio.sleep(0.05)
+    outcome.error = "client_disconnected"
 
 
 async def relay_buffered(
@@ -73,7 +91,7 @@ async def relay_buffered(
 ) -> None:
     response = opened.response
     try:
-        async with asyncio.timeout(timeout_s):
+        async with Deadline(timeout_s):
             body = bytes(await response.bytes())
     except TimeoutError:
         raise ProxyError(504, f"Upstream response body not complete within {timeout_s:g} s.", "timeout_error") from None
@@ -102,6 +120,8 @@ async def relay_passthrough(proto: object, opened: OpenResponse, request_id: str
             await transport.send_bytes(bytes(chunk))
     except (NetworkError, RequestError) as exc:
         outcome.error = f"upstream_disconnected: {exc.__class__.__name__}"
+    except ProtocolClosed:
+        await _client_gone(outcome)
 
 
 async def relay(
