@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint rust-test py-test bench clean
+.PHONY: run test install lint rust-test py-test bench bench-quick bench-micro bench-install clean
 
 $(BIN)/python:
 	@# psycopg's C build needs pg_config and the libpq headers
@@ -43,9 +43,20 @@ rust-test:
 py-test: install
 	$(BIN)/python -m pytest
 
-bench: install
-	$(PIP) install --quiet -e '.[test,bench]'
+## The overhead harness (full run, ~25 min; needs wrk, installed from Debian when run as root, and cargo).
+bench: bench-install
 	$(BIN)/python -m bench.overhead
+
+## The same phases, short (~6 min), for development.
+bench-quick: bench-install
+	$(BIN)/python -m bench.overhead --quick
+
+## Micro-benchmarks: the Rust core against its Python reference (pytest-benchmark).
+bench-micro: bench-install
+	$(BIN)/python -m pytest bench/micro
+
+bench-install: install
+	$(PIP) install --quiet -e '.[test,bench]'
 
 clean:
 	rm -rf $(VENV) target

@@ -1,220 +1,259 @@
-"""First overhead measurement: the fake upstream directly vs through the proxy, in the same run.
+"""The overhead harness: the upstream directly and through Nexus, same run, same load tools, one table.
 
-    python -m bench.overhead [--requests 2000] [--concurrency 32] [--body-kb 40] [--json out.json]
+    python -m bench.overhead                      # full run (~25 min with the default 10-minute soak)
+    python -m bench.overhead --quick              # short phases, 1-minute soak (~6 min), for development
+    make bench                                    # installs the bench extras, then the full run
 
-Starts the fake upstream (no event delay, no body recording), the stack's floor (bench/floor_proxy.py:
-the least a Granian RSGI + pyreqwest forwarder does) and Nexus, then drives all three with the same
-load generator (an in-process asyncio client on one shared pooled connection set):
-  * latency at concurrency 1: JSON round trip and streaming time to first byte, p50 / p99;
-  * throughput at `--concurrency` (JSON requests/s) and its p99.
-The proxy's added latency is the difference between the two columns of one run; the load generator's
-own cost is in both columns and cancels out. Every loop is bounded by `--requests`.
-The full suite (frontier, paced streams, soak, wrk) belongs to bench/README.md's later sections.
+It starts PostgreSQL (embedded, or `NEXUS_BENCH_DATABASE_URL` / `--database-url`), the upstream (the
+Rust mock of bench/loadgen by default; `--upstream fake` for the project's Python fake, whose ~4k req/s
+ceiling on one core here would bind every throughput figure), and `nexus proxy` with storage on (and
+whatever the proxy turns on by default, e.g. conversation linking), each pinned to its CPUs (see the
+printed layout), then measures, direct and through the proxy:
+
+  * added latency at concurrency 1 (p50, p99): JSON (wrk) and stream time to first byte / first token;
+  * throughput at concurrency 32 (wrk), JSON and unpaced streams, and the proxy's CPU per request;
+  * the frontier: the highest open-loop rate whose p99 stays under 5, 10, 50 ms (bench/loadgen);
+  * 64/256/512 concurrent streams paced 20 ms apart upstream: stalls (a gap > 10x the pacing), lost
+    events, the per-event gap, time to first token;
+  * proxy peak RSS, and RSS over a `--soak-minutes` soak of mixed traffic (growth MiB/min).
+
+Every figure is marked when it is bound by the upstream, the load generator or the machine rather
+than the proxy (within 10% of the direct figure, or the shared core full). Results go to
+bench/results/overhead-<time>.json. wrk comes from Debian (installed when missing and run as root);
+bench/loadgen is built with cargo on first use (its own workspace, not part of `make test`).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
-from pyreqwest.client import ClientBuilder
+import psycopg
 
+from bench import traffic
+from bench.harness import phases, report
+from bench.harness.phases import Side
+from bench.harness.procs import (
+    Proc,
+    descendants,
+    memory_mib,
+    pin_tree,
+    plan_layout,
+    postmaster_pid,
+    proxy_command,
+    server,
+    upstream_command,
+)
+from bench.harness.tools import Corpus, Tools, build_loadgen
 from nexus import __version__
 from nexus.storage.embedded import start_embedded
-from nexus.storage.migrate import migrate
-from nexus.testing.servers import free_port, run_fake_upstream, run_proxy, stop, wait_until_healthy
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def claude_code_like_body(kb: int, stream: bool) -> bytes:
-    """A body shaped like Claude Code's: system blocks, tools, a history, padded to about `kb` KiB."""
-    tools = [
-        {
-            "name": f"tool_{i}",
-            "description": "Does a thing. " * 20,
-            "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
-        }
-        for i in range(20)
-    ]
-    messages: list[dict[str, object]] = []
-    body: dict[str, object] = {
-        "model": "claude-sonnet-4-6",
-        "max_tokens": 32000,
-        "stream": stream,
-        "system": [
-            {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.330.abc; cc_entrypoint=cli;"},
-            {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude."},
-            {"type": "text", "text": "Instructions. " * 400, "cache_control": {"type": "ephemeral"}},
-        ],
-        "tools": tools,
-        "messages": messages,
-    }
-    turn = 0
-    while len(orjson.dumps(body)) < kb * 1024:
-        messages.append({"role": "user", "content": [{"type": "text", "text": f"Turn {turn}: " + "please " * 60}]})
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": "Done. " * 60}]})
-        turn += 1
-    messages.append({"role": "user", "content": "Continue."})
-    return orjson.dumps(body)
+def write_corpus(directory: Path, sessions: int) -> Corpus:
+    """The same sessions three times: all JSON, all streams, and mixed (80% streams) for the soak."""
+    paths = {name: directory / f"corpus-{name}.txt" for name in ("json", "stream", "mixed")}
+    for name, share in (("json", 0.0), ("stream", 1.0), ("mixed", 0.8)):
+        traffic.write_corpus(paths[name], traffic.corpus(sessions, stream_share=share))
+    headers = directory / "headers.txt"
+    headers.write_text("".join(f"{k}: {v}\n" for k, v in traffic.corpus_headers().items()))
+    return Corpus(paths["json"], paths["stream"], paths["mixed"], headers)
 
 
-HEADERS = [
-    ("content-type", "application/json"),
-    ("x-api-key", "sk-ant-api03-bench"),
-    ("anthropic-version", "2023-06-01"),
-]
+def health(url: str) -> dict[str, Any]:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/health", timeout=10) as resp:  # noqa: S310 (loopback)
+        return orjson.loads(resp.read())
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+def stored_rows(dsn: str) -> int:
+    with psycopg.connect(dsn, connect_timeout=5) as conn:
+        return int(conn.execute("SELECT count(*) FROM api_requests").fetchone()[0])  # type: ignore[index]
 
 
-async def one(client, url: str, body: bytes, stream: bool) -> float:  # type: ignore[no-untyped-def]
-    start = time.perf_counter()
-    req = client.post(url + "/v1/messages").headers(HEADERS).body_bytes(body).streamed_read_buffer_limit(0)
-    async with req.build_streamed() as resp:
-        reader = resp.body_reader
-        first = await reader.read_chunk()
-        ttfb = time.perf_counter() - start
-        assert resp.status == 200 and first, resp.status
-        while await reader.read_chunk() is not None:
-            pass
-    return ttfb if stream else time.perf_counter() - start
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
 
-
-async def latency(url: str, body: bytes, stream: bool, n: int) -> list[float]:
-    async with ClientBuilder().build() as client:
-        for _ in range(min(50, n)):  # warm-up: connections, caches
-            await one(client, url, body, stream)
-        return [await one(client, url, body, stream) for _ in range(n)]
-
-
-async def throughput(url: str, body: bytes, n: int, concurrency: int) -> tuple[float, float]:
-    async with ClientBuilder().build() as client:
-        await asyncio.gather(*(one(client, url, body, False) for _ in range(concurrency)))
-        remaining = n
-        samples: list[float] = []
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                samples.append(await one(client, url, body, False))
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return n / elapsed, pct(samples, 99)
-
-
-async def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
-    json_body = claude_code_like_body(args.body_kb, stream=False)
-    sse_body = claude_code_like_body(args.body_kb, stream=True)
-    lat_json = await latency(url, json_body, False, args.latency_requests)
-    lat_sse = await latency(url, sse_body, True, args.latency_requests)
-    rps, p99 = await throughput(url, json_body, args.requests, args.concurrency)
-    return {
-        "json_p50_ms": statistics.median(lat_json) * 1000,
-        "json_p99_ms": pct(lat_json, 99) * 1000,
-        "ttfb_p50_ms": statistics.median(lat_sse) * 1000,
-        "ttfb_p99_ms": pct(lat_sse, 99) * 1000,
-        "rps": rps,
-        "rps_p99_ms": p99 * 1000,
-    }
-
-
-@contextmanager
-def run_floor(upstream: str) -> Iterator[str]:
-    """The minimal Granian + pyreqwest forwarder (bench/floor_proxy.py) on a free port."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--loop", "uvloop", "--log-level", "warning"]
-    cmd += ["--port", str(port), "bench.floor_proxy:app"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "FLOOR_UPSTREAM": upstream})
+    out = {"nexus": __version__, "python": platform.python_version(), "kernel": platform.release()}
+    for dist in ("granian", "pyreqwest", "psycopg", "uvloop", "orjson"):
+        try:
+            out[dist] = version(dist)
+        except Exception:
+            out[dist] = "?"
     try:
-        wait_until_healthy(f"http://127.0.0.1:{port}/health", proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
+        out["wrk"] = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split(" [")[0]
+    except OSError:
+        out["wrk"] = "?"
+    try:
+        out["cpu"] = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        out["cpu"] = platform.processor()
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    layout = plan_layout(args.workers)
+    print(f"layout: {layout.describe()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-") as tmp:
+        home = Path(tmp)
+        corpus = write_corpus(home, args.sessions)
+        print(f"corpus: {args.sessions} Claude Code sessions, bodies 40-60 KiB, in {home}", flush=True)
+        stop_db = None
+        dsn = args.database_url or os.environ.get("NEXUS_BENCH_DATABASE_URL")
+        db_dir = home / "postgres"
+        if not dsn:
+            dsn, stop_db = start_embedded(db_dir)
+        try:
+            pm = postmaster_pid(db_dir) if stop_db else None
+            if pm is not None:
+                pin_tree(pm, layout.database)
+            loadgen = build_loadgen()
+            up_cmd, up_health = upstream_command(args.upstream, loadgen, layout.upstream)
+            with server(up_cmd, up_health) as upstream:
+                env = {
+                    "CLAUDE_API_BASE_URL": upstream.url,
+                    "DATABASE_URL": dsn,
+                    "NEXUS_HOME": str(home),
+                    "STORAGE_ENABLED": "true",
+                    "PROXY_WORKERS": str(args.workers),
+                    **dict(kv.split("=", 1) for kv in args.env),
+                }
+                px_cmd, px_env = proxy_command(layout.proxy)
+                with server(px_cmd, "/health", env={**env, **px_env}) as proxy:
+                    if pm is not None:
+                        pin_tree(pm, layout.database)  # backends forked since the first pinning
+                    return measure(args, layout, corpus, upstream, proxy, pm, dsn)
+        finally:
+            if stop_db is not None:
+                stop_db()
+
+
+def measure(
+    args: argparse.Namespace,
+    layout: Any,
+    corpus: Corpus,
+    upstream: Proc,
+    proxy: Proc,
+    postmaster: int | None,
+    dsn: str,
+) -> dict[str, Any]:
+    def groups() -> dict[str, list[int]]:
+        g = {"proxy": proxy.pids(), "upstream": upstream.pids()}
+        if postmaster is not None:
+            g["database"] = [postmaster, *descendants(postmaster)]
+        return g
+
+    tools = Tools(corpus, layout.loadgen, groups)
+    direct, nexus = Side("direct", upstream.url), Side("nexus", proxy.url)
+    sides = (direct, nexus)
+    out: dict[str, Any] = {"layout": layout.describe(), "phases": {}}
+    ph = out["phases"]
+
+    def step(name: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
+
+    step("warm-up")
+    for side in sides:
+        tools.wrk_run(side.url, connections=8, seconds=2)
+        tools.wrk_run(side.url, connections=8, seconds=1, stream=True)
+    step("latency at concurrency 1")
+    ph["latency"] = {s.name: phases.latency(tools, s, args.seconds) for s in sides}
+    step("throughput at concurrency 32")
+    ph["throughput_json"] = {s.name: phases.throughput(tools, s, args.seconds, 32, stream=False) for s in sides}
+    ph["throughput_stream"] = {s.name: phases.throughput(tools, s, args.seconds, 32, stream=True) for s in sides}
+    step("frontier (open loop)")
+    ph["frontier"] = {
+        s.name: phases.frontier(tools, s, ph["throughput_json"][s.name]["rps"], args.frontier_seconds) for s in sides
+    }
+    step("paced streams")
+    ph["streams"] = {}
+    for count in args.streams:
+        ph["streams"][str(count)] = {s.name: phases.paced_streams(tools, s, count, args.pacing_ms) for s in sides}
+    rss, hwm = memory_mib(proxy.pids())
+    worker_peak = memory_mib(descendants(proxy.proc.pid))[1]
+    out["memory"] = {"rss_mib": rss, "worker_peak_mib": worker_peak, "tree_peak_mib": hwm}
+    if args.soak_minutes > 0:
+        rate = args.soak_rate
+        step(f"soak: {args.soak_minutes:g} min of mixed traffic at {rate:g} req/s")
+        soak = phases.soak(
+            tools,
+            nexus,
+            proxy.pids,
+            lambda: descendants(proxy.proc.pid),
+            args.soak_minutes,
+            rate,
+        )
+        out["soak"] = {
+            "rate": rate,
+            "minutes": args.soak_minutes,
+            "idle_before_mib": soak.idle_before,
+            "samples": soak.samples,
+            "growth_mib_per_min": phases.growth_mib_per_min(soak.samples),
+            "worker_growth_mib_per_min": phases.growth_mib_per_min(soak.samples, column=2),
+            "recovered_mib": soak.recovered,
+            "load": soak.load,
+        }
+        out["memory"]["worker_peak_mib"] = memory_mib(descendants(proxy.proc.pid))[1]
+        out["memory"]["tree_peak_mib"] = memory_mib(proxy.pids())[1]
+    step("storage check")
+    time.sleep(2)  # the writer's last batch
+    h = health(proxy.url)
+    out["storage"] = {"health": h.get("storage"), "rows": stored_rows(dsn), "proxied": h.get("stats", {})}
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=3000, help="requests in the throughput phase")
-    ap.add_argument("--latency-requests", type=int, default=500, help="requests per latency phase")
-    ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--body-kb", type=int, default=40)
-    ap.add_argument("--json", dest="json_out", help="also write the results here")
-    ap.add_argument("--storage", action="store_true", help="also measure Nexus with storage on (embedded PostgreSQL)")
+    ap.add_argument("--upstream", choices=("mock", "fake"), default="mock", help="upstream to measure against")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of each closed-loop phase")
+    ap.add_argument("--frontier-seconds", type=float, default=3.0, help="length of each open-loop probe")
+    ap.add_argument("--streams", default="64,256,512", help="concurrent paced stream counts")
+    ap.add_argument("--pacing-ms", type=float, default=20.0, help="upstream pacing between stream events")
+    ap.add_argument("--soak-minutes", type=float, default=10.0)
+    ap.add_argument("--soak-rate", type=float, default=1000.0, help="offered req/s during the soak (80%% streams)")
+    ap.add_argument("--sessions", type=int, default=24, help="Claude Code sessions in the corpus")
+    ap.add_argument("--workers", type=int, default=1, help="PROXY_WORKERS")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra proxy setting")
+    ap.add_argument("--database-url", help="PostgreSQL to store into (default: NEXUS_BENCH_DATABASE_URL or embedded)")
+    ap.add_argument("--quick", action="store_true", help="short phases and a 1-minute soak (development)")
+    ap.add_argument("--json", dest="json_out", type=Path, help="results file (default bench/results/...)")
     args = ap.parse_args()
-
-    with run_fake_upstream(record_bodies=False) as upstream:
-        direct = asyncio.run(measure(upstream, args))
-        with run_floor(upstream) as floor_url:
-            floor = asyncio.run(measure(floor_url, args))
-        with run_proxy({"CLAUDE_API_BASE_URL": upstream, "STORAGE_ENABLED": "false"}) as proxy:
-            proxied = asyncio.run(measure(proxy, args))
-        stored: dict[str, float] | None = None
-        if args.storage:
-            with tempfile.TemporaryDirectory(prefix="nexus-bench-") as home:
-                dsn, stop_db = start_embedded(Path(home) / "postgres")
-                try:
-                    migrate(dsn)
-                    env = {"CLAUDE_API_BASE_URL": upstream, "DATABASE_URL": dsn, "NEXUS_HOME": home}
-                    with run_proxy(env) as proxy:
-                        stored = asyncio.run(measure(proxy, args))
-                finally:
-                    stop_db()
-
-    rows = [
-        ("JSON latency p50 (c=1)", "json_p50_ms", "ms"),
-        ("JSON latency p99 (c=1)", "json_p99_ms", "ms"),
-        ("stream TTFB p50 (c=1)", "ttfb_p50_ms", "ms"),
-        ("stream TTFB p99 (c=1)", "ttfb_p99_ms", "ms"),
-        (f"throughput (c={args.concurrency})", "rps", "req/s"),
-        (f"p99 at c={args.concurrency}", "rps_p99_ms", "ms"),
-    ]
-    print(f"nexus {__version__} | {platform.python_version()} | {os.cpu_count()} cpus | body {args.body_kb} KiB")
-    head = f"{'metric':28} {'direct':>10} {'floor':>10} {'nexus':>10} {'nexus-direct':>13} {'nexus-floor':>12}"
-    print(head + (f" {'+storage':>10} {'storage cost':>13}" if stored else ""))
-    for label, key, unit in rows:
-        d, f, p = direct[key], floor[key], proxied[key]
-        if unit == "req/s":
-            delta, own = f"{p / d:.2f}x", f"{p / f:.2f}x"
-        else:
-            delta, own = f"+{p - d:.3f}", f"{p - f:+.3f}"
-        line = f"{label:28} {d:10.3f} {f:10.3f} {p:10.3f} {delta:>13} {own:>12}"
-        if stored:
-            st = stored[key]
-            line += f" {st:10.3f} {(f'{st / p:.2f}x' if unit == 'req/s' else f'{st - p:+.3f}'):>13}"
-        print(f"{line} {unit}")
-    print("note: one load generator process on the same 2 cores as both servers; ratios, not absolutes.")
-    if args.json_out:
-        with open(args.json_out, "wb") as fh:
-            fh.write(
-                orjson.dumps(
-                    {
-                        "when": datetime.now(UTC).isoformat(),
-                        "args": vars(args),
-                        "direct": direct,
-                        "floor": floor,
-                        "proxy": proxied,
-                        "proxy_storage": stored,
-                    },
-                    option=orjson.OPT_INDENT_2,
-                )
-            )
+    if args.quick:
+        args.seconds, args.frontier_seconds = min(args.seconds, 4.0), min(args.frontier_seconds, 2.0)
+        args.soak_minutes = min(args.soak_minutes, 1.0)
+    args.streams = [int(x) for x in str(args.streams).split(",") if x]
+    started = datetime.now(UTC)
+    results = run(args)
+    results.update(
+        {
+            "when": started.isoformat(),
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "versions": versions(),
+            "command": " ".join(["python -m bench.overhead", *sys.argv[1:]]),
+        }
+    )
+    table = report.render(results)
+    print(table)
+    results["table"] = table
+    out = args.json_out or RESULTS / f"overhead-{started.strftime('%Y%m%dT%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+    print(f"results: {out}")
 
 
 if __name__ == "__main__":

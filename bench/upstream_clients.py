@@ -15,8 +15,10 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 
-from bench.overhead import HEADERS, claude_code_like_body
+from bench.traffic import corpus_headers, one_body
 from nexus.testing.servers import run_fake_upstream
+
+HEADERS = corpus_headers()
 
 Send = Callable[[], Awaitable[None]]
 
@@ -48,7 +50,7 @@ async def bench_pyreqwest(url: str, body: bytes, n: int, c: int) -> tuple[float,
     async with ClientBuilder().build() as client:
 
         async def send() -> None:
-            req = client.post(url).headers(HEADERS).body_bytes(body).streamed_read_buffer_limit(0)
+            req = client.post(url).headers(list(HEADERS.items())).body_bytes(body).streamed_read_buffer_limit(0)
             async with req.build_streamed() as resp:
                 await resp.bytes()
 
@@ -61,7 +63,7 @@ async def bench_aiohttp(url: str, body: bytes, n: int, c: int) -> tuple[float, f
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
         async def send() -> None:
-            async with session.post(url, data=body, headers=dict(HEADERS)) as resp:
+            async with session.post(url, data=body, headers=HEADERS) as resp:
                 await resp.read()
 
         return await run_phase(send, n, c)
@@ -73,7 +75,7 @@ async def bench_httpx(url: str, body: bytes, n: int, c: int) -> tuple[float, flo
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=None)) as client:
 
         async def send() -> None:
-            resp = await client.post(url, content=body, headers=dict(HEADERS))
+            resp = await client.post(url, content=body, headers=HEADERS)
             await resp.aread()
 
         return await run_phase(send, n, c)
@@ -84,7 +86,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--concurrency", type=int, default=32)
     args = ap.parse_args()
-    body = claude_code_like_body(40, stream=False)
+    body = one_body(stream=False, kb=45)
     results: dict[str, tuple[float, float]] = {}
     with run_fake_upstream(record_bodies=False) as upstream:
         url = upstream + "/v1/messages"

@@ -95,3 +95,15 @@ def test_scenario_grammar() -> None:
     assert Scenario.parse("drop-after:3") == Scenario("drop-after", 3)
     with pytest.raises(ValueError, match="unknown fake scenario"):
         Scenario.parse("explode")
+
+
+def test_text_tokens_header_sets_the_reply_length(upstream_url: str) -> None:
+    body = {"model": "m", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    _, _, short = raw_post(upstream_url, body, {**HEADERS, "x-fake-text-tokens": "3"})
+    _, _, long = raw_post(upstream_url, body, {**HEADERS, "x-fake-text-tokens": "300"})
+    deltas = [d.count(b"event: content_block_delta") for d in (short, long)]
+    assert deltas == [1, 100]  # three words a delta
+    usage = orjson.loads(long.split(b"\n\n")[-3].split(b"data: ", 1)[1])["usage"]
+    assert usage["output_tokens"] == 300
+    status, _, data = raw_post(upstream_url, body, {**HEADERS, "x-fake-text-tokens": "lots"})
+    assert status == 400 and b"x-fake-text-tokens" in data

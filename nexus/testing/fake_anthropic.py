@@ -21,6 +21,9 @@ later `/v1/messages` request without the header takes the next one. Specs:
     drop-after:<n>          stream n events, then abort the connection (no terminating chunk)
     error-event-after:<n>   stream n events, then an `overloaded_error` error event, then end
 
+The reply's text has `--text-tokens` words (12 by default), or `x-fake-text-tokens: <n>` words for one
+request (longer streams for load tests).
+
 Observation: `GET /_fake/requests` (what was received, bounded), `GET /_fake/events` (how each
 streamed or held connection ended: `completed`, `client_disconnected` or `dropped`), `POST
 /_fake/reset`, `GET /_fake/health`.
@@ -254,12 +257,16 @@ class FakeAnthropic:
             scenario = Scenario.parse(spec) if spec else (self.queue.popleft() if self.queue else Scenario())
         except ValueError as exc:
             return self._error(proto, 400, rl, str(exc))
-        await self._messages(proto, index, body, raw, input_tokens, scenario, rl)
+        tokens = headers.get("x-fake-text-tokens")
+        if tokens is not None and not (tokens.isdigit() and int(tokens) <= 100_000):
+            return self._error(proto, 400, rl, f"x-fake-text-tokens must be an integer 0-100000, got {tokens!r}")
+        text_tokens = self.text_tokens if tokens is None else int(tokens)
+        await self._messages(proto, index, body, raw, input_tokens, scenario, rl, text_tokens)
         return None
 
     # --- /v1/messages --------------------------------------------------------------------------
-    def _content(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
-        text = " ".join(REPLY_WORDS[i % len(REPLY_WORDS)] for i in range(self.text_tokens))
+    def _content(self, body: dict[str, Any], text_tokens: int) -> tuple[list[dict[str, Any]], str]:
+        text = " ".join(REPLY_WORDS[i % len(REPLY_WORDS)] for i in range(text_tokens))
         blocks: list[dict[str, Any]] = [{"type": "text", "text": text}]
         tools = body.get("tools") or []
         last = body["messages"][-1]
@@ -297,6 +304,7 @@ class FakeAnthropic:
         input_tokens: int,
         scenario: Scenario,
         rl: list[tuple[str, str]],
+        text_tokens: int,
     ) -> None:
         kind = scenario.kind
         if kind == "delay":
@@ -309,7 +317,7 @@ class FakeAnthropic:
             headers = [*rl, ("retry-after", scenario.retry_after)] if scenario.value == 429 else rl
             self._error(proto, scenario.value, headers)
             return
-        blocks, stop_reason = self._content(body)
+        blocks, stop_reason = self._content(body, text_tokens)
         cache_read = raw.count(b'"cache_control"') * 64
         output_tokens = sum(len(b.get("text", "").split()) + len(orjson.dumps(b.get("input", ""))) // 4 for b in blocks)
         usage = {

@@ -1,0 +1,155 @@
+"""One table from a harness run: direct, Nexus, the difference, the issue's target, and what bound each
+figure when it was not the proxy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: A proxied figure within this fraction of the direct one is bound by the upstream side, not the proxy.
+BOUND_RATIO = 0.9
+#: A CPU busier than this during a phase was full.
+FULL = 0.93
+
+
+def _bound(meter_direct: dict[str, Any] | None, meter_nexus: dict[str, Any], ratio: float | None) -> str:
+    """Why a throughput-like figure stopped where it did."""
+    notes = []
+    if ratio is not None and ratio >= BOUND_RATIO:
+        notes.append(f"upstream-bound ({ratio:.0%} of direct)")
+    busy = {int(c): b for c, b in meter_nexus.get("cpu_busy", {}).items()}
+    proxy_cpu = meter_nexus["cpu_s"].get("proxy", 0.0) / max(1e-9, meter_nexus["seconds"])
+    if busy:
+        full = [c for c, b in busy.items() if b >= FULL]
+        if proxy_cpu >= FULL:
+            notes.append(f"proxy core full ({proxy_cpu:.0%})")
+        elif full:
+            notes.append(f"cpu {','.join(map(str, full))} full, proxy at {proxy_cpu:.0%}: load tool/upstream side")
+    foreign = meter_nexus.get("foreign_cores", 0.0)
+    if foreign >= 0.15:
+        notes.append(f"machine busy: {foreign:.2f} cores of other work")
+    return "; ".join(notes)
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def render(r: dict[str, Any]) -> str:
+    ph = r["phases"]
+    rows: list[tuple[str, str, str, str, str, str]] = []
+
+    def add(label: str, d: float | None, n: float | None, delta: str, target: str = "", note: str = "") -> None:
+        rows.append((label, _fmt(d), _fmt(n), delta, target, note))
+
+    def check(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    lat = ph["latency"]
+    d, n = lat["direct"], lat["nexus"]
+    for key, label, target in (
+        ("json_p50_ms", "JSON latency p50, c=1 (ms)", 0.3),
+        ("json_p99_ms", "JSON latency p99, c=1 (ms)", 1.5),
+        ("ttfb_p50_ms", "stream TTFB p50, c=1 (ms)", None),
+        ("ttfb_p99_ms", "stream TTFB p99, c=1 (ms)", None),
+        ("ttft_p50_ms", "stream TTFT p50, c=1 (ms)", None),
+        ("ttft_p99_ms", "stream TTFT p99, c=1 (ms)", None),
+    ):
+        added = n[key] - d[key]
+        t = f"+{target:g}: {check(added <= target)}" if target is not None else ""
+        note = _bound(None, n["meter_json" if key.startswith("json") else "meter_stream"], None)
+        add(label, d[key], n[key], f"{added:+.3f}", t, note)
+    for kind in ("json", "stream"):
+        tp = ph[f"throughput_{kind}"]
+        d, n = tp["direct"], tp["nexus"]
+        ratio = n["rps"] / d["rps"] if d["rps"] else None
+        target = f">=5,000: {check(n['rps'] >= 5000)}" if kind == "json" else ""
+        add(
+            f"{kind} req/s, c=32",
+            d["rps"],
+            n["rps"],
+            f"{ratio:.2f}x" if ratio else "-",
+            target,
+            _bound(d["meter"], n["meter"], ratio),
+        )
+        add(f"{kind} p99 at c=32 (ms)", d["p99_ms"], n["p99_ms"], f"{n['p99_ms'] - d['p99_ms']:+.2f}")
+    tp = ph["throughput_json"]["nexus"]
+    add("proxy CPU per JSON request (us)", None, tp["cpu_us_per_request"].get("proxy"), "", "", "at c=32")
+    tps = ph["throughput_stream"]["nexus"]
+    add("proxy CPU per stream (us)", None, tps["cpu_us_per_request"].get("proxy"), "", "", "at c=32, unpaced")
+    fr = ph["frontier"]
+    for key in ("p99_under_5ms", "p99_under_10ms", "p99_under_50ms"):
+        d, n = fr["direct"].get(key, 0.0), fr["nexus"].get(key, 0.0)
+        capped = " (ladder top: no rate failed)" if fr["nexus"].get(key + "_capped") else ""
+        bound = " upstream-bound" if d and n >= BOUND_RATIO * d else ""
+        label = "frontier, p99 < " + key.removeprefix("p99_under_").removesuffix("ms") + " ms (req/s)"
+        add(label, d, n, f"{n / d:.2f}x" if d else "-", "", (bound + capped).strip())
+    streams = ph["streams"]
+    first = next(iter(streams.values()), None)
+    if first:
+        d, n = first["direct"], first["nexus"]
+        for key, label in (("p50", "per-event gap p50"), ("p99", "per-event gap p99")):
+            dv, nv = d["gap_us"][key] / 1000, n["gap_us"][key] / 1000
+            add(f"{label}, {next(iter(streams))} streams (ms)", dv, nv, f"{nv - dv:+.3f}")
+        dv, nv = d["ttft_us"]["p50"] / 1000, n["ttft_us"]["p50"] / 1000
+        add(f"paced TTFT p50, {next(iter(streams))} streams (ms)", dv, nv, f"{nv - dv:+.3f}")
+    for count, pair in streams.items():
+        d, n = pair["direct"], pair["nexus"]
+        expected = d["events_max"]
+        lost = int(count) * expected - n["events_total"]
+        incomplete = int(count) - n["completed"]
+        ok = n["stalls"] == 0 and lost == 0 and incomplete == 0 and n["failed"] == 0
+        worst = n["max_gap_us"]["max"] / 1000
+        detail = f"stalls {n['stalls']}, lost {lost}, incomplete {incomplete}, max gap {worst:.0f} ms"
+        direct_note = "" if d["stalls"] == 0 else f"direct also stalled ({d['stalls']}): upstream/loadgen-bound"
+        rows.append(
+            (
+                f"{count} paced streams",
+                f"stalls {d['stalls']}",
+                detail,
+                "",
+                f"no stall: {check(ok)}",
+                direct_note,
+            )
+        )
+    mem = r["memory"]
+    add("proxy worker peak RSS (MiB)", None, mem["worker_peak_mib"], "", f"<150: {check(mem['worker_peak_mib'] < 150)}")
+    add("proxy tree peak RSS (MiB)", None, mem["tree_peak_mib"], "", "", "main process + workers")
+    soak = r.get("soak")
+    if soak:
+        g = soak["worker_growth_mib_per_min"]
+        samples = soak["samples"]
+        add(
+            f"soak {soak['minutes']:g} min @ {soak['rate']:g}/s: worker RSS growth (MiB/min)",
+            None,
+            g,
+            f"{samples[0][2]:.0f} -> {samples[-1][2]:.0f} MiB" if samples else "",
+            f"flat: {check(abs(g) < 0.5)}",
+            f"recovered {soak['recovered_mib']:.0f} MiB (tree)",
+        )
+    st = r.get("storage") or {}
+    h = st.get("health") or {}
+    if h:
+        add(
+            "stored rows / proxied requests",
+            None,
+            float(st.get("rows", 0)),
+            f"of {st.get('proxied', {}).get('requests', 0):,}",
+            "",
+            f"dropped {h.get('dropped_rows')}, spooled {h.get('spooled_batches')}, queue {h.get('queue_depth')}",
+        )
+    widths = [max(len(row[i]) for row in [*rows, _HEAD]) for i in range(6)]
+    lines = [
+        f"nexus {r['versions']['nexus']} | python {r['versions']['python']} | granian {r['versions']['granian']} | "
+        f"pyreqwest {r['versions']['pyreqwest']} | upstream {r['args']['upstream']} | {r['layout']}",
+        "  ".join(h.ljust(w) for h, w in zip(_HEAD, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+_HEAD = ("metric", "direct", "nexus", "nexus vs direct", "target", "bound / note")

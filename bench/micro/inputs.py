@@ -1,0 +1,55 @@
+"""Real-size inputs: a Claude Code body from bench/traffic.py, a long stream from the fake upstream's
+own encoder, a batch of storage rows built the way the writer builds them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from bench import traffic
+from nexus.storage.records import ExchangeRecord, to_row
+from nexus.testing.fake_anthropic import FakeAnthropic
+
+#: A mid-session Claude Code body of about 50 KiB (system blocks, 20 tools, ~20 messages).
+BODY = traffic.one_body(stream=True, kb=50)
+
+
+def long_stream() -> list[bytes]:
+    """A long answer as network chunks: 2,000 words of text (one event a chunk, as a paced stream
+    arrives) and a tool call with a 4 KB input, usage and stop events: about 700 events, 160 KB."""
+    fake = FakeAnthropic()
+    words = "Hello! This is a deterministic reply from the fake Anthropic API: naïve café ✓.".split()
+    blocks: list[dict[str, object]] = [{"type": "text", "text": " ".join(words[i % len(words)] for i in range(2000))}]
+    blocks.append({"type": "tool_use", "id": "toolu_01bench", "name": "Write", "input": {"content": "x" * 4000}})
+    usage = {"input_tokens": 12000, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 11000}
+    message = {
+        "id": "msg_01bench",
+        "type": "message",
+        "role": "assistant",
+        "model": traffic.MODEL,
+        "content": blocks,
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {**usage, "output_tokens": 2100},
+    }
+    return fake._stream_events(message)
+
+
+STREAM = long_stream()
+
+
+def storage_rows(n: int = 200) -> tuple[list[list[object]], list[list[object]]]:
+    """A writer batch: `n` api_requests rows and their distinct content blobs, from a real corpus."""
+    requests = traffic.corpus(12, stream_share=0.8)[:n]
+    now = int(time.time() * 1_000_000)
+    blobs: dict[bytes, tuple[int, bytes]] = {}
+    rows = []
+    for i, req in enumerate(requests):
+        body = req.body.replace(traffic.TOKEN.encode(), b"a1b2c3")
+        rec = ExchangeRecord(
+            str(uuid.uuid4()), now + i, "bench", None, "POST", traffic.PATH, list(req.headers.items()), body
+        )
+        rec.response_status, rec.response_headers, rec.streamed = 200, [("request-id", "req_1")], req.stream
+        rec.response_body = b'{"id":"msg_1","type":"message","content":[{"type":"text","text":"done"}]}'
+        rows.append(to_row(rec, blobs))
+    return rows, [[k, kind, raw] for k, (kind, raw) in blobs.items()]

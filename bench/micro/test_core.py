@@ -1,0 +1,86 @@
+"""Rust (`nexus._core`) vs the Python reference (`nexus.reference`), same inputs, same results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from bench.micro.inputs import BODY, STREAM, storage_rows
+from nexus import _core
+from nexus.proxy.body import parse_messages_body
+from nexus.reference import body as ref_body
+from nexus.reference import copy as ref_copy
+from nexus.reference.sse import ReferenceSseObserver
+from nexus.storage.records import BLOB_TYPES, REQUEST_TYPES
+
+ROWS, BLOBS = storage_rows()
+
+
+def _encode(encoder: Any) -> tuple[bytes, bytes]:
+    """One writer flush: the api_requests payload and the content_blobs payload."""
+    return encoder(REQUEST_TYPES, ROWS), encoder(BLOB_TYPES, BLOBS)
+
+
+def _observe(observer_type: Any) -> bytes | None:
+    observer = observer_type()
+    for chunk in STREAM:
+        observer.feed(chunk)
+    return observer.message_json()
+
+
+@pytest.mark.benchmark(group=f"SSE: {len(STREAM)} events, {sum(map(len, STREAM)) // 1024} KiB")
+def test_sse_rust(benchmark: Any) -> None:
+    message = benchmark(_observe, _core.SseObserver)
+    assert message == _observe(ReferenceSseObserver)
+
+
+@pytest.mark.benchmark(group=f"SSE: {len(STREAM)} events, {sum(map(len, STREAM)) // 1024} KiB")
+def test_sse_python(benchmark: Any) -> None:
+    assert benchmark(_observe, ReferenceSseObserver) is not None
+
+
+@pytest.mark.benchmark(group=f"split body: {len(BODY) // 1024} KiB Claude Code body")
+def test_split_rust(benchmark: Any) -> None:
+    split = benchmark(_core.split_body, BODY)
+    assert split.message_keys == ref_body.split_body(BODY)["message_keys"]
+
+
+@pytest.mark.benchmark(group=f"split body: {len(BODY) // 1024} KiB Claude Code body")
+def test_split_python(benchmark: Any) -> None:
+    benchmark(ref_body.split_body, BODY)
+
+
+@pytest.mark.benchmark(group=f"COPY encode: {len(ROWS)} rows + {len(BLOBS)} blobs")
+def test_copy_rust(benchmark: Any) -> None:
+    assert benchmark(_encode, _core.encode_copy_binary) == _encode(ref_copy.encode_copy_binary)
+
+
+@pytest.mark.benchmark(group=f"COPY encode: {len(ROWS)} rows + {len(BLOBS)} blobs")
+def test_copy_python(benchmark: Any) -> None:
+    benchmark(_encode, ref_copy.encode_copy_binary)
+
+
+# The request path's body check (nexus/proxy/body.py, msgspec decoding only the routing fields)
+# against the full orjson parse it replaced: not Rust, but the same input and the same hot path.
+@pytest.mark.benchmark(group=f"request body check (msgspec vs orjson): {len(BODY) // 1024} KiB")
+def test_body_check(benchmark: Any) -> None:
+    benchmark(parse_messages_body, BODY)
+
+
+@pytest.mark.benchmark(group=f"request body check (msgspec vs orjson): {len(BODY) // 1024} KiB")
+def test_body_check_full_parse_reference(benchmark: Any) -> None:
+    benchmark(orjson.loads, BODY)
+
+
+# --- message normalisation and hashing for conversation linking --------------------------------
+# SLOT: the lead is adding it to the Rust core with a Python reference in nexus/reference/. When it
+# lands on main, benchmark it here on BODY's messages (Rust vs reference), like the groups above.
+LINK_HASH = getattr(_core, "message_hashes", None) or getattr(_core, "hash_messages", None)
+
+
+@pytest.mark.skipif(LINK_HASH is None, reason="message hashing for linking is not in nexus._core yet")
+@pytest.mark.benchmark(group="linking: message hashes")
+def test_link_hash_rust(benchmark: Any) -> None:
+    benchmark(LINK_HASH, BODY)
