@@ -77,9 +77,16 @@ def health(url: str) -> dict[str, Any]:
         return orjson.loads(resp.read())
 
 
-def stored_rows(dsn: str) -> int:
+def stored_rows(dsn: str) -> dict[str, int]:
+    """Rows stored, and how many the linker tied to a parent or to the sub-agent call that spawned them."""
+    sql = (
+        "SELECT count(*), count(parent_request_id), count(*) FILTER (WHERE is_subtask), "
+        "count(DISTINCT conversation_id) FROM api_requests"
+    )
     with psycopg.connect(dsn, connect_timeout=5) as conn:
-        return int(conn.execute("SELECT count(*) FROM api_requests").fetchone()[0])  # type: ignore[index]
+        row = conn.execute(sql).fetchone()
+    assert row is not None
+    return {"rows": int(row[0]), "with_parent": int(row[1]), "subtasks": int(row[2]), "conversations": int(row[3])}
 
 
 def versions() -> dict[str, str]:
@@ -188,7 +195,9 @@ def measure(
     worker_peak = memory_mib(descendants(proxy.proc.pid))[1]
     out["memory"] = {"rss_mib": rss, "worker_peak_mib": worker_peak, "tree_peak_mib": hwm}
     if args.soak_minutes > 0:
-        rate = args.soak_rate
+        # a steady load the proxy can carry: half its frontier at p99 < 50 ms, unless given
+        frontier_50 = ph["frontier"]["nexus"].get("p99_under_50ms", 0.0)
+        rate = args.soak_rate or max(50.0, round(frontier_50 / 2, -1))
         step(f"soak: {args.soak_minutes:g} min of mixed traffic at {rate:g} req/s")
         soak = phases.soak(
             tools,
@@ -213,7 +222,7 @@ def measure(
     step("storage check")
     time.sleep(2)  # the writer's last batch
     h = health(proxy.url)
-    out["storage"] = {"health": h.get("storage"), "rows": stored_rows(dsn), "proxied": h.get("stats", {})}
+    out["storage"] = {"health": h.get("storage"), **stored_rows(dsn), "proxied": h.get("stats", {})}
     return out
 
 
@@ -225,8 +234,12 @@ def main() -> None:
     ap.add_argument("--streams", default="64,256,512", help="concurrent paced stream counts")
     ap.add_argument("--pacing-ms", type=float, default=20.0, help="upstream pacing between stream events")
     ap.add_argument("--soak-minutes", type=float, default=10.0)
-    ap.add_argument("--soak-rate", type=float, default=1000.0, help="offered req/s during the soak (80%% streams)")
-    ap.add_argument("--sessions", type=int, default=24, help="Claude Code sessions in the corpus")
+    ap.add_argument(
+        "--soak-rate", type=float, default=0.0, help="soak req/s, 80%% streams (default: half the frontier)"
+    )
+    ap.add_argument(
+        "--sessions", type=int, default=64, help="Claude Code sessions in the corpus (more than the concurrency)"
+    )
     ap.add_argument("--workers", type=int, default=1, help="PROXY_WORKERS")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra proxy setting")
     ap.add_argument("--database-url", help="PostgreSQL to store into (default: NEXUS_BENCH_DATABASE_URL or embedded)")

@@ -6,6 +6,7 @@ stays the single source of truth and worker processes spawned by Granian see the
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from typing import Any
@@ -97,7 +98,22 @@ def _run_proxy() -> None:
         f"nexus proxy {__version__} on http://{settings.host}:{settings.port} -> {settings.claude_api_base_url}",
         err=True,
     )
+    _tune_gc()
     server.serve()
+
+
+def _tune_gc() -> None:
+    """Fewer, cheaper garbage collections in the workers (forked from here, so they inherit this).
+
+    Every request allocates thousands of short-lived objects, so with the default thresholds (700, 10,
+    10) a worker ran ~50 young collections a second and, every few seconds, a full one over everything
+    alive, the conversation index included: 8% of the request path's time and pauses of ~45 ms that
+    landed in the p99 (bench/micro/request_path.py, 20,000 requests). Freezing what start-up created
+    keeps it out of every scan, and a larger young generation makes collections rarer (2.6% of the
+    time, worst pause ~10 ms, same run). Nothing is kept longer than one young generation's worth.
+    """
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)
 
 
 def _proxy_options(fn: Any) -> Any:

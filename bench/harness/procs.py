@@ -106,14 +106,15 @@ def descendants(root: int) -> list[int]:
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:
-    """User + system CPU of the processes (all their threads), in seconds."""
+    """User + system CPU of the processes (all their threads) and of their children that have exited
+    (e.g. PostgreSQL backends that closed), in seconds."""
     total = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
     return total / CLK_TCK
 
 

@@ -98,8 +98,7 @@ def render(r: dict[str, Any]) -> str:
         add(f"paced TTFT p50, {next(iter(streams))} streams (ms)", dv, nv, f"{nv - dv:+.3f}")
     for count, pair in streams.items():
         d, n = pair["direct"], pair["nexus"]
-        expected = d["events_max"]
-        lost = int(count) * expected - n["events_total"]
+        lost = d["events_total"] - n["events_total"]  # the same requests, so the same events, both ways
         incomplete = int(count) - n["completed"]
         ok = n["stalls"] == 0 and lost == 0 and incomplete == 0 and n["failed"] == 0
         worst = n["max_gap_us"]["max"] / 1000
@@ -133,14 +132,24 @@ def render(r: dict[str, Any]) -> str:
     st = r.get("storage") or {}
     h = st.get("health") or {}
     if h:
+        stored = st.get("rows", 0)
         add(
             "stored rows / proxied requests",
             None,
-            float(st.get("rows", 0)),
+            float(stored),
             f"of {st.get('proxied', {}).get('requests', 0):,}",
             "",
             f"dropped {h.get('dropped_rows')}, spooled {h.get('spooled_batches')}, queue {h.get('queue_depth')}",
         )
+        if stored:
+            add(
+                "rows linked to a parent (%)",
+                None,
+                100.0 * st.get("with_parent", 0) / stored,
+                f"{st.get('subtasks', 0):,} sub-agent",
+                "",
+                f"{st.get('conversations', 0):,} conversations",
+            )
     widths = [max(len(row[i]) for row in [*rows, _HEAD]) for i in range(6)]
     lines = [
         f"nexus {r['versions']['nexus']} | python {r['versions']['python']} | granian {r['versions']['granian']} | "

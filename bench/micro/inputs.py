@@ -7,6 +7,7 @@ import time
 import uuid
 
 from bench import traffic
+from nexus._core import analyze_request
 from nexus.storage.records import ExchangeRecord, to_row
 from nexus.testing.fake_anthropic import FakeAnthropic
 
@@ -51,5 +52,6 @@ def storage_rows(n: int = 200) -> tuple[list[list[object]], list[list[object]]]:
         )
         rec.response_status, rec.response_headers, rec.streamed = 200, [("request-id", "req_1")], req.stream
         rec.response_body = b'{"id":"msg_1","type":"message","content":[{"type":"text","text":"done"}]}'
+        rec.analysis = analyze_request(body, strict=False)
         rows.append(to_row(rec, blobs))
     return rows, [[k, kind, raw] for k, (kind, raw) in blobs.items()]

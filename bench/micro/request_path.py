@@ -22,9 +22,16 @@ import orjson
 from bench import traffic
 from nexus.testing.fake_anthropic import FakeAnthropic
 
-BODY_JSON = traffic.one_body(stream=False, kb=50)
-BODY_STREAM = traffic.one_body(stream=True, kb=50)
-HEADERS = [*traffic.corpus_headers().items(), ("host", "127.0.0.1:3000"), ("content-length", str(len(BODY_JSON)))]
+
+def _bodies(stream: bool, passes: int = 4) -> list[bytes]:
+    """Real Claude Code sessions (so the linker finds parents), a new token per pass: ~500 bodies."""
+    corpus = [r.body for r in traffic.corpus(8, stream_share=1.0 if stream else 0.0)]
+    token = traffic.TOKEN.encode()
+    return [b.replace(token, b"%06x" % p) for p in range(passes) for b in corpus]
+
+
+BODIES_JSON, BODIES_STREAM = _bodies(False), _bodies(True)
+HEADERS = [*traffic.corpus_headers().items(), ("host", "127.0.0.1:3000"), ("content-length", "0")]
 
 
 def _upstream_reply() -> tuple[list[tuple[str, str]], bytes, list[bytes]]:
@@ -145,7 +152,7 @@ class _Upstream:
     base_url = "http://upstream"
 
     def request(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes | None) -> _Request:
-        return _Request(body is not None and b'"stream":true' in body[-200:])
+        return _Request(body is not None and b'"stream":true' in body[-64:])
 
     async def close(self) -> None:
         return None
@@ -167,24 +174,36 @@ class _Writer:
 
 
 def make_app(*, storage: bool = True) -> Any:
+    """The proxy as a worker runs it, storage and linking on, but records are kept in memory and the
+    linker's database fallback is off (an in-memory index hit is the common case)."""
     from nexus.proxy.app import ProxyApp
     from nexus.settings import load_settings
 
-    app = ProxyApp(load_settings(storage_enabled=False, claude_api_base_url="http://upstream"))
+    settings = load_settings(storage_enabled=False, claude_api_base_url="http://upstream")
+    app = ProxyApp(settings)
     app.upstream = _Upstream()  # type: ignore[assignment]
-    app.writer = _Writer() if storage else None  # type: ignore[assignment]
+    if storage:
+        app.writer = _Writer()  # type: ignore[assignment]
+        try:
+            from nexus.conversations.index import LinkIndex
+            from nexus.conversations.linker import Linker
+            from nexus.conversations.service import ConversationService
+        except ImportError:  # a tree from before conversation linking
+            pass
+        else:
+            app.conversations = ConversationService(Linker(LinkIndex(settings.link_index_size)), None)
     return app
 
 
-async def _requests(app: Any, body: bytes, n: int) -> float:
+async def _requests(app: Any, bodies: list[bytes], n: int) -> float:
     loop = asyncio.get_running_loop()
     gone: asyncio.Future[None] = loop.create_future()
-    headers = [(k, v) if k != "content-length" else (k, str(len(body))) for k, v in HEADERS]
-    scope = _Scope(headers)
+    scopes = [_Scope([(k, v) if k != "content-length" else (k, str(len(b))) for k, v in HEADERS]) for b in bodies]
     started = time.perf_counter()
-    for _ in range(n):
-        proto = _Proto(body, gone)
-        await app.__rsgi__(scope, proto)
+    for i in range(n):
+        j = i % len(bodies)
+        proto = _Proto(bodies[j], gone)
+        await app.__rsgi__(scopes[j], proto)
         assert proto.status == 200, proto.status
     return (time.perf_counter() - started) / n
 
@@ -194,11 +213,11 @@ def per_request_us(kind: str, n: int = 2000, *, storage: bool = True) -> float:
     import uvloop
 
     app = make_app(storage=storage)
-    body = BODY_STREAM if kind == "stream" else BODY_JSON
+    bodies = BODIES_STREAM if kind == "stream" else BODIES_JSON
 
     async def best() -> float:
-        await _requests(app, body, 200)  # warm-up
-        return min([await _requests(app, body, n) for _ in range(3)])
+        await _requests(app, bodies, 200)  # warm-up
+        return min([await _requests(app, bodies, n) for _ in range(3)])
 
     return uvloop.run(best()) * 1e6
 

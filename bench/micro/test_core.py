@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import pytest
 
 from bench.micro.inputs import BODY, STREAM, storage_rows
 from nexus import _core
-from nexus.proxy.body import parse_messages_body
 from nexus.reference import body as ref_body
 from nexus.reference import copy as ref_copy
+from nexus.reference import linking as ref_linking
 from nexus.reference.sse import ReferenceSseObserver
 from nexus.storage.records import BLOB_TYPES, REQUEST_TYPES
 
@@ -62,25 +61,14 @@ def test_copy_python(benchmark: Any) -> None:
     benchmark(_encode, ref_copy.encode_copy_binary)
 
 
-# The request path's body check (nexus/proxy/body.py, msgspec decoding only the routing fields)
-# against the full orjson parse it replaced: not Rust, but the same input and the same hot path.
-@pytest.mark.benchmark(group=f"request body check (msgspec vs orjson): {len(BODY) // 1024} KiB")
-def test_body_check(benchmark: Any) -> None:
-    benchmark(parse_messages_body, BODY)
+# The request path's one-pass analysis (storage split, strict checks, normalised message prefix hashes
+# for linking, system hash) against its Python reference.
+@pytest.mark.benchmark(group=f"request analysis + linking hashes: {len(BODY) // 1024} KiB")
+def test_analyze_rust(benchmark: Any) -> None:
+    analysis = benchmark(_core.analyze_request, BODY)
+    assert analysis.prefix_hashes == ref_linking.analyze_request(BODY)["prefix_hashes"]
 
 
-@pytest.mark.benchmark(group=f"request body check (msgspec vs orjson): {len(BODY) // 1024} KiB")
-def test_body_check_full_parse_reference(benchmark: Any) -> None:
-    benchmark(orjson.loads, BODY)
-
-
-# --- message normalisation and hashing for conversation linking --------------------------------
-# SLOT: the lead is adding it to the Rust core with a Python reference in nexus/reference/. When it
-# lands on main, benchmark it here on BODY's messages (Rust vs reference), like the groups above.
-LINK_HASH = getattr(_core, "message_hashes", None) or getattr(_core, "hash_messages", None)
-
-
-@pytest.mark.skipif(LINK_HASH is None, reason="message hashing for linking is not in nexus._core yet")
-@pytest.mark.benchmark(group="linking: message hashes")
-def test_link_hash_rust(benchmark: Any) -> None:
-    benchmark(LINK_HASH, BODY)
+@pytest.mark.benchmark(group=f"request analysis + linking hashes: {len(BODY) // 1024} KiB")
+def test_analyze_python(benchmark: Any) -> None:
+    benchmark(ref_linking.analyze_request, BODY)

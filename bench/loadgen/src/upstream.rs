@@ -58,6 +58,43 @@ struct Reply {
     model: String,
     input_tokens: usize,
     words: Vec<&'static str>,
+    /// `(name, input JSON)` of the tool the prompt asked for with the fake's `[[use_tool:...]]` marker.
+    tool: Option<(String, String)>,
+}
+
+/// The fake upstream's marker in the last user turn: `[[use_tool:NAME {json}]]` (inside a JSON string,
+/// so its quotes arrive escaped). None when the last turn is a tool result or has no marker.
+fn tool_call(body: &[u8]) -> Option<(String, String)> {
+    let pos = memchr::memmem::rfind(body, b"[[use_tool:")?;
+    let after = &body[pos..];
+    if find(after, b"\"tool_result\"").is_some() || find(after, b"\"role\":\"assistant\"").is_some() {
+        return None;
+    }
+    let rest = &after[11..];
+    let name_end = rest
+        .iter()
+        .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-'))?;
+    let name = std::str::from_utf8(&rest[..name_end]).ok()?.to_string();
+    let tail = &rest[name_end..];
+    let input = if tail.first() == Some(&b' ') && tail.get(1) == Some(&b'{') {
+        let end = find(tail, b"}]]")?;
+        let mut out = Vec::with_capacity(end);
+        let raw = &tail[1..=end];
+        let mut i = 0;
+        while i < raw.len() {
+            if raw[i] == b'\\' && i + 1 < raw.len() && (raw[i + 1] == b'"' || raw[i + 1] == b'\\') {
+                out.push(raw[i + 1]);
+                i += 2;
+            } else {
+                out.push(raw[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).ok()?
+    } else {
+        "{}".to_string()
+    };
+    Some((name, input))
 }
 
 impl Reply {
@@ -70,13 +107,34 @@ impl Reply {
         )
     }
 
+    fn tool_id(&self) -> String {
+        format!("toolu_{}", &self.id[4..])
+    }
+
+    fn stop_reason(&self) -> &'static str {
+        if self.tool.is_some() {
+            "tool_use"
+        } else {
+            "end_turn"
+        }
+    }
+
     fn json(&self) -> String {
+        let tool = match &self.tool {
+            Some((name, input)) => format!(
+                ",{{\"type\":\"tool_use\",\"id\":\"{}\",\"name\":{},\"input\":{input}}}",
+                self.tool_id(),
+                json_str(name)
+            ),
+            None => String::new(),
+        };
         format!(
             "{{\"id\":\"{}\",\"type\":\"message\",\"role\":\"assistant\",\"model\":{},\"content\":[{{\"type\":\"text\",\
-             \"text\":{}}}],\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"usage\":{}}}",
+             \"text\":{}}}{tool}],\"stop_reason\":\"{}\",\"stop_sequence\":null,\"usage\":{}}}",
             self.id,
             json_str(&self.model),
             json_str(&self.words.join(" ")),
+            self.stop_reason(),
             self.usage(self.words.len())
         )
     }
@@ -117,12 +175,40 @@ impl Reply {
             "content_block_stop",
             "{\"type\":\"content_block_stop\",\"index\":0}".into(),
         ));
+        if let Some((name, input)) = &self.tool {
+            out.push(ev(
+                "content_block_start",
+                format!(
+                    "{{\"type\":\"content_block_start\",\"index\":1,\"content_block\":{{\"type\":\"tool_use\",\
+                     \"id\":\"{}\",\"name\":{},\"input\":{{}}}}}}",
+                    self.tool_id(),
+                    json_str(name)
+                ),
+            ));
+            let chars: Vec<char> = input.chars().collect();
+            for piece in chars.chunks(64) {
+                let piece: String = piece.iter().collect();
+                out.push(ev(
+                    "content_block_delta",
+                    format!(
+                        "{{\"type\":\"content_block_delta\",\"index\":1,\"delta\":{{\"type\":\"input_json_delta\",\
+                         \"partial_json\":{}}}}}",
+                        json_str(&piece)
+                    ),
+                ));
+            }
+            out.push(ev(
+                "content_block_stop",
+                "{\"type\":\"content_block_stop\",\"index\":1}".into(),
+            ));
+        }
         out.push(ev(
             "message_delta",
             format!(
-                "{{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\",\"stop_sequence\":null}},\
+                "{{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"{}\",\"stop_sequence\":null}},\
                  \"usage\":{{\"input_tokens\":{},\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\
                  \"output_tokens\":{}}}}}",
+                self.stop_reason(),
                 self.input_tokens,
                 self.words.len()
             ),
@@ -233,6 +319,7 @@ async fn serve_conn(mut stream: TcpStream, counter: Rc<Cell<u64>>, text_tokens: 
                 model: model_of(body),
                 input_tokens: (head.length / 4).max(1),
                 words: reply_text(head.tokens.unwrap_or(text_tokens)),
+                tool: tool_call(body),
             };
             let request_id = format!("req_mock{n:016x}");
             let stream_wanted = find(body, b"\"stream\":true").is_some() || find(body, b"\"stream\": true").is_some();
@@ -291,12 +378,36 @@ mod tests {
             model: "m".into(),
             input_tokens: 10,
             words: reply_text(12),
+            tool: None,
         };
         let events = reply.events();
         assert_eq!(events.len(), 3 + 4 + 3);
         assert!(events[0].starts_with("event: message_start\n"));
         assert!(events.last().unwrap().starts_with("event: message_stop\n"));
         assert!(reply.json().contains("\"output_tokens\":12"));
+    }
+
+    #[test]
+    fn the_fake_marker_asks_for_a_tool() {
+        let body =
+            br#"{"messages":[{"role":"user","content":"go [[use_tool:Agent {\"prompt\": \"say \\\"hi\\\"\"}]]"}]}"#;
+        let (name, input) = tool_call(body).unwrap();
+        assert_eq!(name, "Agent");
+        assert_eq!(input, r#"{"prompt": "say \"hi\""}"#);
+        let answered =
+            br#"{"messages":[{"role":"user","content":"[[use_tool:Read {}]]"},{"role":"assistant","content":"x"}]}"#;
+        assert!(tool_call(answered).is_none());
+        let reply = Reply {
+            id: "msg_1".into(),
+            model: "m".into(),
+            input_tokens: 1,
+            words: reply_text(3),
+            tool: Some((name, input)),
+        };
+        assert!(reply
+            .json()
+            .contains(r#""name":"Agent","input":{"prompt": "say \"hi\""}"#));
+        assert!(reply.events().iter().any(|e| e.contains("input_json_delta")));
     }
 
     #[test]
