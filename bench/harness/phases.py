@@ -15,8 +15,11 @@ from bench.harness.tools import Tools
 
 #: A stall is a gap between two events longer than this many times the upstream's pacing.
 STALL_FACTOR = 10
-#: Reply length of the paced streams: 150 words, 50 deltas, 56 events (~1.1 s at 20 ms pacing).
-STREAM_TOKENS = 150
+#: Reply length of the paced streams: 300 words, 100 deltas, ~106 events (~2.1 s at 20 ms pacing).
+STREAM_TOKENS = 300
+#: Streams start evenly over this many ms per stream (512 streams: over ~1 s, i.e. ~500 new streams a
+#: second, harsher than Claude Code, whose streams last 5-60 s, so 512 at once start at <100 a second).
+RAMP_MS_PER_STREAM = 2
 FRONTIER_BOUNDS_MS = (5.0, 10.0, 50.0)
 
 
@@ -118,7 +121,7 @@ def paced_streams(tools: Tools, side: Side, count: int, pacing_ms: float) -> dic
         side.url,
         headers=headers,
         streams=count,
-        ramp_ms=max(200, count),
+        ramp_ms=max(200, RAMP_MS_PER_STREAM * count),
         stall_ms=STALL_FACTOR * pacing_ms,
         timeout_s=120,
     )

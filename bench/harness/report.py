@@ -102,7 +102,11 @@ def render(r: dict[str, Any]) -> str:
         incomplete = int(count) - n["completed"]
         ok = n["stalls"] == 0 and lost == 0 and incomplete == 0 and n["failed"] == 0
         worst = n["max_gap_us"]["max"] / 1000
-        detail = f"stalls {n['stalls']}, lost {lost}, incomplete {incomplete}, max gap {worst:.0f} ms"
+        per_event = n["meter"]["cpu_s"].get("proxy", 0.0) / max(1, n["events_total"]) * 1e6
+        detail = (
+            f"stalls {n['stalls']}, lost {lost}, incomplete {incomplete}, max gap {worst:.0f} ms, "
+            f"{per_event:.0f} us proxy CPU/event"
+        )
         direct_note = "" if d["stalls"] == 0 else f"direct also stalled ({d['stalls']}): upstream/loadgen-bound"
         rows.append(
             (
