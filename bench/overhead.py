@@ -47,6 +47,7 @@ from bench.harness.procs import (
     descendants,
     memory_mib,
     pin_tree,
+    pinned,
     plan_layout,
     postmaster_pid,
     proxy_command,
@@ -56,6 +57,7 @@ from bench.harness.procs import (
 from bench.harness.tools import Corpus, Tools, build_loadgen
 from nexus import __version__
 from nexus.storage.embedded import start_embedded
+from nexus.testing.servers import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -183,6 +185,22 @@ def measure(
     step("throughput at concurrency 32")
     ph["throughput_json"] = {s.name: phases.throughput(tools, s, args.seconds, 32, stream=False) for s in sides}
     ph["throughput_stream"] = {s.name: phases.throughput(tools, s, args.seconds, 32, stream=True) for s in sides}
+    if args.floor:
+        step("the stack's floor (bench/floor_proxy.py) at c=1 and c=32")
+        port = free_port()
+        cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--loop", "uvloop", "--log-level", "warning"]
+        floor_env = {"FLOOR_UPSTREAM": upstream.url, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        with server(
+            pinned([*cmd, "--port", str(port), "bench.floor_proxy:app"], layout.proxy), "/health", env=floor_env
+        ) as fl:
+            floor_tools = Tools(corpus, layout.loadgen, lambda: {"proxy": fl.pids(), "upstream": upstream.pids()})
+            fside = Side("floor", fl.url)
+            floor_tools.wrk_run(fl.url, connections=8, seconds=2)
+            ph["floor"] = {
+                "latency": phases.latency(floor_tools, fside, args.seconds),
+                "throughput_json": phases.throughput(floor_tools, fside, args.seconds, 32, stream=False),
+                "throughput_stream": phases.throughput(floor_tools, fside, args.seconds, 32, stream=True),
+            }
     step("frontier (open loop)")
     ph["frontier"] = {
         s.name: phases.frontier(tools, s, ph["throughput_json"][s.name]["rps"], args.frontier_seconds) for s in sides
@@ -244,6 +262,9 @@ def main() -> None:
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra proxy setting")
     ap.add_argument("--database-url", help="PostgreSQL to store into (default: NEXUS_BENCH_DATABASE_URL or embedded)")
     ap.add_argument("--quick", action="store_true", help="short phases and a 1-minute soak (development)")
+    ap.add_argument(
+        "--floor", action="store_true", help="also measure the stack's floor (bench/floor_proxy.py) at c=1 and c=32"
+    )
     ap.add_argument("--json", dest="json_out", type=Path, help="results file (default bench/results/...)")
     args = ap.parse_args()
     if args.quick:

@@ -72,10 +72,10 @@ def _probe(tools: Tools, side: Side, rate: float, seconds: float) -> dict[str, A
     return r
 
 
-def frontier(tools: Tools, side: Side, ceiling: float, seconds: float, *, start: float = 250.0) -> dict[str, Any]:
+def frontier(tools: Tools, side: Side, ceiling: float, seconds: float, *, start: float = 50.0) -> dict[str, Any]:
     """Open loop: the highest offered rate whose p99 (counted from each request's scheduled time) stays
     under each bound. A ladder of rates x1.3 up to 1.25x the closed-loop ceiling, then two bisection
-    steps per bound between the last rate that held and the first that did not: at most ~25 probes."""
+    steps per bound between the last rate that held and the first that did not: at most ~30 probes."""
     probes: dict[float, dict[str, Any]] = {}
 
     def ok(rate: float, bound_ms: float) -> bool:
@@ -86,7 +86,7 @@ def frontier(tools: Tools, side: Side, ceiling: float, seconds: float, *, start:
 
     rate, ladder = start, []
     top = max(start, 1.25 * ceiling)
-    while rate <= top and len(ladder) < 16:
+    while rate <= top and len(ladder) < 24:
         ladder.append(rate)
         if not ok(rate, max(FRONTIER_BOUNDS_MS)):
             break

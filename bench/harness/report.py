@@ -80,6 +80,25 @@ def render(r: dict[str, Any]) -> str:
     add("proxy CPU per JSON request (us)", None, tp["cpu_us_per_request"].get("proxy"), "", "", "at c=32")
     tps = ph["throughput_stream"]["nexus"]
     add("proxy CPU per stream (us)", None, tps["cpu_us_per_request"].get("proxy"), "", "", "at c=32, unpaced")
+    floor = ph.get("floor")
+    if floor:
+        fl, lt = floor["latency"], ph["latency"]
+        for key, label in (("json_p50_ms", "JSON p50, c=1 (ms)"), ("json_p99_ms", "JSON p99, c=1 (ms)")):
+            f, n = fl[key], lt["nexus"][key]
+            add(f"floor: {label}", lt["direct"][key], f, f"nexus {n - f:+.3f} over floor", "", "bench/floor_proxy.py")
+        for kind in ("json", "stream"):
+            f, n = floor[f"throughput_{kind}"], ph[f"throughput_{kind}"]["nexus"]
+            ratio = n["rps"] / f["rps"] if f["rps"] else 0.0
+            cpu_f, cpu_n = f["cpu_us_per_request"].get("proxy", 0.0), n["cpu_us_per_request"].get("proxy", 0.0)
+            note = f"proxy CPU/req floor {cpu_f:.0f} us, nexus {cpu_n:.0f} us"
+            add(
+                f"floor: {kind} req/s, c=32",
+                ph[f"throughput_{kind}"]["direct"]["rps"],
+                f["rps"],
+                f"nexus {ratio:.2f}x",
+                "",
+                note,
+            )
     fr = ph["frontier"]
     for key in ("p99_under_5ms", "p99_under_10ms", "p99_under_50ms"):
         d, n = fr["direct"].get(key, 0.0), fr["nexus"].get(key, 0.0)
