@@ -113,7 +113,10 @@ class Settings(BaseSettings):
         100_000, ge=100, description="Recent requests the linker keeps in memory per worker (about 0.4 KB each)."
     )
     link_lookup_timeout_ms: int = Field(
-        200, ge=1, description="Longest a request waits on the database when memory has no link evidence, ms."
+        1000,
+        ge=1,
+        description="Limit of one linker lookup in the database (it runs beside the upstream call, "
+        "never in front of it; the row is stored once it answers), ms.",
     )
     link_lookback_days: int = Field(
         30, ge=1, description="How far back the linker's database lookups search for a parent, days."

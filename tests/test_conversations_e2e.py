@@ -79,3 +79,30 @@ def test_turns_and_forks_are_linked_stored_and_listed(
         r4 = get_json(f"{url}/api/requests/{id4}")
         assert (r4["conversation_id"], r4["parent_request_id"], r4["branch_id"]) == (conversation, id2, "main")
         assert get_json(f"{url}/api/conversations/{conversation}")["request_count"] == 4
+
+
+def test_a_lookup_never_holds_the_request_and_still_decides_the_stored_link(
+    upstream_url: str, migrated_db: str, tmp_path: Path, fake: FakeControl
+) -> None:
+    env = {
+        "CLAUDE_API_BASE_URL": upstream_url,
+        "DATABASE_URL": migrated_db,
+        "NEXUS_HOME": str(tmp_path),
+        "LINK_LOOKUP_TIMEOUT_MS": "10000",
+        **FAST,
+    }
+    first = [{"role": "user", "content": "a question"}]
+    with run_proxy(env) as url:
+        id1, reply = send(url, first, "sess-lock")
+        wait_for(lambda: rows(migrated_db) == 1, what="the first row")
+    with run_proxy(env) as url:  # empty memory: the next turn's parent is only in the database
+        with psycopg.connect(migrated_db) as lock:
+            lock.execute("LOCK TABLE api_requests IN ACCESS EXCLUSIVE MODE")  # every lookup now blocks
+            id2, _ = send(url, [*first, {"role": "assistant", "content": reply}, {"role": "user", "content": "next"}],
+                          "sess-lock")  # fmt: skip
+            # answered while the table is still locked: the request did not wait for its lookup
+            assert get_json(url + "/health")["linking"]["lookups_pending"] == 1
+        wait_for(lambda: rows(migrated_db) == 2, what="the second row, once the lookup answered")
+        row = get_json(f"{url}/api/requests/{id2}")
+        assert (row["parent_request_id"], row["branch_id"]) == (id1, "main")
+        assert get_json(url + "/health")["linking"]["revised_by_lookup"] == 1

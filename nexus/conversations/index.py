@@ -109,6 +109,14 @@ class LinkIndex:
     def get(self, request_id: str) -> Entry | None:
         return self.entries.get(request_id)
 
+    def move(self, entry: Entry, parent_request_id: str | None) -> None:
+        """Give an indexed entry another parent (a decision revised after a database lookup)."""
+        if entry.parent_request_id is not None:
+            _remove(self._children, entry.parent_request_id, entry)
+        entry.parent_request_id = parent_request_id
+        if parent_request_id is not None and entry.request_id in self.entries:
+            _put(self._children, parent_request_id, entry)
+
     def with_hash(self, project: str, digest: bytes) -> list[Entry]:
         """Requests of `project` whose whole (normalised) history hashes to `digest`, oldest first."""
         return [e for e in _get(self._by_hash, digest) if e.project == project]

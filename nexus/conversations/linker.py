@@ -102,10 +102,12 @@ class Linker:
         if len(hashes) == 1 and req.first_user_key is not None:
             inv = self._invocation(req)
             if inv is not None:
-                number = self.index.subtask_count(inv.conversation_id or "") + 1
+                spawner = self.index.get(inv.request_id)
+                conversation = spawner.conversation_id if spawner is not None else inv.conversation_id
+                number = self.index.subtask_count(conversation or "") + 1
                 return Link(
                     req.request_type,
-                    inv.conversation_id,
+                    conversation,
                     f"subtask_{number}",
                     inv.request_id,
                     True,
@@ -223,7 +225,8 @@ class Linker:
 
     # --- remembering -----------------------------------------------------------------------------
     def register(self, req: LinkRequest, link: Link) -> None:
-        """Remember a decided request, so its children and retries can find it."""
+        """Remember a decided request, so its children and retries can find it; a request decided
+        again (after a database lookup) has its entry revised in place."""
         if link.evidence == "subtask" and req.first_user_key is not None:
             self.index.note_subtask(link.conversation_id or "", int((link.branch_id or "_0").rsplit("_", 1)[1]))
             for inv in self.index.invocations(req.project, req.first_user_key):
@@ -231,6 +234,13 @@ class Linker:
                     inv.claimed = True
                     break
         if link.conversation_id is None:
+            return
+        entry = self.index.get(req.request_id)
+        if entry is not None:
+            entry.conversation_id, entry.branch_id = link.conversation_id, link.branch_id
+            entry.is_subtask, entry.parent_task_request_id = link.is_subtask, link.parent_task_request_id
+            if entry.parent_request_id != link.parent_request_id:
+                self.index.move(entry, link.parent_request_id)
             return
         self.index.add(
             Entry(

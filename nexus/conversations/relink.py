@@ -150,7 +150,8 @@ async def _relink_row(
             analysis = None
     keep[0] = row[12]
     req = link_request(request_id, project, at.timestamp(), path.split("?", 1)[0], headers, analysis)
-    link = await service.link(req)
+    link = await service.settle(request_id, await service.link(req))
+    assert link is not None
     response = row[10]
     ok = row[9] == 200 and row[11] == "completed"
     body_bytes = orjson.dumps(response) if response is not None else None

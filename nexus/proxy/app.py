@@ -23,7 +23,7 @@ from nexus.api.routes import ApiRoutes
 from nexus.auth.service import RequestAuthorizer
 from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Linker
-from nexus.conversations.service import ConversationService, link_request
+from nexus.conversations.service import ConversationService, LookupPool, link_request
 from nexus.errors import ProxyError
 from nexus.proxy.body import check_json_content_type, read_body
 from nexus.proxy.forward import open_upstream
@@ -78,6 +78,8 @@ class ProxyApp:
         self.upstream: Upstream | None = None
         self.writer: StorageWriter | None = None
         self.conversations: ConversationService | None = None
+        self.lookup_pool: LookupPool | None = None
+        self._finishing: set[asyncio.Task[None]] = set()
         self.api = ApiRoutes(s.database_url, s.dashboard_api_key)
         self.authorizer = RequestAuthorizer(s)
         self.stats = ProxyStats()
@@ -91,9 +93,11 @@ class ProxyApp:
         if self.writer is not None:
             self.writer.start()
             s = self.settings
+            assert s.database_url is not None  # a writer exists only with a database
+            self.lookup_pool = LookupPool(s.database_url, s.link_lookup_timeout_ms)
             self.conversations = ConversationService(
                 Linker(LinkIndex(s.link_index_size)),
-                self.api.pool,
+                self.lookup_pool,
                 lookup_timeout_s=s.link_lookup_timeout_ms / 1000,
                 lookback_days=s.link_lookback_days,
                 flush_wait_s=(s.storage_batch_interval_ms + 30) / 1000 if s.proxy_workers > 1 else 0.0,
@@ -101,11 +105,16 @@ class ProxyApp:
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         upstream, self.upstream = self.upstream, None
+        can_run = not loop.is_closed() and not loop.is_running()
+        if self._finishing and can_run:  # records waiting on a link lookup are stored, settled or not
+            loop.run_until_complete(asyncio.wait(self._finishing, timeout=5))
         if self.writer is not None:
             self.writer.close()  # graceful shutdown flushes (or spools) everything queued
-        if upstream is not None and not loop.is_closed() and not loop.is_running():
+        if upstream is not None and can_run:
             loop.run_until_complete(upstream.close())
             loop.run_until_complete(self.api.close())
+            if self.lookup_pool is not None:
+                loop.run_until_complete(self.lookup_pool.close())
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.proto != "http":
@@ -237,7 +246,18 @@ class ProxyApp:
                     record.task_prompt_keys = (
                         self.conversations.complete(request_id, record.link, ok, record.response_body, tools) or None
                     )
-                self.writer.submit(record)
+                if self.conversations is not None and self.conversations.pending(request_id) is not None:
+                    task = asyncio.ensure_future(self._submit_settled(record))
+                    self._finishing.add(task)
+                    task.add_done_callback(self._finishing.discard)
+                else:
+                    self.writer.submit(record)
+
+    async def _submit_settled(self, record: ExchangeRecord) -> None:
+        """Store a record once the database lookup for its link has answered (or given up)."""
+        assert self.conversations is not None and self.writer is not None
+        record.link = await self.conversations.settle(record.request_id, record.link)
+        self.writer.submit(record)
 
     # --- small endpoints ---------------------------------------------------------------------
     def health(self) -> dict[str, object]:
@@ -247,6 +267,7 @@ class ProxyApp:
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 3),
             "storage": self.writer.snapshot() if self.writer is not None else {"enabled": False},
+            "linking": self.conversations.stats() if self.conversations is not None else {"enabled": False},
             "stats": {
                 "requests": self.stats.requests,
                 "streams": self.stats.streams,
