@@ -160,9 +160,9 @@ def to_row(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
     input_tokens, output_tokens = rec.input_tokens, rec.output_tokens
     cache_creation, cache_read = rec.cache_creation_input_tokens, rec.cache_read_input_tokens
     tool_calls = rec.tool_call_count
-    response_body = rec.response_body if _json_or_none(rec.response_body) is not None else None
+    parsed = _json_or_none(rec.response_body)  # once: it checks the body and gives the usage
+    response_body = rec.response_body if parsed is not None else None
     if not rec.streamed and response_body is not None:
-        parsed = orjson.loads(response_body)
         if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
             usage = parsed["usage"]
             usage_bytes = orjson.dumps(usage)

@@ -36,6 +36,35 @@ fn scalar<'a>(cell: &'a Bound<'_, PyAny>) -> Result<Value<'a>, String> {
     Err(format!("unsupported value of type {kind}"))
 }
 
+/// The common case for each column type, tried first: one type check instead of `scalar`'s chain.
+/// `None` means "not the expected Python type" and the generic `scalar` decides (same result).
+fn expected<'a>(ty: ColumnType, cell: &'a Bound<'_, PyAny>) -> Option<Value<'a>> {
+    if cell.is_none() {
+        return Some(Value::Null);
+    }
+    match ty {
+        ColumnType::Text | ColumnType::Uuid => {
+            cell.cast::<PyString>().ok()?.to_str().ok().map(Value::Str)
+        }
+        ColumnType::Jsonb | ColumnType::Json | ColumnType::Bytea => cell
+            .cast::<PyBytes>()
+            .ok()
+            .map(|b| Value::Bytes(b.as_bytes())),
+        ColumnType::Int2 | ColumnType::Int4 | ColumnType::Int8 | ColumnType::Timestamptz => {
+            if cell.cast::<PyBool>().is_ok() {
+                return None;
+            }
+            cell.cast::<PyInt>()
+                .ok()?
+                .extract::<i64>()
+                .ok()
+                .map(Value::Int)
+        }
+        ColumnType::Bool => cell.cast::<PyBool>().ok().map(|b| Value::Bool(b.is_true())),
+        _ => None,
+    }
+}
+
 fn is_sequence(cell: &Bound<'_, PyAny>) -> bool {
     cell.cast::<PyList>().is_ok() || cell.cast::<PyTuple>().is_ok()
 }
@@ -52,7 +81,10 @@ pub fn encode_copy_binary(types: Vec<String>, rows: &Bound<'_, PyAny>) -> PyResu
     let mut encoder = CopyEncoder::new(types.clone());
     for (r, row) in rows.try_iter()?.enumerate() {
         let row = row?;
-        let cells: Vec<Bound<'_, PyAny>> = row.try_iter()?.collect::<PyResult<_>>()?;
+        let cells: Vec<Bound<'_, PyAny>> = match row.cast::<PyList>() {
+            Ok(list) => list.iter().collect(),
+            Err(_) => row.try_iter()?.collect::<PyResult<_>>()?,
+        };
         let elements: Vec<Option<Vec<Bound<'_, PyAny>>>> = cells
             .iter()
             .enumerate()
@@ -73,7 +105,10 @@ pub fn encode_copy_binary(types: Vec<String>, rows: &Bound<'_, PyAny>) -> PyResu
                     .map(scalar)
                     .collect::<Result<Vec<_>, _>>()
                     .map(Value::Array),
-                None => scalar(cell),
+                None => match types.get(c).and_then(|&t| expected(t, cell)) {
+                    Some(v) => Ok(v),
+                    None => scalar(cell),
+                },
             };
             values.push(value.map_err(|msg| {
                 let ty = types.get(c).map(|t| t.name()).unwrap_or("?");
