@@ -110,7 +110,10 @@ class Settings(BaseSettings):
 
     # --- conversation tracking ----------------------------------------------------------------
     link_index_size: int = Field(
-        100_000, ge=100, description="Recent requests the linker keeps in memory per worker (about 0.4 KB each)."
+        50_000,
+        ge=100,
+        description="Recent requests the linker keeps in memory per worker (about 0.4 KB each); older "
+        "parents are found in the database.",
     )
     link_lookup_timeout_ms: int = Field(
         1000,

@@ -131,7 +131,7 @@ class StorageWriter:
         interval_ms: int,
         spool: Spool,
         max_queue: int = 50_000,
-        known_keys: int = 200_000,
+        known_keys: int = 50_000,
         retention_days: int = 0,
     ) -> None:
         self.dsn = dsn
