@@ -75,8 +75,12 @@ def _run_proxy() -> None:
     from granian.constants import Interfaces, Loops
 
     from nexus.auth.service import startup_lines
+    from nexus.ports import raise_open_files_limit
 
     settings = _settings_or_exit()
+    _check_port(settings.host, settings.port, "PORT or --port")
+    files = raise_open_files_limit()
+    backpressure = min(settings.proxy_backpressure, max(64, files // max(1, settings.proxy_workers) - 256))
     _prepare_storage(settings)
     for line in startup_lines(settings):
         click.echo(line, err=True)
@@ -92,6 +96,7 @@ def _run_proxy() -> None:
         log_level="debug" if settings.debug else "warning",
         workers_kill_timeout=30,
         backlog=2048,
+        backpressure=backpressure,
         websockets=False,
     )
     click.echo(
@@ -100,6 +105,15 @@ def _run_proxy() -> None:
     )
     _tune_gc()
     server.serve()
+
+
+def _check_port(host: str, port: int, setting: str) -> None:
+    from nexus.ports import PortInUseError, ensure_port_free
+
+    try:
+        ensure_port_free(host, port, setting)
+    except PortInUseError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _tune_gc() -> None:
@@ -140,6 +154,7 @@ def dashboard(host: str | None, port: int | None, embedded: bool) -> None:
     """Run the dashboard alone (Robyn; reads the database only)."""
     _apply_env(dashboard_host=host, dashboard_port=port)
     settings = _settings_or_exit()
+    _check_port(settings.dashboard_host, settings.dashboard_port, "DASHBOARD_PORT or --port")
     url, stop_embedded = settings.database_url, None
     if embedded:
         from nexus.storage.embedded import start_embedded
@@ -166,6 +181,8 @@ def serve(
     """Run the gateway: the proxy and the dashboard, with an embedded PostgreSQL when DATABASE_URL is unset."""
     _apply_env(host=host, port=port, proxy_threads=threads, proxy_workers=workers, dashboard_port=dashboard_port)
     settings = _settings_or_exit()
+    _check_port(settings.host, settings.port, "PORT or --port")
+    _check_port(settings.dashboard_host, settings.dashboard_port, "DASHBOARD_PORT or --dashboard-port")
     from nexus.supervise import serve_all
 
     sys.exit(serve_all(settings))

@@ -16,6 +16,7 @@ ERROR_TYPES: dict[int, str] = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "timeout_error",
     413: "request_too_large",
     415: "invalid_request_error",
     429: "rate_limit_error",
@@ -38,6 +39,10 @@ class ProxyError(Exception):
         self.message = message
         self.error_type = error_type or ERROR_TYPES.get(status, "api_error")
         self.headers = headers or []
+        #: The request body when it had been read before the refusal (kept with the stored request).
+        self.body_read: bytes | None = None
+        #: Upstream attempts made before this error, when it comes from forwarding.
+        self.attempts: int | None = None
 
     def body(self, request_id: str) -> bytes:
         return error_body(self.error_type, self.message, request_id)

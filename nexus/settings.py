@@ -8,6 +8,7 @@ loudly instead of surfacing as a strange runtime error, and printed with secrets
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,27 @@ class Settings(BaseSettings):
     proxy_threads: int = Field(1, ge=1, le=64, description="Granian runtime threads per proxy worker.")
     proxy_server_timeout: int = Field(
         660_000, ge=1000, description="Server-side limit for one request, ms (longer than the upstream timeout)."
+    )
+    proxy_backpressure: int = Field(
+        8192,
+        ge=16,
+        le=1_000_000,
+        description="Requests one proxy worker serves at once (Granian backpressure); kept well above what slow "
+        "uploads can hold, which the body deadlines end.",
+    )
+    body_read_idle_timeout_ms: int = Field(
+        30_000, ge=100, description="A request body that sends nothing for this long is refused with 408, ms."
+    )
+    body_read_timeout_ms: int = Field(
+        120_000,
+        ge=100,
+        description="A request body not complete this long after the request began is refused with 408, ms.",
+    )
+    slow_uploads_per_client: int = Field(
+        64,
+        ge=1,
+        description="Uploads taking over a second that one client address may hold open; beyond it that address's "
+        "new requests must send their body within 2 s (normal clients do in milliseconds).",
     )
 
     # --- upstream ---------------------------------------------------------------------------
@@ -129,7 +151,28 @@ class Settings(BaseSettings):
     credentials_dir: Path = Field(Path("./credentials"), description="Directory of credential files.")
     enable_client_auth: bool = Field(False, description="Require a client key issued by `nexus keys create`.")
     api_key_salt: str | None = Field(None, description="Secret salt for client-key digests.")
-    dashboard_api_key: str | None = Field(None, description="Key required on /api/* and the dashboard when set.")
+    dashboard_api_key: str | None = Field(
+        None,
+        description="Key required on /api/*, /token-stats and the dashboard when set; without it they serve "
+        "loopback clients only.",
+    )
+    auth_failure_limit: int = Field(
+        10,
+        ge=1,
+        description="Failed key checks (data key, dashboard login, client key) one client address may make per "
+        "window before it is refused with 429.",
+    )
+    auth_failure_window_ms: int = Field(60_000, ge=1000, description="The window of AUTH_FAILURE_LIMIT, ms.")
+    cors_allowed_origins: str = Field(
+        "",
+        description="Comma-separated web origins (e.g. https://app.example.com) allowed to call the proxy from a "
+        "browser; requests from any other origin are refused (403). Empty: no cross-origin access.",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses or CIDRs of reverse proxies in front of Nexus: only from them is "
+        "X-Forwarded-For believed, to find the client address that limits apply to.",
+    )
     claude_oauth_token_url: str = Field(
         "https://console.anthropic.com/v1/oauth/token", description="OAuth token endpoint used to refresh accounts."
     )
@@ -175,6 +218,33 @@ class Settings(BaseSettings):
             raise ValueError("must be a postgresql:// URL or a libpq connection string")
         return value
 
+    @field_validator("cors_allowed_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in _items(value):
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+                raise ValueError(f"each origin must be scheme://host[:port] without a path, got {origin!r}")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for item in _items(value):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"not an address or CIDR: {item!r}") from None
+        return value
+
+    @property
+    def cors_origins(self) -> frozenset[str]:
+        return frozenset(o.lower().rstrip("/") for o in _items(self.cors_allowed_origins))
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(i, strict=False) for i in _items(self.trusted_proxies))
+
     @field_validator("nexus_home", "credentials_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
@@ -193,6 +263,10 @@ class Settings(BaseSettings):
                 value = str(value)
             out[name.upper()] = value
         return out
+
+
+def _items(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def mask_secret(value: str) -> str:

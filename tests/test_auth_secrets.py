@@ -49,9 +49,10 @@ def dump_database(dsn: str) -> str:
         return "\n".join(str(row[0]) for t in tables for row in conn.execute(f"SELECT t::text FROM {t} AS t"))  # noqa: S608
 
 
-def stored_count(dsn: str) -> int:
+def stored_count(dsn: str, outcome: str = "completed") -> int:
     with psycopg.connect(dsn) as conn:
-        return int(conn.execute("SELECT count(*) FROM api_requests").fetchone()[0])  # type: ignore[index]
+        sql = "SELECT count(*) FROM api_requests WHERE outcome = %s"
+        return int(conn.execute(sql, (outcome,)).fetchone()[0])  # type: ignore[index]
 
 
 def test_no_secret_appears_in_logs_rows_errors_or_config(
@@ -111,6 +112,7 @@ def test_no_secret_appears_in_logs_rows_errors_or_config(
         ]
         assert [r[0] for r in refused] == [401, 500, 401, 401, 401]
         wait_for(lambda: stored_count(migrated_db) == len(ok), timeout_s=20, what="the stored rows")
+        wait_for(lambda: stored_count(migrated_db, "refused") == len(refused), timeout_s=20, what="the refusals")
         api_answers = []
         for _, headers, _ in ok:
             req = urllib.request.Request(  # noqa: S310 (loopback)

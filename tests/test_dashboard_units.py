@@ -6,8 +6,9 @@ import pytest
 
 from nexus.dashboard import live, render
 from nexus.dashboard.app import _safe_next
-from nexus.dashboard.auth import DashboardAuth, host_name, is_loopback_peer, parse_cookies
+from nexus.dashboard.auth import DashboardAuth, parse_cookies
 from nexus.dashboard.live import LiveFeed, Subscriber
+from nexus.security.access import host_name, is_loopback_peer
 
 
 def test_session_tokens_are_signed_expiring_and_bound_to_the_key() -> None:
@@ -34,7 +35,8 @@ def test_key_comparison_and_header_access() -> None:
     assert not auth.key_matches("the-key-abcde") and not auth.key_matches("") and not auth.key_matches(None)
     assert auth.access("10.0.0.5", {"x-api-key": "the-key-abcdef"}, {}).allowed
     assert auth.access("10.0.0.5", {"authorization": "Bearer the-key-abcdef"}, {}).by_header
-    assert auth.access("10.0.0.5", {"x-api-key": "nope"}, {}).reason == "wrong API key"
+    wrong = auth.access("10.0.0.5", {"x-api-key": "nope"}, {})
+    assert not wrong.allowed and wrong.status == 401 and wrong.reason.startswith("Wrong API key")
     assert auth.access("127.0.0.1", {}, {}).reason == "login required"  # loopback is no exception with a key
     cookie = {"nexus_session": auth.issue_session()}
     assert auth.access("10.0.0.5", {}, cookie).session is not None

@@ -7,10 +7,12 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from granian.rsgi import ProtocolClosed
 
 from nexus._core import NexusCoreError, analyze_request
 from nexus.errors import ProxyError
-from nexus.proxy.body import check_json_content_type, read_body
+from nexus.proxy import body as body_module
+from nexus.proxy.body import ClientGone, UploadGuard, check_json_content_type, read_body
 from nexus.proxy.deadline import Deadline
 from nexus.proxy.headers import client_response_headers, upstream_request_headers
 from nexus.proxy.ids import new_request_id, request_id_unix_ms
@@ -78,24 +80,33 @@ def test_parse_retry_after() -> None:
 
 
 class _Chunks:
-    def __init__(self, *chunks: bytes) -> None:
+    def __init__(self, *chunks: bytes, pause_s: float = 0.0, closed_after: int | None = None) -> None:
         self.chunks = list(chunks)
         self.read = 0
+        self.pause_s = pause_s
+        self.closed_after = closed_after
 
     def __aiter__(self) -> _Chunks:
         return self
 
     async def __anext__(self) -> bytes:
+        if self.closed_after is not None and self.read >= self.closed_after:
+            raise ProtocolClosed("RSGI transport is closed")
         if not self.chunks:
             raise StopAsyncIteration
+        if self.pause_s:
+            await asyncio.sleep(self.pause_s)
         self.read += 1
         return self.chunks.pop(0)
+
+
+LIMITS = {"idle_s": 30.0, "total_s": 60.0}
 
 
 async def test_body_limit_is_enforced_while_reading() -> None:
     src = _Chunks(b"a" * 600, b"b" * 600, b"c" * 600)
     with pytest.raises(ProxyError) as info:
-        await read_body(src, None, limit=1000)
+        await read_body(src, None, limit=1000, **LIMITS)
     assert info.value.status == 413 and info.value.error_type == "request_too_large"
     assert src.read == 2  # stopped at the chunk that crossed the limit, the rest never read
 
@@ -103,9 +114,9 @@ async def test_body_limit_is_enforced_while_reading() -> None:
 async def test_declared_length_over_limit_is_refused_before_reading() -> None:
     src = _Chunks(b"x")
     with pytest.raises(ProxyError) as info:
-        await read_body(src, "5000", limit=1000)
+        await read_body(src, "5000", limit=1000, **LIMITS)
     assert info.value.status == 413 and src.read == 0
-    assert await read_body(_Chunks(b"ab", b"cd"), "4", limit=1000) == b"abcd"
+    assert await read_body(_Chunks(b"ab", b"cd"), "4", limit=1000, **LIMITS) == b"abcd"
 
 
 @pytest.mark.parametrize(
@@ -128,9 +139,43 @@ def test_messages_body_checks(body: bytes, fragment: str) -> None:
     assert fragment in str(info.value)
 
 
+async def test_a_body_that_stops_arriving_is_refused_with_408() -> None:
+    """Finding 3 of "Safe on a network": no body-read deadline let trickled uploads hold every slot."""
+    with pytest.raises(ProxyError) as info:
+        await read_body(_Chunks(b"a", b"b", b"c", pause_s=0.4), None, limit=1000, idle_s=0.2, total_s=60)
+    assert info.value.status == 408 and "between two parts" in info.value.message
+    with pytest.raises(ProxyError) as info:  # each part in time, the whole too slow
+        await read_body(_Chunks(*[b"x"] * 20, pause_s=0.1), None, limit=1000, idle_s=0.3, total_s=0.5)
+    assert info.value.status == 408 and "in all" in info.value.message
+    assert await read_body(_Chunks(b"a", b"b", pause_s=0.05), None, limit=1000, idle_s=0.3, total_s=1) == b"ab"
+
+
+async def test_an_aborted_upload_is_client_gone_not_an_error() -> None:
+    with pytest.raises(ClientGone):
+        await read_body(_Chunks(b"a", b"b", closed_after=1), "10", limit=1000, **LIMITS)
+    with pytest.raises(ClientGone):  # Granian ends the iteration quietly: a short body is a client that left
+        await read_body(_Chunks(b"ab"), "10", limit=1000, **LIMITS)
+
+
+def test_upload_guard_tightens_only_for_an_address_holding_many_slow_uploads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(body_module.time, "monotonic", lambda: now[0])
+    guard = UploadGuard(limit=3)
+    assert [guard.start("10.0.0.1") for _ in range(5)] == [False] * 5  # a burst: not slow yet
+    now[0] += 2  # those five are now over a second old and still reading
+    assert guard.start("10.0.0.1") is True  # five slow >= 3: new uploads get the strict deadline
+    assert guard.start("10.0.0.2") is False  # another address is not affected
+    for _ in range(6):
+        guard.finish("10.0.0.1")
+    assert guard.start("10.0.0.1") is False  # all done: back to normal
+
+
 def test_content_type_check() -> None:
     check_json_content_type("application/json; charset=utf-8")
-    for bad in (None, "text/plain", "application/x-www-form-urlencoded"):
+    check_json_content_type("Application/JSON")
+    for bad in (None, "text/plain", "application/x-www-form-urlencoded", "text/plain; json", "application/jsonx"):
         with pytest.raises(ProxyError) as info:
             check_json_content_type(bad)
         assert info.value.status == 415

@@ -80,12 +80,15 @@ def test_every_request_is_stored_and_readable_by_its_request_id(
     assert blobs == 5
 
 
-def test_unknown_ids_are_404_in_the_api_shape(stored_proxy: str) -> None:
-    for rid in ("not-a-uuid", "01a20ff9-a7fd-799f-8b74-7e2b1304e5de"):
+def test_unknown_ids_are_404_and_malformed_ones_400_in_the_api_shape(stored_proxy: str) -> None:
+    for rid, status, kind in (
+        ("not-a-uuid", 400, "invalid_request_error"),
+        ("01a20ff9-a7fd-799f-8b74-7e2b1304e5de", 404, "not_found_error"),
+    ):
         with pytest.raises(urllib.error.HTTPError) as info:
             get_json(f"{stored_proxy}/api/requests/{rid}")
-        assert info.value.code == 404
-        assert orjson.loads(info.value.read())["error"]["type"] == "not_found_error"
+        assert info.value.code == status
+        assert orjson.loads(info.value.read())["error"]["type"] == kind
 
 
 def test_database_outage_loses_nothing(

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from nexus.api.requests import found, next_cursor, path_uuid, query_cursor, query_limit
+from nexus.api.params import Query, cursor_param, first, found, limit_param, next_cursor, path_uuid
 from nexus.conversations import repository
 
 if TYPE_CHECKING:
@@ -18,15 +18,16 @@ def register(api: ApiRoutes) -> None:
     api.route("/api/conversations/", get_conversation)
 
 
-async def list_conversations(pool: AsyncConnectionPool, _: str, query: dict[str, list[str]]) -> dict[str, Any]:
-    limit = query_limit(query)
-    project = (query.get("project_id") or query.get("projectId") or [None])[0]
+async def list_conversations(pool: AsyncConnectionPool, _: str, query: Query) -> dict[str, Any]:
+    limit = limit_param(query)
+    before = cursor_param(query)
+    project = first(query, "project_id", "projectId")
     async with pool.connection() as conn:
-        rows = await repository.list_conversations(conn, limit=limit, before=query_cursor(query), project_id=project)
+        rows = await repository.list_conversations(conn, limit=limit, before=before, project_id=project)
     return {"conversations": rows, "next_cursor": next_cursor(rows, limit, at="last_at", key="conversation_id")}
 
 
-async def get_conversation(pool: AsyncConnectionPool, wanted: str, query: dict[str, list[str]]) -> dict[str, Any]:
+async def get_conversation(pool: AsyncConnectionPool, wanted: str, query: Query) -> dict[str, Any]:
     conversation_id = path_uuid(wanted, "conversation")
     async with pool.connection() as conn:
         return found(await repository.get_conversation(conn, conversation_id), "conversation", wanted)

@@ -1,22 +1,28 @@
 """`/api/*`: a small route table over thin handlers, each domain adding its own.
 
-Guarded by `DASHBOARD_API_KEY` when it is set (`X-API-Key` or `Authorization: Bearer`), compared in
-constant time. Reads use a small async pool of their own, opened on first use, so a proxy that never
-serves the API never connects for it. A handler gets the pool, the path parameter (the part after its
-prefix, for prefix routes) and the parsed query, and returns a JSON-serialisable payload.
+Who may call it is decided before a route is looked up (`nexus.security.access`, by the proxy). Every
+parameter is checked (`params`); a database error caused by a value is a 400, anything unexpected a
+500 in Anthropic's shape with the cause logged, never a traceback to the client. Reads use a small
+async pool of their own, opened on first use, so a proxy that never serves the API never connects for
+it. A handler gets the pool, the path parameter (the part after its prefix, for prefix routes) and the
+parsed query, and returns a JSON-serialisable payload.
 """
 
 from __future__ import annotations
 
-import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from nexus.api.params import check_query
 from nexus.errors import ProxyError
+
+log = logging.getLogger("nexus.api")
 
 JSON = [("content-type", "application/json")]
 
@@ -25,9 +31,8 @@ Handler = Callable[[AsyncConnectionPool, str, dict[str, list[str]]], Awaitable[A
 
 
 class ApiRoutes:
-    def __init__(self, database_url: str | None, api_key: str | None) -> None:
+    def __init__(self, database_url: str | None) -> None:
         self.database_url = database_url
-        self.api_key = api_key
         self._pool: AsyncConnectionPool | None = None
         self._exact: dict[str, Handler] = {}
         self._prefixes: list[tuple[str, Handler]] = []
@@ -57,16 +62,6 @@ class ApiRoutes:
         if self._pool is not None:
             await self._pool.close()
 
-    def authorize(self, headers: Any) -> None:
-        if not self.api_key:
-            return
-        given = headers.get("x-api-key") or ""
-        auth = headers.get("authorization") or ""
-        if not given and auth.lower().startswith("bearer "):
-            given = auth[7:]
-        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
-            raise ProxyError(401, "A valid DASHBOARD_API_KEY is required for /api/*.", "authentication_error")
-
     def _find(self, path: str) -> tuple[Handler, str] | None:
         handler = self._exact.get(path)
         if handler is not None:
@@ -77,15 +72,23 @@ class ApiRoutes:
         return None
 
     async def handle(self, scope: Any, proto: Any, request_id: str) -> None:
-        self.authorize(scope.headers)
         path: str = scope.path
         found = self._find(path)
         if found is None:
-            raise ProxyError(404, f"No route for {scope.method} {path}.", "not_found_error")
+            raise ProxyError(404, f"No route for {scope.method} {path[:200]}.", "not_found_error")
         if scope.method != "GET":
-            raise ProxyError(405, f"Method {scope.method} not allowed on {path}.", "invalid_request_error")
+            raise ProxyError(405, f"Method {scope.method} not allowed on {path[:200]}.", "invalid_request_error")
         handler, param = found
-        payload = await handler(await self.pool(), param, parse_qs(scope.query_string))
-        proto.response_bytes(
-            200, [*JSON, ("x-request-id", request_id)], orjson.dumps(payload, option=orjson.OPT_NAIVE_UTC)
-        )
+        query = parse_qs(scope.query_string)
+        check_query(query)
+        try:
+            payload = await handler(await self.pool(), param, query)
+            body = orjson.dumps(payload, option=orjson.OPT_NAIVE_UTC)
+        except ProxyError:
+            raise
+        except psycopg.DataError as exc:
+            raise ProxyError(400, f"A parameter was refused by the database: {exc.diag.message_primary}.") from None
+        except Exception:
+            log.exception("GET %s failed", path)
+            raise ProxyError(500, "The request could not be answered; the cause is in the proxy's log.") from None
+        proto.response_bytes(200, [*JSON, ("x-request-id", request_id)], body)

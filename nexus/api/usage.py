@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from nexus.api.params import Query, bool_param, first, int_param
 from nexus.errors import ProxyError
 from nexus.usage import service
 from nexus.usage.repo import Filters
@@ -19,46 +20,11 @@ from nexus.usage.repo import Filters
 if TYPE_CHECKING:
     from nexus.api.routes import ApiRoutes
 
-Query = dict[str, list[str]]
-
 
 def register(api: ApiRoutes) -> None:
     api.route("/api/token-usage/current", current)
     api.route("/api/token-usage/daily", daily)
     api.route("/api/token-usage/time-series", time_series)
-
-
-def first(query: Query, *names: str) -> str | None:
-    for name in names:
-        values = query.get(name)
-        if values:
-            return values[0]
-    return None
-
-
-def int_param(query: Query, name: str, default: int, low: int, high: int) -> int:
-    raw = first(query, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ProxyError(400, f"{name} must be an integer, got {raw!r}.") from None
-    if not low <= value <= high:
-        raise ProxyError(400, f"{name} must be between {low} and {high}, got {value}.")
-    return value
-
-
-def bool_param(query: Query, name: str) -> bool:
-    raw = first(query, name)
-    if raw is None:
-        return False
-    lowered = raw.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise ProxyError(400, f"{name} must be true or false, got {raw!r}.")
 
 
 def filters(query: Query, *, with_model: bool = True) -> Filters:

@@ -46,8 +46,13 @@ def refresh_failed(cred: Credential, reason: str) -> ProxyError:
     return ProxyError(502, f"OAuth token refresh for {cred.name!r} failed: {reason}.", "api_error")
 
 
-def client_key_required(reason: str) -> ProxyError:
-    return ProxyError(
+class ClientKeyError(ProxyError):
+    """A missing or refused client key: counted against the client's address (`nexus.security.throttle`)."""
+
+
+def client_key_required(reason: str, *, presented: bool = True) -> ProxyError:
+    """401 for a missing key, or (`presented`) a refused one, which counts as a guess."""
+    return (ClientKeyError if presented else ProxyError)(
         401,
         f"{reason} This gateway requires a client key issued by `nexus keys create`, "
         "sent as x-api-key or Authorization: Bearer.",

@@ -23,12 +23,12 @@ from typing import Any
 
 import orjson
 
+from nexus.home import private_dir
+
 
 def ensure_private_dir(directory: Path) -> None:
     """Create `directory` (and parents) if needed; a directory we create is readable by its owner only."""
-    if not directory.is_dir():
-        directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)
+    private_dir(directory)
 
 
 def write_atomically(path: Path, data: dict[str, Any]) -> None:

@@ -9,11 +9,13 @@ account; they never authenticate anyone.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from dataclasses import dataclass
 
 from nexus.auth import errors
-from nexus.auth.client_keys import ClientKeyRejected, ClientKeyStore, is_client_key
+from nexus.auth.client_keys import CLIENT_KEY_PREFIXES, ClientKeyRejected, ClientKeyStore, is_client_key
 from nexus.auth.credentials import OAUTH_BETA, Credential, CredentialError, CredentialStore, merge_beta
 from nexus.auth.oauth import OAuthRefresher
 from nexus.auth.projects import requested_account, resolve_project
@@ -66,7 +68,7 @@ class RequestAuthorizer:
             return None
         presented = presented_client_key(headers)
         if presented is None:
-            raise errors.client_key_required("No client key was sent.")
+            raise errors.client_key_required("No client key was sent.", presented=False)
         try:
             return self.client_keys.check(presented).project
         except ClientKeyRejected as exc:
@@ -95,26 +97,50 @@ class RequestAuthorizer:
 
 
 def presented_client_key(headers: dict[str, str]) -> str | None:
-    """The key a client presents: `x-api-key` first, then `Authorization: Bearer` (case-insensitive scheme)."""
-    candidates = [(headers.get("x-api-key") or "").strip(), _bearer(headers.get("authorization"))]
+    """The key a client presents: `x-api-key` first, then `Authorization` (`Bearer <key>` with any
+    whitespace, or the bare key)."""
+    candidates = [(headers.get("x-api-key") or "").strip(), _authorization_token(headers.get("authorization"))]
     for value in candidates:
         if is_client_key(value):
             return value
     return next((v for v in candidates if v), None)  # not one of ours: rejected, with the same message
 
 
-def _bearer(value: str | None) -> str:
-    scheme, _, token = (value or "").strip().partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+def _authorization_token(value: str | None) -> str:
+    parts = (value or "").split(None, 1)
+    if len(parts) == 2 and parts[0].lower() == "bearer":
+        return parts[1].strip()
+    return parts[0] if len(parts) == 1 else ""
+
+
+def carries_client_key(value: str) -> bool:
+    """Whether a header value holds one of our client keys in any form: as it is, after a scheme
+    (`Bearer`, `Basic`, any whitespace), or inside base64 (`Basic` credentials)."""
+    lowered = value.lower()
+    if any(prefix in lowered for prefix in CLIENT_KEY_PREFIXES):
+        return True
+    for token in value.split():
+        if len(token) >= 12 and any(prefix.encode() in _unbase64(token).lower() for prefix in CLIENT_KEY_PREFIXES):
+            return True
+    return False
+
+
+def _unbase64(token: str) -> bytes:
+    padded = token.replace("-", "+").replace("_", "/") + "=" * (-len(token) % 4)
+    try:
+        return base64.b64decode(padded)
+    except (ValueError, binascii.Error):
+        return b""
 
 
 def without_client_keys(upstream: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The upstream headers minus any credential header that carries one of our client keys."""
-    return [
-        (k, v)
-        for k, v in upstream
-        if not ((k == "x-api-key" and is_client_key(v.strip())) or (k == "authorization" and is_client_key(_bearer(v))))
-    ]
+    """The upstream headers minus every header that carries one of our client keys, in whatever form:
+    a client key authorises a caller to this gateway and must never reach Anthropic."""
+    return [(k, v) for k, v in upstream if not (k in _CALLER_AUTH and carries_client_key(v)) and not _has_prefix(v)]
+
+
+def _has_prefix(value: str) -> bool:
+    return "cnp_" in value and any(prefix in value for prefix in CLIENT_KEY_PREFIXES)
 
 
 def with_credential(upstream: list[tuple[str, str]], cred: Credential) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -21,10 +22,13 @@ from urllib.parse import parse_qs, quote
 import orjson
 
 from nexus import __version__
+from nexus.api.params import check_query
 from nexus.dashboard import render, views
 from nexus.dashboard.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Access, DashboardAuth, parse_cookies
 from nexus.dashboard.db import read_only_pool
 from nexus.dashboard.live import HEARTBEAT_SECONDS, LiveFeed
+from nexus.errors import ProxyError
+from nexus.security.throttle import FailureThrottle
 from nexus.settings import Settings
 from nexus.usage.repo import Filters
 
@@ -83,9 +87,14 @@ def _form(request: Any) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(text, keep_blank_values=True).items()}
 
 
+#: A same-site path and query: no scheme, no host, no backslash, no whitespace or control character
+#: (browsers drop tabs and newlines from URLs, so `/\t/evil.com` would become `//evil.com`).
+_LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9\-._~!$&'()*+,;=:@/%?]*")
+
+
 def _safe_next(target: str | None) -> str:
-    """Only a local path: never an open redirect to another site."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Only a local path: never an open redirect to another site, never a header-breaking value."""
+    if not target or len(target) > 2048 or not _LOCAL_PATH.fullmatch(target):
         return "/"
     return target
 
@@ -93,7 +102,12 @@ def _safe_next(target: str | None) -> str:
 class Dashboard:
     def __init__(self, settings: Settings, database_url: str) -> None:
         self.settings = settings
-        self.auth = DashboardAuth(settings.dashboard_api_key, settings.dashboard_session_hours)
+        self.auth = DashboardAuth(
+            settings.dashboard_api_key,
+            settings.dashboard_session_hours,
+            FailureThrottle(settings.auth_failure_limit, settings.auth_failure_window_ms / 1000),
+            settings.trusted_proxy_networks,
+        )
         self.env = render.environment()
         self.pool = read_only_pool(database_url)
         self.feed = LiveFeed(self.pool, self.render_row, settings.dashboard_live_interval_ms / 1000)
@@ -116,7 +130,11 @@ class Dashboard:
             if not access.allowed:
                 return self.denied(request, access, stream)
             try:
+                check_query(request.query_params.to_dict())
+                check_query({"path": list((request.path_params or {}).values())})
                 return await fn(request, access)
+            except ProxyError as exc:
+                return self.message(exc.status, "Bad request", exc.message, access)
             except views.NotFound:
                 return self.message(404, "Not found", "No such request is stored.", access)
             except (views.BadRequest, ValueError) as exc:
@@ -125,9 +143,16 @@ class Dashboard:
         return handler
 
     def denied(self, request: Any, access: Access, stream: bool) -> Any:
+        if access.status == 429:
+            return respond(
+                429,
+                orjson.dumps({"error": access.reason}),
+                "application/json",
+                {"retry-after": str(access.retry_after)},
+            )
         if not self.auth.key_required:
             return self.message(
-                403, "Forbidden", f"{access.reason}. Set DASHBOARD_API_KEY to serve the dashboard to other machines."
+                403, "Forbidden", f"{access.reason} Set DASHBOARD_API_KEY to serve the dashboard to other machines."
             )
         if access.reason == "login required" and not stream:
             target = request.url.path
@@ -227,9 +252,13 @@ class Dashboard:
         cookie = parse_cookies(headers.get("cookie")).get(LOGIN_CSRF_COOKIE)
         if not self.auth.login_csrf_matches(cookie, form.get("_csrf")):
             return self.login_form(request, 403, "The form expired; please try again.", target)
-        if not self.auth.key_matches(form.get("key")):
+        checked = self.auth.check_login(request.ip_addr, headers, form.get("key"))
+        if checked.status == 429:
+            resp = self.login_form(request, 429, f"Too many wrong keys. {checked.reason}", target)
+            resp.headers.set("retry-after", str(checked.retry_after))
+            return resp
+        if not checked.allowed:
             await asyncio.sleep(0.5)  # slows guessing; the event loop keeps serving others
-            log.warning("dashboard login refused from %s", request.ip_addr)
             return self.login_form(request, 401, "Wrong key.", target)
         resp = respond(303, "", headers={"location": target})
         secure = headers.get("x-forwarded-proto", "").lower() == "https"

@@ -7,9 +7,8 @@ state-changing request needs a CSRF token bound to the session (the login form, 
 yet, uses a double-submit cookie).
 
 Without a key the reference opened everything to everyone. Here the dashboard then serves only
-clients on this machine: the TCP peer must be a loopback address, the request must not have been
-relayed by a reverse proxy (a proxy on the same host would make every remote client look local), and
-the `Host` must be a loopback name (so a DNS-rebinding page cannot read it through a browser).
+clients on this machine, by the same rule as the proxy's data API (`nexus.security.access`); wrong
+keys, from a script or the login form, are throttled per client address (`nexus.security.throttle`).
 """
 
 from __future__ import annotations
@@ -17,17 +16,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import secrets
 import time
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 
+from nexus.security.access import DataAccess, Networks, key_matches, presented_key
+from nexus.security.throttle import FailureThrottle
+
 SESSION_COOKIE = "nexus_session"
 LOGIN_CSRF_COOKIE = "nexus_login_csrf"
-#: Headers a reverse proxy adds: a request carrying one is not treated as coming from this machine.
-FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip", "x-forwarded-host")
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
 def _b64(data: bytes) -> str:
@@ -49,23 +47,6 @@ def parse_cookies(header: str | None) -> dict[str, str]:
     return {name: morsel.value for name, morsel in jar.items()}
 
 
-def is_loopback_peer(peer: str | None) -> bool:
-    if not peer:
-        return False
-    try:
-        return ipaddress.ip_address(peer.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def host_name(host: str | None) -> str:
-    """The name part of a `Host` header (`[::1]:3001` -> `[::1]`, `localhost:3001` -> `localhost`)."""
-    host = (host or "").strip().lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
 @dataclass(frozen=True, slots=True)
 class Session:
     nonce: str
@@ -81,11 +62,20 @@ class Access:
     session: Session | None = None
     csrf: str | None = None
     by_header: bool = False
+    status: int = 200  # when refused: 401, 403 or 429
+    retry_after: int | None = None
 
 
 class DashboardAuth:
-    def __init__(self, api_key: str | None, session_hours: int = 24) -> None:
+    def __init__(
+        self,
+        api_key: str | None,
+        session_hours: int = 24,
+        throttle: FailureThrottle | None = None,
+        trusted: Networks = (),
+    ) -> None:
         self.api_key = api_key or None
+        self.data = DataAccess(self.api_key, throttle or FailureThrottle(), trusted)
         self.session_seconds = session_hours * 3600
         # Derived from the key: sessions survive restarts, and rotating the key ends every session.
         seed = (self.api_key or secrets.token_hex(32)).encode()
@@ -96,14 +86,14 @@ class DashboardAuth:
     def key_required(self) -> bool:
         return self.api_key is not None
 
-    # --- the key -------------------------------------------------------------------------------
+    # --- the key ---------------------------------------------------------------------------------
     def key_matches(self, given: str | None) -> bool:
-        """Constant time, whatever the lengths: both sides are hashed to equal-size digests first."""
-        if self.api_key is None or not given:
-            return False
-        return hmac.compare_digest(
-            hashlib.sha256(given.encode()).digest(), hashlib.sha256(self.api_key.encode()).digest()
-        )
+        return key_matches(self.api_key, given)
+
+    def check_login(self, peer: str | None, headers: dict[str, str], given: str | None) -> Access:
+        """A login form's key, throttled per client address like every other key check."""
+        decision = self.data.decide(peer, headers, key=given or "")
+        return Access(decision.allowed, decision.reason, status=decision.status, retry_after=decision.retry_after)
 
     # --- sessions ------------------------------------------------------------------------------
     def issue_session(self, now: float | None = None) -> str:
@@ -151,27 +141,10 @@ class DashboardAuth:
     # --- one request ---------------------------------------------------------------------------
     def access(self, peer: str | None, headers: dict[str, str], cookies: dict[str, str]) -> Access:
         """May this request see the dashboard? `headers` has lower-case names."""
-        if self.api_key is None:
-            return self._loopback_access(peer, headers)
-        given = headers.get("x-api-key")
-        auth = headers.get("authorization", "")
-        if not given and auth[:7].lower() == "bearer ":
-            given = auth[7:]
-        if given:
-            if self.key_matches(given):
-                return Access(True, "api key header", by_header=True)
-            return Access(False, "wrong API key")
+        if self.api_key is None or presented_key(headers) is not None:
+            d = self.data.decide(peer, headers)
+            return Access(d.allowed, d.reason, by_header=d.by_key, status=d.status, retry_after=d.retry_after)
         session = self.verify_session(cookies.get(SESSION_COOKIE))
         if session is None:
-            return Access(False, "login required")
+            return Access(False, "login required", status=401)
         return Access(True, "session", session=session, csrf=self.csrf_for(session))
-
-    @staticmethod
-    def _loopback_access(peer: str | None, headers: dict[str, str]) -> Access:
-        if not is_loopback_peer(peer):
-            return Access(False, "DASHBOARD_API_KEY is unset: only clients on this machine are served")
-        if any(h in headers for h in FORWARDING_HEADERS):
-            return Access(False, "DASHBOARD_API_KEY is unset: requests relayed by a proxy are not served")
-        if host_name(headers.get("host")) not in LOOPBACK_HOSTS:
-            return Access(False, "DASHBOARD_API_KEY is unset: only a loopback Host is served")
-        return Access(True, "loopback")

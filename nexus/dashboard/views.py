@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
 
+from nexus.api.params import cursor_param
 from nexus.api.requests import next_cursor
 from nexus.conversations import repository as conversations_repo
 from nexus.dashboard import render
+from nexus.errors import ProxyError
 from nexus.storage import requests_repo
 from nexus.usage import repo as usage_repo
 from nexus.usage import service
@@ -32,9 +34,8 @@ def parse_cursor(raw: str | None) -> tuple[datetime, str] | None:
     if not raw:
         return None
     try:
-        us, rid = raw.split("_", 1)
-        return datetime.fromtimestamp(int(us) / 1_000_000, UTC), str(uuid.UUID(rid))
-    except ValueError:
+        return cursor_param({"before": [raw]})
+    except ProxyError:
         raise BadRequest("before must be a cursor from a 'next' link") from None
 
 

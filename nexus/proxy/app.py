@@ -1,9 +1,11 @@
 """The proxy's RSGI application: routing and the life of one request.
 
-Handlers stay thin: reading and checking the body (`body`), choosing headers (`headers`), opening the
-upstream with retries (`forward`) and relaying the answer (`relay`) each live in their own module.
-A client that goes away cancels the request task at once, which drops the upstream connection, so an
-abandoned generation stops costing tokens.
+Handlers stay thin: reading and checking the body (`body`), the upstream target (`paths`), choosing
+headers (`headers`), opening the upstream with retries (`forward`) and relaying the answer (`relay`)
+each live in their own module; who may read data, guess keys or call from a web page lives in
+`nexus.security`. A request the proxy refuses itself is answered in Anthropic's error shape and
+stored with the reason, like every other request. A client that goes away cancels the request task
+at once, which drops the upstream connection, so an abandoned generation stops costing tokens.
 """
 
 from __future__ import annotations
@@ -20,19 +22,25 @@ import orjson
 from nexus import __version__
 from nexus._core import NexusCoreError, RequestAnalysis, analyze_request
 from nexus.api.routes import ApiRoutes
-from nexus.auth.service import RequestAuthorizer
+from nexus.auth.errors import ClientKeyError
+from nexus.auth.projects import ACCOUNT_HEADERS, DEFAULT_PROJECT, PROJECT_HEADERS, resolve_project
+from nexus.auth.service import Authorization, RequestAuthorizer
 from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Linker
 from nexus.conversations.service import ConversationService, LookupPool, link_request
 from nexus.errors import ProxyError
-from nexus.proxy.body import check_json_content_type, read_body
+from nexus.proxy.body import STRICT_BODY_TIMEOUT_S, ClientGone, UploadGuard, check_json_content_type, read_body
 from nexus.proxy.forward import open_upstream
 from nexus.proxy.headers import upstream_request_headers
 from nexus.proxy.ids import new_request_id
+from nexus.proxy.paths import upstream_target
 from nexus.proxy.recording import complete_record
 from nexus.proxy.relay import Outcome, relay
 from nexus.proxy.retry import RetryPolicy
 from nexus.proxy.upstream import Upstream
+from nexus.security.access import DataAccess
+from nexus.security.cors import CorsPolicy
+from nexus.security.throttle import FailureThrottle
 from nexus.settings import Settings, get_settings
 from nexus.storage.records import ExchangeRecord
 from nexus.storage.writer import StorageWriter, build_writer
@@ -41,12 +49,7 @@ from nexus.usage.counters import TokenCounters
 log = logging.getLogger("nexus.proxy")
 
 JSON_HEADERS = [("content-type", "application/json")]
-CORS_HEADERS = [
-    ("access-control-allow-origin", "*"),
-    ("access-control-allow-methods", "GET, POST, OPTIONS"),
-    ("access-control-allow-headers", "Content-Type, Authorization, X-API-Key, anthropic-version, anthropic-beta"),
-    ("access-control-max-age", "86400"),
-]
+SELECTOR_HEADERS = PROJECT_HEADERS + ACCOUNT_HEADERS
 
 
 @dataclass(slots=True)
@@ -58,6 +61,18 @@ class ProxyStats:
     upstream_errors: int = 0
     client_disconnects: int = 0
     proxy_errors: int = 0
+    refused: int = 0
+    aborted_uploads: int = 0
+
+
+@dataclass(slots=True)
+class Admitted:
+    """A request that passed every check the proxy makes before forwarding."""
+
+    auth: Authorization
+    target: str
+    body: bytes | None
+    analysis: RequestAnalysis | None
 
 
 class ProxyApp:
@@ -75,12 +90,18 @@ class ProxyApp:
         self.head_timeout_s = s.claude_api_timeout / 1000
         self.idle_timeout_s = s.stream_idle_timeout_ms / 1000
         self.server_timeout_s = s.proxy_server_timeout / 1000
+        self.body_idle_s = s.body_read_idle_timeout_ms / 1000
+        self.body_total_s = s.body_read_timeout_ms / 1000
         self.upstream: Upstream | None = None
         self.writer: StorageWriter | None = None
         self.conversations: ConversationService | None = None
         self.lookup_pool: LookupPool | None = None
         self._finishing: set[asyncio.Task[None]] = set()
-        self.api = ApiRoutes(s.database_url, s.dashboard_api_key)
+        self.api = ApiRoutes(s.database_url)
+        self.throttle = FailureThrottle(s.auth_failure_limit, s.auth_failure_window_ms / 1000)
+        self.data_access = DataAccess(s.dashboard_api_key, self.throttle, s.trusted_proxy_networks)
+        self.cors = CorsPolicy(s.cors_origins)
+        self.uploads = UploadGuard(s.slow_uploads_per_client)
         self.authorizer = RequestAuthorizer(s)
         self.stats = ProxyStats()
         self.token_counters = TokenCounters()
@@ -123,15 +144,23 @@ class ProxyApp:
         request_id = new_request_id(now_ns // 1_000_000)
         path: str = scope.path
         method: str = scope.method
+        extra: list[tuple[str, str]] = []
         try:
             if path.startswith("/v1/"):
-                if method == "OPTIONS":
-                    proto.response_empty(204, [*CORS_HEADERS, ("x-request-id", request_id)])
+                origin = scope.headers.get("origin")
+                if origin is not None and self.cors.allows(origin):
+                    if method == "OPTIONS":
+                        proto.response_empty(204, [*self.cors.preflight_headers(origin), ("x-request-id", request_id)])
+                        return
+                    extra = self.cors.response_headers(origin)
+                elif method == "OPTIONS":  # a preflight from an origin not allowed: no grants
+                    proto.response_empty(204, [("allow", "GET, POST, OPTIONS"), ("x-request-id", request_id)])
                     return
-                await self._proxy(scope, proto, request_id, path, method, now_ns // 1000)
+                await self._proxy(scope, proto, request_id, path, method, now_ns // 1000, extra)
             elif path == "/health" and method == "GET":
                 self._respond_json(proto, 200, self.health(), request_id)
             elif path == "/token-stats" and method == "GET":
+                self._guard_data(scope)
                 self._token_stats(scope, proto, request_id)
             elif path == "/" and method == "GET":
                 self._respond_json(proto, 200, self.descriptor(), request_id)
@@ -140,42 +169,57 @@ class ProxyApp:
                 # connectivity probe (`HEAD /api/hello` when interactive mode starts).
                 self._respond_json(proto, 200, {"status": "ok"}, request_id)
             elif path.startswith("/api/"):
+                self._guard_data(scope)
                 await self.api.handle(scope, proto, request_id)
             else:
-                raise ProxyError(404, f"No route for {method} {path}.", "not_found_error")
+                error = ProxyError(404, f"No route for {method} {path[:200]}.", "not_found_error")
+                self._store_refusal(scope, request_id, now_ns // 1000, None, error)
+                raise error
         except ProxyError as exc:
             self.stats.proxy_errors += 1
-            headers = [*JSON_HEADERS, *exc.headers, ("x-request-id", request_id)]
+            headers = [*JSON_HEADERS, *exc.headers, ("x-request-id", request_id), *extra]
             proto.response_bytes(exc.status, headers, exc.body(request_id))
+        except ClientGone:
+            self.stats.aborted_uploads += 1
+            log.info("client closed the connection before its request body was complete (request %s)", request_id)
+
+    def _guard_data(self, scope: Any) -> None:
+        """The data rule (`nexus.security.access`): stored prompts are for whoever holds the key, or
+        for this machine only when no key is set."""
+        decision = self.data_access.decide(scope.client, scope.headers)
+        if not decision.allowed:
+            headers = [("retry-after", str(decision.retry_after))] if decision.retry_after else []
+            if decision.status == 401:
+                headers.append(("www-authenticate", 'Bearer realm="nexus"'))
+            raise ProxyError(decision.status, decision.reason, headers=headers)
 
     # --- the proxied request -----------------------------------------------------------------
-    async def _proxy(self, scope: Any, proto: Any, request_id: str, path: str, method: str, started_us: int) -> None:
+    async def _proxy(
+        self,
+        scope: Any,
+        proto: Any,
+        request_id: str,
+        path: str,
+        method: str,
+        started_us: int,
+        extra: list[tuple[str, str]],
+    ) -> None:
         assert self.upstream is not None, "__rsgi_init__ was not called"
         self.stats.requests += 1
         headers = scope.headers
+        try:
+            admitted = await self._admit(scope, proto, path, method)
+        except ProxyError as exc:
+            self._store_refusal(scope, request_id, started_us, getattr(exc, "body_read", None), exc)
+            raise
+        auth, body, analysis = admitted.auth, admitted.body, admitted.analysis
         is_messages = path == "/v1/messages"
-        if is_messages and method != "POST":
-            raise ProxyError(405, f"Method {method} not allowed on /v1/messages; use POST.", "invalid_request_error")
         header_items = headers.items()
-        auth = await self.authorizer.authorize(header_items, upstream_request_headers(header_items))
-        body: bytes | None = None
-        analysis: RequestAnalysis | None = None
-        if method in ("POST", "PUT", "PATCH") or headers.get("content-length") or headers.get("transfer-encoding"):
-            if is_messages:
-                check_json_content_type(headers.get("content-type"))
-            body = await read_body(proto, headers.get("content-length"), self.settings.max_request_size)
-            if is_messages or path == "/v1/messages/count_tokens":
-                try:  # one pass in Rust: the checks, the storage split and the linking hashes
-                    analysis = analyze_request(body, strict=is_messages)
-                except NexusCoreError as exc:
-                    if is_messages:
-                        raise ProxyError(400, str(exc), "invalid_request_error") from None
-        target = path + "?" + scope.query_string if scope.query_string else path
 
         outcome = Outcome()
         started = time.monotonic()
         record = ExchangeRecord(
-            request_id, started_us, auth.project_id, auth.account_id, method, target, header_items, body
+            request_id, started_us, auth.project_id, auth.account_id, method, admitted.target, header_items, body
         )
         if self.conversations is not None:
             req = link_request(request_id, auth.project_id, started_us / 1e6, path, headers, analysis)
@@ -194,14 +238,17 @@ class ProxyApp:
         try:
             async with asyncio.timeout(self.server_timeout_s) as server_deadline:
                 opened = await open_upstream(
-                    self.upstream, self.policy, method, target, auth.headers, body, self.head_timeout_s
+                    self.upstream, self.policy, method, admitted.target, auth.headers, body, self.head_timeout_s
                 )
+                attempts = opened.attempts
                 if opened.response.status == 401 and self.authorizer.refreshable(auth):
                     await opened.close()  # a refused OAuth token: refreshed once, the request sent once more
                     retry = await self.authorizer.after_unauthorized(auth)
                     opened = await open_upstream(
-                        self.upstream, self.policy, method, target, retry.headers, body, self.head_timeout_s
+                        self.upstream, self.policy, method, admitted.target, retry.headers, body, self.head_timeout_s
                     )
+                    attempts += opened.attempts
+                record.attempts = attempts
                 server_deadline.reschedule(None)  # the response has started: streams may run long
             try:
                 await relay(
@@ -211,6 +258,7 @@ class ProxyApp:
                     idle_timeout_s=self.idle_timeout_s,
                     body_timeout_s=self.head_timeout_s,
                     outcome=outcome,
+                    extra_headers=extra,
                 )
             finally:
                 await opened.close()
@@ -225,6 +273,7 @@ class ProxyApp:
             ) from None
         except ProxyError as exc:
             record.outcome, record.response_status, record.error = "proxy_error", exc.status, exc.message
+            record.attempts = exc.attempts or record.attempts
             raise
         except asyncio.CancelledError:
             if not state["disconnected"]:
@@ -239,19 +288,112 @@ class ProxyApp:
             if is_messages:
                 self.token_counters.observe(auth.project_id, outcome)
             if self.writer is not None:
-                complete_record(record, outcome, started)
-                if self.conversations is not None:
-                    tools = [name for _, name in outcome.observer.tool_uses] if outcome.observer is not None else None
-                    ok = record.response_status == 200 and record.outcome == "completed"
-                    record.task_prompt_keys = (
-                        self.conversations.complete(request_id, record.link, ok, record.response_body, tools) or None
-                    )
-                if self.conversations is not None and self.conversations.pending(request_id) is not None:
-                    task = asyncio.ensure_future(self._submit_settled(record))
-                    self._finishing.add(task)
-                    task.add_done_callback(self._finishing.discard)
-                else:
-                    self.writer.submit(record)
+                self._finish(record, outcome, started)
+
+    async def _admit(self, scope: Any, proto: Any, path: str, method: str) -> Admitted:
+        """Every check before anything goes upstream; a failure is a `ProxyError` the client gets as
+        it is (and storage keeps, with the body when it was read: `exc.body_read`)."""
+        headers = scope.headers
+        origin = headers.get("origin")
+        if origin is not None and not self.cors.allows(origin):
+            raise ProxyError(
+                403,
+                f"Requests from the web origin {origin[:100]!r} are not allowed (CORS_ALLOWED_ORIGINS).",
+                "permission_error",
+            )
+        is_messages = path == "/v1/messages"
+        if is_messages and method != "POST":
+            raise ProxyError(405, f"Method {method} not allowed on /v1/messages; use POST.", "invalid_request_error")
+        target = upstream_target(path, scope.query_string)
+        header_items = headers.items()
+        if len(header_items) != len(headers.keys()):
+            _check_selectors_readable(headers)
+        auth = await self._authorize(scope, header_items)
+        body: bytes | None = None
+        analysis: RequestAnalysis | None = None
+        if method in ("POST", "PUT", "PATCH") or headers.get("content-length") or headers.get("transfer-encoding"):
+            if is_messages:
+                check_json_content_type(headers.get("content-type"))
+            body = await self._read_body(scope, proto)
+            if is_messages or path == "/v1/messages/count_tokens":
+                try:  # one pass in Rust: the checks, the storage split and the linking hashes
+                    analysis = analyze_request(body, strict=is_messages)
+                except NexusCoreError as exc:
+                    if is_messages:
+                        error = ProxyError(400, str(exc), "invalid_request_error")
+                        error.body_read = body
+                        raise error from None
+        return Admitted(auth, target, body, analysis)
+
+    async def _authorize(self, scope: Any, header_items: list[tuple[str, str]]) -> Authorization:
+        """Project, account and upstream headers; failed client keys count against the address."""
+        if self.authorizer.client_keys is None:
+            return await self.authorizer.authorize(header_items, upstream_request_headers(header_items))
+        address = self.data_access.address(scope.client, scope.headers)
+        wait = self.throttle.retry_after(address)
+        if wait is not None:
+            raise ProxyError(
+                429,
+                f"Too many failed client keys from this address; retry in {wait} s.",
+                "rate_limit_error",
+                headers=[("retry-after", str(wait))],
+            )
+        try:
+            auth = await self.authorizer.authorize(header_items, upstream_request_headers(header_items))
+        except ClientKeyError:
+            self.throttle.failed(address, "client key refused")
+            raise
+        self.throttle.succeeded(address)
+        return auth
+
+    async def _read_body(self, scope: Any, proto: Any) -> bytes:
+        address = self.data_access.address(scope.client, scope.headers)
+        strict = self.uploads.start(address)
+        try:
+            return await read_body(
+                proto,
+                scope.headers.get("content-length"),
+                self.settings.max_request_size,
+                idle_s=self.body_idle_s,
+                total_s=min(self.body_total_s, STRICT_BODY_TIMEOUT_S) if strict else self.body_total_s,
+            )
+        finally:
+            self.uploads.finish(address)
+
+    def _finish(self, record: ExchangeRecord, outcome: Outcome, started: float) -> None:
+        """Complete the record from the outcome and hand it to storage (after its link lookup settles)."""
+        assert self.writer is not None
+        complete_record(record, outcome, started)
+        if self.conversations is not None:
+            tools = [name for _, name in outcome.observer.tool_uses] if outcome.observer is not None else None
+            ok = record.response_status == 200 and record.outcome == "completed"
+            record.task_prompt_keys = (
+                self.conversations.complete(record.request_id, record.link, ok, record.response_body, tools) or None
+            )
+            if self.conversations.pending(record.request_id) is not None:
+                task = asyncio.ensure_future(self._submit_settled(record))
+                self._finishing.add(task)
+                task.add_done_callback(self._finishing.discard)
+                return
+        self.writer.submit(record)
+
+    def _store_refusal(
+        self, scope: Any, request_id: str, started_us: int, body: bytes | None, error: ProxyError
+    ) -> None:
+        """Keep a request the proxy answered itself, with the reason, so it shows up like any other."""
+        self.stats.refused += 1
+        if self.writer is None:
+            return
+        header_items = scope.headers.items()
+        try:
+            project = resolve_project(dict(header_items), None)
+        except ProxyError:
+            project = DEFAULT_PROJECT
+        target = scope.path + ("?" + scope.query_string if scope.query_string else "")
+        record = ExchangeRecord(request_id, started_us, project, None, scope.method, target[:2048], header_items, body)
+        record.outcome, record.response_status, record.error = "refused", error.status, error.message
+        record.duration_ms = max(0, int(time.time() * 1000 - started_us / 1000))
+        self.writer.submit(record)
 
     async def _submit_settled(self, record: ExchangeRecord) -> None:
         """Store a record once the database lookup for its link has answered (or given up)."""
@@ -261,12 +403,14 @@ class ProxyApp:
 
     # --- small endpoints ---------------------------------------------------------------------
     def health(self) -> dict[str, object]:
+        storage = self.writer.snapshot() if self.writer is not None else {"enabled": False}
+        degraded = bool(storage.get("degraded"))
         return {
-            "status": "healthy",
+            "status": "degraded" if degraded else "healthy",
             "service": "nexus-proxy",
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 3),
-            "storage": self.writer.snapshot() if self.writer is not None else {"enabled": False},
+            "storage": storage,
             "linking": self.conversations.stats() if self.conversations is not None else {"enabled": False},
             "stats": {
                 "requests": self.stats.requests,
@@ -274,6 +418,9 @@ class ProxyApp:
                 "upstream_errors": self.stats.upstream_errors,
                 "client_disconnects": self.stats.client_disconnects,
                 "proxy_errors": self.stats.proxy_errors,
+                "refused": self.stats.refused,
+                "aborted_uploads": self.stats.aborted_uploads,
+                "slow_uploads": self.uploads.slow_uploads(),
             },
         }
 
@@ -282,7 +429,6 @@ class ProxyApp:
             "service": "nexus",
             "version": __version__,
             "status": "operational",
-            "upstream": self.settings.claude_api_base_url,
             "endpoints": {
                 "messages": "POST /v1/messages",
                 "passthrough": "/v1/*",
@@ -295,7 +441,6 @@ class ProxyApp:
         }
 
     def _token_stats(self, scope: Any, proto: Any, request_id: str) -> None:
-        self.api.authorize(scope.headers)  # the same DASHBOARD_API_KEY rule as /api/*
         project = parse_qs(scope.query_string).get("projectId", [None])[0]
         body = orjson.dumps(self.token_counters.snapshot(project))
         proto.response_bytes(200, [*JSON_HEADERS, *self.token_counters.headers(), ("x-request-id", request_id)], body)
@@ -303,6 +448,15 @@ class ProxyApp:
     @staticmethod
     def _respond_json(proto: Any, status: int, payload: object, request_id: str) -> None:
         proto.response_bytes(status, [*JSON_HEADERS, ("x-request-id", request_id)], orjson.dumps(payload))
+
+
+def _check_selectors_readable(headers: Any) -> None:
+    """Granian drops header values that are not ASCII from `get` and `items`; a selector sent that
+    way must not fall through to another project (the wrong credential would pay)."""
+    present = set(headers.keys())
+    for name in SELECTOR_HEADERS:
+        if name in present and headers.get(name) is None:
+            raise ProxyError(400, f"Invalid {name} header: only ASCII names are accepted.", "invalid_request_error")
 
 
 def create_app() -> ProxyApp:

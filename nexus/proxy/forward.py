@@ -54,9 +54,9 @@ async def open_upstream(
                 response = await request.__aenter__()
         except TimeoutError as exc:
             if deadline.expired:
-                raise ProxyError(
-                    504, f"Upstream did not answer within {head_timeout_s:g} s.", "timeout_error"
-                ) from None
+                error = ProxyError(504, f"Upstream did not answer within {head_timeout_s:g} s.", "timeout_error")
+                error.attempts = attempt
+                raise error from None
             failure = f"connect timeout ({exc.__class__.__name__})"
         except (NetworkError, RequestError) as exc:
             failure = f"{exc.__class__.__name__}: {exc}"
@@ -73,8 +73,10 @@ async def open_upstream(
             continue
         delay = policy.next_delay(attempt, time.monotonic() - started)
         if delay is None:
-            raise ProxyError(
+            error = ProxyError(
                 502, f"Could not reach the upstream API after {attempt} attempt(s): {failure}.", "api_error"
             )
+            error.attempts = attempt
+            raise error
         log.warning("upstream unreachable on attempt %d (%s); retrying in %.2fs", attempt, failure, delay)
         await asyncio.sleep(delay)

@@ -18,6 +18,9 @@ def complete_record(record: ExchangeRecord, outcome: Outcome, started: float) ->
         record.first_byte_ms = int((outcome.first_byte_at - started) * 1000)
     if outcome.error:
         record.outcome, record.error = "upstream_error", outcome.error
+    elif record.response_status is not None and record.response_status >= 400 and record.outcome == "completed":
+        attempts = f" after {record.attempts} attempts" if record.attempts and record.attempts > 1 else ""
+        record.outcome, record.error = "upstream_error", f"upstream answered {record.response_status}{attempts}"
     observer = outcome.observer
     if observer is not None:
         record.response_body = observer.message_json()

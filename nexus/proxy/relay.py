@@ -39,14 +39,19 @@ class Outcome:
 
 
 async def relay_stream(
-    proto: object, opened: OpenResponse, request_id: str, idle_timeout_s: float, outcome: Outcome
+    proto: object,
+    opened: OpenResponse,
+    request_id: str,
+    idle_timeout_s: float,
+    outcome: Outcome,
+    extra: list[tuple[str, str]],
 ) -> None:
     response = opened.response
     outcome.status = response.status
     outcome.streamed = True
     observer = outcome.observer = SseObserver()
     headers = outcome.headers = client_response_headers(response.headers.items(), request_id)
-    transport = proto.response_stream(response.status, headers)  # type: ignore[attr-defined]
+    transport = proto.response_stream(response.status, headers + extra if extra else headers)  # type: ignore[attr-defined]
     reader = response.body_reader
     try:
         async with Deadline(idle_timeout_s) as idle:
@@ -87,7 +92,12 @@ async def _client_gone(outcome: Outcome) -> None:
 
 
 async def relay_buffered(
-    proto: object, opened: OpenResponse, request_id: str, timeout_s: float, outcome: Outcome
+    proto: object,
+    opened: OpenResponse,
+    request_id: str,
+    timeout_s: float,
+    outcome: Outcome,
+    extra: list[tuple[str, str]],
 ) -> None:
     response = opened.response
     try:
@@ -103,15 +113,17 @@ async def relay_buffered(
     outcome.first_byte_at = time.monotonic()
     outcome.response_body = body
     headers = outcome.headers = client_response_headers(response.headers.items(), request_id)
-    proto.response_bytes(response.status, headers, body)  # type: ignore[attr-defined]
+    proto.response_bytes(response.status, headers + extra if extra else headers, body)  # type: ignore[attr-defined]
 
 
-async def relay_passthrough(proto: object, opened: OpenResponse, request_id: str, outcome: Outcome) -> None:
+async def relay_passthrough(
+    proto: object, opened: OpenResponse, request_id: str, outcome: Outcome, extra: list[tuple[str, str]]
+) -> None:
     """A large or unsized non-SSE body (e.g. a file download) streamed through without observing it."""
     response = opened.response
     outcome.status = response.status
     headers = outcome.headers = client_response_headers(response.headers.items(), request_id)
-    transport = proto.response_stream(response.status, headers)  # type: ignore[attr-defined]
+    transport = proto.response_stream(response.status, headers + extra if extra else headers)  # type: ignore[attr-defined]
     reader = response.body_reader
     try:
         while (chunk := await reader.read_chunk()) is not None:
@@ -132,15 +144,18 @@ async def relay(
     idle_timeout_s: float,
     body_timeout_s: float,
     outcome: Outcome,
+    extra_headers: list[tuple[str, str]] | None = None,
 ) -> None:
+    """Relay the upstream answer; `extra_headers` go to the client only (never stored), e.g. CORS grants."""
+    extra = extra_headers or []
     content_type = opened.response.get_header("content-type") or ""
     if content_type.startswith("text/event-stream"):
-        await relay_stream(proto, opened, request_id, idle_timeout_s, outcome)
+        await relay_stream(proto, opened, request_id, idle_timeout_s, outcome, extra)
         return
     length = opened.response.get_header("content-length")
     if (length is not None and length.isdigit() and int(length) <= BUFFER_LIMIT) or content_type.startswith(
         "application/json"
     ):
-        await relay_buffered(proto, opened, request_id, body_timeout_s, outcome)
+        await relay_buffered(proto, opened, request_id, body_timeout_s, outcome, extra)
     else:
-        await relay_passthrough(proto, opened, request_id, outcome)
+        await relay_passthrough(proto, opened, request_id, outcome, extra)

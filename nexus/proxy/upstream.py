@@ -23,6 +23,8 @@ from pyreqwest.exceptions import (
 )
 from pyreqwest.response import Response
 
+from nexus.proxy.paths import join_upstream
+
 if TYPE_CHECKING:
     from pyreqwest.request import StreamRequest
 
@@ -63,7 +65,8 @@ class Upstream:
 
     def request(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes | None) -> StreamRequest:
         """A streamed request to `base_url + target`; enter it to get the response head."""
-        builder = self._client.request(method, self.base_url + target).headers(headers).streamed_read_buffer_limit(0)
+        url = join_upstream(self.base_url, target)
+        builder = self._client.request(method, url).headers(headers).streamed_read_buffer_limit(0)
         if body:
             builder = builder.body_bytes(body)
         return builder.build_streamed()

@@ -15,6 +15,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from nexus.home import home_mode, private_dir
+
 log = logging.getLogger("nexus.storage")
 
 
@@ -24,7 +26,8 @@ def start_embedded(data_dir: Path, database: str = "nexus") -> tuple[str, Callab
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         import pgserver
 
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir.parent, home_mode())
+        data_dir.mkdir(exist_ok=True)
         server = pgserver.get_server(data_dir, cleanup_mode="stop")
     with psycopg.connect(server.get_uri(), autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:

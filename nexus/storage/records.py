@@ -118,6 +118,7 @@ class ExchangeRecord:
     link: Link | None = None
     request_type: str | None = None
     task_prompt_keys: list[bytes] | None = None  # sub-agents the reply spawned
+    attempts: int | None = None  # upstream attempts (retries and an OAuth replay included)
 
 
 def _json_or_none(data: bytes | None) -> Any:

@@ -20,6 +20,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from nexus.home import private_dir
+
 log = logging.getLogger("nexus.storage")
 
 MAGIC = b"NXS1"
@@ -54,7 +56,8 @@ class Spool:
         with self._lock:
             if self.size() + len(record) > self.max_bytes:
                 raise SpoolFullError(f"spool at {self.directory} is full ({self.max_bytes} bytes)")
-            self.directory.mkdir(parents=True, exist_ok=True)
+            if not self.directory.is_dir():
+                private_dir(self.directory)
             fd = os.open(self.active_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
                 os.write(fd, record)

@@ -1,0 +1,177 @@
+"""Who may read stored data (the proxy's `/api/*` and `/token-stats`, and the dashboard): one rule.
+
+With a key configured (`DASHBOARD_API_KEY`), a request must present it (`X-API-Key`,
+`X-Dashboard-Key` or `Authorization: Bearer`); it is compared in constant time. Without a key, only
+this machine is served: the TCP peer must be a loopback address, the request must not have been
+relayed by a reverse proxy (a proxy on the same host would make every remote client look local), and
+the `Host` must be a loopback name or address, so a page on another site that rebinds its DNS name to
+127.0.0.1 cannot read the data through a visitor's browser.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+from nexus.security.throttle import FailureThrottle
+
+#: Headers a reverse proxy adds: a request carrying one is not treated as coming from this machine.
+FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip", "x-forwarded-host")
+#: Headers that may carry the data key (the reference system's dashboard used `X-Dashboard-Key`).
+KEY_HEADERS = ("x-api-key", "x-dashboard-key")
+
+
+def peer_ip(peer: str | None) -> str | None:
+    """The address part of a peer as servers report it: `127.0.0.1:5000`, `[::1]:5000`, `::1` or `1.2.3.4`."""
+    if not peer:
+        return None
+    peer = peer.strip()
+    if peer.startswith("["):
+        return peer[1 : peer.find("]")] if "]" in peer else None
+    if peer.count(":") == 1:  # IPv4 with a port
+        return peer.split(":", 1)[0]
+    return peer
+
+
+@lru_cache(maxsize=4096)
+def _is_loopback_ip(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def _in_networks(address: str, networks: Networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def client_address(peer: str | None, headers: Mapping[str, str], trusted: Networks = ()) -> str | None:
+    """The address limits apply to: the TCP peer, or, when the peer is a trusted reverse proxy
+    (`TRUSTED_PROXIES`), the nearest `X-Forwarded-For` hop that is not itself trusted. A client can
+    put anything in that header, so it is believed only from a trusted peer, and read from the right."""
+    address = peer_ip(peer)
+    if not trusted or address is None or not _in_networks(address, trusted):
+        return address
+    hops = [h.strip() for h in (headers.get("x-forwarded-for") or "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _in_networks(hop, trusted):
+            return hop[:64]
+    return hops[0][:64] if hops else address
+
+
+def is_loopback_peer(peer: str | None) -> bool:
+    address = peer_ip(peer)
+    return address is not None and _is_loopback_ip(address)
+
+
+def host_name(host: str | None) -> str:
+    """The name part of a `Host` header (`[::1]:3001` -> `[::1]`, `localhost:3001` -> `localhost`)."""
+    host = (host or "").strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """`localhost` or a loopback address literal: names another site could point at 127.0.0.1 are not."""
+    name = host_name(host)
+    return name == "localhost" or _is_loopback_ip(name.strip("[]"))
+
+
+def loopback_refusal(peer: str | None, headers: Mapping[str, str]) -> str | None:
+    """Why a request without a configured key may not read data, or None when it may."""
+    if not is_loopback_peer(peer):
+        return "only clients on this machine are served"
+    if any(h in headers for h in FORWARDING_HEADERS):
+        return "requests relayed by a proxy are not served"
+    if not is_loopback_host(headers.get("host")):
+        return "only a loopback Host is served"
+    return None
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key a data client presents, or None."""
+    for name in KEY_HEADERS:
+        value = (headers.get(name) or "").strip()
+        if value:
+            return value
+    scheme, _, token = (headers.get("authorization") or "").strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def key_matches(expected: str | None, given: str | None) -> bool:
+    """Constant time whatever the lengths: both sides are hashed to equal-size digests first."""
+    if not expected or not given:
+        return False
+    return hmac.compare_digest(_digest(given), _digest(expected))
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """May this request read data? If not: the status to answer (401, 403, 429), why, and for 429 how
+    long to wait."""
+
+    allowed: bool
+    status: int = 200
+    reason: str = ""
+    retry_after: int | None = None
+    by_key: bool = False
+
+
+ALLOWED_LOOPBACK = Decision(True, reason="loopback")
+ALLOWED_BY_KEY = Decision(True, reason="key", by_key=True)
+
+
+class DataAccess:
+    """The rule above, with failed keys throttled per client address."""
+
+    def __init__(self, api_key: str | None, throttle: FailureThrottle, trusted: Networks = ()) -> None:
+        self.api_key = api_key or None
+        self.throttle = throttle
+        self.trusted = trusted
+
+    @property
+    def key_required(self) -> bool:
+        return self.api_key is not None
+
+    def address(self, peer: str | None, headers: Mapping[str, str]) -> str | None:
+        return client_address(peer, headers, self.trusted)
+
+    def decide(self, peer: str | None, headers: Mapping[str, str], *, key: str | None = None) -> Decision:
+        """`key`: a key presented some other way than the headers (a login form)."""
+        if self.api_key is None:
+            reason = loopback_refusal(peer, headers)
+            if reason is None:
+                return ALLOWED_LOOPBACK
+            return Decision(False, 403, f"DASHBOARD_API_KEY is unset: {reason}.")
+        given = key if key is not None else presented_key(headers)
+        if not given:
+            return Decision(False, 401, "A valid DASHBOARD_API_KEY is required (X-API-Key or Authorization: Bearer).")
+        return self.check_key(self.address(peer, headers), given)
+
+    def check_key(self, address: str | None, given: str) -> Decision:
+        wait = self.throttle.retry_after(address)
+        if wait is not None:
+            return Decision(False, 429, f"Too many failed key checks from this address; retry in {wait} s.", wait)
+        if key_matches(self.api_key, given):
+            self.throttle.succeeded(address)
+            return ALLOWED_BY_KEY
+        self.throttle.failed(address, "wrong DASHBOARD_API_KEY")
+        return Decision(False, 401, "Wrong API key: a valid DASHBOARD_API_KEY is required.")
