@@ -22,6 +22,11 @@ from granian.rsgi import ProtocolClosed
 from nexus.errors import ProxyError
 from nexus.proxy.deadline import Deadline
 
+#: Bodies up to this size (by Content-Length) are read in one call into Granian, which costs about
+#: 50 us less per request than reading part by part; such a body must arrive within the idle
+#: timeout as a whole (at 35 KB/s a 1 MiB body takes 30 s). Larger or chunked bodies are read part
+#: by part, each part within the idle timeout.
+ONE_CALL_MAX = 1 << 20
 #: Uploads from one address that started this recently are not counted as slow.
 SLOW_AFTER_S = 1.0
 #: The whole-body limit for new requests of an address that holds too many slow uploads.
@@ -52,6 +57,8 @@ async def read_body(
             raise ProxyError(400, "Invalid Content-Length header.") from None
         if declared > limit:
             raise ProxyError(413, f"Request body is {declared} bytes; the limit is {limit} bytes.")
+        if 0 <= declared <= ONE_CALL_MAX and callable(proto):
+            return await _read_at_once(proto, declared, min(idle_s, total_s))
     parts: list[bytes] = []
     size = 0
     try:
@@ -73,6 +80,21 @@ async def read_body(
     if size < declared:
         raise ClientGone
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _read_at_once(proto: Any, declared: int, within_s: float) -> bytes:
+    try:
+        async with Deadline(within_s):
+            body: bytes = await proto()
+    except TimeoutError:
+        raise ProxyError(
+            408, f"The request body was not received in time ({within_s:g} s in all).", "timeout_error"
+        ) from None
+    except ProtocolClosed:
+        raise ClientGone from None
+    if len(body) < declared:
+        raise ClientGone
+    return body
 
 
 def check_json_content_type(content_type: str | None) -> None:
