@@ -79,12 +79,13 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("session_id", "text"),
     ("agent_id", "text"),
     ("task_prompt_keys", "bytea[]"),
+    ("attempts", "int4"),
 )
 REQUEST_TYPES = [t for _, t in REQUEST_COLUMNS]
 REQUEST_NAMES = [n for n, _ in REQUEST_COLUMNS]
 #: The column lists of earlier releases by their length (a COPY tuple carries its field count), so a
 #: batch spooled before an upgrade is replayed with the columns it was encoded with.
-REQUEST_NAMES_BY_COUNT: dict[int, list[str]] = {28: REQUEST_NAMES[:28], len(REQUEST_NAMES): REQUEST_NAMES}
+REQUEST_NAMES_BY_COUNT: dict[int, list[str]] = {n: REQUEST_NAMES[:n] for n in (28, 39, len(REQUEST_NAMES))}
 BLOB_COLUMNS: tuple[tuple[str, str], ...] = (("key", "bytea"), ("kind", "int2"), ("body", "jsonb"))
 BLOB_TYPES = [t for _, t in BLOB_COLUMNS]
 BLOB_NAMES = [n for n, _ in BLOB_COLUMNS]
@@ -210,6 +211,7 @@ def to_row(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
         headers.get("x-claude-code-session-id"),
         headers.get("x-claude-code-agent-id"),
         rec.task_prompt_keys or None,
+        rec.attempts,
     ]
 
 

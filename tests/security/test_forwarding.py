@@ -127,3 +127,19 @@ def test_no_client_key_goes_upstream_in_any_form(upstream_url: str, tmp_path: Pa
     seen = str(fake.requests())
     assert key not in seen and key[9:] not in seen and base64.b64encode(f"user:{key}".encode()).decode() not in seen
     assert caller in seen  # the caller's own Anthropic key did go through
+
+
+def test_guessing_client_keys_is_throttled(upstream_url: str, tmp_path: Path, fake: FakeControl) -> None:
+    creds = tmp_path / "credentials"
+    salt = secrets.token_hex(16)
+    key = ClientKeyStore(creds, salt).create("p3")[1]
+    env = proxy_env(upstream_url, creds, ENABLE_CLIENT_AUTH="true", API_KEY_SALT=salt, AUTH_FAILURE_LIMIT="10")
+    with run_proxy(env) as url:
+        codes = [
+            call(url, "/v1/messages", method="POST", body=BODY, headers={**JSON, "x-api-key": f"cnp_live_guess{i}"})[0]
+            for i in range(60)
+        ]
+        assert codes[:10] == [401] * 10 and set(codes[10:]) == {429}
+        status, headers, body = call(url, "/v1/messages", method="POST", body=BODY, headers={**JSON, "x-api-key": key})
+        assert status == 429 and int(headers["retry-after"]) >= 1 and is_anthropic_error(body, "rate_limit_error")
+    assert fake.requests() == []
