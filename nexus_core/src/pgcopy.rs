@@ -378,6 +378,11 @@ fn write_value(buf: &mut Vec<u8>, ty: ColumnType, value: &Value<'_>) -> Result<R
         (ColumnType::Json, Value::Bytes(_) | Value::Str(_)) => {
             safe::safe_json(value.original().unwrap_or_default(), buf)
         }
+        // A str is valid UTF-8 already: only a NUL needs `safe_text`.
+        (ColumnType::Text, Value::Str(s)) if memchr::memchr(0, s.as_bytes()).is_none() => {
+            buf.extend_from_slice(s.as_bytes());
+            Repairs::NONE
+        }
         (ColumnType::Text, Value::Bytes(_) | Value::Str(_)) => {
             safe::safe_text(value.original().unwrap_or_default(), buf)
         }

@@ -8,14 +8,14 @@
 //! `orjson.dumps` (which refuses to nest deeper than 254).
 //!
 //! Normal data is the hot path: one validation pass (UTF-8 check plus a strict RFC 8259 scan that
-//! skips string contents with `memchr2`) proves it needs nothing, and the bytes are copied
+//! skips string contents eight bytes at a time) proves it needs nothing, and the bytes are copied
 //! unchanged. Only input that fails the check is rewritten, and every rewrite names itself in a
 //! [`Repairs`] set so the row can say what was changed. Rewrites keep the information visible
 //! rather than dropping it: a NUL becomes the six characters `\u0000`, an invalid byte `\xNN`.
 //!
 //! No recursion: the scanner keeps an explicit stack, so any depth is handled in bounded stack.
 
-use memchr::{memchr, memchr2};
+use memchr::memchr;
 use std::fmt;
 use std::ops::{BitOr, BitOrAssign};
 
@@ -470,11 +470,53 @@ fn skip_ws(input: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// The open containers, true for an object. The first 128 levels live in a bit-set, so the
+/// common case (real bodies nest a dozen levels) never allocates; deeper ones spill to the heap.
+#[derive(Default)]
+struct Stack {
+    bits: u128,
+    len: usize,
+    spill: Vec<bool>,
+}
+
+impl Stack {
+    #[inline]
+    fn push(&mut self, object: bool) {
+        if self.len < 128 {
+            self.bits = self.bits & !(1 << self.len) | u128::from(object) << self.len;
+        } else {
+            self.spill.push(object);
+        }
+        self.len += 1;
+    }
+
+    #[inline]
+    fn pop(&mut self) {
+        if self.len > 128 {
+            self.spill.pop();
+        }
+        self.len = self.len.saturating_sub(1);
+    }
+
+    #[inline]
+    fn last(&self) -> Option<bool> {
+        match self.len {
+            0 => None,
+            1..=128 => Some(self.bits >> (self.len - 1) & 1 == 1),
+            _ => self.spill.last().copied(),
+        }
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
 /// Walk one JSON text (RFC 8259, whitespace around the value allowed), reporting tokens to
 /// `sink`. Iterative with an explicit stack, so any nesting depth costs heap, not call stack.
 fn walk<S: Sink>(input: &[u8], sink: &mut S) -> Result<(), Stop> {
-    // One entry per open container: true for an object.
-    let mut stack: Vec<bool> = Vec::new();
+    let mut stack = Stack::default();
     let mut i = skip_ws(input, 0);
     'value: loop {
         // A value starts at `i`.
@@ -513,7 +555,7 @@ fn walk<S: Sink>(input: &[u8], sink: &mut S) -> Result<(), Stop> {
         // After a value: a separator, the end of containers, or the end of the input.
         loop {
             i = skip_ws(input, i);
-            let Some(&object) = stack.last() else {
+            let Some(object) = stack.last() else {
                 return if i == input.len() {
                     Ok(())
                 } else {
@@ -561,10 +603,39 @@ fn literal(input: &[u8], i: usize, word: &[u8]) -> Result<usize, Stop> {
     }
 }
 
-/// Any byte below 0x20; written without early exit so that it vectorizes.
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `word` that is a quote, a backslash or a control (< 0x20). Only
+/// the lowest flagged byte is exact (a borrow can flag a byte above a true hit), which is all
+/// [`next_special`] uses; the exact form costs more operations per word.
 #[inline]
-fn has_control(bytes: &[u8]) -> bool {
-    bytes.iter().fold(false, |acc, &b| acc | (b < 0x20))
+fn specials(word: u64) -> u64 {
+    let zero = |t: u64| t.wrapping_sub(ONES) & !t;
+    (zero(word ^ (ONES * u64::from(b'"')))
+        | zero(word ^ (ONES * u64::from(b'\\')))
+        | (word.wrapping_sub(ONES * 0x20) & !word))
+        & HIGHS
+}
+
+/// The next quote, backslash or control byte at or after `i`, eight bytes a step (SWAR): in API
+/// bodies these come every few dozen bytes (`\n` and `\"` escapes), too often for a `memchr2`
+/// call per hit to pay off.
+#[inline]
+fn next_special(input: &[u8], mut i: usize) -> Option<usize> {
+    while let Some(chunk) = input.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let hits = specials(u64::from_le_bytes(word));
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    input[i..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|at| i + at)
 }
 
 /// The four hex digits at `at` as a UTF-16 code unit.
@@ -605,10 +676,15 @@ fn scan_string(input: &[u8], start: usize) -> Result<(usize, bool), Stop> {
     let mut i = start + 1;
     let mut issue = false;
     loop {
-        let at = i + memchr2(b'"', b'\\', &input[i..]).ok_or(Stop::Syntax)?;
-        issue |= has_control(&input[i..at]);
-        if input[at] == b'"' {
-            return Ok((at + 1, issue));
+        let at = next_special(input, i).ok_or(Stop::Syntax)?;
+        match input[at] {
+            b'"' => return Ok((at + 1, issue)),
+            b'\\' => {}
+            _ => {
+                issue = true;
+                i = at + 1;
+                continue;
+            }
         }
         match input.get(at + 1) {
             Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i = at + 2,
@@ -1210,8 +1286,38 @@ mod tests {
         assert_eq!(again, out);
     }
 
+    fn naive_special(input: &[u8], start: usize) -> Option<usize> {
+        (start..input.len()).find(|&i| matches!(input[i], b'"' | b'\\' | 0..=0x1F))
+    }
+
+    #[test]
+    fn next_special_finds_the_first_hit() {
+        for filler in [b'a', b' ', b'!', b'[', b']', 0x7F, 0x80, 0xFF] {
+            for special in [b'"', b'\\', 0, 0x1F, b'\n'] {
+                for at in 0..20 {
+                    let mut buf = vec![filler; 24];
+                    buf[at] = special;
+                    buf[23] = b'"';
+                    for start in 0..=at {
+                        assert_eq!(next_special(&buf, start), Some(at));
+                    }
+                }
+            }
+            assert_eq!(next_special(&[filler; 24], 0), None);
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn next_special_matches_a_plain_scan(
+            input in proptest::collection::vec(prop_oneof![any::<u8>(), Just(b'"'), Just(b'\\')], 0..40),
+            start in 0usize..40,
+        ) {
+            let start = start.min(input.len());
+            prop_assert_eq!(next_special(&input, start), naive_special(&input, start));
+        }
 
         #[test]
         fn hostile_json_always_comes_out_safe(input in hostile()) {
