@@ -58,11 +58,11 @@ bench-micro: bench-install
 ## Fuzz each target in nexus_core/fuzz for FUZZ_SECONDS (not part of `make test`). cargo-fuzz is
 ## installed from crates.io when missing; RUSTC_BOOTSTRAP=1 lets the stable toolchain build libFuzzer.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := safe_json safe_text copy_rows
 fuzz:
 	@command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
-	cd nexus_core && for t in $(FUZZ_TARGETS); do \
-		RUSTC_BOOTSTRAP=1 cargo fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	cd nexus_core && for t in safe_json:json safe_text:json copy_rows:copy; do \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run $${t%%:*} -- -max_total_time=$(FUZZ_SECONDS) \
+			-dict=fuzz/dicts/$${t##*:}.dict || exit 1; \
 	done
 
 bench-install: install

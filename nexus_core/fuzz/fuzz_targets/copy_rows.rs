@@ -42,6 +42,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = copy_row_field(rest, usize::from(pick) % 8);
     if copy_row_fields(rest).is_ok() {
         let payload = copy_payload([rest]);
-        assert_eq!(copy_rows(&payload).expect("a valid tuple splits back"), [rest]);
+        assert_eq!(
+            copy_rows(&payload).expect("a valid tuple splits back"),
+            [rest]
+        );
     }
 });
