@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint rust-test py-test bench bench-quick bench-micro bench-install clean
+.PHONY: run test install lint rust-test py-test bench bench-quick bench-micro bench-install fuzz clean
 
 $(BIN)/python:
 	@# psycopg's C build needs pg_config and the libpq headers
@@ -54,6 +54,16 @@ bench-quick: bench-install
 ## Micro-benchmarks: the Rust core against its Python reference (pytest-benchmark).
 bench-micro: bench-install
 	$(BIN)/python -m pytest bench/micro
+
+## Fuzz each target in nexus_core/fuzz for FUZZ_SECONDS (not part of `make test`). cargo-fuzz is
+## installed from crates.io when missing; RUSTC_BOOTSTRAP=1 lets the stable toolchain build libFuzzer.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+	cd nexus_core && for t in safe_json:json safe_text:json copy_rows:copy; do \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run $${t%%:*} -- -max_total_time=$(FUZZ_SECONDS) \
+			-dict=fuzz/dicts/$${t##*:}.dict || exit 1; \
+	done
 
 bench-install: install
 	$(PIP) install --quiet -e '.[test,bench]'

@@ -100,15 +100,104 @@ class SseObserver:
         """The final message rebuilt from the stream as compact JSON (content blocks assembled,
         tool inputs parsed, stop reason and usage applied); None before ``message_start``."""
 
+MAX_JSON_DEPTH: Final[int]
+"""The deepest container nesting ``safe_json`` keeps as JSON (128; the root container is depth 1).
+Deeper subtrees are stored as a string of their text: orjson refuses to dump past 254 levels."""
+
+REPAIR_NAMES: Final[tuple[str, ...]]
+"""Every repair name, in the fixed order in which lists of repairs are given. They are stored in
+the database (the ``repairs`` column), so they never change: ``nul_escaped``,
+``surrogate_escaped``, ``invalid_utf8``, ``control_escaped``, ``number_as_text``,
+``depth_limited``, ``not_json``, ``int_clamped``, ``stored_as_text``."""
+
 def encode_copy_binary(types: Sequence[str], rows: Iterable[Sequence[object]], /) -> bytes:
     """Encode a whole batch into one PostgreSQL ``COPY ... FROM STDIN (FORMAT binary)`` payload.
 
     One call per batch, so the writer crosses into Rust once per flush, not once per row or cell.
-    ``types`` are PostgreSQL type names: ``jsonb`` (value: encoded JSON bytes), ``json``, ``text``,
-    ``uuid`` (str or 16 bytes), ``timestamptz`` (int microseconds since the Unix epoch), ``int2``,
-    ``int4``, ``int8``, ``float8``, ``bool``, ``bytea`` and the arrays ``text[]``, ``bytea[]``,
-    ``uuid[]``, ``int8[]`` (lists, elements may be None). None is NULL anywhere. A value that does
-    not fit raises ``NexusCoreError`` naming its row, column and type.
+    ``types`` are PostgreSQL type names: ``jsonb`` (value: encoded JSON bytes, or str), ``json``,
+    ``text`` (str, or bytes), ``uuid`` (str or 16 bytes), ``timestamptz`` (int microseconds since the
+    Unix epoch), ``int2``, ``int4``, ``int8``, ``float8``, ``bool``, ``bytea`` and the arrays
+    ``text[]``, ``bytea[]``, ``uuid[]``, ``int8[]`` (lists, elements may be None). None is NULL
+    anywhere.
+
+    Safe by construction, because one bad record must not stop all storage: content never fails.
+    jsonb/json cells go through ``safe_json``, text cells (and ``text[]`` elements) through
+    ``safe_text`` (a str with lone surrogates is read as ``surrogatepass`` bytes, so they become
+    visible ``\\udXXX``), and ints outside an int2/int4/int8 column's range, even past 64 bits,
+    are clamped to it. Two pseudo columns report what happened:
+
+    - ``repairs`` (a PostgreSQL ``text[]``; must be the last column, as it covers every cell before
+      it): Python passes None or a list of str (names it already knows); the encoder writes those
+      followed by the names of the row's repairs (see ``REPAIR_NAMES``), each once, or NULL when
+      there are none.
+    - ``raw`` (a PostgreSQL ``bytea``; must follow a jsonb, json or text column): Python passes
+      None; the encoder writes the original bytes of the cell before it when that cell was
+      repaired, else NULL.
+
+    Only programming errors raise ``NexusCoreError``, naming the row, column and type: a Python
+    value of the wrong type for its column, a row of the wrong length, a misplaced pseudo column,
+    an invalid uuid, an int past 64 bits for a column that is not an integer.
+    """
+
+def safe_json(data: bytes, /) -> tuple[bytes, list[str]]:
+    """``data`` made storable as PostgreSQL jsonb/json, and the names of the repairs made.
+
+    What the encoder does to every jsonb/json cell, exposed for tests and the Python reference. The
+    output is one JSON value that PostgreSQL accepts and Python's ``json.loads``, ``orjson.loads``
+    and ``orjson.dumps`` of the result read back. JSON that needs nothing comes back as the same
+    bytes with no repairs (one validation pass). Otherwise only the offending parts change, and
+    visibly rather than silently: a ``\\u0000`` escape or raw NUL becomes the text ``\\u0000``
+    (``nul_escaped``), a lone surrogate escape the text ``\\udXXX`` (``surrogate_escaped``), an
+    invalid UTF-8 byte the text ``\\xNN`` (``invalid_utf8``), a raw control byte its ``\\u00XX``
+    escape (``control_escaped``), a number too large, too small or too long for a reader a string
+    of its exact text (``number_as_text``), a container deeper than ``MAX_JSON_DEPTH`` a string of
+    its subtree's text (``depth_limited``), and input that is not JSON one string of all of it
+    (``not_json``). The GIL is released while it works.
+    """
+
+def safe_text(data: bytes, /) -> tuple[bytes, list[str]]:
+    """``data`` made storable as PostgreSQL text (valid UTF-8, no NUL), and the repairs made.
+
+    What the encoder does to every text cell: a NUL byte becomes the visible text ``\\u0000``
+    (``nul_escaped``), a surrogate as ``surrogatepass`` encodes it the text ``\\udXXX``
+    (``surrogate_escaped``), any other invalid UTF-8 byte the text ``\\xNN`` (``invalid_utf8``).
+    Valid input comes back unchanged with no repairs.
+    """
+
+def json_as_text(data: bytes, /) -> tuple[bytes, list[str]]:
+    """``data`` (any bytes) as one JSON string of its text: the last resort for a value PostgreSQL
+    refused even after ``safe_json``. The string decodes to ``safe_text(data)``; the repairs
+    always include ``stored_as_text``."""
+
+def copy_rows(payload: bytes, /) -> list[bytes]:
+    """The tuples of a COPY BINARY payload from ``encode_copy_binary``, each with its field count.
+
+    For the writer's error path: when PostgreSQL refuses a batch, the writer bisects it by
+    re-sending halves (``copy_payload``) to find the row at fault without re-encoding anything.
+    Raises ``NexusCoreError`` for a malformed payload (header with flags or an extension, a
+    truncated field, a missing trailer, bytes after it).
+    """
+
+def copy_payload(rows: Iterable[bytes], /) -> bytes:
+    """A COPY BINARY payload of the header, ``rows`` (tuples as ``copy_rows`` gives them), the
+    trailer: the halves of the writer's bisection."""
+
+def copy_row_last_resort(types: Sequence[str], row: bytes, /) -> bytes:
+    """``row`` (one tuple encoded for ``types``, pseudo columns included) with every jsonb/json
+    field stored as one JSON string of its text (``json_as_text``) and every text field re-run
+    through ``safe_text``; other fields are copied. A ``repairs`` field gains ``stored_as_text``;
+    a ``raw`` field that was NULL gets the original of the cell before it when that cell changed.
+
+    For the row PostgreSQL still refused after the encoder's repairs, so that it is stored rather
+    than lost. Raises ``NexusCoreError`` for a malformed tuple or one that does not match
+    ``types``.
+    """
+
+def copy_row_field(row: bytes, index: int, /) -> bytes | None:
+    """The bytes of field ``index`` of one tuple (as ``copy_rows`` gives it), or None for NULL.
+
+    For the writer's error path: it reads a failed row's request id (a uuid's 16 bytes) to log it.
+    Raises ``NexusCoreError`` for a malformed tuple or an index past its fields.
     """
 
 @final

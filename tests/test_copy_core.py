@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from nexus._core import NexusCoreError, encode_copy_binary
 from nexus.reference.copy import encode_copy_binary as reference
+from tests.hostile import given_repairs, hostile_ints, hostile_json, hostile_text
 
 TYPES = ["uuid", "timestamptz", "text", "int2", "int4", "int8", "bool", "bytea", "jsonb", "bytea[]", "text[]", "float8"]
 json_values = st.recursive(
@@ -37,11 +38,42 @@ cells = [
 ]
 rows = st.lists(st.tuples(*[st.none() | c for c in cells]).map(list), max_size=6)
 
+# The same columns with hostile values, plus json, int8[] and the pseudo columns the encoder fills.
+HOSTILE_TYPES = ["uuid", "timestamptz", "text", "raw", "int2", "int4", "int8", "bool", "bytea", "jsonb", "raw"]
+HOSTILE_TYPES += ["bytea[]", "text[]", "float8", "json", "raw", "int8[]", "repairs"]
+hostile_cells = [
+    cells[0],
+    cells[1],
+    hostile_text,
+    st.none(),
+    hostile_ints,
+    hostile_ints,
+    hostile_ints,
+    cells[6],
+    cells[7],
+    hostile_json | hostile_json.map(lambda b: b.decode("utf-8", "surrogateescape")),
+    st.none(),
+    cells[9],
+    st.lists(st.none() | hostile_text, max_size=5),
+    cells[11],
+    hostile_json,
+    st.none(),
+    st.lists(st.none() | hostile_ints, max_size=4),
+    given_repairs,
+]
+hostile_rows = st.lists(st.tuples(*[st.none() | c for c in hostile_cells]).map(list), max_size=6)
+
 
 @settings(max_examples=300, deadline=None)
 @given(rows)
 def test_rust_and_reference_produce_identical_bytes(batch: list[list[object]]) -> None:
     assert encode_copy_binary(TYPES, batch) == reference(TYPES, batch)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hostile_rows)
+def test_rust_and_reference_produce_identical_bytes_for_hostile_rows(batch: list[list[object]]) -> None:
+    assert encode_copy_binary(HOSTILE_TYPES, batch) == reference(HOSTILE_TYPES, batch)
 
 
 def test_huge_jsonb_and_unicode() -> None:
@@ -53,12 +85,17 @@ def test_huge_jsonb_and_unicode() -> None:
 @pytest.mark.parametrize(
     ("types", "row", "fragment"),
     [
-        (["int2"], [70_000], "row 0, column 0 (int2)"),
+        (["int2"], ["70000"], "row 0, column 0 (int2)"),
         (["bool"], ["yes"], "does not fit a bool column"),
         (["uuid"], ["not-a-uuid"], "invalid uuid"),
         (["int4", "int4"], [1], "has 1 values for 2 columns"),
         (["money"], [1], "unsupported COPY column type"),
-        (["int8"], [2**70], "int8 range"),
+        (["timestamptz"], [2**70], "int8 range"),
+        (["jsonb"], [1], "int value does not fit a jsonb column"),
+        (["text", "raw"], ["x", b"y"], "raw column takes None"),
+        (["repairs", "text"], [None, "x"], "repairs column must be the last"),
+        (["int2", "raw"], [1, None], "raw column must follow a jsonb, json or text column"),
+        (["text", "repairs"], ["x", [1]], "repair names must be str"),
     ],
 )
 def test_bad_input_raises_a_clear_error(types: list[str], row: list[object], fragment: str) -> None:

@@ -29,3 +29,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
             terminalreporter.write_line(
                 f"{group:42} production {fast * 1e6:9.1f} us   reference {ref * 1e6:9.1f} us   {ref / fast:6.1f}x"
             )
+    for bench in session.benchmarks:
+        per_byte = getattr(bench, "extra_info", {}).get("ns_per_byte")
+        if per_byte is not None:
+            terminalreporter.write_line(f"{bench.name:42} {per_byte} ns/byte (best run)")

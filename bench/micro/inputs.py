@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
+
+import orjson
 
 from bench import traffic
 from nexus._core import analyze_request
@@ -13,6 +16,11 @@ from nexus.testing.fake_anthropic import FakeAnthropic
 
 #: A mid-session Claude Code body of about 50 KiB (system blocks, 20 tools, ~20 messages).
 BODY = traffic.one_body(stream=True, kb=50)
+
+_FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "claude_code"
+#: A recorded Claude Code request body (third request of a session, about 50 KiB), as compact JSON: the
+#: recording keeps the body parsed, so it is re-encoded the way a client sends it (no escaped non-ASCII).
+RECORDED_BODY = orjson.dumps(orjson.loads((_FIXTURES / "tool_loop" / "0003-messages.json").read_bytes())["body"])
 
 
 def long_stream() -> list[bytes]:

@@ -6,11 +6,12 @@ from typing import Any
 
 import pytest
 
-from bench.micro.inputs import BODY, STREAM, storage_rows
+from bench.micro.inputs import BODY, RECORDED_BODY, STREAM, storage_rows
 from nexus import _core
 from nexus.reference import body as ref_body
 from nexus.reference import copy as ref_copy
 from nexus.reference import linking as ref_linking
+from nexus.reference import safe as ref_safe
 from nexus.reference.sse import ReferenceSseObserver
 from nexus.storage.records import BLOB_TYPES, REQUEST_TYPES
 
@@ -59,6 +60,19 @@ def test_copy_rust(benchmark: Any) -> None:
 @pytest.mark.benchmark(group=f"COPY encode: {len(ROWS)} rows + {len(BLOBS)} blobs")
 def test_copy_python(benchmark: Any) -> None:
     benchmark(_encode, ref_copy.encode_copy_binary)
+
+
+# The check every jsonb cell goes through before COPY: normal JSON is validated once and copied as is.
+@pytest.mark.benchmark(group=f"safe_json validate: {len(RECORDED_BODY) // 1024} KiB recorded Claude Code body")
+def test_safe_json_rust(benchmark: Any) -> None:
+    assert benchmark(_core.safe_json, RECORDED_BODY) == (RECORDED_BODY, [])
+    per_byte = benchmark.stats.stats.min / len(RECORDED_BODY) * 1e9
+    benchmark.extra_info["ns_per_byte"] = round(per_byte, 3)
+
+
+@pytest.mark.benchmark(group=f"safe_json validate: {len(RECORDED_BODY) // 1024} KiB recorded Claude Code body")
+def test_safe_json_python(benchmark: Any) -> None:
+    assert benchmark(ref_safe.safe_json, RECORDED_BODY) == (RECORDED_BODY, [])
 
 
 # The request path's one-pass analysis (storage split, strict checks, normalised message prefix hashes

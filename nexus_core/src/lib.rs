@@ -7,6 +7,7 @@ pub mod body;
 pub mod conversation;
 pub mod error;
 pub mod pgcopy;
+pub mod safe;
 pub mod sse;
 
 #[cfg(feature = "python")]

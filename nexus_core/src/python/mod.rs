@@ -167,7 +167,19 @@ fn nexus_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DEFAULT_MAX_LINE_BYTES", DEFAULT_MAX_LINE_BYTES)?;
     m.add("NexusCoreError", m.py().get_type::<NexusCoreError>())?;
     m.add_class::<PySseObserver>()?;
+    m.add("MAX_JSON_DEPTH", crate::safe::MAX_JSON_DEPTH)?;
+    m.add(
+        "REPAIR_NAMES",
+        pyo3::types::PyTuple::new(m.py(), crate::safe::Repairs::NAMES)?,
+    )?;
     m.add_function(wrap_pyfunction!(pgcopy::encode_copy_binary, m)?)?;
+    m.add_function(wrap_pyfunction!(pgcopy::safe_json, m)?)?;
+    m.add_function(wrap_pyfunction!(pgcopy::safe_text, m)?)?;
+    m.add_function(wrap_pyfunction!(pgcopy::json_as_text, m)?)?;
+    m.add_function(wrap_pyfunction!(pgcopy::copy_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(pgcopy::copy_payload, m)?)?;
+    m.add_function(wrap_pyfunction!(pgcopy::copy_row_last_resort, m)?)?;
+    m.add_function(wrap_pyfunction!(pgcopy::copy_row_field, m)?)?;
     m.add_function(wrap_pyfunction!(body::split_body, m)?)?;
     m.add_function(wrap_pyfunction!(body::join_body, m)?)?;
     m.add_class::<body::PySplitBody>()?;
