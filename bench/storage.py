@@ -28,14 +28,8 @@ from psycopg.types.json import Jsonb
 from nexus._core import encode_copy_binary
 from nexus.storage.embedded import start_embedded
 from nexus.storage.migrate import migrate
-from nexus.storage.records import REQUEST_NAMES, REQUEST_TYPES, ExchangeRecord, to_row
-from nexus.storage.writer import (
-    COPY_BLOBS,
-    COPY_REQUESTS,
-    INSERT_BLOBS,
-    INSERT_REQUESTS,
-    STAGE_SQL,
-)
+from nexus.storage.payload import STAGE_SQL, Batch, send
+from nexus.storage.records import BLOB_TYPES, REQUEST_NAMES, REQUEST_TYPES, ExchangeRecord, to_row
 
 RESPONSE = orjson.dumps(
     {
@@ -126,16 +120,11 @@ def bench_writer(dsn: str, n: int) -> tuple[float, float]:
         for sql in STAGE_SQL:
             conn.execute(sql)  # type: ignore[arg-type]
         started = time.perf_counter()
-        blob_rows = [[k, kind, body] for k, (kind, body) in blobs.items()]
-        with conn.cursor() as cur:
-            with cur.copy(COPY_BLOBS) as cp:  # type: ignore[arg-type]
-                cp.write(encode_copy_binary(["bytea", "int2", "jsonb"], blob_rows))
-            cur.execute(INSERT_BLOBS)  # type: ignore[arg-type]
-            for i in range(0, n, 500):
-                with cur.copy(COPY_REQUESTS) as cp:  # type: ignore[arg-type]
-                    cp.write(encode_copy_binary(REQUEST_TYPES, rows[i : i + 500]))
-                cur.execute(INSERT_REQUESTS)  # type: ignore[arg-type]
-                conn.commit()
+        blob_rows = [[k, kind, body, None] for k, (kind, body) in blobs.items()]
+        send(conn, Batch(b"", encode_copy_binary(BLOB_TYPES, blob_rows)))
+        for i in range(0, n, 500):
+            send(conn, Batch(encode_copy_binary(REQUEST_TYPES, rows[i : i + 500]), b""))
+            conn.commit()
         copy = n / (time.perf_counter() - started)
     return baseline, copy
 
@@ -166,15 +155,10 @@ def bench_size(dsn: str, turns: int) -> tuple[float, float]:
         blobs: dict[bytes, tuple[int, bytes]] = {}
         rows = [to_row(r, blobs) for r in records(bodies)]
 
-        with conn.cursor() as cur:
-            for sql in STAGE_SQL:
-                cur.execute(sql)  # type: ignore[arg-type]
-            with cur.copy(COPY_BLOBS) as cp:  # type: ignore[arg-type]
-                cp.write(encode_copy_binary(["bytea", "int2", "jsonb"], [[k, kd, b] for k, (kd, b) in blobs.items()]))
-            cur.execute(INSERT_BLOBS)  # type: ignore[arg-type]
-            with cur.copy(COPY_REQUESTS) as cp:  # type: ignore[arg-type]
-                cp.write(encode_copy_binary(REQUEST_TYPES, rows))
-            cur.execute(INSERT_REQUESTS)  # type: ignore[arg-type]
+        for sql in STAGE_SQL:
+            conn.execute(sql)  # type: ignore[arg-type]
+        blob_rows = [[k, kd, b, None] for k, (kd, b) in blobs.items()]
+        send(conn, Batch(encode_copy_binary(REQUEST_TYPES, rows), encode_copy_binary(BLOB_TYPES, blob_rows)))
         conn.commit()
         conn.autocommit = True
         conn.execute("VACUUM ANALYZE")

@@ -226,11 +226,13 @@ def fake_upstream(host: str, port: int, event_delay_ms: float, record_dir: str |
 def _add_domain_commands() -> None:
     from nexus.auth.cli import keys, oauth
     from nexus.conversations.cli import relink_command, replay_command
+    from nexus.storage.cli import storage
 
     main.add_command(replay_command)
     main.add_command(relink_command)
     main.add_command(keys)
     main.add_command(oauth)
+    main.add_command(storage)
 
 
 _add_domain_commands()

@@ -62,4 +62,4 @@ def storage_rows(n: int = 200) -> tuple[list[list[object]], list[list[object]]]:
         rec.response_body = b'{"id":"msg_1","type":"message","content":[{"type":"text","text":"done"}]}'
         rec.analysis = analyze_request(body, strict=False)
         rows.append(to_row(rec, blobs))
-    return rows, [[k, kind, raw] for k, (kind, raw) in blobs.items()]
+    return rows, [[k, kind, raw, None] for k, (kind, raw) in blobs.items()]

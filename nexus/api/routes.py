@@ -10,6 +10,7 @@ parsed query, and returns a JSON-serialisable payload.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +29,19 @@ JSON = [("content-type", "application/json")]
 
 #: (pool, path parameter, query) -> payload
 Handler = Callable[[AsyncConnectionPool, str, dict[str, list[str]]], Awaitable[Any]]
+
+
+def dump_json(payload: Any) -> bytes:
+    """orjson, or the standard library for what orjson refuses to write (an int past 64 bits stored
+    before such numbers were kept as text): an answer, never a 500."""
+    try:
+        return orjson.dumps(payload, option=orjson.OPT_NAIVE_UTC)
+    except TypeError:
+        return json.dumps(payload, default=_plain, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+def _plain(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 class ApiRoutes:
@@ -83,7 +97,7 @@ class ApiRoutes:
         check_query(query)
         try:
             payload = await handler(await self.pool(), param, query)
-            body = orjson.dumps(payload, option=orjson.OPT_NAIVE_UTC)
+            body = dump_json(payload)
         except ProxyError:
             raise
         except psycopg.DataError as exc:

@@ -23,7 +23,7 @@ from nexus._core import NexusCoreError, analyze_request, join_body
 from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Linker
 from nexus.conversations.service import ConversationService, link_request
-from nexus.storage.records import link_cells
+from nexus.storage.records import LINK_COLUMNS, link_cells
 
 BATCH = 500
 ROW_COLUMNS = (
@@ -157,7 +157,8 @@ async def _relink_row(
     body_bytes = orjson.dumps(response) if response is not None else None
     keys = service.complete(request_id, link, ok, body_bytes, None)
     system_hash = analysis.system_hash if analysis is not None else None
-    return [request_id, at, link.request_type, *link_cells(link), system_hash, keys or None]
+    cells = link_cells(link)
+    return [request_id, at, link.request_type, *(cells.get(n) for n in LINK_COLUMNS), system_hash, keys or None]
 
 
 async def _apply(conn: AsyncConnection[Any], updates: list[list[object]]) -> None:

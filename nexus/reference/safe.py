@@ -8,6 +8,7 @@ check the rules rather than one transcription of them. No recursion: an explicit
 
 from __future__ import annotations
 
+import math
 import re
 
 REPAIR_NAMES = (
@@ -129,7 +130,15 @@ def _number_fits(token: re.Match[bytes]) -> bool:
     exponent = int(exp_digits or b"0") if len(exp_digits) <= 20 else 10**20  # past any limit: saturate
     if token.group(3) == b"-":
         exponent = -exponent
-    return int_digits + frac_digits <= 1000 and int_digits + exponent <= 308 and frac_digits - exponent <= 340
+    text = token.group(0)
+    if token.group(2) is None and token.group(4) is None and b"e" not in text.lower():
+        value = int(text) if len(text) <= 22 else 1 << 70
+        return -(1 << 63) <= value <= (1 << 64) - 1
+
+    def fits(exp: int) -> bool:
+        return int_digits + frac_digits <= 1000 and int_digits + exp <= 308 and frac_digits - exp <= 340
+
+    return fits(exponent) or (int_digits + exponent == 309 and fits(exponent - 1) and math.isfinite(float(text)))
 
 
 class _NotJson(Exception):

@@ -7,6 +7,8 @@ content-addressed parts, reading usage) off the event loop.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Container
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,8 @@ from nexus._core import RequestAnalysis, split_body
 
 if TYPE_CHECKING:
     from nexus.conversations.linker import Link
+
+log = logging.getLogger("nexus.storage")
 
 #: Request headers kept with a stored request. An allow-list, so no credential can ever be stored.
 STORED_REQUEST_HEADERS = frozenset(
@@ -38,8 +42,9 @@ STORED_REQUEST_HEADERS = frozenset(
     }
 )
 
-#: `api_requests` columns written by the proxy, in COPY order, with their PostgreSQL types.
-REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
+#: `api_requests` columns of the first releases, in their COPY order (spooled batches of those
+#: releases are replayed with them).
+_BASE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("request_id", "uuid"),
     ("timestamp", "timestamptz"),
     ("project_id", "text"),
@@ -81,14 +86,29 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("task_prompt_keys", "bytea[]"),
     ("attempts", "int4"),
 )
+#: The columns written now. `raw` (bytea) holds the original bytes of the JSON column just before it
+#: when the encoder had to repair that value (NUL, lone surrogates, numbers or nesting PostgreSQL cannot
+#: hold); `storage_repairs` (text[], last) names what was repaired in the row. See nexus/_core.pyi.
+REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
+    *_BASE_COLUMNS[:10],
+    ("envelope_raw", "raw"),
+    *_BASE_COLUMNS[10:17],
+    ("response_raw", "raw"),
+    *_BASE_COLUMNS[17:],
+    ("storage_repairs", "repairs"),
+)
 REQUEST_TYPES = [t for _, t in REQUEST_COLUMNS]
 REQUEST_NAMES = [n for n, _ in REQUEST_COLUMNS]
-#: The column lists of earlier releases by their length (a COPY tuple carries its field count), so a
-#: batch spooled before an upgrade is replayed with the columns it was encoded with.
-REQUEST_NAMES_BY_COUNT: dict[int, list[str]] = {n: REQUEST_NAMES[:n] for n in (28, 39, len(REQUEST_NAMES))}
-BLOB_COLUMNS: tuple[tuple[str, str], ...] = (("key", "bytea"), ("kind", "int2"), ("body", "jsonb"))
+_LAYOUTS = (_BASE_COLUMNS[:28], _BASE_COLUMNS[:39], _BASE_COLUMNS, REQUEST_COLUMNS)
+#: Every column layout by its length (a COPY tuple carries its field count), so a batch spooled by an
+#: earlier release is replayed with the columns it was encoded with.
+REQUEST_NAMES_BY_COUNT: dict[int, list[str]] = {len(cols): [n for n, _ in cols] for cols in _LAYOUTS}
+REQUEST_TYPES_BY_COUNT: dict[int, list[str]] = {len(cols): [t for _, t in cols] for cols in _LAYOUTS}
+BLOB_COLUMNS: tuple[tuple[str, str], ...] = (("key", "bytea"), ("kind", "int2"), ("body", "jsonb"), ("raw", "raw"))
 BLOB_TYPES = [t for _, t in BLOB_COLUMNS]
 BLOB_NAMES = [n for n, _ in BLOB_COLUMNS]
+BLOB_NAMES_BY_COUNT: dict[int, list[str]] = {3: BLOB_NAMES[:3], 4: BLOB_NAMES}
+BLOB_TYPES_BY_COUNT: dict[int, list[str]] = {3: BLOB_TYPES[:3], 4: BLOB_TYPES}
 
 
 @dataclass(slots=True)
@@ -122,18 +142,68 @@ class ExchangeRecord:
     attempts: int | None = None  # upstream attempts (retries and an OAuth replay included)
 
 
-def _json_or_none(data: bytes | None) -> Any:
+def _parse(data: bytes | None) -> Any:
+    """Parsed JSON, or None. orjson refuses what upstream may still send (lone surrogates, numbers
+    beyond a double, 1,000+ levels); the standard library reads most of those, and what neither can
+    read is stored as it came (the encoder makes it safe) without usage."""
     if not data:
         return None
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
         return None
 
 
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(value, ensure_ascii=True, default=str).encode()
+
+
+def _count(usage: dict[str, Any], key: str, flags: list[str]) -> int | None:
+    """A token count as stored: an int (the encoder clamps one too large for bigint), else None, flagged."""
+    value = usage.get(key)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, float) and value.is_integer():  # orjson reads an int past 64 bits as a float
+        return int(value)
+    if "usage_not_integer" not in flags:
+        flags.append("usage_not_integer")
+    return None
+
+
 def to_row(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Container[bytes] = ()) -> list[object]:
-    """The `api_requests` row for `rec`; its body parts not in `known` are added to `blobs`."""
+    """The `api_requests` row for `rec` in `REQUEST_NAMES` order; its body parts not in `known` are
+    added to `blobs`. Never raises: a record that cannot be turned into a full row becomes a minimal
+    one that says why, so the request is still found by its id."""
+    try:
+        cells = _cells(rec, blobs, known)
+    except Exception as exc:
+        log.exception("request %s: the row is stored without its bodies", rec.request_id)
+        cells = {
+            "request_id": rec.request_id,
+            "timestamp": rec.started_at_us,
+            "project_id": rec.project_id,
+            "method": rec.method,
+            "path": rec.path,
+            "response_status": rec.response_status,
+            "outcome": rec.outcome,
+            "error": f"stored without bodies: {exc.__class__.__name__}: {exc}"[:500],
+            "is_subtask": False,
+            "response_streaming": rec.streamed,
+            "storage_repairs": ["row_not_built"],
+        }
+    return [cells.get(name) for name in REQUEST_NAMES]
+
+
+def _cells(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Container[bytes]) -> dict[str, Any]:
     headers = {k: v for k, v in rec.request_headers if k in STORED_REQUEST_HEADERS}
+    flags: list[str] = []
     envelope: bytes | None = None
     system_key = tools_key = None
     message_keys: list[bytes] | None = None
@@ -149,82 +219,103 @@ def to_row(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
         try:
             split = split_body(body)
         except ValueError:
-            envelope = orjson.dumps({"unparsed_body": body.decode("utf-8", "replace")})
+            envelope = _dumps({"unparsed_body": body.decode("utf-8", "replace")})
         else:
             envelope, system_key, tools_key = split.envelope, split.system_key, split.tools_key
             message_keys = split.message_keys
             for key, kind, part in split.parts:
                 if key not in known:
                     blobs.setdefault(key, (kind, part))
-            parsed_envelope = orjson.loads(envelope)
-            model = parsed_envelope.get("model") if isinstance(parsed_envelope, dict) else None
+            parsed_envelope = _parse(envelope)
+            found = parsed_envelope.get("model") if isinstance(parsed_envelope, dict) else None
+            model = found if isinstance(found, str) else None
     usage_bytes = rec.usage_json
     input_tokens, output_tokens = rec.input_tokens, rec.output_tokens
     cache_creation, cache_read = rec.cache_creation_input_tokens, rec.cache_read_input_tokens
     tool_calls = rec.tool_call_count
-    parsed = _json_or_none(rec.response_body)  # once: it checks the body and gives the usage
-    response_body = rec.response_body if parsed is not None else None
-    if not rec.streamed and response_body is not None:
+    response_body = rec.response_body
+    if not rec.streamed and response_body:
+        parsed = _parse(response_body)  # once: it gives the usage and the tool calls
         if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
             usage = parsed["usage"]
-            usage_bytes = orjson.dumps(usage)
-            input_tokens = usage.get("input_tokens")
-            output_tokens = usage.get("output_tokens")
-            cache_creation = usage.get("cache_creation_input_tokens")
-            cache_read = usage.get("cache_read_input_tokens")
+            usage_bytes = _dumps(usage)
+            input_tokens = _count(usage, "input_tokens", flags)
+            output_tokens = _count(usage, "output_tokens", flags)
+            cache_creation = _count(usage, "cache_creation_input_tokens", flags)
+            cache_read = _count(usage, "cache_read_input_tokens", flags)
             content = parsed.get("content")
             if isinstance(content, list):
                 tool_calls = sum(
                     1 for b in content if isinstance(b, dict) and str(b.get("type", "")).endswith("tool_use")
                 )
-    return [
-        rec.request_id,
-        rec.started_at_us,
-        rec.project_id,
-        rec.account_id,
-        rec.method,
-        rec.path,
-        model,
-        rec.request_type,
-        orjson.dumps(headers),
-        envelope,
-        system_key,
-        tools_key,
-        message_keys,
-        len(message_keys) if message_keys is not None else None,
-        rec.response_status,
-        orjson.dumps(dict(rec.response_headers)) if rec.response_headers is not None else None,
-        response_body,
-        rec.streamed,
-        input_tokens,
-        output_tokens,
-        cache_creation,
-        cache_read,
-        usage_bytes,
-        rec.duration_ms,
-        rec.first_byte_ms,
-        tool_calls,
-        rec.outcome,
-        rec.error,
-        *link_cells(rec.link),
-        analysis.system_hash if analysis is not None else None,
-        headers.get("x-claude-code-session-id"),
-        headers.get("x-claude-code-agent-id"),
-        rec.task_prompt_keys or None,
-        rec.attempts,
-    ]
+    cells = {
+        "request_id": rec.request_id,
+        "timestamp": rec.started_at_us,
+        "project_id": rec.project_id,
+        "account_id": rec.account_id,
+        "method": rec.method,
+        "path": rec.path,
+        "model": model,
+        "request_type": rec.request_type,
+        "request_headers": _dumps(headers),
+        "envelope": envelope,
+        "system_key": system_key,
+        "tools_key": tools_key,
+        "message_keys": message_keys,
+        "message_count": len(message_keys) if message_keys is not None else None,
+        "response_status": rec.response_status,
+        "response_headers": _dumps(dict(rec.response_headers)) if rec.response_headers is not None else None,
+        "response_body": response_body or None,
+        "response_streaming": rec.streamed,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_creation_input_tokens": cache_creation,
+        "cache_read_input_tokens": cache_read,
+        "usage": usage_bytes,
+        "duration_ms": rec.duration_ms,
+        "first_byte_ms": rec.first_byte_ms,
+        "tool_call_count": tool_calls,
+        "outcome": rec.outcome,
+        "error": rec.error,
+        "system_hash": analysis.system_hash if analysis is not None else None,
+        "session_id": headers.get("x-claude-code-session-id"),
+        "agent_id": headers.get("x-claude-code-agent-id"),
+        "task_prompt_keys": rec.task_prompt_keys or None,
+        "attempts": rec.attempts,
+        "storage_repairs": flags or None,
+        "is_subtask": False,
+    }
+    cells.update(link_cells(rec.link))
+    return cells
 
 
-def link_cells(link: Link | None) -> list[object]:
-    """conversation_id .. parent_message_hash, as the linker decided them."""
+LINK_COLUMNS = (
+    "conversation_id",
+    "branch_id",
+    "parent_request_id",
+    "is_subtask",
+    "parent_task_request_id",
+    "current_message_hash",
+    "parent_message_hash",
+)
+
+
+def link_cells(link: Link | None) -> dict[str, object]:
+    """The link columns, as the linker decided them."""
     if link is None:
-        return [None, None, None, False, None, None, None]
-    return [
-        link.conversation_id,
-        link.branch_id,
-        link.parent_request_id,
-        link.is_subtask,
-        link.parent_task_request_id,
-        link.current_hash,
-        link.parent_hash,
-    ]
+        return {"is_subtask": False}
+    return dict(
+        zip(
+            LINK_COLUMNS,
+            (
+                link.conversation_id,
+                link.branch_id,
+                link.parent_request_id,
+                link.is_subtask,
+                link.parent_task_request_id,
+                link.current_hash,
+                link.parent_hash,
+            ),
+            strict=True,
+        )
+    )

@@ -22,7 +22,8 @@ SUMMARY_COLUMNS = (
 )
 DETAIL_COLUMNS = (
     SUMMARY_COLUMNS
-    + ", request_headers, response_headers, response_body, envelope, system_key, tools_key, message_keys"
+    + ", request_headers, response_headers, response_body, envelope, system_key, tools_key, message_keys, "
+    "storage_repairs"
 )
 
 
@@ -45,10 +46,17 @@ async def get_request(conn: AsyncConnection[Any], request_id: str) -> dict[str, 
         system_key, tools_key, message_keys = row.pop("system_key"), row.pop("tools_key"), row.pop("message_keys")
         keys = [k for k in (system_key, tools_key) if k is not None] + list(message_keys or [])
         blobs: dict[bytes, Any] = {}
+        repaired = False
         if keys:
-            await cur.execute("SELECT key, body FROM content_blobs WHERE key = ANY(%s)", (keys,))
-            blobs = {bytes(r["key"]): r["body"] for r in await cur.fetchall()}
+            await cur.execute(
+                "SELECT key, body, raw IS NOT NULL AS repaired FROM content_blobs WHERE key = ANY(%s)", (keys,)
+            )
+            for r in await cur.fetchall():
+                blobs[bytes(r["key"])] = r["body"]
+                repaired |= r["repaired"]
     envelope = row.pop("envelope")
+    if repaired:  # a message, system prompt or tool list was stored repaired (its original bytes are kept)
+        row["storage_repairs"] = [*(row["storage_repairs"] or []), "content_repaired"]
     return {**row, "request_body": rebuild_body(envelope, system_key, tools_key, message_keys, blobs)}
 
 

@@ -50,6 +50,14 @@ class Spool:
         except OSError:
             return 0
 
+    def oldest_mtime(self) -> float | None:
+        """When the oldest waiting spool file was last written (its rows are at least that old)."""
+        try:
+            times = [p.stat().st_mtime for p in self.directory.glob("spool-*")]
+        except OSError:
+            return None
+        return min(times) if times else None
+
     def append(self, payload: bytes) -> None:
         """Append one record durably; raise `SpoolFullError` or `OSError` if it cannot be kept."""
         record = HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload

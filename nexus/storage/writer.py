@@ -3,88 +3,46 @@
 `submit()` is all the request path ever calls: an append to a deque under a lock, never I/O. A
 dedicated thread (libpq and encoding stay off the request event loop) takes a batch when
 `STORAGE_BATCH_SIZE` records wait or `STORAGE_BATCH_INTERVAL_MS` passed, builds rows, has the Rust core
-encode each table's rows into one binary COPY payload, and sends both in one transaction through
-staging tables with `INSERT ... ON CONFLICT DO NOTHING` (COPY cannot skip duplicates; the request id
-is the key, so a replayed batch can never double a row). A batch that cannot be sent goes to the spool
-on disk and is replayed, in order, once the database answers again.
+encode each table's rows into one binary COPY payload (safe by construction: NUL, lone surrogates,
+numbers and nesting PostgreSQL cannot hold are repaired visibly and flagged), and sends both in one
+transaction (`payload.send`).
+
+When a batch cannot be sent, what happens depends on why (`failures.classify`). The database being
+away: the batch goes to the spool on disk and is replayed, in order, once it answers again. The
+batch's content being refused: its rows are isolated (`isolate`), so every row PostgreSQL accepts goes
+in, a refused row is stored in its last-resort form, and only what is refused even then is kept in the
+quarantine (`quarantine`). Spool replay does the same, so no record ever blocks the ones after it.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
+import zlib
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 
-from nexus._core import encode_copy_binary
+from nexus._core import copy_rows, encode_copy_binary
 from nexus.settings import Settings
+from nexus.storage import quarantine
+from nexus.storage.failures import OUTAGE, UNKNOWN, classify, describe
+from nexus.storage.isolate import isolate
 from nexus.storage.partitions import drop_expired_partitions, ensure_partitions
-from nexus.storage.records import (
-    BLOB_NAMES,
-    BLOB_TYPES,
-    REQUEST_NAMES_BY_COUNT,
-    REQUEST_TYPES,
-    ExchangeRecord,
-    to_row,
-)
+from nexus.storage.payload import STAGE_SQL, Batch, send
+from nexus.storage.records import BLOB_TYPES, REQUEST_TYPES, ExchangeRecord, to_row
 from nexus.storage.spool import Spool, SpoolFullError
 
 log = logging.getLogger("nexus.storage")
 
-FRAME = struct.Struct(">II")
-_BLOB_COLS = ", ".join(BLOB_NAMES)
-# Statements built once from the constant column lists (no user input reaches them).
-COPY_BLOBS = f"COPY nexus_stage_blobs ({_BLOB_COLS}) FROM STDIN (FORMAT binary)"
-INSERT_BLOBS = (
-    f"INSERT INTO content_blobs ({_BLOB_COLS}) SELECT {_BLOB_COLS} FROM nexus_stage_blobs "  # noqa: S608
-    "ON CONFLICT (key) DO NOTHING"
-)
-#: Rows actually inserted (never a replayed duplicate) are folded into their conversation's summary.
-_CONVERSATION_UPSERT = """
-INSERT INTO conversations AS c (conversation_id, project_id, first_at, last_at, request_count, input_tokens,
-    output_tokens, cache_creation_input_tokens, cache_read_input_tokens, latest_request_id)
-SELECT conversation_id, min(project_id), min("timestamp"), max("timestamp"), count(*),
-    coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), coalesce(sum(cache_creation_input_tokens), 0),
-    coalesce(sum(cache_read_input_tokens), 0), (array_agg(request_id ORDER BY "timestamp" DESC))[1]
-FROM ins WHERE conversation_id IS NOT NULL GROUP BY conversation_id ORDER BY conversation_id
-ON CONFLICT (conversation_id) DO UPDATE SET
-    first_at = least(c.first_at, excluded.first_at),
-    last_at = greatest(c.last_at, excluded.last_at),
-    request_count = c.request_count + excluded.request_count,
-    input_tokens = c.input_tokens + excluded.input_tokens,
-    output_tokens = c.output_tokens + excluded.output_tokens,
-    cache_creation_input_tokens = c.cache_creation_input_tokens + excluded.cache_creation_input_tokens,
-    cache_read_input_tokens = c.cache_read_input_tokens + excluded.cache_read_input_tokens,
-    latest_request_id = CASE WHEN excluded.last_at >= c.last_at THEN excluded.latest_request_id
-                             ELSE c.latest_request_id END
-"""
+#: An unsent row older than this makes storage "degraded" in /health.
+STALE_AFTER_S = 60.0
 
 
-def request_statements(names: list[str]) -> tuple[str, str]:
-    """COPY into staging, then insert what is new and update the conversation summaries, for a column list."""
-    cols = ", ".join(f'"{n}"' for n in names)
-    copy = f"COPY nexus_stage_requests ({cols}) FROM STDIN (FORMAT binary)"
-    insert = (
-        f"WITH ins AS (INSERT INTO api_requests ({cols}) SELECT {cols} FROM nexus_stage_requests "  # noqa: S608
-        'ON CONFLICT DO NOTHING RETURNING conversation_id, project_id, "timestamp", request_id, input_tokens, '
-        "output_tokens, cache_creation_input_tokens, cache_read_input_tokens)" + _CONVERSATION_UPSERT
-    )
-    return copy, insert
-
-
-REQUEST_STATEMENTS = {count: request_statements(names) for count, names in REQUEST_NAMES_BY_COUNT.items()}
-COPY_REQUESTS, INSERT_REQUESTS = REQUEST_STATEMENTS[len(REQUEST_TYPES)]
-COPY_HEADER = 19  # signature (11) + flags (4) + header extension length (4)
-
-
-STAGE_SQL = (
-    "CREATE TEMP TABLE IF NOT EXISTS nexus_stage_requests (LIKE api_requests INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS nexus_stage_blobs (LIKE content_blobs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
-)
+class OutageError(Exception):
+    """The database is away: the batch waits in the spool."""
 
 
 @dataclass(slots=True)
@@ -97,11 +55,18 @@ class WriterMetrics:
     replayed_batches: int = 0
     dropped_rows: int = 0
     flush_failures: int = 0
+    refused_batches: int = 0  # batches PostgreSQL refused for their content (then isolated)
+    rows_last_resort: int = 0  # rows stored in their last-resort form
+    rows_quarantined: int = 0  # rows kept in the quarantine by this process
+    quarantine_rows: int = 0  # rows in the quarantine table (all processes), as last counted
+    quarantine_file_rows: int = 0  # rows in quarantine files of this machine
     last_flush_ms: float = 0.0
     last_error: str | None = None
     spool_bytes: int = 0
     queue_depth: int = 0
+    oldest_unwritten_s: float = 0.0
     database_ok: bool = False
+    degraded_reasons: list[str] = field(default_factory=list)
 
 
 class RecentKeys:
@@ -133,6 +98,7 @@ class StorageWriter:
         max_queue: int = 50_000,
         known_keys: int = 50_000,
         retention_days: int = 0,
+        quarantine_files: quarantine.QuarantineFiles | None = None,
     ) -> None:
         self.dsn = dsn
         self.batch_size = batch_size
@@ -140,6 +106,7 @@ class StorageWriter:
         self.spool = spool
         self.max_queue = max_queue
         self.metrics = WriterMetrics()
+        self.quarantine_files = quarantine_files or quarantine.QuarantineFiles(spool.directory.parent / "quarantine")
         self._queue: deque[ExchangeRecord] = deque()
         self._cv = threading.Condition()
         self._stopping = False
@@ -148,6 +115,8 @@ class StorageWriter:
         self._retry_at = 0.0
         self.retention_days = retention_days
         self._maintained_at = 0.0
+        #: Batches refused once with an error of no known class, by checksum: refused again, they are isolated.
+        self._strikes: OrderedDict[int, str] = OrderedDict()
         self._thread = threading.Thread(target=self._run, name="nexus-storage-writer", daemon=True)
 
     # --- request path ----------------------------------------------------------------------------
@@ -175,13 +144,34 @@ class StorageWriter:
         self._thread.join(timeout_s)
 
     def snapshot(self) -> dict[str, object]:
+        """For /health: counters, and why storage is degraded (empty when it is not)."""
         m = self.metrics
         m.queue_depth = len(self._queue)
         m.spool_bytes = self.spool.size()
-        return {k: getattr(m, k) for k in m.__slots__}
+        oldest = self._queue[0].started_at_us / 1e6 if self._queue else None
+        spooled = self.spool.oldest_mtime()
+        if spooled is not None and (oldest is None or spooled < oldest):
+            oldest = spooled
+        m.oldest_unwritten_s = round(max(0.0, time.time() - oldest), 3) if oldest is not None else 0.0
+        reasons = []
+        if not m.database_ok:
+            reasons.append("database unreachable" + (f": {m.last_error}" if m.last_error else ""))
+        if m.spool_bytes:
+            reasons.append(f"{m.spool_bytes} bytes wait in the spool")
+        if m.oldest_unwritten_s > STALE_AFTER_S:
+            reasons.append(f"the oldest unwritten row is {m.oldest_unwritten_s:.0f} s old")
+        if m.quarantine_rows or m.quarantine_file_rows:
+            reasons.append(
+                f"{m.quarantine_rows + m.quarantine_file_rows} rows in quarantine (nexus storage quarantine)"
+            )
+        m.degraded_reasons = reasons
+        out = {k: getattr(m, k) for k in m.__slots__}
+        out["degraded"] = bool(reasons)
+        return out
 
     # --- writer thread ---------------------------------------------------------------------------
     def _run(self) -> None:
+        self._count_quarantine()
         self._replay_spool()
         while True:
             with self._cv:
@@ -202,45 +192,132 @@ class StorageWriter:
         if self._conn is not None:
             self._conn.close()
 
-    def _write_batch(self, batch: list[ExchangeRecord]) -> None:
+    def _write_batch(self, records: list[ExchangeRecord]) -> None:
         blobs: dict[bytes, tuple[int, bytes]] = {}
-        rows = []
-        for rec in batch:
-            try:
-                rows.append(to_row(rec, blobs, self._known))
-            except Exception as exc:  # one bad record must not sink its batch
-                self.metrics.dropped_rows += 1
-                log.exception("request %s could not be turned into a row: %s", rec.request_id, exc)
-        if not rows:
-            return
-        new_blobs = [[k, kind, body] for k, (kind, body) in blobs.items() if k not in self._known]
+        rows = [to_row(rec, blobs, self._known) for rec in records]
+        new_blobs = [[k, kind, body, None] for k, (kind, body) in blobs.items() if k not in self._known]
         try:
-            req_copy = encode_copy_binary(REQUEST_TYPES, rows)
-            blob_copy = encode_copy_binary(BLOB_TYPES, new_blobs) if new_blobs else b""
-            payload = FRAME.pack(len(req_copy), len(blob_copy)) + req_copy + blob_copy
+            batch = Batch(
+                encode_copy_binary(REQUEST_TYPES, rows),
+                encode_copy_binary(BLOB_TYPES, new_blobs) if new_blobs else b"",
+            )
         except ValueError:
-            self.metrics.dropped_rows += len(rows)
-            log.exception("a batch of %d rows could not be encoded", len(rows))
+            # The encoder refuses only what is not a value of its column's type: a bug, not data. The
+            # rows go one by one, so only the one that cannot be encoded is lost, loudly.
+            self._write_one_by_one(records)
             return
         if self.spool.pending_files() and not self._replay_spool():
-            self._to_spool(payload, len(rows))  # keep order: older spooled batches go first
+            self._to_spool(batch, len(rows))  # keep order: older spooled batches go first
             return
         try:
-            started = time.perf_counter()
-            self._send(payload)
-            self.metrics.last_flush_ms = (time.perf_counter() - started) * 1000
-            self.metrics.rows_written += len(rows)
-            self.metrics.batches_written += 1
-            self.metrics.blobs_written += len(new_blobs)
-            self._known.add_all([b[0] for b in new_blobs])
+            self._deliver(batch, len(rows), len(new_blobs))
+        except OutageError:
+            self._to_spool(batch, len(rows))
+            return
+        self.metrics.batches_written += 1
+        self._known.add_all([b[0] for b in new_blobs])
+
+    def _write_one_by_one(self, records: list[ExchangeRecord]) -> None:
+        for rec in records:
+            blobs: dict[bytes, tuple[int, bytes]] = {}
+            try:
+                batch = Batch(
+                    encode_copy_binary(REQUEST_TYPES, [to_row(rec, blobs)]),
+                    encode_copy_binary(BLOB_TYPES, [[k, kind, body, None] for k, (kind, body) in blobs.items()]),
+                )
+            except ValueError:
+                self.metrics.dropped_rows += 1
+                log.exception("STORAGE LOSS: request %s could not be encoded", rec.request_id)
+                continue
+            try:
+                self._deliver(batch, 1, len(blobs))
+            except OutageError:
+                self._to_spool(batch, 1)
+
+    def _deliver(self, batch: Batch, rows: int, blobs: int) -> None:
+        """Store `batch` (`rows` requests, `blobs` content parts), isolating refused rows; `OutageError`
+        when the database is away."""
+        started = time.perf_counter()
+        try:
+            self._send(batch)
         except Exception as exc:
+            kind = classify(exc)
+            if kind == UNKNOWN and not self._repeated(batch, exc):
+                kind = OUTAGE
+            self.metrics.last_error = describe(exc)
+            if kind == OUTAGE:
+                self.metrics.flush_failures += 1
+                self._retry_at = max(self._retry_at, time.monotonic() + 1.0)
+                log.warning("storage flush failed (%s); the batch waits in the spool", self.metrics.last_error)
+                raise OutageError from exc
+            self._isolate(batch, exc)
+            return
+        self.metrics.last_flush_ms = (time.perf_counter() - started) * 1000
+        self.metrics.rows_written += rows
+        self.metrics.blobs_written += blobs
+
+    def _isolate(self, batch: Batch, exc: BaseException) -> None:
+        self.metrics.refused_batches += 1
+        log.warning("PostgreSQL refused a batch for its content (%s); isolating the rows it refuses", describe(exc))
+        try:
+            counts = isolate(batch, self._send, self._quarantine)
+        except Exception as outage:
             self.metrics.flush_failures += 1
-            self.metrics.last_error = f"{exc.__class__.__name__}: {exc}"[:500]
-            log.warning("storage flush failed (%s); spooling %d rows", self.metrics.last_error, len(rows))
-            self._to_spool(payload, len(rows))
+            self.metrics.last_error = describe(outage)
+            raise OutageError from outage
+        self.metrics.rows_written += counts.requests
+        self.metrics.blobs_written += counts.blobs
+        self.metrics.rows_last_resort += counts.last_resort
+        self.metrics.rows_quarantined += counts.quarantined
+
+    def _repeated(self, batch: Batch, exc: BaseException) -> bool:
+        """True when this batch was refused before with the same error of no known class."""
+        key = zlib.crc32(batch.requests) ^ zlib.crc32(batch.blobs)
+        state = str(getattr(exc, "sqlstate", ""))
+        if self._strikes.get(key) == state:
+            del self._strikes[key]
+            return True
+        self._strikes[key] = state
+        while len(self._strikes) > 1000:
+            self._strikes.popitem(last=False)
+        return False
+
+    def _quarantine(self, row: quarantine.QuarantinedRow) -> None:
+        """Keep a refused row: in the table, or in a file when the table refuses too."""
+        log.error(
+            "storage: a %s row (request %s) was refused even in its last-resort form and is quarantined: %s",
+            row.table_name,
+            row.request_id,
+            row.error,
+        )
+        try:
+            conn = self._connection()
+            quarantine.insert(conn, row)
+            conn.commit()
+            self.metrics.quarantine_rows += 1
+            return
+        except Exception as exc:
+            self._after_failure(exc)
+            if classify(exc) == OUTAGE and not isinstance(exc, psycopg.errors.UndefinedTable):
+                raise  # the database is away: the whole batch is spooled and isolated again later
+        self.quarantine_files.append(row)
+        self.metrics.quarantine_file_rows += 1
+
+    def _count_quarantine(self) -> None:
+        try:
+            self.metrics.quarantine_rows = quarantine.count_table(self._connection())
+            self._connection().commit()
+        except Exception as exc:
+            if self._conn is not None:
+                self._after_failure(exc)
+        try:
+            self.metrics.quarantine_file_rows = sum(1 for _ in self.quarantine_files.rows())
+        except OSError:
+            pass
 
     def _maintain(self) -> None:
-        """Hourly, when idle: partitions for the coming days, and retention by dropping old days."""
+        """Hourly, when idle: partitions for the coming days, retention by dropping old days, and a
+        fresh count of the quarantine (rows retried or dropped by `nexus storage quarantine`)."""
         if time.monotonic() - self._maintained_at < 3600:
             return
         self._maintained_at = time.monotonic()
@@ -257,10 +334,11 @@ class StorageWriter:
         except Exception as exc:
             self._maintained_at -= 3000  # try again in ten minutes
             log.warning("partition maintenance failed: %s", exc)
+        self._count_quarantine()
 
-    def _to_spool(self, payload: bytes, rows: int) -> None:
+    def _to_spool(self, batch: Batch, rows: int) -> None:
         try:
-            self.spool.append(payload)
+            self.spool.append(batch.pack())
             self.metrics.spooled_batches += 1
         except (SpoolFullError, OSError) as exc:
             self.metrics.dropped_rows += rows
@@ -274,11 +352,18 @@ class StorageWriter:
         if time.monotonic() < self._retry_at:
             return False
         try:
-            self.metrics.replayed_batches += self.spool.replay(self._send)
-        except Exception as exc:
-            self.metrics.last_error = f"replay: {exc.__class__.__name__}: {exc}"[:500]
+            self.metrics.replayed_batches += self.spool.replay(self._replay_one)
+        except OutageError:
+            return False
+        except Exception as exc:  # a spool file that cannot be read: logged, kept for inspection
+            self.metrics.last_error = f"replay: {describe(exc)}"
+            log.exception("spool replay failed")
             return False
         return not self.spool.pending_files()
+
+    def _replay_one(self, payload: bytes) -> None:
+        batch = Batch.unpack(payload)
+        self._deliver(batch, len(copy_rows(batch.requests)) if batch.requests else 0, 0)
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is not None and not self._conn.closed:
@@ -299,31 +384,32 @@ class StorageWriter:
         self.metrics.database_ok = True
         return conn
 
-    def _send(self, payload: bytes) -> None:
-        req_len, blob_len = FRAME.unpack_from(payload)
-        req_copy = payload[FRAME.size : FRAME.size + req_len]
-        blob_copy = payload[FRAME.size + req_len : FRAME.size + req_len + blob_len]
+    def _send(self, batch: Batch) -> None:
         conn = self._connection()
         try:
-            with conn.cursor() as cur:
-                if blob_copy:
-                    with cur.copy(COPY_BLOBS) as cp:  # type: ignore[arg-type]
-                        cp.write(blob_copy)
-                    cur.execute(INSERT_BLOBS)  # type: ignore[arg-type]
-                if req_len:
-                    copy_sql, insert_sql = REQUEST_STATEMENTS[struct.unpack_from(">h", req_copy, COPY_HEADER)[0]]
-                    with cur.copy(copy_sql) as cp:  # type: ignore[arg-type]
-                        cp.write(req_copy)
-                    cur.execute(insert_sql)  # type: ignore[arg-type]
+            send(conn, batch)
             conn.commit()
-        except Exception:
-            try:
-                conn.close()
-            finally:
-                self._conn = None
-                self.metrics.database_ok = False
-                self._retry_at = time.monotonic() + 1.0
+        except Exception as exc:
+            self._after_failure(exc)
             raise
+
+    def _after_failure(self, exc: BaseException) -> None:
+        """Roll back a refused transaction and keep the connection; close one that failed itself."""
+        conn = self._conn
+        if conn is None:
+            return
+        if not conn.closed and not conn.broken:  # refused, but the connection itself is fine
+            try:
+                conn.rollback()
+                return
+            except psycopg.Error:
+                pass
+        try:
+            conn.close()
+        finally:
+            self._conn = None
+            self.metrics.database_ok = False
+            self._retry_at = time.monotonic() + 1.0
 
 
 def build_writer(settings: Settings) -> StorageWriter | None:
@@ -341,4 +427,5 @@ def build_writer(settings: Settings) -> StorageWriter | None:
         spool=spool,
         max_queue=settings.storage_max_queue,
         retention_days=settings.storage_retention_days,
+        quarantine_files=quarantine.QuarantineFiles(settings.nexus_home / "quarantine"),
     )

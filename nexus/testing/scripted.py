@@ -24,7 +24,9 @@ header, before the fake's own answer:
    An entry is a final message (`{"type": "message", "content": [...], ...}`, possibly partial),
    an error (`{"error": 529}`, optionally with `"message"`), or a recorded response exactly as
    the recorder writes it (`{"status": 200, "body": <message>}` / `{"status": 529, "body":
-   <error body>}`), so a fixture's responses can be replayed verbatim. `GET` tells how many are
+   <error body>}`), so a fixture's responses can be replayed verbatim, or exact bytes (`{"raw": "text"}`
+   or `{"raw_base64": "..."}`, with optional `content_type` and `status`) for what a broken or hostile
+   upstream could send. `GET` tells how many are
    left, `DELETE` empties it. `count_tokens` and other paths never consume it.
 2. The script: `POST /_fake/script {"rules": [rule, ...]}` replaces the rules (`"append": true`
    adds to them); `GET` returns them with their hit counts; `DELETE` clears them. The first rule
@@ -59,6 +61,7 @@ This is the input format of `nexus replay DIR`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import secrets
 import threading
@@ -219,11 +222,17 @@ class Reply:
     body: Any = None
     error_message: str | None = None
     delay_ms: float = 0
+    raw: bytes | None = None  # the exact response body (hostile upstreams: NUL, lone surrogates, ...)
+    content_type: str = "application/json"
 
     @classmethod
     def parse(cls, spec: dict[str, Any], delay_ms: float = 0) -> Reply:
         if not isinstance(spec, dict):
             raise ValueError(f"a reply must be a JSON object, not {spec!r}")
+        if "raw" in spec or "raw_base64" in spec:  # exact bytes: whatever a broken upstream could send
+            raw = base64.b64decode(spec["raw_base64"]) if "raw_base64" in spec else str(spec["raw"]).encode()
+            kind = str(spec.get("content_type", "application/json"))
+            return cls(status=int(spec.get("status", 200)), raw=raw, content_type=kind, delay_ms=delay_ms)
         if "message" in spec:
             return cls(message=spec["message"], delay_ms=delay_ms)
         if spec.get("type") == "message" or "content" in spec:
@@ -415,6 +424,8 @@ class Scripted:
         """Answer with `reply` through the fake's own plumbing (headers, errors, disconnect handling)."""
         if reply.delay_ms:
             await asyncio.sleep(reply.delay_ms / 1000)
+        if reply.raw is not None:
+            return proto.response_bytes(reply.status, [*rl, ("content-type", reply.content_type)], reply.raw)
         if reply.message is None:
             headers = [*rl, ("retry-after", "1")] if reply.status == 429 else rl
             if reply.body is None:

@@ -333,7 +333,9 @@ pub fn is_safe_json(input: &[u8]) -> bool {
 /// Whether a number token is kept as a number: every reader holds it exactly enough. PostgreSQL's
 /// numeric allows 131072 digits before the point and 16383 after, Python's `json.loads` refuses
 /// ints of more than 4300 digits, and orjson/f64 overflow at about 1.8e308 and lose everything
-/// below about 1e-340; so: at most 1000 significand digits and a magnitude within 1e-340..1e308.
+/// below about 1e-340; so: at most 1000 significand digits and a magnitude within 1e-340..1e308
+/// (up to f64's maximum for a number just above 1e308). Integer tokens must besides be 64-bit
+/// integers ([`integer_fits`]).
 pub fn number_fits(int_digits: i64, frac_digits: i64, exponent: i64) -> bool {
     int_digits.saturating_add(frac_digits) <= 1000
         && int_digits.saturating_add(exponent) <= 308
@@ -764,10 +766,46 @@ fn scan_number(input: &[u8], start: usize) -> Result<(usize, bool), Stop> {
         }
     }
     let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-    Ok((
-        i,
-        number_fits(count(int_digits), count(frac_digits), exponent),
-    ))
+    let token = &input[start..i];
+    let fits =
+        if frac_digits == 0 && exponent == 0 && !token.contains(&b'e') && !token.contains(&b'E') {
+            integer_fits(token)
+        } else {
+            let (ints, fracs) = (count(int_digits), count(frac_digits));
+            number_fits(ints, fracs, exponent)
+                || (ints.saturating_add(exponent) == 309
+                    && number_fits(ints, fracs, exponent - 1)
+                    && float_is_finite(token))
+        };
+    Ok((i, fits))
+}
+
+/// An integer token is kept when it is a 64-bit integer (signed, or unsigned when positive): the
+/// readers' own range (orjson refuses to write a bigger Python int back, a 500 on the way out).
+fn integer_fits(token: &[u8]) -> bool {
+    let (negative, digits) = match token.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, token),
+    };
+    if digits.len() > 20 {
+        return false;
+    }
+    let value = digits
+        .iter()
+        .fold(0u128, |acc, d| acc * 10 + u128::from(d - b'0'));
+    if negative {
+        value <= 1u128 << 63
+    } else {
+        value <= u128::from(u64::MAX)
+    }
+}
+
+/// For a number just above 1e308: whether it is still below f64's maximum (about 1.8e308).
+fn float_is_finite(token: &[u8]) -> bool {
+    std::str::from_utf8(token)
+        .ok()
+        .and_then(|t| t.parse::<f64>().ok())
+        .is_some_and(f64::is_finite)
 }
 
 /// Rewrite the body of a string token (between its quotes, escapes known to be well formed).
@@ -1029,12 +1067,19 @@ mod tests {
             b"-12.5e306",
             b"1e-339",
             b"0.1e-339",
-            b"123456789012345678901234567890",
+            b"1e308",
+            b"1.7976931348623157e308",
+            b"18446744073709551615",
+            b"-9223372036854775808",
+            b"123456789012345678901234567890.0",
         ] {
             assert_eq!(json(keep).1, Vec::<&str>::new(), "{keep:?}");
         }
         for text in [
-            &b"1e308"[..],
+            &b"1.8e308"[..],
+            b"18446744073709551616",
+            b"-9223372036854775809",
+            b"123456789012345678901234567890",
             b"1e999999",
             b"-1E+400",
             b"1e-341",
@@ -1054,7 +1099,7 @@ mod tests {
             json(long.as_bytes()).0,
             format!("[\"{}\"]", "7".repeat(1001))
         );
-        let ok = format!("[{}]", "7".repeat(300));
+        let ok = format!("[{}.5]", "7".repeat(300));
         assert_eq!(json(ok.as_bytes()).0, ok);
         assert_eq!(
             json(br#"{"a":1e400,"b":[2]}"#).0,

@@ -1,0 +1,121 @@
+"""A batch as the writer sends and spools it: the `api_requests` and `content_blobs` COPY payloads.
+
+One frame holds both (`>II` lengths, then the two COPY BINARY payloads), exactly as `send` writes them
+to PostgreSQL, so a spooled batch is replayed without being encoded again. `send` runs both COPYs and
+the inserts that follow in the caller's transaction: through staging tables, with `ON CONFLICT DO
+NOTHING` (a replayed batch never doubles a row) and the conversation summaries updated from the rows
+actually inserted.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import psycopg
+
+from nexus.storage.records import BLOB_NAMES_BY_COUNT, REQUEST_NAMES_BY_COUNT, REQUEST_TYPES_BY_COUNT
+
+FRAME = struct.Struct(">II")
+COPY_HEADER = 19  # signature (11) + flags (4) + header extension length (4)
+
+
+def blob_statements(names: list[str]) -> tuple[str, str]:
+    """COPY into staging, then insert the parts not stored yet. Built once from the constant column
+    lists: no user input reaches them."""
+    cols = ", ".join(names)
+    copy = f"COPY nexus_stage_blobs ({cols}) FROM STDIN (FORMAT binary)"
+    insert = f"INSERT INTO content_blobs ({cols}) SELECT {cols} FROM nexus_stage_blobs ON CONFLICT (key) DO NOTHING"  # noqa: S608
+    return copy, insert
+
+
+BLOB_STATEMENTS = {count: blob_statements(names) for count, names in BLOB_NAMES_BY_COUNT.items()}
+#: Rows actually inserted (never a replayed duplicate) are folded into their conversation's summary.
+_CONVERSATION_UPSERT = """
+INSERT INTO conversations AS c (conversation_id, project_id, first_at, last_at, request_count, input_tokens,
+    output_tokens, cache_creation_input_tokens, cache_read_input_tokens, latest_request_id)
+SELECT conversation_id, min(project_id), min("timestamp"), max("timestamp"), count(*),
+    coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), coalesce(sum(cache_creation_input_tokens), 0),
+    coalesce(sum(cache_read_input_tokens), 0), (array_agg(request_id ORDER BY "timestamp" DESC))[1]
+FROM ins WHERE conversation_id IS NOT NULL GROUP BY conversation_id ORDER BY conversation_id
+ON CONFLICT (conversation_id) DO UPDATE SET
+    first_at = least(c.first_at, excluded.first_at),
+    last_at = greatest(c.last_at, excluded.last_at),
+    request_count = c.request_count + excluded.request_count,
+    input_tokens = c.input_tokens + excluded.input_tokens,
+    output_tokens = c.output_tokens + excluded.output_tokens,
+    cache_creation_input_tokens = c.cache_creation_input_tokens + excluded.cache_creation_input_tokens,
+    cache_read_input_tokens = c.cache_read_input_tokens + excluded.cache_read_input_tokens,
+    latest_request_id = CASE WHEN excluded.last_at >= c.last_at THEN excluded.latest_request_id
+                             ELSE c.latest_request_id END
+"""
+STAGE_SQL = (
+    "CREATE TEMP TABLE IF NOT EXISTS nexus_stage_requests (LIKE api_requests INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS nexus_stage_blobs (LIKE content_blobs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+)
+
+
+def request_statements(names: list[str]) -> tuple[str, str]:
+    """COPY into staging, then insert what is new and update the conversation summaries, for a column list."""
+    cols = ", ".join(f'"{n}"' for n in names)
+    copy = f"COPY nexus_stage_requests ({cols}) FROM STDIN (FORMAT binary)"
+    insert = (
+        f"WITH ins AS (INSERT INTO api_requests ({cols}) SELECT {cols} FROM nexus_stage_requests "  # noqa: S608
+        'ON CONFLICT DO NOTHING RETURNING conversation_id, project_id, "timestamp", request_id, input_tokens, '
+        "output_tokens, cache_creation_input_tokens, cache_read_input_tokens)" + _CONVERSATION_UPSERT
+    )
+    return copy, insert
+
+
+REQUEST_STATEMENTS = {count: request_statements(names) for count, names in REQUEST_NAMES_BY_COUNT.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The two COPY payloads of one batch (either may be empty)."""
+
+    requests: bytes
+    blobs: bytes
+
+    def pack(self) -> bytes:
+        return FRAME.pack(len(self.requests), len(self.blobs)) + self.requests + self.blobs
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> Batch:
+        req_len, blob_len = FRAME.unpack_from(payload)
+        start = FRAME.size
+        return cls(payload[start : start + req_len], payload[start + req_len : start + req_len + blob_len])
+
+    @property
+    def request_columns(self) -> int:
+        """The field count of the request rows (a COPY tuple carries it): which column layout they use."""
+        return _field_count(self.requests)
+
+    @property
+    def blob_columns(self) -> int:
+        return _field_count(self.blobs)
+
+    def request_types(self) -> list[str]:
+        return REQUEST_TYPES_BY_COUNT[self.request_columns]
+
+
+def _field_count(payload: bytes) -> int:
+    """The first tuple's field count, or 0 for a payload without rows."""
+    return struct.unpack_from(">h", payload, COPY_HEADER)[0] if len(payload) > COPY_HEADER + 2 else 0
+
+
+def send(conn: psycopg.Connection, batch: Batch) -> None:
+    """Write one batch in the connection's current transaction (the caller commits or rolls back)."""
+    with conn.cursor() as cur:
+        blob_count = batch.blob_columns
+        if blob_count:
+            copy_sql, insert_sql = BLOB_STATEMENTS[blob_count]
+            with cur.copy(copy_sql) as cp:  # type: ignore[arg-type]
+                cp.write(batch.blobs)
+            cur.execute(insert_sql)  # type: ignore[arg-type]
+        count = batch.request_columns
+        if count:
+            copy_sql, insert_sql = REQUEST_STATEMENTS[count]
+            with cur.copy(copy_sql) as cp:  # type: ignore[arg-type]
+                cp.write(batch.requests)
+            cur.execute(insert_sql)  # type: ignore[arg-type]
