@@ -207,3 +207,32 @@ def test_any_hostile_json_lands_and_every_later_row_lands(migrated_db: str, tmp_
         writer.close()
     assert {r.request_id for r in good} <= stored_ids(migrated_db)
     assert writer.metrics.dropped_rows == 0
+
+
+def test_one_bad_usage_value_does_not_drop_its_batch(migrated_db: str, tmp_path: Path) -> None:
+    """Finding 7: an upstream `usage` value too large for bigint dropped its whole batch (26 innocent rows)."""
+    records = [record() for _ in range(26)]
+    huge = record(response=b'{"type": "message", "content": [], "usage": {"input_tokens": 1e30, "output_tokens": 5}}')
+    streamed = record()
+    streamed.streamed, streamed.output_tokens = True, 2**64 - 1  # what the SSE observer reports as u64
+    records[10:10] = [huge, streamed]
+    writer = writer_for(migrated_db, tmp_path, batch_size=28, interval_ms=200)
+    writer.start()
+    try:
+        for rec in records:
+            writer.submit(rec)
+        wait(lambda: writer.metrics.rows_written == 28)
+    finally:
+        writer.close()
+    assert writer.metrics.refused_batches == 0 and writer.metrics.dropped_rows == 0
+    with psycopg.connect(migrated_db) as conn:
+        rows = {
+            r[0]: r[1:]
+            for r in conn.execute(
+                "SELECT request_id::text, input_tokens, output_tokens, storage_repairs FROM api_requests "
+                "WHERE request_id = ANY(%s::uuid[])",
+                ([huge.request_id, streamed.request_id],),
+            ).fetchall()
+        }
+    assert rows[huge.request_id] == (2**63 - 1, 5, ["int_clamped"])
+    assert rows[streamed.request_id][1] == 2**63 - 1 and "int_clamped" in rows[streamed.request_id][2]
