@@ -79,6 +79,9 @@ class LinkIndex:
         self._task_capacity = invocations
         self.compactions: deque[Compaction] = deque(maxlen=compactions)
         self._subtasks: OrderedDict[str, int] = OrderedDict()
+        #: Entries and invocations looked at by lookups and upkeep since start: the linker's work,
+        #: counted rather than timed so a test can tell whether it grows with repeated traffic.
+        self.examined = 0
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -102,9 +105,9 @@ class LinkIndex:
 
     def _forget(self, old: Entry) -> None:
         if old.current is not None:
-            _remove(self._by_hash, old.current, old)
+            self.examined += _remove(self._by_hash, old.current, old)
         if old.parent_request_id is not None:
-            _remove(self._children, old.parent_request_id, old)
+            self.examined += _remove(self._children, old.parent_request_id, old)
 
     def get(self, request_id: str) -> Entry | None:
         return self.entries.get(request_id)
@@ -112,31 +115,38 @@ class LinkIndex:
     def move(self, entry: Entry, parent_request_id: str | None) -> None:
         """Give an indexed entry another parent (a decision revised after a database lookup)."""
         if entry.parent_request_id is not None:
-            _remove(self._children, entry.parent_request_id, entry)
+            self.examined += _remove(self._children, entry.parent_request_id, entry)
         entry.parent_request_id = parent_request_id
         if parent_request_id is not None and entry.request_id in self.entries:
             _put(self._children, parent_request_id, entry)
 
     def with_hash(self, project: str, digest: bytes) -> list[Entry]:
         """Requests of `project` whose whole (normalised) history hashes to `digest`, oldest first."""
-        return [e for e in _get(self._by_hash, digest) if e.project == project]
+        held = _get(self._by_hash, digest)
+        self.examined += len(held)
+        return [e for e in held if e.project == project]
 
     def children(self, request_id: str) -> list[Entry]:
-        return _get(self._children, request_id)
+        held = _get(self._children, request_id)
+        self.examined += len(held)
+        return held
 
     # --- sub-agent invocations ---------------------------------------------------------------------
     def add_invocation(self, inv: Invocation) -> None:
         bucket = self._tasks.setdefault((inv.project, inv.prompt_key), [])
+        self.examined += len(bucket)
         if any(i.request_id == inv.request_id and i.tool_use_id == inv.tool_use_id for i in bucket):
             return
         bucket.append(inv)
         self._task_order.append(inv)
         while len(self._task_order) > self._task_capacity:
             old = self._task_order.popleft()
-            _remove(self._tasks, (old.project, old.prompt_key), old)
+            self.examined += _remove(self._tasks, (old.project, old.prompt_key), old)
 
     def invocations(self, project: str, prompt_key: bytes) -> list[Invocation]:
-        return self._tasks.get((project, prompt_key), [])
+        held = self._tasks.get((project, prompt_key), [])
+        self.examined += len(held)
+        return held
 
     def subtask_count(self, conversation_id: str) -> int:
         """The highest `subtask_N` number seen in a conversation (0 when none)."""
@@ -167,19 +177,22 @@ def _get(table: dict[Any, Entry | list[Entry]], key: object) -> list[Entry]:
     return held if isinstance(held, list) else [held]
 
 
-def _remove(table: dict[Any, Any], key: object, item: object) -> None:
+def _remove(table: dict[Any, Any], key: object, item: object) -> int:
+    """Remove `item` from the bucket at `key`; return how many items were looked at."""
     held = table.get(key)
     if held is None:
-        return
+        return 0
     if not isinstance(held, list):
         if held is item:
             del table[key]
-        return
+        return 1
+    seen = len(held)
     try:
         held.remove(item)
     except ValueError:
-        return
+        return seen
     if len(held) == 1:
         table[key] = held[0]
     elif not held:
         del table[key]
+    return seen

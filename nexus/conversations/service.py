@@ -125,6 +125,7 @@ class ConversationService:
             "lookups_skipped": self.lookups_skipped,
             "lookup_failures": self.lookup_failures,
             "revised_by_lookup": self.revised,
+            "entries_examined": self.linker.index.examined,
         }
 
     async def link(self, req: LinkRequest) -> Link:
