@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.harness.procs import Meter, memory_mib
@@ -179,3 +180,67 @@ def growth_mib_per_min(samples: list[tuple[float, float, float]], column: int = 
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     den = sum((x - mx) ** 2 for x in xs)
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
+
+
+def _c1_c32(run: Callable[[int, float], dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """Latency at concurrency 1 and throughput at 32 of one kind of traffic, with CPU per request."""
+    lat, thr = run(1, seconds), run(32, seconds)
+    meter: Meter = thr["meter"]
+    per_request = {k: v / max(1, thr["requests"]) * 1e6 for k, v in meter.cpu.items()}
+    return {
+        "p50_ms": lat["p50_ms"],
+        "p99_ms": lat["p99_ms"],
+        "rps": thr["rps"],
+        "p99_ms_c32": thr["p99_ms"],
+        "requests": lat["requests"] + thr["requests"],
+        "errors": lat["non_2xx"] + lat["socket_errors"] + thr["non_2xx"] + thr["socket_errors"],
+        "cpu_us_per_request": per_request,
+        "meter_c1": lat["meter"].summary(),
+        "meter_c32": meter.summary(),
+    }
+
+
+def same_body(
+    tools: Tools,
+    side: Side,
+    body: Path,
+    seconds: float,
+    prime: int,
+    prime_seconds: float,
+    linking: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """Varied bodies (the corpus), then one ~50 KB body sent `prime` times (bounded by `prime_seconds`
+    too) and measured at c=1 and c=32, once from one session (every request a retry of the last) and
+    once from a new session each time (no retry: memory holds no evidence, so the database is asked),
+    then varied bodies again: the ratios say whether a request costs more the more often its body was
+    seen. `linking()` is the proxy's /health `linking` block: the linker's work per request."""
+
+    def varied(connections: int, secs: float) -> dict[str, Any]:
+        return tools.wrk_run(side.url, connections=connections, seconds=secs)
+
+    def measured(run: Callable[[int, float], dict[str, Any]]) -> dict[str, Any]:
+        before = linking()
+        r = _c1_c32(run, seconds)
+        after = linking()
+        keys = ("entries_examined", "lookups", "lookups_skipped", "lookup_failures")
+        r["linking"] = {k: after.get(k, 0) - before.get(k, 0) for k in keys}
+        return r
+
+    out: dict[str, Any] = {"varied": measured(varied)}
+    for session in ("fixed", "fresh"):
+        before = linking()
+        primed = tools.wrk_same_body(side.url, body, session=session, connections=8, seconds=prime_seconds, limit=prime)
+        after_priming = linking()
+
+        def same(connections: int, secs: float, session: str = session) -> dict[str, Any]:
+            return tools.wrk_same_body(side.url, body, session=session, connections=connections, seconds=secs)
+
+        r = measured(same)
+        r["primed"] = primed["requests"]
+        r["prime_rps"] = primed["rps"]
+        r["linking_while_priming"] = {
+            k: after_priming.get(k, 0) - before.get(k, 0) for k in ("entries_examined", "lookups", "lookups_skipped")
+        }
+        out[session] = r
+    out["varied_after"] = measured(varied)
+    return out

@@ -185,3 +185,35 @@ def render(r: dict[str, Any]) -> str:
 
 
 _HEAD = ("metric", "direct", "nexus", "nexus vs direct", "target", "bound / note")
+
+
+def render_same_body(r: dict[str, Any]) -> str:
+    """`--same-body`: each kind of traffic through the proxy, and its ratio to the varied bodies measured
+    first in the same run (the varied run at the end shows how far the machine drifted meanwhile)."""
+    sb = r["phases"]["same_body"]
+    base = sb["varied"]
+    lines = [
+        f"one body of {r.get('same_body_bytes', 0):,} bytes; varied = the Claude Code corpus",
+        f"{'traffic':<34} {'seen before':>11} {'p50 c=1':>9} {'x varied':>8} {'req/s c=32':>10} {'x varied':>8} "
+        f"{'proxy us/req':>12} {'db us/req':>9} {'linking work/req':>16} {'lookups':>8}",
+    ]
+    labels = (
+        ("varied", "varied bodies"),
+        ("fixed", "same body, one session"),
+        ("fresh", "same body, new session each"),
+        ("varied_after", "varied bodies again"),
+    )
+    for key, label in labels:
+        x = sb[key]
+        cpu = x["cpu_us_per_request"]
+        link = x.get("linking", {})
+        work = link.get("entries_examined", 0) / max(1, x["requests"]) if link else None
+        lines.append(
+            f"{label:<34} {_fmt(x.get('primed'), 0):>11} {x['p50_ms']:>9.3f} {x['p50_ms'] / base['p50_ms']:>7.2f}x "
+            f"{x['rps']:>10,.0f} {x['rps'] / base['rps']:>7.2f}x {cpu.get('proxy', 0):>12,.0f} "
+            f"{cpu.get('database', 0):>9,.0f} {_fmt(work, 1):>16} {_fmt(link.get('lookups'), 0):>8}"
+        )
+        note = _bound(None, x["meter_c32"], None)
+        if note:
+            lines.append(f"{'':<34} c=32: {note}")
+    return "\n".join(lines)
