@@ -185,14 +185,15 @@ def measure(
         tools.wrk_run(side.url, connections=8, seconds=2)
         tools.wrk_run(side.url, connections=8, seconds=1, stream=True)
     if args.same_body:
-        body = corpus.headers.parent / "same-body.json"
-        body.write_bytes(traffic.one_body(stream=False))
-        out["same_body_bytes"] = body.stat().st_size
+        bodies = (corpus.headers.parent / "same-body-1.json", corpus.headers.parent / "same-body-2.json")
+        for seed, path in enumerate(bodies, 7):
+            path.write_bytes(traffic.one_body(stream=False, seed=seed))
+        out["same_body_bytes"] = bodies[0].stat().st_size
         step(f"same body: varied, then one body {args.same_body_count:,} times (one session, then new sessions)")
         ph["same_body"] = phases.same_body(
             tools,
             nexus,
-            body,
+            bodies,
             args.seconds,
             args.same_body_count,
             args.same_body_seconds,

@@ -182,9 +182,12 @@ def growth_mib_per_min(samples: list[tuple[float, float, float]], column: int = 
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
 
 
-def _c1_c32(run: Callable[[int, float], dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """Latency at concurrency 1 and throughput at 32 of one kind of traffic, with CPU per request."""
-    lat, thr = run(1, seconds), run(32, seconds)
+def _c1_c32(
+    run: Callable[[int, float, int], dict[str, Any]], seconds: float, limits: tuple[int, int]
+) -> dict[str, Any]:
+    """Latency at concurrency 1 and throughput at 32 of one kind of traffic, with CPU per request; each
+    run ends after `seconds` or after `limits` (c=1, c=32) answers, whichever comes first (0: no limit)."""
+    lat, thr = run(1, seconds, limits[0]), run(32, seconds, limits[1])
     meter: Meter = thr["meter"]
     per_request = {k: v / max(1, thr["requests"]) * 1e6 for k, v in meter.cpu.items()}
     return {
@@ -200,47 +203,64 @@ def _c1_c32(run: Callable[[int, float], dict[str, Any]], seconds: float) -> dict
     }
 
 
+#: Answers in each same-body latency measurement (c=1), and the length of each throughput one (c=32):
+#: short, so that "early" means after a few thousand sends of the body at most.
+SAME_BODY_LIMIT = 500
+SAME_BODY_C32_SECONDS = 3.0
+LINKING_COUNTERS = ("entries_examined", "lookups", "lookups_skipped", "lookup_failures")
+
+
 def same_body(
     tools: Tools,
     side: Side,
-    body: Path,
+    bodies: tuple[Path, Path],
     seconds: float,
     prime: int,
     prime_seconds: float,
     linking: Callable[[], dict[str, Any]],
 ) -> dict[str, Any]:
-    """Varied bodies (the corpus), then one ~50 KB body sent `prime` times (bounded by `prime_seconds`
-    too) and measured at c=1 and c=32, once from one session (every request a retry of the last) and
-    once from a new session each time (no retry: memory holds no evidence, so the database is asked),
-    then varied bodies again: the ratios say whether a request costs more the more often its body was
-    seen. `linking()` is the proxy's /health `linking` block: the linker's work per request."""
+    """Does a request cost more the more often its body was seen? Varied bodies (the corpus) first;
+    then one ~50 KB body (another for each shape), measured at c=1 (`SAME_BODY_LIMIT` answers) and
+    c=32 (`SAME_BODY_C32_SECONDS`) right after its first sends (`early`) and again once it was sent `prime` times
+    (`late`; the sending is bounded by `prime_seconds` too), once from one session (every request a
+    retry of the last) and once from a new session each time (no retry, so memory holds no evidence
+    and the database is asked); varied bodies again at the end. `linking()` is the proxy's /health
+    `linking` block (the linker's work per request)."""
 
-    def varied(connections: int, secs: float) -> dict[str, Any]:
-        return tools.wrk_run(side.url, connections=connections, seconds=secs)
-
-    def measured(run: Callable[[int, float], dict[str, Any]]) -> dict[str, Any]:
+    def measured(
+        run: Callable[[int, float, int], dict[str, Any]], times: tuple[float, float], limit: int
+    ) -> dict[str, Any]:
         before = linking()
-        r = _c1_c32(run, seconds)
+        r = _c1_c32(run, times, limit)
         after = linking()
-        keys = ("entries_examined", "lookups", "lookups_skipped", "lookup_failures")
-        r["linking"] = {k: after.get(k, 0) - before.get(k, 0) for k in keys}
+        r["linking"] = {k: after.get(k, 0) - before.get(k, 0) for k in LINKING_COUNTERS}
         return r
 
-    out: dict[str, Any] = {"varied": measured(varied)}
-    for session in ("fixed", "fresh"):
-        before = linking()
-        primed = tools.wrk_same_body(side.url, body, session=session, connections=8, seconds=prime_seconds, limit=prime)
-        after_priming = linking()
+    def varied(connections: int, secs: float, limit: int) -> dict[str, Any]:
+        return tools.wrk_run(side.url, connections=connections, seconds=secs)
 
-        def same(connections: int, secs: float, session: str = session) -> dict[str, Any]:
-            return tools.wrk_same_body(side.url, body, session=session, connections=connections, seconds=secs)
+    same_times = (seconds, min(seconds, SAME_BODY_C32_SECONDS))
+    out: dict[str, Any] = {"varied": measured(varied, same_times, 0)}
+    for session, body in zip(("fixed", "fresh"), bodies, strict=True):
 
-        r = measured(same)
-        r["primed"] = primed["requests"]
-        r["prime_rps"] = primed["rps"]
-        r["linking_while_priming"] = {
-            k: after_priming.get(k, 0) - before.get(k, 0) for k in ("entries_examined", "lookups", "lookups_skipped")
-        }
-        out[session] = r
-    out["varied_after"] = measured(varied)
+        def same(
+            connections: int, secs: float, limit: int, session: str = session, body: Path = body
+        ) -> dict[str, Any]:
+            return tools.wrk_same_body(
+                side.url, body, session=session, connections=connections, seconds=secs, limit=limit
+            )
+
+        early = measured(same, same_times, SAME_BODY_LIMIT)
+        left = prime - early["requests"]
+        primed = {"requests": 0, "rps": 0.0}
+        if left > 0:
+            primed = tools.wrk_same_body(
+                side.url, body, session=session, connections=8, seconds=prime_seconds, limit=left
+            )
+        late = measured(same, same_times, SAME_BODY_LIMIT)
+        early["seen_before"] = 0
+        late["seen_before"] = early["requests"] + primed["requests"]
+        late["prime_rps"] = primed["rps"]
+        out[session] = {"early": early, "late": late}
+    out["varied_after"] = measured(varied, same_times, 0)
     return out
