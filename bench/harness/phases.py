@@ -183,11 +183,12 @@ def growth_mib_per_min(samples: list[tuple[float, float, float]], column: int = 
 
 
 def _c1_c32(
-    run: Callable[[int, float, int], dict[str, Any]], seconds: float, limits: tuple[int, int]
+    run: Callable[[int, float, int], dict[str, Any]], seconds: tuple[float, float], limit: int
 ) -> dict[str, Any]:
-    """Latency at concurrency 1 and throughput at 32 of one kind of traffic, with CPU per request; each
-    run ends after `seconds` or after `limits` (c=1, c=32) answers, whichever comes first (0: no limit)."""
-    lat, thr = run(1, seconds, limits[0]), run(32, seconds, limits[1])
+    """Latency at concurrency 1 (ended after `limit` answers, 0: none, or `seconds[0]`) and throughput
+    at 32 (for `seconds[1]`: wrk divides by its whole duration, so a count bound would understate it)
+    of one kind of traffic, with CPU per request."""
+    lat, thr = run(1, seconds[0], limit), run(32, seconds[1], 0)
     meter: Meter = thr["meter"]
     per_request = {k: v / max(1, thr["requests"]) * 1e6 for k, v in meter.cpu.items()}
     return {
