@@ -72,8 +72,8 @@ def measure_size(size_kb: int, repeat: int) -> dict[str, Any]:
     linker.register(parent, linker.decide(parent))
     counter = iter(range(10**9))
 
-    # decisions only: registering each repeat of the same body would make every later one a retry of
-    # hundreds of identical requests, which real traffic never has
+    # decisions only: registered, each repeat of the same body would be a retry of the one before
+    # rather than the prefix match measured here
     def link() -> None:
         req = link_request(f"00000000-0000-7000-9000-{next(counter):012d}", "p", 2.0, "/v1/messages", headers, analysis)
         linker.decide(req)

@@ -17,6 +17,10 @@ printed layout), then measures, direct and through the proxy:
     events, the per-event gap, time to first token;
   * proxy peak RSS, and RSS over a `--soak-minutes` soak of mixed traffic (growth MiB/min).
 
+`--same-body` measures instead whether a request costs more the more often its body was seen: varied
+bodies, then one ~50 KB body sent `--same-body-count` times (from one session, then from a new session
+each time) and measured at c=1 and c=32, then varied bodies again, all through the proxy in one run.
+
 Every figure is marked when it is bound by the upstream, the load generator or the machine rather
 than the proxy (within 10% of the direct figure, or the shared core full). Results go to
 bench/results/overhead-<time>.json. wrk comes from Debian (installed when missing and run as root);
@@ -180,6 +184,25 @@ def measure(
     for side in sides:
         tools.wrk_run(side.url, connections=8, seconds=2)
         tools.wrk_run(side.url, connections=8, seconds=1, stream=True)
+    if args.same_body:
+        bodies = (corpus.headers.parent / "same-body-1.json", corpus.headers.parent / "same-body-2.json")
+        for seed, path in enumerate(bodies, 7):
+            path.write_bytes(traffic.one_body(stream=False, seed=seed))
+        out["same_body_bytes"] = bodies[0].stat().st_size
+        step(f"same body: varied, then one body {args.same_body_count:,} times (one session, then new sessions)")
+        ph["same_body"] = phases.same_body(
+            tools,
+            nexus,
+            bodies,
+            args.seconds,
+            args.same_body_count,
+            args.same_body_seconds,
+            lambda: health(proxy.url).get("linking", {}),
+        )
+        step("storage check")
+        time.sleep(2)
+        out["storage"] = {"health": health(proxy.url).get("storage"), **stored_rows(dsn)}
+        return out
     step("latency at concurrency 1")
     ph["latency"] = {s.name: phases.latency(tools, s, args.seconds) for s in sides}
     step("throughput at concurrency 32")
@@ -265,6 +288,13 @@ def main() -> None:
     ap.add_argument(
         "--floor", action="store_true", help="also measure the stack's floor (bench/floor_proxy.py) at c=1 and c=32"
     )
+    ap.add_argument(
+        "--same-body",
+        action="store_true",
+        help="only compare one body sent over and over with varied bodies (c=1 latency, c=32 throughput)",
+    )
+    ap.add_argument("--same-body-count", type=int, default=20_000, help="times the body is sent before measuring")
+    ap.add_argument("--same-body-seconds", type=float, default=120.0, help="time bound of sending it that often")
     ap.add_argument("--json", dest="json_out", type=Path, help="results file (default bench/results/...)")
     args = ap.parse_args()
     if args.quick:
@@ -281,10 +311,11 @@ def main() -> None:
             "command": " ".join(["python -m bench.overhead", *sys.argv[1:]]),
         }
     )
-    table = report.render(results)
+    table = report.render_same_body(results) if args.same_body else report.render(results)
     print(table)
     results["table"] = table
-    out = args.json_out or RESULTS / f"overhead-{started.strftime('%Y%m%dT%H%M%S')}.json"
+    name = "same-body" if args.same_body else "overhead"
+    out = args.json_out or RESULTS / f"{name}-{started.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
     print(f"results: {out}")

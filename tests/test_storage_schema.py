@@ -98,7 +98,15 @@ def test_partitions_ahead_and_retention_drops_whole_days(migrated_db: str) -> No
             "SELECT request_id FROM api_requests WHERE conversation_id = gen_random_uuid() ORDER BY timestamp",
             "conversation_id_timestamp_idx",
         ),
-        ("SELECT request_id FROM api_requests WHERE current_message_hash = '\\x00'::bytea", "current_message_hash_idx"),
+        (
+            "SELECT request_id FROM api_requests WHERE current_message_hash = '\\x00'::bytea",
+            "current_message_hash_timestamp_idx",
+        ),
+        (  # the linker's newest rows of one history: read in index order, however many there are
+            "SELECT request_id FROM api_requests WHERE current_message_hash = '\\x00'::bytea "
+            "ORDER BY timestamp DESC LIMIT 32",
+            "current_message_hash_timestamp_idx",
+        ),
         ("SELECT request_id FROM api_requests WHERE parent_request_id = gen_random_uuid()", "parent_request_id_idx"),
         (
             "SELECT request_id FROM api_requests WHERE task_prompt_keys @> ARRAY['\\x00'::bytea]",

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.harness.procs import Meter, memory_mib
@@ -179,3 +180,88 @@ def growth_mib_per_min(samples: list[tuple[float, float, float]], column: int = 
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     den = sum((x - mx) ** 2 for x in xs)
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
+
+
+def _c1_c32(
+    run: Callable[[int, float, int], dict[str, Any]], seconds: tuple[float, float], limit: int
+) -> dict[str, Any]:
+    """Latency at concurrency 1 (ended after `limit` answers, 0: none, or `seconds[0]`) and throughput
+    at 32 (for `seconds[1]`: wrk divides by its whole duration, so a count bound would understate it)
+    of one kind of traffic, with CPU per request."""
+    lat, thr = run(1, seconds[0], limit), run(32, seconds[1], 0)
+    meter: Meter = thr["meter"]
+    per_request = {k: v / max(1, thr["requests"]) * 1e6 for k, v in meter.cpu.items()}
+    return {
+        "p50_ms": lat["p50_ms"],
+        "p99_ms": lat["p99_ms"],
+        "rps": thr["rps"],
+        "p99_ms_c32": thr["p99_ms"],
+        "requests": lat["requests"] + thr["requests"],
+        "errors": lat["non_2xx"] + lat["socket_errors"] + thr["non_2xx"] + thr["socket_errors"],
+        "cpu_us_per_request": per_request,
+        "meter_c1": lat["meter"].summary(),
+        "meter_c32": meter.summary(),
+    }
+
+
+#: Answers in each same-body latency measurement (c=1), and the length of each throughput one (c=32):
+#: short, so that "early" means after a few thousand sends of the body at most.
+SAME_BODY_LIMIT = 500
+SAME_BODY_C32_SECONDS = 3.0
+LINKING_COUNTERS = ("entries_examined", "lookups", "lookups_skipped", "lookup_failures")
+
+
+def same_body(
+    tools: Tools,
+    side: Side,
+    bodies: tuple[Path, Path],
+    seconds: float,
+    prime: int,
+    prime_seconds: float,
+    linking: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """Does a request cost more the more often its body was seen? Varied bodies (the corpus) first;
+    then one ~50 KB body (another for each shape), measured at c=1 (`SAME_BODY_LIMIT` answers) and
+    c=32 (`SAME_BODY_C32_SECONDS`) right after its first sends (`early`) and again once it was sent `prime` times
+    (`late`; the sending is bounded by `prime_seconds` too), once from one session (every request a
+    retry of the last) and once from a new session each time (no retry, so memory holds no evidence
+    and the database is asked); varied bodies again at the end. `linking()` is the proxy's /health
+    `linking` block (the linker's work per request)."""
+
+    def measured(
+        run: Callable[[int, float, int], dict[str, Any]], times: tuple[float, float], limit: int
+    ) -> dict[str, Any]:
+        before = linking()
+        r = _c1_c32(run, times, limit)
+        after = linking()
+        r["linking"] = {k: after.get(k, 0) - before.get(k, 0) for k in LINKING_COUNTERS}
+        return r
+
+    def varied(connections: int, secs: float, limit: int) -> dict[str, Any]:
+        return tools.wrk_run(side.url, connections=connections, seconds=secs)
+
+    same_times = (seconds, min(seconds, SAME_BODY_C32_SECONDS))
+    out: dict[str, Any] = {"varied": measured(varied, same_times, 0)}
+    for session, body in zip(("fixed", "fresh"), bodies, strict=True):
+
+        def same(
+            connections: int, secs: float, limit: int, session: str = session, body: Path = body
+        ) -> dict[str, Any]:
+            return tools.wrk_same_body(
+                side.url, body, session=session, connections=connections, seconds=secs, limit=limit
+            )
+
+        early = measured(same, same_times, SAME_BODY_LIMIT)
+        left = prime - early["requests"]
+        primed = {"requests": 0, "rps": 0.0}
+        if left > 0:
+            primed = tools.wrk_same_body(
+                side.url, body, session=session, connections=8, seconds=prime_seconds, limit=left
+            )
+        late = measured(same, same_times, SAME_BODY_LIMIT)
+        early["seen_before"] = 0
+        late["seen_before"] = early["requests"] + primed["requests"]
+        late["prime_rps"] = primed["rps"]
+        out[session] = {"early": early, "late": late}
+    out["varied_after"] = measured(varied, same_times, 0)
+    return out

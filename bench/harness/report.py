@@ -185,3 +185,42 @@ def render(r: dict[str, Any]) -> str:
 
 
 _HEAD = ("metric", "direct", "nexus", "nexus vs direct", "target", "bound / note")
+
+
+def render_same_body(r: dict[str, Any]) -> str:
+    """`--same-body`: each kind of traffic through the proxy, its ratio to the varied bodies measured first
+    in the same run and, for the one body, late (after it was sent many times) against early."""
+    sb = r["phases"]["same_body"]
+    base = sb["varied"]
+    head = (
+        f"{'traffic':<40} {'seen before':>11} {'p50 c=1':>8} {'x varied':>8} {'req/s c=32':>10} {'x varied':>8} "
+        f"{'proxy us/req':>12} {'db us/req':>9} {'link work/req':>13} {'lookups':>7}"
+    )
+    lines = [f"one body of {r.get('same_body_bytes', 0):,} bytes; varied = the Claude Code corpus", head]
+
+    def row(label: str, x: dict[str, Any]) -> None:
+        cpu = x["cpu_us_per_request"]
+        link = x.get("linking", {})
+        work = link.get("entries_examined", 0) / max(1, x["requests"])
+        seen = _fmt(x.get("seen_before"), 0)
+        lines.append(
+            f"{label:<40} {seen:>11} {x['p50_ms']:>8.3f} {x['p50_ms'] / base['p50_ms']:>7.2f}x "
+            f"{x['rps']:>10,.0f} {x['rps'] / base['rps']:>7.2f}x {cpu.get('proxy', 0):>12,.0f} "
+            f"{cpu.get('database', 0):>9,.0f} {work:>13,.1f} {_fmt(link.get('lookups'), 0):>7}"
+        )
+        note = _bound(None, x["meter_c32"], None)
+        if note:
+            lines.append(f"{'':<40} c=32: {note}")
+
+    row("varied bodies", base)
+    for key, label in (("fixed", "same body, one session"), ("fresh", "same body, new session each")):
+        row(f"{label}: early", sb[key]["early"])
+        row(f"{label}: late", sb[key]["late"])
+        e, late = sb[key]["early"], sb[key]["late"]
+        cpu = late["cpu_us_per_request"].get("proxy", 0) / max(1e-9, e["cpu_us_per_request"].get("proxy", 0))
+        lines.append(
+            f"{'':<40} late/early: p50 {late['p50_ms'] / e['p50_ms']:.2f}x, req/s {late['rps'] / e['rps']:.2f}x, "
+            f"proxy CPU per request {cpu:.2f}x"
+        )
+    row("varied bodies again", sb["varied_after"])
+    return "\n".join(lines)

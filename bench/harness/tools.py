@@ -18,6 +18,7 @@ from bench.harness.procs import Meter, pinned
 
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "corpus.lua"
+SAME_BODY_LUA = HERE / "same_body.lua"
 LOADGEN_DIR = HERE.parent / "loadgen"
 
 
@@ -116,8 +117,19 @@ class Tools:
 
     def wrk_run(self, url: str, *, connections: int, seconds: float, stream: bool = False) -> dict[str, Any]:
         corpus = self.corpus.stream if stream else self.corpus.json
+        return self._wrk(LUA, url, [str(corpus), str(self.corpus.headers), str(self.salt())], connections, seconds)
+
+    def wrk_same_body(
+        self, url: str, body: Path, *, session: str, connections: int, seconds: float, limit: int = 0
+    ) -> dict[str, Any]:
+        """One body over and over (`session`: fixed, fresh or none; see same_body.lua), for `seconds`
+        or until each connection's thread has had `limit` answers."""
+        args = [str(body), str(self.corpus.headers), session, str(self.salt()), str(limit)]
+        return self._wrk(SAME_BODY_LUA, url, args, connections, seconds)
+
+    def _wrk(self, script: Path, url: str, args: list[str], connections: int, seconds: float) -> dict[str, Any]:
         cmd = [self.wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "10s"]
-        cmd += ["-s", str(LUA), url, "--", str(corpus), str(self.corpus.headers), str(self.salt())]
+        cmd += ["-s", str(script), url, "--", *args]
         meter = Meter(self.groups())
         done = subprocess.run(pinned(cmd, self.cpus), capture_output=True, timeout=seconds + 60)
         meter.stop()

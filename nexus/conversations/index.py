@@ -4,6 +4,11 @@ Writes are batched, so a parent may not be in the database when its child arrive
 later; this index knows every request the moment it is linked. It is bounded: the oldest requests are
 forgotten first (`LINK_INDEX_SIZE`), after which (and after a restart) the database answers instead.
 Everything is scoped by project, so identical content in two projects never links them.
+
+The work of one lookup is bounded too, whatever the traffic: identical bodies are everyday traffic
+(retries, health prompts, the same sub-agent prompt) and anyone can send them, so no bucket is allowed
+to grow with how often a body was seen. Each keeps only what can still change a decision (see
+`HashBucket`, `_adopt` and `add_invocation`); an entry dropped from a bucket stays reachable by id.
 """
 
 from __future__ import annotations
@@ -13,7 +18,18 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
+from nexus.conversations.classify import COMPACTION
+
 PENDING, OK, FAILED = 0, 1, 2
+#: Entries kept per history hash for each (project, session, agent), each (project, agent), each
+#: (project, session) and each project: the newest, and always the newest that succeeded.
+PER_KEY = 4
+#: Distinct child histories kept per parent, for ordinary children and for compactions apart (two are
+#: enough for "has a sibling with another history"; one more for the child that is moved or forgotten),
+#: each by its oldest and its newest request.
+CHILD_HISTORIES = 3
+#: Sub-agent invocations kept per (project, prompt): claimed ones are dropped first, then the oldest.
+PER_PROMPT = 32
 
 
 @dataclass(slots=True)
@@ -72,13 +88,16 @@ class LinkIndex:
     def __init__(self, capacity: int = 100_000, invocations: int = 20_000, compactions: int = 500) -> None:
         self.capacity = capacity
         self.entries: OrderedDict[str, Entry] = OrderedDict()
-        self._by_hash: dict[bytes, Entry | list[Entry]] = {}
+        self._by_hash: dict[bytes, Entry | HashBucket] = {}
         self._children: dict[str, Entry | list[Entry]] = {}
         self._tasks: dict[tuple[str, bytes], list[Invocation]] = {}
         self._task_order: deque[Invocation] = deque()
         self._task_capacity = invocations
         self.compactions: deque[Compaction] = deque(maxlen=compactions)
         self._subtasks: OrderedDict[str, int] = OrderedDict()
+        #: Entries and invocations looked at by lookups and upkeep since start: the linker's work,
+        #: counted rather than timed so a test can tell whether it grows with repeated traffic.
+        self.examined = 0
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -94,49 +113,137 @@ class LinkIndex:
             entry.conversation_id = sys.intern(entry.conversation_id)
         self.entries[entry.request_id] = entry
         if entry.current is not None:
-            _put(self._by_hash, entry.current, entry)
-        if entry.parent_request_id is not None:
-            _put(self._children, entry.parent_request_id, entry)
+            held = self._by_hash.get(entry.current)
+            if held is None:
+                self._by_hash[entry.current] = entry
+            elif isinstance(held, HashBucket):
+                self.examined += held.add(entry)
+            else:
+                bucket = self._by_hash[entry.current] = HashBucket()
+                self.examined += bucket.add(held) + bucket.add(entry)
+        self._adopt(entry)
         while len(self.entries) > self.capacity:
             self._forget(self.entries.popitem(last=False)[1])
 
     def _forget(self, old: Entry) -> None:
         if old.current is not None:
-            _remove(self._by_hash, old.current, old)
-        if old.parent_request_id is not None:
-            _remove(self._children, old.parent_request_id, old)
+            held = self._by_hash.get(old.current)
+            if held is old:
+                del self._by_hash[old.current]
+            elif isinstance(held, HashBucket):
+                self.examined += held.remove(old)
+                if held.empty():
+                    del self._by_hash[old.current]
+        self._disown(old)
 
     def get(self, request_id: str) -> Entry | None:
         return self.entries.get(request_id)
 
-    def move(self, entry: Entry, parent_request_id: str | None) -> None:
-        """Give an indexed entry another parent (a decision revised after a database lookup)."""
-        if entry.parent_request_id is not None:
-            _remove(self._children, entry.parent_request_id, entry)
-        entry.parent_request_id = parent_request_id
-        if parent_request_id is not None and entry.request_id in self.entries:
-            _put(self._children, parent_request_id, entry)
+    def move(self, entry: Entry, parent_request_id: str | None, parent_task_request_id: str | None) -> None:
+        """Give an indexed entry another parent or parent task (a decision revised after a database
+        lookup): it is filed again under its parent's children."""
+        self._disown(entry)
+        entry.parent_request_id, entry.parent_task_request_id = parent_request_id, parent_task_request_id
+        if entry.request_id in self.entries:
+            self._adopt(entry)
 
-    def with_hash(self, project: str, digest: bytes) -> list[Entry]:
-        """Requests of `project` whose whole (normalised) history hashes to `digest`, oldest first."""
-        return [e for e in _get(self._by_hash, digest) if e.project == project]
+    def with_hash(self, project: str, digest: bytes, session: str | None, agent: str | None) -> list[Entry]:
+        """Requests of `project` whose whole (normalised) history hashes to `digest` that can win the
+        linker's pick for a request from `session` and `agent` (same agent, then same session, then
+        not failed, then newest): the newest few of each of those groups, at most 4 x `PER_KEY`. The
+        same entry may appear twice."""
+        held = self._by_hash.get(digest)
+        if held is None:
+            return []
+        if isinstance(held, Entry):
+            self.examined += 1
+            return [held] if held.project == project else []
+        found = held.candidates(project, session, agent)
+        self.examined += len(found)
+        return found
 
     def children(self, request_id: str) -> list[Entry]:
-        return _get(self._children, request_id)
+        """Children of a request that can make a newcomer a branch (see `_adopt`), at most
+        4 x `CHILD_HISTORIES`."""
+        held = _get(self._children, request_id)
+        self.examined += len(held)
+        return held
+
+    def _adopt(self, entry: Entry) -> None:
+        """File `entry` under its parent's children, keeping only what "does the parent already have
+        a child with another history?" needs. A sub-agent the parent spawned is never such a child, so
+        it is not filed. Children with one history (retries, the same turn sent again) are kept by their
+        oldest and newest request (the oldest passes every "sent before me" test; the newest is the last
+        to be forgotten), and only the first `CHILD_HISTORIES` histories of ordinary children and of
+        compactions are kept: once two are, every newcomer already has a sibling with another history."""
+        parent = entry.parent_request_id
+        if parent is None or entry.parent_task_request_id == parent:
+            return
+        held = self._children.get(parent)
+        if held is None:
+            self._children[parent] = entry
+            return
+        kids = held if isinstance(held, list) else [held]
+        self.examined += len(kids)
+        compaction = entry.request_type == COMPACTION
+        same = [c for c in kids if c.current == entry.current and (c.request_type == COMPACTION) == compaction]
+        if not same:
+            histories = {c.current for c in kids if (c.request_type == COMPACTION) == compaction}
+            if len(histories) >= CHILD_HISTORIES:
+                return
+        elif len(same) >= 2:  # kept by its oldest and its newest: the newcomer replaces one, or neither
+            oldest, newest = min(same, key=_ts), max(same, key=_ts)
+            if entry.timestamp >= newest.timestamp:
+                _drop(kids, newest)
+            elif entry.timestamp < oldest.timestamp:
+                _drop(kids, oldest)
+            else:
+                return
+        kids.append(entry)
+        if held is not kids:
+            self._children[parent] = kids
+
+    def _disown(self, entry: Entry) -> None:
+        parent = entry.parent_request_id
+        if parent is None:
+            return
+        held = self._children.get(parent)
+        if held is entry:
+            del self._children[parent]
+        elif isinstance(held, list):
+            self.examined += len(held)
+            if _drop(held, entry):
+                if len(held) == 1:
+                    self._children[parent] = held[0]
+                elif not held:
+                    del self._children[parent]
 
     # --- sub-agent invocations ---------------------------------------------------------------------
     def add_invocation(self, inv: Invocation) -> None:
+        """Remember a launched sub-agent prompt. At most `PER_PROMPT` per (project, prompt): the same
+        prompt launched over and over drops claimed invocations first (they are never candidates
+        again), then the oldest unclaimed one (a sub-agent starts within seconds of its launch)."""
         bucket = self._tasks.setdefault((inv.project, inv.prompt_key), [])
+        self.examined += len(bucket)
         if any(i.request_id == inv.request_id and i.tool_use_id == inv.tool_use_id for i in bucket):
             return
         bucket.append(inv)
+        if len(bucket) > PER_PROMPT:
+            del bucket[next((n for n, i in enumerate(bucket) if i.claimed), 0)]
         self._task_order.append(inv)
         while len(self._task_order) > self._task_capacity:
             old = self._task_order.popleft()
-            _remove(self._tasks, (old.project, old.prompt_key), old)
+            key = (old.project, old.prompt_key)
+            held = self._tasks.get(key)
+            if held is not None:
+                self.examined += len(held)
+                if _drop(held, old) and not held:
+                    del self._tasks[key]
 
     def invocations(self, project: str, prompt_key: bytes) -> list[Invocation]:
-        return self._tasks.get((project, prompt_key), [])
+        held = self._tasks.get((project, prompt_key), [])
+        self.examined += len(held)
+        return held
 
     def subtask_count(self, conversation_id: str) -> int:
         """The highest `subtask_N` number seen in a conversation (0 when none)."""
@@ -150,14 +257,80 @@ class LinkIndex:
                 self._subtasks.popitem(last=False)
 
 
-def _put(table: dict[Any, Entry | list[Entry]], key: object, entry: Entry) -> None:
-    held = table.get(key)
-    if held is None:
-        table[key] = entry
-    elif isinstance(held, list):
-        held.append(entry)
-    else:
-        table[key] = [held, entry]
+class HashBucket:
+    """The requests that share one history hash (two or more), kept per group a pick can prefer.
+
+    `Linker._pick` ranks same agent, then same session, then not failed, then newest, and a retry must
+    match session and agent exactly: so the best candidate for any request is among the newest few of
+    its (project, session, agent), its (project, agent), its (project, session) or its project. Each of
+    those groups keeps `PER_KEY` entries: the newest, and always the newest that succeeded (a pick
+    prefers a request that did not fail, and a pending one may still fail). The same body sent ten
+    thousand times, from one session or from a new one each time, costs a lookup of at most
+    4 x `PER_KEY` entries; a thousand sessions that open with the same prompt each find their own.
+    """
+
+    __slots__ = ("groups",)
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[Any, ...], list[Entry]] = {}
+
+    @staticmethod
+    def _keys(entry: Entry) -> list[tuple[Any, ...]]:
+        keys: list[tuple[Any, ...]] = [("sa", entry.project, entry.session, entry.agent_id), ("p", entry.project)]
+        if entry.agent_id is not None:
+            keys.append(("a", entry.project, entry.agent_id))
+        if entry.session is not None:
+            keys.append(("s", entry.project, entry.session))
+        return keys
+
+    def add(self, entry: Entry) -> int:
+        """File `entry`; return how many entries were looked at."""
+        seen = 0
+        for key in self._keys(entry):
+            group = self.groups.get(key)
+            if group is None:
+                self.groups[key] = [entry]
+                continue
+            group.append(entry)
+            seen += len(group)
+            if len(group) > PER_KEY:  # drop the oldest, unless it is the newest that succeeded
+                ok = max((e for e in group if e.status == OK), key=_ts, default=None)
+                _drop(group, min((e for e in group if e is not ok), key=_ts))
+        return seen
+
+    def remove(self, entry: Entry) -> int:
+        seen = 0
+        for key in self._keys(entry):
+            group = self.groups.get(key)
+            if group is not None:
+                seen += len(group)
+                if _drop(group, entry) and not group:
+                    del self.groups[key]
+        return seen
+
+    def empty(self) -> bool:
+        return not self.groups
+
+    def candidates(self, project: str, session: str | None, agent: str | None) -> list[Entry]:
+        out = [*self.groups.get(("sa", project, session, agent), ()), *self.groups.get(("p", project), ())]
+        if agent is not None:
+            out += self.groups.get(("a", project, agent), ())
+        if session is not None:
+            out += self.groups.get(("s", project, session), ())
+        return out
+
+
+def _ts(entry: Entry) -> float:
+    return entry.timestamp
+
+
+def _drop(items: list[Any], item: object) -> bool:
+    """Remove `item` itself (not an equal one) from `items`; False when it is not there."""
+    for n, x in enumerate(items):
+        if x is item:
+            del items[n]
+            return True
+    return False
 
 
 def _get(table: dict[Any, Entry | list[Entry]], key: object) -> list[Entry]:
@@ -165,21 +338,3 @@ def _get(table: dict[Any, Entry | list[Entry]], key: object) -> list[Entry]:
     if held is None:
         return []
     return held if isinstance(held, list) else [held]
-
-
-def _remove(table: dict[Any, Any], key: object, item: object) -> None:
-    held = table.get(key)
-    if held is None:
-        return
-    if not isinstance(held, list):
-        if held is item:
-            del table[key]
-        return
-    try:
-        held.remove(item)
-    except ValueError:
-        return
-    if len(held) == 1:
-        table[key] = held[0]
-    elif not held:
-        del table[key]

@@ -86,7 +86,8 @@ class Linker:
         if not hashes:
             return self._new(req, None, missed=False)
         current = hashes[-1]
-        retry_of = self._pick(req, [e for e in self.index.with_hash(req.project, current) if self._is_retry(req, e)])
+        same = self.index.with_hash(req.project, current, req.session, req.agent_id)
+        retry_of = self._pick(req, [e for e in same if self._is_retry(req, e)])
         if retry_of is not None:
             return Link(
                 req.request_type,
@@ -117,7 +118,7 @@ class Linker:
                     "subtask",
                 )
         for k in range(len(hashes) - 2, -1, -1):
-            candidates = self.index.with_hash(req.project, hashes[k])
+            candidates = self.index.with_hash(req.project, hashes[k], req.session, req.agent_id)
             parent = self._pick(req, [e for e in candidates if e.timestamp <= req.timestamp])
             if parent is not None:
                 link = self._child_of(req, parent, hashes[k], current, "prefix")
@@ -218,9 +219,11 @@ class Linker:
         probe = summary_probe(req.continuation_text or "")
         if probe is None:
             return None
-        for c in reversed(self.index.compactions):
+        for n, c in enumerate(reversed(self.index.compactions), 1):
             if c.project == req.project and c.timestamp <= req.timestamp and probe in c.text:
+                self.index.examined += n
                 return c
+        self.index.examined += len(self.index.compactions)
         return None
 
     # --- remembering -----------------------------------------------------------------------------
@@ -237,10 +240,16 @@ class Linker:
             return
         entry = self.index.get(req.request_id)
         if entry is not None:
-            entry.conversation_id, entry.branch_id = link.conversation_id, link.branch_id
-            entry.is_subtask, entry.parent_task_request_id = link.is_subtask, link.parent_task_request_id
-            if entry.parent_request_id != link.parent_request_id:
-                self.index.move(entry, link.parent_request_id)
+            entry.conversation_id, entry.branch_id, entry.is_subtask = (
+                link.conversation_id,
+                link.branch_id,
+                link.is_subtask,
+            )
+            if (entry.parent_request_id, entry.parent_task_request_id) != (
+                link.parent_request_id,
+                link.parent_task_request_id,
+            ):
+                self.index.move(entry, link.parent_request_id, link.parent_task_request_id)
             return
         self.index.add(
             Entry(

@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 
 from nexus._core import prompt_key as prompt_key_of
 from nexus.conversations.compaction import reply_text
-from nexus.conversations.index import FAILED, OK, Compaction, Entry, Invocation
+from nexus.conversations.index import FAILED, OK, PER_KEY, Compaction, Entry, Invocation
 from nexus.conversations.linker import spawned_prompts
 
 ENTRY_COLUMNS = (
@@ -47,22 +47,75 @@ def _window(before: float, days: int) -> tuple[datetime, datetime]:
     return end - timedelta(days=days), end
 
 
+#: Rows read per history hash, newest first (an index range scan, however often the hash was stored).
+HASH_ROWS = 32
+#: Of those, the newest few overall and of each group that shares the request's session or agent (the
+#: groups the linker's pick prefers), as in the in-memory index (`PER_KEY`).
+HASH_GROUP_ROWS = PER_KEY
+#: Candidates returned, nearest history first, and children read per candidate (for branching).
+HASH_CANDIDATES = 64
+CHILD_ROWS = 32
+_LOOKUP_COLUMNS = (
+    'request_id, project_id, "timestamp", request_type, current_message_hash, conversation_id, branch_id, '
+    "parent_request_id, is_subtask, parent_task_request_id, session_id, agent_id, response_status"
+)
+_WINDOW = '"timestamp" >= %(start)s AND "timestamp" < %(end)s'
+_SAME_SESSION = "session_id IS NOT DISTINCT FROM %(session)s"
+_SAME_AGENT = "agent_id IS NOT DISTINCT FROM %(agent)s"
+REQUESTS_WITH_HASHES = f"""
+SELECT {ENTRY_COLUMNS} FROM (
+    SELECT r.*, h.depth,
+        row_number() OVER (PARTITION BY h.depth ORDER BY r."timestamp" DESC) AS newest,
+        row_number() OVER (PARTITION BY h.depth, {_SAME_SESSION}, {_SAME_AGENT} ORDER BY r."timestamp" DESC) AS in_group
+    FROM unnest(%(hashes)s::bytea[]) WITH ORDINALITY AS h(hash, depth)
+    CROSS JOIN LATERAL (
+        SELECT {_LOOKUP_COLUMNS} FROM api_requests
+        WHERE current_message_hash = h.hash AND project_id = %(project)s AND {_WINDOW}
+        ORDER BY "timestamp" DESC LIMIT {HASH_ROWS}
+    ) r
+) c
+WHERE newest <= {HASH_GROUP_ROWS} OR (in_group <= {HASH_GROUP_ROWS} AND ({_SAME_SESSION} OR {_SAME_AGENT}))
+ORDER BY depth DESC, "timestamp" DESC LIMIT {HASH_CANDIDATES}
+"""  # noqa: S608 (constants only)
+CHILDREN_OF = f"""
+SELECT {ENTRY_COLUMNS} FROM unnest(%(parents)s::uuid[]) AS p(parent)
+CROSS JOIN LATERAL (
+    SELECT {_LOOKUP_COLUMNS} FROM api_requests WHERE parent_request_id = p.parent AND {_WINDOW} LIMIT {CHILD_ROWS}
+) c
+"""  # noqa: S608 (constants only)
+
+
 async def requests_with_hashes(
-    conn: AsyncConnection[Any], project: str, hashes: list[bytes], before: float, days: int
+    conn: AsyncConnection[Any],
+    project: str,
+    hashes: list[bytes],
+    before: float,
+    days: int,
+    session: str | None = None,
+    agent: str | None = None,
 ) -> list[Entry]:
-    """Requests whose whole history is one of `hashes`, and the children of those (for branching)."""
+    """Requests whose whole history is one of `hashes` that could be a retry or parent of a request from
+    `session` and `agent`, and some children of those (for branching).
+
+    Bounded whatever the traffic: per hash only the newest `HASH_ROWS` rows are read (an index range
+    scan on (hash, timestamp)), and of those the newest few overall and of the request's session, agent
+    or both are returned, so a body stored ten thousand times costs what a body stored once does.
+    """
     start, end = _window(before, days)
-    found = await conn.execute(
-        f"SELECT {ENTRY_COLUMNS} FROM api_requests WHERE project_id = %s AND current_message_hash = ANY(%s) "  # noqa: S608
-        "AND timestamp >= %s AND timestamp < %s ORDER BY timestamp DESC LIMIT 200",
-        (project, hashes, start, end),
-    )
-    entries = [_entry(r) for r in await found.fetchall()]
+    params = {"hashes": hashes, "project": project, "start": start, "end": end, "session": session, "agent": agent}
+    # The planner cannot know that a hash is one stored ten thousand times: estimating a row or two, it
+    # would read all of its rows from each daily partition and sort them. With sorts ruled out for this
+    # statement alone it merges the partitions' (hash, timestamp) index scans and stops at HASH_ROWS.
+    cur = await conn.execute("SELECT current_setting('enable_sort'), set_config('enable_sort', 'off', true)")
+    row = await cur.fetchone()
+    try:
+        found = await conn.execute(REQUESTS_WITH_HASHES, params)
+        entries = [_entry(r) for r in await found.fetchall()]
+    finally:
+        await conn.execute("SELECT set_config('enable_sort', %s, true)", (row[0] if row else "on",))
     if entries:
         children = await conn.execute(
-            f"SELECT {ENTRY_COLUMNS} FROM api_requests WHERE parent_request_id = ANY(%s::uuid[]) "  # noqa: S608
-            "AND timestamp >= %s AND timestamp < %s LIMIT 500",
-            ([e.request_id for e in entries], start, end),
+            CHILDREN_OF, {"parents": [e.request_id for e in entries], "start": start, "end": end}
         )
         entries += [_entry(r) for r in await children.fetchall()]
     return entries

@@ -125,6 +125,7 @@ class ConversationService:
             "lookups_skipped": self.lookups_skipped,
             "lookup_failures": self.lookup_failures,
             "revised_by_lookup": self.revised,
+            "entries_examined": self.linker.index.examined,
         }
 
     async def link(self, req: LinkRequest) -> Link:
@@ -201,7 +202,13 @@ class ConversationService:
                 pool = await self.pool()
                 async with pool.connection() as conn:
                     entries = await repository.requests_with_hashes(  # the nearest 16 ancestors, and itself
-                        conn, req.project, req.hashes()[-17:], req.timestamp, self.lookback_days
+                        conn,
+                        req.project,
+                        req.hashes()[-17:],
+                        req.timestamp,
+                        self.lookback_days,
+                        req.session,
+                        req.agent_id,
                     )
                     if req.first_user_key is not None and len(req.prefix_hashes) == 16 and req.request_type == SUBAGENT:
                         spawners, invocations, counts = await repository.spawning_requests(
