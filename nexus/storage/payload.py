@@ -86,17 +86,9 @@ class Batch:
         start = FRAME.size
         return cls(payload[start : start + req_len], payload[start + req_len : start + req_len + blob_len])
 
-    @property
-    def request_columns(self) -> int:
-        """The field count of the request rows (a COPY tuple carries it): which column layout they use."""
-        return _field_count(self.requests)
-
-    @property
-    def blob_columns(self) -> int:
-        return _field_count(self.blobs)
-
     def request_types(self) -> list[str]:
-        return REQUEST_TYPES_BY_COUNT[self.request_columns]
+        """The column types the request rows were encoded with (a COPY tuple carries its field count)."""
+        return REQUEST_TYPES_BY_COUNT[_field_count(self.requests)]
 
 
 def _field_count(payload: bytes) -> int:
@@ -105,17 +97,13 @@ def _field_count(payload: bytes) -> int:
 
 
 def send(conn: psycopg.Connection, batch: Batch) -> None:
-    """Write one batch in the connection's current transaction (the caller commits or rolls back)."""
+    """Write one batch in the connection's current transaction (the caller commits or rolls back):
+    content parts first, since the requests refer to them."""
     with conn.cursor() as cur:
-        blob_count = batch.blob_columns
-        if blob_count:
-            copy_sql, insert_sql = BLOB_STATEMENTS[blob_count]
-            with cur.copy(copy_sql) as cp:  # type: ignore[arg-type]
-                cp.write(batch.blobs)
-            cur.execute(insert_sql)  # type: ignore[arg-type]
-        count = batch.request_columns
-        if count:
-            copy_sql, insert_sql = REQUEST_STATEMENTS[count]
-            with cur.copy(copy_sql) as cp:  # type: ignore[arg-type]
-                cp.write(batch.requests)
-            cur.execute(insert_sql)  # type: ignore[arg-type]
+        for payload, statements in ((batch.blobs, BLOB_STATEMENTS), (batch.requests, REQUEST_STATEMENTS)):
+            count = _field_count(payload)
+            if count:
+                copy_sql, insert_sql = statements[count]
+                with cur.copy(copy_sql) as cp:  # type: ignore[arg-type]
+                    cp.write(payload)
+                cur.execute(insert_sql)  # type: ignore[arg-type]

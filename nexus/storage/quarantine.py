@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import struct
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,9 @@ import orjson
 import psycopg
 
 from nexus.home import private_dir
+from nexus.storage import frames
 
 FILE_MAGIC = b"NXQ1"
-_FILE_HEADER = struct.Struct(">4sII")
 
 INSERT = (
     "INSERT INTO storage_quarantine (table_name, column_count, request_id, row_data, sqlstate, error) "
@@ -88,29 +87,13 @@ class QuarantineFiles:
 
     def append(self, row: QuarantinedRow) -> None:
         private_dir(self.directory)
-        meta = orjson.dumps(
-            {k: v for k, v in row.summary().items() if k not in ("id", "bytes")} | {"column_count": row.column_count}
-        )
-        payload = struct.pack(">I", len(meta)) + meta + row.row_data
-        record = _FILE_HEADER.pack(FILE_MAGIC, len(payload), zlib.crc32(payload)) + payload
-        fd = os.open(self.directory / self._name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, record)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        frames.append(self.directory / self._name, FILE_MAGIC, _pack(row))
 
     def rows(self) -> Iterator[QuarantinedRow]:
         if not self.directory.is_dir():
             return
         for path in sorted(self.directory.glob("quarantine-*.log")):
-            data = path.read_bytes()
-            offset = index = 0
-            while offset + _FILE_HEADER.size <= len(data):
-                magic, length, crc = _FILE_HEADER.unpack_from(data, offset)
-                payload = data[offset + _FILE_HEADER.size : offset + _FILE_HEADER.size + length]
-                if magic != FILE_MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
-                    break
+            for index, payload in enumerate(frames.read(path, FILE_MAGIC)):
                 (meta_len,) = struct.unpack_from(">I", payload)
                 meta = orjson.loads(payload[4 : 4 + meta_len])
                 yield QuarantinedRow(
@@ -124,8 +107,6 @@ class QuarantineFiles:
                     meta.get("quarantined_at", 0.0),
                     meta.get("retries", 0),
                 )
-                offset += _FILE_HEADER.size + length
-                index += 1
 
     def remove(self, ids: set[str]) -> None:
         """Rewrite each file without the rows whose ids are given (after a successful retry)."""
@@ -137,16 +118,16 @@ class QuarantineFiles:
             if len(keep) == len(rows):
                 continue
             path = self.directory / name
-            if not keep:
+            if keep:
+                frames.rewrite(path, FILE_MAGIC, [_pack(r) for r in keep])
+            else:
                 path.unlink(missing_ok=True)
-                continue
-            tmp = path.with_suffix(".tmp")
-            tmp.unlink(missing_ok=True)
-            other = QuarantineFiles(self.directory)
-            other._name = tmp.name
-            for row in keep:
-                other.append(row)
-            os.replace(tmp, path)
+
+
+def _pack(row: QuarantinedRow) -> bytes:
+    meta = {k: v for k, v in row.summary().items() if k not in ("id", "bytes")} | {"column_count": row.column_count}
+    encoded = orjson.dumps(meta)
+    return struct.pack(">I", len(encoded)) + encoded + row.row_data
 
 
 def now() -> float:

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import threading
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from nexus.home import private_dir
+from nexus.storage import frames
 
 log = logging.getLogger("nexus.storage")
 
 MAGIC = b"NXS1"
-HEADER = struct.Struct(">4sII")
+HEADER = frames.HEADER
 
 
 class SpoolFullError(OSError):
@@ -60,18 +59,12 @@ class Spool:
 
     def append(self, payload: bytes) -> None:
         """Append one record durably; raise `SpoolFullError` or `OSError` if it cannot be kept."""
-        record = HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
         with self._lock:
-            if self.size() + len(record) > self.max_bytes:
+            if self.size() + frames.HEADER.size + len(payload) > self.max_bytes:
                 raise SpoolFullError(f"spool at {self.directory} is full ({self.max_bytes} bytes)")
             if not self.directory.is_dir():
                 private_dir(self.directory)
-            fd = os.open(self.active_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                os.write(fd, record)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            frames.append(self.active_path, MAGIC, payload)
 
     def pending_files(self) -> list[Path]:
         """Spool files to replay, oldest first (claimed ones from a crashed replay included)."""
@@ -115,27 +108,9 @@ class Spool:
 
     @staticmethod
     def _rewrite(path: Path, remaining: list[bytes]) -> None:
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            for payload in remaining:
-                fh.write(HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        frames.rewrite(path, MAGIC, remaining)
 
 
 def read_records(path: Path) -> Iterator[bytes]:
     """The intact records of a spool file, in order; a torn or corrupt tail ends the file."""
-    data = path.read_bytes()
-    offset = 0
-    while offset + HEADER.size <= len(data):
-        magic, length, crc = HEADER.unpack_from(data, offset)
-        start = offset + HEADER.size
-        payload = data[start : start + length]
-        if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
-            log.warning("spool %s: dropping a torn or corrupt record at byte %d", path.name, offset)
-            return
-        yield payload
-        offset = start + length
-    if offset != len(data):
-        log.warning("spool %s: dropping %d trailing bytes of a torn record", path.name, len(data) - offset)
+    return frames.read(path, MAGIC)

@@ -236,3 +236,37 @@ def test_one_bad_usage_value_does_not_drop_its_batch(migrated_db: str, tmp_path:
         }
     assert rows[huge.request_id] == (2**63 - 1, 5, ["int_clamped"])
     assert rows[streamed.request_id][1] == 2**63 - 1 and "int_clamped" in rows[streamed.request_id][2]
+
+
+def test_when_the_quarantine_table_refuses_too_the_row_goes_to_a_file(migrated_db: str, tmp_path: Path) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE api_requests ADD CONSTRAINT no_poison CHECK (model IS DISTINCT FROM 'poison')")
+        conn.execute("DROP TABLE storage_quarantine")
+    records = [record(), record("poison"), record()]
+    writer = writer_for(migrated_db, tmp_path, batch_size=3, interval_ms=100)
+    writer.start()
+    try:
+        for rec in records:
+            writer.submit(rec)
+        wait(lambda: writer.metrics.quarantine_file_rows == 1)
+        snapshot = writer.snapshot()
+    finally:
+        writer.close()
+    assert snapshot["degraded"] is True and snapshot["rows_written"] == 2
+    files = list((tmp_path / "quarantine").glob("quarantine-*.log"))
+    assert len(files) == 1 and oct(files[0].stat().st_mode & 0o777) == "0o600"
+    env = {"DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path)}
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE api_requests DROP CONSTRAINT no_poison")
+        conn.execute(  # back, as the migration made it, so the command can list both places
+            "CREATE TABLE storage_quarantine (id bigserial PRIMARY KEY, quarantined_at timestamptz NOT NULL "
+            "DEFAULT now(), table_name text NOT NULL, column_count int NOT NULL, request_id uuid, row_data bytea "
+            "NOT NULL, sqlstate text, error text NOT NULL, retries int NOT NULL DEFAULT 0, last_retry_at timestamptz)"
+        )
+    listed = CliRunner().invoke(main, ["storage", "quarantine", "--json"], env=env)
+    item = orjson.loads(listed.output.splitlines()[0])
+    assert item["id"].startswith("file:") and item["request_id"] == records[1].request_id
+    retried = CliRunner().invoke(main, ["storage", "quarantine", "--retry"], env=env)
+    assert "stored" in retried.output, retried.output
+    assert records[1].request_id in stored_ids(migrated_db)
+    assert not files[0].exists()
