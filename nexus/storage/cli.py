@@ -9,6 +9,7 @@ import click
 import orjson
 import psycopg
 
+from nexus.settings import SettingsError, load_settings
 from nexus.storage import quarantine
 
 
@@ -24,9 +25,10 @@ def storage() -> None:
 @click.option("--id", "ids", multiple=True, help="Only this row (repeatable); default: all.")
 def quarantine_command(as_json: bool, retry: bool, drop: bool, ids: tuple[str, ...]) -> None:
     """List the quarantined rows; with --retry store the ones PostgreSQL now accepts."""
-    from nexus.cli import _settings_or_exit
-
-    settings = _settings_or_exit()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
     if settings.database_url is None:
         raise click.ClickException("DATABASE_URL is not set")
     files = quarantine.QuarantineFiles(settings.nexus_home / "quarantine")
