@@ -28,12 +28,13 @@ install: $(STAMP)
 run: install
 	$(BIN)/nexus serve
 
-## Install and run the whole test suite: lints, Rust tests, Python tests.
+## Install and run the whole test suite: lints (ruff, mypy, cargo fmt, clippy), Rust tests, Python tests.
 test: install lint rust-test py-test
 
 lint: install
 	$(BIN)/ruff check nexus tests bench
 	$(BIN)/ruff format --check nexus tests bench
+	$(BIN)/mypy
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --locked -- -D warnings
 

@@ -73,6 +73,7 @@ def _prepare_storage(settings: Any) -> None:
 def _run_proxy() -> None:
     from granian import Granian
     from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
 
     from nexus.auth.service import startup_lines
     from nexus.ports import raise_open_files_limit
@@ -93,7 +94,7 @@ def _run_proxy() -> None:
         loop=Loops.uvloop,
         workers=settings.proxy_workers,
         runtime_threads=settings.proxy_threads,
-        log_level="debug" if settings.debug else "warning",
+        log_level=LogLevels.debug if settings.debug else LogLevels.warning,
         workers_kill_timeout=30,
         backlog=2048,
         backpressure=backpressure,

@@ -73,8 +73,9 @@ class ClientKeyStore:
         key = PREFIX + secrets.token_urlsafe(32)
         digest = self.digest(key)
         now = time.time()
-        record = {
-            "id": digest[:ID_LENGTH],
+        key_id = digest[:ID_LENGTH]
+        record: dict[str, Any] = {
+            "id": key_id,
             "digest": digest,
             "project": project,
             "name": name,
@@ -83,7 +84,7 @@ class ClientKeyStore:
             "expires_at": now + expires_days * 86400 if expires_days is not None else None,
             "revoked_at": None,
         }
-        write_atomically(self._path(record["id"]), record)
+        write_atomically(self._path(key_id), record)
         return _from_record(record), key
 
     def check(self, presented: str) -> ClientKey:

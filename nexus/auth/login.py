@@ -100,7 +100,8 @@ def _existing(path: Path) -> dict[str, Any]:
 
 
 def login_file(existing: dict[str, Any], answer: TokenAnswer, name: str) -> dict[str, Any]:
-    old_oauth = existing.get("oauth") if isinstance(existing.get("oauth"), dict) else {}
+    found = existing.get("oauth")
+    old_oauth: dict[str, Any] = found if isinstance(found, dict) else {}
     data = {k: v for k, v in existing.items() if k != "api_key"}  # a replaced API key must not linger
     data["type"] = "oauth"
     data["accountId"] = existing.get("accountId") or name

@@ -109,11 +109,11 @@ class LiveFeed:
         async with self.pool.connection() as conn:
             if self._since is None:  # start from now: rows already stored are on the page already
                 cur = await conn.execute("SELECT now()")
-                row = await cur.fetchone()
-                assert row is not None
-                self._since = row[0]
+                now = await cur.fetchone()
+                assert now is not None
+                self._since = now[0]
                 for old in await requests_repo.list_stored_since(
-                    conn, stored_after=row[0] - OVERLAP, started_after=row[0] - OLDEST_START, limit=4 * BATCH
+                    conn, stored_after=now[0] - OVERLAP, started_after=now[0] - OLDEST_START, limit=4 * BATCH
                 ):
                     self._remember(str(old["request_id"]))
                 return

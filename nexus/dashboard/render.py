@@ -92,7 +92,8 @@ def blocks(content: Any) -> list[dict[str, Any]]:
         elif kind in ("thinking", "redacted_thinking"):
             out.append({"kind": "thinking", "text": str(block.get("thinking", "[redacted]"))})
         elif kind in ("image", "document"):
-            source = block.get("source") if isinstance(block.get("source"), dict) else {}
+            found = block.get("source")
+            source: dict[str, Any] = found if isinstance(found, dict) else {}
             size = len(str(source.get("data", ""))) * 3 // 4
             out.append({"kind": "image", "text": f"[{kind} {source.get('media_type', '')} ~{size:,} bytes]"})
         else:
@@ -113,7 +114,8 @@ def conversation(request_body: Any, response_body: Any) -> dict[str, Any]:
     answer = None
     if isinstance(response_body, dict) and response_body.get("type") == "message":
         answer = {"role": "assistant", "blocks": blocks(response_body.get("content"))}
-    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    offered = body.get("tools")
+    tools: list[Any] = offered if isinstance(offered, list) else []
     return {
         "system": blocks(system) if system else [],
         "messages": messages,

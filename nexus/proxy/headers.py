@@ -9,6 +9,8 @@ the proxy sees plain bytes it can observe, and forwards them untouched without d
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -44,7 +46,7 @@ def upstream_request_headers(items: list[tuple[str, str]]) -> list[tuple[str, st
     return out
 
 
-def client_response_headers(items: list[tuple[str, str]], request_id: str) -> list[tuple[str, str]]:
+def client_response_headers(items: Iterable[tuple[str, str]], request_id: str) -> list[tuple[str, str]]:
     """Upstream response headers to send to the client, plus our own request id."""
     out = [(k, v) for k, v in items if k not in _RESPONSE_DROP]
     out.append(("x-request-id", request_id))

@@ -268,10 +268,11 @@ class ReferenceSseObserver:
                     self.tool_uses.append((_str(start.get("id")) or "", _str(start.get("name")) or ""))
                 self._blocks.append(block)
         elif ev_type == "content_block_delta":
-            block = self._find_block(_u64(ev.get("index")))
+            found = self._find_block(_u64(ev.get("index")))
             delta = ev.get("delta")
-            if block is None or not isinstance(delta, dict):
+            if found is None or not isinstance(delta, dict):
                 return
+            block = found
             dtype = delta.get("type")
             if dtype == "text_delta" and block.kind == "text":
                 block.text += _str(delta.get("text")) or ""

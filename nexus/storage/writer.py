@@ -76,7 +76,7 @@ class RecentKeys:
         self.capacity = capacity
         self._keys: OrderedDict[bytes, None] = OrderedDict()
 
-    def __contains__(self, key: bytes) -> bool:
+    def __contains__(self, key: object) -> bool:
         return key in self._keys
 
     def add_all(self, keys: list[bytes]) -> None:
@@ -195,7 +195,8 @@ class StorageWriter:
     def _write_batch(self, records: list[ExchangeRecord]) -> None:
         blobs: dict[bytes, tuple[int, bytes]] = {}
         rows = [to_row(rec, blobs, self._known) for rec in records]
-        new_blobs = [[k, kind, body, None] for k, (kind, body) in blobs.items() if k not in self._known]
+        new_keys = [k for k in blobs if k not in self._known]
+        new_blobs = [[k, *blobs[k], None] for k in new_keys]
         try:
             batch = Batch(
                 encode_copy_binary(REQUEST_TYPES, rows),
@@ -215,7 +216,7 @@ class StorageWriter:
             self._to_spool(batch, len(rows))
             return
         self.metrics.batches_written += 1
-        self._known.add_all([b[0] for b in new_blobs])
+        self._known.add_all(new_keys)
 
     def _write_one_by_one(self, records: list[ExchangeRecord]) -> None:
         for rec in records:

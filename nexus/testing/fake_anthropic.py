@@ -626,6 +626,7 @@ def serve(
 ) -> None:
     from granian import Granian
     from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
 
     os.environ["FAKE_ANTHROPIC_EVENT_DELAY_MS"] = str(event_delay_ms)
     os.environ["FAKE_ANTHROPIC_TEXT_TOKENS"] = str(text_tokens)
@@ -639,7 +640,7 @@ def serve(
         interface=Interfaces.RSGI,
         loop=Loops.uvloop,
         workers=1,
-        log_level="warning",
+        log_level=LogLevels.warning,
         websockets=False,
         workers_kill_timeout=2,
     ).serve()
