@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import hypothesis  # noqa: F401 (imported at collection, not lazily by its plugin at session end: see below)
 import psycopg
 import pytest
 
@@ -17,6 +18,10 @@ from nexus.storage.embedded import start_embedded
 from nexus.storage.migrate import migrate
 from nexus.testing.control import FakeControl
 from nexus.testing.servers import run_fake_upstream, run_proxy
+
+# Hypothesis's pytest plugin imports hypothesis in its terminal summary when no test did, deep inside
+# pytest's hooks; pytest's assertion rewriter then parses it there, which CPython 3.11.7 can fail with
+# "AST constructor recursion depth mismatch" (a CPython bug): a run of a few tests exited with an error.
 
 FAST_RETRIES = {
     "UPSTREAM_RETRY_BASE_DELAY_MS": "20",

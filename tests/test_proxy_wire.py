@@ -14,6 +14,7 @@ import pytest
 
 from nexus.testing.control import FakeControl
 from nexus.testing.servers import run_proxy
+from tests.conftest import FAST_RETRIES
 from tests.stub_upstream import Script, StubUpstream, stub_upstream
 
 BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}]})
@@ -325,3 +326,48 @@ def test_unknown_route_and_service_endpoints(proxy_url: str) -> None:
     resp = c.getresponse()
     assert resp.status == 405 and orjson.loads(resp.read())["type"] == "error"
     c.close()
+
+
+# --- line endings and framing the SSE spec allows (the relay must not normalise them) ------------
+
+ODD_STREAMS = {
+    "crlf": REAL_STREAM.replace(b"\n", b"\r\n"),
+    "cr": REAL_STREAM.replace(b"\n", b"\r"),
+    "comments and multi-line data": (
+        b"\xef\xbb\xbf: a comment first, after a BOM\n"
+        b"event: message_start\r\n"
+        b'data: {"type":"message_start","message":{"id":"msg_2","type":"message","role":"assistant",\n'
+        b'data: "model":"m","content":[],"usage":{"input_tokens":3,"output_tokens":1}}}\n\n'
+        b": keep-alive\r\n\r\n"
+        b'event: message_stop\rdata: {"type":"message_stop"}\r\r'
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ODD_STREAMS))
+def test_sse_line_endings_comments_and_a_bom_pass_unchanged(stub: StubUpstream, stub_proxy_url: str, name: str) -> None:
+    stream = ODD_STREAMS[name]
+    cuts = sorted({1, 3, len(stream) // 3, len(stream) // 2 + 1, len(stream) - 2})
+    stub.script = Script(
+        headers=[("content-type", "text/event-stream")],
+        chunks=[stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)],
+    )
+    resp, data = post(stub_proxy_url, STREAM_BODY)
+    assert resp.status == 200 and data == stream
+
+
+def test_x_should_retry_false_is_obeyed() -> None:
+    """A 529 with `x-should-retry: false` is the upstream saying "do not retry": one attempt only."""
+    with stub_upstream() as upstream:
+        env = {"CLAUDE_API_BASE_URL": f"http://127.0.0.1:{upstream.port}", **FAST_RETRIES}
+        with run_proxy(env) as url:
+            for should_retry, attempts in (("false", 1), ("true", 3), (None, 3)):
+                upstream.requests.clear()
+                headers = [("content-type", "application/json")]
+                if should_retry is not None:
+                    headers.append(("x-should-retry", should_retry))
+                overloaded = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+                upstream.script = Script(status=529, headers=headers, chunks=[overloaded])
+                resp, data = post(url)
+                assert resp.status == 529 and data == overloaded
+                assert len(upstream.requests) == attempts, should_retry

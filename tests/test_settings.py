@@ -81,3 +81,17 @@ def test_docs_table_is_generated_from_the_settings() -> None:
         assert f"`{name.upper()}`" in table
     doc = Path(__file__).parent.parent / "docs" / "settings.md"
     assert table in doc.read_text(), "docs/settings.md is stale: regenerate with `nexus config --markdown`"
+
+
+def test_masked_secrets_show_at_most_a_four_and_two_character_hint() -> None:
+    """No more of a secret than its first four and last two characters is ever shown, whatever its length."""
+    for length in (1, 4, 8, 9, 12, 20, 64):
+        secret = "".join(chr(ord("a") + i % 26) for i in range(length - 1)) + "Z"
+        shown = mask_secret(secret)
+        revealed = [
+            secret[i:j] for i in range(len(secret)) for j in range(i + 1, len(secret) + 1) if secret[i:j] in shown
+        ]
+        longest = max((len(part) for part in revealed), default=0)
+        assert longest <= 4, (secret, shown)
+        assert sum(c.isalpha() for c in shown) <= 6, (secret, shown)
+        assert not (length > 2 and secret[-3:] in shown), (secret, shown)
