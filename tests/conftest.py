@@ -123,3 +123,13 @@ def migrated_db(database_admin_url: str, migrated_template: str) -> Iterator[str
     finally:
         with psycopg.connect(database_admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many of the tests that passed exercise Nexus itself, and how many its test tooling."""
+    passed = terminalreporter.stats.get("passed", [])
+    tooling = sum(1 for report in passed if "tooling" in report.keywords)
+    terminalreporter.write_line(
+        f"{len(passed) - tooling} passed tests exercise Nexus itself; {tooling} test the tooling "
+        "(fake upstream, benchmark generators)"
+    )

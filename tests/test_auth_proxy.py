@@ -236,6 +236,13 @@ def test_path_traversal_is_impossible(auth_proxy: str, creds: Path, fake: FakeCo
     for host in ("..", "../evil", "evil/..", "%2e%2e"):
         assert used_key(auth_proxy, fake, {"host": host}) == "sk-ant-api03-default-project"
     assert all(r["headers"].get("x-api-key") != "sk-ant-api03-outside" for r in fake.requests())
+    # URL paths too: a dot segment, raw or percent-encoded, never takes a held credential elsewhere
+    # (more forms and a base-path prefix in tests/security/test_forwarding.py)
+    seen = len(fake.requests())
+    for path in ("/v1/../_fake/reset", "/v1/%2e%2e/_fake/reset", "/v1/..%2f_fake/reset", "/v1/./messages"):
+        status, _, body = post(auth_proxy, {"x-api-key": "sk-ant-api03-caller"}, path=path)
+        assert_anthropic_error(status, body, 400, "invalid_request_error")
+    assert len(fake.requests()) == seen
 
 
 def test_credential_files_are_reloaded_when_they_change(auth_proxy: str, creds: Path, fake: FakeControl) -> None:

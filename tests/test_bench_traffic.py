@@ -13,6 +13,9 @@ from bench import traffic
 from bench.harness.phases import growth_mib_per_min
 from bench.harness.tools import parse_wrk
 
+#: These test the tooling (the fake upstream, the benchmark's generators), not Nexus itself.
+pytestmark = pytest.mark.tooling
+
 
 def _normal(messages: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
     """Messages as a linker compares them: no `cache_control`, a string content as one text block."""

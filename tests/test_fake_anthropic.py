@@ -12,6 +12,9 @@ import pytest
 from nexus.testing.control import FakeControl
 from nexus.testing.fake_anthropic import Scenario
 
+#: These test the tooling (the fake upstream, the benchmark's generators), not Nexus itself.
+pytestmark = pytest.mark.tooling
+
 HEADERS = {"content-type": "application/json", "x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
 
 

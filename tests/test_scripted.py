@@ -25,6 +25,9 @@ from nexus.reference.sse import ReferenceSseObserver
 from nexus.testing.control import FakeControl
 from nexus.testing.scripted import REDACTED_API_KEY, REDACTED_BEARER, complete_message, encode_sse, sse_events
 
+#: These test the tooling (the fake upstream, the benchmark's generators), not Nexus itself.
+pytestmark = pytest.mark.tooling
+
 USAGE = {
     "input_tokens": 7,
     "cache_creation_input_tokens": 1200,

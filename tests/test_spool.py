@@ -75,3 +75,35 @@ def test_another_workers_file_is_replayed_once(tmp_path: Path) -> None:
     assert b.replay(got.append) == 1
     assert a.replay(got.append) == 0
     assert got == [b"from-a"]
+
+
+def test_several_workers_files_interleaved_each_in_order_all_once(tmp_path: Path) -> None:
+    """Workers spool into files of their own; batches interleave in time. Replay keeps each worker's
+    order, sends every batch exactly once, and a failure in the middle of the second file resumes there."""
+    workers = [Spool(tmp_path, max_bytes=1 << 20) for _ in range(3)]
+    for i, spool in enumerate(workers):
+        spool._name = f"spool-{1000 + i}-1.log"  # as three processes would name theirs
+    written: dict[int, list[bytes]] = {i: [] for i in range(3)}
+    for n in range(12):
+        who = (n * 7) % 3
+        payload = b"w%d-b%d" % (who, n)
+        workers[who].append(payload)
+        written[who].append(payload)
+    sent: list[bytes] = []
+    fail_at = written[1][2]
+
+    def flaky(payload: bytes) -> None:
+        if payload == fail_at and b"<failed>" not in sent:
+            sent.append(b"<failed>")
+            raise ConnectionError("database went away")
+        sent.append(payload)
+
+    replayer = Spool(tmp_path, max_bytes=1 << 20)
+    with pytest.raises(ConnectionError):
+        replayer.replay(flaky)
+    replayer.replay(flaky)
+    delivered = [p for p in sent if p != b"<failed>"]
+    assert sorted(delivered) == sorted(p for batch in written.values() for p in batch)  # all, once
+    for who, batches in written.items():
+        assert [p for p in delivered if p.startswith(b"w%d-" % who)] == batches  # each worker's order
+    assert replayer.pending_files() == [] and replayer.size() == 0
