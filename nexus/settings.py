@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Drop stored requests older than this many days, whole daily partitions at a time (0 keeps all).",
     )
+    storage_write_timeout_ms: int = Field(
+        15_000,
+        ge=1000,
+        description="Longest one database write may wait; past it the connection is abandoned and the batch "
+        "spooled (a hung server never stalls storage), ms.",
+    )
     storage_spool_max_bytes: int = Field(
         1024 * MIB, ge=MIB, description="Disk bound of the spool that keeps batches while the database is away."
     )

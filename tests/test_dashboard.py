@@ -238,6 +238,8 @@ def test_health_is_503_while_the_database_is_away(migrated_db: str, database_adm
         with run_dashboard({"DATABASE_URL": migrated_db}, require_healthy=False) as url:
             away = call(url, "/health")
             assert away.status == 503 and '"database":"disconnected"' in away.text
+            page = call(url, "/requests")  # pages say so too, instead of a bare 500
+            assert page.status == 503 and "Storage unavailable" in page.text
             set_database_reachable(database_admin_url, name, True)
             wait_for(lambda: call(url, "/health").status == 200, 20, "dashboard health back to 200")
             set_database_reachable(database_admin_url, name, False)

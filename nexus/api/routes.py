@@ -10,6 +10,7 @@ parsed query, and returns a JSON-serialisable payload.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -18,12 +19,14 @@ from urllib.parse import parse_qs
 
 import orjson
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from nexus.api.params import check_query
 from nexus.errors import ProxyError
 
 log = logging.getLogger("nexus.api")
+#: The longest an /api/* answer may take (also each statement's server-side limit).
+ANSWER_WITHIN_S = 15.0
 
 JSON = [("content-type", "application/json")]
 
@@ -68,8 +71,16 @@ class ApiRoutes:
         if self.database_url is None:
             raise ProxyError(503, "Storage is not configured on this proxy.", "api_error")
         if self._pool is None:
-            self._pool = AsyncConnectionPool(self.database_url, min_size=1, max_size=4, open=False)
-            await self._pool.open(wait=True, timeout=10)
+            pool = AsyncConnectionPool(
+                self.database_url,
+                min_size=1,
+                max_size=4,
+                open=False,
+                timeout=3,  # waiting for a connection: a database that refuses them is a quick 503
+                kwargs={"connect_timeout": 3, "options": f"-c statement_timeout={int(ANSWER_WITHIN_S * 1000)}"},
+            )
+            await pool.open(wait=False)
+            self._pool = pool
         return self._pool
 
     async def close(self) -> None:
@@ -96,10 +107,16 @@ class ApiRoutes:
         query = parse_qs(scope.query_string)
         check_query(query)
         try:
-            payload = await handler(await self.pool(), param, query)
+            async with asyncio.timeout(ANSWER_WITHIN_S):  # a database that hangs must not hang the caller
+                payload = await handler(await self.pool(), param, query)
             body = dump_json(payload)
         except ProxyError:
             raise
+        except (TimeoutError, psycopg.OperationalError, PoolTimeout) as exc:
+            log.warning("GET %s: storage unavailable (%s)", path, exc.__class__.__name__)
+            raise ProxyError(
+                503, "Storage is unavailable right now; try again shortly.", "api_error", headers=[("retry-after", "5")]
+            ) from None
         except psycopg.DataError as exc:
             raise ProxyError(400, f"A parameter was refused by the database: {exc.diag.message_primary}.") from None
         except Exception:

@@ -20,6 +20,8 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 import orjson
+import psycopg
+from psycopg_pool import PoolTimeout
 
 from nexus import __version__
 from nexus.api.params import check_query
@@ -45,6 +47,8 @@ SECURITY_HEADERS = {
     "x-frame-options": "DENY",
     "cache-control": "no-store",
 }
+#: The longest a page may take (statements time out at 15 s on the server already).
+PAGE_WITHIN_S = 20.0
 #: One live stream lasts at most this long; the browser's EventSource then reconnects on its own.
 STREAM_SECONDS = 600
 
@@ -132,7 +136,11 @@ class Dashboard:
             try:
                 check_query(request.query_params.to_dict())
                 check_query({"path": list((request.path_params or {}).values())})
-                return await fn(request, access)
+                async with asyncio.timeout(PAGE_WITHIN_S):  # a database that hangs must not hang the page
+                    return await fn(request, access)
+            except (TimeoutError, psycopg.OperationalError, PoolTimeout) as exc:
+                log.warning("%s: the database is unavailable (%s)", request.url.path, exc.__class__.__name__)
+                return self.message(503, "Storage unavailable", "The database does not answer; try again shortly.")
             except ProxyError as exc:
                 return self.message(exc.status, "Bad request", exc.message, access)
             except views.NotFound:

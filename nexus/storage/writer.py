@@ -34,11 +34,16 @@ from nexus.storage.partitions import drop_expired_partitions, ensure_partitions
 from nexus.storage.payload import STAGE_SQL, Batch, send
 from nexus.storage.records import BLOB_TYPES, REQUEST_TYPES, ExchangeRecord, to_row
 from nexus.storage.spool import Spool, SpoolFullError
+from nexus.storage.watchdog import Watchdog
 
 log = logging.getLogger("nexus.storage")
 
 #: An unsent row older than this makes storage "degraded" in /health.
 STALE_AFTER_S = 60.0
+#: A database call waiting longer than this is reported in /health (the watchdog ends it later).
+SLOW_CALL_S = 5.0
+#: When idle, the writer checks the database this often, so /health tells the truth without traffic.
+PING_EVERY_S = 5.0
 
 
 class OutageError(Exception):
@@ -99,6 +104,7 @@ class StorageWriter:
         known_keys: int = 50_000,
         retention_days: int = 0,
         quarantine_files: quarantine.QuarantineFiles | None = None,
+        write_timeout_ms: int = 15_000,
     ) -> None:
         self.dsn = dsn
         self.batch_size = batch_size
@@ -117,6 +123,10 @@ class StorageWriter:
         self._maintained_at = 0.0
         #: Batches refused once with an error of no known class, by checksum: refused again, they are isolated.
         self._strikes: OrderedDict[int, str] = OrderedDict()
+        self.write_timeout_s = write_timeout_ms / 1000
+        self._watchdog = Watchdog(self.write_timeout_s)
+        self._in_flight_since: float | None = None  # start (Unix s) of the oldest request in the batch being sent
+        self._last_contact = 0.0
         self._thread = threading.Thread(target=self._run, name="nexus-storage-writer", daemon=True)
 
     # --- request path ----------------------------------------------------------------------------
@@ -136,22 +146,42 @@ class StorageWriter:
     def start(self) -> None:
         self._thread.start()
 
-    def close(self, timeout_s: float = 30.0) -> None:
-        """Flush (or spool) everything still queued, then stop."""
+    def close(self, timeout_s: float | None = None) -> None:
+        """Flush (or spool) everything still queued, then stop. A database that hangs is given the
+        write timeout (the watchdog then ends the call and that batch is spooled); whatever is still
+        queued after that is spooled from here."""
         with self._cv:
             self._stopping = True
             self._cv.notify()
-        self._thread.join(timeout_s)
+        self._thread.join(timeout_s if timeout_s is not None else self.write_timeout_s + 5)
+        self._watchdog.stop()
+        if self._thread.is_alive():
+            self._spool_leftovers()
+
+    def _spool_leftovers(self) -> None:
+        with self._cv:
+            records = list(self._queue)
+            self._queue.clear()
+        if not records:
+            return
+        log.warning("storage: the writer is stuck; spooling %d queued rows at shutdown", len(records))
+        blobs: dict[bytes, tuple[int, bytes]] = {}
+        rows = [to_row(rec, blobs) for rec in records]
+        batch = Batch(
+            encode_copy_binary(REQUEST_TYPES, rows),
+            encode_copy_binary(BLOB_TYPES, [[k, *v, None] for k, v in blobs.items()]) if blobs else b"",
+        )
+        self._to_spool(batch, len(rows))
 
     def snapshot(self) -> dict[str, object]:
         """For /health: counters, and why storage is degraded (empty when it is not)."""
         m = self.metrics
         m.queue_depth = len(self._queue)
         m.spool_bytes = self.spool.size()
-        oldest = self._queue[0].started_at_us / 1e6 if self._queue else None
-        spooled = self.spool.oldest_mtime()
-        if spooled is not None and (oldest is None or spooled < oldest):
-            oldest = spooled
+        candidates = [self._queue[0].started_at_us / 1e6 if self._queue else None]
+        candidates += [self._in_flight_since, self.spool.oldest_mtime()]
+        found = [c for c in candidates if c is not None]
+        oldest = min(found) if found else None
         m.oldest_unwritten_s = round(max(0.0, time.time() - oldest), 3) if oldest is not None else 0.0
         reasons = []
         if not m.database_ok:
@@ -160,6 +190,11 @@ class StorageWriter:
             reasons.append(f"{m.spool_bytes} bytes wait in the spool")
         if m.oldest_unwritten_s > STALE_AFTER_S:
             reasons.append(f"the oldest unwritten row is {m.oldest_unwritten_s:.0f} s old")
+        waiting = self._watchdog.busy_for()
+        if waiting > SLOW_CALL_S:
+            reasons.append(f"a database call has been waiting {waiting:.0f} s")
+        if m.dropped_rows:
+            reasons.append(f"{m.dropped_rows} rows could not be stored (queue full or spool unavailable)")
         if m.quarantine_rows or m.quarantine_file_rows:
             reasons.append(
                 f"{m.quarantine_rows + m.quarantine_file_rows} rows in quarantine (nexus storage quarantine)"
@@ -182,11 +217,16 @@ class StorageWriter:
                 batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
                 stopping = self._stopping and not self._queue
             if batch:
-                self._write_batch(batch)
+                self._in_flight_since = batch[0].started_at_us / 1e6
+                try:
+                    self._write_batch(batch)
+                finally:
+                    self._in_flight_since = None
             elif self.spool.pending_files():
                 self._replay_spool()
             else:
                 self._maintain()
+                self._ping()
             if stopping:
                 break
         if self._conn is not None:
@@ -293,8 +333,9 @@ class StorageWriter:
         )
         try:
             conn = self._connection()
-            quarantine.insert(conn, row)
-            conn.commit()
+            with self._watchdog.guard(conn):
+                quarantine.insert(conn, row)
+                conn.commit()
             self.metrics.quarantine_rows += 1
             return
         except Exception as exc:
@@ -306,8 +347,10 @@ class StorageWriter:
 
     def _count_quarantine(self) -> None:
         try:
-            self.metrics.quarantine_rows = quarantine.count_table(self._connection())
-            self._connection().commit()
+            conn = self._connection()
+            with self._watchdog.guard(conn):
+                self.metrics.quarantine_rows = quarantine.count_table(conn)
+                conn.commit()
         except Exception as exc:
             if self._conn is not None:
                 self._after_failure(exc)
@@ -326,16 +369,35 @@ class StorageWriter:
             conn = self._connection()
             conn.autocommit = True
             try:
-                ensure_partitions(conn)
-                dropped = drop_expired_partitions(conn, self.retention_days)
+                with self._watchdog.guard(conn):
+                    ensure_partitions(conn)
+                    dropped = drop_expired_partitions(conn, self.retention_days)
             finally:
-                conn.autocommit = False
+                if not conn.closed:
+                    conn.autocommit = False
             if dropped:
                 log.info("retention: dropped partitions %s", ", ".join(dropped))
         except Exception as exc:
             self._maintained_at -= 3000  # try again in ten minutes
             log.warning("partition maintenance failed: %s", exc)
         self._count_quarantine()
+
+    def _ping(self) -> None:
+        """When idle, a `SELECT 1` now and then, so /health notices a database that went away."""
+        now = time.monotonic()
+        if now - self._last_contact < PING_EVERY_S or now < self._retry_at:
+            return
+        self._last_contact = now
+        try:
+            conn = self._connection()
+            with self._watchdog.guard(conn):
+                conn.execute("SELECT 1")
+                conn.commit()
+        except Exception as exc:
+            if self.metrics.database_ok:  # news: the database went away while nothing was being written
+                self.metrics.last_error = describe(exc)
+            self._after_failure(exc)
+            self.metrics.database_ok = False
 
     def _to_spool(self, batch: Batch, rows: int) -> None:
         try:
@@ -371,8 +433,16 @@ class StorageWriter:
             return self._conn
         if time.monotonic() < self._retry_at:
             raise ConnectionError("database unavailable; waiting before the next attempt")
-        try:
-            conn = psycopg.connect(self.dsn, connect_timeout=3, autocommit=False)
+        try:  # TCP keepalives (ignored on unix sockets): a peer that vanished is noticed within ~40 s
+            conn = psycopg.connect(
+                self.dsn,
+                autocommit=False,
+                connect_timeout=3,
+                keepalives=1,
+                keepalives_idle=20,
+                keepalives_interval=5,
+                keepalives_count=4,
+            )
             with conn.cursor() as cur:
                 for sql in STAGE_SQL:
                     cur.execute(sql)  # type: ignore[arg-type]
@@ -388,11 +458,13 @@ class StorageWriter:
     def _send(self, batch: Batch) -> None:
         conn = self._connection()
         try:
-            send(conn, batch)
-            conn.commit()
+            with self._watchdog.guard(conn):
+                send(conn, batch)
+                conn.commit()
         except Exception as exc:
             self._after_failure(exc)
             raise
+        self._last_contact = time.monotonic()
 
     def _after_failure(self, exc: BaseException) -> None:
         """Roll back a refused transaction and keep the connection; close one that failed itself."""
@@ -429,4 +501,5 @@ def build_writer(settings: Settings) -> StorageWriter | None:
         max_queue=settings.storage_max_queue,
         retention_days=settings.storage_retention_days,
         quarantine_files=quarantine.QuarantineFiles(settings.nexus_home / "quarantine"),
+        write_timeout_ms=settings.storage_write_timeout_ms,
     )

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from nexus.testing.servers import run_proxy
-from tests.helpers import FAST
+from tests.helpers import FAST, wait_for
 from tests.security.wire import call, is_anthropic_error
 
 UUID = "01a20ff9-a7fd-799f-8b74-7e2b1304e5de"
@@ -71,3 +72,23 @@ def test_malformed_parameters_are_400_never_500(api_proxy: str) -> None:
 def test_unknown_routes_and_methods(api_proxy: str) -> None:
     assert call(api_proxy, "/api/nothing")[0] == 404
     assert call(api_proxy, "/api/requests", method="POST", body=b"{}")[0] == 405
+
+
+def test_the_api_answers_503_while_the_database_is_away(
+    upstream_url: str, migrated_db: str, database_admin_url: str, tmp_path: Path
+) -> None:
+    from tests.helpers import set_database_reachable
+
+    name = str(psycopg.conninfo.conninfo_to_dict(migrated_db)["dbname"])
+    env = {"CLAUDE_API_BASE_URL": upstream_url, "DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path), **FAST}
+    set_database_reachable(database_admin_url, name, False)
+    try:
+        with run_proxy(env) as url:
+            for path in ("/api/requests", "/api/token-usage/current", "/api/conversations"):
+                status, headers, body = call(url, path)
+                assert status == 503 and is_anthropic_error(body, "api_error"), (path, body)
+                assert headers["retry-after"] == "5"
+            set_database_reachable(database_admin_url, name, True)
+            wait_for(lambda: call(url, "/api/requests")[0] == 200, timeout_s=30, what="the API back")
+    finally:
+        set_database_reachable(database_admin_url, name, True)

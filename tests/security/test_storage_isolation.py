@@ -20,6 +20,7 @@ from nexus.storage.payload import Batch
 from nexus.storage.records import REQUEST_TYPES_BY_COUNT, ExchangeRecord, to_row
 from nexus.storage.spool import Spool
 from nexus.storage.writer import StorageWriter
+from tests.freezable import freezable
 from tests.hostile import hostile_json, hostile_text
 
 
@@ -270,3 +271,39 @@ def test_when_the_quarantine_table_refuses_too_the_row_goes_to_a_file(migrated_d
     assert "stored" in retried.output, retried.output
     assert records[1].request_id in stored_ids(migrated_db)
     assert not files[0].exists()
+
+
+def test_a_database_that_hangs_never_holds_rows(migrated_db: str, tmp_path: Path) -> None:
+    """A server that hangs keeps the connection open and never answers: the watchdog ends the call
+    after the write timeout, the batch goes to the spool, /health says so meanwhile, shutdown does not
+    lose what is queued, and everything lands once the server answers again."""
+    with freezable(migrated_db) as relay:
+        spool = Spool(tmp_path / "spool", 1 << 24)
+        writer = StorageWriter(relay.dsn, batch_size=5, interval_ms=20, spool=spool, write_timeout_ms=1000)
+        writer.start()
+        first = [record() for _ in range(3)]
+        for rec in first:
+            writer.submit(rec)
+        wait(lambda: writer.metrics.rows_written == 3)
+        relay.frozen.set()
+        stuck = [record() for _ in range(10)]
+        for rec in stuck:
+            writer.submit(rec)
+        time.sleep(0.5)  # the first batch is now waiting on the frozen server
+        during = writer.snapshot()
+        assert during["oldest_unwritten_s"] > 0.3
+        wait(lambda: writer.metrics.spooled_batches >= 1, timeout_s=10)
+        wait(lambda: writer.snapshot()["degraded"] is True, timeout_s=10)
+        started = time.monotonic()
+        writer.close()
+        assert time.monotonic() - started < 10
+        assert writer.metrics.dropped_rows == 0
+        relay.frozen.clear()
+    assert stored_ids(migrated_db) == {r.request_id for r in first}
+    again = StorageWriter(migrated_db, batch_size=5, interval_ms=20, spool=spool)
+    again.start()
+    try:
+        wait(lambda: not spool.pending_files())
+    finally:
+        again.close()
+    assert stored_ids(migrated_db) == {r.request_id for r in first + stuck}
