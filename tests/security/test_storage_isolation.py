@@ -249,7 +249,7 @@ def test_when_the_quarantine_table_refuses_too_the_row_goes_to_a_file(migrated_d
     try:
         for rec in records:
             writer.submit(rec)
-        wait(lambda: writer.metrics.quarantine_file_rows == 1)
+        wait(lambda: writer.metrics.quarantine_file_rows == 1 and writer.metrics.rows_written == 2)
         snapshot = writer.snapshot()
     finally:
         writer.close()
