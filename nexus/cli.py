@@ -117,6 +117,13 @@ def _check_port(host: str, port: int, setting: str) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+def dashboard_url(settings: Any) -> str:
+    """The address to open: a wildcard bind is reached as localhost (`http://0.0.0.0:3001` answers 403)."""
+    host = settings.dashboard_bind
+    shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1", "::1") else host
+    return f"http://{shown}:{settings.dashboard_port}"
+
+
 def _tune_gc() -> None:
     """Fewer, cheaper garbage collections in the workers (forked from here, so they inherit this).
 
@@ -155,7 +162,7 @@ def dashboard(host: str | None, port: int | None, embedded: bool) -> None:
     """Run the dashboard alone (Robyn; reads the database only)."""
     _apply_env(dashboard_host=host, dashboard_port=port)
     settings = _settings_or_exit()
-    _check_port(settings.dashboard_host, settings.dashboard_port, "DASHBOARD_PORT or --port")
+    _check_port(settings.dashboard_bind, settings.dashboard_port, "DASHBOARD_PORT or --port")
     url, stop_embedded = settings.database_url, None
     if embedded:
         from nexus.storage.embedded import start_embedded
@@ -165,7 +172,7 @@ def dashboard(host: str | None, port: int | None, embedded: bool) -> None:
         raise click.ClickException("DATABASE_URL is not set (or pass --embedded for the embedded database)")
     from nexus.dashboard.app import run
 
-    click.echo(f"nexus dashboard {__version__} on http://{settings.dashboard_host}:{settings.dashboard_port}", err=True)
+    click.echo(f"nexus dashboard {__version__} on {dashboard_url(settings)}", err=True)
     try:
         run(settings, url)
     finally:
@@ -183,7 +190,7 @@ def serve(
     _apply_env(host=host, port=port, proxy_threads=threads, proxy_workers=workers, dashboard_port=dashboard_port)
     settings = _settings_or_exit()
     _check_port(settings.host, settings.port, "PORT or --port")
-    _check_port(settings.dashboard_host, settings.dashboard_port, "DASHBOARD_PORT or --dashboard-port")
+    _check_port(settings.dashboard_bind, settings.dashboard_port, "DASHBOARD_PORT or --dashboard-port")
     from nexus.supervise import serve_all
 
     sys.exit(serve_all(settings))

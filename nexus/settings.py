@@ -44,8 +44,10 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", description="Proxy listen address.")
     port: int = Field(3000, ge=1, le=65535, description="Proxy listen port.")
     dashboard_port: int = Field(3001, ge=1, le=65535, description="Dashboard listen port.")
-    dashboard_host: str = Field(
-        "0.0.0.0", description="Dashboard listen address (without DASHBOARD_API_KEY only loopback clients are served)."
+    dashboard_host: str | None = Field(
+        None,
+        description="Dashboard listen address; unset: 127.0.0.1 without DASHBOARD_API_KEY (it serves this machine "
+        "only), 0.0.0.0 with it.",
     )
     dashboard_session_hours: int = Field(
         24, ge=1, le=24 * 30, description="Lifetime of a dashboard login session (signed cookie), hours."
@@ -242,6 +244,14 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"not an address or CIDR: {item!r}") from None
         return value
+
+    @property
+    def dashboard_bind(self) -> str:
+        """Where the dashboard listens: without a key it serves loopback clients only, so it listens on
+        loopback too, and no other machine can even connect to it."""
+        if self.dashboard_host:
+            return self.dashboard_host
+        return "0.0.0.0" if self.dashboard_api_key else "127.0.0.1"
 
     @property
     def cors_origins(self) -> frozenset[str]:

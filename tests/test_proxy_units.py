@@ -157,19 +157,25 @@ async def test_an_aborted_upload_is_client_gone_not_an_error() -> None:
         await read_body(_Chunks(b"ab"), "10", limit=1000, **LIMITS)
 
 
-def test_upload_guard_tightens_only_for_an_address_holding_many_slow_uploads(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_upload_guard_pulls_deadlines_in_only_while_crowded(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
     monkeypatch.setattr(body_module.time, "monotonic", lambda: now[0])
-    guard = UploadGuard(limit=3)
-    assert [guard.start("10.0.0.1") for _ in range(5)] == [False] * 5  # a burst: not slow yet
-    now[0] += 2  # those five are now over a second old and still reading
-    assert guard.start("10.0.0.1") is True  # five slow >= 3: new uploads get the strict deadline
-    assert guard.start("10.0.0.2") is False  # another address is not affected
-    for _ in range(6):
-        guard.finish("10.0.0.1")
-    assert guard.start("10.0.0.1") is False  # all done: back to normal
+    guard = UploadGuard(limit=3, total_limit=5)
+    first = [guard.start("10.0.0.1") for _ in range(3)]
+    assert not any(u.tightened for u in first)  # at the limit, not over it
+    async with Deadline(60) as deadline:
+        first[0].attach(deadline)
+        due = deadline.due
+        now[0] += 2  # those three have been reading for two seconds
+        fourth = guard.start("10.0.0.1")  # over the address's limit
+        assert fourth.tightened and first[0].tightened and deadline.due < due - 50
+    other = guard.start("10.0.0.2")
+    assert not other.tightened  # another address is not crowded...
+    crowd = [guard.start(f"10.0.1.{i}") for i in range(2)]
+    assert crowd[-1].tightened  # ...until the worker is: 6 uploads > 5
+    for upload in [*first, fourth, other, *crowd]:
+        guard.finish(upload)
+    assert not guard.start("10.0.0.1").tightened  # all done: back to normal
 
 
 def test_content_type_check() -> None:

@@ -10,14 +10,18 @@ Unlike the reference system, nothing is stored in clear and nothing is compared 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -142,3 +146,40 @@ def _from_record(record: dict[str, Any]) -> ClientKey:
 
 def is_client_key(value: str | None) -> bool:
     return value is not None and value.startswith(CLIENT_KEY_PREFIXES)
+
+
+#: A client key anywhere in a text (any case): what `redact_client_keys` replaces.
+_KEY_IN_TEXT = re.compile(r"cnp_(?:live|test)_[A-Za-z0-9_\-]*", re.IGNORECASE)
+
+
+def carries_client_key(value: str, *, deep: bool = False) -> bool:
+    """Whether a header name or value holds one of our client keys: as it is, in any case, after a
+    scheme, percent-encoded, or (`deep`, for credential headers and cookies) inside base64. A client
+    that re-encodes its own key some other way (the body, hex) is not protected from itself."""
+    lowered = value.lower()
+    if "cnp_" in lowered and any(prefix in lowered for prefix in CLIENT_KEY_PREFIXES):
+        return True
+    if "%" in value and any(prefix in unquote(value).lower() for prefix in CLIENT_KEY_PREFIXES):
+        return True
+    if deep:
+        for token in value.replace("=", " = ").split():
+            if len(token) >= 12 and any(prefix.encode() in _unbase64(token).lower() for prefix in CLIENT_KEY_PREFIXES):
+                return True
+    return False
+
+
+def redact_client_keys(text: str) -> str:
+    """`text` with every client key in it (as it is or percent-encoded) replaced by its prefix and `[redacted]`."""
+    if "%" in text and "cnp_" not in text.lower():
+        decoded = unquote(text)
+        if "cnp_" in decoded.lower():
+            text = decoded
+    return _KEY_IN_TEXT.sub(lambda m: m.group(0)[:9] + "[redacted]", text) if "cnp_" in text.lower() else text
+
+
+def _unbase64(token: str) -> bytes:
+    padded = token.replace("-", "+").replace("_", "/").rstrip("=") + "=" * (-len(token.rstrip("=")) % 4)
+    try:
+        return base64.b64decode(padded)
+    except (ValueError, binascii.Error):
+        return b""

@@ -9,13 +9,11 @@ account; they never authenticate anyone.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from dataclasses import dataclass
 
 from nexus.auth import errors
-from nexus.auth.client_keys import CLIENT_KEY_PREFIXES, ClientKeyRejected, ClientKeyStore, is_client_key
+from nexus.auth.client_keys import PREFIX, ClientKeyRejected, ClientKeyStore, carries_client_key, is_client_key
 from nexus.auth.credentials import OAUTH_BETA, Credential, CredentialError, CredentialStore, merge_beta
 from nexus.auth.oauth import OAuthRefresher
 from nexus.auth.projects import requested_account, resolve_project
@@ -53,7 +51,9 @@ class RequestAuthorizer:
         key_project = self._client_project(headers)
         project = resolve_project(headers, key_project)
         cred = self._credential(headers, project)
-        out = without_client_keys(upstream)
+        presented = presented_client_key(headers) if key_project is not None else None
+        secret = presented[len(PREFIX) :] if presented and len(presented) > len(PREFIX) + 8 else None
+        out = without_client_keys(upstream, secret)
         if cred is None:
             if key_project is not None and not any(k in _CALLER_AUTH for k, _ in out):
                 raise errors.no_upstream_credential(project)  # the client key was all it sent
@@ -113,34 +113,17 @@ def _authorization_token(value: str | None) -> str:
     return parts[0] if len(parts) == 1 else ""
 
 
-def carries_client_key(value: str) -> bool:
-    """Whether a header value holds one of our client keys in any form: as it is, after a scheme
-    (`Bearer`, `Basic`, any whitespace), or inside base64 (`Basic` credentials)."""
-    lowered = value.lower()
-    if any(prefix in lowered for prefix in CLIENT_KEY_PREFIXES):
-        return True
-    for token in value.split():
-        if len(token) >= 12 and any(prefix.encode() in _unbase64(token).lower() for prefix in CLIENT_KEY_PREFIXES):
-            return True
-    return False
-
-
-def _unbase64(token: str) -> bytes:
-    padded = token.replace("-", "+").replace("_", "/") + "=" * (-len(token) % 4)
-    try:
-        return base64.b64decode(padded)
-    except (ValueError, binascii.Error):
-        return b""
-
-
-def without_client_keys(upstream: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The upstream headers minus every header that carries one of our client keys, in whatever form:
-    a client key authorises a caller to this gateway and must never reach Anthropic."""
-    return [(k, v) for k, v in upstream if not (k in _CALLER_AUTH and carries_client_key(v)) and not _has_prefix(v)]
-
-
-def _has_prefix(value: str) -> bool:
-    return "cnp_" in value and any(prefix in value for prefix in CLIENT_KEY_PREFIXES)
+def without_client_keys(upstream: list[tuple[str, str]], secret: str | None = None) -> list[tuple[str, str]]:
+    """The upstream headers minus every header that carries one of our client keys, in whatever form
+    (`nexus.auth.client_keys.carries_client_key`), or the secret part of the key this request
+    presented: a client key authorises a caller to this gateway and must never reach Anthropic."""
+    return [
+        (k, v)
+        for k, v in upstream
+        if not carries_client_key(v, deep=k in _CALLER_AUTH or k == "cookie")
+        and not carries_client_key(k)
+        and not (secret and secret in v)
+    ]
 
 
 def with_credential(upstream: list[tuple[str, str]], cred: Credential) -> list[tuple[str, str]]:

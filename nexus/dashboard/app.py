@@ -17,7 +17,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, unquote_plus
 
 import orjson
 import psycopg
@@ -81,8 +81,9 @@ def _headers(request: Any) -> dict[str, str]:
 
 
 def _query(request: Any, name: str) -> str | None:
+    """A query parameter, percent-decoded (Robyn hands them over as they are in the URL)."""
     value = request.query_params.get(name, None)
-    return value or None
+    return unquote_plus(value) if value else None
 
 
 def _form(request: Any) -> dict[str, str]:
@@ -134,7 +135,7 @@ class Dashboard:
             if not access.allowed:
                 return self.denied(request, access, stream)
             try:
-                check_query(request.query_params.to_dict())
+                check_query({k: [unquote_plus(v) for v in vs] for k, vs in request.query_params.to_dict().items()})
                 check_query({"path": list((request.path_params or {}).values())})
                 async with asyncio.timeout(PAGE_WITHIN_S):  # a database that hangs must not hang the page
                     return await fn(request, access)
@@ -166,7 +167,7 @@ class Dashboard:
             target = request.url.path
             query = request.query_params.to_dict()
             if query:
-                target += "?" + "&".join(f"{quote(k)}={quote(v[-1])}" for k, v in query.items() if v)
+                target += "?" + "&".join(f"{quote(k)}={quote(unquote_plus(v[-1]))}" for k, v in query.items() if v)
             return respond(303, "", headers={"location": "/login?next=" + quote(target, safe="")})
         return respond(401, orjson.dumps({"error": access.reason}), "application/json")
 
@@ -344,7 +345,7 @@ def run(settings: Settings, database_url: str) -> None:
     """Serve the dashboard in this process until SIGTERM / SIGINT."""
     logging.basicConfig(level=logging.DEBUG if settings.debug else logging.WARNING, format="%(message)s")
     app = Dashboard(settings, database_url).build()
-    app.start(host=settings.dashboard_host, port=settings.dashboard_port, _check_port=False)
+    app.start(host=settings.dashboard_bind, port=settings.dashboard_port, _check_port=False)
 
 
 __all__ = ["Dashboard", "run"]

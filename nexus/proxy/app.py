@@ -29,11 +29,11 @@ from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Linker
 from nexus.conversations.service import ConversationService, LookupPool, link_request
 from nexus.errors import ProxyError
-from nexus.proxy.body import STRICT_BODY_TIMEOUT_S, ClientGone, UploadGuard, check_json_content_type, read_body
+from nexus.proxy.body import ClientGone, UploadGuard, check_json_content_type, read_body
 from nexus.proxy.forward import open_upstream
 from nexus.proxy.headers import upstream_request_headers
 from nexus.proxy.ids import new_request_id
-from nexus.proxy.paths import upstream_target
+from nexus.proxy.paths import FORWARDED_METHODS, upstream_target
 from nexus.proxy.recording import complete_record
 from nexus.proxy.relay import Outcome, relay
 from nexus.proxy.retry import RetryPolicy
@@ -101,7 +101,9 @@ class ProxyApp:
         self.throttle = FailureThrottle(s.auth_failure_limit, s.auth_failure_window_ms / 1000)
         self.data_access = DataAccess(s.dashboard_api_key, self.throttle, s.trusted_proxy_networks)
         self.cors = CorsPolicy(s.cors_origins)
-        self.uploads = UploadGuard(s.slow_uploads_per_client)
+        # a quarter of the worker's request slots may be held by slow uploads before everyone's new
+        # uploads must be quick: the other three quarters stay for normal requests
+        self.uploads = UploadGuard(s.slow_uploads_per_client, max(s.slow_uploads_per_client, s.proxy_backpressure // 4))
         self.authorizer = RequestAuthorizer(s)
         self.stats = ProxyStats()
         self.token_counters = TokenCounters()
@@ -186,7 +188,7 @@ class ProxyApp:
     def _guard_data(self, scope: Any) -> None:
         """The data rule (`nexus.security.access`): stored prompts are for whoever holds the key, or
         for this machine only when no key is set."""
-        decision = self.data_access.decide(scope.client, scope.headers)
+        decision = self.data_access.decide(scope.client, scope.headers, authority=scope.authority)
         if not decision.allowed:
             headers = [("retry-after", str(decision.retry_after))] if decision.retry_after else []
             if decision.status == 401:
@@ -294,13 +296,9 @@ class ProxyApp:
         """Every check before anything goes upstream; a failure is a `ProxyError` the client gets as
         it is (and storage keeps, with the body when it was read: `exc.body_read`)."""
         headers = scope.headers
-        origin = headers.get("origin")
-        if origin is not None and not self.cors.allows(origin):
-            raise ProxyError(
-                403,
-                f"Requests from the web origin {origin[:100]!r} are not allowed (CORS_ALLOWED_ORIGINS).",
-                "permission_error",
-            )
+        self._check_origin(headers)
+        if method not in FORWARDED_METHODS:
+            raise ProxyError(405, f"Method {method[:20]} is not forwarded.", "invalid_request_error")
         is_messages = path == "/v1/messages"
         if is_messages and method != "POST":
             raise ProxyError(405, f"Method {method} not allowed on /v1/messages; use POST.", "invalid_request_error")
@@ -325,6 +323,21 @@ class ProxyApp:
                         raise error from None
         return Admitted(auth, target, body, analysis)
 
+    def _check_origin(self, headers: Any) -> None:
+        """A request a browser sent for a page of another site (an `Origin` not allowed, or no `Origin`
+        but `Sec-Fetch-Site` saying cross-site, as for an `<img>` load) never spends a held credential."""
+        origin = headers.get("origin")
+        if origin is None and "origin" in headers:  # present but not ASCII: no page may send that
+            origin = "(not ASCII)"
+        if origin is not None:
+            if self.cors.allows(origin):
+                return
+            message = f"Requests from the web origin {origin[:100]!r} are not allowed (CORS_ALLOWED_ORIGINS)."
+            raise ProxyError(403, message, "permission_error")
+        fetch_site = headers.get("sec-fetch-site")
+        if fetch_site is not None and fetch_site.lower() not in ("same-origin", "none"):
+            raise ProxyError(403, "Cross-site requests from a browser are not allowed.", "permission_error")
+
     async def _authorize(self, scope: Any, header_items: list[tuple[str, str]]) -> Authorization:
         """Project, account and upstream headers; failed client keys count against the address."""
         if self.authorizer.client_keys is None:
@@ -343,22 +356,21 @@ class ProxyApp:
         except ClientKeyError:
             self.throttle.failed(address, "client key refused")
             raise
-        self.throttle.succeeded(address)
         return auth
 
     async def _read_body(self, scope: Any, proto: Any) -> bytes:
-        address = self.data_access.address(scope.client, scope.headers)
-        strict = self.uploads.start(address)
+        upload = self.uploads.start(self.data_access.address(scope.client, scope.headers))
         try:
             return await read_body(
                 proto,
                 scope.headers.get("content-length"),
                 self.settings.max_request_size,
                 idle_s=self.body_idle_s,
-                total_s=min(self.body_total_s, STRICT_BODY_TIMEOUT_S) if strict else self.body_total_s,
+                total_s=self.body_total_s,
+                upload=upload,
             )
         finally:
-            self.uploads.finish(address)
+            self.uploads.finish(upload)
 
     def _finish(self, record: ExchangeRecord, outcome: Outcome, started: float) -> None:
         """Complete the record from the outcome and hand it to storage (after its link lookup settles)."""

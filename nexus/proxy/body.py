@@ -14,7 +14,6 @@ untouched.
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Any, Protocol
 
 from granian.rsgi import ProtocolClosed
@@ -42,9 +41,16 @@ class BodySource(Protocol):
 
 
 async def read_body(
-    proto: BodySource, content_length: str | None, limit: int, *, idle_s: float, total_s: float
+    proto: BodySource,
+    content_length: str | None,
+    limit: int,
+    *,
+    idle_s: float,
+    total_s: float,
+    upload: Upload | None = None,
 ) -> bytes:
-    """The whole body, or `ProxyError` 400/408/413, or `ClientGone`.
+    """The whole body, or `ProxyError` 400/408/413, or `ClientGone`. `upload` (from `UploadGuard`)
+    may pull the whole-body deadline in while slow uploads crowd the worker.
 
     Granian ends the iteration quietly when the client disconnects mid-body, so a body shorter than
     its `Content-Length` is a client that left, never a body to forward.
@@ -58,11 +64,13 @@ async def read_body(
         if declared > limit:
             raise ProxyError(413, f"Request body is {declared} bytes; the limit is {limit} bytes.")
         if 0 <= declared <= ONE_CALL_MAX and callable(proto):
-            return await _read_at_once(proto, declared, min(idle_s, total_s))
+            return await _read_at_once(proto, declared, min(idle_s, total_s), upload)
     parts: list[bytes] = []
     size = 0
     try:
         async with Deadline(total_s) as total, Deadline(idle_s) as idle:
+            if upload is not None:
+                upload.attach(total)
             async for chunk in proto:
                 size += len(chunk)
                 if size > limit:
@@ -70,11 +78,9 @@ async def read_body(
                 parts.append(chunk)
                 idle.touch()
     except TimeoutError:
-        which = "in all" if total.expired else "between two parts"
-        limit_s = total_s if total.expired else idle_s
-        raise ProxyError(
-            408, f"The request body was not received in time ({limit_s:g} s {which}).", "timeout_error"
-        ) from None
+        if total.expired:
+            raise _late(total_s, "in all", upload) from None
+        raise _late(idle_s, "between two parts", upload) from None
     except ProtocolClosed:
         raise ClientGone from None
     if size < declared:
@@ -82,19 +88,25 @@ async def read_body(
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-async def _read_at_once(proto: Any, declared: int, within_s: float) -> bytes:
+async def _read_at_once(proto: Any, declared: int, within_s: float, upload: Upload | None) -> bytes:
     try:
-        async with Deadline(within_s):
+        async with Deadline(within_s) as deadline:
+            if upload is not None:
+                upload.attach(deadline)
             body: bytes = await proto()
     except TimeoutError:
-        raise ProxyError(
-            408, f"The request body was not received in time ({within_s:g} s in all).", "timeout_error"
-        ) from None
+        raise _late(within_s, "in all", upload) from None
     except ProtocolClosed:
         raise ClientGone from None
     if len(body) < declared:
         raise ClientGone
     return body
+
+
+def _late(limit_s: float, which: str, upload: Upload | None) -> ProxyError:
+    if upload is not None and upload.tightened:
+        limit_s, which = STRICT_BODY_TIMEOUT_S, "in all while slow uploads crowd the gateway"
+    return ProxyError(408, f"The request body was not received in time ({limit_s:g} s {which}).", "timeout_error")
 
 
 def check_json_content_type(content_type: str | None) -> None:
@@ -106,47 +118,79 @@ def check_json_content_type(content_type: str | None) -> None:
         )
 
 
-class UploadGuard:
-    """Uploads in progress per client address, so one address cannot hold every worker's patience.
+class Upload:
+    """One body being read: where from, since when, and the deadline that may be pulled in."""
 
-    An address's slow uploads are those in progress that started over `SLOW_AFTER_S` ago (counted as
-    in progress minus started within that second, which costs a counter and a short deque instead of
-    a timer per request). While an address holds `limit` of them, its new requests must deliver their
-    body within `STRICT_BODY_TIMEOUT_S`: a normal client's body arrives in milliseconds and is never
-    affected, a trickling one is refused (408) quickly instead of joining the others.
+    __slots__ = ("address", "deadline", "started", "tightened")
+
+    def __init__(self, address: str, started: float) -> None:
+        self.address = address
+        self.started = started
+        self.deadline: Deadline | None = None
+        self.tightened = False
+
+    def attach(self, deadline: Deadline) -> None:
+        self.deadline = deadline
+        if self.tightened:
+            deadline.shorten(STRICT_BODY_TIMEOUT_S)
+
+
+class UploadGuard:
+    """Uploads in progress per client address and in all, so slow clients cannot hold every slot.
+
+    While an address has more than `limit` uploads in progress, or the worker more than `total_limit`
+    from any number of addresses, the gateway is crowded: a new upload (of that address, or of anyone)
+    must arrive within `STRICT_BODY_TIMEOUT_S`, and the uploads already in progress for over
+    `SLOW_AFTER_S` get the same deadline from now. A normal client's body arrives in milliseconds and is
+    never affected; trickling ones are refused (408) within seconds instead of holding their slots for
+    the whole `BODY_READ_TIMEOUT_MS`, even when thousands arrive at once from many addresses.
     """
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._active: dict[str, int] = {}
-        self._recent: dict[str, deque[float]] = {}
+    #: The crowded check walks every upload in progress at most this often.
+    SWEEP_EVERY_S = 0.5
 
-    def start(self, address: str | None) -> bool:
-        """Count one upload from `address`; True when it must be held to the strict deadline."""
+    def __init__(self, limit: int, total_limit: int | None = None) -> None:
+        self.limit = limit
+        self.total_limit = total_limit if total_limit is not None else limit * 32
+        self._uploads: dict[int, Upload] = {}
+        self._per_address: dict[str, int] = {}
+        self._swept_at = 0.0
+
+    def start(self, address: str | None) -> Upload:
         key = address or ""
         now = time.monotonic()
-        recent = self._recent.get(key)
-        if recent is None:
-            recent = self._recent[key] = deque(maxlen=self.limit * 4)
-        while recent and recent[0] < now - SLOW_AFTER_S:
-            recent.popleft()
-        active = self._active.get(key, 0)
-        strict = active - len(recent) >= self.limit
-        self._active[key] = active + 1
-        recent.append(now)
-        return strict
+        upload = Upload(key, now)
+        count = self._per_address.get(key, 0) + 1
+        self._per_address[key] = count
+        self._uploads[id(upload)] = upload
+        if count > self.limit or len(self._uploads) > self.total_limit:
+            upload.tightened = True
+            self._sweep(now, None if len(self._uploads) > self.total_limit else key)
+        return upload
 
-    def finish(self, address: str | None) -> None:
-        key = address or ""
-        active = self._active.get(key, 1) - 1
-        if active > 0:
-            self._active[key] = active
+    def finish(self, upload: Upload) -> None:
+        if self._uploads.pop(id(upload), None) is None:
             return
-        self._active.pop(key, None)
-        self._recent.pop(key, None)
+        count = self._per_address.get(upload.address, 1) - 1
+        if count > 0:
+            self._per_address[upload.address] = count
+        else:
+            self._per_address.pop(upload.address, None)
+
+    def _sweep(self, now: float, address: str | None) -> None:
+        """Pull in the deadlines of the slow uploads (of `address`, or of everyone)."""
+        if now - self._swept_at < self.SWEEP_EVERY_S:
+            return
+        self._swept_at = now
+        for upload in self._uploads.values():
+            if upload.tightened or now - upload.started < SLOW_AFTER_S:
+                continue
+            if address is None or upload.address == address:
+                upload.tightened = True
+                if upload.deadline is not None:
+                    upload.deadline.shorten(STRICT_BODY_TIMEOUT_S)
 
     def slow_uploads(self) -> int:
-        """For /health: uploads in progress that started over a second ago, all addresses (approximate)."""
+        """For /health: uploads in progress for over a second."""
         now = time.monotonic()
-        recent = sum(sum(1 for t in d if t >= now - SLOW_AFTER_S) for d in self._recent.values())
-        return max(0, sum(self._active.values()) - recent)
+        return sum(1 for u in self._uploads.values() if now - u.started >= SLOW_AFTER_S)

@@ -62,6 +62,10 @@ class Deadline:
         """Start the delay again from now."""
         self.due = self._wheel.loop.time() + self.delay_s
 
+    def shorten(self, delay_s: float) -> None:
+        """Be due no later than `delay_s` from now (an entered deadline only)."""
+        self.due = min(self.due, self._wheel.loop.time() + delay_s)
+
     async def __aenter__(self) -> Deadline:
         loop = asyncio.get_running_loop()
         wheel = _wheels.get(loop)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
+from nexus.auth.client_keys import carries_client_key
 from nexus.errors import ProxyError
 
 #: Characters that need no re-encoding (RFC 3986 unreserved, plus the slash).
@@ -21,10 +22,16 @@ _PLAIN = re.compile(r"[A-Za-z0-9/_.~\-]*")
 _SAFE = "/-._~!$&'()*+,;=:@"
 
 
+#: Methods the Anthropic API uses; anything else (TRACE, CONNECT, inventions) never goes upstream.
+FORWARDED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+
+
 def upstream_target(path: str, query: str) -> str:
     """`path` (decoded, starting with `/v1/`) and the raw query string as the request target to forward."""
-    if "/." in path and any(seg in (".", "..") for seg in path.split("/")):
+    if "/." in path and any(seg.split(";", 1)[0] in (".", "..") for seg in path.split("/")):
         raise ProxyError(400, "The path may not contain '.' or '..' segments.", "invalid_request_error")
+    if query and carries_client_key(query):
+        raise ProxyError(400, "Client keys may not be sent in the URL; send them as x-api-key.")
     if not _PLAIN.fullmatch(path):
         if "\\" in path or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
             raise ProxyError(400, "The path may not contain backslashes or control characters.")

@@ -19,8 +19,25 @@ from functools import lru_cache
 
 from nexus.security.throttle import FailureThrottle
 
-#: Headers a reverse proxy adds: a request carrying one is not treated as coming from this machine.
-FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip", "x-forwarded-host")
+#: Headers relays add (reverse proxies, CDNs, tunnels): a request carrying one is not treated as
+#: coming from this machine. A relay that adds none cannot be told from a local client: behind one,
+#: set DASHBOARD_API_KEY (docs/security.md).
+FORWARDING_HEADERS = (
+    "forwarded",
+    "x-forwarded-for",
+    "x-real-ip",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-original-forwarded-for",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "via",
+)
 #: Headers that may carry the data key (the reference system's dashboard used `X-Dashboard-Key`).
 KEY_HEADERS = ("x-api-key", "x-dashboard-key")
 
@@ -76,10 +93,15 @@ def is_loopback_peer(peer: str | None) -> bool:
 
 
 def host_name(host: str | None) -> str:
-    """The name part of a `Host` header (`[::1]:3001` -> `[::1]`, `localhost:3001` -> `localhost`)."""
+    """The name part of a `Host` header (`[::1]:3001` -> `[::1]`, `localhost:3001` -> `localhost`);
+    anything after `]` but a port keeps the whole value (`[::1]evil.com` is not `[::1]`)."""
     host = (host or "").strip().lower()
     if host.startswith("["):
-        return host[: host.find("]") + 1] if "]" in host else host
+        end = host.find("]")
+        rest = host[end + 1 :] if end >= 0 else "?"
+        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+            return host
+        return host[: end + 1]
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
@@ -89,13 +111,14 @@ def is_loopback_host(host: str | None) -> bool:
     return name == "localhost" or _is_loopback_ip(name.strip("[]"))
 
 
-def loopback_refusal(peer: str | None, headers: Mapping[str, str]) -> str | None:
-    """Why a request without a configured key may not read data, or None when it may."""
+def loopback_refusal(peer: str | None, headers: Mapping[str, str], authority: str | None = None) -> str | None:
+    """Why a request without a configured key may not read data, or None when it may. `authority` is
+    the host of an absolute-form request target (`GET http://host/path`), which wins over `Host`."""
     if not is_loopback_peer(peer):
         return "only clients on this machine are served"
     if any(h in headers for h in FORWARDING_HEADERS):
         return "requests relayed by a proxy are not served"
-    if not is_loopback_host(headers.get("host")):
+    if not is_loopback_host(headers.get("host")) or (authority and not is_loopback_host(authority)):
         return "only a loopback Host is served"
     return None
 
@@ -154,10 +177,12 @@ class DataAccess:
     def address(self, peer: str | None, headers: Mapping[str, str]) -> str | None:
         return client_address(peer, headers, self.trusted)
 
-    def decide(self, peer: str | None, headers: Mapping[str, str], *, key: str | None = None) -> Decision:
+    def decide(
+        self, peer: str | None, headers: Mapping[str, str], *, key: str | None = None, authority: str | None = None
+    ) -> Decision:
         """`key`: a key presented some other way than the headers (a login form)."""
         if self.api_key is None:
-            reason = loopback_refusal(peer, headers)
+            reason = loopback_refusal(peer, headers, authority)
             if reason is None:
                 return ALLOWED_LOOPBACK
             return Decision(False, 403, f"DASHBOARD_API_KEY is unset: {reason}.")
@@ -170,8 +195,7 @@ class DataAccess:
         wait = self.throttle.retry_after(address)
         if wait is not None:
             return Decision(False, 429, f"Too many failed key checks from this address; retry in {wait} s.", wait)
-        if key_matches(self.api_key, given):
-            self.throttle.succeeded(address)
+        if key_matches(self.api_key, given):  # failures are not forgiven: they leave the window
             return ALLOWED_BY_KEY
         self.throttle.failed(address, "wrong DASHBOARD_API_KEY")
         return Decision(False, 401, "Wrong API key: a valid DASHBOARD_API_KEY is required.")

@@ -1,9 +1,10 @@
 """Failed credential checks, counted per client address, so guessing a key is slow and visible.
 
 Every failed check (a wrong data key, a wrong login, an invalid client key) is logged without the key
-and counted for the client's address. After `limit` failures within `window_s` the address is
-refused with 429 and a `retry-after` until its oldest failure leaves the window, without the
-presented key even being checked. A success clears the address's count. Memory is bounded: at most
+and counted for the client's address (an IPv6 client's /64, which one host can fill with addresses).
+After `limit` failures within `window_s` the address is refused with 429 and a `retry-after` until its
+oldest failure leaves the window, without the presented key even being checked. A success forgives
+nothing: otherwise a caller holding one valid key could interleave it with guesses of others. Memory is bounded: at most
 `max_addresses` addresses are remembered, least recently failed forgotten first. Counts are per
 process (each proxy worker and the dashboard keep their own), which multiplies the budget by the
 number of workers at most: still a few guesses a second instead of thousands.
@@ -11,6 +12,7 @@ number of workers at most: still a few guesses a second instead of thousands.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import time
@@ -37,7 +39,7 @@ class FailureThrottle:
 
     def retry_after(self, address: str | None) -> int | None:
         """Seconds the address must wait before it may try again, or None when it may try now."""
-        failures = self._failures.get(address or "")
+        failures = self._failures.get(_bucket(address))
         if failures is None or len(failures) < self.limit:
             return None
         wait = failures[0] + self.window_s - self._clock()
@@ -47,7 +49,7 @@ class FailureThrottle:
 
     def failed(self, address: str | None, what: str) -> None:
         """Count and log one failed check (`what` says which, never the secret)."""
-        key = address or ""
+        key = _bucket(address)
         now = self._clock()
         failures = self._failures.get(key)
         if failures is None:
@@ -61,5 +63,12 @@ class FailureThrottle:
         failures.append(now)
         log.warning("%s from %s (%d in the last %gs)", what, address or "unknown address", len(failures), self.window_s)
 
-    def succeeded(self, address: str | None) -> None:
-        self._failures.pop(address or "", None)
+
+def _bucket(address: str | None) -> str:
+    """What failures are counted by: the address, or for IPv6 its /64."""
+    if not address or ":" not in address:
+        return address or ""
+    try:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    except ValueError:
+        return address

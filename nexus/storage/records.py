@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from nexus._core import RequestAnalysis, split_body
+from nexus.auth.client_keys import redact_client_keys
 
 if TYPE_CHECKING:
     from nexus.conversations.linker import Link
@@ -190,7 +191,7 @@ def to_row(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
             "timestamp": rec.started_at_us,
             "project_id": rec.project_id,
             "method": rec.method,
-            "path": rec.path,
+            "path": redact_client_keys(rec.path),
             "response_status": rec.response_status,
             "outcome": rec.outcome,
             "error": f"stored without bodies: {exc.__class__.__name__}: {exc}"[:500],
@@ -202,7 +203,8 @@ def to_row(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
 
 
 def _cells(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Container[bytes]) -> dict[str, Any]:
-    headers = {k: v for k, v in rec.request_headers if k in STORED_REQUEST_HEADERS}
+    # an allow-list, and no client key even in an allowed header's value (a client may put one anywhere)
+    headers = {k: redact_client_keys(v) for k, v in rec.request_headers if k in STORED_REQUEST_HEADERS}
     flags: list[str] = []
     envelope: bytes | None = None
     system_key = tools_key = None
@@ -254,7 +256,7 @@ def _cells(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
         "project_id": rec.project_id,
         "account_id": rec.account_id,
         "method": rec.method,
-        "path": rec.path,
+        "path": redact_client_keys(rec.path),
         "model": model,
         "request_type": rec.request_type,
         "request_headers": _dumps(headers),

@@ -3,13 +3,17 @@ allowed `/\\t/evil.com` (an open redirect) and a vertical tab gave a 500."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from nexus.testing.servers import run_dashboard
+from nexus.testing.servers import free_port, run_dashboard, stop, wait_until_healthy
 from tests.test_dashboard import Reply, call, cookie_value
 
 KEY = "dashboard-key-0123456789"
@@ -62,3 +66,37 @@ def test_malformed_page_parameters_are_never_500(migrated_db: str) -> None:
             "/conversations/nope",
         ):
             assert call(base, path).status in (400, 404), path
+
+
+def _listening_address(port: int) -> str | None:
+    """The local address a TCP socket listens on for `port`, from /proc/net/tcp (IPv4)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:
+            return ".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0))
+    return None
+
+
+def test_without_a_key_the_dashboard_listens_on_loopback_only(migrated_db: str) -> None:
+    """Attack pass finding: Robyn drops header values that are not ASCII, so a relay appending a
+    client's `X-Forwarded-For: \\xe9` hid itself from the loopback rule. Without a key the dashboard
+    now listens on 127.0.0.1 (no other machine can connect); behind a relay, a key is required."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DASHBOARD_HOST", "DASHBOARD_API_KEY")}
+    env |= {"DATABASE_URL": migrated_db, "DASHBOARD_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "nexus.cli", "dashboard"], env=env, stderr=subprocess.PIPE)
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}/health", proc)
+        assert _listening_address(port) == "127.0.0.1"
+    finally:
+        stop(proc)
+    assert proc.stderr is not None and f"http://localhost:{port}" in proc.stderr.read().decode()
+
+
+def test_a_percent_encoded_next_is_decoded(keyed_dashboard: str) -> None:
+    csrf, jar = login_form(keyed_dashboard)
+    reply = call(keyed_dashboard, "/login", "POST", f"key={quote(KEY)}&_csrf={csrf}&next=%2Fusage", cookie=jar)
+    assert reply.header("location") == "/usage"
+    page = call(keyed_dashboard, "/login?next=%2Frequests%3Fproject_id%3Da%2520b")
+    assert 'name="next" value="/requests?project_id=a%20b"' in page.text

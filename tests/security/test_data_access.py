@@ -5,6 +5,7 @@ dashboard: the key when one is set, else this machine only; wrong keys are throt
 from __future__ import annotations
 
 import ipaddress
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +116,64 @@ def test_rules_in_process() -> None:
     throttle.failed("b", "test")
     throttle.failed("c", "test")
     assert len(throttle._failures) == 2  # bounded: the least recent address is forgotten
+
+
+@pytest.mark.parametrize(
+    "raw_header",
+    [
+        b"X-Forwarded-For: \xe9, 203.0.113.9",  # a value the server cannot read as ASCII is still a relay
+        b"Via: 1.1 nginx",
+        b"CF-Connecting-IP: 203.0.113.9",
+        b"True-Client-IP: 203.0.113.9",
+        b"X-Forwarded-Proto: https",
+        b"Host2: x\r\nHost: [::1]evil.example",  # a loopback-looking name with more after it
+    ],
+)
+def test_more_relays_and_hosts_are_refused_without_a_key(open_proxy: str, raw_header: bytes) -> None:
+    """Attack pass findings: relays seen by other headers (or by a header Granian cannot decode), and
+    `[::1]evil.example`, were served."""
+    host, port = open_proxy.removeprefix("http://").split(":")
+    has_host = b"Host: " in raw_header
+    request = b"GET /api/requests HTTP/1.1\r\n" + (b"" if has_host else b"Host: localhost\r\n")
+    request += raw_header + b"\r\nConnection: close\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+
+
+def test_an_absolute_form_target_names_the_host_that_counts(open_proxy: str) -> None:
+    host, port = open_proxy.removeprefix("http://").split(":")
+    for target, status in ((b"http://evil.example/api/requests", b"403"), (b"http://localhost/api/requests", b"200")):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 " + status), target
+
+
+def test_a_valid_key_does_not_forgive_earlier_guesses(upstream_url: str, migrated_db: str, tmp_path: Path) -> None:
+    """Attack pass finding: any successful request cleared the address's failures, so guesses
+    interleaved with a valid key (a client key of one's own) were never throttled."""
+    from nexus.auth.client_keys import ClientKeyStore
+
+    creds = tmp_path / "credentials"
+    salt = "s" * 32
+    client_key = ClientKeyStore(creds, salt).create("p")[1]
+    env = {
+        "CLAUDE_API_BASE_URL": upstream_url,
+        "DATABASE_URL": migrated_db,
+        "NEXUS_HOME": str(tmp_path),
+        "DASHBOARD_API_KEY": KEY,
+        "ENABLE_CLIENT_AUTH": "true",
+        "API_KEY_SALT": salt,
+        "CREDENTIALS_DIR": str(creds),
+        **FAST,
+    }
+    body = b'{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}'
+    post_headers = {"content-type": "application/json", "anthropic-version": "2023-06-01"}
+    with run_proxy(env) as url:
+        codes = []
+        for _ in range(3):
+            codes += [call(url, "/api/requests", headers={"x-api-key": f"guess-{i}"})[0] for i in range(5)]
+            call(url, "/v1/messages", method="POST", body=body, headers={**post_headers, "x-api-key": client_key})
+            call(url, "/api/requests", headers={"x-api-key": KEY})  # successes in between forgive nothing
+    assert codes[:10] == [401] * 10 and set(codes[10:]) == {429}

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import base64
 import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from nexus.auth.client_keys import ClientKeyStore
 from nexus.testing.control import FakeControl
 from nexus.testing.servers import run_proxy
 from tests.auth_helpers import BODY, proxy_env, write_api_key
+from tests.helpers import wait_for
 from tests.security.wire import call, is_anthropic_error
 
 HELD_KEY = "sk-ant-api03-held-" + "x" * 20
@@ -142,4 +145,75 @@ def test_guessing_client_keys_is_throttled(upstream_url: str, tmp_path: Path, fa
         assert codes[:10] == [401] * 10 and set(codes[10:]) == {429}
         status, headers, body = call(url, "/v1/messages", method="POST", body=BODY, headers={**JSON, "x-api-key": key})
         assert status == 429 and int(headers["retry-after"]) >= 1 and is_anthropic_error(body, "rate_limit_error")
+    assert fake.requests() == []
+
+
+def test_client_keys_in_the_url_or_other_headers_never_go_upstream_nor_into_storage(
+    upstream_url: str, migrated_db: str, tmp_path: Path, fake: FakeControl
+) -> None:
+    """Attack pass findings: a client key in the query string, a header name, another header (uppercased,
+    percent-encoded), a cookie, or its secret part alone as a Bearer token reached the upstream or storage."""
+    creds = tmp_path / "credentials"
+    salt = secrets.token_hex(16)
+    key = ClientKeyStore(creds, salt).create("p2")[1]
+    env = proxy_env(
+        upstream_url,
+        creds,
+        ENABLE_CLIENT_AUTH="true",
+        API_KEY_SALT=salt,
+        STORAGE_ENABLED="true",
+        DATABASE_URL=migrated_db,
+        NEXUS_HOME=str(tmp_path / "home"),
+        STORAGE_BATCH_INTERVAL_MS="20",
+    )
+    own = {**JSON, "x-api-key": key, "authorization": "Bearer sk-ant-api03-caller-own"}
+    encoded = "".join(f"%{b:02x}" for b in key.encode())
+    with run_proxy(env) as url:
+        status, headers, _ = call(url, f"/v1/messages?key={key}", method="POST", body=BODY, headers=own)
+        assert status == 400
+        refused_id = headers["x-request-id"]
+        assert call(url, f"/v1/messages?k={encoded}", method="POST", body=BODY, headers=own)[0] == 400
+        forms = [
+            {"x-note": key.upper()},
+            {"x-note": encoded},
+            {"cookie": f"k={encoded}"},
+            {key: "1"},
+            {"anthropic-beta": f"x,{key}"},
+        ]
+        for extra in forms:
+            assert call(url, "/v1/messages", method="POST", body=BODY, headers={**own, **extra})[0] == 200
+        secret_only = {**JSON, "x-api-key": key, "authorization": f"Bearer {key[9:]}"}
+        call(url, "/v1/messages", method="POST", body=BODY, headers=secret_only)
+        wait_for(lambda: _stored_count(migrated_db) >= 8, timeout_s=20, what="the rows")
+    seen = str(fake.requests())
+    assert key[9:] not in seen and key[9:].lower() not in seen.lower() and encoded not in seen
+    with psycopg.connect(migrated_db) as conn:
+        stored = str(conn.execute("SELECT path, request_headers FROM api_requests").fetchall())
+        path = conn.execute("SELECT path FROM api_requests WHERE request_id = %s", (refused_id,)).fetchone()
+    assert key[9:] not in stored and path == ("/v1/messages?key=cnp_live_[redacted]",)
+
+
+def _stored_count(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return int(conn.execute("SELECT count(*) FROM api_requests").fetchone()[0])  # type: ignore[index]
+
+
+def test_cross_site_browser_requests_without_an_origin_are_refused(held_proxy: str, fake: FakeControl) -> None:
+    """Attack pass finding: an `<img>`-style GET carries no `Origin`, only `Sec-Fetch-Site: cross-site`."""
+    for fetch_site in ("cross-site", "same-site"):
+        status, _, body = call(held_proxy, "/v1/models", headers={"train-id": "p1", "sec-fetch-site": fetch_site})
+        assert status == 403 and is_anthropic_error(body, "permission_error")
+    assert fake.requests() == []
+    assert call(held_proxy, "/v1/models", headers={"train-id": "p1", "sec-fetch-site": "none"})[0] != 403
+    host, port = held_proxy.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:  # an Origin no server can read
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\ntrain-id: p1\r\nOrigin: https://\xe9vil\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 403")
+
+
+def test_only_the_apis_methods_and_no_matrix_dot_segments(held_proxy: str, fake: FakeControl) -> None:
+    for method in ("TRACE", "FOO", "CONNECT"):
+        assert call(held_proxy, "/v1/models", method=method, headers={"train-id": "p1"})[0] in (400, 405), method
+    for path in ("/v1/..;/x", "/v1/.;a=b/messages"):
+        assert call(held_proxy, path, method="POST", body=BODY, headers={**JSON, "train-id": "p1"})[0] == 400
     assert fake.requests() == []

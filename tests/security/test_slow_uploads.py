@@ -122,3 +122,59 @@ def test_trickled_uploads_end_with_408(upstream_url: str, tmp_path: Path) -> Non
     ):
         assert answer.startswith(b"HTTP/1.1 408") and fragment in answer, answer[:300]
         assert took < 4.0
+
+
+async def _spread_attack(host: str, port: int, addresses: int, per_address: int, hold_s: float) -> list[int]:
+    """Trickled uploads from many loopback addresses (each under the per-address limit), all at once."""
+    stop = asyncio.Event()
+
+    async def slow(source: str) -> None:
+        try:
+            _, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
+        except OSError:
+            return
+        writer.write(
+            b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\n"
+            b"x-api-key: sk-ant-api03-slow\r\ncontent-length: 30000000\r\n\r\n{"
+        )
+        try:
+            while not stop.is_set():
+                await writer.drain()
+                try:
+                    await asyncio.wait_for(stop.wait(), 2.0)
+                except TimeoutError:
+                    writer.write(b" ")
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    slow_tasks = [
+        asyncio.create_task(slow(f"127.0.{1 + a // 250}.{2 + a % 250}"))
+        for a in range(addresses)
+        for _ in range(per_address)
+    ]
+    await asyncio.sleep(1.5)
+    results = []
+    started = time.monotonic()
+    while time.monotonic() - started < hold_s:
+        results.append(asyncio.create_task(_normal(host, port)))
+        await asyncio.sleep(NORMAL_EVERY_S)
+    statuses = list(await asyncio.gather(*results))
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(*slow_tasks, return_exceptions=True), 30)
+    return statuses
+
+
+def test_slow_uploads_from_many_addresses_cannot_fill_every_slot(upstream_url: str, tmp_path: Path) -> None:
+    """Attack pass finding: 8,400 uploads from 140 addresses (60 each, under the per-address limit)
+    filled all 8,192 request slots. Scaled down here (256 slots, 320 uploads from 10 addresses): once a
+    quarter of the slots hold slow uploads, new and old ones must finish within 2 s."""
+    env = proxy_env(upstream_url, tmp_path, PROXY_BACKPRESSURE="256")
+    with run_proxy(env) as url:
+        host, port = url.removeprefix("http://").split(":")
+        statuses = asyncio.run(_spread_attack(host, int(port), addresses=10, per_address=32, hold_s=15))
+        health = get_json(url + "/health")
+    served = sum(1 for s in statuses if s == 200)
+    assert served >= 0.95 * len(statuses), f"{served}/{len(statuses)} served; statuses {sorted(set(statuses))}"
+    assert health["stats"]["slow_uploads"] < 256
