@@ -1,0 +1,205 @@
+"""Hostile usage values never break the usage API, the dashboard or `/token-stats`.
+
+An attack pass found that one upstream reply's `usage` broke `/api/token-usage/*` (400 "a parameter was
+refused by the database", for the whole 30-day default range), the overview and usage pages (500) and
+that request's own page (500): sums were cast back to `bigint`, the 5-minute / 1-hour split was cast
+from JSON text with `::bigint`, integers past 64 bits could not be written by orjson, and the request
+page assumed `usage.cache_creation` was an object with both keys. Here every such shape is stored in a
+real PostgreSQL (as the storage writer leaves it: the bigint columns clamped, the `usage` JSON as it
+came) and read through a real proxy and a real dashboard process.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from nexus.usage import service
+from nexus.usage.counts import sql_token_count, token_count
+from nexus.usage.repo import Filters
+from tests.usage_rows import insert_row
+
+MAX = 2**63 - 1  # what the storage encoder clamps a count too large for bigint to
+MIN = -(2**63)
+BIG30 = "123456789012345678901234567890"
+E300 = "15" + "0" * 299  # 1.5e300 as PostgreSQL's jsonb prints it back
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One stored row: its `usage` JSON as text, its bigint columns as storage writes them, what the
+    5-minute / 1-hour split must count for it, and what its request page must show as odd."""
+
+    name: str
+    usage: str
+    input_tokens: int = 10
+    output_tokens: int = 5
+    cache_creation: int = 0
+    cache_read: int = 0
+    split_5m: int = 0
+    split_1h: int = 0
+    odd: tuple[str, ...] = ()
+
+
+def _split(five: str, one: str = "7") -> str:
+    return (
+        '{"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 8, '
+        f'"cache_creation": {{"ephemeral_5m_input_tokens": {five}, "ephemeral_1h_input_tokens": {one}}}}}'
+    )
+
+
+def _cache_creation(value: str) -> str:
+    return f'{{"input_tokens": 10, "output_tokens": 5, "cache_creation": {value}}}'
+
+
+SHAPES = [
+    Shape("sane", _split("30", "40"), input_tokens=100, output_tokens=10, cache_creation=70, split_5m=30, split_1h=40),
+    Shape(
+        "sane, no split",
+        '{"input_tokens": 200, "output_tokens": 20, "cache_read_input_tokens": 500}',
+        200,
+        20,
+        cache_read=500,
+    ),
+    Shape("int64 max", '{"input_tokens": 9223372036854775807, "output_tokens": 1}', MAX, 1),
+    Shape("30 digits, clamped", f'{{"input_tokens": {BIG30}, "output_tokens": 2}}', MAX, 2, odd=(BIG30,)),
+    Shape("5m fraction", _split("1.5"), cache_creation=8, split_1h=7, odd=("1.5",)),
+    Shape("5m string", _split('"x"'), cache_creation=8, split_1h=7, odd=('"x"',)),
+    Shape("5m 30 digits", _split(BIG30), cache_creation=8, split_1h=7, odd=(BIG30,)),
+    Shape("5m negative", _split("-5"), cache_creation=8, split_1h=7, odd=("-5",)),
+    Shape("5m boolean", _split("true"), cache_creation=8, split_1h=7, odd=("true",)),
+    Shape("5m nested junk", _split('{"a": [1, {"b": null}]}'), cache_creation=8, split_1h=7, odd=('{"a"',)),
+    Shape("5m 1.5e300", _split("1.5e300"), cache_creation=8, split_1h=7, odd=(E300[:12],)),
+    Shape(
+        "5m and 1h past int64",
+        _split("9223372036854775808", "-9223372036854775809"),
+        cache_creation=8,
+        odd=("9223372036854775808", "-9223372036854775809"),
+    ),
+    Shape("5m whole float", _split("3.0"), cache_creation=8, split_5m=3, split_1h=7),
+    Shape("only 5m", _cache_creation('{"ephemeral_5m_input_tokens": 10}'), split_5m=10),
+    Shape("only 1h", _cache_creation('{"ephemeral_1h_input_tokens": 11}'), split_1h=11),
+    Shape("cache_creation empty", _cache_creation("{}")),
+    Shape("cache_creation string", _cache_creation('"x"'), odd=('"x"',)),
+    Shape("cache_creation list", _cache_creation("[1, 2]"), odd=("[1,",)),
+    Shape("cache_creation number", _cache_creation("5"), odd=("5",)),
+    Shape("cache_creation null", _cache_creation("null")),
+    Shape(
+        "counts past 64 bits",
+        f'{{"input_tokens": -9223372036854775809, "output_tokens": 1.5e300, "cache_read_input_tokens": {BIG30}}}',
+        MIN,
+        MAX,
+        cache_read=MAX,
+        odd=("-9223372036854775809", E300[:12], BIG30),
+    ),
+    Shape(
+        "SSE 21-digit output",
+        '{"input_tokens": 3, "output_tokens": 123456789012345678901}',
+        3,
+        MAX,
+        odd=("123456789012345678901",),
+    ),
+    Shape(
+        "huge int elsewhere", f'{{"input_tokens": 1, "output_tokens": 1, "server_tool_use": {{"n": {BIG30}}}}}', 1, 1
+    ),
+    Shape("usage a string", '"junk"', 1, 1, odd=('"junk"',)),
+    Shape("usage a list", "[1, 2, 3]", 1, 1, odd=("[1, 2, 3]",)),
+    Shape("usage a number", "42", 1, 1, odd=("42",)),
+    Shape("usage JSON null", "null", 1, 1),
+]
+
+
+def expected() -> dict[str, int]:
+    """The sums of every shape: the columns as stored, the split only where it is a token count."""
+    return {
+        "requests": len(SHAPES),
+        "input_tokens": sum(s.input_tokens for s in SHAPES),
+        "output_tokens": sum(s.output_tokens for s in SHAPES),
+        "cache_creation_input_tokens": sum(s.cache_creation for s in SHAPES),
+        "cache_read_input_tokens": sum(s.cache_read for s in SHAPES),
+        "cache_creation_5m_input_tokens": sum(s.split_5m for s in SHAPES),
+        "cache_creation_1h_input_tokens": sum(s.split_1h for s in SHAPES),
+    }
+
+
+def test_the_expected_sums_need_more_than_64_bits() -> None:
+    sums = expected()
+    assert sums["input_tokens"] > MAX and sums["output_tokens"] > 2**64  # orjson cannot write these
+    assert (sums["cache_creation_5m_input_tokens"], sums["cache_creation_1h_input_tokens"]) == (43, 40 + 7 * 8 + 11)
+
+
+@pytest.fixture
+def hostile_db(migrated_db: str) -> tuple[str, dict[str, str], datetime]:
+    """Every shape stored two minutes ago in project `hostile`; returns (url, name -> request id, now)."""
+    now = datetime.now(UTC)
+    ids = {}
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        for shape in SHAPES:
+            ids[shape.name] = insert_row(
+                conn,
+                now - timedelta(minutes=2),
+                project="hostile",
+                account="acc-hostile",
+                input_tokens=shape.input_tokens,
+                output_tokens=shape.output_tokens,
+                cache_creation=shape.cache_creation,
+                cache_read=shape.cache_read,
+                usage_json=shape.usage,
+            )
+    return migrated_db, ids, now
+
+
+def _sums_of(row: dict[str, Any]) -> dict[str, int]:
+    return {k: int(row[k]) for k in expected()}
+
+
+async def test_every_query_sums_the_hostile_rows_exactly(hostile_db: tuple[str, dict[str, str], datetime]) -> None:
+    db, _, now = hostile_db
+    f = Filters(project_id="hostile")
+    async with await psycopg.AsyncConnection.connect(db) as conn:
+        assert _sums_of(await service.current_window(conn, f, now=now)) == expected()
+        assert _sums_of(await service.current_window(conn, Filters(), now=now)) == expected()
+        (grouped,) = await service.window_by(conn, "model", now=now)
+        assert _sums_of(grouped) == expected()
+        days = await service.daily_usage(conn, f, 2, now=now)
+        assert {k: sum(int(d[k]) for d in days) for k in expected()} == expected()
+        points = await service.rolling_series(conn, f, span=timedelta(hours=1), now=now)
+        assert _sums_of(points[-1]) == expected()
+
+
+#: JSON values the split may hold, and whether each is a token count (and which).
+SPLIT_VALUES = [
+    ("0", 0),
+    ("30", 30),
+    ("3.0", 3),
+    ("1e3", 1000),
+    (str(MAX), MAX),
+    (str(MAX + 1), None),
+    ("1.5", None),
+    ("-5", None),
+    ("-0", 0),
+    ("1.5e300", None),
+    ("1e-300", None),
+    (BIG30, None),
+    ('"7"', None),
+    ('"x"', None),
+    ("true", None),
+    ("null", None),
+    ("[7]", None),
+    ('{"n": 7}', None),
+]
+
+
+@pytest.mark.parametrize(("text", "count"), SPLIT_VALUES)
+def test_sql_and_python_agree_on_what_a_token_count_is(migrated_db: str, text: str, count: int | None) -> None:
+    """The sums (SQL) and the request page (Python) read a stored value the same way."""
+    assert token_count(json.loads(text)) == count
+    with psycopg.connect(migrated_db) as conn:
+        sql = f"SELECT {sql_token_count('v')} FROM (SELECT %s::jsonb AS v) AS s"  # noqa: S608 (constant SQL)
+        row = conn.execute(sql, (text,)).fetchone()  # type: ignore[arg-type]
+    assert row is not None and row[0] == count
