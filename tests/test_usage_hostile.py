@@ -11,17 +11,26 @@ came) and read through a real proxy and a real dashboard process.
 
 from __future__ import annotations
 
+import html
+import http.client
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
+from nexus.api.routes import ApiRoutes
+from nexus.errors import ProxyError
+from nexus.testing.servers import run_proxy
 from nexus.usage import service
 from nexus.usage.counts import sql_token_count, token_count
 from nexus.usage.repo import Filters
+from tests.helpers import FAST
 from tests.usage_rows import insert_row
 
 MAX = 2**63 - 1  # what the storage encoder clamps a count too large for bigint to
@@ -203,3 +212,89 @@ def test_sql_and_python_agree_on_what_a_token_count_is(migrated_db: str, text: s
         sql = f"SELECT {sql_token_count('v')} FROM (SELECT %s::jsonb AS v) AS s"  # noqa: S608 (constant SQL)
         row = conn.execute(sql, (text,)).fetchone()  # type: ignore[arg-type]
     assert row is not None and row[0] == count
+
+
+async def test_a_stored_value_a_query_cannot_read_is_never_blamed_on_a_parameter(
+    hostile_db: tuple[str, dict[str, str], datetime],
+) -> None:
+    """Were a query to meet a stored value it cannot read, the answer is a 500 with the cause logged,
+    not a 400 telling the caller to change a parameter it never sent."""
+    db, _, _ = hostile_db
+
+    async def reads_a_count_as_bigint(pool: Any, _: str, query: dict[str, list[str]]) -> Any:
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT sum((usage ->> 'input_tokens')::bigint) FROM api_requests")
+            return await cur.fetchone()
+
+    api = ApiRoutes(db)
+    api.route("/api/test-broken", reads_a_count_as_bigint)
+    scope = SimpleNamespace(path="/api/test-broken", method="GET", query_string="")
+    try:
+        with pytest.raises(ProxyError) as raised:
+            await api.handle(scope, SimpleNamespace(), "req-1")
+    finally:
+        await api.close()
+    assert raised.value.status == 500 and "parameter" not in raised.value.message
+
+
+# --- the JSON API, through a real proxy ---------------------------------------------------------------
+
+API_FIELDS = {
+    "totalRequests": "requests",
+    "totalInputTokens": "input_tokens",
+    "totalOutputTokens": "output_tokens",
+    "cacheCreationInputTokens": "cache_creation_input_tokens",
+    "cacheReadInputTokens": "cache_read_input_tokens",
+    "cacheCreation5mInputTokens": "cache_creation_5m_input_tokens",
+    "cacheCreation1hInputTokens": "cache_creation_1h_input_tokens",
+}
+
+
+def _api_sums(item: dict[str, Any]) -> dict[str, int]:
+    return {API_FIELDS[k]: v for k, v in item.items() if k in API_FIELDS}
+
+
+def fetch(
+    url: str, path: str, *, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def get_json(url: str, path: str) -> tuple[int, Any]:
+    """Parsed by the standard library, which keeps every digit of an integer (orjson reads one past 64
+    bits as a float)."""
+    status, body = fetch(url, path)
+    return status, json.loads(body)
+
+
+def get_page(url: str, path: str) -> tuple[int, str]:
+    status, body = fetch(url, path)
+    return status, html.unescape(body.decode())
+
+
+def test_usage_api_answers_exact_sums_over_hostile_rows(
+    hostile_db: tuple[str, dict[str, str], datetime], upstream_url: str, tmp_path: Path
+) -> None:
+    db, _, _ = hostile_db
+    want = expected()
+    env = {"CLAUDE_API_BASE_URL": upstream_url, "DATABASE_URL": db, "NEXUS_HOME": str(tmp_path), **FAST}
+    with run_proxy(env) as url:
+        for query in ("", "?projectId=hostile", "?window=10080"):
+            status, current = get_json(url, "/api/token-usage/current" + query)
+            assert status == 200, current
+            assert _api_sums(current) == want
+            assert current["totalTokens"] == want["input_tokens"] + want["output_tokens"]
+        for query in ("?days=2", "?days=30&aggregate=true", "?projectId=hostile"):
+            status, daily = get_json(url, "/api/token-usage/daily" + query)
+            assert status == 200, daily
+            assert {k: sum(_api_sums(d)[k] for d in daily["usage"]) for k in want} == want
+        status, series = get_json(url, "/api/token-usage/time-series?hours=1&interval=15")
+        assert status == 200, series
+        assert _api_sums(series["points"][-1]) == want
