@@ -26,7 +26,7 @@ import pytest
 
 from nexus.api.routes import ApiRoutes
 from nexus.errors import ProxyError
-from nexus.testing.servers import run_proxy
+from nexus.testing.servers import run_dashboard, run_proxy
 from nexus.usage import service
 from nexus.usage.counts import sql_token_count, token_count
 from nexus.usage.repo import Filters
@@ -298,3 +298,45 @@ def test_usage_api_answers_exact_sums_over_hostile_rows(
         status, series = get_json(url, "/api/token-usage/time-series?hours=1&interval=15")
         assert status == 200, series
         assert _api_sums(series["points"][-1]) == want
+
+
+# --- the dashboard ------------------------------------------------------------------------------------
+
+
+def test_dashboard_pages_render_whatever_usage_holds(hostile_db: tuple[str, dict[str, str], datetime]) -> None:
+    db, ids, _ = hostile_db
+    want = expected()
+    with run_dashboard({"DATABASE_URL": db}) as url:
+        for path in ("/", "/usage", "/usage?project_id=hostile", "/usage?account_id=acc-hostile", "/requests"):
+            status, page = get_page(url, path)
+            assert status == 200, (path, page[:2000])
+            if path != "/requests":
+                assert f"{want['input_tokens']:,}" in page and f"{want['output_tokens']:,}" in page, path
+                assert f"{want['cache_creation_1h_input_tokens']:,} 1h" in page, path
+        wrong = {}
+        for shape in SHAPES:
+            status, page = get_page(url, f"/requests/{ids[shape.name]}")
+            if status != 200:
+                wrong[shape.name] = status
+                continue
+            marked = [text for text in shape.odd if not _marked_odd(page, text)]
+            if marked or (not shape.odd and 'class="odd"' in page):
+                wrong[shape.name] = f"odd values not marked as such: {marked or 'none expected'}"
+        assert wrong == {}
+        page = get_page(url, f"/requests/{ids['sane']}")[1]
+        assert "30 5m" in page and "40 1h" in page
+        page = get_page(url, f"/requests/{ids['only 5m']}")[1]
+        assert "10 5m" in page and "\u2013 1h" in page
+        page = get_page(url, f"/requests/{ids['huge int elsewhere']}")[1]
+        assert BIG30 in page  # the raw usage JSON, every digit kept
+
+
+def _marked_odd(page: str, text: str) -> bool:
+    """`text` appears inside an element the page marks as odd (`class="odd"`)."""
+    start = 0
+    while (at := page.find('class="odd"', start)) != -1:
+        end = page.find("</", at)
+        if text in page[at:end]:
+            return True
+        start = at + 1
+    return False
