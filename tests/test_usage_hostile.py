@@ -11,9 +11,11 @@ came) and read through a real proxy and a real dashboard process.
 
 from __future__ import annotations
 
+import base64
 import html
 import http.client
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,16 +23,21 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import psycopg
 import pytest
 
+from nexus._core import SseObserver
 from nexus.api.routes import ApiRoutes
 from nexus.errors import ProxyError
+from nexus.proxy.relay import Outcome
+from nexus.testing.control import FakeControl
 from nexus.testing.servers import run_dashboard, run_proxy
 from nexus.usage import service
+from nexus.usage.counters import TokenCounters
 from nexus.usage.counts import sql_token_count, token_count
 from nexus.usage.repo import Filters
-from tests.helpers import FAST
+from tests.helpers import FAST, wait_for
 from tests.usage_rows import insert_row
 
 MAX = 2**63 - 1  # what the storage encoder clamps a count too large for bigint to
@@ -271,7 +278,10 @@ def get_json(url: str, path: str) -> tuple[int, Any]:
     """Parsed by the standard library, which keeps every digit of an integer (orjson reads one past 64
     bits as a float)."""
     status, body = fetch(url, path)
-    return status, json.loads(body)
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body[:500]  # not JSON: shown as it came in a failed assertion
 
 
 def get_page(url: str, path: str) -> tuple[int, str]:
@@ -340,3 +350,113 @@ def _marked_odd(page: str, text: str) -> bool:
             return True
         start = at + 1
     return False
+
+
+# --- /token-stats -------------------------------------------------------------------------------------
+
+
+def _streamed(usage_start: str, usage_delta: str) -> Outcome:
+    observer = SseObserver()
+    observer.feed(
+        (
+            'event: message_start\ndata: {"type":"message_start","message":{"id":"m","type":"message",'
+            f'"role":"assistant","model":"claude-sonnet-4-6","content":[],"usage":{usage_start}}}}}\n\n'
+            'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+            f'"usage":{usage_delta}}}\n\n'
+        ).encode()
+    )
+    return Outcome(status=200, streamed=True, observer=observer)
+
+
+def _json(usage: str) -> Outcome:
+    body = f'{{"type":"message","content":[{{"type":"tool_use","id":"t","name":"x","input":{{}}}}],"usage":{usage}}}'
+    return Outcome(status=200, response_body=body.encode())
+
+
+def test_token_counters_count_what_storage_stores() -> None:
+    counters = TokenCounters()
+    for _ in range(3):  # three u64-max counts: the storage columns hold int64 max for each
+        counters.observe("p", _streamed('{"input_tokens":1}', '{"output_tokens":18446744073709551615}'))
+    counters.observe("p", _json(f'{{"input_tokens": {BIG30}, "output_tokens": 1.5, "cache_read_input_tokens": "x"}}'))
+    counters.observe("p", _json('{"input_tokens": 7, "output_tokens": true, "cache_creation_input_tokens": [1]}'))
+    counters.observe("p", _json('{"input_tokens": -9223372036854775809, "output_tokens": 2.0}'))
+    counters.observe("p", _json('{"input_tokens": 1e400, "output_tokens": 1}'))  # infinity, past a double
+    stats = counters.snapshot("p")
+    assert stats["requestCount"] == 7 and stats["errorCount"] == 0 and stats["toolCallCount"] == 4
+    assert stats["outputTokens"] == 3 * MAX + 0 + 0 + 2 + 1
+    assert stats["inputTokens"] == 3 + MAX + 7 + MIN + 0
+    assert stats["cacheReadInputTokens"] == 0 and stats["cacheCreationInputTokens"] == 0
+
+
+# --- the finding, end to end: poisoned replies through a real proxy -----------------------------------
+
+STREAM_REPLY = "".join(
+    f"event: {name}\ndata: {data}\n\n"
+    for name, data in [
+        (
+            "message_start",
+            '{"type":"message_start","message":{"id":"msg_s","type":"message","role":"assistant",'
+            '"model":"claude-sonnet-4-6","content":[],"stop_reason":null,"usage":{"input_tokens":3,"output_tokens":1,'
+            '"cache_creation":{"ephemeral_5m_input_tokens":1.5}}}}',
+        ),
+        ("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}'),
+        ("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}}'),
+        ("content_block_stop", '{"type":"content_block_stop","index":0}'),
+        (
+            "message_delta",
+            '{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":18446744073709551615}}',
+        ),
+        ("message_stop", '{"type":"message_stop"}'),
+    ]
+)
+JSON_REPLY = (
+    '{"id": "msg_p", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6", '
+    '"content": [{"type": "text", "text": "x"}], "stop_reason": "end_turn", '
+    '"usage": {"input_tokens": 9223372036854775807, "output_tokens": 1, '
+    '"cache_creation": {"ephemeral_5m_input_tokens": "x"}}}'
+)
+HEADERS = {
+    "content-type": "application/json",
+    "anthropic-version": "2023-06-01",
+    "x-api-key": "sk-ant-api03-x",
+    "train-id": "poisoned",
+}
+
+
+@pytest.fixture
+def poisoned_proxy(upstream_url: str, migrated_db: str, tmp_path: Path) -> Iterator[str]:
+    env = {"CLAUDE_API_BASE_URL": upstream_url, "DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path), **FAST}
+    with run_proxy(env) as url:
+        yield url
+
+
+def test_poisoned_replies_leave_the_usage_api_and_token_stats_answering(poisoned_proxy: str, fake: FakeControl) -> None:
+    url = poisoned_proxy
+    request = orjson.dumps(
+        {"model": "claude-sonnet-4-6", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    )
+    streamed = orjson.dumps({**orjson.loads(request), "stream": True})
+    replies = [(request, JSON_REPLY, "application/json")] + [(streamed, STREAM_REPLY, "text/event-stream")] * 3
+    for body, reply, kind in replies:
+        fake.replies({"raw_base64": base64.b64encode(reply.encode()).decode(), "content_type": kind})
+        status, _ = fetch(url, "/v1/messages", method="POST", body=body, headers=HEADERS)
+        assert status == 200
+    status, _ = fetch(url, "/v1/messages", method="POST", body=request, headers=HEADERS)  # a normal one
+    assert status == 200
+
+    def stored() -> bool:
+        status, current = get_json(url, "/api/token-usage/current?projectId=poisoned")
+        assert status == 200, current  # was 400 "A parameter was refused by the database: bigint out of range"
+        return bool(current["totalRequests"] == 5)
+
+    wait_for(stored, timeout_s=20, what="the five requests stored")
+    _, current = get_json(url, "/api/token-usage/current?projectId=poisoned")
+    assert current["totalInputTokens"] >= MAX + 9 and current["totalOutputTokens"] > 3 * MAX
+    assert current["cacheCreation5mInputTokens"] == 0  # "x" and 1.5 are not token counts
+    for path in ("/api/token-usage/daily?projectId=poisoned", "/api/token-usage/time-series?projectId=poisoned"):
+        status, answer = get_json(url, path)
+        assert status == 200, (path, answer)
+    status, stats = get_json(url, "/token-stats?projectId=poisoned")
+    assert status == 200, stats  # was a 500: orjson refused a counter past 64 bits
+    assert stats["inputTokens"] == current["totalInputTokens"]
+    assert stats["outputTokens"] == current["totalOutputTokens"]
