@@ -27,8 +27,12 @@ def insert_row(
     cache_1h: int | None = None,
     status: int = 200,
     request_body: dict[str, Any] | None = None,
+    usage_json: str | None = None,
 ) -> str:
-    """One stored request at `at` whose id encodes that time (as the proxy's UUIDv7 ids do)."""
+    """One stored request at `at` whose id encodes that time (as the proxy's UUIDv7 ids do).
+
+    `usage_json`, when given, is stored as the `usage` column verbatim (any JSON text, or "null"):
+    the hostile shapes an upstream reply can leave there, which orjson could not even write."""
     rid = new_request_id(int(at.timestamp() * 1000))
     usage: dict[str, Any] = {
         "input_tokens": input_tokens,
@@ -60,7 +64,7 @@ def insert_row(
             output_tokens,
             cache_creation,
             cache_read,
-            orjson.dumps(usage).decode(),
+            orjson.dumps(usage).decode() if usage_json is None else usage_json,
             '{"user-agent": "claude-cli/2.1.0"}',
             str(uuid.uuid4()),
         ),

@@ -1,11 +1,12 @@
 """`/api/*`: a small route table over thin handlers, each domain adding its own.
 
 Who may call it is decided before a route is looked up (`nexus.security.access`, by the proxy). Every
-parameter is checked (`params`); a database error caused by a value is a 400, anything unexpected a
-500 in Anthropic's shape with the cause logged, never a traceback to the client. Reads use a small
-async pool of their own, opened on first use, so a proxy that never serves the API never connects for
-it. A handler gets the pool, the path parameter (the part after its prefix, for prefix routes) and the
-parsed query, and returns a JSON-serialisable payload.
+parameter is checked (`params`) before it reaches SQL, so a bad one is a 400 and a database error
+is not the caller's: it, and anything unexpected, is a 500 in Anthropic's shape with the cause
+logged, never a traceback to the client. Reads use a small async pool of their own, opened on first
+use, so a proxy that never serves the API never connects for it. A handler gets the pool, the path
+parameter (the part after its prefix, for prefix routes) and the parsed query, and returns a
+JSON-serialisable payload.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ Handler = Callable[[AsyncConnectionPool, str, dict[str, list[str]]], Awaitable[A
 
 
 def dump_json(payload: Any) -> bytes:
-    """orjson, or the standard library for what orjson refuses to write (an int past 64 bits stored
-    before such numbers were kept as text): an answer, never a 500."""
+    """orjson, or the standard library for what orjson refuses to write (an int past 64 bits: a token
+    sum over clamped counts, or a number stored before such numbers were kept as text), every digit
+    kept: an answer, never a 500."""
     try:
         return orjson.dumps(payload, option=orjson.OPT_NAIVE_UTC)
     except TypeError:
@@ -117,8 +119,11 @@ class ApiRoutes:
             raise ProxyError(
                 503, "Storage is unavailable right now; try again shortly.", "api_error", headers=[("retry-after", "5")]
             ) from None
-        except psycopg.DataError as exc:
-            raise ProxyError(400, f"A parameter was refused by the database: {exc.diag.message_primary}.") from None
+        except psycopg.DataError:
+            # Every parameter is checked before it reaches SQL (`params`), so a data error comes from a
+            # stored value a query could not read: the proxy's fault, never the caller's parameter.
+            log.exception("GET %s failed on a stored value", path)
+            raise ProxyError(500, "A stored value could not be read; the cause is in the proxy's log.") from None
         except Exception:
             log.exception("GET %s failed", path)
             raise ProxyError(500, "The request could not be answered; the cause is in the proxy's log.") from None

@@ -40,6 +40,8 @@ def iso(at: datetime) -> str:
 
 
 def _sums(row: dict[str, Any]) -> dict[str, Any]:
+    """The sums as exact integers: they are `numeric` and may pass 64 bits (a stored count clamped to
+    bigint's maximum plus any other), which `dump_json` writes with every digit."""
     return {
         "totalInputTokens": int(row["input_tokens"]),
         "totalOutputTokens": int(row["output_tokens"]),

@@ -7,12 +7,15 @@ wrote can run in the page.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, Undefined, select_autoescape
+
+from nexus.usage.counts import token_count
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -22,15 +25,21 @@ DASH = "\u2013"  # shown for a missing value
 HIDDEN_RESPONSE_HEADERS = frozenset({"set-cookie"})
 
 
+#: How much of an odd stored value the request page shows (a 1.5e300 count is 301 digits).
+SHORT_VALUE = 40
+
+
 def number(value: object) -> str:
-    if value is None:
+    """A count with thousands separators, whatever it is: a sum past 64 bits, a missing template
+    value, or something that is not a number at all (shown as text)."""
+    if value is None or isinstance(value, Undefined):
         return DASH
     if isinstance(value, float):
         return f"{value:,.1f}"
     try:
         return f"{int(value):,}"  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return str(value)
+    except (TypeError, ValueError, OverflowError):
+        return short(value)
 
 
 def when(value: object) -> str:
@@ -40,7 +49,72 @@ def when(value: object) -> str:
 
 
 def pretty_json(value: object) -> str:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NAIVE_UTC, default=str).decode()
+    """Indented JSON of a stored value. orjson refuses integers past 64 bits, which stored JSON may
+    hold (a 30-digit usage count, 1.5e300 read back as 301 digits): the standard library writes those
+    with every digit, and what neither can write is shown as text, so a page always renders."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NAIVE_UTC, default=str).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        pass
+    try:
+        return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    except (TypeError, ValueError, RecursionError):
+        return f"[not shown as JSON: {type(value).__name__}]"
+
+
+def short(value: object) -> str:
+    """A stored value as compact JSON text (a string keeps its quotes), cut to `SHORT_VALUE` characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError, RecursionError):
+        text = f"[{type(value).__name__}]"
+    return text if len(text) <= SHORT_VALUE else text[: SHORT_VALUE - 1] + "\u2026"
+
+
+def usage_cell(value: object) -> dict[str, Any]:
+    """One count from the stored `usage` JSON for display: `text`, and `odd` when it is present but
+    not a token count (`nexus.usage.counts.token_count`), which the sums count as 0."""
+    if value is None:
+        return {"text": DASH, "odd": False}
+    count = token_count(value)
+    if count is not None:
+        return {"text": f"{count:,}", "odd": False}
+    return {"text": short(value), "odd": True}
+
+
+#: The counts that have a column of their own, beside their value in the `usage` JSON.
+COLUMN_COUNTS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+
+
+def request_usage(usage: Any) -> dict[str, Any]:
+    """What the request page shows of a row's stored `usage` JSON, whatever it holds.
+
+    `reported`: per column count, the JSON value when it is not a token count (the column holds what
+    storage made of it: clamped, or NULL), so the page can show both. `split`: the 5-minute / 1-hour
+    cells of `usage.cache_creation` when it is a non-empty object (a missing key is a dash);
+    `split_odd`: the cell for a `cache_creation` that is not an object. `odd`: the cell for a `usage`
+    that is not an object at all.
+    """
+    out: dict[str, Any] = {"reported": {}, "split": None, "split_odd": None, "odd": None}
+    if usage is None:
+        return out
+    if not isinstance(usage, dict):
+        out["odd"] = usage_cell(usage) | {"odd": True}
+        return out
+    for key in COLUMN_COUNTS:
+        cell = usage_cell(usage.get(key))
+        if cell["odd"]:
+            out["reported"][key] = cell
+    found = usage.get("cache_creation")
+    if isinstance(found, dict):
+        if found:
+            out["split"] = {
+                "m5": usage_cell(found.get("ephemeral_5m_input_tokens")),
+                "h1": usage_cell(found.get("ephemeral_1h_input_tokens")),
+            }
+    elif found is not None:
+        out["split_odd"] = usage_cell(found) | {"odd": True}
+    return out
 
 
 def environment() -> Environment:

@@ -88,6 +88,7 @@ async def request_page(conn: AsyncConnection[Any], request_id: str) -> dict[str,
     return {
         "r": row,
         "conversation": render.conversation(row.get("request_body"), row.get("response_body")),
+        "usage": render.request_usage(row.get("usage")),
         "request_headers": row.get("request_headers") or {},
         "response_headers": render.shown_response_headers(row.get("response_headers")),
     }

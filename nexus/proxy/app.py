@@ -21,7 +21,7 @@ import orjson
 
 from nexus import __version__
 from nexus._core import NexusCoreError, RequestAnalysis, analyze_request
-from nexus.api.routes import ApiRoutes
+from nexus.api.routes import ApiRoutes, dump_json
 from nexus.auth.errors import ClientKeyError
 from nexus.auth.projects import ACCOUNT_HEADERS, DEFAULT_PROJECT, PROJECT_HEADERS, resolve_project
 from nexus.auth.service import Authorization, RequestAuthorizer
@@ -454,7 +454,7 @@ class ProxyApp:
 
     def _token_stats(self, scope: Any, proto: Any, request_id: str) -> None:
         project = parse_qs(scope.query_string).get("projectId", [None])[0]
-        body = orjson.dumps(self.token_counters.snapshot(project))
+        body = dump_json(self.token_counters.snapshot(project))  # a total may pass 64 bits
         proto.response_bytes(200, [*JSON_HEADERS, *self.token_counters.headers(), ("x-request-id", request_id)], body)
 
     @staticmethod

@@ -5,10 +5,16 @@ updates and work with storage disabled or the database away. They are per worker
 `PROXY_WORKERS` > 1 each worker answers for the requests it served, and the `X-Nexus-Worker-PID`
 response header says which);
 the durable, all-worker view is `/api/token-usage/*`, computed from the database.
+
+Each count is added as storage writes it to its bigint column (`nexus.usage.counts.column_count`):
+clamped into bigint's range, 0 when it is not an integer. So a reply claiming 2**64 - 1 output
+tokens (the SSE observer reads counts as u64) or a 30-digit number adds what the database will hold,
+and both views agree. A total can still pass 64 bits, so the proxy writes them with `dump_json`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -16,6 +22,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from nexus.usage.counts import column_count
 
 #: JSON responses larger than this are not parsed on the request path just to count their usage.
 MAX_PARSED_BODY = 1024 * 1024
@@ -46,12 +54,18 @@ class ProjectCounters:
 
 
 def _usage_from_body(body: bytes | None) -> tuple[dict[str, Any], int] | None:
+    """The reply's usage and tool calls. Read as storage reads it: orjson, else the standard library
+    for what orjson refuses (a lone surrogate in the text, a number past a double), so a reply storage
+    counts is counted here too."""
     if not body or len(body) > MAX_PARSED_BODY:
         return None
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
+        try:
+            parsed = json.loads(body)
+        except (ValueError, RecursionError):
+            return None
     if not isinstance(parsed, dict) or not isinstance(parsed.get("usage"), dict):
         return None
     content = parsed.get("content")
@@ -79,19 +93,19 @@ class TokenCounters:
             c.error_count += 1
         observer = outcome.observer
         if observer is not None:
-            c.input_tokens += observer.input_tokens or 0
-            c.output_tokens += observer.output_tokens or 0
-            c.cache_creation_input_tokens += observer.cache_creation_input_tokens or 0
-            c.cache_read_input_tokens += observer.cache_read_input_tokens or 0
+            c.input_tokens += column_count(observer.input_tokens)
+            c.output_tokens += column_count(observer.output_tokens)
+            c.cache_creation_input_tokens += column_count(observer.cache_creation_input_tokens)
+            c.cache_read_input_tokens += column_count(observer.cache_read_input_tokens)
             c.tool_call_count += len(observer.tool_uses)
             return
         found = _usage_from_body(outcome.response_body) if outcome.status < 400 else None
         if found is not None:
             usage, tools = found
-            c.input_tokens += _int(usage.get("input_tokens"))
-            c.output_tokens += _int(usage.get("output_tokens"))
-            c.cache_creation_input_tokens += _int(usage.get("cache_creation_input_tokens"))
-            c.cache_read_input_tokens += _int(usage.get("cache_read_input_tokens"))
+            c.input_tokens += column_count(usage.get("input_tokens"))
+            c.output_tokens += column_count(usage.get("output_tokens"))
+            c.cache_creation_input_tokens += column_count(usage.get("cache_creation_input_tokens"))
+            c.cache_read_input_tokens += column_count(usage.get("cache_read_input_tokens"))
             c.tool_call_count += tools
 
     def snapshot(self, project_id: str | None = None) -> Any:
@@ -105,7 +119,3 @@ class TokenCounters:
         """Which worker answered and since when: the counters are per process."""
         since = datetime.fromtimestamp(self.started_at, UTC).isoformat(timespec="seconds")
         return [("x-nexus-worker-pid", str(os.getpid())), ("x-nexus-stats-since", since)]
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -15,21 +15,27 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from nexus.usage.counts import sql_token_count
+
 #: Columns a caller may group or filter by, mapped to their SQL.
 GROUPS = {"account_id": "account_id", "project_id": "project_id", "model": "model"}
 
-#: The token sums every usage query returns. The 5-minute / 1-hour split of cache writes exists only
-#: in the `usage` object (`usage.cache_creation`), so it is read from there.
+#: The token sums every usage query returns, all `numeric`: a sum of bigint values can exceed bigint
+#: (one clamped count is already its maximum), and `sum(bigint)` is `numeric` anyway, so nothing is cast
+#: back to bigint. The bigint columns are summed as stored; the 5-minute / 1-hour split of cache writes
+#: exists only in the `usage` JSON (`usage.cache_creation`), as upstream sent it, so each of its values
+#: counts only when it is a token count and as 0 otherwise (`nexus.usage.counts`): no stored value can
+#: make these queries fail.
+_SPLIT_5M = sql_token_count("usage -> 'cache_creation' -> 'ephemeral_5m_input_tokens'")
+_SPLIT_1H = sql_token_count("usage -> 'cache_creation' -> 'ephemeral_1h_input_tokens'")
 SUMS = (
     "count(*) AS requests, "
-    "coalesce(sum(input_tokens), 0)::bigint AS input_tokens, "
-    "coalesce(sum(output_tokens), 0)::bigint AS output_tokens, "
-    "coalesce(sum(cache_creation_input_tokens), 0)::bigint AS cache_creation_input_tokens, "
-    "coalesce(sum(cache_read_input_tokens), 0)::bigint AS cache_read_input_tokens, "
-    "coalesce(sum((usage -> 'cache_creation' ->> 'ephemeral_5m_input_tokens')::bigint), 0)::bigint "
-    "AS cache_creation_5m_input_tokens, "
-    "coalesce(sum((usage -> 'cache_creation' ->> 'ephemeral_1h_input_tokens')::bigint), 0)::bigint "
-    "AS cache_creation_1h_input_tokens"
+    "coalesce(sum(input_tokens), 0) AS input_tokens, "
+    "coalesce(sum(output_tokens), 0) AS output_tokens, "
+    "coalesce(sum(cache_creation_input_tokens), 0) AS cache_creation_input_tokens, "
+    "coalesce(sum(cache_read_input_tokens), 0) AS cache_read_input_tokens, "
+    f"coalesce(sum({_SPLIT_5M}), 0) AS cache_creation_5m_input_tokens, "
+    f"coalesce(sum({_SPLIT_1H}), 0) AS cache_creation_1h_input_tokens"
 )
 SUM_FIELDS = (
     "requests",
@@ -105,7 +111,8 @@ async def grouped(
     sql = (
         f'SELECT {cols}, {SUMS}, max("timestamp") AS last_request_at '  # noqa: S608 (allow-listed columns)
         f"FROM api_requests WHERE {where} GROUP BY {cols} "
-        "ORDER BY sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)) DESC, count(*) DESC LIMIT %(limit)s"
+        "ORDER BY coalesce(sum(input_tokens), 0) + coalesce(sum(output_tokens), 0) DESC, count(*) DESC "
+        "LIMIT %(limit)s"
     )
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(sql, {**params, "limit": limit})
