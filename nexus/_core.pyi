@@ -151,8 +151,10 @@ def encode_copy_binary(types: Sequence[str], rows: Iterable[Sequence[object]], /
       followed by the names of the row's repairs (see ``REPAIR_NAMES``), each once, or NULL when
       there are none.
     - ``raw`` (a PostgreSQL ``bytea``; must follow a jsonb, json or text column): Python passes
-      None; the encoder writes the original bytes of the cell before it when that cell was
-      repaired, else NULL.
+      None, and the encoder writes the original bytes of the cell before it when that cell was
+      repaired, else NULL; or Python passes ``bytes``, written as they are whatever the cell
+      before became (this way the writer keeps the exact bytes of a request body that is not
+      JSON, stored as ``{"unparsed_body": ...}`` in the cell before). Any other value raises.
 
     Only programming errors raise ``NexusCoreError``, naming the row, column and type: a Python
     value of the wrong type for its column, a row of the wrong length, a misplaced pseudo column,
