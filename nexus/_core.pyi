@@ -29,6 +29,12 @@ class SseObserver:
     bounded: at most one incomplete line is buffered, and a line or event longer than
     ``max_line_bytes`` is dropped with its event and sets ``overflowed``. Malformed event data
     is counted, never raised.
+
+    Hostile event data is kept, visibly repaired, rather than dropped: data the JSON parser
+    refuses (a lone surrogate escape, invalid UTF-8, a raw control byte in a string, a number with
+    no float value such as ``1e999999``, nesting past 127 levels) is rewritten as ``safe_json``
+    does and parsed again, so its text delta, usage or message is kept; ``repairs`` names what was
+    done. Valid data is parsed once, as is: only refused data pays for the repair.
     """
 
     def __init__(self, *, max_line_bytes: int = ...) -> None:
@@ -92,6 +98,20 @@ class SseObserver:
     @property
     def overflowed(self) -> bool:
         """True if a line or an event's data exceeded ``max_line_bytes`` and was dropped."""
+    @property
+    def repairs(self) -> list[str]:
+        """Names (from ``REPAIR_NAMES``, in that order) of what was repaired to keep hostile data;
+        empty for a valid stream. Event data the parser refused gets the names ``safe_json`` gives
+        it (``surrogate_escaped``, ``invalid_utf8``, ``control_escaped``, ``number_as_text``,
+        ``depth_limited``, ...); data that even then is not a JSON object is dropped, counted in
+        ``malformed_events`` and named ``not_json``. Tool inputs (the joined ``partial_json``) are
+        parsed the same way, so a cut-off input kept as the string of its text is ``not_json``.
+        ``int_clamped``: a token count past 64 bits (or a float past it, like ``1e300``) saturated
+        at 2**64 - 1. A usage number serde reads only as a float is kept exactly: an integer past
+        64 bits is written in ``usage_json``/``message_json`` as the string of its digits
+        (``number_as_text``), while its count saturates. A count given as a string, a fraction or a
+        negative number is not counted (the count keeps its previous value) but stays in the usage.
+        """
     def usage_json(self) -> bytes | None:
         """Merged usage as compact JSON: ``message_start`` usage shallow-merged with every
         ``message_delta`` usage (keeps ``cache_creation``, ``service_tier``, ``server_tool_use``
@@ -131,8 +151,10 @@ def encode_copy_binary(types: Sequence[str], rows: Iterable[Sequence[object]], /
       followed by the names of the row's repairs (see ``REPAIR_NAMES``), each once, or NULL when
       there are none.
     - ``raw`` (a PostgreSQL ``bytea``; must follow a jsonb, json or text column): Python passes
-      None; the encoder writes the original bytes of the cell before it when that cell was
-      repaired, else NULL.
+      None, and the encoder writes the original bytes of the cell before it when that cell was
+      repaired, else NULL; or Python passes ``bytes``, written as they are whatever the cell
+      before became (this way the writer keeps the exact bytes of a request body that is not
+      JSON, stored as ``{"unparsed_body": ...}`` in the cell before). Any other value raises.
 
     Only programming errors raise ``NexusCoreError``, naming the row, column and type: a Python
     value of the wrong type for its column, a row of the wrong length, a misplaced pseudo column,

@@ -41,23 +41,25 @@ rows = st.lists(st.tuples(*[st.none() | c for c in cells]).map(list), max_size=6
 # The same columns with hostile values, plus json, int8[] and the pseudo columns the encoder fills.
 HOSTILE_TYPES = ["uuid", "timestamptz", "text", "raw", "int2", "int4", "int8", "bool", "bytea", "jsonb", "raw"]
 HOSTILE_TYPES += ["bytea[]", "text[]", "float8", "json", "raw", "int8[]", "repairs"]
+# A raw cell is None (the encoder fills it) or bytes Python gives (written as they are).
+raw_cells = st.none() | st.binary(max_size=16)
 hostile_cells = [
     cells[0],
     cells[1],
     hostile_text,
-    st.none(),
+    raw_cells,
     hostile_ints,
     hostile_ints,
     hostile_ints,
     cells[6],
     cells[7],
     hostile_json | hostile_json.map(lambda b: b.decode("utf-8", "surrogateescape")),
-    st.none(),
+    raw_cells,
     cells[9],
     st.lists(st.none() | hostile_text, max_size=5),
     cells[11],
     hostile_json,
-    st.none(),
+    raw_cells,
     st.lists(st.none() | hostile_ints, max_size=4),
     given_repairs,
 ]
@@ -92,7 +94,7 @@ def test_huge_jsonb_and_unicode() -> None:
         (["money"], [1], "unsupported COPY column type"),
         (["timestamptz"], [2**70], "int8 range"),
         (["jsonb"], [1], "int value does not fit a jsonb column"),
-        (["text", "raw"], ["x", b"y"], "raw column takes None"),
+        (["text", "raw"], ["x", "y"], "raw column takes bytes or None"),
         (["repairs", "text"], [None, "x"], "repairs column must be the last"),
         (["int2", "raw"], [1, None], "raw column must follow a jsonb, json or text column"),
         (["text", "repairs"], ["x", [1]], "repair names must be str"),

@@ -280,6 +280,35 @@ def test_last_resort_rows_land_as_json_strings(pg: psycopg.Connection) -> None:
         copy_row_last_resort(SAFE_TYPES, tuples[0][:-1])
 
 
+def test_raw_bytes_given_by_python_land_as_they_are(pg: psycopg.Connection) -> None:
+    """Bytes passed for a raw cell are written unchanged, whatever the cell before it became: the
+    writer keeps the exact bytes of a request body this way that is not JSON, stored as text beside them."""
+    body = b'\xff\x00{"model": "\xed\xa0\x80'  # not JSON, not UTF-8, a NUL, a surrogatepass
+    envelope = orjson.dumps({"unparsed_body": body.decode("utf-8", "replace")})
+    rows = [
+        # An unrepaired cell with explicit raw bytes, a repaired one (explicit bytes win), an empty one.
+        [1, envelope, body, b"[1e999]", b"\x00\x01given", "a\x00", b"", 1, 2, 3, None, None],
+        # None still means "the original when repaired", next to explicit bytes.
+        [2, b"[1e999]", None, b"{}", b"\xfe", "plain", None, 1, 2, 3, None, ["from_python"]],
+    ]
+    payload = encode_copy_binary(SAFE_TYPES, rows)
+    assert payload == _reference_payload(rows)
+    got = _copy(pg, payload)
+    assert json.loads(got[0][1]) == json.loads(safe_json(envelope)[0])  # its NUL as visible text
+    assert got[0][2:7] == (body, '["1e999"]', b"\x00\x01given", "a\\u0000", b"")
+    assert got[0][11] == ["nul_escaped", "number_as_text"]
+    assert got[1][1:7] == ('["1e999"]', b"[1e999]", "{}", b"\xfe", "plain", None)
+    assert got[1][11] == ["from_python", "number_as_text"]
+    # The last resort keeps them too.
+    last = copy_payload([copy_row_last_resort(SAFE_TYPES, t) for t in copy_rows(payload)])
+    got = _copy(pg, last)
+    assert (got[0][2], got[0][4], got[0][6]) == (body, b"\x00\x01given", b"")
+    assert (got[1][2], got[1][4]) == (b"[1e999]", b"\xfe")
+    # A str is not raw bytes.
+    with pytest.raises(NexusCoreError, match="raw column takes bytes or None"):
+        encode_copy_binary(["text", "raw"], [["x", "y"]])
+
+
 def test_request_id_is_read_back_from_a_tuple() -> None:
     rid = uuid.uuid4()
     (row,) = copy_rows(encode_copy_binary(["uuid", "jsonb"], [[str(rid), b"{}"]]))

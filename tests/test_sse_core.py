@@ -37,6 +37,7 @@ SCALARS = (
     "tool_uses",
     "error",
     "overflowed",
+    "repairs",
 )
 
 
@@ -140,6 +141,91 @@ def test_overflow_is_bounded_and_reported() -> None:
         assert obs.overflowed
         assert obs.saw_message_stop
         assert obs.event_count == 1
+
+
+# ---------------------------------------------------------------- hostile data
+
+START = (
+    b'data: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
+    b'"model":"claude-x","content":[],"stop_reason":null,"usage":{"input_tokens":7,"output_tokens":1}}}\n\n'
+    b'data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\n\n'
+)
+END = (
+    b'data: {"type":"content_block_stop","index":0}\n\n'
+    b'data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":5}}\n\n'
+    b'data: {"type":"message_stop"}\n\n'
+)
+
+
+def text_delta(text_json: bytes, extra: bytes = b"") -> bytes:
+    head = b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
+    return head + text_json + extra + b"}}\n\n"
+
+
+def deep(n: int) -> bytes:
+    return b"[" * n + b"]" * n
+
+
+@pytest.mark.parametrize(
+    ("hostile", "text", "repairs"),
+    [
+        (text_delta(rb'"b\ud800c"'), "ab\\ud800cz", ["surrogate_escaped"]),
+        (text_delta(b'"b\xffc"'), "ab\\xFFcz", ["invalid_utf8"]),
+        (text_delta(b'"b"', b',"pad":' + deep(100_000)), "abz", ["depth_limited"]),
+        (b"data: {not json\n\n", "az", ["not_json"]),
+        (text_delta(b'"b"'), "abz", []),
+    ],
+    ids=["lone_surrogate", "invalid_utf8", "deep_nesting", "garbage", "valid"],
+)
+def test_hostile_text_delta_is_kept_and_named(hostile: bytes, text: str, repairs: list[str]) -> None:
+    for cls in (SseObserver, ReferenceSseObserver):
+        obs = cls()
+        obs.feed(START + text_delta(b'"a"') + hostile + text_delta(b'"z"') + END)
+        message = orjson.loads(obs.message_json())
+        assert message["content"][0]["text"] == text
+        assert (message["id"], message["stop_reason"]) == ("msg_1", "end_turn")
+        assert orjson.loads(obs.usage_json()) == {"input_tokens": 7, "output_tokens": 5}
+        assert (obs.input_tokens, obs.output_tokens) == (7, 5)
+        assert obs.saw_message_stop
+        assert obs.malformed_events == (1 if repairs == ["not_json"] else 0)
+        assert obs.repairs == repairs
+
+
+def test_huge_usage_numbers_are_kept_and_named() -> None:
+    big = b"123456789012345678901234567890"
+    stream = START.replace(b'"input_tokens":7', b'"input_tokens":1e999999') + END.replace(
+        b'"output_tokens":5', b'"output_tokens":' + big
+    )
+    for cls in (SseObserver, ReferenceSseObserver):
+        obs = cls()
+        obs.feed(stream)
+        assert obs.message_id == "msg_1"
+        usage = orjson.loads(obs.usage_json())
+        assert usage == {"input_tokens": "1e999999", "output_tokens": big.decode()}, "exact text, not a float"
+        assert orjson.loads(obs.message_json())["usage"] == usage
+        assert obs.input_tokens == 0  # a string is not a count
+        assert obs.output_tokens == 2**64 - 1  # saturated; the storage encoder clamps it to int8
+        assert obs.repairs == ["number_as_text", "int_clamped"]
+
+
+def test_tool_input_too_deep_is_cut_and_named() -> None:
+    partial = orjson.dumps(deep(100_000).decode())
+    stream = (
+        START.replace(b'"type":"text","text":""', b'"type":"tool_use","id":"t","name":"n","input":{}')
+        + b'data: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":'
+        + partial
+        + b"}}\n\n"
+        + END
+    )
+    for cls in (SseObserver, ReferenceSseObserver):
+        obs = cls()
+        obs.feed(stream)
+        tool_input = orjson.loads(obs.message_json())["content"][0]["input"]
+        depth = 0
+        while isinstance(tool_input, list):
+            depth, tool_input = depth + 1, tool_input[0]
+        assert depth == _core.MAX_JSON_DEPTH and isinstance(tool_input, str)
+        assert obs.repairs == ["depth_limited"]
 
 
 # ------------------------------------------------------------ generated streams
@@ -262,6 +348,36 @@ def test_generated_streams_rust_matches_reference_at_any_split(stream: bytes, cu
     assert snapshot(whole) == rust
 
 
+# Edits that make an event's data hostile: each JSON parser refuses it, or a usage number is past 64 bits.
+HOSTILE_EDITS = [
+    (b'"text":"', rb'"text":"\ud800'),
+    (b'"text":"', b'"text":"\xff\xed\xa0\x80\x01'),
+    (b'"partial_json":"', rb'"partial_json":"\udc00'),
+    (b'"thinking":"', b'"thinking":"\x00'),
+    (b'"type":"content_block_delta"', b'"pad":' + deep(130) + b',"type":"content_block_delta"'),
+    (b'"type":"message_start"', b'"pad":' + deep(100_000) + b',"type":"message_start"'),
+    (b'"output_tokens":', b'"output_tokens":1234567890123456789012345'),
+    (b'"input_tokens":', b'"input_tokens":1e99999'),
+    (b'"cache_read_input_tokens":', b'"cache_read_input_tokens":-'),
+    (b'"type":"ping"}', b'"type":"ping",}'),
+]
+
+
+@st.composite
+def hostile_stream(draw: st.DrawFn) -> bytes:
+    stream = draw(anthropic_stream())
+    for old, new in draw(st.lists(st.sampled_from(HOSTILE_EDITS), max_size=4)):
+        stream = stream.replace(old, new, draw(st.integers(1, 3)))
+    return stream
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=hostile_stream(), cuts=cut_points)
+def test_hostile_streams_rust_matches_reference_at_any_split(stream: bytes, cuts: list[int]) -> None:
+    rust, ref = both(stream, cuts)
+    assert rust == ref
+
+
 sse_noise = st.lists(
     st.sampled_from(
         [
@@ -282,6 +398,10 @@ sse_noise = st.lists(
             b"\xff",
             b'{"type":"message_stop"}',
             b'{"type":"error"}',
+            b'"\\ud800"',
+            b"1e999",
+            b"[" * 130,
+            b"]" * 130,
         ]
     )
     | st.binary(max_size=20),

@@ -125,9 +125,12 @@ def encode_copy_binary(types: Sequence[str], rows: Sequence[Sequence[object]]) -
                 if ty == "repairs":
                     out.append(_repairs(v, flags))
                 elif ty == "raw":
-                    if v is not None:
-                        raise ValueError("a raw column takes None: the encoder fills it")
-                    out.append(NULL if changed is None else _with_length(changed))
+                    if isinstance(v, bytes):
+                        out.append(_with_length(v))  # given by Python: written as it is
+                    elif v is not None:
+                        raise ValueError("a raw column takes bytes or None (None: the encoder fills it)")
+                    else:
+                        out.append(NULL if changed is None else _with_length(changed))
                 else:
                     cell: set[str] = set()
                     out.append(_field(ty, v, cell))

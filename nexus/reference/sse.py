@@ -14,6 +14,12 @@ can check the Rust code against it on any stream split at any byte boundary:
   counts dispatched events; data that is not a JSON object counts in ``malformed_events``.
 - ``message_delta.usage`` is cumulative: each non-null key replaces the previous value (never
   added). Every ``message_delta.delta`` key is applied to the rebuilt message.
+- Hostile data is repaired, not dropped: data the parser refuses goes through ``safe_json``
+  (``nexus.reference.safe``) and is parsed again; ``repairs`` names what was done. The Rust parser
+  (serde_json) refuses what orjson refuses, plus nesting of 128 levels or more, which is checked
+  here after orjson. A usage object holding a float is re-read the same way (exact digits for an
+  integer past 64 bits); token counts are ints ``>= 0`` or whole floats, saturated at 2**64 - 1
+  (``int_clamped``). Tool inputs are parsed the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import re
 from typing import Any
 
 import orjson
+
+from nexus.reference.safe import names, safe_json
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "ReferenceSseObserver"]
 
@@ -32,19 +40,88 @@ _BOM = b"\xef\xbb\xbf"
 _U64_LIMIT = 2**64
 
 
+# serde_json refuses data nested this deep (its default recursion limit); orjson allows 1024.
+_SERDE_DEPTH = 128
+_REFUSED = object()
+_TOKEN_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+
+
 def _u64(v: object) -> int | None:
     return v if type(v) is int and 0 <= v < _U64_LIMIT else None
+
+
+def _token_count(v: object) -> tuple[int, bool] | None:
+    """A token count and whether it saturated: an int >= 0, or a whole float >= 0 (past 64 bits: 2**64 - 1)."""
+    if type(v) is int:
+        return (v, False) if 0 <= v < _U64_LIMIT else None
+    if type(v) is float and v >= 0 and v.is_integer():
+        return (_U64_LIMIT - 1, True) if v >= _U64_LIMIT else (int(v), False)
+    return None
+
+
+def _too_deep(value: object) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list):
+            if depth >= _SERDE_DEPTH:
+                return True
+            stack.extend((item, depth + 1) for item in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
+def _loads(data: bytes) -> Any:
+    """The value, or ``_REFUSED`` for data the Rust observer's parser refuses."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _REFUSED
+    return _REFUSED if _too_deep(value) else value
+
+
+def _repaired(data: bytes) -> tuple[Any, set[str]]:
+    """The failure path: ``data`` as ``safe_json`` rewrites it, parsed (``_REFUSED`` if it cannot be)."""
+    out, flags = safe_json(data)
+    try:
+        return orjson.loads(out), set(flags)
+    except orjson.JSONDecodeError:
+        return _REFUSED, set(flags)
+
+
+def _holds_float(value: object) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if type(v) is float:
+            return True
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
+def _usage_of(ev_type: str, ev: dict[str, Any]) -> dict[str, Any] | None:
+    if ev_type == "message_start":
+        msg = ev.get("message")
+        usage = msg.get("usage") if isinstance(msg, dict) else None
+    elif ev_type == "message_delta":
+        usage = ev.get("usage")
+    else:
+        return None
+    return usage if isinstance(usage, dict) else None
 
 
 def _str(v: object) -> str | None:
     return v if isinstance(v, str) else None
 
 
-def _parse_or_raw(raw: str) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return raw
+def _parse_tool_input(raw: str) -> tuple[Any, set[str]]:
+    value = _loads(raw.encode())
+    if value is not _REFUSED:
+        return value, set()
+    value, flags = _repaired(raw.encode())
+    return (raw if value is _REFUSED else value), flags
 
 
 def _kind(block_type: object) -> str:
@@ -79,7 +156,7 @@ class _Block:
                 out["citations"] = (existing if isinstance(existing, list) else []) + self.citations
         elif self.kind == "tool":
             if self.partial_json:
-                out["input"] = _parse_or_raw(self.partial_json)
+                out["input"] = _parse_tool_input(self.partial_json)[0]
             else:
                 out["input"] = self.start["input"] if "input" in self.start else {}
         elif self.kind == "thinking":
@@ -121,6 +198,7 @@ class ReferenceSseObserver:
         self.overflowed = False
         self.tool_uses: list[tuple[str, str]] = []
         self.error: tuple[str, str] | None = None
+        self._repairs: set[str] = set()
         # message reconstruction
         self._message: dict[str, Any] | None = None
         self._usage: dict[str, Any] = {}
@@ -210,12 +288,21 @@ class ReferenceSseObserver:
     def _dispatch(self) -> None:
         if self._has_data and not self._event_poisoned:
             self.event_count += 1
-            try:
-                ev = orjson.loads(self._data)
-            except orjson.JSONDecodeError:
-                ev = None
-            if isinstance(ev, dict):
-                self._handle_event(ev, self._event_name)
+            data = bytes(self._data)
+            ev = _loads(data)
+            if ev is _REFUSED:
+                ev, flags = _repaired(data)
+                self._repairs |= flags
+                if isinstance(ev, dict):
+                    self._handle_event(ev, self._event_name)
+                else:
+                    self.malformed_events += 1
+            elif isinstance(ev, dict):
+                usage = _usage_of(self._event_type(ev, self._event_name), ev)
+                if usage is not None and _holds_float(usage):
+                    self._handle_inexact(ev, usage, data)
+                else:
+                    self._handle_event(ev, self._event_name)
             else:
                 self.malformed_events += 1
         self._event_name = b""
@@ -232,20 +319,33 @@ class ReferenceSseObserver:
                 return block
         return None
 
+    def _handle_inexact(self, ev: dict[str, Any], usage: dict[str, Any], data: bytes) -> None:
+        """A usage holding a float: handled as ``safe_json`` rewrites it, counts from the floats."""
+        floats = [(k, v) for k, v in usage.items() if type(v) is float]
+        out, flags = safe_json(data)
+        exact = orjson.loads(out) if flags else None
+        if isinstance(exact, dict):
+            self._repairs |= set(flags)
+            self._handle_event(exact, self._event_name)
+        else:
+            self._handle_event(ev, self._event_name)
+        for k, v in floats:
+            self._set_token_field(k, v)
+
     def _set_token_field(self, key: str, value: object) -> None:
-        n = _u64(value)
-        if n is not None and key in (
-            "input_tokens",
-            "cache_creation_input_tokens",
-            "cache_read_input_tokens",
-            "output_tokens",
-        ):
-            setattr(self, key, n)
+        counted = _token_count(value)
+        if counted is not None and key in _TOKEN_KEYS:
+            setattr(self, key, counted[0])
+            if counted[1]:
+                self._repairs.add("int_clamped")
+
+    @staticmethod
+    def _event_type(ev: dict[str, Any], sse_name: bytes) -> str:
+        ev_type = _str(ev.get("type"))
+        return sse_name.decode("utf-8", "replace") if ev_type is None else ev_type
 
     def _handle_event(self, ev: dict[str, Any], sse_name: bytes) -> None:
-        ev_type = _str(ev.get("type"))
-        if ev_type is None:
-            ev_type = sse_name.decode("utf-8", "replace")
+        ev_type = self._event_type(ev, sse_name)
         if ev_type == "message_start":
             msg = ev.get("message")
             if isinstance(msg, dict):
@@ -315,6 +415,14 @@ class ReferenceSseObserver:
         # ping and unknown event types are tolerated
 
     # ------------------------------------------------------------------ output
+    @property
+    def repairs(self) -> list[str]:
+        flags = set(self._repairs)
+        for block in self._blocks:
+            if block.kind == "tool" and block.partial_json:
+                flags |= _parse_tool_input(block.partial_json)[1]
+        return names(flags)
+
     def usage_json(self) -> bytes | None:
         return orjson.dumps(self._usage) if self._usage_seen else None
 

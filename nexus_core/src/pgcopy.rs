@@ -9,10 +9,10 @@
 //! never fails a row. Every `jsonb`/`json` cell goes through [`safe::safe_json`], every `text`
 //! cell through [`safe::safe_text`], integers out of their column's range are clamped, and each
 //! row can report what was repaired (a `repairs` column) and keep the original bytes of a repaired
-//! cell (a `raw` column). Only programming errors raise: a Python value of the wrong type for its
-//! column, a row of the wrong length. For whatever PostgreSQL still refuses, the writer bisects a
-//! failed batch with [`copy_rows`] and [`copy_payload`] and stores the culprit through
-//! [`copy_row_last_resort`].
+//! cell (a `raw` column, which also takes bytes from Python, written as they are). Only
+//! programming errors raise: a Python value of the wrong type for its column, a row of the wrong
+//! length. For whatever PostgreSQL still refuses, the writer bisects a failed batch with
+//! [`copy_rows`] and [`copy_payload`] and stores the culprit through [`copy_row_last_resort`].
 
 use crate::safe::{self, Repairs};
 use crate::NexusError;
@@ -46,8 +46,10 @@ pub enum ColumnType {
     /// names of the row's repairs; NULL when both are empty. Must be the last column, because it
     /// reports the repairs of every cell before it.
     Repairs,
-    /// A `bytea` the encoder fills (Python passes None): the original bytes of the cell just
-    /// before it (a jsonb, json or text column) when that cell was repaired, else NULL.
+    /// A `bytea` beside the cell just before it (a jsonb, json or text column). Given None, the
+    /// encoder fills it: that cell's original bytes when it was repaired, else NULL. Given bytes,
+    /// they are written as they are (so the writer keeps the exact bytes of a body it stores
+    /// as text in the cell before).
     Raw,
 }
 
@@ -513,17 +515,17 @@ fn write_repairs(buf: &mut Vec<u8>, value: &Value<'_>, repairs: Repairs) -> Resu
     write_names(buf, &names)
 }
 
-/// The `raw` column: the previous cell's original bytes when it was repaired, else NULL.
+/// The `raw` column: the bytes Python gave, as they are; for None, the previous cell's original
+/// bytes when it was repaired, else NULL.
 fn write_raw(buf: &mut Vec<u8>, value: &Value<'_>, changed: Option<&[u8]>) -> Result<(), String> {
-    if !matches!(value, Value::Null) {
-        return Err("a raw column takes None: the encoder fills it".into());
-    }
-    match changed {
-        Some(original) => write_bytes(buf, original),
-        None => {
+    match (value, changed) {
+        (Value::Bytes(given), _) => write_bytes(buf, given),
+        (Value::Null, Some(original)) => write_bytes(buf, original),
+        (Value::Null, None) => {
             write_null(buf);
             Ok(())
         }
+        _ => Err("a raw column takes bytes or None (None: the encoder fills it)".into()),
     }
 }
 
@@ -1006,12 +1008,30 @@ mod tests {
         assert_eq!(f[1], None);
         assert_eq!(f[3].as_deref(), Some(&b"a\0"[..]));
         assert_eq!(f[5].as_deref(), Some(&b"nope"[..]));
+        // Bytes given for a raw cell are written as they are, repaired cell before it or not.
+        let (_, out) = push(
+            &types,
+            &[
+                Value::Bytes(b"{\"unparsed_body\":\"\"}"),
+                Value::Bytes(b"\xff\x00 not json"),
+                Value::Str("a\0"),
+                Value::Bytes(b""),
+                Value::Str("nope"),
+                Value::Null,
+            ],
+        );
+        let f = fields_of(&out);
+        assert_eq!(f[1].as_deref(), Some(&b"\xff\x00 not json"[..]));
+        assert_eq!(f[3].as_deref(), Some(&b""[..]));
+        assert_eq!(f[5].as_deref(), Some(&b"nope"[..]));
         let mut enc = CopyEncoder::new(vec![Text, Raw]).unwrap();
-        assert!(enc
-            .push_row(&[Value::Str("x"), Value::Bytes(b"y")])
-            .unwrap_err()
-            .to_string()
-            .contains("raw column takes None"));
+        for wrong in [Value::Str("y"), Value::Int(1)] {
+            assert!(enc
+                .push_row(&[Value::Str("x"), wrong])
+                .unwrap_err()
+                .to_string()
+                .contains("raw column takes bytes or None"));
+        }
     }
 
     #[test]

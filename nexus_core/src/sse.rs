@@ -18,8 +18,28 @@
 //! - `message_delta.usage` is cumulative: each non-null key replaces the previous value;
 //! - every key of `message_delta.delta` (incl. `stop_reason`, `stop_sequence`) is applied to the
 //!   rebuilt message.
+//!
+//! Hostile data is kept, visibly repaired, rather than dropped (see [`SseObserver::repairs`]).
+//! Valid event data is parsed once with serde_json, as before; only data serde_json refuses (a lone
+//! surrogate escape, invalid UTF-8, a raw control byte in a string, a number with no f64 value,
+//! nesting of 128 levels or more) takes the failure path: it is rewritten by
+//! [`safe::safe_json`] (visible escapes, numbers as the string of their text, subtrees past
+//! [`safe::MAX_JSON_DEPTH`] as the string of their text) and the result parsed instead. An event
+//! whose data is still not a JSON object then is counted in `malformed_events` (and its repairs,
+//! e.g. `not_json`, reported). Tool inputs (the joined `partial_json`) are parsed the same way.
+//!
+//! Token counts are JSON numbers `>= 0`: a u64, or a whole number serde_json holds as an f64 (an
+//! integer past u64, `1e300`, `12.0`), which saturates at `u64::MAX` (flagged `int_clamped`). A
+//! fraction, a negative number or a string is not a count (the count keeps its previous value)
+//! but stays in the usage JSON. A usage object holding an f64 would be written back rounded, so
+//! such an event is re-read through the failure path: an integer past 64 bits is then kept in the
+//! usage JSON (and the message) as the string of its exact digits (`number_as_text`), while its
+//! count still saturates.
 
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde_json::{Map, Number, Value};
+
+use crate::safe::{self, Repairs};
 
 /// Default cap for one SSE line and for one event's joined data (16 MiB).
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
@@ -92,8 +112,9 @@ struct Block {
     text: String,
     citations: Vec<Value>,
     partial_json: String,
-    /// Tool input parsed at `content_block_stop` (cleared by any later input delta).
-    parsed_input: Option<Value>,
+    /// Tool input parsed at `content_block_stop`, with its repairs (cleared by any later input
+    /// delta).
+    parsed_input: Option<(Value, Repairs)>,
     thinking: String,
     signature: String,
 }
@@ -122,10 +143,23 @@ impl Block {
                 .cloned()
                 .unwrap_or_else(|| Value::Object(Map::new()));
         }
-        if let Some(v) = &self.parsed_input {
+        if let Some((v, _)) = &self.parsed_input {
             return v.clone();
         }
-        parse_or_raw(&self.partial_json)
+        parse_tool_input(&self.partial_json).0
+    }
+
+    /// The repairs parsing the tool input takes (none for a block that is not a tool).
+    fn input_repairs(&self) -> Repairs {
+        if self.kind != BlockKind::Tool || self.partial_json.is_empty() {
+            return Repairs::NONE;
+        }
+        match &self.parsed_input {
+            Some((_, repairs)) => *repairs,
+            // Not stopped yet (a cut-off stream): parsed now, as `render` does. (serde's
+            // `IgnoredAny` would not do: it skips strings without checking their surrogates.)
+            None => parse_tool_input(&self.partial_json).1,
+        }
     }
 
     fn render(&self) -> Value {
@@ -168,8 +202,105 @@ impl Block {
     }
 }
 
-fn parse_or_raw(raw: &str) -> Value {
-    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
+/// The failure path: `data` (which serde_json refused, or which needs its exact number text) as
+/// [`safe::safe_json`] rewrites it, and the repairs made.
+fn repair(data: &[u8]) -> (Vec<u8>, Repairs) {
+    let mut out = Vec::with_capacity(data.len() + 16);
+    let repairs = safe::safe_json(data, &mut out);
+    (out, repairs)
+}
+
+/// Parse `safe_json` output. It nests at most [`safe::MAX_JSON_DEPTH`] (128) levels, one more than
+/// serde_json's default limit allows, so the limit is lifted here (and only here): the recursion
+/// stays bounded by the repair.
+fn parse_safe(json: &[u8]) -> Option<Value> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    de.disable_recursion_limit();
+    let value = Value::deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(value)
+}
+
+/// A tool input (the joined `partial_json`) and the repairs it took: parsed as is when serde_json
+/// accepts it, else through the failure path (input that is not JSON becomes the string of its
+/// text, as before, now flagged `not_json`).
+fn parse_tool_input(raw: &str) -> (Value, Repairs) {
+    if let Ok(v) = serde_json::from_str(raw) {
+        return (v, Repairs::NONE);
+    }
+    let (json, repairs) = repair(raw.as_bytes());
+    let value = parse_safe(&json).unwrap_or_else(|| Value::String(raw.to_owned()));
+    (value, repairs)
+}
+
+/// The event types the observer acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventKind {
+    MessageStart,
+    ContentBlockStart,
+    ContentBlockDelta,
+    ContentBlockStop,
+    MessageDelta,
+    MessageStop,
+    Error,
+    /// `ping` and event types added later: tolerated.
+    Other,
+}
+
+impl EventKind {
+    /// The event's JSON `type` string, or the SSE `event:` name when `type` is missing.
+    fn of(ev: &Map<String, Value>, sse_name: &[u8]) -> Self {
+        let name = match ev.get("type") {
+            Some(Value::String(t)) => t.as_bytes(),
+            _ => sse_name,
+        };
+        match name {
+            b"message_start" => Self::MessageStart,
+            b"content_block_start" => Self::ContentBlockStart,
+            b"content_block_delta" => Self::ContentBlockDelta,
+            b"content_block_stop" => Self::ContentBlockStop,
+            b"message_delta" => Self::MessageDelta,
+            b"message_stop" => Self::MessageStop,
+            b"error" => Self::Error,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// The usage object of a `message_start` or `message_delta` event.
+fn usage_of(kind: EventKind, ev: &Map<String, Value>) -> Option<&Map<String, Value>> {
+    match kind {
+        EventKind::MessageStart => ev.get("message")?.get("usage")?.as_object(),
+        EventKind::MessageDelta => ev.get("usage")?.as_object(),
+        _ => None,
+    }
+}
+
+/// Whether `usage` holds, at any depth, a number serde_json reads only as an f64.
+fn holds_float(usage: &Map<String, Value>) -> bool {
+    let mut stack: Vec<&Value> = usage.values().collect();
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Number(n) if n.is_f64() => return true,
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// A token count: a u64, or a whole f64 `>= 0` saturated at `u64::MAX` (true when it saturated).
+fn token_count(n: &Number) -> Option<(u64, bool)> {
+    if let Some(u) = n.as_u64() {
+        return Some((u, false));
+    }
+    const PAST_U64: f64 = 18_446_744_073_709_551_616.0; // 2^64
+    match n.as_f64() {
+        Some(f) if f >= PAST_U64 => Some((u64::MAX, true)),
+        Some(f) if f >= 0.0 && f.fract() == 0.0 => Some((f as u64, false)),
+        _ => None,
+    }
 }
 
 fn as_index(v: Option<&Value>) -> Option<u64> {
@@ -205,6 +336,8 @@ pub struct SseObserver {
     usage_seen: bool,
     delta_fields: Map<String, Value>,
     blocks: Vec<Block>,
+    /// What the failure path repaired in event data, and counts that saturated.
+    repairs: Repairs,
 }
 
 impl Default for SseObserver {
@@ -232,6 +365,7 @@ impl SseObserver {
             usage_seen: false,
             delta_fields: Map::new(),
             blocks: Vec::new(),
+            repairs: Repairs::NONE,
         }
     }
 
@@ -253,6 +387,16 @@ impl SseObserver {
 
     pub fn summary(&self) -> &SseSummary {
         &self.summary
+    }
+
+    /// What was repaired to keep hostile event data rather than drop it (see the module docs):
+    /// event data the failure path rewrote (`not_json` for data that then still was not an object,
+    /// counted in `malformed_events`), tool inputs parsed the same way, and `int_clamped` for a
+    /// token count that saturated. Empty for a valid stream.
+    pub fn repairs(&self) -> Repairs {
+        self.blocks
+            .iter()
+            .fold(self.repairs, |acc, b| acc | b.input_repairs())
     }
 
     /// Observe one chunk of the stream. Returns the number of events dispatched by this chunk.
@@ -382,11 +526,14 @@ impl SseObserver {
             self.summary.event_count += 1;
             match serde_json::from_slice::<Value>(&self.data) {
                 Ok(Value::Object(map)) => {
-                    let name = std::mem::take(&mut self.event_name);
-                    self.handle_event(map, &name);
-                    self.event_name = name;
+                    let kind = EventKind::of(&map, &self.event_name);
+                    match usage_of(kind, &map) {
+                        Some(usage) if holds_float(usage) => self.handle_inexact(kind, map),
+                        _ => self.handle_event(kind, map),
+                    }
                 }
-                _ => self.summary.malformed_events += 1,
+                Ok(_) => self.summary.malformed_events += 1,
+                Err(_) => self.handle_refused(),
             }
         }
         self.event_name.clear();
@@ -395,18 +542,51 @@ impl SseObserver {
         self.event_poisoned = false;
     }
 
-    fn handle_event(&mut self, mut ev: Map<String, Value>, sse_name: &[u8]) {
-        let ev_type = match ev.get("type").and_then(Value::as_str) {
-            Some(t) => t.to_owned(),
-            None => String::from_utf8_lossy(sse_name).into_owned(),
-        };
-        match ev_type.as_str() {
-            "message_start" => {
+    /// The failure path for data serde_json refused: repaired, then handled if it is an object.
+    #[cold]
+    fn handle_refused(&mut self) {
+        let (json, repairs) = repair(&self.data);
+        self.repairs |= repairs;
+        match parse_safe(&json) {
+            Some(Value::Object(map)) => {
+                let kind = EventKind::of(&map, &self.event_name);
+                self.handle_event(kind, map);
+            }
+            _ => self.summary.malformed_events += 1,
+        }
+    }
+
+    /// An event whose usage holds an f64 (see the module docs): handled as the failure path
+    /// rewrites it, so the usage JSON keeps exact digits; its counts come from the f64 values.
+    #[cold]
+    fn handle_inexact(&mut self, kind: EventKind, ev: Map<String, Value>) {
+        let floats: Vec<(String, Value)> = usage_of(kind, &ev)
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| matches!(v, Value::Number(n) if n.is_f64()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let (json, repairs) = repair(&self.data);
+        match parse_safe(&json) {
+            Some(Value::Object(exact)) if !repairs.is_empty() => {
+                self.repairs |= repairs;
+                self.handle_event(kind, exact);
+            }
+            _ => self.handle_event(kind, ev),
+        }
+        for (key, value) in floats {
+            self.set_token_field(&key, &value);
+        }
+    }
+
+    fn handle_event(&mut self, kind: EventKind, mut ev: Map<String, Value>) {
+        match kind {
+            EventKind::MessageStart => {
                 if let Some(Value::Object(msg)) = ev.remove("message") {
                     self.on_message_start(msg);
                 }
             }
-            "content_block_start" => {
+            EventKind::ContentBlockStart => {
                 let index = as_index(ev.get("index"));
                 if let Some(Value::Object(block)) = ev.remove("content_block") {
                     let b = Block::new(index, block);
@@ -420,7 +600,7 @@ impl SseObserver {
                     self.blocks.push(b);
                 }
             }
-            "content_block_delta" => {
+            EventKind::ContentBlockDelta => {
                 let Some(block) = self.block_mut(as_index(ev.get("index"))) else {
                     return;
                 };
@@ -458,14 +638,14 @@ impl SseObserver {
                     _ => {}
                 }
             }
-            "content_block_stop" => {
+            EventKind::ContentBlockStop => {
                 if let Some(block) = self.block_mut(as_index(ev.get("index"))) {
                     if block.kind == BlockKind::Tool && !block.partial_json.is_empty() {
-                        block.parsed_input = Some(parse_or_raw(&block.partial_json));
+                        block.parsed_input = Some(parse_tool_input(&block.partial_json));
                     }
                 }
             }
-            "message_delta" => {
+            EventKind::MessageDelta => {
                 if let Some(Value::Object(delta)) = ev.remove("delta") {
                     for (k, v) in delta {
                         match k.as_str() {
@@ -489,8 +669,8 @@ impl SseObserver {
                     }
                 }
             }
-            "message_stop" => self.summary.saw_message_stop = true,
-            "error" => {
+            EventKind::MessageStop => self.summary.saw_message_stop = true,
+            EventKind::Error => {
                 let (error_type, message) = match ev.get("error") {
                     Some(Value::Object(e)) => (
                         str_field(e, "type").unwrap_or_default(),
@@ -503,7 +683,7 @@ impl SseObserver {
                     message,
                 });
             }
-            _ => {} // ping and event types added later are tolerated
+            EventKind::Other => {} // ping and event types added later are tolerated
         }
     }
 
@@ -522,14 +702,20 @@ impl SseObserver {
     }
 
     fn set_token_field(&mut self, key: &str, v: &Value) {
-        let Some(n) = v.as_u64() else { return };
         let s = &mut self.summary;
-        match key {
-            "input_tokens" => s.input_tokens = n,
-            "cache_creation_input_tokens" => s.cache_creation_input_tokens = n,
-            "cache_read_input_tokens" => s.cache_read_input_tokens = n,
-            "output_tokens" => s.output_tokens = n,
-            _ => {}
+        let slot = match key {
+            "input_tokens" => &mut s.input_tokens,
+            "cache_creation_input_tokens" => &mut s.cache_creation_input_tokens,
+            "cache_read_input_tokens" => &mut s.cache_read_input_tokens,
+            "output_tokens" => &mut s.output_tokens,
+            _ => return,
+        };
+        let Value::Number(n) = v else { return };
+        if let Some((count, saturated)) = token_count(n) {
+            *slot = count;
+            if saturated {
+                self.repairs |= Repairs::INT_CLAMPED;
+            }
         }
     }
 

@@ -134,6 +134,12 @@ impl PySseObserver {
             .map(|e| (e.error_type.clone(), e.message.clone()))
     }
 
+    /// Names of the repairs made to keep hostile event data (see `REPAIR_NAMES`), in that order.
+    #[getter]
+    fn repairs(&self) -> Vec<&'static str> {
+        self.inner.repairs().names().collect()
+    }
+
     /// Merged usage object as compact JSON bytes, or None if no usage was seen.
     fn usage_json<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
         self.inner.usage_json().map(|v| PyBytes::new(py, &v))

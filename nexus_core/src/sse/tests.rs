@@ -5,10 +5,15 @@ use serde_json::json;
 const REALISTIC: &[u8] = include_bytes!("../../tests/data/realistic_stream.sse");
 const THINKING_ERROR: &[u8] = include_bytes!("../../tests/data/thinking_error_stream.sse");
 
-type Outcome = (SseSummary, Option<Vec<u8>>, Option<Vec<u8>>);
+type Outcome = (SseSummary, Option<Vec<u8>>, Option<Vec<u8>>, Repairs);
 
 fn outcome(obs: &SseObserver) -> Outcome {
-    (obs.summary().clone(), obs.message_json(), obs.usage_json())
+    (
+        obs.summary().clone(),
+        obs.message_json(),
+        obs.usage_json(),
+        obs.repairs(),
+    )
 }
 
 fn observe_whole(stream: &[u8], cap: usize) -> Outcome {
@@ -345,6 +350,11 @@ fn sse_ish_bytes() -> impl Strategy<Value = Vec<u8>> {
         Just(&b"{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"n\"}}"[..]),
         Just(&b"{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\"\"}}"[..]),
         Just(&b"{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9}}"[..]),
+        // Hostile data the failure path repairs.
+        Just(&b"{\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"text\"}}"[..]),
+        Just(&b"{\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"\\ud800\xff\"}}"[..]),
+        Just(&b"{\"type\":\"message_delta\",\"usage\":{\"output_tokens\":123456789012345678901,\"input_tokens\":1e999}}"[..]),
+        Just(&b"{\"type\":\"ping\",\"x\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}"[..]), // past serde's 128 levels
         Just(&b"\xEF\xBB\xBF"[..]),
         Just("é東🌦".as_bytes()),
         Just(&b"\xff\xfe"[..]),
@@ -382,4 +392,287 @@ proptest! {
         let whole = observe_whole(&stream, cap);
         prop_assert_eq!(observe_split(&stream, &cuts, cap), whole);
     }
+}
+
+// --- hostile event data: repaired and kept, never silently dropped ------------------------------
+
+fn names(obs: &SseObserver) -> Vec<&'static str> {
+    obs.repairs().names().collect()
+}
+
+/// `[[[...]]]` nested `n` deep.
+fn nested(n: usize) -> String {
+    format!("{}{}", "[".repeat(n), "]".repeat(n))
+}
+
+const START: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n";
+const TEXT_START: &str = "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n";
+const TOOL_START: &str = "data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"t\",\"input\":{}}}\n\n";
+const END: &str = "data: {\"type\":\"content_block_stop\",\"index\":0}\n\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":5}}\n\ndata: {\"type\":\"message_stop\"}\n\n";
+
+fn text_delta(text_json: &[u8]) -> Vec<u8> {
+    let mut out = b"data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":".to_vec();
+    out.extend_from_slice(text_json);
+    out.extend_from_slice(b"}}\n\n");
+    out
+}
+
+/// A whole stream whose text block gets the deltas `a`, `hostile` and `z`.
+fn text_stream(hostile: &[u8]) -> Vec<u8> {
+    let mut s = START.as_bytes().to_vec();
+    s.extend_from_slice(TEXT_START.as_bytes());
+    s.extend(text_delta(b"\"a\""));
+    s.extend_from_slice(hostile);
+    s.extend(text_delta(b"\"z\""));
+    s.extend_from_slice(END.as_bytes());
+    s
+}
+
+fn observe(stream: &[u8]) -> SseObserver {
+    let mut obs = SseObserver::new();
+    obs.feed(stream);
+    // Byte by byte gives the same result, repairs included.
+    let cuts: Vec<usize> = (0..stream.len()).collect();
+    assert_eq!(
+        observe_split(stream, &cuts, DEFAULT_MAX_LINE_BYTES),
+        outcome(&obs)
+    );
+    obs
+}
+
+/// The message as any reader gets it (it may nest up to MAX_JSON_DEPTH + 1 levels).
+fn message_deep(obs: &SseObserver) -> Value {
+    let raw = obs.message_json().unwrap();
+    let mut de = serde_json::Deserializer::from_slice(&raw);
+    de.disable_recursion_limit();
+    serde::Deserialize::deserialize(&mut de).unwrap()
+}
+
+fn assert_rest_kept(obs: &SseObserver) {
+    let s = obs.summary();
+    assert_eq!(s.message_id.as_deref(), Some("msg_1"));
+    assert_eq!(s.stop_reason.as_deref(), Some("end_turn"));
+    assert_eq!((s.input_tokens, s.output_tokens), (7, 5));
+    assert!(s.saw_message_stop);
+    assert_eq!(s.malformed_events, 0);
+}
+
+#[test]
+fn valid_streams_report_no_repairs() {
+    for stream in [REALISTIC, THINKING_ERROR] {
+        let mut obs = SseObserver::new();
+        obs.feed(stream);
+        assert_eq!(obs.repairs(), Repairs::NONE);
+    }
+    let obs = observe(&text_stream(&text_delta(b"\"m\\u00e9\\ud83d\\ude00\"")));
+    assert_eq!(message(&obs)["content"][0]["text"], "amé😀z");
+    assert!(names(&obs).is_empty());
+    // serde_json stops at 128 levels; at exactly that depth the data needs no repair either.
+    let at_limit = format!(
+        "data: {{\"type\":\"ping\",\"x\":{}}}\n\n",
+        nested(crate::safe::MAX_JSON_DEPTH - 1)
+    );
+    let obs = observe(at_limit.as_bytes());
+    assert_eq!(obs.summary().malformed_events, 0);
+    assert!(names(&obs).is_empty());
+}
+
+#[test]
+fn lone_surrogate_escape_in_a_text_delta_is_kept_visibly() {
+    let obs = observe(&text_stream(&text_delta(b"\"b\\ud800c\\udc00\"")));
+    assert_eq!(
+        message(&obs)["content"][0]["text"],
+        "ab\\ud800c\\udc00z",
+        "the delta is kept, its lone surrogates as visible text"
+    );
+    assert_rest_kept(&obs);
+    assert_eq!(names(&obs), ["surrogate_escaped"]);
+}
+
+#[test]
+fn invalid_utf8_in_a_text_delta_is_kept_visibly() {
+    let obs = observe(&text_stream(&text_delta(b"\"b\xffc\xed\xa0\x80\"")));
+    assert_eq!(message(&obs)["content"][0]["text"], "ab\\xFFc\\ud800z");
+    assert_rest_kept(&obs);
+    assert_eq!(names(&obs), ["surrogate_escaped", "invalid_utf8"]);
+    // A raw control byte (which JSON forbids in a string) keeps its meaning.
+    let obs = observe(&text_stream(&text_delta(b"\"tab\there\"")));
+    assert_eq!(message(&obs)["content"][0]["text"], "atab\therez");
+    assert_eq!(names(&obs), ["control_escaped"]);
+}
+
+#[test]
+fn deep_nesting_in_a_text_delta_keeps_the_text() {
+    let hostile = format!(
+        "data: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"b\",\"pad\":{}}}}}\n\n",
+        nested(100_000)
+    );
+    let obs = observe(&text_stream(hostile.as_bytes()));
+    assert_eq!(message(&obs)["content"][0]["text"], "abz");
+    assert_rest_kept(&obs);
+    assert_eq!(names(&obs), ["depth_limited"]);
+}
+
+#[test]
+fn deep_nesting_in_a_tool_input_json_delta_keeps_the_input() {
+    let delta = |partial: &str, pad: &str| {
+        format!(
+            "data: {{\"type\":\"content_block_delta\",\"index\":1,\"delta\":{{\"type\":\"input_json_delta\",\"partial_json\":{}{pad}}}}}\n\n",
+            json!(partial)
+        )
+    };
+    let mut s = String::from(START);
+    s += TOOL_START;
+    s += &delta("{\"city\": ", "");
+    s += &delta("\"Paris\"}", &format!(",\"pad\":{}", nested(100_000)));
+    s += "data: {\"type\":\"content_block_stop\",\"index\":1}\n\n";
+    s += END;
+    let obs = observe(s.as_bytes());
+    assert_eq!(
+        message(&obs)["content"][0]["input"],
+        json!({"city": "Paris"})
+    );
+    assert_rest_kept(&obs);
+    assert_eq!(names(&obs), ["depth_limited"]);
+
+    // The tool input itself nested 100,000 deep: kept as JSON down to the limit, the rest as text.
+    let mut s = String::from(START);
+    s += TOOL_START;
+    s += &delta(&nested(100_000), "");
+    s += "data: {\"type\":\"content_block_stop\",\"index\":1}\n\n";
+    s += END;
+    let mut obs = SseObserver::new();
+    obs.feed(s.as_bytes());
+    let input = &message_deep(&obs)["content"][0]["input"];
+    let mut depth = 0;
+    let mut v = input;
+    while let Value::Array(items) = v {
+        depth += 1;
+        v = &items[0];
+    }
+    assert_eq!(depth, crate::safe::MAX_JSON_DEPTH);
+    assert_eq!(v.as_str().map(str::len), Some(2 * (100_000 - depth)));
+    assert_rest_kept(&obs);
+    assert_eq!(names(&obs), ["depth_limited"]);
+}
+
+#[test]
+fn deep_nesting_in_message_start_keeps_the_message() {
+    let start = START.replace(
+        "\"content\":[]",
+        &format!("\"content\":[],\"container\":{}", nested(100_000)),
+    );
+    let mut s = start;
+    s.push_str(TEXT_START);
+    let mut stream = s.into_bytes();
+    stream.extend(text_delta(b"\"b\""));
+    stream.extend_from_slice(END.as_bytes());
+    let obs = observe(&stream);
+    let msg = message_deep(&obs);
+    assert_eq!(msg["id"], "msg_1");
+    assert_eq!(msg["content"][0]["text"], "b");
+    assert!(msg["container"][0][0].is_array());
+    assert_rest_kept(&obs);
+    assert_eq!(names(&obs), ["depth_limited"]);
+}
+
+#[test]
+fn huge_usage_numbers_are_kept_exactly_and_counts_saturate() {
+    // 1e999999 has no f64 value: the event is repaired, the number kept as the string of its text.
+    let s = START.replace("\"input_tokens\":7", "\"input_tokens\":1e999999");
+    let obs = observe(s.as_bytes());
+    let msg = message(&obs);
+    assert_eq!(msg["id"], "msg_1");
+    assert_eq!(msg["usage"]["input_tokens"], "1e999999");
+    let usage: Value = serde_json::from_slice(&obs.usage_json().unwrap()).unwrap();
+    assert_eq!(
+        usage,
+        json!({"input_tokens": "1e999999", "output_tokens": 1})
+    );
+    assert_eq!(obs.summary().input_tokens, 0, "a string is not a count");
+    assert_eq!(obs.summary().output_tokens, 1);
+    assert_eq!(names(&obs), ["number_as_text"]);
+
+    // 30 digits: a count past u64 saturates (int_clamped); the usage JSON keeps the exact digits.
+    let big = "123456789012345678901234567890";
+    let mut s = START.to_owned();
+    s += &format!(
+        "data: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\"}},\"usage\":{{\"output_tokens\":{big},\"cache_read_input_tokens\":1e300,\"cache_creation\":{{\"ephemeral_5m_input_tokens\":{big}}}}}}}\n\n"
+    );
+    let obs = observe(s.as_bytes());
+    let summary = obs.summary();
+    assert_eq!(summary.output_tokens, u64::MAX);
+    assert_eq!(summary.cache_read_input_tokens, u64::MAX);
+    assert_eq!(summary.input_tokens, 7);
+    assert_eq!(summary.stop_reason.as_deref(), Some("end_turn"));
+    let usage = String::from_utf8(obs.usage_json().unwrap()).unwrap();
+    assert_eq!(
+        usage,
+        format!("{{\"input_tokens\":7,\"output_tokens\":\"{big}\",\"cache_read_input_tokens\":1e+300,\"cache_creation\":{{\"ephemeral_5m_input_tokens\":\"{big}\"}}}}")
+    );
+    assert_eq!(message(&obs)["usage"]["output_tokens"], big);
+    assert_eq!(names(&obs), ["number_as_text", "int_clamped"]);
+
+    // A float that is a whole number is a count; a fraction or a negative number is not.
+    let mut s = START.to_owned();
+    s += "data: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":12.0,\"input_tokens\":2.5,\"cache_read_input_tokens\":-3}}\n\n";
+    let obs = observe(s.as_bytes());
+    let summary = obs.summary();
+    assert_eq!(
+        (
+            summary.output_tokens,
+            summary.input_tokens,
+            summary.cache_read_input_tokens
+        ),
+        (12, 7, 0)
+    );
+    assert_eq!(
+        obs.usage_json().unwrap(),
+        b"{\"input_tokens\":2.5,\"output_tokens\":12.0,\"cache_read_input_tokens\":-3}"
+    );
+    assert!(names(&obs).is_empty());
+}
+
+#[test]
+fn garbage_event_is_counted_flagged_and_the_rest_kept() {
+    let obs = observe(&text_stream(
+        b"data: {\"type\":\"content_block_delta\",\"index\":0,,}\n\ndata: [DONE]\n\n",
+    ));
+    assert_eq!(message(&obs)["content"][0]["text"], "az");
+    let s = obs.summary();
+    assert_eq!(s.malformed_events, 2);
+    assert_eq!((s.input_tokens, s.output_tokens), (7, 5));
+    assert!(s.saw_message_stop);
+    assert_eq!(names(&obs), ["not_json"]);
+    // Valid JSON that is not an object is malformed too, but nothing was repaired.
+    let obs = observe(b"data: [1,2]\n\ndata: \"text\"\n\n");
+    assert_eq!(obs.summary().malformed_events, 2);
+    assert!(names(&obs).is_empty());
+}
+
+#[test]
+fn unparsable_tool_input_is_kept_as_text_and_flagged() {
+    let mut obs = SseObserver::new();
+    obs.feed(START.as_bytes());
+    obs.feed(TOOL_START.as_bytes());
+    obs.feed(b"data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"q\\\": \\\"\\\\ud800\\\"}\"}}\n\n");
+    // Not stopped yet: rendered (and its repairs reported) from what arrived.
+    assert_eq!(
+        message(&obs)["content"][0]["input"],
+        json!({"q": "\\ud800"})
+    );
+    assert_eq!(names(&obs), ["surrogate_escaped"]);
+    obs.feed(b"data: {\"type\":\"content_block_stop\",\"index\":1}\n\n");
+    assert_eq!(
+        message(&obs)["content"][0]["input"],
+        json!({"q": "\\ud800"})
+    );
+    assert_eq!(names(&obs), ["surrogate_escaped"]);
+    // A truncated input stays the string of its text, now flagged.
+    let mut obs = SseObserver::new();
+    obs.feed(START.as_bytes());
+    obs.feed(TOOL_START.as_bytes());
+    obs.feed(b"data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"q\\\": 1\"}}\n\n");
+    assert_eq!(message(&obs)["content"][0]["input"], json!("{\"q\": 1"));
+    assert_eq!(names(&obs), ["not_json"]);
 }
