@@ -30,6 +30,7 @@ def complete_record(record: ExchangeRecord, outcome: Outcome, started: float) ->
         record.cache_creation_input_tokens = observer.cache_creation_input_tokens
         record.cache_read_input_tokens = observer.cache_read_input_tokens
         record.tool_call_count = len(observer.tool_uses)
+        record.repairs = observer.repairs or None
         if observer.error is not None and not outcome.error:
             record.outcome, record.error = "stream_error", f"{observer.error[0]}: {observer.error[1]}"
     else:

@@ -30,25 +30,48 @@ def blob_statements(names: list[str]) -> tuple[str, str]:
 
 
 BLOB_STATEMENTS = {count: blob_statements(names) for count, names in BLOB_NAMES_BY_COUNT.items()}
+#: The summary's token columns, by a short name.
+TOKEN_SUMS = {
+    "input": "input_tokens",
+    "output": "output_tokens",
+    "creation": "cache_creation_input_tokens",
+    "read": "cache_read_input_tokens",
+}
+BIGINT_MAX = 2**63 - 1
+
+
+def capped_sum(column: str) -> str:
+    """A sum that stays a bigint: an upstream may report (clamped) counts near bigint's maximum, and one
+    overflowing sum would make PostgreSQL refuse the whole batch."""
+    return f"least(greatest(coalesce(sum({column}), 0), -{BIGINT_MAX}), {BIGINT_MAX})::bigint"
+
+
+def capped_add(left: str, right: str) -> str:
+    return f"least(greatest({left}::numeric + {right}, -{BIGINT_MAX}), {BIGINT_MAX})::bigint"
+
+
 #: Rows actually inserted (never a replayed duplicate) are folded into their conversation's summary.
 _CONVERSATION_UPSERT = """
 INSERT INTO conversations AS c (conversation_id, project_id, first_at, last_at, request_count, input_tokens,
     output_tokens, cache_creation_input_tokens, cache_read_input_tokens, latest_request_id)
 SELECT conversation_id, min(project_id), min("timestamp"), max("timestamp"), count(*),
-    coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), coalesce(sum(cache_creation_input_tokens), 0),
-    coalesce(sum(cache_read_input_tokens), 0), (array_agg(request_id ORDER BY "timestamp" DESC))[1]
+    {capped_input}, {capped_output}, {capped_creation}, {capped_read},
+    (array_agg(request_id ORDER BY "timestamp" DESC))[1]
 FROM ins WHERE conversation_id IS NOT NULL GROUP BY conversation_id ORDER BY conversation_id
 ON CONFLICT (conversation_id) DO UPDATE SET
     first_at = least(c.first_at, excluded.first_at),
     last_at = greatest(c.last_at, excluded.last_at),
     request_count = c.request_count + excluded.request_count,
-    input_tokens = c.input_tokens + excluded.input_tokens,
-    output_tokens = c.output_tokens + excluded.output_tokens,
-    cache_creation_input_tokens = c.cache_creation_input_tokens + excluded.cache_creation_input_tokens,
-    cache_read_input_tokens = c.cache_read_input_tokens + excluded.cache_read_input_tokens,
+    input_tokens = {add_input},
+    output_tokens = {add_output},
+    cache_creation_input_tokens = {add_creation},
+    cache_read_input_tokens = {add_read},
     latest_request_id = CASE WHEN excluded.last_at >= c.last_at THEN excluded.latest_request_id
                              ELSE c.latest_request_id END
-"""
+""".format(
+    **{f"capped_{k}": capped_sum(c) for k, c in TOKEN_SUMS.items()},
+    **{f"add_{k}": capped_add(f"c.{c}", f"excluded.{c}") for k, c in TOKEN_SUMS.items()},
+)
 STAGE_SQL = (
     "CREATE TEMP TABLE IF NOT EXISTS nexus_stage_requests (LIKE api_requests INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS nexus_stage_blobs (LIKE content_blobs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",

@@ -141,6 +141,7 @@ class ExchangeRecord:
     request_type: str | None = None
     task_prompt_keys: list[bytes] | None = None  # sub-agents the reply spawned
     attempts: int | None = None  # upstream attempts (retries and an OAuth replay included)
+    repairs: list[str] | None = None  # what the stream observer had to repair to read the reply
 
 
 def _parse(data: bytes | None) -> Any:
@@ -205,8 +206,9 @@ def to_row(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
 def _cells(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Container[bytes]) -> dict[str, Any]:
     # an allow-list, and no client key even in an allowed header's value (a client may put one anywhere)
     headers = {k: redact_client_keys(v) for k, v in rec.request_headers if k in STORED_REQUEST_HEADERS}
-    flags: list[str] = []
+    flags: list[str] = list(rec.repairs or ())
     envelope: bytes | None = None
+    envelope_raw: bytes | None = None
     system_key = tools_key = None
     message_keys: list[bytes] | None = None
     model: str | None = None
@@ -220,8 +222,10 @@ def _cells(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
     elif body:
         try:
             split = split_body(body)
-        except ValueError:
+        except ValueError:  # not JSON: shown as text, and kept exactly as it came
             envelope = _dumps({"unparsed_body": body.decode("utf-8", "replace")})
+            envelope_raw = body
+            flags.append("request_not_json")
         else:
             envelope, system_key, tools_key = split.envelope, split.system_key, split.tools_key
             message_keys = split.message_keys
@@ -261,6 +265,7 @@ def _cells(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
         "request_type": rec.request_type,
         "request_headers": _dumps(headers),
         "envelope": envelope,
+        "envelope_raw": envelope_raw,
         "system_key": system_key,
         "tools_key": tools_key,
         "message_keys": message_keys,

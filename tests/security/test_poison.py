@@ -83,6 +83,8 @@ POISON: list[tuple[bytes, str | None, str]] = [
     (NORMAL, '{"not": "a message", "n": 1e999999, "s": "\\u0000"', "application/json"),
     (NORMAL, "\x00\x01 not json at all \ud800", "application/json"),
     (orjson.dumps({**orjson.loads(NORMAL), "stream": True}), stream('"streamed \\u0000 nul"'), "text/event-stream"),
+    (orjson.dumps({**orjson.loads(NORMAL), "stream": True}), stream('"lone \\ud800 in a delta"'), "text/event-stream"),
+    (b'{"model": "m", \xed\xa0\x80 not json', None, "application/json"),
 ]
 
 
@@ -125,7 +127,7 @@ def test_poison_requests_and_replies_never_stop_storage(
 
     repairs = {poisoned[rid]: set(row["storage_repairs"] or []) for rid, row in rows.items() if rid in poisoned and row}
     assert repairs[0] == repairs[1] == {"content_repaired"}  # the user message, in the content store
-    assert repairs[6] == {"nul_escaped"}  # not JSON (a raw NUL): refused, the text kept in the envelope
+    assert repairs[6] == {"nul_escaped", "request_not_json"}  # refused; text in the envelope, bytes kept
     assert "number_as_text" in repairs[2] and "number_as_text" in repairs[3] and "depth_limited" not in repairs[5]
     assert "surrogate_escaped" in repairs[7] and "nul_escaped" in repairs[7]
     assert "int_clamped" in repairs[9] and "usage_not_integer" in repairs[10]
@@ -134,6 +136,9 @@ def test_poison_requests_and_replies_never_stop_storage(
     assert nul_reply["response_body"]["content"][0]["text"] == "model says \\u0000 and \\ud800 and \\udfff"
     clamped = next(r for rid, r in rows.items() if poisoned.get(rid) == 9)
     assert clamped["input_tokens"] == 2**63 - 1 and float(clamped["usage"]["input_tokens"]) > 9e25
+    lone = next(r for rid, r in rows.items() if poisoned.get(rid) == 15)  # the observer repaired the event
+    assert lone["response_body"]["content"][0]["text"] == "lone \\ud800 in a delta"
+    assert "surrogate_escaped" in repairs[15] and "request_not_json" in repairs[16]
     streamed = next(r for rid, r in rows.items() if poisoned.get(rid) == 14)
     assert streamed["output_tokens"] == 2**63 - 1 and "int_clamped" in repairs[14]
     with psycopg.connect(migrated_db) as conn:  # the original bytes of a repaired reply are kept

@@ -307,3 +307,30 @@ def test_a_database_that_hangs_never_holds_rows(migrated_db: str, tmp_path: Path
     finally:
         again.close()
     assert stored_ids(migrated_db) == {r.request_id for r in first + stuck}
+
+
+def test_huge_counts_in_one_conversation_do_not_overflow_its_summary(migrated_db: str, tmp_path: Path) -> None:
+    """Two replies of one conversation each reporting (clamped) bigint-maximum tokens: the summary's sum
+    is capped instead of overflowing, which would have made PostgreSQL refuse the batch."""
+    from nexus.conversations.linker import Link
+
+    conversation = str(uuid.uuid4())
+    huge = b'{"type": "message", "content": [], "usage": {"input_tokens": 9223372036854775807, "output_tokens": 1}}'
+    records = [record(response=huge) for _ in range(3)]
+    for rec in records:
+        rec.link = Link("main", conversation, "main")
+    writer = writer_for(migrated_db, tmp_path, batch_size=1, interval_ms=10)
+    writer.start()
+    try:
+        for rec in records:
+            writer.submit(rec)
+        wait(lambda: writer.metrics.rows_written == 3)
+    finally:
+        writer.close()
+    assert writer.metrics.refused_batches == 0
+    with psycopg.connect(migrated_db) as conn:
+        summary = conn.execute(
+            "SELECT request_count, input_tokens, output_tokens FROM conversations WHERE conversation_id = %s",
+            (conversation,),
+        ).fetchone()
+    assert summary == (3, 2**63 - 1, 3)
