@@ -37,7 +37,7 @@ lint: install
 	$(BIN)/mypy
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --locked -- -D warnings
-	PYO3_PYTHON=$(BIN)/python cargo clippy --all-targets --locked --features python -- -D warnings
+	PYO3_PYTHON=$(abspath $(BIN))/python cargo clippy --all-targets --locked --features python -- -D warnings
 
 rust-test:
 	cargo test --locked
