@@ -43,6 +43,8 @@ class ProxyError(Exception):
         self.body_read: bytes | None = None
         #: Upstream attempts made before this error, when it comes from forwarding.
         self.attempts: int | None = None
+        #: A client key's secret the request carried where it must not: kept out of what is stored.
+        self.secret: str | None = None
 
     def body(self, request_id: str) -> bytes:
         return error_body(self.error_type, self.message, request_id)

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 
 class FreezableRelay:
@@ -32,7 +32,8 @@ class FreezableRelay:
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(64)
         self.port = self._listener.getsockname()[1]
-        self.dsn = make_conninfo(target_dsn, host="127.0.0.1", port=str(self.port))
+        user = params.get("user") or "postgres"
+        self.dsn = f"postgresql://{user}@127.0.0.1:{self.port}/{params.get('dbname')}"
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 

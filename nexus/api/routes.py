@@ -11,7 +11,6 @@ JSON-serialisable payload.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from nexus.api.params import check_query
 from nexus.errors import ProxyError
+from nexus.storage.pools import GuardedPool
 
 log = logging.getLogger("nexus.api")
 #: The longest an /api/* answer may take (also each statement's server-side limit).
@@ -73,12 +73,13 @@ class ApiRoutes:
         if self.database_url is None:
             raise ProxyError(503, "Storage is not configured on this proxy.", "api_error")
         if self._pool is None:
-            pool = AsyncConnectionPool(
+            pool = GuardedPool(
                 self.database_url,
                 min_size=1,
                 max_size=4,
                 open=False,
                 timeout=3,  # waiting for a connection: a database that refuses them is a quick 503
+                hang_after_s=ANSWER_WITHIN_S,
                 kwargs={"connect_timeout": 3, "options": f"-c statement_timeout={int(ANSWER_WITHIN_S * 1000)}"},
             )
             await pool.open(wait=False)
@@ -109,12 +110,13 @@ class ApiRoutes:
         query = parse_qs(scope.query_string)
         check_query(query)
         try:
-            async with asyncio.timeout(ANSWER_WITHIN_S):  # a database that hangs must not hang the caller
-                payload = await handler(await self.pool(), param, query)
+            # no asyncio.timeout here: a cancelled query can freeze the process (nexus/storage/pools.py);
+            # a database that hangs is ended by the pool after ANSWER_WITHIN_S
+            payload = await handler(await self.pool(), param, query)
             body = dump_json(payload)
         except ProxyError:
             raise
-        except (TimeoutError, psycopg.OperationalError, PoolTimeout) as exc:
+        except (psycopg.OperationalError, PoolTimeout) as exc:
             log.warning("GET %s: storage unavailable (%s)", path, exc.__class__.__name__)
             raise ProxyError(
                 503, "Storage is unavailable right now; try again shortly.", "api_error", headers=[("retry-after", "5")]

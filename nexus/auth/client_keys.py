@@ -170,10 +170,8 @@ def carries_client_key(value: str, *, deep: bool = False) -> bool:
 
 def redact_client_keys(text: str) -> str:
     """`text` with every client key in it (as it is or percent-encoded) replaced by its prefix and `[redacted]`."""
-    if "%" in text and "cnp_" not in text.lower():
-        decoded = unquote(text)
-        if "cnp_" in decoded.lower():
-            text = decoded
+    if "%" in text:  # judged (and stored) decoded, so no mix of plain and encoded parts hides one
+        text = unquote(text)
     return _KEY_IN_TEXT.sub(lambda m: m.group(0)[:9] + "[redacted]", text) if "cnp_" in text.lower() else text
 
 

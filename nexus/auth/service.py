@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from nexus.auth import errors
 from nexus.auth.client_keys import PREFIX, ClientKeyRejected, ClientKeyStore, carries_client_key, is_client_key
@@ -34,6 +35,8 @@ class Authorization:
     account_id: str | None
     headers: list[tuple[str, str]]
     credential: Credential | None
+    #: The secret part of the client key the request presented (to keep it out of anything forwarded).
+    client_secret: str | None = None
 
 
 class RequestAuthorizer:
@@ -57,10 +60,10 @@ class RequestAuthorizer:
         if cred is None:
             if key_project is not None and not any(k in _CALLER_AUTH for k, _ in out):
                 raise errors.no_upstream_credential(project)  # the client key was all it sent
-            return Authorization(project, None, out, None)
+            return Authorization(project, None, out, None, secret)
         if cred.kind == "oauth":
             cred = await self.refresher.fresh(cred)
-        return Authorization(project, cred.account_id, with_credential(out, cred), cred)
+        return Authorization(project, cred.account_id, with_credential(out, cred), cred, secret)
 
     def _client_project(self, headers: dict[str, str]) -> str | None:
         """The project of the presented client key when client authentication is on (401 otherwise)."""
@@ -93,7 +96,9 @@ class RequestAuthorizer:
         """After an upstream 401 for an OAuth credential: refresh once, and the headers to replay with."""
         assert auth.credential is not None
         cred = await self.refresher.fresh(auth.credential, force=True)
-        return Authorization(auth.project_id, cred.account_id, with_credential(auth.headers, cred), cred)
+        return Authorization(
+            auth.project_id, cred.account_id, with_credential(auth.headers, cred), cred, auth.client_secret
+        )
 
 
 def presented_client_key(headers: dict[str, str]) -> str | None:
@@ -122,8 +127,14 @@ def without_client_keys(upstream: list[tuple[str, str]], secret: str | None = No
         for k, v in upstream
         if not carries_client_key(v, deep=k in _CALLER_AUTH or k == "cookie")
         and not carries_client_key(k)
-        and not (secret and secret in v)
+        and not (secret and (holds_secret(v, secret) or holds_secret(k, secret)))
     ]
+
+
+def holds_secret(text: str, secret: str) -> bool:
+    """`secret` in `text` in any case, or percent-encoded."""
+    lowered = secret.lower()
+    return lowered in text.lower() or ("%" in text and lowered in unquote(text).lower())
 
 
 def with_credential(upstream: list[tuple[str, str]], cred: Credential) -> list[tuple[str, str]]:

@@ -23,6 +23,7 @@ from nexus._core import RequestAnalysis
 from nexus.conversations import repository
 from nexus.conversations.classify import COMPACTION, SUBAGENT, classify
 from nexus.conversations.linker import SUBAGENT_TOOLS, Link, Linker, LinkRequest
+from nexus.storage.pools import GuardedPool
 
 log = logging.getLogger("nexus.conversations")
 
@@ -71,18 +72,25 @@ class LookupPool:
 
     def __init__(self, dsn: str, timeout_ms: int, size: int = 2) -> None:
         self.dsn, self.timeout_ms, self.size = dsn, timeout_ms, size
-        self._pool: AsyncConnectionPool | None = None
+        self._pool: GuardedPool | None = None
 
     async def __call__(self) -> AsyncConnectionPool:
         if self._pool is None:
-            self._pool = AsyncConnectionPool(
+            pool = GuardedPool(
                 self.dsn,
                 min_size=1,
                 max_size=self.size,
-                kwargs={"options": f"-c statement_timeout={self.timeout_ms}", "prepare_threshold": 0},
+                kwargs={
+                    "options": f"-c statement_timeout={self.timeout_ms}",
+                    "prepare_threshold": 0,
+                    "connect_timeout": 3,
+                },
                 open=False,
+                timeout=self.timeout_ms / 1000,
+                hang_after_s=self.timeout_ms / 1000 + 1,  # a server that hangs (pools.py)
             )
-            await self._pool.open(wait=True, timeout=10)
+            await pool.open(wait=False)
+            self._pool = pool
         return self._pool
 
     async def close(self) -> None:
@@ -197,36 +205,35 @@ class ConversationService:
         self.lookups += 1
         index = self.linker.index
         found = False
-        try:
-            async with asyncio.timeout(self.lookup_timeout_s):
-                pool = await self.pool()
-                async with pool.connection() as conn:
-                    entries = await repository.requests_with_hashes(  # the nearest 16 ancestors, and itself
-                        conn,
-                        req.project,
-                        req.hashes()[-17:],
-                        req.timestamp,
-                        self.lookback_days,
-                        req.session,
-                        req.agent_id,
+        try:  # no asyncio.timeout around queries: the pool bounds them (nexus/storage/pools.py)
+            pool = await self.pool()
+            async with pool.connection(timeout=self.lookup_timeout_s) as conn:
+                entries = await repository.requests_with_hashes(  # the nearest 16 ancestors, and itself
+                    conn,
+                    req.project,
+                    req.hashes()[-17:],
+                    req.timestamp,
+                    self.lookback_days,
+                    req.session,
+                    req.agent_id,
+                )
+                if req.first_user_key is not None and len(req.prefix_hashes) == 16 and req.request_type == SUBAGENT:
+                    spawners, invocations, counts = await repository.spawning_requests(
+                        conn, req.project, req.first_user_key, req.timestamp, self.lookback_days
                     )
-                    if req.first_user_key is not None and len(req.prefix_hashes) == 16 and req.request_type == SUBAGENT:
-                        spawners, invocations, counts = await repository.spawning_requests(
-                            conn, req.project, req.first_user_key, req.timestamp, self.lookback_days
-                        )
-                        entries += spawners
-                        for inv in invocations:
-                            index.add_invocation(inv)
-                        for conversation, number in counts.items():
-                            index.note_subtask(conversation, number)
-                        found |= bool(invocations)
-                    if req.continuation_text is not None:
-                        compacted, compactions = await repository.recent_compactions(
-                            conn, req.project, req.timestamp, self.lookback_days
-                        )
-                        entries += compacted
-                        index.compactions.extend(compactions)
-                        found |= bool(compactions)
+                    entries += spawners
+                    for inv in invocations:
+                        index.add_invocation(inv)
+                    for conversation, number in counts.items():
+                        index.note_subtask(conversation, number)
+                    found |= bool(invocations)
+                if req.continuation_text is not None:
+                    compacted, compactions = await repository.recent_compactions(
+                        conn, req.project, req.timestamp, self.lookback_days
+                    )
+                    entries += compacted
+                    index.compactions.extend(compactions)
+                    found |= bool(compactions)
         except Exception as exc:
             self.lookup_failures += 1
             log.warning("conversation lookup for %s failed (%s: %s)", req.request_id, exc.__class__.__name__, exc)

@@ -139,10 +139,13 @@ class DashboardAuth:
         return bool(cookie) and bool(given) and hmac.compare_digest(str(cookie).encode(), str(given).encode())
 
     # --- one request ---------------------------------------------------------------------------
-    def access(self, peer: str | None, headers: dict[str, str], cookies: dict[str, str]) -> Access:
-        """May this request see the dashboard? `headers` has lower-case names."""
+    def access(
+        self, peer: str | None, headers: dict[str, str], cookies: dict[str, str], authority: str | None = None
+    ) -> Access:
+        """May this request see the dashboard? `headers` has lower-case names; `authority` is the host
+        the request's URL names (an absolute-form target's, which wins over `Host`)."""
         if self.api_key is None or presented_key(headers) is not None:
-            d = self.data.decide(peer, headers)
+            d = self.data.decide(peer, headers, authority=authority)
             return Access(d.allowed, d.reason, by_header=d.by_key, status=d.status, retry_after=d.retry_after)
         session = self.verify_session(cookies.get(SESSION_COOKIE))
         if session is None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 import orjson
 
@@ -24,7 +25,7 @@ from nexus._core import NexusCoreError, RequestAnalysis, analyze_request
 from nexus.api.routes import ApiRoutes, dump_json
 from nexus.auth.errors import ClientKeyError
 from nexus.auth.projects import ACCOUNT_HEADERS, DEFAULT_PROJECT, PROJECT_HEADERS, resolve_project
-from nexus.auth.service import Authorization, RequestAuthorizer
+from nexus.auth.service import Authorization, RequestAuthorizer, holds_secret
 from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Linker
 from nexus.conversations.service import ConversationService, LookupPool, link_request
@@ -307,6 +308,10 @@ class ProxyApp:
         if len(header_items) != len(headers.keys()):
             _check_selectors_readable(headers)
         auth = await self._authorize(scope, header_items)
+        if auth.client_secret and holds_secret(target, auth.client_secret):
+            error = ProxyError(400, "Client keys may not be sent in the URL; send them as x-api-key.")
+            error.secret = auth.client_secret  # kept out of the stored path too
+            raise error
         body: bytes | None = None
         analysis: RequestAnalysis | None = None
         if method in ("POST", "PUT", "PATCH") or headers.get("content-length") or headers.get("transfer-encoding"):
@@ -324,8 +329,10 @@ class ProxyApp:
         return Admitted(auth, target, body, analysis)
 
     def _check_origin(self, headers: Any) -> None:
-        """A request a browser sent for a page of another site (an `Origin` not allowed, or no `Origin`
-        but `Sec-Fetch-Site` saying cross-site, as for an `<img>` load) never spends a held credential."""
+        """A request a browser sent for a web page (an `Origin` not allowed, or no `Origin` but a
+        `Sec-Fetch-Site` other than `none`: an `<img>` load, or a page whose DNS name was rebound to this
+        gateway, which is "same-origin" to the browser) never spends a held credential. The proxy serves
+        no pages of its own, so no legitimate page is same-origin with it; `none` is a URL typed in."""
         origin = headers.get("origin")
         if origin is None and "origin" in headers:  # present but not ASCII: no page may send that
             origin = "(not ASCII)"
@@ -335,7 +342,7 @@ class ProxyApp:
             message = f"Requests from the web origin {origin[:100]!r} are not allowed (CORS_ALLOWED_ORIGINS)."
             raise ProxyError(403, message, "permission_error")
         fetch_site = headers.get("sec-fetch-site")
-        if fetch_site is not None and fetch_site.lower() not in ("same-origin", "none"):
+        if fetch_site is not None and fetch_site.strip().lower() != "none":
             raise ProxyError(403, "Cross-site requests from a browser are not allowed.", "permission_error")
 
     async def _authorize(self, scope: Any, header_items: list[tuple[str, str]]) -> Authorization:
@@ -401,7 +408,9 @@ class ProxyApp:
             project = resolve_project(dict(header_items), None)
         except ProxyError:
             project = DEFAULT_PROJECT
-        target = scope.path + ("?" + scope.query_string if scope.query_string else "")
+        target = unquote(scope.path + ("?" + scope.query_string if scope.query_string else ""))
+        if error.secret:
+            target = re.sub(re.escape(error.secret), "[redacted]", target, flags=re.IGNORECASE)
         record = ExchangeRecord(request_id, started_us, project, None, scope.method, target[:2048], header_items, body)
         record.outcome, record.response_status, record.error = "refused", error.status, error.message
         record.duration_ms = max(0, int(time.time() * 1000 - started_us / 1000))

@@ -30,7 +30,7 @@ def upstream_target(path: str, query: str) -> str:
     """`path` (decoded, starting with `/v1/`) and the raw query string as the request target to forward."""
     if "/." in path and any(seg.split(";", 1)[0] in (".", "..") for seg in path.split("/")):
         raise ProxyError(400, "The path may not contain '.' or '..' segments.", "invalid_request_error")
-    if query and carries_client_key(query):
+    if carries_client_key(path) or (query and carries_client_key(query)):
         raise ProxyError(400, "Client keys may not be sent in the URL; send them as x-api-key.")
     if not _PLAIN.fullmatch(path):
         if "\\" in path or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):

@@ -30,7 +30,12 @@ def complete_record(record: ExchangeRecord, outcome: Outcome, started: float) ->
         record.cache_creation_input_tokens = observer.cache_creation_input_tokens
         record.cache_read_input_tokens = observer.cache_read_input_tokens
         record.tool_call_count = len(observer.tool_uses)
-        record.repairs = observer.repairs or None
+        repairs = list(observer.repairs)
+        if observer.overflowed:  # an event over the line limit was dropped from the rebuilt message
+            repairs.append("stream_event_too_large")
+        if observer.malformed_events and "not_json" not in repairs:  # events that are not JSON objects
+            repairs.append("stream_events_malformed")
+        record.repairs = repairs or None
         if observer.error is not None and not outcome.error:
             record.outcome, record.error = "stream_error", f"{observer.error[0]}: {observer.error[1]}"
     else:

@@ -36,6 +36,12 @@ FORWARDING_HEADERS = (
     "true-client-ip",
     "cf-connecting-ip",
     "fastly-client-ip",
+    "x-forwarded",
+    "x-forwarded-prefix",
+    "x-original-host",
+    "x-host",
+    "x-envoy-external-address",
+    "cloudfront-viewer-address",
     "via",
 )
 #: Headers that may carry the data key (the reference system's dashboard used `X-Dashboard-Key`).
@@ -56,10 +62,13 @@ def peer_ip(peer: str | None) -> str | None:
 
 @lru_cache(maxsize=4096)
 def _is_loopback_ip(address: str) -> bool:
+    """Loopback, also as an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`, a dual-stack listener's view)."""
     try:
-        return ipaddress.ip_address(address).is_loopback
+        ip = ipaddress.ip_address(address)
     except ValueError:
         return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
 
 
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]

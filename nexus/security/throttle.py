@@ -65,10 +65,14 @@ class FailureThrottle:
 
 
 def _bucket(address: str | None) -> str:
-    """What failures are counted by: the address, or for IPv6 its /64."""
+    """What failures are counted by: the address, or for IPv6 its /64 (an IPv4-mapped address is the
+    IPv4 client it maps, never one bucket for every IPv4 client of a dual-stack listener)."""
     if not address or ":" not in address:
         return address or ""
     try:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+        ip = ipaddress.ip_address(address)
     except ValueError:
         return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))

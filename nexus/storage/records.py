@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from nexus._core import RequestAnalysis, split_body
+from nexus._core import RequestAnalysis, safe_json, split_body
 from nexus.auth.client_keys import redact_client_keys
+from nexus.usage.counts import stored_count
 
 if TYPE_CHECKING:
     from nexus.conversations.linker import Link
@@ -146,17 +147,18 @@ class ExchangeRecord:
 
 def _parse(data: bytes | None) -> Any:
     """Parsed JSON, or None. orjson refuses what upstream may still send (lone surrogates, numbers
-    beyond a double, 1,000+ levels); the standard library reads most of those, and what neither can
-    read is stored as it came (the encoder makes it safe) without usage."""
+    beyond a double, 1,000+ levels): then it reads the value the Rust core repairs it into (the same
+    form the encoder stores: numbers no reader holds as their text), so usage is still found."""
     if not data:
         return None
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         pass
+    repaired, _ = safe_json(data)
     try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
+        return orjson.loads(repaired)
+    except orjson.JSONDecodeError:
         return None
 
 
@@ -168,12 +170,14 @@ def _dumps(value: Any) -> bytes:
 
 
 def _count(usage: dict[str, Any], key: str, flags: list[str]) -> int | None:
-    """A token count as stored: an int (the encoder clamps one too large for bigint), else None, flagged."""
+    """A token count as stored (`nexus.usage.counts.stored_count`); a value that is not one is NULL,
+    flagged."""
     value = usage.get(key)
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-        return value
-    if isinstance(value, float) and value.is_integer():  # orjson reads an int past 64 bits as a float
-        return int(value)
+    if value is None:
+        return None
+    count = stored_count(value)
+    if count is not None:
+        return count
     if "usage_not_integer" not in flags:
         flags.append("usage_not_integer")
     return None
@@ -283,7 +287,7 @@ def _cells(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
         "first_byte_ms": rec.first_byte_ms,
         "tool_call_count": tool_calls,
         "outcome": rec.outcome,
-        "error": rec.error,
+        "error": redact_client_keys(rec.error) if rec.error else None,  # may quote a path or a header
         "system_hash": analysis.system_hash if analysis is not None else None,
         "session_id": headers.get("x-claude-code-session-id"),
         "agent_id": headers.get("x-claude-code-agent-id"),

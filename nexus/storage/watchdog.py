@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 
@@ -62,10 +63,10 @@ class Watchdog:
                 conn, self._since = self._conn, None
                 self.fired += 1
                 log.error("storage: a database call took over %gs; abandoning the connection", self.timeout_s)
-                _shut_down(conn)
+                shut_down(conn)
 
 
-def _shut_down(conn: psycopg.Connection) -> None:
+def shut_down(conn: psycopg.Connection | psycopg.AsyncConnection[Any]) -> None:
     """Shut the connection's socket down in both directions: the blocked libpq call sees it at once.
     (`shutdown` acts on the socket, not on this duplicate descriptor, and frees nothing libpq holds.)"""
     try:

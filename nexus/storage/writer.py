@@ -16,6 +16,7 @@ quarantine (`quarantine`). Spool replay does the same, so no record ever blocks 
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -127,6 +128,7 @@ class StorageWriter:
         self._watchdog = Watchdog(self.write_timeout_s)
         self._in_flight_since: float | None = None  # start (Unix s) of the oldest request in the batch being sent
         self._last_contact = 0.0
+        self._backoff_s = 0.0
         self._thread = threading.Thread(target=self._run, name="nexus-storage-writer", daemon=True)
 
     # --- request path ----------------------------------------------------------------------------
@@ -448,9 +450,15 @@ class StorageWriter:
                     cur.execute(sql)  # type: ignore[arg-type]
             conn.commit()
         except Exception:
-            self._retry_at = time.monotonic() + 1.0
+            # back off (1, 2, 4 ... 10 s) so a database that comes back is not flooded, and collect the
+            # failed attempt now: psycopg leaves its socket to the cycle collector, which the proxy's
+            # tuned GC rarely runs, and a hung server then ends up with hundreds of half-open sockets
+            self._backoff_s = min(10.0, self._backoff_s * 2) if self._backoff_s else 1.0
+            self._retry_at = time.monotonic() + self._backoff_s
             self.metrics.database_ok = False
+            gc.collect(1)
             raise
+        self._backoff_s = 0.0
         self._conn = conn
         self.metrics.database_ok = True
         return conn

@@ -3,9 +3,10 @@
 Two rules, for two kinds of value:
 
 - The four bigint columns (`input_tokens`, `output_tokens`, `cache_creation_input_tokens`,
-  `cache_read_input_tokens`) were already normalised by storage (`nexus.storage.records`): an integer
-  (or a float with no fraction, which is how orjson reads an integer past 64 bits) clamped into
-  bigint's range and flagged `int_clamped`; anything else stored as NULL and flagged
+  `cache_read_input_tokens`) were already normalised by storage (`stored_count`, used by
+  `nexus.storage.records`): a whole number >= 0 (or a float with no fraction, which is how orjson reads
+  an integer past 64 bits) clamped at bigint's maximum and flagged `int_clamped`; anything else,
+  negative numbers included, stored as NULL and flagged
   `usage_not_integer`. Sums read them as they are, in `numeric`, so adding clamped values is exact
   and never overflows. `column_count` applies the same rule to a reply read in memory, so
   `/token-stats` counts what the database will hold.
@@ -24,7 +25,6 @@ from decimal import Decimal
 
 #: The largest count a bigint column holds; also the largest JSON value counted as tokens.
 MAX_COUNT = 2**63 - 1
-MIN_COLUMN = -(2**63)
 
 
 def token_count(value: object) -> int | None:
@@ -64,15 +64,22 @@ def sql_token_count(jsonb: str) -> str:
     )
 
 
-def column_count(value: object) -> int:
-    """A count as storage writes it to its bigint column: an integer (or a float with no fraction)
-    clamped into bigint's range; anything else is not stored, so it counts 0."""
+def stored_count(value: object) -> int | None:
+    """A reply's count as storage keeps it in its bigint column: a whole number >= 0 (a float with no
+    fraction too), which the encoder clamps at bigint's maximum (flagged `int_clamped`); None for
+    anything else (a negative number included: a hostile upstream must not pull sums down)."""
     if isinstance(value, bool):
-        return 0
+        return None
     if isinstance(value, int):
         number = value
     elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
         number = int(value)
     else:
-        return 0
-    return min(max(number, MIN_COLUMN), MAX_COUNT)
+        return None
+    return number if number >= 0 else None
+
+
+def column_count(value: object) -> int:
+    """A count as the bigint column will hold it (`stored_count`, clamped), 0 when none is stored."""
+    number = stored_count(value)
+    return 0 if number is None else min(number, MAX_COUNT)

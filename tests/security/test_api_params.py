@@ -3,6 +3,7 @@ Anthropic's shape; nothing malformed reaches SQL."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,3 +93,34 @@ def test_the_api_answers_503_while_the_database_is_away(
             wait_for(lambda: call(url, "/api/requests")[0] == 200, timeout_s=30, what="the API back")
     finally:
         set_database_reachable(database_admin_url, name, True)
+
+
+def test_a_database_that_hangs_gets_503_and_never_freezes_the_proxy(
+    upstream_url: str, migrated_db: str, tmp_path: Path
+) -> None:
+    """Second attack pass: a cancelled query made psycopg send a blocking cancel request (libpq < 17)
+    that held the GIL while the frozen server never answered: one `/api/*` call froze every stream.
+    Now the pool shuts the hung connection down instead: 503, and the proxy keeps serving meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.freezable import freezable
+
+    with freezable(migrated_db) as relay:
+        env = {"CLAUDE_API_BASE_URL": upstream_url, "DATABASE_URL": relay.dsn, "NEXUS_HOME": str(tmp_path), **FAST}
+        with run_proxy(env) as url:
+            assert call(url, "/api/requests")[0] == 200  # the pool holds a connection
+            relay.frozen.set()
+            with ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(call, url, "/api/requests")
+                started = time.monotonic()
+                health_times = []
+                while not pending.done() and time.monotonic() - started < 40:
+                    t0 = time.monotonic()
+                    status, _, _ = call(url, "/health")
+                    health_times.append((status, time.monotonic() - t0))
+                    time.sleep(0.5)
+                status, _, body = pending.result(timeout=30)
+            relay.frozen.clear()
+    assert status == 503 and is_anthropic_error(body, "api_error")
+    assert time.monotonic() - started < 25
+    assert health_times and all(s == 200 and took < 3 for s, took in health_times), health_times

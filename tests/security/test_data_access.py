@@ -106,6 +106,14 @@ def test_rules_in_process() -> None:
         "198.51.100.7"
     )
     assert client_address("198.51.100.7:80", {"x-forwarded-for": "6.6.6.6"}, trusted) == "198.51.100.7"
+    # a dual-stack listener sees IPv4 clients as IPv4-mapped IPv6: still loopback, still one bucket each
+    assert loopback_refusal("[::ffff:127.0.0.1]:5000", {"host": "localhost"}) is None
+    mapped = FailureThrottle(1, 60)
+    mapped.failed("::ffff:127.0.0.2", "test")
+    assert mapped.retry_after("::ffff:127.0.0.2") and mapped.retry_after("::ffff:127.0.0.3") is None
+    assert mapped.retry_after("127.0.0.2")  # the same client either way
+    mapped.failed("2001:db8::1", "test")
+    assert mapped.retry_after("2001:db8::ffff")  # one IPv6 host may hold its whole /64
     now = [0.0]
     throttle = FailureThrottle(3, 10, max_addresses=2, clock=lambda: now[0])
     for _ in range(3):

@@ -172,9 +172,14 @@ def test_client_keys_in_the_url_or_other_headers_never_go_upstream_nor_into_stor
         status, headers, _ = call(url, f"/v1/messages?key={key}", method="POST", body=BODY, headers=own)
         assert status == 400
         refused_id = headers["x-request-id"]
+        for path in (f"/v1/models/{key}", f"/v1/models/{encoded}", f"/v1/models?x={key[9:]}", f"/v1/m/{key[9:]}"):
+            assert call(url, path, headers=own)[0] == 400, path  # the key, or this request's own secret
+        nowhere = call(url, f"/nowhere/{key}", method="POST", body=BODY, headers=own)[1]["x-request-id"]
         assert call(url, f"/v1/messages?k={encoded}", method="POST", body=BODY, headers=own)[0] == 400
         forms = [
             {"x-note": key.upper()},
+            {"x-note": key[9:].upper()},  # the presented key's secret alone, in any case
+            {key[9:]: "1"},
             {"x-note": encoded},
             {"cookie": f"k={encoded}"},
             {key: "1"},
@@ -184,11 +189,14 @@ def test_client_keys_in_the_url_or_other_headers_never_go_upstream_nor_into_stor
             assert call(url, "/v1/messages", method="POST", body=BODY, headers={**own, **extra})[0] == 200
         secret_only = {**JSON, "x-api-key": key, "authorization": f"Bearer {key[9:]}"}
         call(url, "/v1/messages", method="POST", body=BODY, headers=secret_only)
-        wait_for(lambda: _stored_count(migrated_db) >= 8, timeout_s=20, what="the rows")
+        wait_for(lambda: _stored_count(migrated_db) >= 13, timeout_s=20, what="the rows")
     seen = str(fake.requests())
     assert key[9:] not in seen and key[9:].lower() not in seen.lower() and encoded not in seen
     with psycopg.connect(migrated_db) as conn:
-        stored = str(conn.execute("SELECT path, request_headers FROM api_requests").fetchall())
+        stored = str(conn.execute("SELECT path, request_headers, error FROM api_requests").fetchall())
+        error = conn.execute("SELECT error FROM api_requests WHERE request_id = %s", (nowhere,)).fetchone()
+    assert error is not None and "cnp_live_[redacted]" in error[0]
+    with psycopg.connect(migrated_db) as conn:
         path = conn.execute("SELECT path FROM api_requests WHERE request_id = %s", (refused_id,)).fetchone()
     assert key[9:] not in stored and path == ("/v1/messages?key=cnp_live_[redacted]",)
 
@@ -199,8 +207,9 @@ def _stored_count(dsn: str) -> int:
 
 
 def test_cross_site_browser_requests_without_an_origin_are_refused(held_proxy: str, fake: FakeControl) -> None:
-    """Attack pass finding: an `<img>`-style GET carries no `Origin`, only `Sec-Fetch-Site: cross-site`."""
-    for fetch_site in ("cross-site", "same-site"):
+    """Attack pass findings: an `<img>`-style GET carries no `Origin`, only `Sec-Fetch-Site: cross-site`;
+    after DNS rebinding a page's GET is "same-origin" to the browser and carries no `Origin` either."""
+    for fetch_site in ("cross-site", "same-site", "same-origin", " Same-Origin "):  # same-origin: DNS rebinding
         status, _, body = call(held_proxy, "/v1/models", headers={"train-id": "p1", "sec-fetch-site": fetch_site})
         assert status == 403 and is_anthropic_error(body, "permission_error")
     assert fake.requests() == []
