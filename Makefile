@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint rust-test py-test bench bench-quick bench-micro bench-install fuzz clean
+.PHONY: run test install lint rust-test py-test bench bench-quick bench-micro bench-install fuzz mutation clean
 
 $(BIN)/python:
 	@# psycopg's C build needs pg_config and the libpq headers
@@ -32,8 +32,8 @@ run: install
 test: install lint rust-test py-test
 
 lint: install
-	$(BIN)/ruff check nexus tests bench
-	$(BIN)/ruff format --check nexus tests bench
+	$(BIN)/ruff check nexus tests bench mutation
+	$(BIN)/ruff format --check nexus tests bench mutation
 	$(BIN)/mypy
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --locked -- -D warnings
@@ -66,6 +66,13 @@ fuzz:
 		RUSTC_BOOTSTRAP=1 cargo fuzz run $${t%%:*} -- -max_total_time=$(FUZZ_SECONDS) \
 			-dict=fuzz/dicts/$${t##*:}.dict || exit 1; \
 	done
+
+## Mutation testing (not part of `make test`; about 30 min on 2 cores): mutmut over the Python areas of
+## mutation/areas.toml and cargo-mutants over nexus_core. The last line is the kill rate per area;
+## docs/testing.md records it. MUTATION_ARGS="--area proxy --unit-only" for a quick look at one area.
+mutation: install
+	$(PIP) install --quiet -e '.[test,mutation]'
+	$(BIN)/python -m mutation.run $(MUTATION_ARGS)
 
 bench-install: install
 	$(PIP) install --quiet -e '.[test,bench]'

@@ -14,7 +14,7 @@ from nexus.errors import ProxyError
 from nexus.proxy import body as body_module
 from nexus.proxy.body import ClientGone, UploadGuard, check_json_content_type, read_body
 from nexus.proxy.deadline import Deadline
-from nexus.proxy.headers import client_response_headers, upstream_request_headers
+from nexus.proxy.headers import HOP_BY_HOP, PROXY_SELECTORS, client_response_headers, upstream_request_headers
 from nexus.proxy.ids import new_request_id, request_id_unix_ms
 from nexus.proxy.retry import RetryPolicy, is_retryable_status, parse_retry_after
 
@@ -45,6 +45,18 @@ def test_upstream_headers_keep_end_to_end_and_drop_the_rest() -> None:
     }
 
 
+def test_hop_by_hop_and_selector_headers_are_the_standard_sets() -> None:
+    assert HOP_BY_HOP == {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
+        "trailer", "transfer-encoding", "upgrade",
+    }  # fmt: skip
+    assert PROXY_SELECTORS == {"train-id", "msl-project-id", "msl-train-id", "x-train-account", "msl-account"}
+    for name in HOP_BY_HOP | PROXY_SELECTORS | {"host", "content-length", "accept-encoding", "expect"}:
+        assert upstream_request_headers([(name, "v"), ("x-kept", "1")]) == [("x-kept", "1")]
+    for name in HOP_BY_HOP | {"content-length", "date", "server"}:
+        assert client_response_headers([(name, "v"), ("x-kept", "1")], "r") == [("x-kept", "1"), ("x-request-id", "r")]
+
+
 def test_response_headers_get_request_id_and_lose_framing() -> None:
     out = client_response_headers(
         [("content-length", "5"), ("transfer-encoding", "chunked"), ("request-id", "req_1"), ("retry-after", "3")],
@@ -63,6 +75,11 @@ def test_retry_policy_bounds_attempts_budget_and_honours_retry_after() -> None:
     assert policy.next_delay(1, elapsed_s=4.99) is None  # budget spent
     assert policy.next_delay(1, 0.0, retry_after_s=1.5) == 1.5  # never shorter than retry-after
     assert policy.next_delay(1, 0.0, retry_after_s=60) is None  # longer than we may hold the client
+    assert policy.next_delay(1, 0.0, retry_after_s=2.0) == 2.0  # exactly as long as we may: waited
+    assert policy.next_delay(1, 4.0, retry_after_s=1.0) == 1.0  # ends exactly at the budget: still in it
+    assert policy.next_delay(1, 4.01, retry_after_s=1.0) is None
+    with pytest.raises(AttributeError):
+        policy.max_attempts = 5  # type: ignore[misc]  # one policy is shared by every request: frozen
 
 
 def test_retryable_statuses() -> None:
@@ -77,6 +94,12 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("garbage") is None
     assert parse_retry_after(None) is None
     assert parse_retry_after("-4") == 0.0
+    assert parse_retry_after(" 7 ") == 7.0
+    assert parse_retry_after("") is None
+    assert parse_retry_after("Thu, 01 Jan 2026 12:00:10 -0000", now=now) == 10.0  # no zone: UTC
+    assert parse_retry_after("Thu, 01 Jan 2026 13:00:10 +0100", now=now) == 10.0
+    assert parse_retry_after("Thu, 01 Jan 2026 11:59:00 GMT", now=now) == 0.0  # already past
+    assert 0.0 < parse_retry_after("Thu, 01 Jan 2099 00:00:00 GMT")  # type: ignore[operator]  # now by default
 
 
 class _Chunks:

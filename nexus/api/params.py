@@ -14,7 +14,7 @@ from typing import Any
 
 from nexus.errors import ProxyError
 
-Query = dict[str, list[str]]
+Query = dict[str, list[str]]  # pragma: no mutate (a type alias)
 #: Longest value accepted for any parameter.
 MAX_VALUE = 512
 

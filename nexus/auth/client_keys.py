@@ -150,6 +150,8 @@ def is_client_key(value: str | None) -> bool:
 
 #: A client key anywhere in a text (any case): what `redact_client_keys` replaces.
 _KEY_IN_TEXT = re.compile(r"cnp_(?:live|test)_[A-Za-z0-9_\-]*", re.IGNORECASE)
+#: What separates base64 tokens in credential headers and cookies (`a=b; c=d`, `Basic x, y`).
+_TOKEN_SEPARATORS = re.compile(r"[\s=;,]+")
 
 
 def carries_client_key(value: str, *, deep: bool = False) -> bool:
@@ -162,7 +164,7 @@ def carries_client_key(value: str, *, deep: bool = False) -> bool:
     if "%" in value and any(prefix in unquote(value).lower() for prefix in CLIENT_KEY_PREFIXES):
         return True
     if deep:
-        for token in value.replace("=", " = ").split():
+        for token in _TOKEN_SEPARATORS.split(value):
             if len(token) >= 12 and any(prefix.encode() in _unbase64(token).lower() for prefix in CLIENT_KEY_PREFIXES):
                 return True
     return False

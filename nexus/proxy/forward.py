@@ -20,7 +20,7 @@ from nexus.proxy.upstream import NetworkError, RequestError, Response, Upstream
 log = logging.getLogger("nexus.proxy")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True)  # pragma: no mutate (slots save memory)
 class OpenResponse:
     """An upstream response with its head received; `close()` must be awaited exactly once."""
 

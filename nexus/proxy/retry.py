@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True)  # pragma: no mutate (slots save memory; frozen is tested)
 class RetryPolicy:
     max_attempts: int
     base_delay_s: float

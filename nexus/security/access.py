@@ -56,11 +56,11 @@ def peer_ip(peer: str | None) -> str | None:
     if peer.startswith("["):
         return peer[1 : peer.find("]")] if "]" in peer else None
     if peer.count(":") == 1:  # IPv4 with a port
-        return peer.split(":", 1)[0]
+        return peer.partition(":")[0]
     return peer
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=4096)  # pragma: no mutate (a cache's size changes no answer)
 def _is_loopback_ip(address: str) -> bool:
     """Loopback, also as an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`, a dual-stack listener's view)."""
     try:
@@ -71,7 +71,7 @@ def _is_loopback_ip(address: str) -> bool:
     return (mapped or ip).is_loopback
 
 
-Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]  # pragma: no mutate (a type alias)
 
 
 def _in_networks(address: str, networks: Networks) -> bool:
@@ -87,13 +87,13 @@ def client_address(peer: str | None, headers: Mapping[str, str], trusted: Networ
     (`TRUSTED_PROXIES`), the nearest `X-Forwarded-For` hop that is not itself trusted. A client can
     put anything in that header, so it is believed only from a trusted peer, and read from the right."""
     address = peer_ip(peer)
-    if not trusted or address is None or not _in_networks(address, trusted):
+    if address is None or not _in_networks(address, trusted):
         return address
     hops = [h.strip() for h in (headers.get("x-forwarded-for") or "").split(",") if h.strip()]
     for hop in reversed(hops):
         if not _in_networks(hop, trusted):
             return hop[:64]
-    return hops[0][:64] if hops else address
+    return hops[0] if hops else address  # every hop trusted: the first is an address of ours
 
 
 def is_loopback_peer(peer: str | None) -> bool:
@@ -106,18 +106,22 @@ def host_name(host: str | None) -> str:
     anything after `]` but a port keeps the whole value (`[::1]evil.com` is not `[::1]`)."""
     host = (host or "").strip().lower()
     if host.startswith("["):
-        end = host.find("]")
-        rest = host[end + 1 :] if end >= 0 else "?"
+        if "]" not in host:
+            return host
+        end = host.index("]")
+        rest = host[end + 1 :]
         if rest and not (rest.startswith(":") and rest[1:].isdigit()):
             return host
         return host[: end + 1]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return host.partition(":")[0] if host.count(":") == 1 else host
 
 
 def is_loopback_host(host: str | None) -> bool:
     """`localhost` or a loopback address literal: names another site could point at 127.0.0.1 are not."""
     name = host_name(host)
-    return name == "localhost" or _is_loopback_ip(name.strip("[]"))
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    return name == "localhost" or _is_loopback_ip(name)
 
 
 def loopback_refusal(peer: str | None, headers: Mapping[str, str], authority: str | None = None) -> str | None:
@@ -138,9 +142,11 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
         value = (headers.get(name) or "").strip()
         if value:
             return value
-    scheme, _, token = (headers.get("authorization") or "").strip().partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
+    authorization = headers.get("authorization")
+    if authorization:
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
     return None
 
 
@@ -155,20 +161,20 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True)  # pragma: no mutate (slots save memory; frozen is tested)
 class Decision:
     """May this request read data? If not: the status to answer (401, 403, 429), why, and for 429 how
     long to wait."""
 
     allowed: bool
-    status: int = 200
-    reason: str = ""
+    status: int
+    reason: str
     retry_after: int | None = None
     by_key: bool = False
 
 
-ALLOWED_LOOPBACK = Decision(True, reason="loopback")
-ALLOWED_BY_KEY = Decision(True, reason="key", by_key=True)
+ALLOWED_LOOPBACK = Decision(True, 200, "loopback")
+ALLOWED_BY_KEY = Decision(True, 200, "key", by_key=True)
 
 
 class DataAccess:
