@@ -6,10 +6,11 @@ people; no behaviour depends on it) and mutants inside type annotations (with
 `from __future__ import annotations` they are never evaluated, so every such mutant is equivalent).
 """
 
+import itertools
 from typing import Any
 
-from mutmut import ALL, SkipException
-
+# mutmut imports this module while `mutmut` itself is half imported: its names are imported late,
+# inside the hooks (an ImportError here would make mutmut run silently without the hook)
 CONFIG: dict[str, Any] = {}
 
 
@@ -22,6 +23,8 @@ def pre_mutation(context):  # type: ignore[no-untyped-def]  # mutmut's hook sign
 
 def pre_mutation_ast(context):  # type: ignore[no-untyped-def]
     """Called for each candidate while mutmut walks the tree: refuse the chosen one in an annotation."""
+    from mutmut import ALL, SkipException
+
     if context.mutation_id == ALL or context.mutation_id != context.mutation_id_of_current_index:
         return
     if _in_annotation(context.stack):
@@ -29,7 +32,7 @@ def pre_mutation_ast(context):  # type: ignore[no-untyped-def]
 
 
 def _in_annotation(stack: list[Any]) -> bool:
-    for parent, child in zip(stack, stack[1:], strict=False):
+    for parent, child in itertools.pairwise(stack):
         if parent.type == "annassign" and len(parent.children) > 1 and child is parent.children[1]:
             return True
         if parent.type in ("param", "tfpdef"):

@@ -186,6 +186,11 @@ def run_area(name: str, area: dict[str, object], database_url: str, workdir: Pat
     (copy / "mutmut_config.py").write_text(
         hook.replace("CONFIG: dict[str, Any] = {}", f"CONFIG: dict[str, Any] = {config!r}")
     )
+    check = subprocess.run(
+        [python, "-c", "import mutmut, mutmut_config; assert mutmut.mutmut_config is not None"], cwd=copy
+    )
+    if check.returncode != 0:
+        raise RuntimeError("mutmut cannot import the hook (mutmut_config.py)")
     env = {
         **os.environ,
         "PYTHONPATH": str(copy),
