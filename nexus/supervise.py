@@ -19,10 +19,11 @@ from typing import Any
 
 import click
 
+from nexus.proxy.drain import worker_kill_timeout_s
 from nexus.settings import Settings
 
-#: Longer than the proxy's own drain (Granian `workers_kill_timeout`, 30 s).
-STOP_TIMEOUT_S = 35.0
+#: Longer than the proxy's own drain with the default settings (`worker_kill_timeout_s`, 60 s).
+STOP_TIMEOUT_S = 65.0
 PR_SET_PDEATHSIG = 1
 
 
@@ -113,7 +114,7 @@ def serve_all(settings: Settings) -> int:
             time.sleep(0.2)
         return 0
     finally:
-        stop_children(children)
+        stop_children(children, worker_kill_timeout_s(settings) + 5)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if stop_embedded is not None:

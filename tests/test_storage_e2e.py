@@ -131,7 +131,7 @@ def test_kill_9_with_a_full_spool_then_restart_loses_nothing(
     env = {"CLAUDE_API_BASE_URL": upstream_url, "DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path), **FAST}
     set_database_reachable(database_admin_url, dbname, False)
     try:
-        proc, url = spawn_proxy(env)
+        proc, url = spawn_proxy(env, ready=False)  # not ready while its database is away, but serving
         client = anthropic.Anthropic(base_url=url, api_key="sk-ant-x", max_retries=0)
         ids = [
             client.messages.with_raw_response.create(
