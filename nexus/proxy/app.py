@@ -41,7 +41,7 @@ from nexus.proxy.forward import open_upstream
 from nexus.proxy.headers import upstream_request_headers
 from nexus.proxy.ids import new_request_id
 from nexus.proxy.paths import FORWARDED_METHODS, upstream_target
-from nexus.proxy.recording import complete_record
+from nexus.proxy.recording import SHUTDOWN_ERROR, complete_record
 from nexus.proxy.relay import Outcome, relay
 from nexus.proxy.retry import RetryPolicy
 from nexus.proxy.upstream import Upstream
@@ -376,7 +376,8 @@ class ProxyApp:
                 log.info("client disconnected; upstream request %s cancelled", request_id)
             elif is_shutdown(exc) or self.drain.expired:
                 task.uncancel()  # type: ignore[union-attr]
-                record.outcome, record.error = "shutdown", "ended by the shutdown deadline (SHUTDOWN_TIMEOUT_MS)"
+                record.outcome, record.error = "shutdown", SHUTDOWN_ERROR
+                outcome.error = outcome.error or "shutdown"
                 if not outcome.status:  # nothing sent yet: an answer the client's SDK retries
                     record.response_status = 503
                     raise ProxyError(

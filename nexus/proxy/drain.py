@@ -22,10 +22,21 @@ log = logging.getLogger("nexus.proxy")
 
 #: The cancellation message of a request ended by the shutdown deadline.
 SHUTDOWN = "nexus-shutdown-deadline"
+#: How often requests that outlived the deadline are cancelled again.
+RECANCEL_S = 0.1
+
+
+#: Set once this process's deadline passed. A cancellation's message is lost when the task was waiting
+#: on a future implemented natively (the upstream client's reads), so the flag is what tells a shutdown
+#: from any other cancellation there (the client leaving is told by its own watcher).
+_deadline_passed = False
 
 
 def is_shutdown(exc: BaseException) -> bool:
-    return isinstance(exc, asyncio.CancelledError) and bool(exc.args) and exc.args[0] == SHUTDOWN
+    """Whether a cancellation comes from the shutdown deadline."""
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    return _deadline_passed or (bool(exc.args) and exc.args[0] == SHUTDOWN)
 
 
 class Drain:
@@ -66,11 +77,18 @@ class Drain:
 
     def expire(self) -> None:
         """The deadline passed: end what still runs."""
-        self.expired = True
-        if self.tasks:
+        global _deadline_passed
+        first = not self.expired
+        self.expired = _deadline_passed = True
+        if self.tasks and first:
             log.warning("shutdown deadline passed: ending %d requests still in flight", len(self.tasks))
         for task in list(self.tasks):
-            task.cancel(SHUTDOWN)
+            if not task.done():
+                task.cancel(SHUTDOWN)
+        if self.tasks and self._loop is not None:
+            # A cancellation can be lost: the upstream client's read, when its chunk arrives at that very
+            # moment, returns the chunk and drops the cancellation. Ask again until every request ended.
+            self._loop.call_later(RECANCEL_S, self.expire)
 
 
 def worker_kill_timeout_s(settings: Any) -> int:
