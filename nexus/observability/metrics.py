@@ -43,6 +43,19 @@ OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0)
 
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_creation")
+RETRY_REASONS = ("overloaded", "server_error", "connect_timeout", "connection")
+ERROR_KINDS = (
+    "connection",
+    "timeout",
+    "stream_idle_timeout",
+    "disconnected",
+    "stream_error_event",
+    "rate_limited",
+    "overloaded",
+    "server_error",
+    "client_error",
+)
+EVIDENCE = ("retry", "subtask", "compaction", "prefix", "new", "none")
 #: Routes reported as they are; any other `/v1/*` path is `/v1/other` (paths carry ids).
 KNOWN_ROUTES = frozenset(
     {"/v1/messages", "/v1/messages/count_tokens", "/v1/models", "/v1/messages/batches", "/v1/complete", "/v1/files"}
@@ -242,6 +255,18 @@ class Families:
         self.in_flight = Gauge(
             "nexus_requests_in_flight", "Proxied requests being served.", registry=r, multiprocess_mode="livesum"
         )
+
+        # the bounded label values exist from the start, so a rate over them starts at 0, not at the first event
+        for result in ("success", "failure"):
+            self.oauth_refreshes.labels(result)
+        for result in ("written", "spooled", "replayed", "last_resort", "quarantined", "dropped"):
+            self.storage_rows.labels(result)
+        for reason in RETRY_REASONS:
+            self.retries.labels(reason)
+        for kind in ERROR_KINDS:
+            self.upstream_errors.labels(kind)
+        for evidence in EVIDENCE:
+            self.link_decisions.labels(evidence)
 
     def render(self) -> bytes:
         from prometheus_client import CollectorRegistry, generate_latest
