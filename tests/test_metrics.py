@@ -196,3 +196,27 @@ def test_oauth_refreshes_are_counted_by_result(upstream_url: str, tmp_path: Path
         m = scrape(url)
     assert value(m, "nexus_oauth_refreshes", "nexus_oauth_refreshes_total", result="success") == 1
     assert value(m, "nexus_oauth_refreshes", "nexus_oauth_refreshes_total", result="failure") == 1
+
+
+def test_routes_and_error_kinds_are_bounded() -> None:
+    from nexus.observability.recorder import LabelCap, route_label, upstream_error_kind
+
+    assert route_label("/v1/messages") == "/v1/messages"
+    assert route_label("/v1/models/claude-x") == "/v1/models/{id}"
+    assert route_label("/v1/anything/else") == "/v1/other" and route_label("/etc") == "unmatched"
+    cap = LabelCap(1)
+    assert [cap("a"), cap("b"), cap("a"), cap(None), cap("x" * 500)] == ["a", "other", "a", "none", "other"]
+    assert upstream_error_kind(502, "proxy_error", None, False) == "connection"
+    assert upstream_error_kind(504, "timeout", None, False) == "timeout"
+    assert upstream_error_kind(400, "proxy_error", None, False) is None  # the proxy refused it: not upstream
+    assert upstream_error_kind(200, None, "stream_idle_timeout", False) == "stream_idle_timeout"
+    assert upstream_error_kind(200, None, "upstream_disconnected: ReadError", False) == "disconnected"
+    assert upstream_error_kind(200, None, "client_disconnected", False) is None
+    assert upstream_error_kind(200, None, None, True) == "stream_error_event"
+    assert [upstream_error_kind(s, None, None, False) for s in (200, 404, 429, 500, 529)] == [
+        None,
+        "client_error",
+        "rate_limited",
+        "server_error",
+        "overloaded",
+    ]

@@ -31,7 +31,7 @@ from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Linker
 from nexus.conversations.service import ConversationService, LookupPool, link_request
 from nexus.errors import ProxyError
-from nexus.observability import logs
+from nexus.observability import logs, recorder
 from nexus.observability import metrics as prom
 from nexus.observability.tracing import RequestFacts, Tracer, build_tracer
 from nexus.proxy import probes
@@ -117,7 +117,7 @@ class ProxyApp:
         self.stats = ProxyStats()
         self.token_counters = TokenCounters()
         self.started_at = time.time()
-        self.metrics = prom.RequestMetrics(s.metrics_label_limit) if s.metrics_enabled else None
+        self.metrics = recorder.RequestMetrics(s.metrics_label_limit) if s.metrics_enabled else None
         self.tracer: Tracer | None = None
         self.drain = Drain(s.shutdown_timeout_ms / 1000)
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -207,7 +207,7 @@ class ProxyApp:
                 error = ProxyError(404, f"No route for {method} {path[:200]}.", "not_found_error")
                 self._store_refusal(scope, request_id, now_ns // 1000, None, error)
                 if self.metrics is not None:
-                    self.metrics.finished(prom.Finished("unmatched", 404, None, "none", False, 0.0))
+                    self.metrics.finished(recorder.Finished("unmatched", 404, None, "none", False, 0.0))
                 raise error
         except ProxyError as exc:
             self.stats.proxy_errors += 1
@@ -431,8 +431,8 @@ class ProxyApp:
         if self.metrics is not None:
             overhead = None if relayed is None else (to_upstream - arrived - upload_s) + (end - relayed)
             ttft = outcome.first_byte_at - arrived if outcome.streamed and outcome.first_byte_at else None
-            finished = prom.Finished(
-                prom.route_label(path),
+            finished = recorder.Finished(
+                recorder.route_label(path),
                 status,
                 model,
                 project,
@@ -441,7 +441,7 @@ class ProxyApp:
                 overhead,
                 ttft,
                 tokens,
-                prom.upstream_error_kind(status, handled, outcome.error, stream_error),
+                recorder.upstream_error_kind(status, handled, outcome.error, stream_error),
             )
             self.metrics.finished(finished)
         if span is not None:
@@ -470,7 +470,7 @@ class ProxyApp:
         """A request that never went upstream: counted, and its span ended."""
         if self.metrics is not None:
             self.metrics.finished(
-                prom.Finished(prom.route_label(path), status, None, "none", False, time.monotonic() - arrived)
+                recorder.Finished(recorder.route_label(path), status, None, "none", False, time.monotonic() - arrived)
             )
         if span is not None:
             assert self.tracer is not None
