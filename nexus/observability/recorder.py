@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from nexus.observability.metrics import (
@@ -89,8 +88,20 @@ class _Hist:
 
 
 def _add_histogram(child: Any, hist: _Hist) -> None:
-    """Fold `hist` into a prometheus_client histogram child: its sum and per-bucket values (the
-    library's own buckets are non-cumulative, as ours are; exposition makes them cumulative)."""
+    """Fold `hist` into a prometheus_client histogram child, then zero it: its sum and per-bucket
+    values (the library's own buckets are non-cumulative, as ours are; exposition makes them
+    cumulative)."""
+    if not hist.count:
+        return
+    try:
+        _fold(child, hist)
+    finally:
+        hist.counts[:] = [0] * len(hist.counts)
+        hist.total = 0.0
+        hist.count = 0
+
+
+def _fold(child: Any, hist: _Hist) -> None:
     buckets = getattr(child, "_buckets", None)
     total = getattr(child, "_sum", None)
     if buckets is None or total is None or len(buckets) != len(hist.counts):  # another layout: one by one
@@ -105,23 +116,6 @@ def _add_histogram(child: Any, hist: _Hist) -> None:
     total.inc(hist.total)
 
 
-@dataclass(slots=True)
-class Finished:
-    """What one proxied request reports (filled by the proxy, consumed by `RequestMetrics.finished`)."""
-
-    route: str
-    status: int
-    model: str | None
-    project: str
-    streaming: bool
-    duration_s: float
-    overhead_s: float | None = None
-    ttft_s: float | None = None
-    tokens: tuple[int, int, int, int] | None = None  # input, output, cache_read, cache_creation
-    error_kind: str | None = None
-    evidence: str | None = None
-
-
 class RequestMetrics:
     """One per worker, touched only by its event loop: plain sums, folded into prometheus_client by
     `flush()` (once a second, before a scrape, at exit)."""
@@ -129,43 +123,57 @@ class RequestMetrics:
     def __init__(self, label_limit: int) -> None:
         self.models = LabelCap(label_limit)
         self.projects = LabelCap(label_limit)
-        self._requests: dict[tuple[str, str, str, str], int] = {}
-        self._duration: dict[tuple[str, str], _Hist] = {}
+        self._requests: dict[tuple[str, int, str, str], int] = {}
+        # histograms and token sums are kept between flushes (zeroed in place): no allocation per request
+        self._duration: dict[tuple[str, bool], _Hist] = {}
         self._ttft: dict[str, _Hist] = {}
         self._overhead: dict[str, _Hist] = {}
-        self._tokens: dict[tuple[str, str, str], int] = {}
+        self._tokens: dict[tuple[str, str], list[int]] = {}  # (model, project) -> TOKEN_TYPES order
         self._counts: dict[tuple[str, str], int] = {}  # (family, label) for the one-label counters
         self.in_flight = 0
         self._storage_seen: dict[str, int] = {}
 
-    def finished(self, f: Finished) -> None:
-        model, project = self.models(f.model), self.projects(f.project)
-        key = (f.route, str(f.status), model, project)
+    def finished(
+        self,
+        route: str,
+        status: int,
+        model: str | None,
+        project: str,
+        streaming: bool,
+        duration_s: float,
+        overhead_s: float | None = None,
+        ttft_s: float | None = None,
+        tokens: tuple[int, int, int, int] | None = None,
+        error_kind: str | None = None,
+    ) -> None:
+        """One finished request: `tokens` are input, output, cache read, cache creation."""
+        capped_model, capped_project = self.models(model), self.projects(project)
+        key = (route, status, capped_model, capped_project)
         self._requests[key] = self._requests.get(key, 0) + 1
-        dkey = (f.route, "true" if f.streaming else "false")
-        hist = self._duration.get(dkey)
+        hist = self._duration.get((route, streaming))
         if hist is None:
-            hist = self._duration[dkey] = _Hist(LATENCY_BUCKETS)
-        hist.observe(f.duration_s)
-        if f.overhead_s is not None:
-            hist = self._overhead.get(f.route)
+            hist = self._duration[(route, streaming)] = _Hist(LATENCY_BUCKETS)
+        hist.observe(duration_s)
+        if overhead_s is not None:
+            hist = self._overhead.get(route)
             if hist is None:
-                hist = self._overhead[f.route] = _Hist(OVERHEAD_BUCKETS)
-            hist.observe(f.overhead_s)
-        if f.ttft_s is not None:
-            hist = self._ttft.get(model)
+                hist = self._overhead[route] = _Hist(OVERHEAD_BUCKETS)
+            hist.observe(overhead_s)
+        if ttft_s is not None:
+            hist = self._ttft.get(capped_model)
             if hist is None:
-                hist = self._ttft[model] = _Hist(TTFT_BUCKETS)
-            hist.observe(f.ttft_s)
-        if f.tokens is not None:
-            for kind, n in zip(TOKEN_TYPES, f.tokens, strict=True):
-                if n:
-                    tkey = (kind, model, project)
-                    self._tokens[tkey] = self._tokens.get(tkey, 0) + n
-        if f.error_kind is not None:
-            self.count("upstream_errors", f.error_kind)
-        if f.evidence is not None:
-            self.count("link_decisions", f.evidence)
+                hist = self._ttft[capped_model] = _Hist(TTFT_BUCKETS)
+            hist.observe(ttft_s)
+        if tokens is not None:
+            sums = self._tokens.get((capped_model, capped_project))
+            if sums is None:
+                sums = self._tokens[(capped_model, capped_project)] = [0, 0, 0, 0]
+            sums[0] += tokens[0]
+            sums[1] += tokens[1]
+            sums[2] += tokens[2]
+            sums[3] += tokens[3]
+        if error_kind is not None:
+            self.count("upstream_errors", error_kind)
 
     def count(self, family: str, label: str) -> None:
         """One event of a one-label counter family (`retries`, `upstream_errors`, `link_decisions`)."""
@@ -176,17 +184,19 @@ class RequestMetrics:
         """Fold the sums into prometheus_client and sample the gauges of `writer` (a StorageWriter)."""
         fam = families()
         requests, self._requests = self._requests, {}
-        for labels, n in requests.items():
-            fam.requests.labels(*labels).inc(n)
-        for source, family in ((self._duration, fam.duration), (self._overhead, fam.overhead), (self._ttft, fam.ttft)):
-            items = list(source.items())
-            source.clear()
-            for label, hist in items:
-                child = family.labels(*label) if isinstance(label, tuple) else family.labels(label)
-                _add_histogram(child, hist)
-        tokens, self._tokens = self._tokens, {}
-        for token_labels, n in tokens.items():
-            fam.tokens.labels(*token_labels).inc(n)
+        for (route, status, model, project), n in requests.items():
+            fam.requests.labels(route, str(status), model, project).inc(n)
+        for (route, streaming), hist in self._duration.items():
+            _add_histogram(fam.duration.labels(route, "true" if streaming else "false"), hist)
+        for route, hist in self._overhead.items():
+            _add_histogram(fam.overhead.labels(route), hist)
+        for model, hist in self._ttft.items():
+            _add_histogram(fam.ttft.labels(model), hist)
+        for (model, project), sums in self._tokens.items():
+            for kind, n in zip(TOKEN_TYPES, sums, strict=True):
+                if n:
+                    fam.tokens.labels(kind, model, project).inc(n)
+            sums[:] = [0, 0, 0, 0]
         counts, self._counts = self._counts, {}
         for (family_name, label), n in counts.items():
             getattr(fam, family_name).labels(label).inc(n)

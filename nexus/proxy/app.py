@@ -207,7 +207,7 @@ class ProxyApp:
                 error = ProxyError(404, f"No route for {method} {path[:200]}.", "not_found_error")
                 self._store_refusal(scope, request_id, now_ns // 1000, None, error)
                 if self.metrics is not None:
-                    self.metrics.finished(recorder.Finished("unmatched", 404, None, "none", False, 0.0))
+                    self.metrics.finished("unmatched", 404, None, "none", False, 0.0)
                 raise error
         except ProxyError as exc:
             self.stats.proxy_errors += 1
@@ -431,7 +431,7 @@ class ProxyApp:
         if self.metrics is not None:
             overhead = None if relayed is None else (to_upstream - arrived - upload_s) + (end - relayed)
             ttft = outcome.first_byte_at - arrived if outcome.streamed and outcome.first_byte_at else None
-            finished = recorder.Finished(
+            self.metrics.finished(
                 recorder.route_label(path),
                 status,
                 model,
@@ -443,7 +443,6 @@ class ProxyApp:
                 tokens,
                 recorder.upstream_error_kind(status, handled, outcome.error, stream_error),
             )
-            self.metrics.finished(finished)
         if span is not None:
             assert self.tracer is not None
             error = record.error if record.outcome not in ("completed",) else outcome.error
@@ -469,9 +468,7 @@ class ProxyApp:
     def _refused(self, path: str, status: int, arrived: float, span: Any) -> None:
         """A request that never went upstream: counted, and its span ended."""
         if self.metrics is not None:
-            self.metrics.finished(
-                recorder.Finished(recorder.route_label(path), status, None, "none", False, time.monotonic() - arrived)
-            )
+            self.metrics.finished(recorder.route_label(path), status, None, "none", False, time.monotonic() - arrived)
         if span is not None:
             assert self.tracer is not None
             self.tracer.end_request(span, RequestFacts(status, outcome="refused"))
