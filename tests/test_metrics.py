@@ -220,3 +220,22 @@ def test_routes_and_error_kinds_are_bounded() -> None:
         "server_error",
         "overloaded",
     ]
+
+
+def test_the_grafana_dashboard_uses_only_exported_metrics() -> None:
+    """docker/grafana/nexus-dashboard.json cannot drift from the families the proxy exports."""
+    import json
+    import re
+
+    from nexus.observability.metrics import Families
+
+    registry = Families().registry
+    assert registry is not None  # this test process is not in multiprocess mode
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    exported = {f.name + s for f in registry.collect() for s in suffixes[f.type]}
+    dashboard = (Path(__file__).parent.parent / "docker" / "grafana" / "nexus-dashboard.json").read_text()
+    json.loads(dashboard)
+    used = set(re.findall(r"\bnexus_[a-z_]+", dashboard))
+    assert used and used <= exported, used - exported
+    families_used = {name for name in exported if name in used}
+    assert len({n.rsplit("_", 1)[0] if n.endswith(("_bucket", "_sum", "_count")) else n for n in families_used}) >= 15
