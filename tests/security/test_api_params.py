@@ -123,4 +123,5 @@ def test_a_database_that_hangs_gets_503_and_never_freezes_the_proxy(
             relay.frozen.clear()
     assert status == 503 and is_anthropic_error(body, "api_error")
     assert time.monotonic() - started < 25
-    assert health_times and all(s == 200 and took < 3 for s, took in health_times), health_times
+    # /health answers at once meanwhile (503 once the writer reports its call stuck: not ready)
+    assert health_times and all(s in (200, 503) and took < 3 for s, took in health_times), health_times
