@@ -145,3 +145,18 @@ def test_dashboard_probes(migrated_db: str, database_admin_url: str) -> None:
         finally:
             set_database_reachable(database_admin_url, name, True)
         wait_for(lambda: probe(url + "/health/ready")[0] == 200, 20, "dashboard ready again")
+
+
+def test_credentials_readiness_names_bad_files_without_failing(tmp_path: Path) -> None:
+    from nexus.auth.credentials import CredentialStore
+    from nexus.proxy.probes import credentials_check
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "good.credentials.json").write_text('{"type": "api_key", "api_key": "sk-ant-api03-x"}')
+    (creds / "bad.credentials.json").write_text('{"type": "apikey"}')
+    check = credentials_check(CredentialStore(creds))
+    assert check.ok and "1 loaded" in check.detail and "bad.credentials.json" in check.detail
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    assert not credentials_check(CredentialStore(not_a_dir)).ok

@@ -52,14 +52,18 @@ def storage_checks(writer: Any) -> list[Check]:
 
 
 def credentials_check(store: CredentialStore) -> Check:
-    """Every credential file parses (cached by the store, re-read only when a file changed)."""
+    """The credentials directory can be read, and how many files in it load (cached by the store,
+    re-read only when a file changed). A file that does not parse is named but does not make the
+    worker unready: only its own project's requests fail, and every other project must keep flowing."""
     problem = credentials_dir_problem(store.directory)
     if problem is not None:
         return Check("credentials", False, problem)
     good, bad = store.all()
+    detail = f"{len(good)} loaded"
     if bad:
-        return Check("credentials", False, "; ".join(str(e) for e in bad[:3]) + (" ..." if len(bad) > 3 else ""))
-    return Check("credentials", True, f"{len(good)} loaded")
+        named = "; ".join(str(e) for e in bad[:3]) + (" ..." if len(bad) > 3 else "")
+        detail += f", {len(bad)} unusable ({named})"
+    return Check("credentials", True, detail)
 
 
 def credentials_dir_problem(directory: os.PathLike[str] | str) -> str | None:
