@@ -102,3 +102,39 @@ def test_the_shutdown_deadline_ends_a_stream_that_would_not(
     assert b"event: error" in body and b"shutting down" in body and b"event: message_stop" not in body
     row = _row(migrated_db, result["request_id"])
     assert row is not None and row[0] == "shutdown" and row[1] == 200, row
+
+
+def test_sigterm_with_the_database_away_spools_what_is_queued(
+    upstream_url: str, migrated_db: str, database_admin_url: str, tmp_path: Path
+) -> None:
+    """Rows the writer cannot write at shutdown go to the spool (exit 0), and the next start stores them."""
+    from tests.helpers import count_rows, set_database_reachable, wait_for
+    from tests.test_metrics import message, post
+
+    name = str(psycopg.conninfo.conninfo_to_dict(migrated_db)["dbname"])
+    env = {
+        "CLAUDE_API_BASE_URL": upstream_url,
+        "DATABASE_URL": migrated_db,
+        "NEXUS_HOME": str(tmp_path),
+        "STORAGE_BATCH_INTERVAL_MS": "60000",  # nothing is written before the shutdown
+        "STORAGE_BATCH_SIZE": "1000",
+    }
+    proc, url = spawn_proxy(env)
+    try:
+        set_database_reachable(database_admin_url, name, False)
+        ids = []
+        for i in range(5):
+            status, body = post(url, message(MODEL, f"queued {i}"), {})
+            assert status == 200
+            ids.append(orjson.loads(body)["id"])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert any((tmp_path / "spool").iterdir())  # kept on disk, not lost
+    finally:
+        stop(proc)
+        set_database_reachable(database_admin_url, name, True)
+    again, _ = spawn_proxy(env)
+    try:
+        wait_for(lambda: count_rows(migrated_db) == 5, timeout_s=30, what="the spooled rows replayed")
+    finally:
+        stop(again)
