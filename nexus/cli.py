@@ -59,32 +59,37 @@ def _prepare_storage(settings: Any) -> None:
     """Apply pending migrations before workers start; an unreachable database must not stop the proxy."""
     if not settings.storage_enabled or settings.database_url is None:
         return
+    from nexus.observability.logs import emit
     from nexus.storage.migrate import migrate
 
     try:
         applied = migrate(settings.database_url)
     except Exception as exc:
-        click.echo(f"warning: migrations not applied ({exc.__class__.__name__}: {exc}); rows will be spooled", err=True)
+        reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())  # one line, whatever libpq said
+        emit(f"warning: migrations not applied ({reason}); rows will be spooled", settings.log_format, "nexus-proxy")
         return
     if applied:
-        click.echo(f"applied migrations: {', '.join(applied)}", err=True)
+        emit(f"applied migrations: {', '.join(applied)}", settings.log_format, "nexus-proxy")
 
 
 def _run_proxy() -> None:
+    settings = _settings_or_exit()
+    _startup_checks(settings)
     from granian import Granian
     from granian.constants import Interfaces, Loops
     from granian.log import LogLevels
 
     from nexus.auth.service import startup_lines
+    from nexus.observability import logs, metrics
     from nexus.ports import raise_open_files_limit
+    from nexus.proxy.drain import worker_kill_timeout_s
 
-    settings = _settings_or_exit()
-    _check_port(settings.host, settings.port, "PORT or --port")
     files = raise_open_files_limit()
     backpressure = min(settings.proxy_backpressure, max(64, files // max(1, settings.proxy_workers) - 256))
     _prepare_storage(settings)
     for line in startup_lines(settings):
-        click.echo(line, err=True)
+        logs.emit(line, settings.log_format, "nexus-proxy", "warning")
+    metrics_dir, owned = metrics.prepare_multiprocess_dir(settings.prometheus_multiproc_dir)
     server = Granian(
         "nexus.proxy.app:create_app",
         factory=True,
@@ -95,25 +100,41 @@ def _run_proxy() -> None:
         workers=settings.proxy_workers,
         runtime_threads=settings.proxy_threads,
         log_level=LogLevels.debug if settings.debug else LogLevels.warning,
-        workers_kill_timeout=30,
+        log_dictconfig=logs.granian_config(settings.log_format),
+        workers_kill_timeout=worker_kill_timeout_s(settings),
         backlog=2048,
         backpressure=backpressure,
         websockets=False,
     )
-    click.echo(
+    logs.emit(
         f"nexus proxy {__version__} on http://{settings.host}:{settings.port} -> {settings.claude_api_base_url}",
-        err=True,
+        settings.log_format,
+        "nexus-proxy",
     )
     _tune_gc()
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        if owned:
+            metrics.remove_multiprocess_dir(metrics_dir)
+
+
+def _startup_checks(settings: Any) -> None:
+    from nexus.startup import StartupError, check_port, check_proxy
+
+    try:
+        check_port(settings.host, settings.port, "PORT or --port")
+        check_proxy(settings)
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _check_port(host: str, port: int, setting: str) -> None:
-    from nexus.ports import PortInUseError, ensure_port_free
+    from nexus.startup import StartupError, check_port
 
     try:
-        ensure_port_free(host, port, setting)
-    except PortInUseError as exc:
+        check_port(host, port, setting)
+    except StartupError as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -189,8 +210,15 @@ def serve(
     """Run the gateway: the proxy and the dashboard, with an embedded PostgreSQL when DATABASE_URL is unset."""
     _apply_env(host=host, port=port, proxy_threads=threads, proxy_workers=workers, dashboard_port=dashboard_port)
     settings = _settings_or_exit()
-    _check_port(settings.host, settings.port, "PORT or --port")
+    _startup_checks(settings)
     _check_port(settings.dashboard_bind, settings.dashboard_port, "DASHBOARD_PORT or --dashboard-port")
+    if settings.storage_enabled and settings.database_url is None:
+        from nexus.startup import StartupError, check_writable
+
+        try:
+            check_writable(settings.nexus_home, "NEXUS_HOME", "the embedded PostgreSQL's data and the spool")
+        except StartupError as exc:
+            raise click.ClickException(str(exc)) from None
     from nexus.supervise import serve_all
 
     sys.exit(serve_all(settings))

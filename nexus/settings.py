@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
@@ -22,7 +22,7 @@ MIB = 1024 * 1024
 #: Fields whose values are secrets: masked wherever settings are shown.
 SECRET_FIELDS = frozenset({"api_key_salt", "dashboard_api_key"})
 #: Fields that are URLs which may carry a password.
-URL_FIELDS = frozenset({"database_url"})
+URL_FIELDS = frozenset({"database_url", "otel_exporter_otlp_endpoint"})
 
 
 class SettingsError(ValueError):
@@ -198,9 +198,46 @@ class Settings(BaseSettings):
         "org:create_api_key user:profile user:inference", description="Scopes `nexus oauth login` asks for."
     )
 
+    # --- lifecycle and observability (docs/operations.md) ------------------------------------
+    shutdown_timeout_ms: int = Field(
+        30_000,
+        ge=0,
+        description="On SIGTERM, how long requests in flight (long streams) may still run before they are ended "
+        "with an error event; then the storage writer is flushed and what it cannot write is spooled, ms.",
+    )
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at GET /metrics (data access rules).")
+    metrics_label_limit: int = Field(
+        50,
+        ge=1,
+        le=10_000,
+        description="Distinct `model` and `project` label values each proxy worker reports (each is chosen by "
+        "clients); later ones are counted under `other`.",
+    )
+    prometheus_multiproc_dir: Path | None = Field(
+        None,
+        description="Directory where proxy workers share their metrics (prometheus_client multiprocess mode); "
+        "emptied at start. Unset: a private temporary directory, removed at exit.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json`: one JSON object per log line, with the request id while serving a request."
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP collector (e.g. http://collector:4318): one trace span per request, GenAI semantic "
+        "conventions. Unset: no tracing. Needs the `otel` extra (`pip install 'nexus-gateway[otel]'`).",
+    )
+    otel_service_name: str = Field("nexus-proxy", description="`service.name` of the exported traces.")
+
     # --- diagnostics ------------------------------------------------------------------------
     debug: bool = Field(False, description="Verbose logs (never secrets).")
     debug_sql: bool = Field(False, description="Log SQL statements.")
+
+    @field_validator("otel_exporter_otlp_endpoint")
+    @classmethod
+    def _otlp_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        return cls._http_url(value)
 
     @field_validator("claude_api_base_url", "claude_oauth_token_url", "claude_oauth_authorize_url")
     @classmethod
@@ -222,8 +259,14 @@ class Settings(BaseSettings):
     def _pg_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        if urlsplit(value).scheme not in ("postgres", "postgresql") and not value.startswith("host="):
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgres", "postgresql") and not value.startswith("host="):
             raise ValueError("must be a postgresql:// URL or a libpq connection string")
+        if parts.scheme:
+            try:
+                parts.port  # noqa: B018 (validates: a port that is not a number raises here, not at connect)
+            except ValueError:
+                raise ValueError("the port in the URL is not a number") from None
         return value
 
     @field_validator("cors_allowed_origins")
@@ -261,10 +304,10 @@ class Settings(BaseSettings):
     def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(i, strict=False) for i in _items(self.trusted_proxies))
 
-    @field_validator("nexus_home", "credentials_dir")
+    @field_validator("nexus_home", "credentials_dir", "prometheus_multiproc_dir")
     @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
 
     def masked(self) -> dict[str, Any]:
         """Effective values with every secret reduced to a short preview."""
@@ -310,6 +353,8 @@ def load_settings(**overrides: Any) -> Settings:
             name = ".".join(str(p) for p in err["loc"])
             shown = "" if name in SECRET_FIELDS | URL_FIELDS else f" (got {err.get('input')!r})"
             lines.append(f"{name.upper() or 'settings'}: {err['msg']}{shown}")
+        if len(lines) == 1:  # the usual case: one clear line
+            raise SettingsError(f"invalid setting {lines[0]}") from None
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
 
 

@@ -17,12 +17,12 @@ import sys
 import time
 from typing import Any
 
-import click
-
+from nexus.observability.logs import emit
+from nexus.proxy.drain import worker_kill_timeout_s
 from nexus.settings import Settings
 
-#: Longer than the proxy's own drain (Granian `workers_kill_timeout`, 30 s).
-STOP_TIMEOUT_S = 35.0
+#: Longer than the proxy's own drain with the default settings (`worker_kill_timeout_s`, 60 s).
+STOP_TIMEOUT_S = 65.0
 PR_SET_PDEATHSIG = 1
 
 
@@ -40,16 +40,22 @@ def _spawn(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+def _say(message: str, level: str = "info") -> None:
+    """One line of the supervisor's own, in the configured log format (LOG_FORMAT)."""
+    emit(message, os.environ.get("LOG_FORMAT", "text").lower(), "nexus-serve", level)
+
+
 def _migrate(url: str) -> None:
     from nexus.storage.migrate import migrate
 
     try:
         applied = migrate(url)
     except Exception as exc:
-        click.echo(f"warning: migrations not applied ({exc.__class__.__name__}: {exc}); rows will be spooled", err=True)
+        reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())
+        _say(f"warning: migrations not applied ({reason}); rows will be spooled", "warning")
         return
     if applied:
-        click.echo(f"applied migrations: {', '.join(applied)}", err=True)
+        _say(f"applied migrations: {', '.join(applied)}")
 
 
 def _reap_group(proc: subprocess.Popen[bytes]) -> None:
@@ -71,7 +77,7 @@ def stop_children(children: dict[str, subprocess.Popen[bytes]], timeout_s: float
         try:
             proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            click.echo(f"nexus serve: {name} did not stop in {timeout_s:g} s; killing it", err=True)
+            _say(f"nexus serve: {name} did not stop in {timeout_s:g} s; killing it", "warning")
             proc.kill()
             proc.wait(5)
 
@@ -86,7 +92,7 @@ def serve_all(settings: Settings) -> int:
 
         data_dir = settings.nexus_home / "postgres"
         url, stop_embedded = start_embedded(data_dir)
-        click.echo(f"embedded PostgreSQL with its data in {data_dir}", err=True)
+        _say(f"embedded PostgreSQL with its data in {data_dir}")
         env["DATABASE_URL"] = url
     stopping: list[int] = []
 
@@ -102,18 +108,18 @@ def serve_all(settings: Settings) -> int:
         if url is not None:
             children["dashboard"] = _spawn("dashboard", env)
         else:
-            click.echo("nexus serve: storage is disabled and DATABASE_URL unset; no dashboard", err=True)
+            _say("nexus serve: storage is disabled and DATABASE_URL unset; no dashboard", "warning")
         pids = ", ".join(f"{name} pid {proc.pid}" for name, proc in children.items())
-        click.echo(f"nexus serve: {pids}", err=True)
+        _say(f"nexus serve: {pids}")
         while not stopping:
             dead = next(((n, p) for n, p in children.items() if p.poll() is not None), None)
             if dead is not None:
-                click.echo(f"nexus serve: {dead[0]} exited with {dead[1].returncode}; stopping", err=True)
+                _say(f"nexus serve: {dead[0]} exited with {dead[1].returncode}; stopping", "error")
                 return 1
             time.sleep(0.2)
         return 0
     finally:
-        stop_children(children)
+        stop_children(children, worker_kill_timeout_s(settings) + 5)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if stop_embedded is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,15 @@ FAST = {"STORAGE_BATCH_INTERVAL_MS": "20", "STORAGE_BATCH_SIZE": "50"}
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (loopback)
         return orjson.loads(resp.read())
+
+
+def health(url: str) -> Any:
+    """The proxy's `/health` detail, whatever its status (503 while it is not ready: its database away)."""
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=10) as resp:  # noqa: S310 (loopback)
+            return orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return orjson.loads(exc.read())
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:

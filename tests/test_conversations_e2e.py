@@ -14,7 +14,7 @@ import psycopg
 
 from nexus.testing.control import FakeControl
 from nexus.testing.servers import run_proxy
-from tests.helpers import FAST, get_json, wait_for
+from tests.helpers import FAST, get_json, health, wait_for
 
 MODEL = "claude-sonnet-4-6"
 
@@ -101,8 +101,8 @@ def test_a_lookup_never_holds_the_request_and_still_decides_the_stored_link(
             id2, _ = send(url, [*first, {"role": "assistant", "content": reply}, {"role": "user", "content": "next"}],
                           "sess-lock")  # fmt: skip
             # answered while the table is still locked: the request did not wait for its lookup
-            assert get_json(url + "/health")["linking"]["lookups_pending"] == 1
+            assert health(url)["linking"]["lookups_pending"] == 1
         wait_for(lambda: rows(migrated_db) == 2, what="the second row, once the lookup answered")
         row = get_json(f"{url}/api/requests/{id2}")
         assert (row["parent_request_id"], row["branch_id"]) == (id1, "main")
-        assert get_json(url + "/health")["linking"]["revised_by_lookup"] == 1
+        assert health(url)["linking"]["revised_by_lookup"] == 1

@@ -23,7 +23,7 @@ from nexus.storage.embedded import start_embedded
 from nexus.storage.migrate import migrate
 from nexus.testing.control import FakeControl
 from nexus.testing.servers import run_proxy, spawn_proxy, stop
-from tests.helpers import FAST, count_rows, get_json, set_database_reachable, wait_for
+from tests.helpers import FAST, count_rows, get_json, health, set_database_reachable, wait_for
 
 MODEL = "claude-sonnet-4-6"
 
@@ -111,14 +111,14 @@ def test_database_outage_loses_nothing(
         set_database_reachable(database_admin_url, dbname, False)
         try:
             send(300)  # the proxy keeps serving while the database is away
-            wait_for(lambda: get_json(url + "/health")["storage"]["spooled_batches"] > 0, what="spooling")
+            wait_for(lambda: health(url)["storage"]["spooled_batches"] > 0, what="spooling")
         finally:
             set_database_reachable(database_admin_url, dbname, True)
         send(100)
         wait_for(lambda: count_rows(migrated_db) == 500, timeout_s=30, what="all 500 rows")
         # the counter is bumped once a whole spool file is replayed, just after its last rows commit
-        wait_for(lambda: get_json(url + "/health")["storage"]["replayed_batches"] > 0, what="replay counted")
-        assert get_json(url + "/health")["storage"]["dropped_rows"] == 0
+        wait_for(lambda: health(url)["storage"]["replayed_batches"] > 0, what="replay counted")
+        assert health(url)["storage"]["dropped_rows"] == 0
     with psycopg.connect(migrated_db) as conn:
         stored = {str(r[0]) for r in conn.execute("SELECT request_id FROM api_requests")}
     assert stored == set(client_ids)  # every request exactly once (the key forbids duplicates)
@@ -131,7 +131,7 @@ def test_kill_9_with_a_full_spool_then_restart_loses_nothing(
     env = {"CLAUDE_API_BASE_URL": upstream_url, "DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path), **FAST}
     set_database_reachable(database_admin_url, dbname, False)
     try:
-        proc, url = spawn_proxy(env)
+        proc, url = spawn_proxy(env, ready=False)  # not ready while its database is away, but serving
         client = anthropic.Anthropic(base_url=url, api_key="sk-ant-x", max_retries=0)
         ids = [
             client.messages.with_raw_response.create(
@@ -141,7 +141,7 @@ def test_kill_9_with_a_full_spool_then_restart_loses_nothing(
         ]
 
         def all_spooled() -> bool:
-            s = get_json(url + "/health")["storage"]
+            s = health(url)["storage"]
             return s["queue_depth"] == 0 and s["submitted"] == 120 and s["spooled_batches"] > 0
 
         wait_for(all_spooled, what="everything spooled")
@@ -188,7 +188,7 @@ def test_postgresql_stopped_under_load_then_restarted(upstream_url: str, tmp_pat
                 ids.append(resp.getheader("x-request-id"))
             conn.close()
             wait_for(lambda: count_rows(dsn) == 2000, timeout_s=60, what="2000 rows")
-            storage = get_json(url + "/health")["storage"]
+            storage = health(url)["storage"]
             assert storage["spooled_batches"] > 0 and storage["replayed_batches"] > 0
             assert storage["dropped_rows"] == 0
         with psycopg.connect(dsn) as db:

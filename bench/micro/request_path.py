@@ -61,12 +61,20 @@ class _Headers:
     def get(self, key: str, default: str | None = None) -> str | None:
         return self._map.get(key, default)
 
+    def keys(self) -> list[str]:
+        return list(self._map)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._map
+
 
 class _Scope:
     proto = "http"
     method = "POST"
     path = "/v1/messages"
     query_string = "beta=true"
+    client = "127.0.0.1:50000"
+    authority = "127.0.0.1:3000"
 
     def __init__(self, headers: list[tuple[str, str]]) -> None:
         self.headers = _Headers(headers)

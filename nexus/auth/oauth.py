@@ -27,6 +27,7 @@ from nexus.auth.oauth_status import FAILURE_TTL_S, fingerprint
 from nexus.auth.refresh import refresh_credential
 from nexus.auth.token_endpoint import OAuthError, TokenEndpoint
 from nexus.errors import ProxyError
+from nexus.observability import metrics
 
 log = logging.getLogger("nexus.auth")
 REFRESH_MARGIN_MS = 60_000
@@ -80,6 +81,7 @@ class OAuthRefresher:
         try:
             refreshed, did = await asyncio.to_thread(refresh_credential, cred.path, self.endpoint, needed, where=where)
         except OAuthError as exc:
+            metrics.oauth_refresh("failure")
             failure = _Failure(fingerprint(cred.refresh_token), time.monotonic(), str(exc), exc.invalid_grant)
             self._failures[cred.path] = failure
             log.warning("OAuth refresh failed for %s: %s", where, exc)
@@ -95,6 +97,7 @@ class OAuthRefresher:
             self.store.invalidate(cred.path)
         self._failures.pop(cred.path, None)
         if did:
+            metrics.oauth_refresh("success")
             self.refreshes += 1
             log.info("OAuth token refreshed for %s", where)
         return refreshed

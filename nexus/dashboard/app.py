@@ -4,7 +4,8 @@ Pages: `/` overview, `/requests` (keyset pages, project filter), `/conversations
 `/conversations/{id}` (the tree), `/requests/{id}` (summary, the body
 as a conversation, raw JSON, stored headers), `/usage` (5-hour windows per account and project, the
 rolling series, daily sums), `/live` (Server-Sent Events of new requests), `/login`, `/logout`,
-`/health` and `/static/*`. Every page but `/health`, `/login` and `/static/*` goes through `auth`.
+`/health` (with `/health/live` and `/health/ready`) and `/static/*`. Every page but the health
+probes, `/login` and `/static/*` goes through `auth`.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from nexus.dashboard.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Access, Dash
 from nexus.dashboard.db import read_only_pool
 from nexus.dashboard.live import HEARTBEAT_SECONDS, LiveFeed
 from nexus.errors import ProxyError
+from nexus.observability import logs
 from nexus.security.throttle import FailureThrottle
 from nexus.settings import Settings
+from nexus.storage.migrate import PENDING_CHECK_SQL, pending_names
 from nexus.usage.repo import Filters
 
 log = logging.getLogger("nexus.dashboard")
@@ -301,6 +304,35 @@ class Dashboard:
         body |= {"status": "healthy", "database": "connected", "live_viewers": len(self.feed.subscribers)}
         return respond(200, orjson.dumps(body), "application/json")
 
+    async def health_live(self, request: Any) -> Any:
+        """The process serves (nothing else is asked: a database outage must not get it restarted)."""
+        return respond(200, orjson.dumps({"status": "alive", "pid": os.getpid()}), "application/json")
+
+    async def health_ready(self, request: Any) -> Any:
+        """Ready to serve pages: the database answers and has every migration this version reads."""
+        checks: dict[str, Any] = {}
+        try:
+            async with self.pool.connection(timeout=2, hang_after_s=3) as conn:
+                cur = await conn.execute(PENDING_CHECK_SQL)
+                exists, readable = await cur.fetchone() or (False, False)
+                done: set[int] | None = set() if not exists else None
+                if readable:
+                    cur = await conn.execute("SELECT version FROM nexus_migrations")
+                    done = {int(row[0]) for row in await cur.fetchall()}
+            checks["database"] = {"ok": True, "detail": "reachable"}
+            if done is None:
+                checks["migrations"] = {"ok": True, "detail": "not visible to this database role (nexus_migrations)"}
+            else:
+                pending = pending_names(done)
+                detail = f"pending: {', '.join(pending)} (run `nexus migrate`)" if pending else "current"
+                checks["migrations"] = {"ok": not pending, "detail": detail}
+        except Exception as exc:
+            checks["database"] = {"ok": False, "detail": f"unreachable ({exc.__class__.__name__})"}
+            checks["migrations"] = {"ok": False, "detail": "not checked (no database)"}
+        failed = [name for name, check in checks.items() if not check["ok"]]
+        body = {"status": "not_ready" if failed else "ready", "failed": failed, "checks": checks}
+        return respond(503 if failed else 200, orjson.dumps(body), "application/json")
+
     # --- lifecycle ------------------------------------------------------------------------------
     async def startup(self) -> None:
         await self.pool.open(wait=False)
@@ -327,6 +359,8 @@ class Dashboard:
         app.startup_handler(self.startup)
         app.serve_directory("/static", str(render.STATIC))
         app.add_route("GET", "/health", self.health)
+        app.add_route("GET", "/health/live", self.health_live)
+        app.add_route("GET", "/health/ready", self.health_ready)
         app.add_route("GET", "/login", self.login_get)
         app.add_route("POST", "/login", self.login_post)
         app.add_route("POST", "/logout", self.guarded(self.logout))
@@ -342,7 +376,7 @@ class Dashboard:
 
 def run(settings: Settings, database_url: str) -> None:
     """Serve the dashboard in this process until SIGTERM / SIGINT."""
-    logging.basicConfig(level=logging.DEBUG if settings.debug else logging.WARNING, format="%(message)s")
+    logs.configure(settings.log_format, "nexus-dashboard", debug=settings.debug)
     app = Dashboard(settings, database_url).build()
     app.start(host=settings.dashboard_bind, port=settings.dashboard_port, _check_port=False)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -30,12 +31,17 @@ from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Linker
 from nexus.conversations.service import ConversationService, LookupPool, link_request
 from nexus.errors import ProxyError
+from nexus.observability import logs, recorder
+from nexus.observability import metrics as prom
+from nexus.observability.tracing import RequestFacts, Tracer, build_tracer
+from nexus.proxy import probes
 from nexus.proxy.body import ClientGone, UploadGuard, check_json_content_type, read_body
+from nexus.proxy.drain import Drain, is_shutdown
 from nexus.proxy.forward import open_upstream
 from nexus.proxy.headers import upstream_request_headers
 from nexus.proxy.ids import new_request_id
 from nexus.proxy.paths import FORWARDED_METHODS, upstream_target
-from nexus.proxy.recording import complete_record
+from nexus.proxy.recording import SHUTDOWN_ERROR, complete_record
 from nexus.proxy.relay import Outcome, relay
 from nexus.proxy.retry import RetryPolicy
 from nexus.proxy.upstream import Upstream
@@ -74,6 +80,8 @@ class Admitted:
     target: str
     body: bytes | None
     analysis: RequestAnalysis | None
+    #: Seconds spent waiting for the client's body (not the proxy's own time).
+    upload_s: float = 0.0
 
 
 class ProxyApp:
@@ -109,11 +117,21 @@ class ProxyApp:
         self.stats = ProxyStats()
         self.token_counters = TokenCounters()
         self.started_at = time.time()
+        self.metrics = recorder.RequestMetrics(s.metrics_label_limit) if s.metrics_enabled else None
+        self.tracer: Tracer | None = None
+        self.drain = Drain(s.shutdown_timeout_ms / 1000)
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     # --- RSGI protocol -----------------------------------------------------------------------
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        s = self.settings
+        logs.configure(s.log_format, "nexus-proxy", debug=s.debug)
+        self.drain.install(loop)
         self.upstream = Upstream(self.settings)
-        self.writer = build_writer(self.settings)
+        self.writer = build_writer(self.settings, prom.storage_batch if self.metrics is not None else None)
+        self.tracer = build_tracer(s.otel_exporter_otlp_endpoint, s.otel_service_name, s.claude_api_base_url)
+        if self.metrics is not None:
+            self._flush_timer = loop.call_later(1.0, self._flush_metrics, loop)
         if self.writer is not None:
             self.writer.start()
             s = self.settings
@@ -134,6 +152,13 @@ class ProxyApp:
             loop.run_until_complete(asyncio.wait(self._finishing, timeout=5))
         if self.writer is not None:
             self.writer.close()  # graceful shutdown flushes (or spools) everything queued
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        if self.metrics is not None:
+            self.metrics.flush(self.writer, ready=False)  # the last requests and rows, then this worker leaves
+            prom.worker_exit()
+        if self.tracer is not None:
+            self.tracer.shutdown()
         if upstream is not None and can_run:
             loop.run_until_complete(upstream.close())
             loop.run_until_complete(self.api.close())
@@ -145,6 +170,7 @@ class ProxyApp:
             return
         now_ns = time.time_ns()
         request_id = new_request_id(now_ns // 1_000_000)
+        logs.request_id.set(request_id)  # every log line of this request's task (and its tasks) carries it
         path: str = scope.path
         method: str = scope.method
         extra: list[tuple[str, str]] = []
@@ -160,8 +186,11 @@ class ProxyApp:
                     proto.response_empty(204, [("allow", "GET, POST, OPTIONS"), ("x-request-id", request_id)])
                     return
                 await self._proxy(scope, proto, request_id, path, method, now_ns // 1000, extra)
-            elif path == "/health" and method == "GET":
-                self._respond_json(proto, 200, self.health(), request_id)
+            elif path.startswith("/health") and method == "GET":
+                self._health(path, proto, request_id, now_ns)
+            elif path == "/metrics" and method == "GET" and self.metrics is not None:
+                self._guard_data(scope)
+                self._metrics_page(proto, request_id)
             elif path == "/token-stats" and method == "GET":
                 self._guard_data(scope)
                 self._token_stats(scope, proto, request_id)
@@ -177,6 +206,8 @@ class ProxyApp:
             else:
                 error = ProxyError(404, f"No route for {method} {path[:200]}.", "not_found_error")
                 self._store_refusal(scope, request_id, now_ns // 1000, None, error)
+                if self.metrics is not None:
+                    self.metrics.finished("unmatched", 404, None, "none", False, 0.0)
                 raise error
         except ProxyError as exc:
             self.stats.proxy_errors += 1
@@ -209,15 +240,54 @@ class ProxyApp:
     ) -> None:
         assert self.upstream is not None, "__rsgi_init__ was not called"
         self.stats.requests += 1
+        arrived = time.monotonic()
+        task = asyncio.current_task()
+        assert task is not None
+        self.drain.tasks.add(task)
+        if self.metrics is not None:
+            self.metrics.in_flight += 1
+        span = (
+            self.tracer.start_request(method, path, scope.headers, started_us * 1000, request_id)
+            if self.tracer
+            else None
+        )
+        try:
+            await self._forward(scope, proto, request_id, path, method, started_us, extra, arrived, span)
+        finally:
+            self.drain.tasks.discard(task)
+            if self.metrics is not None:
+                self.metrics.in_flight -= 1
+
+    async def _forward(
+        self,
+        scope: Any,
+        proto: Any,
+        request_id: str,
+        path: str,
+        method: str,
+        started_us: int,
+        extra: list[tuple[str, str]],
+        arrived: float,
+        span: Any,
+    ) -> None:
         headers = scope.headers
+        upstream, tracer = self.upstream, self.tracer
+        assert upstream is not None
         try:
             admitted = await self._admit(scope, proto, path, method)
         except ProxyError as exc:
             self._store_refusal(scope, request_id, started_us, getattr(exc, "body_read", None), exc)
+            self._refused(path, exc.status, arrived, span)
+            raise
+        except BaseException:
+            self._refused(path, 499, arrived, span)  # the upload was abandoned (or the worker stops)
             raise
         auth, body, analysis = admitted.auth, admitted.body, admitted.analysis
         is_messages = path == "/v1/messages"
         header_items = headers.items()
+        model = analysis.model if analysis is not None else None
+        if tracer is not None:
+            tracer.set_model(span, path, model)
 
         outcome = Outcome()
         started = time.monotonic()
@@ -238,17 +308,36 @@ class ProxyApp:
                 task.cancel()
 
         watcher.add_done_callback(on_disconnect)
+        to_upstream = time.monotonic()
+        relayed: float | None = None
+        upstream_span = tracer.start_upstream(span, method, time.time_ns()) if tracer is not None else None
+        on_retry = self._count_retry if self.metrics is not None else None
+        tokens: tuple[int, int, int, int] | None = None
         try:
             async with asyncio.timeout(self.server_timeout_s) as server_deadline:
                 opened = await open_upstream(
-                    self.upstream, self.policy, method, admitted.target, auth.headers, body, self.head_timeout_s
+                    upstream,
+                    self.policy,
+                    method,
+                    admitted.target,
+                    auth.headers,
+                    body,
+                    self.head_timeout_s,
+                    on_retry,
                 )
                 attempts = opened.attempts
                 if opened.response.status == 401 and self.authorizer.refreshable(auth):
                     await opened.close()  # a refused OAuth token: refreshed once, the request sent once more
                     retry = await self.authorizer.after_unauthorized(auth)
                     opened = await open_upstream(
-                        self.upstream, self.policy, method, admitted.target, retry.headers, body, self.head_timeout_s
+                        upstream,
+                        self.policy,
+                        method,
+                        admitted.target,
+                        retry.headers,
+                        body,
+                        self.head_timeout_s,
+                        on_retry,
                     )
                     attempts += opened.attempts
                 record.attempts = attempts
@@ -265,6 +354,7 @@ class ProxyApp:
                 )
             finally:
                 await opened.close()
+            relayed = time.monotonic()
             if outcome.streamed:
                 self.stats.streams += 1
             if outcome.status >= 400 or outcome.error:
@@ -278,20 +368,114 @@ class ProxyApp:
             record.outcome, record.response_status, record.error = "proxy_error", exc.status, exc.message
             record.attempts = exc.attempts or record.attempts
             raise
-        except asyncio.CancelledError:
-            if not state["disconnected"]:
+        except asyncio.CancelledError as exc:
+            if state["disconnected"]:
+                task.uncancel()  # type: ignore[union-attr]
+                record.outcome = "client_disconnected"
+                self.stats.client_disconnects += 1
+                log.info("client disconnected; upstream request %s cancelled", request_id)
+            elif is_shutdown(exc) or self.drain.expired:
+                task.uncancel()  # type: ignore[union-attr]
+                record.outcome, record.error = "shutdown", SHUTDOWN_ERROR
+                outcome.error = outcome.error or "shutdown"
+                if not outcome.status:  # nothing sent yet: an answer the client's SDK retries
+                    record.response_status = 503
+                    raise ProxyError(
+                        503, "The gateway is shutting down; retry the request.", "overloaded_error"
+                    ) from None
+            else:
                 raise
-            task.uncancel()  # type: ignore[union-attr]
-            record.outcome = "client_disconnected"
-            self.stats.client_disconnects += 1
-            log.info("client disconnected; upstream request %s cancelled", request_id)
         finally:
             state["done"] = True
             watcher.cancel()
             if is_messages:
-                self.token_counters.observe(auth.project_id, outcome)
+                tokens = self.token_counters.observe(auth.project_id, outcome)
             if self.writer is not None:
                 self._finish(record, outcome, started)
+            if self.metrics is not None or span is not None:
+                self._observe(
+                    path,
+                    model,
+                    auth.project_id,
+                    record,
+                    outcome,
+                    tokens,
+                    arrived,
+                    admitted.upload_s,
+                    to_upstream,
+                    relayed,
+                    span,
+                    upstream_span,
+                )
+
+    def _observe(
+        self,
+        path: str,
+        model: str | None,
+        project: str,
+        record: ExchangeRecord,
+        outcome: Outcome,
+        tokens: tuple[int, int, int, int] | None,
+        arrived: float,
+        upload_s: float,
+        to_upstream: float,
+        relayed: float | None,
+        span: Any,
+        upstream_span: Any,
+    ) -> None:
+        """Metrics and the trace of one forwarded request, from what the request path already knows."""
+        end = time.monotonic()
+        status = outcome.status or record.response_status or (499 if record.outcome == "client_disconnected" else 0)
+        handled = record.outcome if record.outcome in ("proxy_error", "timeout") else None
+        stream_error = outcome.observer is not None and outcome.observer.error is not None
+        if self.metrics is not None:
+            overhead = None if relayed is None else (to_upstream - arrived - upload_s) + (end - relayed)
+            ttft = outcome.first_byte_at - arrived if outcome.streamed and outcome.first_byte_at else None
+            self.metrics.finished(
+                recorder.route_label(path),
+                status,
+                model,
+                project,
+                outcome.streamed,
+                end - arrived,
+                overhead,
+                ttft,
+                tokens,
+                recorder.upstream_error_kind(status, handled, outcome.error, stream_error),
+            )
+        if span is not None:
+            assert self.tracer is not None
+            error = record.error if record.outcome not in ("completed",) else outcome.error
+            self.tracer.end_upstream(upstream_span, outcome.status or record.response_status, record.attempts, error)
+            observer = outcome.observer
+            facts = RequestFacts(
+                status,
+                model,
+                tokens=tokens,
+                streaming=outcome.streamed,
+                outcome=record.outcome,
+                error=error,
+                attempts=record.attempts,
+                project=project,
+            )
+            if observer is not None:
+                facts.response_model, facts.response_id = observer.model, observer.message_id
+                facts.finish_reason = observer.stop_reason
+            elif outcome.response_body is not None and status == 200:
+                facts.response_model, facts.response_id, facts.finish_reason = _reply_facts(outcome.response_body)
+            self.tracer.end_request(span, facts)
+
+    def _refused(self, path: str, status: int, arrived: float, span: Any) -> None:
+        """A request that never went upstream: counted, and its span ended."""
+        if self.metrics is not None:
+            self.metrics.finished(recorder.route_label(path), status, None, "none", False, time.monotonic() - arrived)
+        if span is not None:
+            assert self.tracer is not None
+            self.tracer.end_request(span, RequestFacts(status, outcome="refused"))
+
+    def _count_retry(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.count("retries", reason)
 
     async def _admit(self, scope: Any, proto: Any, path: str, method: str) -> Admitted:
         """Every check before anything goes upstream; a failure is a `ProxyError` the client gets as
@@ -314,10 +498,13 @@ class ProxyApp:
             raise error
         body: bytes | None = None
         analysis: RequestAnalysis | None = None
+        upload_s = 0.0
         if method in ("POST", "PUT", "PATCH") or headers.get("content-length") or headers.get("transfer-encoding"):
             if is_messages:
                 check_json_content_type(headers.get("content-type"))
+            reading = time.monotonic()
             body = await self._read_body(scope, proto)
+            upload_s = time.monotonic() - reading
             if is_messages or path == "/v1/messages/count_tokens":
                 try:  # one pass in Rust: the checks, the storage split and the linking hashes
                     analysis = analyze_request(body, strict=is_messages)
@@ -326,7 +513,7 @@ class ProxyApp:
                         error = ProxyError(400, str(exc), "invalid_request_error")
                         error.body_read = body
                         raise error from None
-        return Admitted(auth, target, body, analysis)
+        return Admitted(auth, target, body, analysis, upload_s)
 
     def _check_origin(self, headers: Any) -> None:
         """A request a browser sent for a web page (an `Origin` not allowed, or no `Origin` but a
@@ -394,6 +581,8 @@ class ProxyApp:
                 self._finishing.add(task)
                 task.add_done_callback(self._finishing.discard)
                 return
+            if self.metrics is not None and record.link is not None:
+                self.metrics.count("link_decisions", record.link.evidence)
         self.writer.submit(record)
 
     def _store_refusal(
@@ -420,14 +609,57 @@ class ProxyApp:
         """Store a record once the database lookup for its link has answered (or given up)."""
         assert self.conversations is not None and self.writer is not None
         record.link = await self.conversations.settle(record.request_id, record.link)
+        if self.metrics is not None and record.link is not None:
+            self.metrics.count("link_decisions", record.link.evidence)
         self.writer.submit(record)
 
     # --- small endpoints ---------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        return probes.readiness(self.writer, self.authorizer.store, self.drain.draining)
+
+    def _health(self, path: str, proto: Any, request_id: str, now_ns: int) -> None:
+        """`/health/live` (the loop answers), `/health/ready` (which check failed), `/health` (the detail,
+        with the readiness status code: 200 once ready to serve and keep requests, 503 while not)."""
+        if path == "/health/live":
+            self._respond_json(proto, 200, {"status": "alive", "pid": os.getpid()}, request_id)
+            return
+        if path == "/health/ready":
+            ready, body = self.readiness()
+            self._respond_json(proto, 200 if ready else 503, body, request_id)
+            return
+        if path != "/health":
+            raise ProxyError(404, f"No route for GET {path[:200]}.", "not_found_error")
+        body = self.health()
+        self._respond_json(proto, 200 if body["ready"] else 503, body, request_id)
+
+    def _metrics_page(self, proto: Any, request_id: str) -> None:
+        assert self.metrics is not None
+        self.metrics.flush(
+            self.writer, self.readiness()[0]
+        )  # this worker's numbers are current; the others' a second old at most
+        headers = [("content-type", prom.CONTENT_TYPE), ("cache-control", "no-store"), ("x-request-id", request_id)]
+        proto.response_bytes(200, headers, prom.families().render())
+
+    def _flush_metrics(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Once a second: this worker's sums into the shared metrics, and its gauges sampled."""
+        assert self.metrics is not None
+        try:
+            self.metrics.flush(self.writer, self.readiness()[0])
+        except Exception:
+            log.exception("metrics: flush failed")
+        if not loop.is_closed():
+            self._flush_timer = loop.call_later(1.0, self._flush_metrics, loop)
+
     def health(self) -> dict[str, object]:
         storage = self.writer.snapshot() if self.writer is not None else {"enabled": False}
         degraded = bool(storage.get("degraded"))
+        ready, readiness = self.readiness()
+        status = ("degraded" if degraded else "healthy") if ready else "unavailable"
         return {
-            "status": "degraded" if degraded else "healthy",
+            "status": status,
+            "ready": ready,
+            "failed": readiness["failed"],
+            "checks": readiness["checks"],
             "service": "nexus-proxy",
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 3),
@@ -453,7 +685,8 @@ class ProxyApp:
             "endpoints": {
                 "messages": "POST /v1/messages",
                 "passthrough": "/v1/*",
-                "health": "GET /health",
+                "health": "GET /health (/health/live, /health/ready)",
+                "metrics": "GET /metrics",
                 "requests": "GET /api/requests[/{id}]",
                 "conversations": "GET /api/conversations[/{id}]",
                 "token_usage": "GET /api/token-usage/current | /daily | /time-series",
@@ -469,6 +702,18 @@ class ProxyApp:
     @staticmethod
     def _respond_json(proto: Any, status: int, payload: object, request_id: str) -> None:
         proto.response_bytes(status, [*JSON_HEADERS, ("x-request-id", request_id)], orjson.dumps(payload))
+
+
+def _reply_facts(body: bytes) -> tuple[str | None, str | None, str | None]:
+    """Model, id and stop reason of a JSON reply (read only when tracing)."""
+    try:
+        reply = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None, None
+    if not isinstance(reply, dict):
+        return None, None, None
+    facts = (reply.get("model"), reply.get("id"), reply.get("stop_reason"))
+    return tuple(v if isinstance(v, str) else None for v in facts)  # type: ignore[return-value]
 
 
 def _check_selectors_readable(headers: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nexus.errors import ProxyError
@@ -40,8 +41,10 @@ async def open_upstream(
     headers: list[tuple[str, str]],
     body: bytes | None,
     head_timeout_s: float,
+    on_retry: Callable[[str], None] | None = None,
 ) -> OpenResponse:
-    """Send the request; retry connect failures, 5xx and 529 per `policy`."""
+    """Send the request; retry connect failures, 5xx and 529 per `policy`. `on_retry` is told why
+    each retry happens (`overloaded`, `server_error`, `connect_timeout`, `connection`)."""
     started = time.monotonic()
     attempt = 0
     while True:
@@ -58,8 +61,10 @@ async def open_upstream(
                 error.attempts = attempt
                 raise error from None
             failure = f"connect timeout ({exc.__class__.__name__})"
+            reason = "connect_timeout"
         except (NetworkError, RequestError) as exc:
             failure = f"{exc.__class__.__name__}: {exc}"
+            reason = "connection"
         else:
             if not is_retryable_status(response.status) or response.get_header("x-should-retry") == "false":
                 return OpenResponse(response, attempt, request)
@@ -68,6 +73,8 @@ async def open_upstream(
             if delay is None:
                 return OpenResponse(response, attempt, request)  # out of attempts: the client sees this error
             await request.__aexit__(None, None, None)
+            if on_retry is not None:
+                on_retry("overloaded" if response.status == 529 else "server_error")
             log.warning("upstream answered %s on attempt %d; retrying in %.2fs", response.status, attempt, delay)
             await asyncio.sleep(delay)
             continue
@@ -78,5 +85,7 @@ async def open_upstream(
             )
             error.attempts = attempt
             raise error
+        if on_retry is not None:
+            on_retry(reason)
         log.warning("upstream unreachable on attempt %d (%s); retrying in %.2fs", attempt, failure, delay)
         await asyncio.sleep(delay)

@@ -7,6 +7,8 @@ import time
 from nexus.proxy.relay import Outcome
 from nexus.storage.records import ExchangeRecord
 
+SHUTDOWN_ERROR = "ended by the shutdown deadline (SHUTDOWN_TIMEOUT_MS)"
+
 
 def complete_record(record: ExchangeRecord, outcome: Outcome, started: float) -> None:
     """Fill the response side of `record` from the relay's outcome (one crossing into Rust per field)."""
@@ -16,7 +18,9 @@ def complete_record(record: ExchangeRecord, outcome: Outcome, started: float) ->
     record.duration_ms = int((time.monotonic() - started) * 1000)
     if outcome.first_byte_at is not None:
         record.first_byte_ms = int((outcome.first_byte_at - started) * 1000)
-    if outcome.error:
+    if outcome.error == "shutdown":  # ended by the shutdown deadline (drain.py), not by the upstream
+        record.outcome, record.error = "shutdown", SHUTDOWN_ERROR
+    elif outcome.error:
         record.outcome, record.error = "upstream_error", outcome.error
     elif record.response_status is not None and record.response_status >= 400 and record.outcome == "completed":
         attempts = f" after {record.attempts} attempts" if record.attempts and record.attempts > 1 else ""

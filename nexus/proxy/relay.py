@@ -17,6 +17,7 @@ from granian.rsgi import ProtocolClosed
 from nexus._core import SseObserver
 from nexus.errors import ProxyError, sse_error_event
 from nexus.proxy.deadline import Deadline
+from nexus.proxy.drain import is_shutdown
 from nexus.proxy.forward import OpenResponse
 from nexus.proxy.headers import client_response_headers
 from nexus.proxy.upstream import NetworkError, RequestError
@@ -74,6 +75,15 @@ async def relay_stream(
         await _send_last(transport, sse_error_event("api_error", message, request_id))
     except ProtocolClosed:
         await _client_gone(outcome)
+    except asyncio.CancelledError as exc:
+        if not is_shutdown(exc):
+            raise
+        # the shutdown deadline (drain.py): the client learns why its stream ends, then the request
+        # is recorded as ended by the shutdown
+        outcome.error = "shutdown"
+        message = "The gateway is shutting down; the stream was ended before it completed."
+        await _send_last(transport, sse_error_event("api_error", message, request_id))
+        raise
 
 
 async def _send_last(transport: object, event: bytes) -> None:

@@ -69,3 +69,27 @@ def migrate(dsn: str) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
     return applied
+
+
+def pending_migrations(conn: psycopg.Connection) -> list[str] | None:
+    """The migrations this database lacks (all of them before the first `migrate`), or None when this
+    role may not read `nexus_migrations` (the least-privilege roles of 0002): readiness reports them,
+    since the writer cannot store rows into a schema it does not match."""
+    row = conn.execute(PENDING_CHECK_SQL).fetchone()
+    if row is None or not row[0]:
+        return [m.name for m in available_migrations()]
+    if not row[1]:
+        return None
+    done = {int(v) for (v,) in conn.execute("SELECT version FROM nexus_migrations").fetchall()}
+    return pending_names(done)
+
+
+#: Whether `nexus_migrations` exists, and whether this role may read it.
+PENDING_CHECK_SQL = (
+    "SELECT to_regclass('nexus_migrations') IS NOT NULL, "
+    "to_regclass('nexus_migrations') IS NOT NULL AND has_table_privilege('nexus_migrations', 'SELECT')"
+)
+
+
+def pending_names(done: set[int]) -> list[str]:
+    return [m.name for m in available_migrations() if m.version not in done]

@@ -22,6 +22,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
@@ -31,6 +32,7 @@ from nexus.settings import Settings
 from nexus.storage import quarantine
 from nexus.storage.failures import OUTAGE, UNKNOWN, classify, describe
 from nexus.storage.isolate import isolate
+from nexus.storage.migrate import pending_migrations
 from nexus.storage.partitions import drop_expired_partitions, ensure_partitions
 from nexus.storage.payload import STAGE_SQL, Batch, send
 from nexus.storage.records import BLOB_TYPES, REQUEST_TYPES, ExchangeRecord, to_row
@@ -58,7 +60,9 @@ class WriterMetrics:
     batches_written: int = 0
     blobs_written: int = 0
     spooled_batches: int = 0
+    spooled_rows: int = 0
     replayed_batches: int = 0
+    replayed_rows: int = 0
     dropped_rows: int = 0
     flush_failures: int = 0
     refused_batches: int = 0  # batches PostgreSQL refused for their content (then isolated)
@@ -72,6 +76,10 @@ class WriterMetrics:
     queue_depth: int = 0
     oldest_unwritten_s: float = 0.0
     database_ok: bool = False
+    #: Whether the writer has connected once and looked at the migrations.
+    migrations_checked: bool = False
+    #: Migrations the database lacks, as found at the last connection (None: this role may not tell).
+    migrations_pending: list[str] | None = None
     degraded_reasons: list[str] = field(default_factory=list)
 
 
@@ -106,6 +114,7 @@ class StorageWriter:
         retention_days: int = 0,
         quarantine_files: quarantine.QuarantineFiles | None = None,
         write_timeout_ms: int = 15_000,
+        on_batch: Callable[[float], None] | None = None,
     ) -> None:
         self.dsn = dsn
         self.batch_size = batch_size
@@ -129,6 +138,8 @@ class StorageWriter:
         self._in_flight_since: float | None = None  # start (Unix s) of the oldest request in the batch being sent
         self._last_contact = 0.0
         self._backoff_s = 0.0
+        #: Told the duration of each batch written (metrics), from the writer's thread.
+        self.on_batch = on_batch
         self._thread = threading.Thread(target=self._run, name="nexus-storage-writer", daemon=True)
 
     # --- request path ----------------------------------------------------------------------------
@@ -174,6 +185,21 @@ class StorageWriter:
             encode_copy_binary(BLOB_TYPES, [[k, *v, None] for k, v in blobs.items()]) if blobs else b"",
         )
         self._to_spool(batch, len(rows))
+
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def stuck_reason(self) -> str | None:
+        """Why the writer cannot make progress (readiness), or None: its thread ended, a database call
+        has waited past `SLOW_CALL_S`, or the queue is full."""
+        if self._thread.ident is not None and not self._thread.is_alive() and not self._stopping:
+            return "the writer thread has stopped"
+        waiting = self._watchdog.busy_for()
+        if waiting > SLOW_CALL_S:
+            return f"a database call has been waiting {waiting:.0f} s"
+        if len(self._queue) >= self.max_queue:
+            return f"the write queue is full ({self.max_queue} rows)"
+        return None
 
     def snapshot(self) -> dict[str, object]:
         """For /health: counters, and why storage is degraded (empty when it is not)."""
@@ -295,7 +321,10 @@ class StorageWriter:
                 raise OutageError from exc
             self._isolate(batch, exc)
             return
-        self.metrics.last_flush_ms = (time.perf_counter() - started) * 1000
+        elapsed = time.perf_counter() - started
+        self.metrics.last_flush_ms = elapsed * 1000
+        if self.on_batch is not None:
+            self.on_batch(elapsed)
         self.metrics.rows_written += rows
         self.metrics.blobs_written += blobs
 
@@ -405,6 +434,7 @@ class StorageWriter:
         try:
             self.spool.append(batch.pack())
             self.metrics.spooled_batches += 1
+            self.metrics.spooled_rows += rows
         except (SpoolFullError, OSError) as exc:
             self.metrics.dropped_rows += rows
             self.metrics.last_error = f"spool: {exc}"
@@ -428,7 +458,9 @@ class StorageWriter:
 
     def _replay_one(self, payload: bytes) -> None:
         batch = Batch.unpack(payload)
-        self._deliver(batch, len(copy_rows(batch.requests)) if batch.requests else 0, 0)
+        rows = len(copy_rows(batch.requests)) if batch.requests else 0
+        self._deliver(batch, rows, 0)
+        self.metrics.replayed_rows += rows
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is not None and not self._conn.closed:
@@ -448,6 +480,9 @@ class StorageWriter:
             with conn.cursor() as cur:
                 for sql in STAGE_SQL:
                     cur.execute(sql)  # type: ignore[arg-type]
+            conn.commit()
+            self.metrics.migrations_pending = pending_migrations(conn)
+            self.metrics.migrations_checked = True
             conn.commit()
         except Exception:
             # back off (1, 2, 4 ... 10 s) so a database that comes back is not flooded, and collect the
@@ -493,7 +528,7 @@ class StorageWriter:
             self._retry_at = time.monotonic() + 1.0
 
 
-def build_writer(settings: Settings) -> StorageWriter | None:
+def build_writer(settings: Settings, on_batch: Callable[[float], None] | None = None) -> StorageWriter | None:
     """The worker's writer, or None when storage is off or has no database to write to."""
     if not settings.storage_enabled:
         return None
@@ -510,4 +545,5 @@ def build_writer(settings: Settings) -> StorageWriter | None:
         retention_days=settings.storage_retention_days,
         quarantine_files=quarantine.QuarantineFiles(settings.nexus_home / "quarantine"),
         write_timeout_ms=settings.storage_write_timeout_ms,
+        on_batch=on_batch,
     )

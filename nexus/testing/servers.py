@@ -47,12 +47,14 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
 
 
 def spawn_proxy(
-    env: Mapping[str, str], *, workers: int = 1, output: Path | None = None
+    env: Mapping[str, str], *, workers: int = 1, output: Path | None = None, ready: bool = True
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start `nexus proxy` on a free loopback port in its own process group; return it and its URL.
 
     Its own group lets a test `kill -9` the whole proxy (main process and workers) at once. With
-    `output`, the proxy's stdout and stderr (its logs) are appended to that file.
+    `output`, the proxy's stdout and stderr (its logs) are appended to that file. It is waited for
+    until ready (`/health` answers 200: its database reached), or with `ready=False` only until it
+    serves (`/health/live`), for a proxy started while its database is away.
     """
     port = free_port()
     full_env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port), "PROXY_WORKERS": str(workers)}
@@ -70,7 +72,7 @@ def spawn_proxy(
             sink.close()
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_healthy(url + "/health", proc)
+        wait_until_healthy(url + ("/health" if ready else "/health/live"), proc)
     except BaseException:
         stop(proc)
         raise
@@ -78,9 +80,11 @@ def spawn_proxy(
 
 
 @contextmanager
-def run_proxy(env: Mapping[str, str], *, workers: int = 1, output: Path | None = None) -> Iterator[str]:
+def run_proxy(
+    env: Mapping[str, str], *, workers: int = 1, output: Path | None = None, ready: bool = True
+) -> Iterator[str]:
     """Run `nexus proxy` on a free loopback port with `env` added; yield its base URL."""
-    proc, url = spawn_proxy(env, workers=workers, output=output)
+    proc, url = spawn_proxy(env, workers=workers, output=output, ready=ready)
     try:
         yield url
     finally:

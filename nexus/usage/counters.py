@@ -82,8 +82,10 @@ class TokenCounters:
         self.projects: dict[str, ProjectCounters] = {}
         self.started_at = time.time()
 
-    def observe(self, project_id: str, outcome: Any) -> None:
-        """Count one finished request from the relay's outcome (stream observer or JSON body)."""
+    def observe(self, project_id: str, outcome: Any) -> tuple[int, int, int, int] | None:
+        """Count one finished request from the relay's outcome (stream observer or JSON body); return
+        the tokens counted (input, output, cache read, cache creation), or None when the reply had no
+        usage, so metrics and traces report the same numbers without reading the reply again."""
         c = self.projects.get(project_id)
         if c is None:
             c = self.projects[project_id] = ProjectCounters()
@@ -93,20 +95,30 @@ class TokenCounters:
             c.error_count += 1
         observer = outcome.observer
         if observer is not None:
-            c.input_tokens += column_count(observer.input_tokens)
-            c.output_tokens += column_count(observer.output_tokens)
-            c.cache_creation_input_tokens += column_count(observer.cache_creation_input_tokens)
-            c.cache_read_input_tokens += column_count(observer.cache_read_input_tokens)
-            c.tool_call_count += len(observer.tool_uses)
-            return
-        found = _usage_from_body(outcome.response_body) if outcome.status < 400 else None
-        if found is not None:
+            counts = (
+                column_count(observer.input_tokens),
+                column_count(observer.output_tokens),
+                column_count(observer.cache_read_input_tokens),
+                column_count(observer.cache_creation_input_tokens),
+            )
+            tools = len(observer.tool_uses)
+        else:
+            found = _usage_from_body(outcome.response_body) if outcome.status < 400 else None
+            if found is None:
+                return None
             usage, tools = found
-            c.input_tokens += column_count(usage.get("input_tokens"))
-            c.output_tokens += column_count(usage.get("output_tokens"))
-            c.cache_creation_input_tokens += column_count(usage.get("cache_creation_input_tokens"))
-            c.cache_read_input_tokens += column_count(usage.get("cache_read_input_tokens"))
-            c.tool_call_count += tools
+            counts = (
+                column_count(usage.get("input_tokens")),
+                column_count(usage.get("output_tokens")),
+                column_count(usage.get("cache_read_input_tokens")),
+                column_count(usage.get("cache_creation_input_tokens")),
+            )
+        c.input_tokens += counts[0]
+        c.output_tokens += counts[1]
+        c.cache_read_input_tokens += counts[2]
+        c.cache_creation_input_tokens += counts[3]
+        c.tool_call_count += tools
+        return counts
 
     def snapshot(self, project_id: str | None = None) -> Any:
         """A map project -> counters, or one project's counters (null if this worker has not seen it)."""

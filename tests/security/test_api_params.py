@@ -84,7 +84,7 @@ def test_the_api_answers_503_while_the_database_is_away(
     env = {"CLAUDE_API_BASE_URL": upstream_url, "DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path), **FAST}
     set_database_reachable(database_admin_url, name, False)
     try:
-        with run_proxy(env) as url:
+        with run_proxy(env, ready=False) as url:
             for path in ("/api/requests", "/api/token-usage/current", "/api/conversations"):
                 status, headers, body = call(url, path)
                 assert status == 503 and is_anthropic_error(body, "api_error"), (path, body)
@@ -123,4 +123,5 @@ def test_a_database_that_hangs_gets_503_and_never_freezes_the_proxy(
             relay.frozen.clear()
     assert status == 503 and is_anthropic_error(body, "api_error")
     assert time.monotonic() - started < 25
-    assert health_times and all(s == 200 and took < 3 for s, took in health_times), health_times
+    # /health answers at once meanwhile (503 once the writer reports its call stuck: not ready)
+    assert health_times and all(s in (200, 503) and took < 3 for s, took in health_times), health_times

@@ -15,7 +15,7 @@ from nexus.home import private_dir
 from nexus.storage.spool import Spool
 from nexus.testing.servers import run_proxy
 from tests.auth_helpers import proxy_env
-from tests.helpers import get_json
+from tests.helpers import health
 
 
 def test_a_second_instance_on_a_busy_port_fails_naming_the_port(upstream_url: str, tmp_path: Path) -> None:
@@ -28,7 +28,7 @@ def test_a_second_instance_on_a_busy_port_fails_naming_the_port(upstream_url: st
         assert done.returncode != 0
         assert f"port {port}" in done.stderr and "PORT" in done.stderr and "Traceback" not in done.stderr
         assert len(done.stderr.strip().splitlines()) <= 2
-        assert get_json(url + "/health")["status"] in ("healthy", "degraded")  # the first one still serves
+        assert health(url)["status"] in ("healthy", "degraded")  # the first one still serves
 
 
 def test_state_directories_are_private(tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ def test_aborted_uploads_are_counted_not_logged_as_tracebacks(upstream_url: str,
         for _ in range(5):
             _raw(url, head + b'content-length: 1000\r\n\r\n{"model":', close_after_s=0.1)
         time.sleep(0.5)
-        stats = get_json(url + "/health")["stats"]
+        stats = health(url)["stats"]
     assert stats["aborted_uploads"] == 5
     text = log.read_text()
     assert "Traceback" not in text and "ProtocolClosed" not in text, text
