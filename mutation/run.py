@@ -139,6 +139,7 @@ def read_cache(copy: Path, outcome: Outcome) -> None:
         elif status == "skipped":
             outcome.skipped += 1
         elif status == "bad_survived":
+            outcome.survived += 1
             diff = subprocess.run(
                 [sys.executable, "-m", "mutmut", "show", str(mutant_id)],
                 cwd=copy,

@@ -120,6 +120,8 @@ def test_key_problem() -> None:
     assert key.problem(now=101) == "The client key has expired."
     assert ClientKey("0" * 16, "p", None, "", 0.0, None, None).problem() is None
     assert ClientKey("0" * 16, "p", None, "", 0.0, 100.0, 5.0).problem(now=1) == "The client key has been revoked."
+    with pytest.raises(AttributeError):
+        key.project = "other"  # type: ignore[misc]  # a checked key's project must not change: frozen
 
 
 @pytest.mark.parametrize("key_id", ["", "0" * 15, "0" * 17, "g" * 16, "A" * 16, "../" + "0" * 13, "0" * 15 + "/"])

@@ -131,13 +131,32 @@ async def test_unreachable_upstream_is_retried_then_502(failure: BaseException) 
     assert caught.value.status == 502
     assert caught.value.error_type == "api_error"
     assert caught.value.attempts == 3
-    assert caught.value.message.startswith("Could not reach the upstream API after 3 attempt(s): ")
-    assert type(failure).__name__ in caught.value.message
+    assert (
+        caught.value.message
+        == f"Could not reach the upstream API after 3 attempt(s): {type(failure).__name__}: {failure}."
+    )
 
 
 async def test_a_connect_timeout_of_the_client_library_is_retried() -> None:
     upstream = ScriptedUpstream(TimeoutError(), Head(200))
     assert (await open_with(upstream)).attempts == 2
+    upstream = ScriptedUpstream(TimeoutError(), TimeoutError(), TimeoutError())
+    with pytest.raises(ProxyError) as caught:
+        await open_with(upstream)
+    assert (
+        caught.value.message == "Could not reach the upstream API after 3 attempt(s): connect timeout (TimeoutError)."
+    )
+
+
+async def test_each_retry_is_reported_with_its_reason() -> None:
+    reasons: list[str] = []
+    upstream = ScriptedUpstream(
+        Head(529), Head(500), TimeoutError(), ConnectError("refused", {"causes": None}), Head(200)
+    )
+    policy = RetryPolicy(max_attempts=5, base_delay_s=0.001, max_delay_s=0.01, budget_s=5.0)
+    opened = await open_upstream(upstream, policy, "POST", "/v1/messages", [], b"{}", 5.0, on_retry=reasons.append)  # type: ignore[arg-type]
+    assert opened.attempts == 5
+    assert reasons == ["overloaded", "server_error", "connect_timeout", "connection"]
 
 
 async def test_no_head_within_the_timeout_is_504_without_retry() -> None:

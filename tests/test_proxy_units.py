@@ -68,9 +68,10 @@ def test_response_headers_get_request_id_and_lose_framing() -> None:
 def test_retry_policy_bounds_attempts_budget_and_honours_retry_after() -> None:
     policy = RetryPolicy(max_attempts=3, base_delay_s=0.1, max_delay_s=2.0, budget_s=5.0)
     for attempt in (1, 2):
-        delay = policy.next_delay(attempt, elapsed_s=0.0)
         base = 0.1 * 2 ** (attempt - 1)
-        assert delay is not None and base <= delay <= base * 1.5
+        delays = [policy.next_delay(attempt, elapsed_s=0.0) for _ in range(300)]
+        assert all(d is not None and base <= d <= base * 1.5 for d in delays)
+        assert max(delays) > base * 1.3 and min(delays) < base * 1.2  # type: ignore[operator]  # jittered
     assert policy.next_delay(3, elapsed_s=0.0) is None  # attempts spent
     assert policy.next_delay(1, elapsed_s=4.99) is None  # budget spent
     assert policy.next_delay(1, 0.0, retry_after_s=1.5) == 1.5  # never shorter than retry-after

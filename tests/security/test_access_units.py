@@ -108,6 +108,8 @@ def test_host_name(host: str | None, name: str) -> None:
         ("evil.com", False),
         ("[::1]evil.com", False),
         ("10.0.0.1", False),
+        ("x127.0.0.1]", False),
+        ("[127.0.0.1", False),
         ("", False),
         (None, False),
     ],
