@@ -66,7 +66,7 @@ def test_a_created_key_checks_and_its_record_holds_only_a_salted_digest(tmp_path
 
 
 def test_a_salt_is_required_and_another_salt_admits_nothing(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^API_KEY_SALT is required for client keys$"):
         ClientKeyStore(tmp_path, "")
     _, key = ClientKeyStore(tmp_path, "one").create("p")
     assert rejected(ClientKeyStore(tmp_path, "two"), key) == "The client key is not valid."
@@ -124,11 +124,16 @@ def test_key_problem() -> None:
         key.project = "other"  # type: ignore[misc]  # a checked key's project must not change: frozen
 
 
-@pytest.mark.parametrize("key_id", ["", "0" * 15, "0" * 17, "g" * 16, "A" * 16, "../" + "0" * 13, "0" * 15 + "/"])
+@pytest.mark.parametrize(
+    "key_id", ["", "0" * 15, "0" * 17, "g" * 16, "A" * 16, "X" * 16, "../" + "0" * 13, "0" * 15 + "/"]
+)
 def test_key_ids_are_sixteen_lowercase_hex_characters(tmp_path: Path, key_id: str) -> None:
     store = ClientKeyStore(tmp_path, "salt")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as caught:
         store._path(key_id)
+    assert str(caught.value) == (
+        f"invalid key id {key_id[:40]!r} (16 hexadecimal characters, as `nexus keys list` shows)"
+    )
     assert store.revoke(key_id) is None
 
 

@@ -23,7 +23,7 @@ class CorsPolicy:
         self.allowed_origins = allowed_origins
 
     def allows(self, origin: str) -> bool:
-        return origin.strip().lower().rstrip("/") in self.allowed_origins
+        return origin.strip().lower().removesuffix("/") in self.allowed_origins
 
     def preflight_headers(self, origin: str) -> list[tuple[str, str]]:
         """Grants for an allowed origin's preflight (`OPTIONS`)."""

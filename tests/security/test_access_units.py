@@ -28,6 +28,7 @@ from nexus.security.access import (
 )
 from nexus.security.cors import ALLOWED_HEADERS, ALLOWED_METHODS, EXPOSED_HEADERS, CorsPolicy
 from nexus.security.throttle import FailureThrottle, _bucket
+from nexus.settings import Settings
 
 
 class Clock:
@@ -273,6 +274,14 @@ def test_throttle_window_and_limit() -> None:
     assert throttle.retry_after(None) == 10
 
 
+def test_throttle_defaults_are_the_settings_defaults() -> None:
+    throttle = FailureThrottle()
+    settings = Settings()
+    assert throttle.limit == settings.auth_failure_limit == 10
+    assert throttle.window_s == settings.auth_failure_window_ms / 1000 == 60.0
+    assert throttle.max_addresses == 10_000
+
+
 def test_throttle_forgets_the_least_recently_failed_address_first() -> None:
     throttle = FailureThrottle(limit=1, window_s=60, max_addresses=2)
     throttle.failed("1.1.1.1", "t")
@@ -315,12 +324,17 @@ def test_cors_policy() -> None:
         "access-control-max-age": "600",
         "vary": "origin",
     }
-    assert dict(CorsPolicy.response_headers("https://app.example.com")) == {
+    assert dict(policy.response_headers("https://app.example.com")) == {
         "access-control-allow-origin": "https://app.example.com",
         "access-control-expose-headers": EXPOSED_HEADERS,
         "vary": "origin",
     }
     assert ALLOWED_METHODS == "GET, POST, OPTIONS"
+    assert ALLOWED_HEADERS == (
+        "content-type, authorization, x-api-key, anthropic-version, anthropic-beta, "
+        "anthropic-dangerous-direct-browser-access, train-id, msl-project-id, x-train-account, msl-account"
+    )
+    assert EXPOSED_HEADERS == "x-request-id, request-id, retry-after, anthropic-ratelimit-requests-remaining"
     for header in ("content-type", "x-api-key", "anthropic-version", "anthropic-beta", "authorization"):
         assert header in ALLOWED_HEADERS.split(", ")
     assert "x-request-id" in EXPOSED_HEADERS.split(", ")
