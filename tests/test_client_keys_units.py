@@ -54,9 +54,11 @@ def test_a_created_key_checks_and_its_record_holds_only_a_salted_digest(tmp_path
     assert (record.project, record.name, record.revoked_at) == ("proj", "ci", None)
     assert record.preview == f"cnp_live_****{key[-4:]}"
     assert before <= record.created_at <= time.time()
-    assert record.expires_at == pytest.approx(record.created_at + 86400)
+    assert record.expires_at is not None and abs(record.expires_at - record.created_at - 86400) < 1e-3
     path = tmp_path / "client-keys" / f"{record.key_id}.json"
     stored = orjson.loads(path.read_bytes())
+    assert set(stored) == {"id", "digest", "project", "name", "preview", "created_at", "expires_at", "revoked_at"}
+    assert stored["revoked_at"] is None
     assert stored["digest"] == digest and stored["id"] == record.key_id
     assert key not in path.read_text() and key[len(PREFIX) :] not in path.read_text()
     assert store.check(key) == record
@@ -149,8 +151,11 @@ def test_unreadable_or_partial_records_are_skipped(tmp_path: Path) -> None:
     (directory / ("5" * 16 + ".json")).mkdir()  # OSError other than not-found
     no_id = "6" * 16
     (directory / f"{no_id}.json").write_bytes(orjson.dumps({"digest": "x", "project": "y", "created_at": 1.0}))
+    bare = "7" * 16
+    (directory / f"{bare}.json").write_bytes(orjson.dumps({"digest": "x", "project": "y"}))
     listed = store.list()
-    assert [k.key_id for k in listed] == [no_id, good.key_id]  # oldest first; the id taken from the name
+    assert [k.key_id for k in listed] == [bare, no_id, good.key_id]  # oldest first; the id taken from the name
+    assert (listed[0].created_at, listed[0].preview, listed[0].name) == (0.0, "", None)
     assert ClientKeyStore(tmp_path / "none", "salt").list() == []
 
 
@@ -189,6 +194,12 @@ def test_keys_inside_base64_are_found_only_when_looking_deep() -> None:
             assert not carries_client_key(f"Basic {token}")
             assert carries_client_key(f"Basic {token}", deep=True)
             assert carries_client_key(f"session={token.rstrip('=')}; other=1", deep=True)
+    for pad in range(3):  # both alphabets, each padding length, with or without the padding
+        raw = b"\xfb\xff\xbf" * (pad + 1) + b"x" * pad + b"cnp_live_key"
+        for token in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
+            assert carries_client_key(f"Basic {token}", deep=True)
+            assert carries_client_key(f"Basic {token.rstrip('=')}", deep=True)
+    assert "-" in base64.urlsafe_b64encode(b"\xfb\xff\xbf").decode()
     shortest = base64.b64encode(b"cnp_live_").decode()  # the shortest token that can hold a prefix
     assert len(shortest) == 12 and carries_client_key(shortest, deep=True)
     assert not carries_client_key("Basic !!!!!!!!!!!!!!!!", deep=True)
