@@ -107,3 +107,13 @@ def test_several_workers_files_interleaved_each_in_order_all_once(tmp_path: Path
     for who, batches in written.items():
         assert [p for p in delivered if p.startswith(b"w%d-" % who)] == batches  # each worker's order
     assert replayer.pending_files() == [] and replayer.size() == 0
+
+
+def test_frames_are_appended_to_a_private_file(tmp_path: Path) -> None:
+    from nexus.storage import frames
+
+    path = tmp_path / "f.bin"
+    frames.append(path, b"NXS1", b"payload")
+    frames.append(path, b"NXS1", b"more")
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_bytes() == frames.frame(b"NXS1", b"payload") + frames.frame(b"NXS1", b"more")

@@ -14,14 +14,14 @@ import orjson
 import psycopg
 import pytest
 
-from nexus._core import copy_row_last_resort, copy_rows, encode_copy_binary
-from nexus.storage.isolate import Isolated, isolate
+from nexus._core import NexusCoreError, copy_row_last_resort, copy_rows, encode_copy_binary
+from nexus.storage.isolate import Isolated, _request_id, isolate
 from nexus.storage.payload import Batch
 from nexus.storage.quarantine import QuarantinedRow
 from nexus.storage.records import BLOB_TYPES, REQUEST_TYPES, ExchangeRecord, to_row
 
 
-def record() -> ExchangeRecord:
+def record(text: str = "hi") -> ExchangeRecord:
     return ExchangeRecord(
         request_id=str(uuid.uuid4()),
         started_at_us=1_700_000_000_000_000,
@@ -30,7 +30,7 @@ def record() -> ExchangeRecord:
         method="POST",
         path="/v1/messages",
         request_headers=[],
-        request_body=orjson.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+        request_body=orjson.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": text}]}),
         response_status=200,
         response_headers=[],
         response_body=orjson.dumps({"type": "message", "usage": {"input_tokens": 3, "output_tokens": 4}}),
@@ -57,13 +57,21 @@ class FakeDatabase:
         self.stored_blobs = 0
         self.kept: list[QuarantinedRow] = []
         self.originals: list[bytes] = []
+        self.bad_blob = b"\xff" * 64  # no blob holds this
+        self.blob_original = b""
 
     def attempt(self, batch: Batch) -> None:
         if self.outage_after is not None and len(self.sent) >= self.outage_after:
             raise psycopg.OperationalError("server closed the connection unexpectedly")
+        assert not (batch.blobs and batch.requests), "one table per attempt"
         if batch.blobs:
-            self.sent.append(("content_blobs", len(copy_rows(batch.blobs))))
-            self.stored_blobs += len(copy_rows(batch.blobs))
+            rows = copy_rows(batch.blobs)
+            self.sent.append(("content_blobs", len(rows)))
+            if any(self.bad_blob in row for row in rows) and not (
+                len(rows) == 1 and rows[0] == copy_row_last_resort(BLOB_TYPES, self.blob_original)
+            ):
+                raise psycopg.errors.lookup("54000")("row is too big")
+            self.stored_blobs += len(rows)
             return
         rows = copy_rows(batch.requests)
         self.sent.append(("api_requests", len(rows)))
@@ -169,3 +177,49 @@ def test_an_outage_while_the_last_resort_form_is_sent_is_raised() -> None:
     with pytest.raises(psycopg.OperationalError):
         run(db, batch_of(records))
     assert db.kept == []
+
+
+def test_a_refused_content_row_is_rescued_in_its_last_resort_form_with_its_own_types() -> None:
+    records = [record(f"prompt number {i}") for i in range(3)]
+    batch = batch_of(records, with_blobs=True)
+    db = FakeDatabase(set())
+    blob_rows = copy_rows(batch.blobs)
+    assert len(blob_rows) == 3
+    db.bad_blob = b"prompt number 2"
+    (db.blob_original,) = [row for row in blob_rows if db.bad_blob in row]
+    counts = run(db, batch)
+    assert counts.blobs == len(blob_rows) == db.stored_blobs
+    assert (counts.last_resort, counts.quarantined, counts.requests) == (1, 0, 3)
+    assert db.sent[0] == ("content_blobs", len(blob_rows))
+
+
+def test_two_rows_rescued_are_counted_twice() -> None:
+    records = [record() for _ in range(4)]
+    bad = {records[1].request_id, records[2].request_id}
+    db = FakeDatabase(bad, rescued=frozenset(bad))
+    counts = run(db, batch_of(records))
+    assert (counts.requests, counts.last_resort, counts.quarantined) == (4, 2, 0)
+
+
+def test_a_row_that_cannot_even_be_encoded_again_is_quarantined_with_that_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def cannot(types: list[str], row: bytes) -> bytes:
+        raise NexusCoreError("invalid argument: malformed COPY data")
+
+    monkeypatch.setattr("nexus.storage.isolate.copy_row_last_resort", cannot)
+    records = [record() for _ in range(2)]
+    db = FakeDatabase({records[0].request_id})
+    counts = run(db, batch_of(records))
+    assert (counts.requests, counts.quarantined) == (1, 1)
+    (kept,) = db.kept
+    assert kept.error == "NexusCoreError: invalid argument: malformed COPY data" and kept.sqlstate is None
+
+
+def test_the_request_id_of_a_row_is_read_only_from_a_request_row_with_a_uuid() -> None:
+    (row,) = copy_rows(encode_copy_binary(["bytea", "text"], [[b"abc", "x"]]))
+    assert _request_id("api_requests", row) is None
+    (good,) = copy_rows(batch_of([r := record()]).requests)
+    assert _request_id("api_requests", good) == r.request_id
+    assert _request_id("content_blobs", good) is None
+    assert _request_id("api_requests", b"\x00\x01") is None  # not even a field
