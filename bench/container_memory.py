@@ -16,9 +16,11 @@ import asyncio
 import json
 import secrets
 import time
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-import httpx
+from pyreqwest.client import ClientBuilder
 
 from bench.traffic import TOKEN, corpus, corpus_headers
 
@@ -58,23 +60,22 @@ async def drive(url: str, total: int, concurrency: int, sessions: int) -> tuple[
             for req in requests:
                 await queue.put(req.body.replace(TOKEN.encode(), token))
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: Any) -> None:
         nonlocal sent, errors
         while sent < total:
             body = await queue.get()
             sent += 1
+            req = client.post(url + "/v1/messages?beta=true").headers(list(headers.items())).body_bytes(body)
             try:
-                async with client.stream("POST", url + "/v1/messages?beta=true", content=body, headers=headers) as r:
-                    async for _ in r.aiter_raw():
-                        pass
-                    errors += r.status_code != 200
-            except httpx.HTTPError:
+                async with req.build_streamed() as resp:
+                    await resp.bytes()
+                    errors += resp.status != 200
+            except Exception:
                 errors += 1
 
     started = time.monotonic()
     feeder = asyncio.create_task(feed())
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+    async with ClientBuilder().timeout(timedelta(seconds=60)).build() as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     feeder.cancel()
     return sent, errors, time.monotonic() - started

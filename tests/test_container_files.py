@@ -91,7 +91,7 @@ def test_dockerfile_stages_user_and_commands() -> None:
     stages = re.findall(r"^FROM (\S+) AS (\S+)$", text, re.M)
     assert [s for _, s in stages] == ["build", "runtime", "all-in-one", "service"]  # the default is the last
     assert [base for base, _ in stages[:2]] == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
-    assert re.search(r"^USER nexus$", text, re.M)
+    assert re.search(r"^USER 10001:10001$", text, re.M)  # numeric: Kubernetes' runAsNonRoot checks it
     assert re.search(r"^HEALTHCHECK .*nexus-healthcheck", text, re.M)
     assert "maturin" in (REPO / "pyproject.toml").read_text() and "pip wheel" in text
     for cmd in re.findall(r"^CMD (\[.*\])$", text, re.M):
