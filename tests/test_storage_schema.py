@@ -85,7 +85,6 @@ def test_partitions_ahead_and_retention_drops_whole_days(migrated_db: str) -> No
         assert drop_expired_partitions(conn, retention_days=0) == []
 
 
-
 def test_proxy_applies_retention_once_idle_after_start(migrated_db: str, upstream_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The writer's first maintenance runs at its first idle moment, however long ago the host booted."""
     old = datetime.now(UTC).date() - timedelta(days=5)
@@ -99,6 +98,7 @@ def test_proxy_applies_retention_once_idle_after_start(migrated_db: str, upstrea
             assert time.monotonic() < deadline, "expired partition still there 15 s after start"
             time.sleep(0.2)
         assert conn.execute("SELECT to_regclass(%s)", (partition_name(old + timedelta(days=4)),)).fetchone()[0]  # type: ignore[index]
+
 
 @pytest.mark.parametrize(
     ("query", "index"),
