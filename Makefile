@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint rust-test py-test bench bench-quick bench-micro bench-install fuzz mutation clean
+.PHONY: run test install lint rust-test py-test container-test bench bench-quick bench-micro bench-install fuzz mutation clean
 
 $(BIN)/python:
 	@# psycopg's C build needs pg_config and the libpq headers
@@ -44,6 +44,16 @@ rust-test:
 
 py-test: install
 	$(BIN)/python -m pytest
+
+## Build the images and run docker/compose.yml with podman, traffic and storage checked (not part of
+## `make test`: the first build takes minutes). Podman and debootstrap come from Debian when run as root.
+CONTAINER_PACKAGES := podman buildah runc uidmap slirp4netns fuse-overlayfs debootstrap
+container-test: install
+	@command -v podman >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CONTAINER_PACKAGES) >/dev/null; } || \
+		{ echo "podman not found: install it (Debian: apt-get install $(CONTAINER_PACKAGES))"; exit 1; }
+	$(PIP) install --quiet -e '.[test,container]'
+	$(BIN)/python -m pytest -m container -s tests/container
 
 ## The overhead harness (full run, ~25 min; needs wrk, installed from Debian when run as root, and cargo).
 bench: bench-install

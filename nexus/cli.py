@@ -226,9 +226,15 @@ def serve(
 
 @main.command("migrate")
 @click.option("--embedded", is_flag=True, help="Migrate the embedded database under NEXUS_HOME instead.")
-def migrate_command(embedded: bool) -> None:
+@click.option(
+    "--wait-seconds",
+    type=click.FloatRange(min=0),
+    default=0,
+    help="Wait this long for the database to accept connections first (a job started beside its database).",
+)
+def migrate_command(embedded: bool, wait_seconds: float) -> None:
     """Apply pending SQL migrations to DATABASE_URL (idempotent, safe to run concurrently)."""
-    from nexus.storage.migrate import migrate
+    from nexus.storage.migrate import migrate, wait_for_database
 
     settings = _settings_or_exit()
     url = settings.database_url
@@ -240,6 +246,12 @@ def migrate_command(embedded: bool) -> None:
     if url is None:
         raise click.ClickException("DATABASE_URL is not set (or pass --embedded for the embedded database)")
     try:
+        if wait_seconds:
+            try:
+                wait_for_database(url, wait_seconds)
+            except Exception as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+                raise click.ClickException(f"database not reachable after {wait_seconds:g} s: {reason}") from None
         applied = migrate(url)
     finally:
         if stop_embedded is not None:

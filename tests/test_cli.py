@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from click.testing import CliRunner
 
 from nexus import __version__
@@ -44,3 +46,17 @@ def test_migrate_command(migrated_db: str, monkeypatch) -> None:  # type: ignore
     monkeypatch.delenv("DATABASE_URL")
     bad = CliRunner().invoke(main, ["migrate"])
     assert bad.exit_code != 0 and "DATABASE_URL" in bad.output
+
+
+def test_migrate_waits_for_the_database(migrated_db: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("DATABASE_URL", migrated_db)
+    result = CliRunner().invoke(main, ["migrate", "--wait-seconds", "5"])
+    assert result.exit_code == 0, result.output
+    # Nothing listens on port 1: it keeps trying for the time given, then fails with one line.
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nexus@127.0.0.1:1/nexus")
+    started = time.monotonic()
+    bad = CliRunner().invoke(main, ["migrate", "--wait-seconds", "1.5"])
+    assert bad.exit_code != 0
+    assert 1.0 <= time.monotonic() - started < 10
+    assert "database not reachable after 1.5 s" in bad.output
+    assert "Traceback" not in bad.output

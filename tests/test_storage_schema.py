@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
@@ -10,6 +11,7 @@ import pytest
 
 from nexus.storage.migrate import available_migrations, migrate
 from nexus.storage.partitions import drop_expired_partitions, ensure_partitions, partition_name
+from nexus.testing.servers import run_proxy
 from tests.conftest import with_database
 
 
@@ -81,6 +83,21 @@ def test_partitions_ahead_and_retention_drops_whole_days(migrated_db: str) -> No
         left = conn.execute("SELECT count(*) FROM api_requests").fetchone()[0]
         assert left == 2  # today's row and the default partition's row
         assert drop_expired_partitions(conn, retention_days=0) == []
+
+
+def test_proxy_applies_retention_once_idle_after_start(migrated_db: str, upstream_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The writer's first maintenance runs at its first idle moment, however long ago the host booted."""
+    old = datetime.now(UTC).date() - timedelta(days=5)
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        ensure_partitions(conn, days_ahead=0, today=old)
+    env = {"CLAUDE_API_BASE_URL": upstream_url, "DATABASE_URL": migrated_db, "STORAGE_RETENTION_DAYS": "2",
+           "NEXUS_HOME": str(tmp_path)}  # fmt: skip
+    with run_proxy(env), psycopg.connect(migrated_db, autocommit=True) as conn:
+        deadline = time.monotonic() + 15
+        while conn.execute("SELECT to_regclass(%s)", (partition_name(old),)).fetchone()[0] is not None:  # type: ignore[index]
+            assert time.monotonic() < deadline, "expired partition still there 15 s after start"
+            time.sleep(0.2)
+        assert conn.execute("SELECT to_regclass(%s)", (partition_name(old + timedelta(days=4)),)).fetchone()[0]  # type: ignore[index]
 
 
 @pytest.mark.parametrize(

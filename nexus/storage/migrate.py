@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from importlib import resources
 
@@ -39,6 +40,24 @@ def available_migrations() -> list[Migration]:
         if name.endswith(".sql") and name[:4].isdigit():
             found.append(Migration(int(name[:4]), name.removesuffix(".sql"), entry.read_text()))
     return sorted(found, key=lambda m: m.version)
+
+
+def wait_for_database(dsn: str, seconds: float, interval: float = 1.0) -> None:
+    """Return once `dsn` accepts a connection; re-raise the last error after `seconds`.
+
+    A migration job started beside its database (compose, a Kubernetes Job) may run before the server
+    accepts connections, and not every engine can hold it back until then.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            psycopg.connect(dsn, connect_timeout=max(1, int(interval * 2))).close()
+            return
+        except psycopg.OperationalError as exc:
+            if time.monotonic() + interval > deadline:
+                raise
+            log.info("database not reachable yet (%s); retrying", str(exc).strip().splitlines()[0])
+            time.sleep(interval)
 
 
 def migrate(dsn: str) -> list[str]:

@@ -130,7 +130,9 @@ class StorageWriter:
         self._conn: psycopg.Connection | None = None
         self._retry_at = 0.0
         self.retention_days = retention_days
-        self._maintained_at = 0.0
+        # Never: the first idle moment maintains. (0.0 waited until the host had been up an hour, since
+        # monotonic time counts from boot: a machine booted 30 min ago kept expired days 30 min longer.)
+        self._maintained_at = float("-inf")
         #: Batches refused once with an error of no known class, by checksum: refused again, they are isolated.
         self._strikes: OrderedDict[int, str] = OrderedDict()
         self.write_timeout_s = write_timeout_ms / 1000
