@@ -292,23 +292,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--area", action="append", help="only these areas (default: all)")
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "2")))
     parser.add_argument("--report", type=Path, default=ROOT / "target" / "mutation" / "report.json")
+    parser.add_argument("--rust-file", action="append", help="Rust files to mutate instead of areas.toml's")
     parser.add_argument("--unit-only", action="store_true", help="skip the end-to-end tier (quick look)")
     parser.add_argument("--keep", action="store_true", help="keep the copies (for `mutmut show`)")
     args = parser.parse_args(argv)
 
     areas = tomllib.loads(AREAS_FILE.read_text())
-    rust_files: list[str] = areas.pop("nexus_core")["files"]
+    rust_files: list[str] = args.rust_file or areas.pop("nexus_core")["files"]
+    areas.pop("nexus_core", None)
     wanted = args.area or [*areas, "nexus_core"]
     workdir = Path(tempfile.mkdtemp(prefix="nexus-mutation-"))
     outcomes: list[Outcome] = []
     with shared_database() as database_url, ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [
+        futures = []
+        if "nexus_core" in wanted:  # the longest: started first, beside the Python areas
+            futures.append(pool.submit(run_rust, rust_files, 1, workdir))
+        futures += [
             pool.submit(run_area, name, area, database_url, workdir, args.unit_only)
             for name, area in areas.items()
             if name in wanted
         ]
-        if "nexus_core" in wanted:
-            futures.append(pool.submit(run_rust, rust_files, 1, workdir))
         for future in futures:
             outcome = future.result()
             outcomes.append(outcome)
