@@ -676,3 +676,149 @@ fn unparsable_tool_input_is_kept_as_text_and_flagged() {
     assert_eq!(message(&obs)["content"][0]["input"], json!("{\"q\": 1"));
     assert_eq!(names(&obs), ["not_json"]);
 }
+
+/// A stream whose message_start carries `start_usage` and whose message_delta carries `delta_usage`.
+fn usage_stream(start_usage: &str, delta_usage: &str) -> Vec<u8> {
+    format!(
+        "data: {{\"type\":\"message_start\",\"message\":{{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\",\"content\":[],\"usage\":{start_usage}}}}}\n\n\
+         data: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\"}},\"usage\":{delta_usage}}}\n\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn exact_digits_kept_wherever_the_usage_holds_them() {
+    let big = "123456789012345678901234567890";
+    // in message_start's usage (not only message_delta's)
+    let obs = observe(&usage_stream(
+        &format!("{{\"input_tokens\":{big},\"output_tokens\":1}}"),
+        "{\"output_tokens\":2}",
+    ));
+    assert_eq!(obs.summary().input_tokens, u64::MAX);
+    let usage = String::from_utf8(obs.usage_json().unwrap()).unwrap();
+    assert_eq!(
+        usage,
+        format!("{{\"input_tokens\":\"{big}\",\"output_tokens\":2}}")
+    );
+    // nested only in an object, or only in an array, of the usage
+    for (nested, expect) in [
+        (
+            format!("{{\"output_tokens\":3,\"cache_creation\":{{\"ephemeral_1h_input_tokens\":{big}}}}}"),
+            format!("{{\"input_tokens\":7,\"output_tokens\":3,\"cache_creation\":{{\"ephemeral_1h_input_tokens\":\"{big}\"}}}}"),
+        ),
+        (
+            format!("{{\"output_tokens\":3,\"iterations\":[{big}]}}"),
+            format!("{{\"input_tokens\":7,\"output_tokens\":3,\"iterations\":[\"{big}\"]}}"),
+        ),
+    ] {
+        let obs = observe(&usage_stream("{\"input_tokens\":7}", &nested));
+        assert_eq!(
+            String::from_utf8(obs.usage_json().unwrap()).unwrap(),
+            expect
+        );
+        assert_eq!(obs.summary().output_tokens, 3);
+    }
+}
+
+#[test]
+fn a_tool_block_without_input_deltas_needs_no_repair() {
+    let mut s = START.as_bytes().to_vec();
+    s.extend_from_slice(TOOL_START.as_bytes());
+    s.extend_from_slice(b"data: {\"type\":\"content_block_stop\",\"index\":1}\n\n");
+    let obs = observe(&s);
+    assert!(obs.repairs().is_empty());
+    assert_eq!(message(&obs)["content"][0]["input"], json!({}));
+}
+
+#[test]
+fn citations_of_the_start_and_of_deltas_are_kept_in_order() {
+    let mut s = START.as_bytes().to_vec();
+    s.extend_from_slice(b"data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\",\"citations\":[{\"n\":0}]}}\n\n");
+    s.extend_from_slice(b"data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"citations_delta\",\"citation\":{\"n\":1}}}\n\n");
+    s.extend_from_slice(END.as_bytes());
+    let obs = observe(&s);
+    assert_eq!(
+        message(&obs)["content"][0]["citations"],
+        json!([{"n": 0}, {"n": 1}])
+    );
+}
+
+#[test]
+fn deltas_find_their_block_by_index_when_blocks_interleave() {
+    let mut s = START.as_bytes().to_vec();
+    s.extend_from_slice(TEXT_START.as_bytes());
+    s.extend_from_slice(TOOL_START.as_bytes());
+    s.extend(text_delta(b"\"late text\""));
+    s.extend_from_slice(b"data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\":1}\"}}\n\n");
+    s.extend_from_slice(END.as_bytes());
+    let obs = observe(&s);
+    let msg = message(&obs);
+    assert_eq!(msg["content"][0]["text"], "late text");
+    assert_eq!(msg["content"][1]["input"], json!({"a": 1}));
+}
+
+#[test]
+fn the_line_cap_is_what_was_asked() {
+    assert_eq!(DEFAULT_MAX_LINE_BYTES, 16 * 1024 * 1024);
+    assert_eq!(SseObserver::new().max_line_bytes(), DEFAULT_MAX_LINE_BYTES);
+    assert_eq!(
+        SseObserver::with_max_line_bytes(7)
+            .unwrap()
+            .max_line_bytes(),
+        7
+    );
+}
+
+fn capped(cap: usize, chunks: &[&[u8]]) -> SseObserver {
+    let mut obs = SseObserver::with_max_line_bytes(cap).unwrap();
+    for chunk in chunks {
+        obs.feed(chunk);
+    }
+    obs
+}
+
+#[test]
+fn a_line_of_exactly_the_cap_is_kept_one_more_byte_is_not() {
+    // completed within one chunk
+    let fits = capped(8, &[b"data: ab\n\n"]);
+    assert_eq!(
+        (fits.summary().overflowed, fits.summary().event_count),
+        (false, 1)
+    );
+    let over = capped(8, &[b"data: abc\n\n"]);
+    assert_eq!(
+        (over.summary().overflowed, over.summary().event_count),
+        (true, 0)
+    );
+    // buffered across chunks: a partial line of exactly the cap, then its end
+    let fits = capped(8, &[b"data: ab", b"\n\n"]);
+    assert_eq!(
+        (fits.summary().overflowed, fits.summary().event_count),
+        (false, 1)
+    );
+    let fits = capped(8, &[b"data: a", b"b\n\n"]);
+    assert!(!fits.summary().overflowed);
+    let over = capped(8, &[b"data: ab", b"c\n\n"]);
+    assert_eq!(
+        (over.summary().overflowed, over.summary().event_count),
+        (true, 0)
+    );
+}
+
+#[test]
+fn joined_data_of_exactly_the_cap_is_kept_newlines_counted() {
+    // "ab\nab\nab": 8 bytes with the two joining newlines
+    let fits = capped(8, &[b"data: ab\ndata: ab\ndata: ab\n\n"]);
+    assert_eq!(
+        (fits.summary().overflowed, fits.summary().event_count),
+        (false, 1)
+    );
+    let fits = capped(8, &[b"data: ab\ndata: ab\ndata: a\n\n"]);
+    assert!(!fits.summary().overflowed);
+    // "ab\nab\na\na" would be 9
+    let over = capped(8, &[b"data: ab\ndata: ab\ndata: a\ndata: a\n\n"]);
+    assert_eq!(
+        (over.summary().overflowed, over.summary().event_count),
+        (true, 0)
+    );
+}
