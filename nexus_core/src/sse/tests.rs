@@ -822,3 +822,16 @@ fn joined_data_of_exactly_the_cap_is_kept_newlines_counted() {
         (true, 0)
     );
 }
+
+#[test]
+fn stop_sequence_and_the_usage_value() {
+    let mut s = START.to_owned();
+    s += "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"stop_sequence\",\"stop_sequence\":\"\\n\\nHuman:\"},\"usage\":{\"output_tokens\":5}}\n\n";
+    let obs = observe(s.as_bytes());
+    assert_eq!(obs.summary().stop_sequence.as_deref(), Some("\n\nHuman:"));
+    assert_eq!(
+        obs.usage_value(),
+        Some(json!({"input_tokens": 7, "output_tokens": 5}))
+    );
+    assert_eq!(SseObserver::new().usage_value(), None);
+}
