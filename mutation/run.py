@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 AREAS_FILE = Path(__file__).resolve().parent / "areas.toml"
@@ -257,10 +258,18 @@ def run_rust(files: list[str], jobs: int, workdir: Path) -> Outcome:
         command += ["--file", path]
     with (workdir / "nexus_core.log").open("w") as log:
         subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    read_rust(out, outcome, workdir)
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def read_rust(out: Path, outcome: Outcome, workdir: Path) -> None:
+    """Counts and survivors from cargo-mutants' `outcomes.json` (unviable mutants do not compile: they
+    say nothing about the tests and are not counted)."""
     outcomes = out / "mutants.out" / "outcomes.json"
     if not outcomes.exists():
         outcome.error = f"cargo mutants wrote no outcomes: see {workdir / 'nexus_core.log'}"
-        return outcome
+        return
     for item in json.loads(outcomes.read_text())["outcomes"]:
         summary = item["summary"]
         scenario = item["scenario"]
@@ -277,14 +286,27 @@ def run_rust(files: list[str], jobs: int, workdir: Path) -> Outcome:
                 {
                     "file": mutant["file"],
                     "line": mutant["span"]["start"]["line"],
-                    "source": mutant.get("function", {}).get("function_name", ""),
-                    "diff": f"replace {mutant.get('name', '')} -> {mutant['replacement']}",
+                    "source": (mutant.get("function") or {}).get("function_name", ""),
+                    "diff": mutant.get("name", ""),
                 }
             )
-        else:  # Unviable: does not compile, says nothing about the tests
+        else:
             outcome.skipped += 1
-    outcome.seconds = time.monotonic() - started
-    return outcome
+
+
+def collect(workdir: Path, names: list[str]) -> list[Outcome]:
+    """The outcomes of a run kept with --keep, read again (e.g. after the report step failed)."""
+    found: list[Outcome] = []
+    for name in names:
+        outcome = Outcome(name)
+        if name == "nexus_core":
+            read_rust(workdir / "rust", outcome, workdir)
+        elif (workdir / name / ".mutmut-cache").exists():
+            read_cache(workdir / name, outcome)
+        else:
+            continue
+        found.append(outcome)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=ROOT / "target" / "mutation" / "report.json")
     parser.add_argument("--rust-file", action="append", help="Rust files to mutate instead of areas.toml's")
     parser.add_argument("--unit-only", action="store_true", help="skip the end-to-end tier (quick look)")
+    parser.add_argument("--collect", type=Path, help="only read the results a --keep run left in this directory")
     parser.add_argument("--keep", action="store_true", help="keep the copies (for `mutmut show`)")
     args = parser.parse_args(argv)
 
@@ -301,7 +324,20 @@ def main(argv: list[str] | None = None) -> int:
     rust_files: list[str] = args.rust_file or areas.pop("nexus_core")["files"]
     areas.pop("nexus_core", None)
     wanted = args.area or [*areas, "nexus_core"]
-    workdir = Path(tempfile.mkdtemp(prefix="nexus-mutation-"))
+    outcomes: list[Outcome] = []
+    if args.collect:
+        outcomes = collect(args.collect, wanted)
+        args.keep = True
+        workdir = args.collect
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="nexus-mutation-"))
+        outcomes = run_all(args, areas, rust_files, wanted, workdir)
+    return report(args, outcomes, workdir)
+
+
+def run_all(
+    args: argparse.Namespace, areas: dict[str, Any], rust_files: list[str], wanted: list[str], workdir: Path
+) -> list[Outcome]:
     outcomes: list[Outcome] = []
     with shared_database() as database_url, ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = []
@@ -316,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
             outcome = future.result()
             outcomes.append(outcome)
             print(f"{outcome.line()} in {outcome.seconds:.0f} s", flush=True)
+    return outcomes
 
+
+def report(args: argparse.Namespace, outcomes: list[Outcome], workdir: Path) -> int:
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(
         json.dumps(
