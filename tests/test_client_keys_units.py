@@ -127,7 +127,7 @@ def test_key_problem() -> None:
 
 
 @pytest.mark.parametrize(
-    "key_id", ["", "0" * 15, "0" * 17, "g" * 16, "A" * 16, "X" * 16, "../" + "0" * 13, "0" * 15 + "/"]
+    "key_id", ["", "0" * 15, "0" * 17, "g" * 16, "A" * 16, "X" * 16, "../" + "0" * 13, "0" * 15 + "/", "f" * 60]
 )
 def test_key_ids_are_sixteen_lowercase_hex_characters(tmp_path: Path, key_id: str) -> None:
     store = ClientKeyStore(tmp_path, "salt")
@@ -203,6 +203,7 @@ def test_keys_inside_base64_are_found_only_when_looking_deep() -> None:
     shortest = base64.b64encode(b"cnp_live_").decode()  # the shortest token that can hold a prefix
     assert len(shortest) == 12 and carries_client_key(shortest, deep=True)
     assert not carries_client_key("Basic !!!!!!!!!!!!!!!!", deep=True)
+    assert not carries_client_key("Basic abcdefghijklm", deep=True)  # 13 characters: not base64 at all
     assert not carries_client_key(base64.b64encode(b"nothing to see here").decode(), deep=True)
 
 
