@@ -88,7 +88,7 @@ def cursor_param(query: Query) -> tuple[datetime, str] | None:
     if raw is None:
         return None
     try:
-        us, rid = raw.split("_", 1)
+        us, _, rid = raw.partition("_")
         return datetime.fromtimestamp(int(us) / 1_000_000, UTC), str(uuid.UUID(rid))
     except (ValueError, OverflowError, OSError):
         raise ProxyError(400, "before must be a cursor returned as next_cursor.") from None

@@ -65,6 +65,9 @@ def test_int_param_bounds() -> None:
     assert refused(int_param, {"n": ["11"]}, "n", 7, 1, 10).message == "n must be between 1 and 10, got 11."
     assert refused(int_param, {"n": ["x"]}, "n", 7, 1, 10).message == "n must be an integer, got 'x'."
     assert refused(int_param, {"n": ["1.5"]}, "n", 7, 1, 10).status == 400
+    long = "9" * 60
+    assert refused(int_param, {"n": ["x" * 60]}, "n", 7, 1, 10).message == f"n must be an integer, got {'x' * 40!r}."
+    assert refused(int_param, {"n": [long]}, "n", 7, 1, 10).message == f"n must be between 1 and 10, got {long[:40]}."
 
 
 def test_limit_param() -> None:
@@ -89,6 +92,7 @@ def test_bool_param(raw: str, value: bool) -> None:
 def test_bool_param_absent_and_malformed() -> None:
     assert bool_param({}, "b") is False
     assert refused(bool_param, {"b": ["maybe"]}, "b").message == "b must be true or false, got 'maybe'."
+    assert refused(bool_param, {"b": ["m" * 60]}, "b").message == f"b must be true or false, got {'m' * 40!r}."
 
 
 def test_uuid_params() -> None:
@@ -96,6 +100,7 @@ def test_uuid_params() -> None:
     assert uuid_param({"id": [UID.upper()]}, "id") == UID
     assert uuid_param({"other": [UID]}, "id", "other") == UID
     assert refused(uuid_param, {"other": ["nope"]}, "id", "other").message == "id must be a UUID, got 'nope'."
+    assert refused(uuid_param, {"id": ["u" * 60]}, "id").message == f"id must be a UUID, got {'u' * 40!r}."
     assert path_uuid(UID.replace("-", ""), "request") == UID
     assert refused(path_uuid, "x" * 60, "request").message == f"request id must be a UUID, got {'x' * 40!r}."
 
