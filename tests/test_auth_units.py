@@ -26,7 +26,7 @@ from nexus.auth.credentials import (
 from nexus.auth.files import credential_lock, write_atomically
 from nexus.auth.login import LoginError, parse_pasted, start_login
 from nexus.auth.names import safe_name
-from nexus.auth.projects import host_project, resolve_project
+from nexus.auth.projects import host_project, requested_account, resolve_project
 from nexus.auth.refresh import rotated
 from nexus.auth.token_endpoint import OAuthError, TokenAnswer, TokenEndpoint
 from nexus.errors import ProxyError
@@ -74,7 +74,17 @@ def test_resolution_order() -> None:
     assert resolve_project({"train-id": "../x"}, "key-project") == "key-project"  # ignored, not even checked
     with pytest.raises(ProxyError) as info:
         resolve_project({"train-id": "../x"}, None)
-    assert info.value.status == 400 and "train-id" in info.value.message
+    assert info.value.status == 400
+    assert info.value.message == (
+        "Invalid train-id header: not a valid project name (letters, digits and . _ : -, 128 at most)"
+    )
+    assert requested_account({}) is None
+    assert requested_account({"x-train-account": " acct "}) == "acct"
+    with pytest.raises(ProxyError) as info:
+        requested_account({"msl-account": "a/b"})
+    assert info.value.message == (
+        "Invalid msl-account header: not a valid account name (letters, digits and . _ : -, 128 at most)"
+    )
 
 
 def test_merge_beta() -> None:

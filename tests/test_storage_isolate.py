@@ -68,7 +68,9 @@ class FakeDatabase:
             rows = copy_rows(batch.blobs)
             self.sent.append(("content_blobs", len(rows)))
             if any(self.bad_blob in row for row in rows) and not (
-                len(rows) == 1 and rows[0] == copy_row_last_resort(BLOB_TYPES, self.blob_original)
+                len(rows) == 1
+                and self.blob_original
+                and rows[0] == copy_row_last_resort(BLOB_TYPES, self.blob_original)
             ):
                 raise psycopg.errors.lookup("54000")("row is too big")
             self.stored_blobs += len(rows)
@@ -191,6 +193,17 @@ def test_a_refused_content_row_is_rescued_in_its_last_resort_form_with_its_own_t
     assert counts.blobs == len(blob_rows) == db.stored_blobs
     assert (counts.last_resort, counts.quarantined, counts.requests) == (1, 0, 3)
     assert db.sent[0] == ("content_blobs", len(blob_rows))
+
+
+def test_a_content_row_nothing_rescues_is_quarantined_as_a_content_row() -> None:
+    records = [record(f"prompt number {i}") for i in range(2)]
+    batch = batch_of(records, with_blobs=True)
+    db = FakeDatabase(set())
+    db.bad_blob = b"prompt number 1"  # blob_original left empty: the last-resort form is refused too
+    counts = run(db, batch)
+    (kept,) = db.kept
+    assert (kept.table_name, kept.request_id, kept.sqlstate) == ("content_blobs", None, "54000")
+    assert (counts.blobs, counts.quarantined, counts.requests) == (1, 1, 2)
 
 
 def test_two_rows_rescued_are_counted_twice() -> None:

