@@ -38,19 +38,6 @@ ERROR_KINDS = (
     "client_error",
 )
 EVIDENCE = ("retry", "subtask", "compaction", "prefix", "new", "none")
-RETRY_REASONS = ("overloaded", "server_error", "connect_timeout", "connection")
-ERROR_KINDS = (
-    "connection",
-    "timeout",
-    "stream_idle_timeout",
-    "disconnected",
-    "stream_error_event",
-    "rate_limited",
-    "overloaded",
-    "server_error",
-    "client_error",
-)
-EVIDENCE = ("retry", "subtask", "compaction", "prefix", "new", "none")
 
 
 # --- process setup ---------------------------------------------------------------------------------
