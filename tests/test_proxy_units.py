@@ -52,7 +52,10 @@ def test_hop_by_hop_and_selector_headers_are_the_standard_sets() -> None:
     }  # fmt: skip
     assert PROXY_SELECTORS == {"train-id", "msl-project-id", "msl-train-id", "x-train-account", "msl-account"}
     for name in HOP_BY_HOP | PROXY_SELECTORS | {"host", "content-length", "accept-encoding", "expect"}:
-        assert upstream_request_headers([(name, "v"), ("x-kept", "1")]) == [("x-kept", "1")]
+        assert upstream_request_headers([(name, "v"), ("x-kept", "1"), ("anthropic-version", "2023-06-01")]) == [
+            ("x-kept", "1"),
+            ("anthropic-version", "2023-06-01"),
+        ]
     for name in HOP_BY_HOP | {"content-length", "date", "server"}:
         assert client_response_headers([(name, "v"), ("x-kept", "1")], "r") == [("x-kept", "1"), ("x-request-id", "r")]
 

@@ -34,6 +34,7 @@ from nexus.errors import ProxyError
 from nexus.observability import logs
 from nexus.security.throttle import FailureThrottle
 from nexus.settings import Settings
+from nexus.storage import querylog
 from nexus.storage.migrate import PENDING_CHECK_SQL, pending_names
 from nexus.usage.repo import Filters
 
@@ -115,7 +116,7 @@ class Dashboard:
             settings.trusted_proxy_networks,
         )
         self.env = render.environment()
-        self.pool = read_only_pool(database_url)
+        self.pool = read_only_pool(database_url, settings.db_pool_size, querylog.pool_kwargs(settings))
         self.feed = LiveFeed(self.pool, self.render_row, settings.dashboard_live_interval_ms / 1000)
 
     # --- rendering ------------------------------------------------------------------------------
@@ -376,7 +377,7 @@ class Dashboard:
 
 def run(settings: Settings, database_url: str) -> None:
     """Serve the dashboard in this process until SIGTERM / SIGINT."""
-    logs.configure(settings.log_format, "nexus-dashboard", debug=settings.debug)
+    logs.configure(settings.log_format, "nexus-dashboard", debug=settings.debug, level=settings.log_level)
     app = Dashboard(settings, database_url).build()
     app.start(host=settings.dashboard_bind, port=settings.dashboard_port, _check_port=False)
 
