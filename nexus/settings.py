@@ -232,7 +232,7 @@ class Settings(BaseSettings):
     # --- diagnostics ------------------------------------------------------------------------
     debug: bool = Field(False, description="Verbose logs (never secrets).")
     debug_sql: bool = Field(
-        False, description="Log every SQL statement of /api/* and the dashboard, with its duration (never its parameters)."
+        False, description="Log each SQL statement of /api/* and the dashboard, with its duration (not its parameters)."
     )
 
     # --- names kept from the reference system (docs/settings.md, docs/migrating.md) ------------

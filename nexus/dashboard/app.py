@@ -26,6 +26,7 @@ from psycopg_pool import PoolTimeout
 
 from nexus import __version__
 from nexus.api.params import check_query
+from nexus.compat import dashboard_links
 from nexus.dashboard import render, views
 from nexus.dashboard.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Access, DashboardAuth, parse_cookies
 from nexus.dashboard.db import read_only_pool
@@ -86,6 +87,11 @@ def _query(request: Any, name: str) -> str | None:
     """A query parameter, percent-decoded (Robyn hands them over as they are in the URL)."""
     value = request.query_params.get(name, None)
     return unquote_plus(value) if value else None
+
+
+def _query_dict(request: Any) -> dict[str, str]:
+    """Every query parameter, percent-decoded, its last value."""
+    return {k: unquote_plus(v[-1]) for k, v in request.query_params.to_dict().items() if v}
 
 
 def _form(request: Any) -> dict[str, str]:
@@ -372,6 +378,7 @@ class Dashboard:
         app.add_route("GET", "/conversations/:conversation_id", self.guarded(self.conversation))
         app.add_route("GET", "/usage", self.guarded(self.usage))
         app.add_route("GET", "/live", self.guarded(self.live, stream=True))
+        dashboard_links.register(app, respond, _query_dict)  # the reference dashboard's /dashboard/* links
         return app
 
 
