@@ -29,6 +29,7 @@ from nexus.api.params import check_query
 from nexus.compat import dashboard_links
 from nexus.dashboard import render, views
 from nexus.dashboard.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Access, DashboardAuth, parse_cookies
+from nexus.dashboard.cache import PageCache
 from nexus.dashboard.db import read_only_pool
 from nexus.dashboard.live import HEARTBEAT_SECONDS, LiveFeed
 from nexus.errors import ProxyError
@@ -123,6 +124,7 @@ class Dashboard:
         )
         self.env = render.environment()
         self.pool = read_only_pool(database_url, settings.db_pool_size, querylog.pool_kwargs(settings))
+        self.cache = PageCache(settings.dashboard_cache_ttl)
         self.feed = LiveFeed(self.pool, self.render_row, settings.dashboard_live_interval_ms / 1000)
 
     # --- rendering ------------------------------------------------------------------------------
@@ -183,8 +185,11 @@ class Dashboard:
 
     # --- pages ----------------------------------------------------------------------------------
     async def overview(self, request: Any, access: Access) -> Any:
-        async with self.pool.connection() as conn:
-            data = await views.overview(conn)
+        async def load() -> dict[str, Any]:
+            async with self.pool.connection() as conn:
+                return await views.overview(conn)
+
+        data = await self.cache.get(("overview",), load)
         return self.page("overview.html", access=access, page="overview", **data)
 
     async def requests(self, request: Any, access: Access) -> Any:
@@ -203,10 +208,13 @@ class Dashboard:
         return self.page("request.html", access=access, page="requests", **data)
 
     async def conversations(self, request: Any, access: Access) -> Any:
-        async with self.pool.connection() as conn:
-            data = await views.conversations_page(
-                conn, project_id=_query(request, "project_id"), before=_query(request, "before")
-            )
+        project_id, before = _query(request, "project_id"), _query(request, "before")
+
+        async def load() -> dict[str, Any]:
+            async with self.pool.connection() as conn:
+                return await views.conversations_page(conn, project_id=project_id, before=before)
+
+        data = await self.cache.get(("conversations", project_id, before), load)
         return self.page("conversations.html", access=access, page="conversations", **data)
 
     async def conversation(self, request: Any, access: Access) -> Any:
@@ -216,8 +224,12 @@ class Dashboard:
 
     async def usage(self, request: Any, access: Access) -> Any:
         filters = Filters(account_id=_query(request, "account_id"), project_id=_query(request, "project_id"))
-        async with self.pool.connection() as conn:
-            data = await views.usage_page(conn, filters)
+
+        async def load() -> dict[str, Any]:
+            async with self.pool.connection() as conn:
+                return await views.usage_page(conn, filters)
+
+        data = await self.cache.get(("usage", filters.account_id, filters.project_id), load)
         return self.page("usage.html", access=access, page="usage", **data)
 
     async def live(self, request: Any, access: Access) -> Any:
