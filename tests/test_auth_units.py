@@ -72,6 +72,11 @@ def test_resolution_order() -> None:
     assert resolve_project({"msl-project-id": " m ", "host": "h.example"}, None) == "m"
     assert resolve_project({"train-id": "  ", "host": "h.example"}, None) == "h.example"
     assert resolve_project({}, None) == "default"
+    # DEFAULT_PROJECT_ID replaces the Host step (the reference's project era), never a header or a key
+    assert resolve_project({"train-id": "  ", "host": "h.example"}, None, "dflt") == "dflt"
+    assert resolve_project({}, None, "dflt") == "dflt"
+    assert resolve_project(headers, None, "dflt") == "t" and resolve_project(headers, "k", "dflt") == "k"
+    assert resolve_project({"host": "h.example"}, None, "") == "h.example"
     assert resolve_project({"train-id": "../x"}, "key-project") == "key-project"  # ignored, not even checked
     with pytest.raises(ProxyError) as info:
         resolve_project({"train-id": "../x"}, None)
