@@ -48,9 +48,11 @@ def upstream_request_headers(items: list[tuple[str, str]]) -> list[tuple[str, st
                 listed = {t.strip().lower() for t in v.split(",")}
                 out = [(n, x) for n, x in out if n not in listed]
                 break
-    if not any(k == "anthropic-version" and v.strip() for k, v in out):
-        out = [(k, v) for k, v in out if k != "anthropic-version"]
-        out.append(("anthropic-version", DEFAULT_ANTHROPIC_VERSION))
+    for k, v in out:
+        if k == "anthropic-version" and v.strip():
+            return out
+    out = [(k, v) for k, v in out if k != "anthropic-version"]
+    out.append(("anthropic-version", DEFAULT_ANTHROPIC_VERSION))
     return out
 
 
