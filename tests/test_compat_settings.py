@@ -266,3 +266,33 @@ async def test_slow_queries_are_logged_without_their_parameters(
     assert len(lines) == 1 and lines[0].startswith("slow query (") and "pg_sleep(0.1)" in lines[0], lines
     assert "secret-parameter-value" not in " ".join(lines)
     assert querylog.pool_kwargs(Settings(slow_query_threshold_ms=0)) == {}
+    caplog.clear()
+    every = read_only_pool(migrated_db, 1, querylog.pool_kwargs(Settings(slow_query_threshold_ms=0, debug_sql=True)))
+    await every.open(wait=True)
+    try:
+        async with every.connection() as conn:
+            await conn.execute("SELECT   1,\n  %s::text", ["another-secret-parameter"])
+    finally:
+        await every.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "nexus.sql"]
+    assert len(lines) == 1 and lines[0].startswith("query (") and lines[0].endswith("): SELECT 1, %s::text"), lines
+
+
+def test_log_level_sets_the_lowest_level_and_debug_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nexus.observability import logs
+
+    monkeypatch.setenv("NEXUS_SERVICE", "nexus-test")  # configure() sets it: restored afterwards
+
+    root = logging.getLogger()
+    before = root.level
+    try:
+        logs.configure("text", "nexus-test", level="info")
+        assert root.level == logging.INFO
+        logs.configure("text", "nexus-test", debug=True, level="error")
+        assert root.level == logging.DEBUG
+        logs.configure("text", "nexus-test")
+        assert root.level == logging.WARNING
+    finally:
+        root.setLevel(before)
+        for handler in [h for h in root.handlers if getattr(h, "_nexus", False)]:
+            root.removeHandler(handler)
