@@ -183,18 +183,18 @@ def test_warnings_name_the_replacement_once_each_and_never_a_value() -> None:
     }
     lines = environment_warnings(env)
     assert lines == [
-        "CREDENTIAL_CACHE_TTL (from the reference system) is not supported: use nothing: credential files are "
-        "re-read when they change on disk instead",
+        "CREDENTIAL_CACHE_TTL (from the reference system) is not supported; instead: nothing needed: credential "
+        "files are re-read when they change on disk",
         "DASHBORD_API_KEY is not a Nexus setting and is ignored: did you mean DASHBOARD_API_KEY?",
-        "GOOGLE_CLIENT_SECRET (from the reference system) is not supported: use your oauth2-proxy's own settings; "
-        "Nexus does not read them instead",
+        "GOOGLE_CLIENT_SECRET (from the reference system) is not supported; instead: your oauth2-proxy's own "
+        "settings; Nexus does not read them",
         "NEXUS_PORT is not a Nexus setting (settings have no NEXUS_ prefix but NEXUS_HOME): did you mean PORT?",
         "NEXUS_STORAGE_BATCHSIZE is not a Nexus setting (settings have no NEXUS_ prefix but NEXUS_HOME): did you "
         "mean STORAGE_BATCH_SIZE?",
-        "NODE_ENV (from the reference system) is not supported: use DEBUG for verbose logs, LOG_FORMAT=json for "
-        "production logs instead",
-        "RATE_LIMIT_MAX_REQUESTS (from the reference system) is not supported: use not enforced per key: "
-        "Anthropic's own limits apply; wrong keys are limited by AUTH_FAILURE_LIMIT instead",
+        "NODE_ENV (from the reference system) is not supported; instead: DEBUG for verbose logs, LOG_FORMAT=json "
+        "for production logs",
+        "RATE_LIMIT_MAX_REQUESTS (from the reference system) is not supported; instead: AUTH_FAILURE_LIMIT limits "
+        "wrong keys; request and token rates are left to Anthropic's own limits",
         "STORAGE_BATCH_INTERVAL (from the reference system) is ignored: STORAGE_BATCH_INTERVAL_MS is set and wins",
         "STORAGE_BATCH_SIZ is not a Nexus setting and is ignored: did you mean STORAGE_BATCH_SIZE?",
     ]
@@ -227,7 +227,7 @@ def test_start_up_prints_the_warnings_once(tmp_path: Path) -> None:
     err = done.stderr.decode()
     assert done.returncode != 0 and "PORT" in err, err
     assert err.count("NODE_ENV (from the reference system) is not supported") == 1, err
-    assert err.count("SERVICE_MODE (from the reference system) is not supported: use the command") == 1, err
+    assert err.count("SERVICE_MODE (from the reference system) is not supported; instead: the command") == 1, err
     assert err.count("STORAGE_BATCH_SIZ is not a Nexus setting") == 1, err
     runner = CliRunner()
     shown = runner.invoke(main, ["config"], env={"NODE_ENV": "production", CHECKED_MARKER: "1"})

@@ -42,7 +42,7 @@ def environment_warnings(env: Mapping[str, str], settings: Iterable[str] | None 
         row = REFERENCE_VARS.get(name)
         if row is not None:
             if row.status == "unsupported":
-                lines.append(f"{name} (from the reference system) is not supported: use {_plain(row.nexus)} instead")
+                lines.append(f"{name} (from the reference system) is not supported; instead: {_plain(row.nexus)}")
             elif row.status == "alias":
                 lines.extend(_shadowed(name, env))
             continue

@@ -6,7 +6,7 @@ variables is here, once, with its status:
 - `same`: Nexus reads the same name with the same meaning;
 - `alias`: Nexus reads the name and applies it to its own setting (`STORAGE_BATCH_INTERVAL` is
   `STORAGE_BATCH_INTERVAL_MS`), unless that setting is set too;
-- `unsupported`: Nexus has no such knob; `nexus` says what to use instead, and start-up prints one
+- `unsupported`: Nexus has no such knob; `nexus` says what to do instead, and start-up prints one
   warning naming it when the variable is set (`nexus.compat.environment`);
 - `elsewhere`: handled by a part of Nexus being built separately (AI analysis, Slack, MCP, Spark,
   telemetry, test samples, client setup files): no warning. `HANDLED_ELSEWHERE` is the list to edit
@@ -64,7 +64,7 @@ def _no(name: str, instead: str, note: str = "") -> ReferenceVar:
     return ReferenceVar(name, "unsupported", instead, note)
 
 
-_RATE = "not enforced per key: Anthropic's own limits apply; wrong keys are limited by `AUTH_FAILURE_LIMIT`"
+_RATE = "`AUTH_FAILURE_LIMIT` limits wrong keys; request and token rates are left to Anthropic's own limits"
 _SSO = "`DASHBOARD_API_KEY` (login form and `X-API-Key`), behind your SSO proxy if you use one"
 _DB = "composes `DATABASE_URL` when that is unset (`postgresql://DB_USER:DB_PASSWORD@DB_HOST:DB_PORT/DB_NAME`)"
 
@@ -101,7 +101,7 @@ _TABLE: tuple[ReferenceVar, ...] = (
     _same("STORAGE_ENABLED", "on by default in Nexus"),
     _same("STORAGE_BATCH_SIZE"),
     _alias("STORAGE_BATCH_INTERVAL", "STORAGE_BATCH_INTERVAL_MS", "milliseconds in both"),
-    _no("STORAGE_ADAPTER_CLEANUP_MS", "nothing: Nexus keeps no in-memory request map to clean up"),
+    _no("STORAGE_ADAPTER_CLEANUP_MS", "nothing needed: Nexus keeps no in-memory request map to clean up"),
     _no("STORAGE_ADAPTER_RETENTION_MS", "`STORAGE_RETENTION_DAYS` (stored rows); no in-memory map to expire"),
     _same("DEBUG_SQL"),
     _same("SLOW_QUERY_THRESHOLD_MS"),
@@ -121,12 +121,12 @@ _TABLE: tuple[ReferenceVar, ...] = (
     _same("LOG_LEVEL", "`DEBUG=true` wins"),
     _alias("LOG_JSON", "LOG_FORMAT", "`true` is `LOG_FORMAT=json`"),
     _same("DEBUG"),
-    _no("ENABLE_HEALTH_CHECKS", "nothing: `/health`, `/health/live` and `/health/ready` are always served"),
+    _no("ENABLE_HEALTH_CHECKS", "nothing needed: `/health`, `/health/live` and `/health/ready` are always served"),
     _alias("ENABLE_METRICS", "METRICS_ENABLED"),
     _no("ENABLE_DASHBOARD", "the command: `nexus proxy` runs without the dashboard, `nexus serve` with it"),
     _no("MESSAGE_CACHE_SIZE", "`LINK_INDEX_SIZE` (recent requests the linker keeps in memory)"),
-    _no("CREDENTIAL_CACHE_TTL", "nothing: credential files are re-read when they change on disk"),
-    _no("CREDENTIAL_CACHE_SIZE", "nothing: credential files are re-read when they change on disk"),
+    _no("CREDENTIAL_CACHE_TTL", "nothing needed: credential files are re-read when they change on disk"),
+    _no("CREDENTIAL_CACHE_SIZE", "nothing needed: credential files are re-read when they change on disk"),
     # --- dashboard ---------------------------------------------------------------------------------
     _same("DASHBOARD_CACHE_TTL"),
     _no("PROXY_API_URL", "`DATABASE_URL`: the Nexus dashboard reads the database itself"),
@@ -146,7 +146,7 @@ _TABLE: tuple[ReferenceVar, ...] = (
     _no("OAUTH_APPROVAL_TIMEOUT_MS", "`nexus oauth login` (no browser automation)"),
     _no("OAUTH_BROWSER_CHANNEL", "`nexus oauth login` (no browser automation)"),
     _no("CNP_WILDCARD_CREDENTIALS", "one credential file per project (wildcards were removed from the reference too)"),
-    _no("CNP_RESOLUTION_CACHE_TTL", "nothing: unused by the reference as well"),
+    _no("CNP_RESOLUTION_CACHE_TTL", "nothing needed: unused by the reference as well"),
     _no("CNP_DEBUG_RESOLUTION", "`DEBUG`"),
 )
 
@@ -308,7 +308,7 @@ def reference_markdown() -> str:
         if row.status == "elsewhere":
             nexus = "handled elsewhere (its own feature)"
         elif row.status == "unsupported":
-            nexus = f"not supported: use {row.nexus}"
+            nexus = f"not supported; instead: {row.nexus}"
         elif row.status == "alias":
             nexus = f"read as {row.nexus}"
         else:
