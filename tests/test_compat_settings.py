@@ -296,3 +296,13 @@ def test_log_level_sets_the_lowest_level_and_debug_wins(monkeypatch: pytest.Monk
         root.setLevel(before)
         for handler in [h for h in root.handlers if getattr(h, "_nexus", False)]:
             root.removeHandler(handler)
+
+
+def test_warnings_are_printed_by_the_first_process_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nexus serve` prints them and marks the environment its children inherit."""
+    from nexus.compat.environment import warn_once
+
+    monkeypatch.delenv(CHECKED_MARKER, raising=False)
+    monkeypatch.setenv("NODE_ENV", "production")
+    first = warn_once()
+    assert any(line.startswith("NODE_ENV (from the reference system)") for line in first) and warn_once() == []
