@@ -133,6 +133,9 @@ def test_default_project_replaces_the_host_step_only_when_set() -> None:
 
 
 def test_the_table_matches_the_settings_and_the_reference() -> None:
+    from nexus.compat.reference_env import reference_vars
+
+    assert len(reference_vars()) == len(REFERENCE_VARS), "a variable has two rows"
     missing = sorted(set(REFERENCE_SECTION_10) - set(REFERENCE_VARS))
     assert not missing, f"reference variables without a row in nexus/compat/reference_env.py: {missing}"
     for row in REFERENCE_VARS.values():
