@@ -173,7 +173,8 @@ def remove_reference_keys(credentials_dir: Path, keys_dir: Path, imported: list[
             path = credentials_dir / source
             with credential_lock(path):
                 data = orjson.loads(path.read_bytes())
-                if isinstance(data, dict) and data.get("client_api_key", "").strip() in keys:
+                value = data.get("client_api_key") if isinstance(data, dict) else None
+                if isinstance(value, str) and value.strip() in keys:
                     del data["client_api_key"]
                     write_atomically(path, data)
                     lines.append(f"removed client_api_key from {path}")
