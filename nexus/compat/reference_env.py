@@ -100,7 +100,11 @@ _TABLE: tuple[ReferenceVar, ...] = (
     _same("DB_POOL_SIZE"),
     _same("STORAGE_ENABLED", "on by default in Nexus"),
     _same("STORAGE_BATCH_SIZE"),
-    _alias("STORAGE_BATCH_INTERVAL", "STORAGE_BATCH_INTERVAL_MS", "milliseconds in both"),
+    _alias(
+        "STORAGE_BATCH_INTERVAL",
+        "STORAGE_BATCH_INTERVAL_MS",
+        "milliseconds in both; the reference ignored it, Nexus applies it (its example's 5000 holds rows up to 5 s)",
+    ),
     _no("STORAGE_ADAPTER_CLEANUP_MS", "nothing needed: Nexus keeps no in-memory request map to clean up"),
     _no("STORAGE_ADAPTER_RETENTION_MS", "`STORAGE_RETENTION_DAYS` (stored rows); no in-memory map to expire"),
     _same("DEBUG_SQL"),
