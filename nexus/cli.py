@@ -44,8 +44,11 @@ def main() -> None:
 def config(as_json: bool, markdown: bool) -> None:
     """Print the effective settings, secrets masked."""
     if markdown:
-        click.echo(settings_markdown(), nl=False)
+        from nexus.compat.reference_env import reference_markdown
+
+        click.echo(settings_markdown() + "\n" + reference_markdown(), nl=False)
         return
+    _warn_environment(_settings_or_exit(), "nexus", once=False)
     values = _settings_or_exit().masked()
     if as_json:
         click.echo(orjson.dumps(values, option=orjson.OPT_INDENT_2).decode())
@@ -53,6 +56,16 @@ def config(as_json: bool, markdown: bool) -> None:
     width = max(len(k) for k in values)
     for key, value in values.items():
         click.echo(f"{key.ljust(width)}  {'(unset)' if value is None else value}")
+
+
+def _warn_environment(settings: Any, service: str, *, once: bool = True) -> None:
+    """One warning per variable set that Nexus does not use as its owner expects (a reference-system
+    variable it does not support, a misspelt setting); `nexus serve`'s children do not repeat them."""
+    from nexus.compat.environment import environment_warnings, warn_once
+    from nexus.observability.logs import emit
+
+    for line in warn_once() if once else environment_warnings(os.environ):
+        emit(f"warning: {line}", settings.log_format, service, "warning")
 
 
 def _prepare_storage(settings: Any) -> None:
@@ -74,6 +87,7 @@ def _prepare_storage(settings: Any) -> None:
 
 def _run_proxy() -> None:
     settings = _settings_or_exit()
+    _warn_environment(settings, "nexus-proxy")
     _startup_checks(settings)
     from granian import Granian
     from granian.constants import Interfaces, Loops
@@ -183,6 +197,7 @@ def dashboard(host: str | None, port: int | None, embedded: bool) -> None:
     """Run the dashboard alone (Robyn; reads the database only)."""
     _apply_env(dashboard_host=host, dashboard_port=port)
     settings = _settings_or_exit()
+    _warn_environment(settings, "nexus-dashboard")
     _check_port(settings.dashboard_bind, settings.dashboard_port, "DASHBOARD_PORT or --port")
     url, stop_embedded = settings.database_url, None
     if embedded:
@@ -210,6 +225,7 @@ def serve(
     """Run the gateway: the proxy and the dashboard, with an embedded PostgreSQL when DATABASE_URL is unset."""
     _apply_env(host=host, port=port, proxy_threads=threads, proxy_workers=workers, dashboard_port=dashboard_port)
     settings = _settings_or_exit()
+    _warn_environment(settings, "nexus-serve")
     _startup_checks(settings)
     _check_port(settings.dashboard_bind, settings.dashboard_port, "DASHBOARD_PORT or --dashboard-port")
     if settings.storage_enabled and settings.database_url is None:

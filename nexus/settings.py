@@ -9,12 +9,13 @@ loudly instead of surfacing as a strange runtime error, and printed with secrets
 from __future__ import annotations
 
 import ipaddress
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -230,7 +231,74 @@ class Settings(BaseSettings):
 
     # --- diagnostics ------------------------------------------------------------------------
     debug: bool = Field(False, description="Verbose logs (never secrets).")
-    debug_sql: bool = Field(False, description="Log SQL statements.")
+    debug_sql: bool = Field(
+        False, description="Log each SQL statement of /api/* and the dashboard, with its duration (not its parameters)."
+    )
+
+    # --- names kept from the reference system (docs/settings.md, docs/migrating.md) ------------
+    default_project_id: str | None = Field(
+        None,
+        description="Project of a request that names none (no client key, no train-id/MSL-Project-Id header); "
+        "when set it replaces the Host-domain step, as in the reference system. Unset: the Host domain, "
+        "else `default`.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] | None = Field(
+        None, description="Lowest level of log lines (`warn` is `warning`); unset: `warning`, `debug` with DEBUG."
+    )
+    db_pool_size: int = Field(
+        4, ge=1, le=100, description="Connections each reading pool (each proxy worker's /api/*, the dashboard) opens."
+    )
+    slow_query_threshold_ms: int = Field(
+        5000,
+        ge=0,
+        description="Queries of /api/* and the dashboard that take longer are logged (a warning with the duration "
+        "and the statement, never its parameters), ms; 0: none.",
+    )
+    dashboard_cache_ttl: int = Field(
+        0,
+        ge=0,
+        le=3600,
+        description="Seconds the dashboard reuses the figures of its overview, usage and conversation list pages "
+        "before it queries again; 0: always fresh.",
+    )
+    train_client_keys_dir: Path | None = Field(
+        None,
+        description="Reference-system key files (`<project>.client-keys.json`), accepted as client keys as they "
+        "are; unset: CREDENTIALS_DIR/train-client-keys.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reference_names(cls, data: Any) -> Any:
+        """Reference-system names of settings (`STORAGE_BATCH_INTERVAL`, `DB_*`, ...), read when the
+        Nexus name is unset: the table is `nexus.compat.reference_env`."""
+        from nexus.compat.reference_env import apply_aliases
+
+        return apply_aliases(data, os.environ) if isinstance(data, dict) else data
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return {"warn": "warning", "": None, "fatal": "error", "trace": "debug"}.get(value, value)
+        return value
+
+    @field_validator("default_project_id")
+    @classmethod
+    def _project_name(cls, value: str | None) -> str | None:
+        from nexus.auth.names import safe_name
+
+        if not value:
+            return None
+        if safe_name(value) is None:
+            raise ValueError("must be a project name: letters, digits and . _ : - (128 at most)")
+        return value
+
+    @property
+    def client_keys_dir(self) -> Path:
+        """Where the reference system's per-project key files are read from."""
+        return self.train_client_keys_dir or self.credentials_dir / "train-client-keys"
 
     @field_validator("otel_exporter_otlp_endpoint")
     @classmethod
@@ -249,9 +317,9 @@ class Settings(BaseSettings):
 
     @field_validator("api_key_salt")
     @classmethod
-    def _salt_with_client_auth(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if info.data.get("enable_client_auth") and not value:
-            raise ValueError("required when ENABLE_CLIENT_AUTH is true (e.g. the output of `openssl rand -hex 32`)")
+    def _salt(cls, value: str | None) -> str | None:
+        """Needed for keys issued by `nexus keys create`, not for the reference system's keys kept in
+        files (`nexus.auth.reference_keys`): whether client auth can admit anyone is a start-up check."""
         return value or None
 
     @field_validator("database_url")
@@ -304,7 +372,7 @@ class Settings(BaseSettings):
     def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(i, strict=False) for i in _items(self.trusted_proxies))
 
-    @field_validator("nexus_home", "credentials_dir", "prometheus_multiproc_dir")
+    @field_validator("nexus_home", "credentials_dir", "prometheus_multiproc_dir", "train_client_keys_dir")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

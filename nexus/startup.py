@@ -35,6 +35,23 @@ def check_proxy(settings: Settings) -> None:
         raise StartupError(f"{problem}: point CREDENTIALS_DIR at a readable directory (or a path that does not exist)")
     if settings.storage_enabled and settings.database_url is not None:
         check_writable(settings.nexus_home, "NEXUS_HOME", "the spool that keeps rows while the database is away")
+    check_client_auth(settings)
+
+
+def check_client_auth(settings: Settings) -> None:
+    """With client authentication on, someone must be able to get in: keys from `nexus keys create`
+    need API_KEY_SALT; the reference system's keys in files need nothing."""
+    if not settings.enable_client_auth or settings.api_key_salt:
+        return
+    from nexus.auth.reference_keys import read_reference_keys
+
+    keys, _ = read_reference_keys(settings.credentials_dir, settings.client_keys_dir)
+    if not keys:
+        raise StartupError(
+            "ENABLE_CLIENT_AUTH is true but no client could get in: set API_KEY_SALT (e.g. `openssl rand -hex 32`) "
+            "for keys from `nexus keys create`, or keep the reference system's keys (client_api_key in credential "
+            "files, or TRAIN_CLIENT_KEYS_DIR)"
+        )
 
 
 def check_writable(directory: Path, setting: str, why: str) -> None:

@@ -31,6 +31,7 @@ from nexus.auth.refresh import rotated
 from nexus.auth.token_endpoint import OAuthError, TokenAnswer, TokenEndpoint
 from nexus.errors import ProxyError
 from nexus.settings import SettingsError, load_settings
+from nexus.startup import StartupError, check_client_auth
 from nexus.testing.control import FakeControl
 
 
@@ -71,6 +72,11 @@ def test_resolution_order() -> None:
     assert resolve_project({"msl-project-id": " m ", "host": "h.example"}, None) == "m"
     assert resolve_project({"train-id": "  ", "host": "h.example"}, None) == "h.example"
     assert resolve_project({}, None) == "default"
+    # DEFAULT_PROJECT_ID replaces the Host step (the reference's project era), never a header or a key
+    assert resolve_project({"train-id": "  ", "host": "h.example"}, None, "dflt") == "dflt"
+    assert resolve_project({}, None, "dflt") == "dflt"
+    assert resolve_project(headers, None, "dflt") == "t" and resolve_project(headers, "k", "dflt") == "k"
+    assert resolve_project({"host": "h.example"}, None, "") == "h.example"
     assert resolve_project({"train-id": "../x"}, "key-project") == "key-project"  # ignored, not even checked
     with pytest.raises(ProxyError) as info:
         resolve_project({"train-id": "../x"}, None)
@@ -212,11 +218,21 @@ def test_token_endpoint_errors_name_the_code_never_the_token(upstream_url: str, 
     assert not unreachable.value.invalid_grant and "sk-ant-ort01-x" not in str(unreachable.value)
 
 
-def test_client_auth_needs_a_salt_and_the_error_never_shows_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_client_auth_needs_a_salt_or_reference_keys_and_the_error_never_shows_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without API_KEY_SALT nobody could get in unless the reference system's keys are in the files:
+    start-up says so; with such a key the salt is not needed (issue 14)."""
     monkeypatch.setenv("ENABLE_CLIENT_AUTH", "true")
+    monkeypatch.setenv("CREDENTIALS_DIR", str(tmp_path))
     monkeypatch.delenv("API_KEY_SALT", raising=False)
-    with pytest.raises(SettingsError, match="API_KEY_SALT"):
-        load_settings()
+    with pytest.raises(StartupError, match="API_KEY_SALT"):
+        check_client_auth(load_settings())
+    write_atomically(
+        tmp_path / "team.credentials.json",
+        {"type": "api_key", "api_key": "sk-ant-api03-x", "client_api_key": "cnp_live_old-key-0123456789"},
+    )
+    check_client_auth(load_settings())
     monkeypatch.setenv("API_KEY_SALT", "a-long-enough-salt-value")
     assert load_settings().api_key_salt == "a-long-enough-salt-value"
     monkeypatch.setenv("ENABLE_CLIENT_AUTH", "not-a-bool")

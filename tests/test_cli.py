@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from nexus import __version__
 from nexus.cli import main
+from nexus.compat.reference_env import reference_markdown
 from nexus.settings import settings_markdown
 
 
@@ -28,7 +29,7 @@ def test_config_json_and_markdown(monkeypatch) -> None:  # type: ignore[no-untyp
     assert result.exit_code == 0
     assert '"PORT": 4242' in result.output
     md = CliRunner().invoke(main, ["config", "--markdown"])
-    assert md.output == settings_markdown()
+    assert md.output == settings_markdown() + "\n" + reference_markdown()  # the whole of docs/settings.md
 
 
 def test_proxy_refuses_bad_settings(monkeypatch) -> None:  # type: ignore[no-untyped-def]

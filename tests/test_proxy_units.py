@@ -52,7 +52,10 @@ def test_hop_by_hop_and_selector_headers_are_the_standard_sets() -> None:
     }  # fmt: skip
     assert PROXY_SELECTORS == {"train-id", "msl-project-id", "msl-train-id", "x-train-account", "msl-account"}
     for name in HOP_BY_HOP | PROXY_SELECTORS | {"host", "content-length", "accept-encoding", "expect"}:
-        assert upstream_request_headers([(name, "v"), ("x-kept", "1")]) == [("x-kept", "1")]
+        assert upstream_request_headers([(name, "v"), ("x-kept", "1"), ("anthropic-version", "2023-06-01")]) == [
+            ("x-kept", "1"),
+            ("anthropic-version", "2023-06-01"),
+        ]
     for name in HOP_BY_HOP | {"content-length", "date", "server"}:
         assert client_response_headers([(name, "v"), ("x-kept", "1")], "r") == [("x-kept", "1"), ("x-request-id", "r")]
 
@@ -254,3 +257,21 @@ async def test_deadline_lets_other_cancellations_through() -> None:
     task.cancel()  # e.g. the client-disconnect watcher
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_a_missing_or_blank_anthropic_version_gets_the_default_and_a_given_one_is_kept() -> None:
+    """The reference system added `anthropic-version`; a plain curl call must not get Anthropic's 400."""
+    assert upstream_request_headers([("x-api-key", "k")]) == [("x-api-key", "k"), ("anthropic-version", "2023-06-01")]
+    assert upstream_request_headers([("anthropic-version", " "), ("x-a", "1")]) == [
+        ("x-a", "1"),
+        ("anthropic-version", "2023-06-01"),
+    ]
+    assert upstream_request_headers([("anthropic-version", "2023-01-01"), ("x-a", "1")]) == [
+        ("anthropic-version", "2023-01-01"),
+        ("x-a", "1"),
+    ]
+    # a header named in Connection is dropped and the default still added
+    assert upstream_request_headers([("connection", "x-hop"), ("x-hop", "1"), ("x-a", "2")]) == [
+        ("x-a", "2"),
+        ("anthropic-version", "2023-06-01"),
+    ]

@@ -50,8 +50,12 @@ def _plain(value: Any) -> Any:
 
 
 class ApiRoutes:
-    def __init__(self, database_url: str | None) -> None:
+    def __init__(
+        self, database_url: str | None, *, pool_size: int = 4, connect_kwargs: dict[str, Any] | None = None
+    ) -> None:
         self.database_url = database_url
+        self.pool_size = pool_size  # DB_POOL_SIZE
+        self.connect_kwargs = connect_kwargs or {}  # e.g. the cursor that logs slow queries (nexus.storage.querylog)
         self._pool: AsyncConnectionPool | None = None
         self._exact: dict[str, Handler] = {}
         self._prefixes: list[tuple[str, Handler]] = []
@@ -76,11 +80,15 @@ class ApiRoutes:
             pool = GuardedPool(
                 self.database_url,
                 min_size=1,
-                max_size=4,
+                max_size=self.pool_size,
                 open=False,
                 timeout=3,  # waiting for a connection: a database that refuses them is a quick 503
                 hang_after_s=ANSWER_WITHIN_S,
-                kwargs={"connect_timeout": 3, "options": f"-c statement_timeout={int(ANSWER_WITHIN_S * 1000)}"},
+                kwargs={
+                    "connect_timeout": 3,
+                    "options": f"-c statement_timeout={int(ANSWER_WITHIN_S * 1000)}",
+                    **self.connect_kwargs,
+                },
             )
             await pool.open(wait=False)
             self._pool = pool

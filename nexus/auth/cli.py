@@ -20,6 +20,7 @@ from nexus.auth import oauth_status
 from nexus.auth.client_keys import ClientKey, ClientKeyStore
 from nexus.auth.credentials import Credential, CredentialError, CredentialStore
 from nexus.auth.login import LoginError, complete_login, parse_pasted, start_login
+from nexus.auth.reference_keys import ReferenceKey, read_reference_keys, remove_reference_keys
 from nexus.auth.refresh import refresh_credential
 from nexus.auth.token_endpoint import OAuthError, TokenEndpoint
 from nexus.settings import Settings, SettingsError, load_settings
@@ -123,6 +124,44 @@ def keys_revoke(key_id: str) -> None:
     if key is None:
         raise click.ClickException(f"no client key with id {key_id[:40]!r}")
     click.echo(f"revoked client key {key.key_id} ({key.preview}, project {key.project!r})")
+
+
+@keys.command("import")
+@click.option(
+    "--remove",
+    is_flag=True,
+    help="Then remove the imported keys from the files (the client_api_key fields, the key files' entries).",
+)
+def keys_import(remove: bool) -> None:
+    """Turn the reference system's client keys (client_api_key in credential files, TRAIN_CLIENT_KEYS_DIR
+    key files) into salted records: the same keys keep working, and with --remove no file holds them in clear."""
+    settings = _settings()
+    store = _key_store(settings)
+    found, problems = read_reference_keys(settings.credentials_dir, settings.client_keys_dir)
+    for problem in problems:
+        click.echo(f"skipped: {problem}", err=True)
+    done: list[ReferenceKey] = []
+    counts = {"imported": 0, "already imported": 0, "not imported": 0}
+    for ref in found:
+        try:
+            key, created = store.import_key(ref.key, ref.project, f"imported from {ref.source}")
+        except ValueError:
+            counts["not imported"] += 1
+            click.echo(
+                f"{ref.source}: a key without the cnp_live_/cnp_test_ prefix is not imported; it keeps working "
+                "from its file (or issue a new one with `nexus keys create`)",
+                err=True,
+            )
+            continue
+        state = "imported" if created else "already imported"
+        counts[state] += 1
+        if key.project == ref.project:
+            done.append(ref)
+        click.echo(f"{state}: {key.key_id} ({key.preview}) for project {key.project!r} from {ref.source}")
+    if remove:
+        for line in remove_reference_keys(settings.credentials_dir, settings.client_keys_dir, done):
+            click.echo(line)
+    click.echo(", ".join(f"{n} {state}" for state, n in counts.items()), err=True)
 
 
 # --- nexus oauth ---------------------------------------------------------------------------------

@@ -38,6 +38,10 @@ class ClientKeyRejected(Exception):
     """A presented key that does not admit the request; the message says why, without the key."""
 
 
+class UnknownClientKey(ClientKeyRejected):
+    """No record holds the presented key (as opposed to a record that is revoked or expired)."""
+
+
 @dataclass(frozen=True, slots=True)  # pragma: no mutate (slots save memory; frozen is tested)
 class ClientKey:
     key_id: str
@@ -91,6 +95,29 @@ class ClientKeyStore:
         write_atomically(self._path(key_id), record)
         return _from_record(record), key
 
+    def import_key(self, key: str, project: str, name: str | None = None) -> tuple[ClientKey, bool]:
+        """Store an existing key (one the reference system issued) as a salted record, like `create`;
+        whether it was new. Importing the same key again changes nothing (its first project stays)."""
+        if not key.startswith(CLIENT_KEY_PREFIXES):
+            raise ValueError("only cnp_live_ / cnp_test_ keys can be imported")
+        digest = self.digest(key)
+        key_id = digest[:ID_LENGTH]
+        existing = self._read(key_id)
+        if existing is not None and hmac.compare_digest(str(existing.get("digest", "")), digest):
+            return _from_record(existing), False
+        record: dict[str, Any] = {
+            "id": key_id,
+            "digest": digest,
+            "project": project,
+            "name": name,
+            "preview": f"{key[: len(PREFIX)]}****{key[-4:]}",
+            "created_at": time.time(),
+            "expires_at": None,
+            "revoked_at": None,
+        }
+        write_atomically(self._path(key_id), record)
+        return _from_record(record), True
+
     def check(self, presented: str) -> ClientKey:
         """The key's record when `presented` admits a request; else `ClientKeyRejected` saying why."""
         digest = self.digest(presented)
@@ -98,7 +125,7 @@ class ClientKeyStore:
         stored = str(record.get("digest", "")) if record else "0" * len(digest)  # pragma: no mutate (timing only)
         # the comparison runs whether or not a record was found, so timing tells nothing either way
         if not hmac.compare_digest(stored, digest) or record is None:
-            raise ClientKeyRejected("The client key is not valid.")
+            raise UnknownClientKey("The client key is not valid.")
         key = _from_record(record)
         if (problem := key.problem()) is not None:
             raise ClientKeyRejected(problem)

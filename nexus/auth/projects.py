@@ -60,10 +60,16 @@ def _selector(headers: dict[str, str], names: tuple[str, ...], what: str) -> str
     return None
 
 
-def resolve_project(headers: dict[str, str], key_project: str | None) -> str:
+def resolve_project(headers: dict[str, str], key_project: str | None, default: str | None = None) -> str:
+    """`default` (DEFAULT_PROJECT_ID) replaces the Host step when set, as in the reference's project era."""
     if key_project:
         return key_project
-    return _selector(headers, PROJECT_HEADERS, "project") or host_project(headers.get("host")) or DEFAULT_PROJECT
+    selected = _selector(headers, PROJECT_HEADERS, "project")
+    if selected:
+        return selected
+    if default:
+        return default
+    return host_project(headers.get("host")) or DEFAULT_PROJECT
 
 
 def requested_account(headers: dict[str, str]) -> str | None:

@@ -14,10 +14,18 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from nexus.auth import errors
-from nexus.auth.client_keys import PREFIX, ClientKeyRejected, ClientKeyStore, carries_client_key, is_client_key
+from nexus.auth.client_keys import (
+    PREFIX,
+    ClientKeyRejected,
+    ClientKeyStore,
+    UnknownClientKey,
+    carries_client_key,
+    is_client_key,
+)
 from nexus.auth.credentials import OAUTH_BETA, Credential, CredentialError, CredentialStore, merge_beta
 from nexus.auth.oauth import OAuthRefresher
 from nexus.auth.projects import requested_account, resolve_project
+from nexus.auth.reference_keys import ReferenceKeyIndex
 from nexus.auth.token_endpoint import TokenEndpoint
 from nexus.settings import Settings
 
@@ -44,18 +52,20 @@ class RequestAuthorizer:
         self.store = CredentialStore(settings.credentials_dir)
         endpoint = TokenEndpoint(settings.claude_oauth_token_url, settings.claude_oauth_client_id)
         self.refresher = OAuthRefresher(self.store, endpoint)
+        self.client_auth = settings.enable_client_auth
+        self.default_project = settings.default_project_id
         self.client_keys: ClientKeyStore | None = None
-        if settings.enable_client_auth:
-            assert settings.api_key_salt, "settings validation requires API_KEY_SALT with ENABLE_CLIENT_AUTH"
+        self.reference_keys = ReferenceKeyIndex(settings.credentials_dir, settings.client_keys_dir)
+        if settings.enable_client_auth and settings.api_key_salt:
             self.client_keys = ClientKeyStore(settings.credentials_dir, settings.api_key_salt)
 
     async def authorize(self, header_items: list[tuple[str, str]], upstream: list[tuple[str, str]]) -> Authorization:
         headers = dict(header_items)
         key_project = self._client_project(headers)
-        project = resolve_project(headers, key_project)
+        project = resolve_project(headers, key_project, self.default_project)
         cred = self._credential(headers, project)
         presented = presented_client_key(headers) if key_project is not None else None
-        secret = presented[len(PREFIX) :] if presented and len(presented) > len(PREFIX) + 8 else None
+        secret = _secret_part(presented)
         out = without_client_keys(upstream, secret)
         if cred is None:
             if key_project is not None and not any(k in _CALLER_AUTH for k, _ in out):
@@ -67,15 +77,23 @@ class RequestAuthorizer:
 
     def _client_project(self, headers: dict[str, str]) -> str | None:
         """The project of the presented client key when client authentication is on (401 otherwise)."""
-        if self.client_keys is None:
+        if not self.client_auth:
             return None
         presented = presented_client_key(headers)
         if presented is None:
             raise errors.client_key_required("No client key was sent.", presented=False)
-        try:
-            return self.client_keys.check(presented).project
-        except ClientKeyRejected as exc:
-            raise errors.client_key_required(str(exc)) from None
+        refused: ClientKeyRejected = UnknownClientKey("The client key is not valid.")
+        if self.client_keys is not None:
+            try:
+                return self.client_keys.check(presented).project
+            except UnknownClientKey as exc:
+                refused = exc  # perhaps a key the reference system kept in a file
+            except ClientKeyRejected as exc:  # a record says revoked or expired: the files do not overrule it
+                raise errors.client_key_required(str(exc)) from None
+        project = self.reference_keys.project_for(presented)
+        if project is None:
+            raise errors.client_key_required(str(refused))
+        return project
 
     def _credential(self, headers: dict[str, str], project: str) -> Credential | None:
         account = requested_account(headers)
@@ -99,6 +117,16 @@ class RequestAuthorizer:
         return Authorization(
             auth.project_id, cred.account_id, with_credential(auth.headers, cred), cred, auth.client_secret
         )
+
+
+def _secret_part(presented: str | None) -> str | None:
+    """What of a presented client key must never leave: past our prefix for our keys (the prefix alone
+    is no secret), the whole of any other key (a reference key may have any form)."""
+    if not presented:
+        return None
+    if presented.startswith(PREFIX):
+        return presented[len(PREFIX) :] if len(presented) > len(PREFIX) + 8 else None
+    return presented
 
 
 def presented_client_key(headers: dict[str, str]) -> str | None:

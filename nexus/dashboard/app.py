@@ -26,14 +26,17 @@ from psycopg_pool import PoolTimeout
 
 from nexus import __version__
 from nexus.api.params import check_query
+from nexus.compat import dashboard_links
 from nexus.dashboard import render, views
 from nexus.dashboard.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Access, DashboardAuth, parse_cookies
+from nexus.dashboard.cache import PageCache
 from nexus.dashboard.db import read_only_pool
 from nexus.dashboard.live import HEARTBEAT_SECONDS, LiveFeed
 from nexus.errors import ProxyError
 from nexus.observability import logs
 from nexus.security.throttle import FailureThrottle
 from nexus.settings import Settings
+from nexus.storage import querylog
 from nexus.storage.migrate import PENDING_CHECK_SQL, pending_names
 from nexus.usage.repo import Filters
 
@@ -87,6 +90,11 @@ def _query(request: Any, name: str) -> str | None:
     return unquote_plus(value) if value else None
 
 
+def _query_dict(request: Any) -> dict[str, str]:
+    """Every query parameter, percent-decoded, its last value."""
+    return {k: unquote_plus(v[-1]) for k, v in request.query_params.to_dict().items() if v}
+
+
 def _form(request: Any) -> dict[str, str]:
     body = request.body
     text = body.decode("utf-8", "replace") if isinstance(body, bytes | bytearray) else str(body or "")
@@ -115,7 +123,8 @@ class Dashboard:
             settings.trusted_proxy_networks,
         )
         self.env = render.environment()
-        self.pool = read_only_pool(database_url)
+        self.pool = read_only_pool(database_url, settings.db_pool_size, querylog.pool_kwargs(settings))
+        self.cache = PageCache(settings.dashboard_cache_ttl)
         self.feed = LiveFeed(self.pool, self.render_row, settings.dashboard_live_interval_ms / 1000)
 
     # --- rendering ------------------------------------------------------------------------------
@@ -176,8 +185,11 @@ class Dashboard:
 
     # --- pages ----------------------------------------------------------------------------------
     async def overview(self, request: Any, access: Access) -> Any:
-        async with self.pool.connection() as conn:
-            data = await views.overview(conn)
+        async def load() -> dict[str, Any]:
+            async with self.pool.connection() as conn:
+                return await views.overview(conn)
+
+        data = await self.cache.get(("overview",), load)
         return self.page("overview.html", access=access, page="overview", **data)
 
     async def requests(self, request: Any, access: Access) -> Any:
@@ -196,10 +208,13 @@ class Dashboard:
         return self.page("request.html", access=access, page="requests", **data)
 
     async def conversations(self, request: Any, access: Access) -> Any:
-        async with self.pool.connection() as conn:
-            data = await views.conversations_page(
-                conn, project_id=_query(request, "project_id"), before=_query(request, "before")
-            )
+        project_id, before = _query(request, "project_id"), _query(request, "before")
+
+        async def load() -> dict[str, Any]:
+            async with self.pool.connection() as conn:
+                return await views.conversations_page(conn, project_id=project_id, before=before)
+
+        data = await self.cache.get(("conversations", project_id, before), load)
         return self.page("conversations.html", access=access, page="conversations", **data)
 
     async def conversation(self, request: Any, access: Access) -> Any:
@@ -209,8 +224,12 @@ class Dashboard:
 
     async def usage(self, request: Any, access: Access) -> Any:
         filters = Filters(account_id=_query(request, "account_id"), project_id=_query(request, "project_id"))
-        async with self.pool.connection() as conn:
-            data = await views.usage_page(conn, filters)
+
+        async def load() -> dict[str, Any]:
+            async with self.pool.connection() as conn:
+                return await views.usage_page(conn, filters)
+
+        data = await self.cache.get(("usage", filters.account_id, filters.project_id), load)
         return self.page("usage.html", access=access, page="usage", **data)
 
     async def live(self, request: Any, access: Access) -> Any:
@@ -371,12 +390,13 @@ class Dashboard:
         app.add_route("GET", "/conversations/:conversation_id", self.guarded(self.conversation))
         app.add_route("GET", "/usage", self.guarded(self.usage))
         app.add_route("GET", "/live", self.guarded(self.live, stream=True))
+        dashboard_links.register(app, respond, _query_dict)  # the reference dashboard's /dashboard/* links
         return app
 
 
 def run(settings: Settings, database_url: str) -> None:
     """Serve the dashboard in this process until SIGTERM / SIGINT."""
-    logs.configure(settings.log_format, "nexus-dashboard", debug=settings.debug)
+    logs.configure(settings.log_format, "nexus-dashboard", debug=settings.debug, level=settings.log_level)
     app = Dashboard(settings, database_url).build()
     app.start(host=settings.dashboard_bind, port=settings.dashboard_port, _check_port=False)
 

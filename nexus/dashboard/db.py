@@ -7,6 +7,8 @@ can never write or hold a long lock even when it runs as a role that could; it n
 
 from __future__ import annotations
 
+from typing import Any
+
 from nexus.storage.pools import GuardedPool
 
 READ_ONLY_OPTIONS = "-c default_transaction_read_only=on -c statement_timeout=15000"
@@ -14,7 +16,7 @@ READ_ONLY_OPTIONS = "-c default_transaction_read_only=on -c statement_timeout=15
 HANG_AFTER_S = 20.0
 
 
-def read_only_pool(database_url: str, max_size: int = 4) -> GuardedPool:
+def read_only_pool(database_url: str, max_size: int = 4, connect_kwargs: dict[str, Any] | None = None) -> GuardedPool:
     """Not opened: call `await pool.open(wait=False)` on the loop that will use it. No `check` on
     checkout: it would query outside the hang guard; a broken connection fails its query (503) and the
     pool replaces it."""
@@ -22,7 +24,12 @@ def read_only_pool(database_url: str, max_size: int = 4) -> GuardedPool:
         database_url,
         min_size=1,
         max_size=max_size,
-        kwargs={"options": READ_ONLY_OPTIONS, "application_name": "nexus-dashboard", "connect_timeout": 3},
+        kwargs={
+            "options": READ_ONLY_OPTIONS,
+            "application_name": "nexus-dashboard",
+            "connect_timeout": 3,
+            **(connect_kwargs or {}),
+        },
         open=False,
         timeout=5,
         hang_after_s=HANG_AFTER_S,

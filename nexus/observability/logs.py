@@ -81,8 +81,9 @@ def formatter(log_format: str, service: str) -> logging.Formatter:
     return JsonFormatter(service=service) if log_format == "json" else TextFormatter()
 
 
-def configure(log_format: str, service: str, *, debug: bool = False) -> None:
-    """Route every log line of this process through one stderr handler of the chosen format."""
+def configure(log_format: str, service: str, *, debug: bool = False, level: str | None = None) -> None:
+    """Route every log line of this process through one stderr handler of the chosen format; `level`
+    (LOG_LEVEL) sets the lowest level shown, `debug` (DEBUG) overrides it."""
     os.environ["NEXUS_SERVICE"] = service  # worker processes name themselves the same way
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -92,7 +93,7 @@ def configure(log_format: str, service: str, *, debug: bool = False) -> None:
     handler.setFormatter(formatter(log_format, service))
     handler._nexus = True  # type: ignore[attr-defined]
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    root.setLevel(logging.DEBUG if debug else logging.getLevelName((level or "warning").upper()))
 
 
 def granian_config(log_format: str) -> dict[str, Any] | None:

@@ -49,6 +49,7 @@ from nexus.security.access import DataAccess
 from nexus.security.cors import CorsPolicy
 from nexus.security.throttle import FailureThrottle
 from nexus.settings import Settings, get_settings
+from nexus.storage import querylog
 from nexus.storage.records import ExchangeRecord
 from nexus.storage.writer import StorageWriter, build_writer
 from nexus.usage.counters import TokenCounters
@@ -106,7 +107,7 @@ class ProxyApp:
         self.conversations: ConversationService | None = None
         self.lookup_pool: LookupPool | None = None
         self._finishing: set[asyncio.Task[None]] = set()
-        self.api = ApiRoutes(s.database_url)
+        self.api = ApiRoutes(s.database_url, pool_size=s.db_pool_size, connect_kwargs=querylog.pool_kwargs(s))
         self.throttle = FailureThrottle(s.auth_failure_limit, s.auth_failure_window_ms / 1000)
         self.data_access = DataAccess(s.dashboard_api_key, self.throttle, s.trusted_proxy_networks)
         self.cors = CorsPolicy(s.cors_origins)
@@ -125,7 +126,7 @@ class ProxyApp:
     # --- RSGI protocol -----------------------------------------------------------------------
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         s = self.settings
-        logs.configure(s.log_format, "nexus-proxy", debug=s.debug)
+        logs.configure(s.log_format, "nexus-proxy", debug=s.debug, level=s.log_level)
         self.drain.install(loop)
         self.upstream = Upstream(self.settings)
         self.writer = build_writer(self.settings, prom.storage_batch if self.metrics is not None else None)
@@ -534,7 +535,7 @@ class ProxyApp:
 
     async def _authorize(self, scope: Any, header_items: list[tuple[str, str]]) -> Authorization:
         """Project, account and upstream headers; failed client keys count against the address."""
-        if self.authorizer.client_keys is None:
+        if not self.authorizer.client_auth:
             return await self.authorizer.authorize(header_items, upstream_request_headers(header_items))
         address = self.data_access.address(scope.client, scope.headers)
         wait = self.throttle.retry_after(address)
@@ -594,9 +595,9 @@ class ProxyApp:
             return
         header_items = scope.headers.items()
         try:
-            project = resolve_project(dict(header_items), None)
+            project = resolve_project(dict(header_items), None, self.settings.default_project_id)
         except ProxyError:
-            project = DEFAULT_PROJECT
+            project = self.settings.default_project_id or DEFAULT_PROJECT
         target = unquote(scope.path + ("?" + scope.query_string if scope.query_string else ""))
         if error.secret:
             target = re.sub(re.escape(error.secret), "[redacted]", target, flags=re.IGNORECASE)

@@ -34,15 +34,25 @@ _REQUEST_DROP = HOP_BY_HOP | PROXY_SELECTORS | {"host", "content-length", "accep
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server"}
 
 
+#: Added upstream when a client sends no `anthropic-version` (Anthropic refuses requests without one),
+#: as the reference system did: a plain `curl` with a body and a key then works.
+DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
+
+
 def upstream_request_headers(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Client request headers to send upstream (names arrive lower-cased from Granian)."""
     out = [(k, v) for k, v in items if k not in _REQUEST_DROP]
-    if len(out) == len(items):
-        return out
-    for k, v in items:
-        if k == "connection":  # names listed in Connection are hop-by-hop too
-            listed = {t.strip().lower() for t in v.split(",")}
-            return [(n, x) for n, x in out if n not in listed]
+    if len(out) != len(items):
+        for k, v in items:
+            if k == "connection":  # names listed in Connection are hop-by-hop too
+                listed = {t.strip().lower() for t in v.split(",")}
+                out = [(n, x) for n, x in out if n not in listed]
+                break
+    for k, v in out:
+        if k == "anthropic-version" and v.strip():
+            return out
+    out = [(k, v) for k, v in out if k != "anthropic-version"]
+    out.append(("anthropic-version", DEFAULT_ANTHROPIC_VERSION))
     return out
 
 
