@@ -19,7 +19,9 @@ class Progress:
         self.enabled = enabled
         self._bar: Any = None
         self._task: Any = None
-        self._last_line = 0.0
+        self._last_line = float("-inf")
+        self._line = ""  # the latest counts, printed at the end if the last line did not show them
+        self._printed = -1
         if enabled and self.stream.isatty():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
@@ -43,12 +45,20 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._task, advance=rows, counts=counts)
             return
+        self._line = f"import-reference: {self.done}/{self.total} requests read ({counts})"
         now = time.monotonic()
-        if self.enabled and now - self._last_line >= LINE_EVERY_S:
+        if now - self._last_line >= LINE_EVERY_S:
             self._last_line = now
-            print(f"import-reference: {self.done}/{self.total} requests read ({counts})", file=self.stream, flush=True)
+            self._print()
+
+    def _print(self) -> None:
+        if self.enabled and self._line and self._printed != self.done:
+            self._printed = self.done
+            print(self._line, file=self.stream, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+        else:
+            self._print()

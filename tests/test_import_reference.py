@@ -1,0 +1,306 @@
+"""`nexus import-reference` against a real PostgreSQL: a reference-shaped database (tests/reference_db.py,
+loaded with the recorded Claude Code traffic as the reference stored it, plus hostile rows) imported into
+a migrated Nexus database. Checked: rows, bodies (content-addressed, rebuilt equal), usage, threading by
+Nexus's rules after the relink, no secret copied, idempotency, and resumption after --limit and after an
+interruption."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from psycopg import AsyncConnection
+
+from nexus.importing.run import Report, import_reference
+from nexus.importing.source import NotReferenceError
+from nexus.storage.requests_repo import get_request
+from tests import reference_db
+from tests.conftest import with_database
+from tests.reference_db import SECRETS, Loaded
+
+FIELDS = ("request_type", "parent_file", "is_subtask", "parent_task_file")
+
+
+@pytest.fixture(scope="module")
+def reference(database_admin_url: str) -> Iterator[tuple[str, Loaded]]:
+    name = f"reference_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(database_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = with_database(database_admin_url, name)
+    try:
+        loaded = reference_db.load(dsn)
+        reference_db.add_analyses(dsn, loaded)
+        yield dsn, loaded
+    finally:
+        with psycopg.connect(database_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def expected_counts(loaded: Loaded) -> tuple[int, int, int]:
+    """(rows in the reference, rows to import, rows to fail)."""
+    failed = sum(1 for v in loaded.hostile.values() if v == "failed")
+    total = len(loaded.requests) + len(loaded.hostile)
+    return total, total - failed, failed
+
+
+def run(source: str, dsn: str, **options: Any) -> Report:
+    return import_reference(source, dsn, progress=False, **options)
+
+
+def stored(dsn: str) -> dict[str, dict[str, Any]]:
+    with psycopg.connect(dsn) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        cur.execute(
+            "SELECT request_id::text AS id, project_id, account_id, path, request_type, conversation_id::text, "
+            "branch_id, parent_request_id::text, is_subtask, parent_task_request_id::text, response_status, "
+            "response_body, usage, input_tokens, output_tokens, cache_creation_input_tokens, "
+            "cache_read_input_tokens, outcome, error, request_headers, response_headers, response_streaming, "
+            "tool_call_count FROM api_requests"
+        )
+        return {r["id"]: r for r in cur.fetchall()}
+
+
+def check_threading(loaded: Loaded, rows: dict[str, dict[str, Any]]) -> None:
+    """Every scenario's expected links (tests/fixtures/claude_code/*/expected.jsonl) hold on the imported
+    rows, with the reference's conversation id kept for each conversation's first request."""
+    by_file = {(scenario, file): rid for rid, (scenario, file, _) in loaded.requests.items()}
+    for scenario in reference_db.SCENARIOS:
+        wanted = reference_db.expected(scenario)
+        files = {rid: file for (s, file), rid in by_file.items() if s == scenario}
+        conversations: dict[str, str] = {}
+        branches: dict[tuple[str, str], tuple[str, str]] = {}
+        for file, want in wanted.items():
+            rid = by_file.get((scenario, file))
+            if rid is None:
+                continue  # not stored by the reference (a 529, count_tokens, HEAD)
+            row = rows[rid]
+            got = {
+                "request_type": row["request_type"],
+                "parent_file": files.get(row["parent_request_id"] or ""),
+                "is_subtask": row["is_subtask"],
+                "parent_task_file": files.get(row["parent_task_request_id"] or ""),
+            }
+            assert got == {k: want[k] for k in FIELDS}, (scenario, file)
+            if want["conversation"] is None:
+                assert not any(r["parent_request_id"] == rid for r in rows.values()), (scenario, file)
+                continue
+            conversation = row["conversation_id"]
+            assert conversations.setdefault(want["conversation"], conversation) == conversation, (scenario, file)
+            key = (want["conversation"], want["branch"])
+            assert branches.setdefault(key, (conversation, row["branch_id"])) == (conversation, row["branch_id"])
+            assert (row["branch_id"] == "main") == (want["branch"] == "main"), (scenario, file)
+        assert len(set(conversations.values())) == len(conversations), f"{scenario}: conversations merged"
+        assert len(set(branches.values())) == len(branches), f"{scenario}: branches merged"
+        for label, conversation in conversations.items():
+            assert conversation == loaded.conversations[(scenario, label)], f"{scenario}: id of {label} not kept"
+
+
+def test_the_cli_imports_threads_and_summarises(reference: tuple[str, Loaded], migrated_db: str, tmp_path: Path) -> None:
+    source, loaded = reference
+    total, good, bad = expected_counts(loaded)
+    env = {**os.environ, "DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "nexus.cli", "import-reference", "--from", source, "--batch-size", "7"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 2, out.stderr  # finished, with failed rows
+    assert f"requests: {total} read, {good} imported, 0 skipped (already here), {bad} failed" in out.stdout
+    for rid, fate in loaded.hostile.items():
+        assert (f"failed {rid}: " in out.stdout) == (fate == "failed")
+    assert "projects: 2 read, 2 imported" in out.stdout
+    assert "conversation_analyses: 2 read, 2 imported" in out.stdout
+    assert "credentials: 1 not imported" in out.stdout and "acc_team_alpha" in out.stdout
+    assert "project_api_keys: 1 client keys not imported" in out.stdout
+    assert "relink from " in out.stdout
+    assert f"import-reference: {total}/{total} requests read" in out.stderr  # not a TTY: plain progress lines
+    for secret in SECRETS:
+        assert secret not in out.stdout + out.stderr
+    rows = stored(migrated_db)
+    assert len(rows) == good
+    check_threading(loaded, rows)
+    again = subprocess.run(
+        [sys.executable, "-m", "nexus.cli", "import-reference", "--from", source, "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr  # nothing read, so nothing failed
+    assert "requests: 0 read, 0 imported, 0 skipped (already here), 0 failed" in again.stdout
+    assert "relink" not in again.stdout and again.stderr == ""
+    assert len(stored(migrated_db)) == good
+
+
+def test_rows_bodies_and_usage(reference: tuple[str, Loaded], migrated_db: str) -> None:
+    source, loaded = reference
+    run(source, migrated_db)
+    rows = stored(migrated_db)
+    details = asyncio.run(read_details(migrated_db, list(rows)))
+    for rid, (scenario, _file, rec) in loaded.requests.items():
+        row = rows[rid]
+        assert (row["project_id"], row["account_id"], row["path"]) == (scenario, "acc_team_alpha", "/v1/messages")
+        assert details[rid]["request_body"] == orjson.loads(rec.body or b"null")  # rebuilt from its parts
+        assert row["response_body"] == rec.response and row["response_status"] == 200
+        usage = rec.response["usage"]
+        assert row["usage"] == usage
+        assert row["input_tokens"] == usage["input_tokens"] and row["output_tokens"] == usage["output_tokens"]
+        assert row["cache_read_input_tokens"] == usage.get("cache_read_input_tokens")
+        assert row["outcome"] == "completed" and row["error"] is None
+        assert row["response_headers"] == {"content-type": "application/json", "request-id": "req_upstream"}
+    with psycopg.connect(migrated_db) as conn:
+        blobs = (conn.execute("SELECT count(*) FROM content_blobs WHERE kind = 0").fetchone() or [0])[0]
+        summaries = (conn.execute("SELECT sum(request_count) FROM conversations").fetchone() or [0])[0]
+    bodies = [d["request_body"] for d in details.values()]
+    messages = [m for b in bodies if isinstance(b, dict) for m in b.get("messages", [])]
+    distinct = {orjson.dumps(m, option=orjson.OPT_SORT_KEYS) for m in messages}
+    assert blobs == len(distinct) < len(messages) / 1.5  # each distinct message stored once
+    assert summaries == sum(1 for r in rows.values() if r["conversation_id"] is not None)
+    check_threading(loaded, rows)
+
+
+async def read_details(dsn: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The stored requests as `GET /api/requests/{id}` reads them (bodies rebuilt from the content store)."""
+    out = {}
+    async with await AsyncConnection.connect(dsn) as conn:
+        for rid in ids:
+            detail = await get_request(conn, rid)
+            assert detail is not None, rid
+            out[rid] = detail
+    return out
+
+
+def test_hostile_rows_and_secrets(reference: tuple[str, Loaded], migrated_db: str) -> None:
+    source, loaded = reference
+    report = run(source, migrated_db)
+    rows = stored(migrated_db)
+    failed = {rid for rid, _ in report.failed}
+    for rid, fate in loaded.hostile.items():
+        assert (rid in rows, rid in failed) == ((True, False) if fate == "imported" else (False, True)), rid
+    reasons = dict(report.failed)
+    assert sum(1 for r in reasons.values() if r == "project_id is empty") == 2
+    assert any("control characters" in r for r in reasons.values())
+    chunked = rows[loaded.chunked]
+    assert chunked["response_streaming"] is True
+    assert chunked["response_body"]["content"] == [{"type": "text", "text": "from chunks"}]
+    assert (chunked["input_tokens"], chunked["output_tokens"]) == (11, 7)
+    odd = [r for r in rows.values() if r["project_id"] == "hostile"]
+    assert {r["outcome"] for r in odd} == {"completed", "upstream_error"}
+    assert [r["error"] for r in odd if r["response_status"] == 500] == ["upstream exploded"]
+    not_an_object = next(r for r in odd if r["response_body"] == [1, 2, 3])
+    assert not_an_object["request_headers"] == {} and not_an_object["input_tokens"] is None
+    with_secrets = next(r for r in odd if r["path"].startswith("/v1/messages?key="))
+    assert with_secrets["request_headers"] == {"user-agent": "ua"}
+    assert with_secrets["response_headers"] == {}
+    assert "[redacted]" in with_secrets["path"]
+    assert (with_secrets["input_tokens"], with_secrets["output_tokens"]) == (3, 4)
+    with psycopg.connect(migrated_db) as conn:
+        tables = [
+            t
+            for (t,) in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+                "AND table_type = 'BASE TABLE'"
+            ).fetchall()
+        ]
+        for table in tables:
+            for secret in SECRETS:
+                hit = conn.execute(
+                    psycopg.sql.SQL("SELECT count(*) FROM {} t WHERE t::text LIKE %s").format(psycopg.sql.Identifier(table)),
+                    (f"%{secret}%",),
+                ).fetchone()
+                assert hit == (0,), (table, secret)
+        projects = conn.execute(
+            "SELECT project_id, name, slack_channel, system_prompt FROM reference_projects ORDER BY 1"
+        ).fetchall()
+        analyses = dict(conn.execute("SELECT conversation_id::text, status FROM reference_analyses").fetchall())
+    assert projects == [("compact", "Compact", None, None), ("tool_loop", "Tool loop", "#alpha", [{"type": "text", "text": "Be brief."}])]
+    assert analyses == {
+        loaded.conversations[("tool_loop", "A")]: "completed",
+        loaded.conversations[("compact", "A")]: "pending",
+    }
+    assert report.secrets.credential_accounts == ["acc_team_alpha"]
+    assert (report.secrets.client_keys, report.secrets.project_keys, report.secrets.slack_webhooks) == (1, 1, 1)
+
+
+def test_idempotent(reference: tuple[str, Loaded], migrated_db: str) -> None:
+    source, loaded = reference
+    total, good, bad = expected_counts(loaded)
+    first = run(source, migrated_db)
+    assert (first.read, first.imported, first.skipped, len(first.failed)) == (total, good, 0, bad)
+    before = stored(migrated_db)
+    again = run(source, migrated_db)  # resumes after the last row: nothing to read
+    assert (again.read, again.imported, again.relink) == (0, 0, None)
+    over = run(source, migrated_db, restart=True)  # reads everything again, skips what is here
+    assert (over.read, over.imported, over.skipped, len(over.failed)) == (total, 0, good, bad)
+    assert over.relink is None and over.projects.imported == 0 and over.analyses.imported == 0
+    assert stored(migrated_db) == before
+
+
+def test_resumes_after_a_limit(reference: tuple[str, Loaded], migrated_db: str) -> None:
+    source, loaded = reference
+    total, good, bad = expected_counts(loaded)
+    first = run(source, migrated_db, limit=7, batch_size=3)
+    assert first.read == 7 and not first.complete and first.relink is not None
+    assert len(stored(migrated_db)) == first.imported
+    rest = run(source, migrated_db, batch_size=3)
+    assert rest.resumed_after is not None and rest.read == total - 7 and rest.complete
+    assert first.imported + rest.imported == good and len(first.failed) + len(rest.failed) == bad
+    rows = stored(migrated_db)
+    assert len(rows) == good
+    check_threading(loaded, rows)
+
+
+def test_resumes_after_an_interruption(reference: tuple[str, Loaded], migrated_db: str) -> None:
+    """Stopped mid-run (after two batches, before its relink): the next run stores the rest once and
+    relinks from the first row of the stopped run, so the whole history is threaded."""
+    source, loaded = reference
+    total, good, _ = expected_counts(loaded)
+    batches: list[int] = []
+
+    def stop_after_two(report: Report) -> None:
+        batches.append(report.read)
+        if len(batches) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(source, migrated_db, batch_size=5, on_batch=stop_after_two)
+    assert batches == [5, 10]
+    failed_in_them = sum(1 for rid in _first_ids(source, 10) if loaded.hostile.get(rid) == "failed")
+    assert len(stored(migrated_db)) == 10 - failed_in_them  # the two batches were stored, nothing after
+    rest = run(source, migrated_db, batch_size=5)
+    assert rest.read == total - 10 and rest.relink is not None
+    assert rest.relink_from is not None and rest.relink.rows == good  # from the first row ever imported
+    rows = stored(migrated_db)
+    assert len(rows) == good
+    check_threading(loaded, rows)
+
+
+def _first_ids(source: str, n: int) -> set[str]:
+    with psycopg.connect(source) as conn:
+        return {r[0] for r in conn.execute("SELECT request_id::text FROM api_requests ORDER BY timestamp, request_id LIMIT %s", (n,))}
+
+
+def test_refuses_what_is_not_a_reference_database(migrated_db: str, database_admin_url: str) -> None:
+    with pytest.raises(NotReferenceError, match="Nexus database"):
+        run(migrated_db, migrated_db)
+    out = subprocess.run(
+        [sys.executable, "-m", "nexus.cli", "import-reference", "--from", "postgresql://someone:hunter2@127.0.0.1:1/ref"],
+        env={**os.environ, "DATABASE_URL": migrated_db},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1 and "import stopped" in out.stderr and "hunter2" not in out.stderr + out.stdout
