@@ -121,10 +121,13 @@ SSE = (
     'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_chunked","type":"message",'
     '"role":"assistant","model":"claude-test","content":[],"stop_reason":null,"usage":{"input_tokens":11,'
     '"output_tokens":1}}}\n\n',
-    'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\n\n',
-    'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"from chunks"}}\n\n',
+    'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+    '"content_block":{"type":"text","text":""}}\n\n',
+    'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    '"delta":{"type":"text_delta","text":"from chunks"}}\n\n',
     'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
-    'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}\n\n',
+    'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+    '"usage":{"output_tokens":7}}\n\n',
     'event: message_stop\ndata: {"type":"message_stop"}\n\n',
 )
 
@@ -163,9 +166,9 @@ def _hostile(conn: psycopg.Connection[Any], loaded: Loaded) -> None:
             response_body=Jsonb({"type": "message", "content": [], "usage": {"input_tokens": 3, "output_tokens": 4}}),
         )
     ] = "imported"
-    loaded.hostile[
-        _row(conn, "hostile", at, body=Jsonb(message), response_status=500, error="upstream exploded")
-    ] = "imported"
+    loaded.hostile[_row(conn, "hostile", at, body=Jsonb(message), response_status=500, error="upstream exploded")] = (
+        "imported"
+    )
     loaded.chunked = _row(conn, "hostile", "2026-11-30T10:00:01Z", body=Jsonb(message), response_status=200)
     loaded.hostile[loaded.chunked] = "imported"
     for index, data in enumerate(SSE):

@@ -103,7 +103,9 @@ def check_threading(loaded: Loaded, rows: dict[str, dict[str, Any]]) -> None:
             assert conversation == loaded.conversations[(scenario, label)], f"{scenario}: id of {label} not kept"
 
 
-def test_the_cli_imports_threads_and_summarises(reference: tuple[str, Loaded], migrated_db: str, tmp_path: Path) -> None:
+def test_the_cli_imports_threads_and_summarises(
+    reference: tuple[str, Loaded], migrated_db: str, tmp_path: Path
+) -> None:
     source, loaded = reference
     total, good, bad = expected_counts(loaded)
     env = {**os.environ, "DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path)}
@@ -217,7 +219,9 @@ def test_hostile_rows_and_secrets(reference: tuple[str, Loaded], migrated_db: st
         for table in tables:
             for secret in SECRETS:
                 hit = conn.execute(
-                    psycopg.sql.SQL("SELECT count(*) FROM {} t WHERE t::text LIKE %s").format(psycopg.sql.Identifier(table)),
+                    psycopg.sql.SQL("SELECT count(*) FROM {} t WHERE t::text LIKE %s").format(
+                        psycopg.sql.Identifier(table)
+                    ),
                     (f"%{secret}%",),
                 ).fetchone()
                 assert hit == (0,), (table, secret)
@@ -225,7 +229,10 @@ def test_hostile_rows_and_secrets(reference: tuple[str, Loaded], migrated_db: st
             "SELECT project_id, name, slack_channel, system_prompt FROM reference_projects ORDER BY 1"
         ).fetchall()
         analyses = dict(conn.execute("SELECT conversation_id::text, status FROM reference_analyses").fetchall())
-    assert projects == [("compact", "Compact", None, None), ("tool_loop", "Tool loop", "#alpha", [{"type": "text", "text": "Be brief."}])]
+    assert projects == [
+        ("compact", "Compact", None, None),
+        ("tool_loop", "Tool loop", "#alpha", [{"type": "text", "text": "Be brief."}]),
+    ]
     assert analyses == {
         loaded.conversations[("tool_loop", "A")]: "completed",
         loaded.conversations[("compact", "A")]: "pending",
@@ -289,14 +296,26 @@ def test_resumes_after_an_interruption(reference: tuple[str, Loaded], migrated_d
 
 def _first_ids(source: str, n: int) -> set[str]:
     with psycopg.connect(source) as conn:
-        return {r[0] for r in conn.execute("SELECT request_id::text FROM api_requests ORDER BY timestamp, request_id LIMIT %s", (n,))}
+        return {
+            r[0]
+            for r in conn.execute(
+                "SELECT request_id::text FROM api_requests ORDER BY timestamp, request_id LIMIT %s", (n,)
+            )
+        }
 
 
 def test_refuses_what_is_not_a_reference_database(migrated_db: str, database_admin_url: str) -> None:
     with pytest.raises(NotReferenceError, match="Nexus database"):
         run(migrated_db, migrated_db)
     out = subprocess.run(
-        [sys.executable, "-m", "nexus.cli", "import-reference", "--from", "postgresql://someone:hunter2@127.0.0.1:1/ref"],
+        [
+            sys.executable,
+            "-m",
+            "nexus.cli",
+            "import-reference",
+            "--from",
+            "postgresql://someone:hunter2@127.0.0.1:1/ref",
+        ],
         env={**os.environ, "DATABASE_URL": migrated_db},
         capture_output=True,
         text=True,

@@ -20,13 +20,25 @@ SHOWN_FAILURES = 20
     help="The reference system's database (read only), e.g. postgresql://user:pass@host:5432/claude_nexus.",
 )
 @click.option("--embedded", is_flag=True, help="Import into the embedded database under NEXUS_HOME, not DATABASE_URL.")
-@click.option("--batch-size", type=click.IntRange(1, 10_000), default=100, show_default=True, help="Requests per batch.")
+@click.option(
+    "--batch-size", type=click.IntRange(1, 10_000), default=100, show_default=True, help="Requests per batch."
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after this many requests (the next run resumes there).")
-@click.option("--restart", is_flag=True, help="Forget the checkpoint and read everything again (rows already here are skipped).")
-@click.option("--no-relink", is_flag=True, help="Do not run `nexus relink` afterwards (the next import or relink does).")
+@click.option(
+    "--restart", is_flag=True, help="Forget the checkpoint and read everything again (rows already here are skipped)."
+)
+@click.option(
+    "--no-relink", is_flag=True, help="Do not run `nexus relink` afterwards (the next import or relink does)."
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines on stderr.")
 def import_reference_command(
-    source_url: str, embedded: bool, batch_size: int, limit: int | None, restart: bool, no_relink: bool, no_progress: bool
+    source_url: str,
+    embedded: bool,
+    batch_size: int,
+    limit: int | None,
+    restart: bool,
+    no_relink: bool,
+    no_progress: bool,
 ) -> None:
     """Bring over the stored history of the system Nexus replaces (docs/migrating.md).
 
@@ -104,7 +116,8 @@ def summary(report: Any) -> list[str]:
         lines.append(f"streaming_chunks: {report.chunks} chunks (used where a response body was missing)")
     for name, counts in (("projects", report.projects), ("conversation_analyses", report.analyses)):
         lines.append(
-            f"{name}: {counts.read} read, {counts.imported} imported, {counts.skipped} skipped, {len(counts.failed)} failed"
+            f"{name}: {counts.read} read, {counts.imported} imported, {counts.skipped} skipped, "
+            f"{len(counts.failed)} failed"
         )
         lines += [f"  failed {label}: {reason}" for label, reason in counts.failed[:SHOWN_FAILURES]]
     left = report.secrets

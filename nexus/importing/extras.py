@@ -118,12 +118,16 @@ def _problem(table: str, row: dict[str, Any]) -> str | None:
     return None
 
 
-def import_projects(src: psycopg.Connection[Any], lay: Layout, dst: psycopg.Connection[Any], origin: str) -> TableCounts:
+def import_projects(
+    src: psycopg.Connection[Any], lay: Layout, dst: psycopg.Connection[Any], origin: str
+) -> TableCounts:
     rows = source.table_rows(src, lay, "projects", PROJECT_COLUMNS)
     return _insert(dst, "reference_projects", PROJECT_COLUMNS, rows, origin)
 
 
-def import_analyses(src: psycopg.Connection[Any], lay: Layout, dst: psycopg.Connection[Any], origin: str) -> TableCounts:
+def import_analyses(
+    src: psycopg.Connection[Any], lay: Layout, dst: psycopg.Connection[Any], origin: str
+) -> TableCounts:
     rows = source.table_rows(src, lay, "conversation_analyses", ANALYSIS_COLUMNS)
     return _insert(dst, "reference_analyses", ANALYSIS_COLUMNS, rows, origin)
 

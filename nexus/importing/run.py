@@ -112,7 +112,9 @@ def _requests(
     try:
         for fetched in source.batches(src, lay, checkpoint.last, batch_size, limit):
             _batch(src, lay, writer, report, fetched)
-            bar.advance(len(fetched.rows) + len(fetched.unreadable), report.imported, report.skipped, len(report.failed))
+            bar.advance(
+                len(fetched.rows) + len(fetched.unreadable), report.imported, report.skipped, len(report.failed)
+            )
             if on_batch is not None:
                 on_batch(report)
         if limit is not None and report.read >= limit and source.count_after(src, _last(dst, report.source)):

@@ -93,7 +93,7 @@ def layout(conn: psycopg.Connection[Any]) -> Layout:
 
 
 def _select_list(lay: Layout) -> sql.Composed:
-    parts = []
+    parts: list[sql.Composable] = []
     for name in FIELDS:
         column = lay.columns.get(name)
         if column is None:
@@ -110,7 +110,9 @@ def count_after(conn: psycopg.Connection[Any], after: tuple[datetime, str] | Non
     if after is None:
         row = conn.execute('SELECT count(*) FROM api_requests WHERE "timestamp" IS NOT NULL').fetchone()
     else:
-        row = conn.execute('SELECT count(*) FROM api_requests WHERE ("timestamp", request_id) > (%s, %s)', after).fetchone()
+        row = conn.execute(
+            'SELECT count(*) FROM api_requests WHERE ("timestamp", request_id) > (%s, %s)', after
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -139,7 +141,9 @@ def batches(
         'SELECT "timestamp", request_id::text FROM api_requests WHERE "timestamp" IS NOT NULL {} '
         'ORDER BY "timestamp", request_id LIMIT %s'
     )
-    rows_sql = sql.SQL('SELECT {} FROM api_requests WHERE "timestamp" IS NOT NULL {} ORDER BY "timestamp", request_id LIMIT %s')
+    rows_sql = sql.SQL(
+        'SELECT {} FROM api_requests WHERE "timestamp" IS NOT NULL {} ORDER BY "timestamp", request_id LIMIT %s'
+    )
     left = limit
     while left is None or left > 0:
         step = size if left is None else min(size, left)
@@ -213,7 +217,8 @@ def table_rows(conn: psycopg.Connection[Any], lay: Layout, table: str, wanted: t
     found = {
         name
         for (name,) in conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s",
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = %s",
             (table,),
         ).fetchall()
     }
