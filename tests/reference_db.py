@@ -64,13 +64,16 @@ def load(dsn: str) -> Loaded:
                 conversation = loaded.conversations.setdefault((scenario, label), str(uuid.uuid4()))
                 request_id = str(uuid.uuid4())
                 loaded.requests[request_id] = (scenario, rec.file, rec)
-                _insert(conn, request_id, scenario, rec, conversation)
+                insert_request(conn, request_id, scenario, rec, conversation)
         _hostile(conn, loaded)
         _others(conn)
     return loaded
 
 
-def _insert(conn: psycopg.Connection[Any], request_id: str, project: str, rec: Recorded, conversation: str) -> None:
+def insert_request(
+    conn: psycopg.Connection[Any], request_id: str, project: str, rec: Recorded, conversation: str, shift_s: float = 0
+) -> None:
+    """One exchange as the reference stored it (`shift_s` moves it in time: bench/import_reference.py)."""
     usage = (rec.response or {}).get("usage") or {}
     headers = {k: v for k, v in rec.headers.items() if k in STORED_HEADERS}
     body = orjson.loads(rec.body) if rec.body else None
@@ -84,7 +87,7 @@ def _insert(conn: psycopg.Connection[Any], request_id: str, project: str, rec: R
         (
             request_id,
             project,
-            rec.timestamp,
+            rec.timestamp + shift_s,
             rec.method,
             rec.path.split("?")[0],
             Jsonb(headers),

@@ -323,3 +323,23 @@ def test_refuses_what_is_not_a_reference_database(migrated_db: str, database_adm
         check=False,
     )
     assert out.returncode == 1 and "import stopped" in out.stderr and "hunter2" not in out.stderr + out.stdout
+
+
+def test_rows_postgresql_refuses_are_counted_and_quarantined(reference: tuple[str, Loaded], migrated_db: str) -> None:
+    """A batch PostgreSQL refuses for some of its rows goes through the writer's isolation: the other rows
+    are stored, the refused ones quarantined and reported failed, and the import goes on."""
+    source, loaded = reference
+    total, good, bad = expected_counts(loaded)
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE api_requests ADD CONSTRAINT not_fork_twice CHECK (project_id <> 'fork_twice')")
+    refused = {rid for rid, (scenario, _, _) in loaded.requests.items() if scenario == "fork_twice"}
+    report = run(source, migrated_db, batch_size=20)
+    assert (report.read, report.imported, len(report.failed)) == (total, good - len(refused), bad + len(refused))
+    reasons = dict(report.failed)
+    assert all(reasons[rid].startswith("refused by PostgreSQL (quarantined): [23514]") for rid in refused)
+    with psycopg.connect(migrated_db) as conn:
+        kept = {r for (r,) in conn.execute("SELECT request_id::text FROM storage_quarantine").fetchall()}
+    assert kept == refused
+    assert set(stored(migrated_db)) == set(loaded.requests) - refused | {
+        rid for rid, fate in loaded.hostile.items() if fate == "imported"
+    }

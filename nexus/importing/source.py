@@ -139,10 +139,13 @@ def batches(
     select = _select_list(lay)
     keys_sql = sql.SQL(
         'SELECT "timestamp", request_id::text FROM api_requests WHERE "timestamp" IS NOT NULL {} '
-        'ORDER BY "timestamp", request_id LIMIT %s'
+        'ORDER BY api_requests."timestamp", api_requests.request_id LIMIT %s'
     )
+    # ordered by the table's columns (the select list's `request_id::text` is named request_id too, and
+    # its text order is not the keyset's uuid order under every collation)
     rows_sql = sql.SQL(
-        'SELECT {} FROM api_requests WHERE "timestamp" IS NOT NULL {} ORDER BY "timestamp", request_id LIMIT %s'
+        'SELECT {} FROM api_requests WHERE "timestamp" IS NOT NULL {} '
+        'ORDER BY api_requests."timestamp", api_requests.request_id LIMIT %s'
     )
     left = limit
     while left is None or left > 0:
