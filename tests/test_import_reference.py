@@ -203,6 +203,12 @@ def test_hostile_rows_and_secrets(reference: tuple[str, Loaded], migrated_db: st
     assert [r["error"] for r in odd if r["response_status"] == 500] == ["upstream exploded"]
     not_an_object = next(r for r in odd if r["response_body"] == [1, 2, 3])
     assert not_an_object["request_headers"] == {} and not_an_object["input_tokens"] is None
+    with psycopg.connect(migrated_db) as conn:
+        kept = conn.execute(
+            "SELECT envelope, envelope_raw, storage_repairs FROM api_requests WHERE request_id = %s",
+            (not_an_object["id"],),
+        ).fetchone()
+    assert kept == ({"unparsed_body": '"just a string"'}, b'"just a string"', ["request_not_json"])
     with_secrets = next(r for r in odd if r["path"].startswith("/v1/messages?key="))
     assert with_secrets["request_headers"] == {"user-agent": "ua"}
     assert with_secrets["response_headers"] == {}
@@ -343,3 +349,16 @@ def test_rows_postgresql_refuses_are_counted_and_quarantined(reference: tuple[st
     assert set(stored(migrated_db)) == set(loaded.requests) - refused | {
         rid for rid, fate in loaded.hostile.items() if fate == "imported"
     }
+
+
+def test_history_gets_its_own_days(reference: tuple[str, Loaded], migrated_db: str) -> None:
+    """Imported rows land in daily partitions like the proxy's, so retention drops old days of them too."""
+    source, _ = reference
+    run(source, migrated_db)
+    with psycopg.connect(migrated_db) as conn:
+        in_default = conn.execute("SELECT count(*) FROM api_requests_default").fetchone()
+        days = conn.execute(
+            "SELECT DISTINCT tableoid::regclass::text, (timestamp AT TIME ZONE 'UTC')::date FROM api_requests"
+        ).fetchall()
+    assert in_default == (0,)
+    assert all(name == f"api_requests_{day:%Y%m%d}" for name, day in days) and len(days) >= 2

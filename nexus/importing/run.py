@@ -158,6 +158,7 @@ def _batch(
         target.save_checkpoint(conn, report.source, TABLE, fetched.last, tuple(counts), relink_from=earliest)  # type: ignore[arg-type]
 
     if fresh:
+        writer.partitions({_at(rec).date() for rec, _ in fresh})
         try:
             batch, keys = writer.rows(fresh)
         except ValueError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import psycopg
@@ -21,6 +21,7 @@ from nexus._core import encode_copy_binary
 from nexus.storage import quarantine
 from nexus.storage.failures import OUTAGE, classify
 from nexus.storage.isolate import isolate
+from nexus.storage.partitions import ensure_partition
 from nexus.storage.payload import STAGE_SQL, Batch, send
 from nexus.storage.records import BLOB_TYPES, REQUEST_NAMES, REQUEST_TYPES, ExchangeRecord, to_row
 from nexus.storage.writer import RecentKeys
@@ -123,6 +124,20 @@ class Writer:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
         self.known = RecentKeys(50_000)
+        self._days: set[date] = set()
+
+    def partitions(self, days: set[date]) -> None:
+        """Give imported history its own daily partitions (created before any row of the day is stored:
+        a day already held by the DEFAULT partition cannot get one), so retention and partition pruning
+        treat it like the proxy's rows. Each is committed at once: the lock it takes is held briefly. A
+        role without the right to create them leaves the rows to the DEFAULT partition."""
+        for day in sorted(days - self._days):
+            try:
+                ensure_partition(self.conn, day)
+                self.conn.commit()
+            except psycopg.errors.InsufficientPrivilege:
+                self.conn.rollback()
+            self._days.add(day)
 
     def rows(self, records: list[tuple[ExchangeRecord, str | None]]) -> tuple[Batch, list[bytes]]:
         """The COPY batch for `records` (each with the reference's conversation id to keep)."""
