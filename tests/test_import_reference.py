@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import AsyncConnection
 
-from nexus.importing.run import Report, import_reference
+from nexus.importing.run import LOCK_KEY, ImportBusyError, Report, import_reference
 from nexus.importing.source import NotReferenceError
 from nexus.storage.requests_repo import get_request
 from tests import reference_db
@@ -362,3 +362,46 @@ def test_history_gets_its_own_days(reference: tuple[str, Loaded], migrated_db: s
         ).fetchall()
     assert in_default == (0,)
     assert all(name == f"api_requests_{day:%Y%m%d}" for name, day in days) and len(days) >= 2
+
+
+def test_an_old_schema(database_admin_url: str, migrated_db: str) -> None:
+    """OLD versions called the project column `domain` and lacked most others: what exists is read."""
+    name = f"reference_old_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    source = with_database(database_admin_url, name)
+    try:
+        recording = reference_db.load_recording(reference_db.TRAFFIC / "tool_loop")[:2]
+        ids = [str(uuid.uuid4()) for _ in recording]
+        with psycopg.connect(source, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE api_requests (request_id uuid PRIMARY KEY, domain varchar(255) NOT NULL, "
+                '"timestamp" timestamptz NOT NULL, method varchar(10), path varchar(255), body jsonb, '
+                "response_status int, response_body jsonb)"
+            )
+            for rid, rec in zip(ids, recording, strict=True):
+                conn.execute(
+                    "INSERT INTO api_requests VALUES (%s, 'old.example.com', to_timestamp(%s), 'POST', "
+                    "'/v1/messages', %s::jsonb, 200, %s)",
+                    (rid, rec.timestamp, (rec.body or b"").decode(), psycopg.types.json.Jsonb(rec.response)),
+                )
+        report = run(source, migrated_db)
+        assert (report.read, report.imported, report.failed) == (2, 2, [])
+        rows = stored(migrated_db)
+        assert {r["project_id"] for r in rows.values()} == {"old.example.com"}
+        assert rows[ids[1]]["parent_request_id"] == ids[0]
+        assert rows[ids[1]]["input_tokens"] == recording[1].response["usage"]["input_tokens"]
+    finally:
+        with psycopg.connect(database_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_one_import_at_a_time(reference: tuple[str, Loaded], migrated_db: str) -> None:
+    source, _ = reference
+    with psycopg.connect(migrated_db, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        with pytest.raises(ImportBusyError):
+            run(source, migrated_db)
+        other.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+    assert stored(migrated_db) == {}
+    assert run(source, migrated_db, limit=1).read == 1  # the lock was given back

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
 
+from nexus.importing.progress import Progress
 from nexus.importing.rows import BadRow, ReferenceRow, conversation_of, micros, to_record
 from nexus.importing.source import source_name
 
@@ -98,3 +100,27 @@ def test_source_name_has_no_credentials() -> None:
     assert source_name("postgresql://u:secret@db.example:6543/claude") == "db.example:6543/claude"
     assert source_name("host=h dbname=d password=secret") == "h:5432/d"
     assert "secret" not in source_name("postgresql://u:secret@/x?host=/tmp")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere() -> None:
+    tty, plain = Terminal(), io.StringIO()
+    for stream in (tty, plain):
+        bar = Progress(10, stream=stream)
+        bar.advance(4, 3, 0, 1)
+        bar.advance(6, 8, 0, 2)
+        bar.close()
+    assert "importing requests" in tty.getvalue() and "10/10" in tty.getvalue()
+    assert plain.getvalue().splitlines() == [
+        "import-reference: 4/10 requests read (imported 3, skipped 0, failed 1)",  # the first at once
+        "import-reference: 10/10 requests read (imported 8, skipped 0, failed 2)",  # the last at the end
+    ]
+    quiet = io.StringIO()
+    bar = Progress(10, stream=quiet, enabled=False)
+    bar.advance(10, 10, 0, 0)
+    bar.close()
+    assert quiet.getvalue() == ""

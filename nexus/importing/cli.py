@@ -50,6 +50,9 @@ def import_reference_command(
     where it stopped). A bad row is counted failed and named, never the end of the import. Credentials,
     client keys, project keys and Slack webhooks are never copied: the summary says what was left.
     Then runs `nexus relink` from the earliest imported row, so the history is threaded by Nexus's rules.
+
+    Exit status: 0 when every request was imported or skipped, 2 when some failed (named in the
+    summary), 1 when the import could not run.
     """
     from nexus.importing.run import ImportBusyError, import_reference
     from nexus.importing.source import NotReferenceError
