@@ -405,3 +405,30 @@ def test_one_import_at_a_time(reference: tuple[str, Loaded], migrated_db: str) -
         other.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
     assert stored(migrated_db) == {}
     assert run(source, migrated_db, limit=1).read == 1  # the lock was given back
+
+
+def test_bytes_that_are_not_text_fail_only_their_row(database_admin_url: str, migrated_db: str) -> None:
+    """A SQL_ASCII database holds any bytes: a row whose text is not UTF-8 is counted failed, the rest go in."""
+    name = f"reference_ascii_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE \"{name}\" ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'")
+    source = with_database(database_admin_url, name)
+    try:
+        ids = [str(uuid.uuid4()) for _ in range(4)]
+        with psycopg.connect(source, autocommit=True) as conn:
+            conn.execute(reference_db.SCHEMA.read_text())  # type: ignore[arg-type]
+            for n, rid in enumerate(ids):
+                path = "E'/v1/messages\\xff'" if n == 2 else "'/v1/messages'"
+                conn.execute(
+                    "INSERT INTO api_requests (request_id, project_id, timestamp, path, body) "  # noqa: S608
+                    f"VALUES (%s, 'p', now() + %s * interval '1 second', {path}, '{{\"messages\": []}}')",
+                    (rid, n),
+                )
+        report = run(source, migrated_db, batch_size=10)
+        assert (report.read, report.imported) == (4, 3)
+        assert [rid for rid, _ in report.failed] == [ids[2]]
+        assert report.failed[0][1].startswith("unreadable: ")
+        assert set(stored(migrated_db)) == set(ids) - {ids[2]}
+    finally:
+        with psycopg.connect(database_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

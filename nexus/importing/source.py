@@ -59,6 +59,9 @@ def connect(dsn: str) -> psycopg.Connection[Any]:
     batches, so the reference system can keep running while its history is copied)."""
     conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
     conn.execute("SET default_transaction_read_only = on")
+    # text as UTF-8 whatever the server's encoding (psycopg hands SQL_ASCII text over as bytes): a
+    # SQL_ASCII database's invalid bytes then fail to decode, and only their row is lost (`_one_by_one`)
+    conn.execute("SET client_encoding = 'UTF8'")
     return conn
 
 
