@@ -345,7 +345,11 @@ def test_rows_postgresql_refuses_are_counted_and_quarantined(reference: tuple[st
     assert all(reasons[rid].startswith("refused by PostgreSQL (quarantined): [23514]") for rid in refused)
     with psycopg.connect(migrated_db) as conn:
         kept = {r for (r,) in conn.execute("SELECT request_id::text FROM storage_quarantine").fetchall()}
+        state = conn.execute(
+            "SELECT rows_read, imported, skipped, failed FROM reference_import_state WHERE table_name = 'api_requests'"
+        ).fetchone()
     assert kept == refused
+    assert state == (total, report.imported, 0, len(report.failed))  # the checkpoint counts them alike
     assert set(stored(migrated_db)) == set(loaded.requests) - refused | {
         rid for rid, fate in loaded.hostile.items() if fate == "imported"
     }

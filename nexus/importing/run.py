@@ -150,25 +150,25 @@ def _batch(
     fresh = [(rec, conv) for rec, conv in built if rec.request_id not in there]
     skipped = len(built) - len(fresh)
     earliest = min((_at(rec) for rec, _ in fresh), default=None)
+    read = len(fetched.rows) + len(fetched.unreadable)
+
+    def checkpoint(conn: psycopg.Connection[Any], refused: target.Refused) -> None:
+        counts = (read, len(fresh) - len(refused), skipped, len(failed) + len(refused))
+        target.save_checkpoint(conn, report.source, TABLE, fetched.last, counts, relink_from=earliest)
+
     refused: target.Refused = []
-    counts = [len(fetched.rows) + len(fetched.unreadable), 0, skipped, 0]
-
-    def checkpoint(conn: psycopg.Connection[Any]) -> None:
-        counts[1], counts[3] = len(fresh) - len(refused), len(failed) + len(refused)
-        target.save_checkpoint(conn, report.source, TABLE, fetched.last, tuple(counts), relink_from=earliest)  # type: ignore[arg-type]
-
     if fresh:
         writer.partitions({_at(rec).date() for rec, _ in fresh})
         try:
             batch, keys = writer.rows(fresh)
         except ValueError:
             batch, keys, fresh = _encodable(writer, fresh, failed)
-        refused += writer.store(batch, keys, checkpoint)
+        refused = writer.store(batch, keys, checkpoint)
     else:
         with writer.conn.transaction():
-            checkpoint(writer.conn)
+            checkpoint(writer.conn, [])
     failed += [(str(rid), f"refused by PostgreSQL (quarantined): {err}") for rid, err in refused]
-    report.read += counts[0]
+    report.read += read
     report.imported += len(fresh) - len(refused)
     report.skipped += skipped
     report.failed += failed

@@ -152,20 +152,22 @@ class Writer:
         payload = encode_copy_binary(BLOB_TYPES, [[k, *blobs[k], None] for k in keys]) if keys else b""
         return Batch(encode_copy_binary(REQUEST_TYPES, rows) if rows else b"", payload), keys
 
-    def store(self, batch: Batch, keys: list[bytes], checkpoint: Callable[[psycopg.Connection[Any]], None]) -> Refused:
-        """Send `batch` and run `checkpoint(conn)` in the same transaction. A batch refused for its
-        content is isolated (`nexus.storage.isolate`); the request rows refused even in their
+    def store(
+        self, batch: Batch, keys: list[bytes], checkpoint: Callable[[psycopg.Connection[Any], Refused], None]
+    ) -> Refused:
+        """Send `batch` and run `checkpoint(conn, refused)` in the same transaction. A batch refused for
+        its content is isolated (`nexus.storage.isolate`); the request rows refused even in their
         last-resort form are quarantined and returned, with the error."""
         try:
             send(self.conn, batch)
-            checkpoint(self.conn)
+            checkpoint(self.conn, [])
             self.conn.commit()
         except Exception as exc:
             if self.conn.closed or classify(exc) == OUTAGE:
                 raise
             self.conn.rollback()
             refused = self._isolate(batch)
-            checkpoint(self.conn)
+            checkpoint(self.conn, refused)
             self.conn.commit()
         else:
             refused = []
