@@ -25,6 +25,7 @@ from nexus.importing.source import NotReferenceError
 from nexus.storage.requests_repo import get_request
 from tests import reference_db
 from tests.conftest import with_database
+from tests.helpers import wait_for
 from tests.reference_db import SECRETS, Loaded
 
 FIELDS = ("request_type", "parent_file", "is_subtask", "parent_task_file")
@@ -436,3 +437,43 @@ def test_bytes_that_are_not_text_fail_only_their_row(database_admin_url: str, mi
     finally:
         with psycopg.connect(database_admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_resumes_after_a_killed_process(reference: tuple[str, Loaded], migrated_db: str, tmp_path: Path) -> None:
+    """`kill -9` in the middle of a batch's transaction (held there by a lock on content_blobs): nothing of
+    that batch is stored, and the next run goes on from the last batch committed."""
+    source, loaded = reference
+    total, good, _ = expected_counts(loaded)
+    env = {**os.environ, "DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path)}
+    command = [sys.executable, "-m", "nexus.cli", "import-reference", "--from", source, "--no-progress"]
+    subprocess.run([*command, "--limit", "10", "--batch-size", "5"], env=env, capture_output=True, timeout=120)
+    before = stored(migrated_db)
+    with psycopg.connect(migrated_db) as blocker:
+        blocker.execute("LOCK TABLE content_blobs IN SHARE ROW EXCLUSIVE MODE")  # held until rollback
+        proc = subprocess.Popen(
+            [*command, "--batch-size", "5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            with psycopg.connect(migrated_db, autocommit=True) as watch:
+                wait_for(
+                    lambda: (
+                        watch.execute(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO content_blobs%%'"
+                        ).fetchone()
+                        == (1,)
+                    ),
+                    30,
+                    "the import blocked inside its batch",
+                )
+        finally:
+            proc.kill()
+            proc.communicate(timeout=30)
+        blocker.rollback()
+    assert proc.returncode == -9
+    assert stored(migrated_db) == before  # the killed batch left nothing
+    rest = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert f"requests: {total - 10} read" in rest.stdout, rest.stdout + rest.stderr
+    rows = stored(migrated_db)
+    assert len(rows) == good
+    check_threading(loaded, rows)
