@@ -477,3 +477,43 @@ def test_resumes_after_a_killed_process(reference: tuple[str, Loaded], migrated_
     rows = stored(migrated_db)
     assert len(rows) == good
     check_threading(loaded, rows)
+
+
+#: The shape of Nexus's own analyses table (AI analysis, migration 0011 on its branch), created here only
+#: where the migrations have not: the import copies into whatever columns the table has.
+NEXUS_ANALYSES = """
+DO $$ BEGIN
+    CREATE TYPE conversation_analysis_status AS ENUM ('pending', 'processing', 'completed', 'failed');
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+CREATE TABLE IF NOT EXISTS conversation_analyses (
+    id bigserial PRIMARY KEY, conversation_id uuid NOT NULL, branch_id text NOT NULL DEFAULT 'main',
+    project_id text, status conversation_analysis_status NOT NULL DEFAULT 'pending', model_used text,
+    analysis_content text, analysis_data jsonb, raw_response text, error_message text,
+    retry_count int NOT NULL DEFAULT 0, prompt_tokens int, completion_tokens int, completed_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (conversation_id, branch_id)
+);
+"""
+
+
+def test_finished_analyses_join_nexus_own(reference: tuple[str, Loaded], migrated_db: str) -> None:
+    """Where Nexus has its own analyses table, finished reference analyses are added to it (on the
+    conversation the relink kept), and a job that never finished is not queued again."""
+    source, loaded = reference
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute(NEXUS_ANALYSES)  # type: ignore[arg-type]
+    report = run(source, migrated_db)
+    assert (report.analyses_shown, report.analyses_pending) == (1, 1)
+    done = loaded.conversations[("tool_loop", "A")]
+    with psycopg.connect(migrated_db) as conn:
+        rows = conn.execute(
+            "SELECT conversation_id::text, branch_id, project_id, status::text, analysis_data, retry_count, "
+            "prompt_tokens FROM conversation_analyses"
+        ).fetchall()
+        on_a_conversation = conn.execute(
+            "SELECT count(*) FROM api_requests WHERE conversation_id = %s", (done,)
+        ).fetchone()
+    assert rows == [(done, "main", "tool_loop", "completed", {"summary": "a tool loop", "outcome": "done"}, 0, 100)]
+    assert on_a_conversation == (6,)  # the analysis names a conversation Nexus shows
+    again = run(source, migrated_db, restart=True)
+    assert again.analyses_shown == 0

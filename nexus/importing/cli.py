@@ -123,6 +123,13 @@ def summary(report: Any) -> list[str]:
             f"{len(counts.failed)} failed"
         )
         lines += [f"  failed {label}: {reason}" for label, reason in counts.failed[:SHOWN_FAILURES]]
+    if report.analyses_shown:
+        lines.append(f"  {report.analyses_shown} finished analyses added to Nexus's own (shown on their conversations)")
+    if report.analyses_pending:
+        lines.append(
+            f"  {report.analyses_pending} analyses never finished in the reference: not queued again "
+            "(request them from the dashboard)"
+        )
     left = report.secrets
     if left.credential_accounts:
         lines.append(

@@ -132,6 +132,59 @@ def import_analyses(
     return _insert(dst, "reference_analyses", ANALYSIS_COLUMNS, rows, origin)
 
 
+#: Analyses with a result: the only ones handed to Nexus's own analyses. A reference job still pending
+#: would make Nexus's worker call a model (and bill it) for a request made long ago; it is left for the
+#: user to request again.
+FINISHED = ("completed", "failed")
+
+
+def offer_analyses(dst: psycopg.Connection[Any]) -> tuple[int, int]:
+    """Copy the finished reference analyses into Nexus's `conversation_analyses` (AI analysis), where that
+    table exists, so the dashboard shows them on their conversations; Nexus's own analysis of the same
+    branch wins. Only the columns both tables have are copied, each cast to Nexus's type. Returns
+    (copied, left as pending or processing)."""
+    found = dst.execute("SELECT to_regclass('conversation_analyses') IS NOT NULL").fetchone()
+    if not found or not found[0]:
+        dst.commit()
+        return 0, 0
+    types = dict(
+        dst.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "WHERE a.attrelid = 'conversation_analyses'::regclass AND a.attnum > 0 AND NOT a.attisdropped"
+        ).fetchall()
+    )
+    columns = [c for c in ANALYSIS_COLUMNS if c in types]  # conversation_id first
+    if columns[:2] != ["conversation_id", "branch_id"]:
+        dst.commit()
+        return 0, 0
+    select = ", ".join(f'"{c}"::text' for c in columns)
+    rows = dst.execute(f"SELECT {select} FROM reference_analyses").fetchall()  # noqa: S608 (constant columns)
+    status = columns.index("status") if "status" in columns else None
+    copied = left = 0
+    for row in rows:
+        if status is not None and row[status] not in FINISHED:
+            left += 1
+            continue
+        # only the values present, so a NOT NULL column of Nexus's table gets its own default
+        given = [(c, v) for c, v in zip(columns, row, strict=True) if v is not None]
+        if "project_id" in types:  # Nexus's analyses name the conversation's project
+            project = dst.execute(
+                "SELECT project_id FROM conversations WHERE conversation_id = %s::uuid", (row[0],)
+            ).fetchone()
+            if project is not None:
+                given.append(("project_id", project[0]))
+        names = ", ".join(f'"{c}"' for c, _ in given)
+        values = ", ".join(f"%s::{types[c]}" for c, _ in given)
+        statement = f"INSERT INTO conversation_analyses ({names}) VALUES ({values}) ON CONFLICT DO NOTHING"  # noqa: S608
+        try:
+            with dst.transaction():
+                copied += dst.execute(statement, [v for _, v in given]).rowcount  # type: ignore[arg-type]
+        except (psycopg.DataError, psycopg.IntegrityError):
+            continue  # a value Nexus's table refuses: the analysis stays in reference_analyses
+    dst.commit()
+    return copied, left
+
+
 @dataclass(slots=True)
 class SecretsLeft:
     """What holds secrets in the reference and was not copied (counts and names only)."""

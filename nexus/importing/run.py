@@ -43,6 +43,8 @@ class Report:
     chunks: int = 0
     projects: extras.TableCounts = field(default_factory=extras.TableCounts)
     analyses: extras.TableCounts = field(default_factory=extras.TableCounts)
+    analyses_shown: int = 0  # finished analyses copied into Nexus's conversation_analyses this run
+    analyses_pending: int = 0  # reference jobs that never finished: not queued again
     secrets: extras.SecretsLeft = field(default_factory=extras.SecretsLeft)
     relink: Any = None  # nexus.conversations.relink.RelinkReport, when it ran
     relink_from: datetime | None = None
@@ -74,6 +76,7 @@ def import_reference(
                 report.projects = extras.import_projects(src, lay, dst, report.source)
                 _requests(src, lay, dst, report, batch_size, limit, progress, on_batch)
                 report.analyses = extras.import_analyses(src, lay, dst, report.source)
+                report.analyses_shown, report.analyses_pending = extras.offer_analyses(dst)
                 report.secrets = extras.secrets_left(src, lay)
                 report.relink_from = target.relink_pending(dst)
                 if relink and report.relink_from is not None:
