@@ -11,7 +11,7 @@ flagged by the same row builder (`nexus.storage.records.to_row`).
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -62,7 +62,7 @@ class ReferenceRow:
 
 
 #: The columns read, in `ReferenceRow` order (the project column may be called `domain` in OLD schemas).
-FIELDS = tuple(ReferenceRow.__slots__)  # type: ignore[attr-defined]
+FIELDS = tuple(f.name for f in fields(ReferenceRow))
 
 
 def request_id_of(value: str | None) -> str:

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -22,6 +22,9 @@ from nexus.importing.progress import Progress
 from nexus.importing.rows import EPOCH, BadRow, conversation_of, to_record
 from nexus.storage.migrate import migrate
 from nexus.storage.records import ExchangeRecord
+
+if TYPE_CHECKING:
+    from nexus.conversations.relink import RelinkReport
 
 LOCK_KEY = 0x6E78696D70  # "nximp"
 TABLE = "api_requests"
@@ -46,7 +49,7 @@ class Report:
     analyses_shown: int = 0  # finished analyses copied into Nexus's conversation_analyses this run
     analyses_pending: int = 0  # reference jobs that never finished: not queued again
     secrets: extras.SecretsLeft = field(default_factory=extras.SecretsLeft)
-    relink: Any = None  # nexus.conversations.relink.RelinkReport, when it ran
+    relink: RelinkReport | None = None  # when it ran
     relink_from: datetime | None = None
 
 
@@ -88,7 +91,7 @@ def import_reference(
     return report
 
 
-def _relink(dsn: str, since: datetime) -> Any:
+def _relink(dsn: str, since: datetime) -> RelinkReport:
     from nexus.conversations.relink import relink
 
     return asyncio.run(relink(dsn, since=since))

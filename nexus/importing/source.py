@@ -27,7 +27,7 @@ class NotReferenceError(Exception):
 
 
 #: `ReferenceRow` fields read from differently named columns in some versions.
-ALIASES = {"project_id": ("project_id", "domain"), "first_token_ms": ("first_token_ms",)}
+ALIASES = {"project_id": ("project_id", "domain")}
 REQUIRED = ("request_id", "timestamp", "project_id")
 
 

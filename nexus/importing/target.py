@@ -31,8 +31,7 @@ CONVERSATION = REQUEST_NAMES.index("conversation_id")
 
 @dataclass(slots=True)
 class Checkpoint:
-    last: tuple[datetime, str] | None
-    finished: bool
+    last: tuple[datetime, str] | None  # the last (timestamp, request_id) stored; None: from the start
 
 
 #: Request rows PostgreSQL refused even in their last-resort form: (request id, error).
@@ -50,14 +49,11 @@ def connect(dsn: str) -> psycopg.Connection[Any]:
 
 def read_checkpoint(conn: psycopg.Connection[Any], source: str, table: str) -> Checkpoint:
     row = conn.execute(
-        "SELECT last_timestamp, last_key, finished_at IS NOT NULL FROM reference_import_state "
-        "WHERE source = %s AND table_name = %s",
+        "SELECT last_timestamp, last_key FROM reference_import_state WHERE source = %s AND table_name = %s",
         (source, table),
     ).fetchone()
     conn.commit()
-    if row is None or row[0] is None:
-        return Checkpoint(None, bool(row and row[2]))
-    return Checkpoint((row[0], row[1]), bool(row[2]))
+    return Checkpoint(None if row is None or row[0] is None else (row[0], row[1]))
 
 
 def forget_checkpoint(conn: psycopg.Connection[Any], source: str) -> None:
