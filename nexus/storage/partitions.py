@@ -25,24 +25,32 @@ def ensure_partitions(conn: psycopg.Connection, days_ahead: int = 7, today: date
     created = []
     for offset in range(-1, days_ahead + 1):
         day = today + timedelta(days=offset)
-        name = partition_name(day)
-        if conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is not None:  # type: ignore[index]
-            continue
-        stmt = sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF api_requests FOR VALUES FROM ({}) TO ({})").format(
-            sql.Identifier(name),
-            sql.Literal(f"{day} 00:00:00+00"),
-            sql.Literal(f"{day + timedelta(days=1)} 00:00:00+00"),
-        )
-        try:
-            with conn.transaction():
-                conn.execute(stmt)
-            created.append(name)
-        except psycopg.errors.CheckViolation:
-            # rows for that day already sit in the default partition: keep them there
-            log.warning("partition %s not created: the default partition holds rows for that day", name)
-        except psycopg.errors.DuplicateTable:
-            pass  # another process created it first
+        if ensure_partition(conn, day):
+            created.append(partition_name(day))
     return created
+
+
+def ensure_partition(conn: psycopg.Connection, day: date) -> bool:
+    """Create `day`'s partition unless it exists (also for past days: `nexus import-reference` stores
+    history in its own days, under the same retention); True when this call created it."""
+    name = partition_name(day)
+    if conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is not None:  # type: ignore[index]
+        return False
+    stmt = sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF api_requests FOR VALUES FROM ({}) TO ({})").format(
+        sql.Identifier(name),
+        sql.Literal(f"{day} 00:00:00+00"),
+        sql.Literal(f"{day + timedelta(days=1)} 00:00:00+00"),
+    )
+    try:
+        with conn.transaction():
+            conn.execute(stmt)
+        return True
+    except psycopg.errors.CheckViolation:
+        # rows for that day already sit in the default partition: keep them there
+        log.warning("partition %s not created: the default partition holds rows for that day", name)
+    except psycopg.errors.DuplicateTable:
+        pass  # another process created it first
+    return False
 
 
 def drop_expired_partitions(conn: psycopg.Connection, retention_days: int, today: date | None = None) -> list[str]:

@@ -1,0 +1,1 @@
+"""Bringing a reference-system database into Nexus: `nexus import-reference` (docs/migrating.md)."""
