@@ -237,8 +237,7 @@ def test_without_mcp_enabled_there_is_no_endpoint(tmp_path: Path) -> None:
     env = base_env(tmp_path)
     env.pop("MCP_ENABLED")
     with run_proxy(env) as url:
-        status, _, body = post(url, {"jsonrpc": "2.0", "id": 1, "method": "ping"})
-        assert status == 404
+        assert post(url, {"jsonrpc": "2.0", "id": 1, "method": "ping"})[0] == 404
         assert request(url, "GET", "/client-setup/mcp.json")[0] == 404
 
 

@@ -32,7 +32,7 @@ arguments:
 
 def test_values_are_inserted_once_as_text_without_html_escaping() -> None:
     t = Template("A {{a}} B {{{b}}} C {{missing}}.")
-    assert t.render({"a": "{{b}} <x> & 'q'", "b": "\"y\""}) == "A {{b}} <x> & 'q' B \"y\" C ."
+    assert t.render({"a": "{{b}} <x> & 'q'", "b": '"y"'}) == "A {{b}} <x> & 'q' B \"y\" C ."
 
 
 def test_blocks_choose_on_presence() -> None:
@@ -295,4 +295,3 @@ def test_an_unsupported_protocol_version_header_is_refused_after_initialize(regi
     assert status == 400 and "2099-01-01" in msg["error"]["message"]
     assert call(registry, rpc("prompts/list"), "2025-06-18")[0] == 200
     assert call(registry, rpc("initialize", {"protocolVersion": "2025-06-18"}), "2099-01-01")[0] == 200
-

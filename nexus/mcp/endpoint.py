@@ -105,11 +105,15 @@ class McpEndpoint:
         wait = self.throttle.retry_after(address)
         if wait is not None:
             raise ProxyError(
-                429, f"Too many failed client keys from this address; retry in {wait} s.", headers=[("retry-after", str(wait))]
+                429,
+                f"Too many failed client keys from this address; retry in {wait} s.",
+                headers=[("retry-after", str(wait))],
             )
         presented = presented_client_key(dict(scope.headers.items()))
         if presented is None:
-            raise ProxyError(401, "A client key is required (x-api-key or Authorization: Bearer).", headers=WWW_AUTHENTICATE)
+            raise ProxyError(
+                401, "A client key is required (x-api-key or Authorization: Bearer).", headers=WWW_AUTHENTICATE
+            )
         try:
             self.client_keys.check(presented)
         except ClientKeyRejected as exc:

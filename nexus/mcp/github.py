@@ -66,7 +66,9 @@ class GitHubClient:
     def head(self, branch: str) -> str:
         """The SHA of the branch's head commit."""
         doc = self._json(f"/branches/{quote(branch, safe='')}", "branch head")
-        sha = doc.get("commit", {}).get("sha") if isinstance(doc, dict) and isinstance(doc.get("commit"), dict) else None
+        sha = (
+            doc.get("commit", {}).get("sha") if isinstance(doc, dict) and isinstance(doc.get("commit"), dict) else None
+        )
         if not isinstance(sha, str) or not sha.isalnum() or len(sha) > 64:
             raise GitHubError("branch head: no commit SHA in the answer")
         return sha
@@ -80,7 +82,9 @@ class GitHubClient:
 
     def raw(self, path: str, ref: str, limit: int) -> bytes:
         """A file's bytes at `ref` (at most `limit`)."""
-        return self._get(f"/contents/{_path(path)}?ref={quote(ref, safe='')}", "application/vnd.github.raw", limit, "file")
+        return self._get(
+            f"/contents/{_path(path)}?ref={quote(ref, safe='')}", "application/vnd.github.raw", limit, "file"
+        )
 
     def _json(self, suffix: str, step: str) -> Any:
         data = self._get(suffix, "application/vnd.github+json", MAX_LISTING_BYTES, step)

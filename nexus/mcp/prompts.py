@@ -265,7 +265,9 @@ class PromptRegistry:
                         continue
                     out[entry.name] = (Path(entry.path), (info.st_mtime_ns, info.st_size, info.st_ino))
                     if len(out) >= MAX_FILES:
-                        log.warning("mcp: more than %d prompt files in %s; the rest are ignored", MAX_FILES, self.directory)
+                        log.warning(
+                            "mcp: more than %d prompt files in %s; the rest are ignored", MAX_FILES, self.directory
+                        )
                         break
         except OSError as exc:
             if not self._missing_logged:

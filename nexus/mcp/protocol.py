@@ -79,7 +79,7 @@ def handle(body: bytes, registry: PromptRegistry, header_version: str | None = N
     if isinstance(msg, list):
         return Reply(400, error_message(None, INVALID_REQUEST, "Invalid Request: batches are not supported."))
     if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
-        return Reply(400, error_message(None, INVALID_REQUEST, 'Invalid Request: expected a JSON-RPC 2.0 object.'))
+        return Reply(400, error_message(None, INVALID_REQUEST, "Invalid Request: expected a JSON-RPC 2.0 object."))
     method = msg.get("method")
     has_id = "id" in msg
     if method is None and has_id and ("result" in msg or "error" in msg):
@@ -90,9 +90,7 @@ def handle(body: bytes, registry: PromptRegistry, header_version: str | None = N
         return Reply(202, None)  # a notification (`notifications/initialized`, `.../cancelled`): accepted
     request_id = msg["id"]
     if not _valid_id(request_id):
-        return Reply(
-            400, error_message(None, INVALID_REQUEST, "Invalid Request: `id` must be a string or an integer.")
-        )
+        return Reply(400, error_message(None, INVALID_REQUEST, "Invalid Request: `id` must be a string or an integer."))
     if method != "initialize" and header_version is not None and header_version not in PROTOCOL_VERSIONS:
         shown = ", ".join(PROTOCOL_VERSIONS)
         message = f"Bad Request: unsupported MCP-Protocol-Version {header_version[:40]!r} (supported: {shown})."
