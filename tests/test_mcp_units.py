@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from nexus.mcp import protocol
-from nexus.mcp.prompts import MAX_FILE_BYTES, PromptFileError, PromptRegistry, parse_prompt, prompt_name
+from nexus.mcp.prompts import MAX_FILE_BYTES, NAME, PromptFileError, PromptRegistry, parse_prompt, prompt_name
 from nexus.mcp.templates import MAX_ARGUMENT_CHARS, MAX_TEMPLATE_CHARS, Template, TemplateError, variables
 
 REVIEW = b"""
@@ -295,3 +295,15 @@ def test_an_unsupported_protocol_version_header_is_refused_after_initialize(regi
     assert status == 400 and "2099-01-01" in msg["error"]["message"]
     assert call(registry, rpc("prompts/list"), "2025-06-18")[0] == 200
     assert call(registry, rpc("initialize", {"protocolVersion": "2025-06-18"}), "2099-01-01")[0] == 200
+
+
+def test_a_file_with_a_bad_name_is_named_once_in_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "code review.yaml").write_text("template: x")
+    (tmp_path / "notes.txt").write_text("not a prompt")
+    reg = PromptRegistry(tmp_path, check_interval_s=0)
+    with caplog.at_level("WARNING", logger="nexus.mcp"):
+        assert reg.prompts() == {} and reg.prompts() == {}
+    assert [r.getMessage() for r in caplog.records].count(
+        f"mcp: prompt file 'code review.yaml' skipped: a name must match {NAME.pattern}"
+    ) == 1
+    assert "notes.txt" not in caplog.text

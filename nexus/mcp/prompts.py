@@ -172,7 +172,7 @@ def prompt_name(filename: str) -> str | None:
     return None
 
 
-def read_regular_file(path: Path, limit: int) -> bytes:
+def read_regular_file(path: str | Path, limit: int) -> bytes:
     """The bytes of a regular file that is not a symbolic link, at most `limit` of them."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
@@ -213,6 +213,7 @@ class PromptRegistry:
     _fingerprint: tuple[Any, ...] | None = None
     _checked_at: float = float("-inf")
     _missing_logged: bool = False
+    _bad_names: set[str] = field(default_factory=set)
 
     def prompts(self) -> dict[str, Prompt]:
         """The current prompts by name (the folder is looked at again when a check is due)."""
@@ -252,18 +253,23 @@ class PromptRegistry:
         self._files, self._prompts = files, prompts  # swapped whole: a request sees one version or the other
         return True
 
-    def _listing(self) -> dict[str, tuple[Path, tuple[int, int, int]]]:
-        out: dict[str, tuple[Path, tuple[int, int, int]]] = {}
+    def _listing(self) -> dict[str, tuple[str, tuple[int, int, int]]]:
+        out: dict[str, tuple[str, tuple[int, int, int]]] = {}
         try:
             with os.scandir(self.directory) as it:
                 for entry in it:
-                    if entry.name.startswith(".") or prompt_name(entry.name) is None:
+                    if entry.name.startswith(".") or not entry.name.endswith(SUFFIXES):
+                        continue
+                    if prompt_name(entry.name) is None:
+                        if entry.name not in self._bad_names:  # once per name, not on every check
+                            self._bad_names.add(entry.name)
+                            log.warning("mcp: prompt file %r skipped: a name must match %s", entry.name, NAME.pattern)
                         continue
                     try:
                         info = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    out[entry.name] = (Path(entry.path), (info.st_mtime_ns, info.st_size, info.st_ino))
+                    out[entry.name] = (entry.path, (info.st_mtime_ns, info.st_size, info.st_ino))
                     if len(out) >= MAX_FILES:
                         log.warning(
                             "mcp: more than %d prompt files in %s; the rest are ignored", MAX_FILES, self.directory
@@ -278,7 +284,7 @@ class PromptRegistry:
         return out
 
     @staticmethod
-    def _load(filename: str, path: Path, key: tuple[int, int, int]) -> _Loaded:
+    def _load(filename: str, path: str, key: tuple[int, int, int]) -> _Loaded:
         name = prompt_name(filename)
         assert name is not None
         try:
