@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nexus.mcp import protocol
 from nexus.mcp.prompts import MAX_FILE_BYTES, NAME, PromptFileError, PromptRegistry, parse_prompt, prompt_name
@@ -307,3 +309,50 @@ def test_a_file_with_a_bad_name_is_named_once_in_the_log(tmp_path: Path, caplog:
         f"mcp: prompt file 'code review.yaml' skipped: a name must match {NAME.pattern}"
     ) == 1
     assert "notes.txt" not in caplog.text
+
+
+# --- anything at all ------------------------------------------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+_messages = st.fixed_dictionaries(
+    {},
+    optional={
+        "jsonrpc": st.sampled_from(["2.0", "1.0"]) | _json,
+        "id": _json,
+        "method": st.sampled_from(["initialize", "ping", "prompts/list", "prompts/get", "x"]) | _json,
+        "params": st.fixed_dictionaries(
+            {}, optional={"name": st.sampled_from(["review", "hello"]) | _json, "arguments": _json}
+        )
+        | _json,
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(message=_messages | _json)
+def test_any_json_gets_an_answer_never_an_exception(tmp_path_factory: pytest.TempPathFactory, message: Any) -> None:
+    folder = tmp_path_factory.getbasetemp() / "hypothesis-prompts"
+    if not folder.exists():
+        folder.mkdir()
+        (folder / "review.yaml").write_bytes(REVIEW)
+        (folder / "hello.yaml").write_text("template: Hello {{who}}")
+    reply = protocol.handle(orjson.dumps(message), PromptRegistry(folder))
+    assert reply.status in (200, 202, 400)
+    if reply.message is not None:
+        assert reply.message["jsonrpc"] == "2.0"
+        assert ("result" in reply.message) != ("error" in reply.message)
+
+
+@settings(max_examples=200, deadline=None)
+@given(source=st.text(alphabet=st.sampled_from(list("{}#/^!>&~ .\\'\"=|()@axelsifh")), max_size=60))
+def test_any_template_text_compiles_or_is_refused_with_a_reason(source: str) -> None:
+    try:
+        template = Template(source)
+        template.check(["a"])
+    except TemplateError:
+        return
+    assert isinstance(template.render({"a": "v"}), str)
