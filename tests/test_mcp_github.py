@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -192,3 +193,46 @@ async def test_the_proxy_serves_prompts_synced_at_start(github: tuple[FakeGitHub
             assert names == ["from-repo"]
             got = await client.get_prompt("from-repo", {"thing": "prompts"})
             assert got.messages[0].content.text == "Synced prompts"  # type: ignore[union-attr]
+
+
+def test_sync_now_through_the_api(github: tuple[FakeGitHub, str], tmp_path: Path) -> None:
+    import http.client
+
+    fake, url = github
+    fake.files = {"first.yaml": GOOD}
+    env = {
+        "CLAUDE_API_BASE_URL": "http://127.0.0.1:9",
+        "STORAGE_ENABLED": "false",
+        "MCP_ENABLED": "true",
+        "MCP_WATCH_FILES": "false",
+        "MCP_PROMPTS_DIR": str(tmp_path),
+        "MCP_GITHUB_OWNER": "acme",
+        "MCP_GITHUB_REPO": "team-prompts",
+        "MCP_GITHUB_API_URL": url,
+    }
+
+    def call(method: str, path: str) -> tuple[int, Any]:
+        parts = urlsplit(proxy)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        try:
+            conn.request(method, path)
+            resp = conn.getresponse()
+            return resp.status, orjson.loads(resp.read())
+        finally:
+            conn.close()
+
+    with run_proxy(env) as proxy:
+        for _ in range(50):
+            if call("GET", "/api/mcp/sync/status")[1]["sync_status"] == "success":
+                break
+            time.sleep(0.1)
+        fake.sha, fake.files = "b" * 40, {"first.yaml": GOOD, "second.yaml": b"template: 'two'\n"}
+        status, doc = call("POST", "/api/mcp/sync")
+        assert status == 200 and doc["changed"] is True
+        assert doc["status"]["last_commit_sha"] == "b" * 40 and doc["status"]["repository"] == "acme/team-prompts"
+        _, listed = call("GET", "/api/mcp/prompts")
+        assert [p["name"] for p in listed["prompts"]] == ["first", "second"]  # reloaded without watching
+        fake.branch_status = 500
+        status, doc = call("POST", "/api/mcp/sync")
+        assert status == 502 and "branch head: GitHub answered 500" in doc["error"]["message"]
+        assert call("GET", "/api/mcp/sync/status")[1]["sync_status"] == "error"

@@ -257,3 +257,44 @@ def test_copying_a_prompt_folder_in_is_seen(mcp_url: str, prompts: Path, tmp_pat
         assert "moved" in listed
     finally:
         (prompts / "moved.yaml").unlink()
+
+
+# --- /api/mcp/* ----------------------------------------------------------------------------------------
+
+
+def api(url: str, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    status, _, body = request(url, method, path, headers=headers)
+    return status, orjson.loads(body)
+
+
+def test_the_rest_view_lists_searches_and_shows_prompts(mcp_url: str) -> None:
+    status, doc = api(mcp_url, "GET", "/api/mcp/prompts")
+    assert status == 200 and doc["page"] == 1 and doc["limit"] == 20
+    assert {"hello", "review"} <= {p["promptId"] for p in doc["prompts"]}
+    status, doc = api(mcp_url, "GET", "/api/mcp/prompts?search=REVIEW%20a")
+    assert [p["name"] for p in doc["prompts"]] == ["review"] and doc["total"] == 1
+    status, doc = api(mcp_url, "GET", "/api/mcp/prompts?limit=1&page=2&search=e")
+    assert len(doc["prompts"]) == 1 and doc["total"] >= 2
+    status, doc = api(mcp_url, "GET", "/api/mcp/prompts/review")
+    assert status == 200 and doc["prompt"]["template"].startswith("Review {{file}}")
+    assert doc["prompt"]["argumentsDeclared"] is True
+    for path, want in [
+        ("/api/mcp/prompts/nope", 404),
+        ("/api/mcp/prompts?limit=0", 400),
+        ("/api/mcp/prompts?page=x", 400),
+        ("/api/mcp/nothing", 404),
+    ]:
+        status, doc = api(mcp_url, "GET", path)
+        assert status == want and doc["type"] == "error", (path, doc)
+
+
+def test_sync_without_a_repository_is_501_and_its_status_says_so(mcp_url: str) -> None:
+    status, doc = api(mcp_url, "POST", "/api/mcp/sync")
+    assert status == 501 and "not configured" in doc["error"]["message"]
+    status, doc = api(mcp_url, "GET", "/api/mcp/sync/status")
+    assert status == 200 and doc["sync_status"] == "not_configured" and doc["repository"] is None
+
+
+def test_the_rest_view_follows_the_data_access_rule(mcp_url: str) -> None:
+    status, doc = api(mcp_url, "GET", "/api/mcp/prompts", {"x-forwarded-for": "203.0.113.9"})
+    assert status in (401, 403) and doc["type"] == "error"

@@ -30,6 +30,7 @@ from nexus.auth.errors import WWW_AUTHENTICATE
 from nexus.auth.service import presented_client_key
 from nexus.errors import ProxyError
 from nexus.mcp import protocol
+from nexus.mcp.admin import handle_api
 from nexus.mcp.github import GitHubSync, build_sync
 from nexus.mcp.prompts import PromptRegistry
 from nexus.proxy.body import read_body
@@ -97,6 +98,10 @@ class McpEndpoint:
             if exc.status == 405:
                 headers.append(("allow", "GET, POST"))
             _json(proto, exc.status, protocol.error_message(None, _code(exc.status), exc.message), headers)
+
+    async def api(self, scope: Any, proto: Any, request_id: str) -> None:
+        """`/api/mcp/*` (`nexus.mcp.admin`); the caller has applied the data-access rule."""
+        await handle_api(self.registry, self.sync, scope, proto, request_id)
 
     def _authorize(self, scope: Any) -> None:
         if self.client_keys is None:

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -134,9 +135,15 @@ class GitHubSync:
     registry: PromptRegistry | None
     interval_s: float
     status: SyncStatus = field(default_factory=SyncStatus)
+    #: One sync at a time per worker (the timer's and a `POST /api/mcp/sync`).
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sync_once(self) -> bool:
         """One sync (blocking). True when files were written."""
+        with self._lock:
+            return self._locked_sync()
+
+    def _locked_sync(self) -> bool:
         self.status.state = "syncing"
         try:
             written = self._sync()

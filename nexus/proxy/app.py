@@ -221,7 +221,10 @@ class ProxyApp:
                 self._respond_json(proto, 200, {"status": "ok"}, request_id)
             elif path.startswith("/api/"):
                 self._guard_data(scope)
-                await self.api.handle(scope, proto, request_id)
+                if self.mcp is not None and path.startswith("/api/mcp/"):
+                    await self.mcp.api(scope, proto, request_id)
+                else:
+                    await self.api.handle(scope, proto, request_id)
             else:
                 error = ProxyError(404, f"No route for {method} {path[:200]}.", "not_found_error")
                 self._store_refusal(scope, request_id, now_ns // 1000, None, error)
