@@ -233,6 +233,15 @@ async def test_with_client_auth_a_valid_key_is_required(keyed: tuple[str, str]) 
     assert {"hello", "review"} <= {p.name for p in listed.prompts}
 
 
+def test_guessing_client_keys_on_mcp_is_throttled_like_on_v1(keyed: tuple[str, str]) -> None:
+    url, key = keyed
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    statuses = [post(url, ping, {"x-api-key": f"cnp_live_{i:043d}"})[0] for i in range(12)]
+    assert statuses[0] == 401 and statuses[-1] == 429
+    status, headers, _ = post(url, ping, {"x-api-key": key})
+    assert status == 429 and int(headers["retry-after"]) > 0  # the address is refused, whatever it sends now
+
+
 def test_without_mcp_enabled_there_is_no_endpoint(tmp_path: Path) -> None:
     env = base_env(tmp_path)
     env.pop("MCP_ENABLED")
