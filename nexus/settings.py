@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MIB = 1024 * 1024
 
 #: Fields whose values are secrets: masked wherever settings are shown.
-SECRET_FIELDS = frozenset({"api_key_salt", "dashboard_api_key"})
+SECRET_FIELDS = frozenset({"api_key_salt", "dashboard_api_key", "mcp_github_token"})
 #: Fields that are URLs which may carry a password.
 URL_FIELDS = frozenset({"database_url", "otel_exporter_otlp_endpoint"})
 
@@ -300,6 +300,37 @@ class Settings(BaseSettings):
         """Where the reference system's per-project key files are read from."""
         return self.train_client_keys_dir or self.credentials_dir / "train-client-keys"
 
+    # --- MCP prompt server and client setup (docs/mcp.md, docs/client-setup.md) ---------------
+    mcp_enabled: bool = Field(False, description="Serve the MCP prompt server at POST/GET /mcp.")
+    mcp_prompts_dir: Path = Field(
+        Path("./prompts"), description="Directory of prompt files (`*.yaml`, `*.yml`) the MCP server serves."
+    )
+    mcp_watch_files: bool = Field(
+        True, description="Reload the prompts when a file in MCP_PROMPTS_DIR is added, changed or removed."
+    )
+    mcp_max_request_size: int = Field(
+        1 * MIB, ge=1024, le=32 * MIB, description="Largest accepted MCP request body, bytes."
+    )
+    mcp_github_owner: str | None = Field(None, description="GitHub owner of the repository prompts are synced from.")
+    mcp_github_repo: str | None = Field(None, description="GitHub repository prompts are synced from.")
+    mcp_github_token: str | None = Field(None, description="GitHub token for the prompt sync (needs read access).")
+    mcp_github_branch: str = Field("main", description="Branch the prompt sync reads.")
+    mcp_github_path: str = Field("prompts/", description="Folder of the repository the prompt sync reads.")
+    mcp_github_api_url: str = Field(
+        "https://api.github.com", description="GitHub API base URL (GitHub Enterprise, or a test's fake)."
+    )
+    mcp_sync_interval: int = Field(
+        300, ge=10, description="Seconds between two prompt syncs from GitHub (one also runs at start)."
+    )
+    client_setup_dir: Path = Field(
+        Path("./client-setup"), description="Directory of files served at GET /client-setup/{filename}."
+    )
+    client_setup_base_url: str | None = Field(
+        None,
+        description="The gateway's URL as clients reach it, written into the generated Claude Code settings; "
+        "unset: the address the request was sent to.",
+    )
+
     @field_validator("otel_exporter_otlp_endpoint")
     @classmethod
     def _otlp_url(cls, value: str | None) -> str | None:
@@ -307,7 +338,9 @@ class Settings(BaseSettings):
             return None
         return cls._http_url(value)
 
-    @field_validator("claude_api_base_url", "claude_oauth_token_url", "claude_oauth_authorize_url")
+    @field_validator(
+        "claude_api_base_url", "claude_oauth_token_url", "claude_oauth_authorize_url", "mcp_github_api_url"
+    )
     @classmethod
     def _http_url(cls, value: str) -> str:
         parts = urlsplit(value)
@@ -372,7 +405,19 @@ class Settings(BaseSettings):
     def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(i, strict=False) for i in _items(self.trusted_proxies))
 
-    @field_validator("nexus_home", "credentials_dir", "prometheus_multiproc_dir", "train_client_keys_dir")
+    @field_validator("client_setup_base_url")
+    @classmethod
+    def _optional_url(cls, value: str | None) -> str | None:
+        return cls._http_url(value) if value else None
+
+    @field_validator(
+        "nexus_home",
+        "credentials_dir",
+        "prometheus_multiproc_dir",
+        "train_client_keys_dir",
+        "mcp_prompts_dir",
+        "client_setup_dir",
+    )
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

@@ -16,7 +16,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
 import orjson
@@ -36,6 +36,8 @@ from nexus.observability import metrics as prom
 from nexus.observability.tracing import RequestFacts, Tracer, build_tracer
 from nexus.proxy import probes
 from nexus.proxy.body import ClientGone, UploadGuard, check_json_content_type, read_body
+from nexus.proxy.client_setup import PREFIX as CLIENT_SETUP_PREFIX
+from nexus.proxy.client_setup import ClientSetup
 from nexus.proxy.drain import Drain, is_shutdown
 from nexus.proxy.forward import open_upstream
 from nexus.proxy.headers import upstream_request_headers
@@ -53,6 +55,9 @@ from nexus.storage import querylog
 from nexus.storage.records import ExchangeRecord
 from nexus.storage.writer import StorageWriter, build_writer
 from nexus.usage.counters import TokenCounters
+
+if TYPE_CHECKING:
+    from nexus.mcp.endpoint import McpEndpoint
 
 log = logging.getLogger("nexus.proxy")
 
@@ -122,6 +127,12 @@ class ProxyApp:
         self.tracer: Tracer | None = None
         self.drain = Drain(s.shutdown_timeout_ms / 1000)
         self._flush_timer: asyncio.TimerHandle | None = None
+        self.client_setup = ClientSetup(s)
+        self.mcp: McpEndpoint | None = None
+        if s.mcp_enabled:
+            from nexus.mcp.endpoint import McpEndpoint  # only loaded (with YAML and Handlebars) when enabled
+
+            self.mcp = McpEndpoint(s, self.authorizer.client_keys, self.throttle, self.data_access, self._check_origin)
 
     # --- RSGI protocol -----------------------------------------------------------------------
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -133,6 +144,8 @@ class ProxyApp:
         self.tracer = build_tracer(s.otel_exporter_otlp_endpoint, s.otel_service_name, s.claude_api_base_url)
         if self.metrics is not None:
             self._flush_timer = loop.call_later(1.0, self._flush_metrics, loop)
+        if self.mcp is not None:
+            loop.call_soon(self.mcp.start)
         if self.writer is not None:
             self.writer.start()
             s = self.settings
@@ -148,6 +161,8 @@ class ProxyApp:
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         upstream, self.upstream = self.upstream, None
+        if self.mcp is not None:
+            self.mcp.stop()
         can_run = not loop.is_closed() and not loop.is_running()
         if self._finishing and can_run:  # records waiting on a link lookup are stored, settled or not
             loop.run_until_complete(asyncio.wait(self._finishing, timeout=5))
@@ -195,6 +210,10 @@ class ProxyApp:
             elif path == "/token-stats" and method == "GET":
                 self._guard_data(scope)
                 self._token_stats(scope, proto, request_id)
+            elif path == "/mcp" and self.mcp is not None:
+                await self.mcp.handle(scope, proto, request_id)
+            elif path.startswith(CLIENT_SETUP_PREFIX) and method == "GET":
+                self.client_setup.handle(scope, proto, request_id)
             elif path == "/" and method == "GET":
                 self._respond_json(proto, 200, self.descriptor(), request_id)
             elif path.startswith("/api/event_logging/") or path == "/api/hello":
@@ -203,7 +222,10 @@ class ProxyApp:
                 self._respond_json(proto, 200, {"status": "ok"}, request_id)
             elif path.startswith("/api/"):
                 self._guard_data(scope)
-                await self.api.handle(scope, proto, request_id)
+                if self.mcp is not None and path.startswith("/api/mcp/"):
+                    await self.mcp.api(scope, proto, request_id)
+                else:
+                    await self.api.handle(scope, proto, request_id)
             else:
                 error = ProxyError(404, f"No route for {method} {path[:200]}.", "not_found_error")
                 self._store_refusal(scope, request_id, now_ns // 1000, None, error)
@@ -692,6 +714,8 @@ class ProxyApp:
                 "conversations": "GET /api/conversations[/{id}]",
                 "token_usage": "GET /api/token-usage/current | /daily | /time-series",
                 "token_stats": "GET /token-stats",
+                "client_setup": "GET /client-setup/{filename}",
+                **({"mcp": "POST /mcp (GET /mcp: discovery)"} if self.mcp is not None else {}),
             },
         }
 
