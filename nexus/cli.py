@@ -63,7 +63,7 @@ def _prepare_storage(settings: Any) -> None:
     from nexus.storage.migrate import migrate
 
     try:
-        applied = migrate(settings.database_url)
+        applied = migrate(settings.database_url, settings.pricing_file)
     except Exception as exc:
         reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())  # one line, whatever libpq said
         emit(f"warning: migrations not applied ({reason}); rows will be spooled", settings.log_format, "nexus-proxy")
@@ -252,7 +252,7 @@ def migrate_command(embedded: bool, wait_seconds: float) -> None:
             except Exception as exc:
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
                 raise click.ClickException(f"database not reachable after {wait_seconds:g} s: {reason}") from None
-        applied = migrate(url)
+        applied = migrate(url, settings.pricing_file)
     finally:
         if stop_embedded is not None:
             stop_embedded()
@@ -274,6 +274,7 @@ def fake_upstream(host: str, port: int, event_delay_ms: float, record_dir: str |
 def _add_domain_commands() -> None:
     from nexus.auth.cli import keys, oauth
     from nexus.conversations.cli import relink_command, replay_command
+    from nexus.pricing.cli import pricing
     from nexus.storage.cli import storage
 
     main.add_command(replay_command)
@@ -281,6 +282,7 @@ def _add_domain_commands() -> None:
     main.add_command(keys)
     main.add_command(oauth)
     main.add_command(storage)
+    main.add_command(pricing)
 
 
 _add_domain_commands()
