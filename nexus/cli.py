@@ -76,7 +76,7 @@ def _prepare_storage(settings: Any) -> None:
     from nexus.storage.migrate import migrate
 
     try:
-        applied = migrate(settings.database_url)
+        applied = migrate(settings.database_url, settings.pricing_file)
     except Exception as exc:
         reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())  # one line, whatever libpq said
         emit(f"warning: migrations not applied ({reason}); rows will be spooled", settings.log_format, "nexus-proxy")
@@ -268,7 +268,7 @@ def migrate_command(embedded: bool, wait_seconds: float) -> None:
             except Exception as exc:
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
                 raise click.ClickException(f"database not reachable after {wait_seconds:g} s: {reason}") from None
-        applied = migrate(url)
+        applied = migrate(url, settings.pricing_file)
     finally:
         if stop_embedded is not None:
             stop_embedded()
@@ -291,6 +291,7 @@ def _add_domain_commands() -> None:
     from nexus.auth.cli import keys, oauth
     from nexus.conversations.cli import relink_command, replay_command
     from nexus.importing.cli import import_reference_command
+    from nexus.pricing.cli import pricing
     from nexus.storage.cli import storage
 
     main.add_command(replay_command)
@@ -299,6 +300,7 @@ def _add_domain_commands() -> None:
     main.add_command(oauth)
     main.add_command(storage)
     main.add_command(import_reference_command)
+    main.add_command(pricing)
 
 
 _add_domain_commands()

@@ -156,6 +156,13 @@ class Settings(BaseSettings):
         30, ge=1, description="How far back the linker's database lookups search for a parent, days."
     )
 
+    # --- cost ------------------------------------------------------------------------------------
+    pricing_file: Path | None = Field(
+        None,
+        description="A price file laid over the shipped model prices (format: docs/pricing.md); a bad file stops "
+        "start-up.",
+    )
+
     # --- credentials and auth ---------------------------------------------------------------
     credentials_dir: Path = Field(Path("./credentials"), description="Directory of credential files.")
     enable_client_auth: bool = Field(False, description="Require a client key issued by `nexus keys create`.")
@@ -421,6 +428,22 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
+
+    @field_validator("pricing_file")
+    @classmethod
+    def _prices(cls, value: Path | None) -> Path | None:
+        """Read and check the operator's prices now: a typo in a rate must stop start-up, not be
+        discovered as a wrong bill."""
+        if value is None:
+            return None
+        from nexus.pricing.table import PricingError, load
+
+        value = value.expanduser()
+        try:
+            load(value)
+        except PricingError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     def masked(self) -> dict[str, Any]:
         """Effective values with every secret reduced to a short preview."""

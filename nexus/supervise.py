@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from nexus.observability.logs import emit
@@ -45,11 +46,11 @@ def _say(message: str, level: str = "info") -> None:
     emit(message, os.environ.get("LOG_FORMAT", "text").lower(), "nexus-serve", level)
 
 
-def _migrate(url: str) -> None:
+def _migrate(url: str, pricing_file: Path | None) -> None:
     from nexus.storage.migrate import migrate
 
     try:
-        applied = migrate(url)
+        applied = migrate(url, pricing_file)
     except Exception as exc:
         reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())
         _say(f"warning: migrations not applied ({reason}); rows will be spooled", "warning")
@@ -103,7 +104,7 @@ def serve_all(settings: Settings) -> int:
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         if url is not None:
-            _migrate(url)
+            _migrate(url, settings.pricing_file)
         children["proxy"] = _spawn("proxy", env)
         if url is not None:
             children["dashboard"] = _spawn("dashboard", env)

@@ -52,6 +52,15 @@ def _send(proxy: str, project: str, *, stream: bool, cached: bool = False) -> An
     return client.messages.create(**kwargs).usage
 
 
+def _sonnet_cost(u: Any) -> float:
+    split = u.cache_creation
+    w1 = (split.ephemeral_1h_input_tokens or 0) if split else 0
+    w5 = (u.cache_creation_input_tokens or 0) - w1
+    return (
+        u.input_tokens * 3 + u.output_tokens * 15 + (u.cache_read_input_tokens or 0) * 0.3 + w5 * 3.75 + w1 * 6
+    ) / 1e6
+
+
 def _wait_rows(proxy: str, project: str, n: int) -> dict[str, Any]:
     deadline = time.monotonic() + 15
     while True:
@@ -78,6 +87,10 @@ def test_current_and_daily_usage_sum_what_went_through(usage_proxy: str, fake: F
     cache_read = sum(u.cache_read_input_tokens or 0 for u in usages)
     assert cache_read > 0 and current["cacheReadInputTokens"] == cache_read
     assert current["windowMinutes"] == 300
+    # each row was priced by the writer as it was stored (Sonnet 4.6: 3 / 15 / 0.30 / 3.75 / 6 USD per MTok)
+    assert current["unpricedRequests"] == 0
+    assert current["costUsd"] == pytest.approx(sum(_sonnet_cost(u) for u in usages), abs=1e-6)
+    assert current["costUsd"] > 0
 
     _, snake, _ = get(f"{usage_proxy}/api/token-usage/current?project_id=team-a&window=10")
     assert snake["totalRequests"] == 3 and snake["windowMinutes"] == 10

@@ -28,6 +28,7 @@ def insert_row(
     status: int = 200,
     request_body: dict[str, Any] | None = None,
     usage_json: str | None = None,
+    conversation: str | None = None,
 ) -> str:
     """One stored request at `at` whose id encodes that time (as the proxy's UUIDv7 ids do).
 
@@ -66,7 +67,7 @@ def insert_row(
             cache_read,
             orjson.dumps(usage).decode() if usage_json is None else usage_json,
             '{"user-agent": "claude-cli/2.1.0"}',
-            str(uuid.uuid4()),
+            conversation or str(uuid.uuid4()),
         ),
     )
     return rid

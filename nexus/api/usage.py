@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from nexus.api.params import Query, bool_param, first, int_param
 from nexus.errors import ProxyError
+from nexus.pricing.sql import summed_cost
 from nexus.usage import service
 from nexus.usage.repo import Filters
 
@@ -51,6 +52,8 @@ def _sums(row: dict[str, Any]) -> dict[str, Any]:
         "cacheReadInputTokens": int(row["cache_read_input_tokens"]),
         "cacheCreation5mInputTokens": int(row["cache_creation_5m_input_tokens"]),
         "cacheCreation1hInputTokens": int(row["cache_creation_1h_input_tokens"]),
+        "costUsd": summed_cost(row),
+        "unpricedRequests": int(row["unpriced_requests"]),
     }
 
 

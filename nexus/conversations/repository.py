@@ -16,6 +16,7 @@ from nexus._core import prompt_key as prompt_key_of
 from nexus.conversations.compaction import reply_text
 from nexus.conversations.index import FAILED, OK, PER_KEY, Compaction, Entry, Invocation
 from nexus.conversations.linker import spawned_prompts
+from nexus.pricing.sql import COST_SUMS, REQUEST_COST_USD, summed_cost
 
 ENTRY_COLUMNS = (
     "request_id::text, project_id, timestamp, request_type, current_message_hash, conversation_id::text, branch_id, "
@@ -211,12 +212,13 @@ async def list_conversations(
         if not rows:
             return rows
         await cur.execute(
-            "SELECT conversation_id, "
+            "SELECT conversation_id, "  # noqa: S608 (constant SQL, values are parameters)
             "count(DISTINCT branch_id) FILTER (WHERE branch_id !~ '^subtask_') AS branch_count, "
             "count(DISTINCT branch_id) FILTER (WHERE branch_id ~ '^subtask_') AS subagent_count, "
             "count(*) FILTER (WHERE request_type = 'compaction') AS compaction_count, "
-            "array_agg(DISTINCT model) FILTER (WHERE model IS NOT NULL) AS models "
-            "FROM api_requests WHERE conversation_id = ANY(%s) AND timestamp >= %s AND timestamp <= %s "
+            "array_agg(DISTINCT model) FILTER (WHERE model IS NOT NULL) AS models, "
+            f"count(*) AS requests, {COST_SUMS} "
+            f"FROM api_requests WHERE conversation_id = ANY(%s) AND timestamp >= %s AND timestamp <= %s "
             "GROUP BY conversation_id",
             ([r["conversation_id"] for r in rows], min(r["first_at"] for r in rows), max(r["last_at"] for r in rows)),
         )
@@ -227,13 +229,16 @@ async def list_conversations(
         row["subagent_count"] = extra.get("subagent_count", 0)
         row["compaction_count"] = extra.get("compaction_count", 0)
         row["models"] = sorted(extra.get("models") or [])
+        row["cost_usd"] = summed_cost(extra) if extra else 0.0
+        row["unpriced_requests"] = int(extra.get("unpriced_requests", 0))
     return rows
 
 
 TREE_COLUMNS = (
     "request_id, timestamp, parent_request_id, branch_id, is_subtask, parent_task_request_id, request_type, "
     "model, response_status, input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens, "
-    "duration_ms, message_count, tool_call_count, session_id, agent_id"
+    "duration_ms, message_count, tool_call_count, session_id, agent_id, "
+    f"{REQUEST_COST_USD} AS cost_usd"
 )
 
 

@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import psycopg
 
@@ -60,8 +61,13 @@ def wait_for_database(dsn: str, seconds: float, interval: float = 1.0) -> None:
             time.sleep(interval)
 
 
-def migrate(dsn: str) -> list[str]:
-    """Apply pending migrations and make sure the coming days have partitions; return what was applied."""
+def migrate(dsn: str, pricing_file: Path | None = None) -> list[str]:
+    """Apply pending migrations, make sure the coming days have partitions, and write the price table
+    (shipped prices with `pricing_file` over them); return what was applied."""
+    from nexus.pricing.sync import sync_prices
+    from nexus.pricing.table import load
+
+    prices = load(pricing_file)  # a bad price file fails before anything is written
     applied: list[str] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
@@ -85,6 +91,7 @@ def migrate(dsn: str) -> list[str]:
                 applied.append(m.name)
                 log.info("applied migration %s", m.name)
             ensure_partitions(conn)
+            sync_prices(conn, prices)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
     return applied

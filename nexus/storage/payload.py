@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from nexus.pricing.sql import COST, price_join
 from nexus.storage.records import BLOB_NAMES_BY_COUNT, REQUEST_NAMES_BY_COUNT, REQUEST_TYPES_BY_COUNT
 
 FRAME = struct.Struct(">II")
@@ -79,11 +80,14 @@ STAGE_SQL = (
 
 
 def request_statements(names: list[str]) -> tuple[str, str]:
-    """COPY into staging, then insert what is new and update the conversation summaries, for a column list."""
+    """COPY into staging, then insert what is new, each row priced (`cost_usd`, nexus/pricing/sql.py),
+    and update the conversation summaries, for a column list."""
     cols = ", ".join(f'"{n}"' for n in names)
+    staged = ", ".join(f's."{n}"' for n in names)
     copy = f"COPY nexus_stage_requests ({cols}) FROM STDIN (FORMAT binary)"
     insert = (
-        f"WITH ins AS (INSERT INTO api_requests ({cols}) SELECT {cols} FROM nexus_stage_requests "  # noqa: S608
+        f"WITH ins AS (INSERT INTO api_requests ({cols}, cost_usd) "  # noqa: S608 (constant column lists)
+        f"SELECT {staged}, {COST} FROM nexus_stage_requests AS s {price_join('s')} "
         'ON CONFLICT DO NOTHING RETURNING conversation_id, project_id, "timestamp", request_id, input_tokens, '
         "output_tokens, cache_creation_input_tokens, cache_read_input_tokens)" + _CONVERSATION_UPSERT
     )

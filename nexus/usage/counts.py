@@ -83,3 +83,9 @@ def column_count(value: object) -> int:
     """A count as the bigint column will hold it (`stored_count`, clamped), 0 when none is stored."""
     number = stored_count(value)
     return 0 if number is None else min(number, MAX_COUNT)
+
+
+#: The 5-minute and 1-hour parts of a request's cache writes, which exist only in the stored `usage`
+#: JSON (`usage.cache_creation`), as upstream sent it.
+CACHE_WRITE_5M_SQL = sql_token_count("usage -> 'cache_creation' -> 'ephemeral_5m_input_tokens'")
+CACHE_WRITE_1H_SQL = sql_token_count("usage -> 'cache_creation' -> 'ephemeral_1h_input_tokens'")

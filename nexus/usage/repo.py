@@ -15,7 +15,8 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from nexus.usage.counts import sql_token_count
+from nexus.pricing.sql import COST_SUMS
+from nexus.usage.counts import CACHE_WRITE_1H_SQL, CACHE_WRITE_5M_SQL
 
 #: Columns a caller may group or filter by, mapped to their SQL.
 GROUPS = {"account_id": "account_id", "project_id": "project_id", "model": "model"}
@@ -26,16 +27,15 @@ GROUPS = {"account_id": "account_id", "project_id": "project_id", "model": "mode
 #: exists only in the `usage` JSON (`usage.cache_creation`), as upstream sent it, so each of its values
 #: counts only when it is a token count and as 0 otherwise (`nexus.usage.counts`): no stored value can
 #: make these queries fail.
-_SPLIT_5M = sql_token_count("usage -> 'cache_creation' -> 'ephemeral_5m_input_tokens'")
-_SPLIT_1H = sql_token_count("usage -> 'cache_creation' -> 'ephemeral_1h_input_tokens'")
 SUMS = (
     "count(*) AS requests, "
     "coalesce(sum(input_tokens), 0) AS input_tokens, "
     "coalesce(sum(output_tokens), 0) AS output_tokens, "
     "coalesce(sum(cache_creation_input_tokens), 0) AS cache_creation_input_tokens, "
     "coalesce(sum(cache_read_input_tokens), 0) AS cache_read_input_tokens, "
-    f"coalesce(sum({_SPLIT_5M}), 0) AS cache_creation_5m_input_tokens, "
-    f"coalesce(sum({_SPLIT_1H}), 0) AS cache_creation_1h_input_tokens"
+    f"coalesce(sum({CACHE_WRITE_5M_SQL}), 0) AS cache_creation_5m_input_tokens, "
+    f"coalesce(sum({CACHE_WRITE_1H_SQL}), 0) AS cache_creation_1h_input_tokens, "
+    f"{COST_SUMS}"
 )
 SUM_FIELDS = (
     "requests",
@@ -45,6 +45,8 @@ SUM_FIELDS = (
     "cache_read_input_tokens",
     "cache_creation_5m_input_tokens",
     "cache_creation_1h_input_tokens",
+    "cost_usd",
+    "unpriced_requests",
 )
 
 
