@@ -333,3 +333,31 @@ def test_conversation_list_and_tree_pages(
     detail = call(open_dashboard, f"/requests/{ids[1]}")
     assert f'href="/conversations/{conversation}#r-{ids[1]}"' in detail.text
     assert call(open_dashboard, f"/conversations/{uuid.uuid4()}").status == 404
+
+
+def test_costs_are_shown_and_an_unknown_model_is_not_free(open_dashboard: str, migrated_db: str) -> None:
+    from nexus.pricing.sql import REPRICE_UNPRICED
+
+    now = datetime.now(UTC)
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        # Sonnet 4.6: (1234 x 3 + 567 x 15 + 8901 x 0.30 + 100 x 3.75 + 200 x 6) / 1e6 = $0.0165 (rounded)
+        priced = insert_row(
+            conn,
+            now - timedelta(minutes=3),
+            project="costly",
+            input_tokens=1234,
+            output_tokens=567,
+            cache_read=8901,
+            cache_creation=300,
+            cache_5m=100,
+            cache_1h=200,
+        )
+        unknown = insert_row(conn, now - timedelta(minutes=2), project="costly", model="claude-nova-9")
+        conn.execute(REPRICE_UNPRICED, {"limit": 100})  # what a start does for rows stored before pricing
+    assert "$0.0165" in call(open_dashboard, f"/requests/{priced}").text
+    detail = call(open_dashboard, f"/requests/{unknown}").text
+    assert "<dt>cost</dt><dd>unknown</dd>" in detail
+    usage = call(open_dashboard, "/usage?project_id=costly").text
+    assert "$0.0165 + 1 unpriced" in usage  # a lower bound, and it says so
+    listing = call(open_dashboard, "/requests?project_id=costly").text
+    assert "$0.0165" in listing and "unknown" in listing

@@ -8,6 +8,7 @@ wrote can run in the page.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 from jinja2 import Environment, FileSystemLoader, Undefined, select_autoescape
 
+from nexus.pricing.sql import summed_cost
 from nexus.usage.counts import token_count
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -40,6 +42,31 @@ def number(value: object) -> str:
         return f"{int(value):,}"  # type: ignore[call-overload]
     except (TypeError, ValueError, OverflowError):
         return short(value)
+
+
+def usd(value: object) -> str:
+    """A cost in US dollars; "unknown" (never $0) when the model had no price."""
+    if value is None or isinstance(value, Undefined):
+        return "unknown"
+    try:
+        amount = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return short(value)
+    if amount == 0:
+        return "$0"
+    return f"${amount:,.4f}" if abs(amount) < 1 else f"${amount:,.2f}"
+
+
+def cost_of(row: object) -> str:
+    """The cost of a row of summed usage (`cost_usd`, `unpriced_requests`, `requests`): a total, a
+    lower bound when some requests had no price ("$1.20 + 3 unpriced"), or "unknown"."""
+    if not isinstance(row, Mapping) or "unpriced_requests" not in row:
+        return "unknown"
+    total = usd(summed_cost(dict(row)))
+    unpriced = int(row["unpriced_requests"] or 0)
+    if unpriced and total != "unknown":
+        return f"{total} + {unpriced:,} unpriced"
+    return total
 
 
 def when(value: object) -> str:
@@ -126,6 +153,8 @@ def environment() -> Environment:
     )
     env.filters["num"] = number
     env.filters["when"] = when
+    env.filters["usd"] = usd
+    env.filters["cost"] = cost_of
     env.filters["json"] = pretty_json
     return env
 

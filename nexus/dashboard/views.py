@@ -140,4 +140,10 @@ async def conversation_page(conn: AsyncConnection[Any], conversation_id: str) ->
         raise NotFound(conversation_id)
     number = {str(r["request_id"]): f"#{i}" for i, r in enumerate(tree["requests"], 1)}
     edges = {str(e["to"]): {"from": str(e["from"]), "kind": e["kind"]} for e in tree["edges"]}
-    return {"c": tree, "number": number, "edges": edges}
+    costs = [r["cost_usd"] for r in tree["requests"]]
+    cost = {
+        "requests": len(costs),
+        "cost_usd": sum(c for c in costs if c is not None),
+        "unpriced_requests": sum(c is None for c in costs),
+    }
+    return {"c": tree, "number": number, "edges": edges, "cost": cost}
