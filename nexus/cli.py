@@ -272,6 +272,7 @@ def fake_upstream(host: str, port: int, event_delay_ms: float, record_dir: str |
 
 
 def _add_domain_commands() -> None:
+    from nexus.analysis.cli import worker_command
     from nexus.auth.cli import keys, oauth
     from nexus.conversations.cli import relink_command, replay_command
     from nexus.storage.cli import storage
@@ -281,6 +282,7 @@ def _add_domain_commands() -> None:
     main.add_command(keys)
     main.add_command(oauth)
     main.add_command(storage)
+    main.add_command(worker_command)
 
 
 _add_domain_commands()

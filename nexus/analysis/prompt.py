@@ -25,8 +25,8 @@ Answer with exactly one JSON object and nothing else (no prose, no markdown), wi
 - "suggestions": a list of concrete ways the user could get better results next time.
 Every value is a string or a list of strings. Write in the language of the conversation."""
 
-INSTRUCTION = "Based on the transcript above, provide the complete analysis as one JSON object with the keys " + ", ".join(
-    f'"{k}"' for k in KEYS
+INSTRUCTION = "Based on the transcript above, provide the complete analysis as one JSON object with the keys " + (
+    ", ".join(f'"{k}"' for k in KEYS)
 )
 
 
@@ -36,5 +36,5 @@ def user_prompt(transcript: str, turns: int, omitted: int, custom_prompt: str | 
     note = f"The transcript is cut: {omitted} of its {turns} turns are left out in the middle.\n" if omitted else ""
     instruction = INSTRUCTION + "."
     if custom_prompt:
-        instruction += f"\nAdditional focus requested by the user (still answer with the same JSON object): {custom_prompt}"
+        instruction += f"\nAdditional focus asked for by the user (answer with the same JSON object): {custom_prompt}"
     return f"{note}<transcript>\n{safe}\n</transcript>\n\n{instruction}"

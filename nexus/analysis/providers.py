@@ -9,7 +9,6 @@ not in the URL, so no error text or log line that names the URL can show it).
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -76,7 +75,7 @@ async def _post(client: Client, url: str, headers: list[tuple[str, str]], body: 
             return status, b"".join(got), response.headers
     except ProviderError:
         raise
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         raise ProviderError("the model did not answer in time") from None
     except Exception as exc:  # pyreqwest's connection, timeout and protocol errors
         name = exc.__class__.__name__
@@ -140,7 +139,7 @@ class ClaudeThroughGateway:
         text = "".join(
             str(b.get("text", "")) for b in message["content"] if isinstance(b, dict) and b.get("type") == "text"
         )
-        usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
+        usage: dict[str, Any] = message["usage"] if isinstance(message.get("usage"), dict) else {}
         model = message.get("model") if isinstance(message.get("model"), str) else self.model
         return ModelReply(
             text, str(model)[:100], _int(usage.get("input_tokens")), _int(usage.get("output_tokens")), request_id
@@ -185,7 +184,7 @@ class Gemini:
             text = "".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
             raise ProviderError("Gemini's answer has no candidate text") from None
-        usage = answer.get("usageMetadata") if isinstance(answer.get("usageMetadata"), dict) else {}
+        usage: dict[str, Any] = answer["usageMetadata"] if isinstance(answer.get("usageMetadata"), dict) else {}
         return ModelReply(
             text, self.model, _int(usage.get("promptTokenCount")), _int(usage.get("candidatesTokenCount"))
         )

@@ -28,6 +28,11 @@ RESET = """status = 'pending', retry_count = 0, attempts = 0, not_before = now()
     claim_token_hash = NULL, claimed_at = NULL, analysis_content = NULL, analysis_data = NULL, raw_response = NULL,
     error_message = NULL, completed_at = NULL, generated_at = NULL, processing_duration_ms = NULL,
     prompt_tokens = NULL, completion_tokens = NULL, request_id = NULL, updated_at = now()"""
+REGENERATE_SQL = (
+    "INSERT INTO conversation_analyses (conversation_id, branch_id, project_id, custom_prompt) "
+    "VALUES (%s, %s, %s, %s) ON CONFLICT (conversation_id, branch_id) DO UPDATE SET "
+    f"{RESET}, custom_prompt = EXCLUDED.custom_prompt, project_id = EXCLUDED.project_id"
+)
 CLAIM_SQL = """
 UPDATE conversation_analyses SET status = 'processing', attempts = attempts + 1, claimed_by = %(worker)s,
     claim_token_hash = %(token)s, claimed_at = now(), updated_at = now()
@@ -132,12 +137,7 @@ async def regenerate(
 ) -> dict[str, Any]:
     """Queue the analysis again from scratch (a worker holding it can no longer write its result); call
     it inside a transaction."""
-    await conn.execute(
-        "INSERT INTO conversation_analyses (conversation_id, branch_id, project_id, custom_prompt) "
-        "VALUES (%s, %s, %s, %s) ON CONFLICT (conversation_id, branch_id) DO UPDATE SET "
-        f"{RESET}, custom_prompt = EXCLUDED.custom_prompt, project_id = EXCLUDED.project_id",
-        (conversation_id, branch_id, project_id, custom_prompt),
-    )
+    await conn.execute(REGENERATE_SQL, (conversation_id, branch_id, project_id, custom_prompt))
     row = await get(conn, conversation_id, branch_id)
     assert row is not None
     return row

@@ -49,7 +49,7 @@ class Analysis(msgspec.Struct, forbid_unknown_fields=False):
     summary: Text
     goals: Text
     outcome: Text
-    keyDecisions: Text  # noqa: N815 (the wire name)
+    keyDecisions: Text
     problems: Text
     suggestions: Text
 

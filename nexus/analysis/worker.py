@@ -169,11 +169,15 @@ class Worker:
             )
         self.done += 1
         if stored:
-            log.info("analysis job %d completed (conversation %s, branch %s)", job.id, job.conversation_id, job.branch_id)
+            log.info(
+                "analysis job %d completed (conversation %s, branch %s)", job.id, job.conversation_id, job.branch_id
+            )
         else:
             log.warning("analysis job %d: result not stored, the job was taken back meanwhile", job.id)
 
-    async def _failed(self, job: queue.Job, hashed: bytes, reason: str, raw: str | None, request_id: str | None) -> None:
+    async def _failed(
+        self, job: queue.Job, hashed: bytes, reason: str, raw: str | None, request_id: str | None
+    ) -> None:
         self.failed_attempts += 1
         s = self.settings
         delay = backoff_s(job.retry_count + 1, s.ai_analysis_retry_base_delay_ms, s.ai_analysis_retry_max_delay_ms)
@@ -204,7 +208,7 @@ class Worker:
         await asyncio.gather(*pending, return_exceptions=True)
         if held and self.pool is not None:
             async with self.pool.connection() as conn:
-                    for job, hashed in held:
+                for job, hashed in held:
                     await queue.release(conn, job, hashed)
 
     def stop(self) -> None:
