@@ -31,7 +31,8 @@ RESET = """status = 'pending', retry_count = 0, attempts = 0, not_before = now()
 REGENERATE_SQL = (
     "INSERT INTO conversation_analyses (conversation_id, branch_id, project_id, custom_prompt) "
     "VALUES (%s, %s, %s, %s) ON CONFLICT (conversation_id, branch_id) DO UPDATE SET "
-    f"{RESET}, custom_prompt = EXCLUDED.custom_prompt, project_id = EXCLUDED.project_id"
+    + RESET
+    + ", custom_prompt = EXCLUDED.custom_prompt, project_id = EXCLUDED.project_id"
 )
 CLAIM_SQL = """
 UPDATE conversation_analyses SET status = 'processing', attempts = attempts + 1, claimed_by = %(worker)s,

@@ -8,6 +8,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from nexus.analysis import queue as analysis_queue
+from nexus.analysis import schema as analysis_schema
 from nexus.api.params import cursor_param
 from nexus.api.requests import next_cursor
 from nexus.conversations import repository as conversations_repo
@@ -140,4 +142,28 @@ async def conversation_page(conn: AsyncConnection[Any], conversation_id: str) ->
         raise NotFound(conversation_id)
     number = {str(r["request_id"]): f"#{i}" for i, r in enumerate(tree["requests"], 1)}
     edges = {str(e["to"]): {"from": str(e["from"]), "kind": e["kind"]} for e in tree["edges"]}
-    return {"c": tree, "number": number, "edges": edges}
+    analyses = [analysis_view(row) for row in await analysis_queue.for_conversation(conn, conversation_id)]
+    return {
+        "c": tree,
+        "number": number,
+        "edges": edges,
+        "analyses": analyses,
+        "analysis_busy": any(a["status"] in ("pending", "processing") for a in analyses),
+    }
+
+
+def analysis_view(row: dict[str, Any]) -> dict[str, Any]:
+    """One analysis for the page: its known sections in order, then any extra keys, each as lines."""
+    data: dict[str, Any] = row["analysis_data"] if isinstance(row.get("analysis_data"), dict) else {}
+    keys = [*analysis_schema.KEYS, *(k for k in data if k not in analysis_schema.KEYS)]
+    sections = [
+        {
+            "key": key,
+            "title": analysis_schema.TITLES.get(key, key),
+            "lines": analysis_schema.items(data[key]),
+            "single": isinstance(data[key], str),
+        }
+        for key in keys
+        if key in data
+    ]
+    return {**row, "sections": sections}
