@@ -25,6 +25,8 @@ from nexus.auth.client_keys import redact_client_keys
 
 #: Rows read per query.
 PAGE = 200
+#: A turn's new messages are looked for among the last few of each request.
+NEW_MESSAGES_WINDOW = 4
 #: Most rows of one branch read (a branch longer than this is analysed from its first rows).
 MAX_ROWS = 20_000
 #: Longest text kept of one message before the budget is applied (the reference's cap).
@@ -37,8 +39,8 @@ _ANTHROPIC_KEY = re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}")
 GAP = "[... {n} turns omitted: the transcript was cut to its head and tail ...]"
 
 ROWS_SQL = """
-SELECT r.request_id::text, r."timestamp", r.message_keys[array_length(r.message_keys, 1)] AS last_key,
-       r.response_body
+SELECT r.request_id::text, r."timestamp",
+       r.message_keys[greatest(1, array_length(r.message_keys, 1) - %(window)s + 1):] AS last_keys, r.response_body
 FROM api_requests r
 WHERE r.conversation_id = %(conversation)s AND r.branch_id = %(branch)s AND r.response_status = 200
   AND r.message_keys IS NOT NULL
@@ -116,6 +118,19 @@ def content_text(content: Any) -> str:
     return ""
 
 
+def new_user_text(messages: list[Any]) -> str:
+    """The user's part of this turn: the user messages after the last assistant message (Claude Code
+    puts `role: "system"` entries in `messages`; they are the client's, not the user's)."""
+    start = 0
+    for i, message in enumerate(messages):
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            start = i + 1
+    texts = [
+        content_text(m.get("content")) for m in messages[start:] if isinstance(m, dict) and m.get("role") == "user"
+    ]
+    return "\n".join(t for t in texts if t)
+
+
 def tokens(text: str, chars_per_token: float) -> int:
     return int(len(text) / chars_per_token) + 1
 
@@ -172,6 +187,7 @@ async def load_transcript(
                 "after_ts": after[0],
                 "after_id": after[1],
                 "limit": PAGE,
+                "window": NEW_MESSAGES_WINDOW,
             },
         )
         rows = await cur.fetchall()
@@ -179,14 +195,13 @@ async def load_transcript(
             break
         read += len(rows)
         after = (rows[-1][1], rows[-1][0])
-        keys = list({bytes(r[2]) for r in rows if r[2] is not None})
+        keys = list({bytes(k) for r in rows for k in r[2] or []})
         blobs: dict[bytes, Any] = {}
         if keys:
             cur = await conn.execute("SELECT key, body FROM content_blobs WHERE key = ANY(%s)", (keys,))
             blobs = {bytes(k): body for k, body in await cur.fetchall()}
-        for _, _, key, response in rows:
-            message = blobs.get(bytes(key)) if key is not None else None
-            user = sanitize(content_text(message.get("content")) if isinstance(message, dict) else "")
+        for _, _, last_keys, response in rows:
+            user = sanitize(new_user_text([blobs.get(bytes(k)) for k in last_keys or []]))
             reply = sanitize(content_text(response.get("content")) if isinstance(response, dict) else "")
             if (user, reply) == previous:  # a retry that repeated the turn
                 continue
