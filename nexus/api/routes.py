@@ -79,6 +79,9 @@ class ApiRoutes:
         self._posts.append((path, handler))
         self._posts.sort(key=lambda item: -len(item[0]))
 
+    def accepts_post(self, path: str) -> bool:
+        return self._find_post(path) is not None
+
     def _find_post(self, path: str) -> tuple[PostHandler, str] | None:
         for route, handler in self._posts:
             if path == route or (route.endswith("/") and path.startswith(route) and len(path) > len(route)):

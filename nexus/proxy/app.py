@@ -208,7 +208,8 @@ class ProxyApp:
                 self._respond_json(proto, 200, {"status": "ok"}, request_id)
             elif path.startswith("/api/"):
                 self._guard_data(scope)
-                body = await self._api_body(scope, proto) if method == "POST" else None
+                posts = method == "POST" and self.api.accepts_post(path)
+                body = await self._api_body(scope, proto) if posts else None
                 await self.api.handle(scope, proto, request_id, body)
             else:
                 error = ProxyError(404, f"No route for {method} {path[:200]}.", "not_found_error")
