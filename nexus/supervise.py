@@ -1,4 +1,5 @@
-"""`nexus serve`: the proxy and the dashboard as two child processes, started and stopped together.
+"""`nexus serve`: the proxy and the dashboard (and, with AI_WORKER_ENABLED, the analysis worker) as child
+processes, started and stopped together.
 
 Each child runs in its own session, so a Ctrl-C in the terminal reaches only this supervisor, which
 then sends SIGTERM to each child's main PID (never to a process group: Granian's shutdown can hang

@@ -229,6 +229,13 @@ def test_a_recorded_conversation_is_analysed_through_the_gateway(
     row = get_json(f"{gateway}/api/requests/{done['requestId']}")
     assert (row["request_type"], row["conversation_id"], row["project_id"]) == ("analysis", None, PROJECT)
     assert get_json(f"{gateway}/api/conversations/{conversation}")["request_count"] == before["request_count"]
+    # `nexus relink` re-decides every stored link: the analysis request stays out (else, one message
+    # with no parent, it would become a conversation of its own)
+    subprocess.run(
+        [sys.executable, "-m", "nexus.cli", "relink"], env={**os.environ, "DATABASE_URL": analysis_db}, check=True
+    )
+    row = get_json(f"{gateway}/api/requests/{done['requestId']}")
+    assert (row["request_type"], row["conversation_id"]) == ("analysis", None)
 
     with run_dashboard({"DATABASE_URL": analysis_db, "PROXY_API_URL": gateway}) as dash:
         status, page = call(dash, "GET", f"/conversations/{conversation}")

@@ -122,7 +122,13 @@ class Worker:
                 task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self.running.pop(task, None)
+        job, _ = self.running.pop(task, (None, b""))
+        if not task.cancelled() and (exc := task.exception()) is not None:  # its database write failed
+            log.warning(
+                "analysis job %s: its outcome was not stored (%s); the watchdog will return it to the queue",
+                job.id if job is not None else "?",
+                exc.__class__.__name__,
+            )
         self.wake.set()  # a free slot: look for the next job at once
 
     async def run_job(self, job: queue.Job, token: str) -> None:
