@@ -277,7 +277,7 @@ def test_a_reply_that_is_not_an_analysis_is_retried_then_failed_with_its_text(
     assert analysis_of(gateway, conversation)["data"]["outcome"] == "Both goals were met."
 
 
-def test_two_workers_never_run_one_job_twice(gateway: str, analysis_db: str, fake: FakeControl) -> None:
+def test_two_workers_never_run_one_job_twice_and_the_watchdog_returns_a_stuck_one(gateway: str, analysis_db: str, fake: FakeControl) -> None:
     ids = {}
     for n in range(20):
         text = f"JOB-{n:02d}-{uuid.uuid4().hex[:6]}: explain recursion"
@@ -285,10 +285,26 @@ def test_two_workers_never_run_one_job_twice(gateway: str, analysis_db: str, fak
     assert len(set(ids.values())) == 20
     for conversation in ids.values():
         assert call(gateway, "POST", "/api/analyses", {"conversationId": conversation, "branchId": "main"})[0] == 201
+    # and one job whose worker died ten minutes ago while holding it: the watchdog must give it back
+    stuck = send_turn(gateway, f"STUCK-{uuid.uuid4().hex[:6]}: a job whose worker died")
+    with psycopg.connect(analysis_db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO conversation_analyses (conversation_id, status, attempts, claimed_by, claimed_at, "
+            "claim_token_hash) VALUES (%s, 'processing', 1, 'dead-host:1', now() - interval '10 minutes', %s)",
+            (stuck, marker.token_hash(marker.new_token())),
+        )
     fake.script(analysis_rule(json.dumps(ANALYSIS), delay_ms=150))
-    env = {**claude_worker_env(gateway, analysis_db), "AI_WORKER_MAX_CONCURRENT_JOBS": "3"}
+    env = {
+        **claude_worker_env(gateway, analysis_db),
+        "AI_WORKER_MAX_CONCURRENT_JOBS": "3",
+        "AI_WORKER_JOB_TIMEOUT_MINUTES": "1",  # the watchdog takes a job back after 1 + 1 minutes
+    }
+    everything = [*ids.values(), stuck]
     with run_worker(env), run_worker(env):
-        wait_for(lambda: all(analysis_of(gateway, c)["status"] == "completed" for c in ids.values()), 60, "all 20 jobs")
+        wait_for(lambda: all(analysis_of(gateway, c)["status"] == "completed" for c in everything), 60, "21 jobs")
+    returned = analysis_of(gateway, stuck)
+    assert (returned["attempts"], returned["retryCount"]) == (2, 1)
+    assert "returned to the queue by the watchdog" in returned["error"] and "dead-host:1" in returned["error"]
     with psycopg.connect(analysis_db) as conn:
         rows = conn.execute(
             "SELECT attempts, claimed_by FROM conversation_analyses WHERE conversation_id = ANY(%s::uuid[])",
@@ -301,7 +317,7 @@ def test_two_workers_never_run_one_job_twice(gateway: str, analysis_db: str, fak
         ).fetchone()
     assert len(rows) == 20 and all(attempts == 1 for attempts, _ in rows)
     assert len({worker for _, worker in rows}) == 2  # both workers took jobs
-    sent = analysis_requests(fake)
+    sent = analysis_requests(fake, "JOB-")
     assert len(sent) == 20
     for text in ids:  # each conversation was sent to the model exactly once
         assert sum(text in r["body"]["messages"][0]["content"] for r in sent) == 1, text

@@ -213,3 +213,18 @@ async def test_the_watchdog_returns_stuck_jobs_and_their_workers_can_no_longer_w
             duration_ms=1,
             **kwargs,
         )
+
+
+def test_serve_and_worker_refuse_to_start_without_what_the_provider_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from nexus.cli import main
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    runner = CliRunner()
+    result = runner.invoke(main, ["serve"], env={"AI_WORKER_ENABLED": "true"})
+    assert result.exit_code != 0 and "AI_ANALYSIS_PROJECT_ID is required" in result.output
+    result = runner.invoke(main, ["worker"], env={"AI_ANALYSIS_PROJECT_ID": "p"})
+    assert result.exit_code != 0 and "DATABASE_URL is not set" in result.output
+    result = runner.invoke(main, ["worker"], env={"DATABASE_URL": "postgresql://x@localhost/db", "GEMINI_API_KEY": ""})
+    assert result.exit_code != 0 and "AI_ANALYSIS_PROJECT_ID is required" in result.output
