@@ -3,6 +3,7 @@ the mark, the settings, and the queue's watchdog and fencing against a real Post
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import uuid
@@ -13,9 +14,10 @@ import pytest
 
 from nexus.analysis import marker, queue
 from nexus.analysis.prompt import user_prompt
+from nexus.analysis.providers import ModelReply
 from nexus.analysis.schema import KEYS, InvalidReply, clean_text, parse_reply, raw_excerpt, to_markdown
 from nexus.analysis.transcript import Budget, Turn, new_user_text, sanitize
-from nexus.analysis.worker import backoff_s
+from nexus.analysis.worker import Worker, backoff_s
 from nexus.settings import SettingsError, load_settings
 
 GOOD: dict[str, Any] = {
@@ -228,3 +230,82 @@ def test_serve_and_worker_refuse_to_start_without_what_the_provider_needs(monkey
     assert result.exit_code != 0 and "DATABASE_URL is not set" in result.output
     result = runner.invoke(main, ["worker"], env={"DATABASE_URL": "postgresql://x@localhost/db", "GEMINI_API_KEY": ""})
     assert result.exit_code != 0 and "AI_ANALYSIS_PROJECT_ID is required" in result.output
+
+
+class SlowThenGood:
+    """A provider that hangs on its first call (past the job timeout), then answers."""
+
+    name, model = "stub", "stub-model"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def ask(self, system: str, user: str, job_id: int, token: str) -> ModelReply:
+        self.calls.append(user)
+        if len(self.calls) == 1:
+            await asyncio.sleep(30)
+        return ModelReply(json.dumps(GOOD), self.model, 10, 5, None)
+
+    async def close(self) -> None:
+        pass
+
+
+async def store_branch(conn: psycopg.AsyncConnection[Any], turns: int) -> str:
+    """A stored conversation branch of `turns` answered requests, content-addressed like the writer's:
+    each request re-sends the history (message keys) and adds one user message."""
+    conversation = str(uuid.uuid4())
+    keys: list[bytes] = []
+
+    async def blob(role: str, text: str) -> bytes:
+        key = uuid.uuid4().bytes
+        body = psycopg.types.json.Jsonb({"role": role, "content": [{"type": "text", "text": text}]})
+        await conn.execute("INSERT INTO content_blobs (key, kind, body) VALUES (%s, 0, %s)", (key, body))
+        return key
+
+    for n in range(turns):
+        keys.append(await blob("user", f"question {n} " + "q" * 200))
+        reply = psycopg.types.json.Jsonb({"type": "message", "content": [{"type": "text", "text": f"answer {n}"}]})
+        await conn.execute(
+            "INSERT INTO api_requests (request_id, timestamp, project_id, method, path, conversation_id, branch_id, "
+            "response_status, message_keys, response_body) VALUES (%s, now() + make_interval(secs => %s), 'p', "
+            "'POST', '/v1/messages', %s, 'main', 200, %s, %s)",
+            (str(uuid.uuid4()), n, conversation, list(keys), reply),
+        )
+        keys.append(await blob("assistant", f"answer {n}"))
+    return conversation
+
+
+async def test_a_job_past_its_timeout_is_given_up_then_retried(migrated_db: str) -> None:
+    async with await psycopg.AsyncConnection.connect(migrated_db, autocommit=True) as conn:
+        conversation = await store_branch(conn, 60)
+        await conn.execute("INSERT INTO conversation_analyses (conversation_id) VALUES (%s)", (conversation,))
+    settings = load_settings(
+        ai_analysis_input_truncation_target_tokens=1000,
+        ai_analysis_truncate_first_n_tokens=200,
+        ai_analysis_truncate_last_m_tokens=500,
+        ai_analysis_retry_base_delay_ms=0,
+        ai_worker_poll_interval_ms=20,
+    )
+    provider = SlowThenGood()
+    worker = Worker(settings, migrated_db, provider)
+    worker.job_timeout_s = 0.3  # the setting is in minutes; the mechanism is the same
+    task = asyncio.ensure_future(worker.run())
+    try:
+        for _ in range(200):
+            async with await psycopg.AsyncConnection.connect(migrated_db) as conn:
+                row = await (
+                    await conn.execute(
+                        "SELECT status::text, attempts, retry_count, error_message FROM conversation_analyses"
+                    )
+                ).fetchone()
+            if row is not None and row[0] == "completed":
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+    assert row is not None and row[:3] == ("completed", 2, 1) and "ran past AI_WORKER_JOB_TIMEOUT_MINUTES" in row[3]
+    prompt = provider.calls[-1]
+    assert "question 0 " in prompt and "question 59 " in prompt and "question 30 " not in prompt  # head and tail
+    assert prompt.count("question 59 ") == 1 and prompt.count("[assistant]\nanswer 59") == 1
+    assert "turns are left out in the middle" in prompt
