@@ -277,7 +277,9 @@ def test_a_reply_that_is_not_an_analysis_is_retried_then_failed_with_its_text(
     assert analysis_of(gateway, conversation)["data"]["outcome"] == "Both goals were met."
 
 
-def test_two_workers_never_run_one_job_twice_and_the_watchdog_returns_a_stuck_one(gateway: str, analysis_db: str, fake: FakeControl) -> None:
+def test_two_workers_never_run_one_job_twice_and_the_watchdog_returns_a_stuck_one(
+    gateway: str, analysis_db: str, fake: FakeControl
+) -> None:
     ids = {}
     for n in range(20):
         text = f"JOB-{n:02d}-{uuid.uuid4().hex[:6]}: explain recursion"
