@@ -108,8 +108,8 @@ def serve_all(settings: Settings) -> int:
         children["proxy"] = _spawn("proxy", env)
         if url is not None:
             children["dashboard"] = _spawn("dashboard", env)
-        if url is not None and settings.ai_worker_enabled:
-            children["worker"] = _spawn("worker", env)  # AI analysis (docs/analysis.md)
+            if settings.ai_worker_enabled:
+                children["worker"] = _spawn("worker", env)  # AI analysis (docs/analysis.md)
         else:
             _say("nexus serve: storage is disabled and DATABASE_URL unset; no dashboard", "warning")
         pids = ", ".join(f"{name} pid {proc.pid}" for name, proc in children.items())

@@ -547,10 +547,8 @@ class ProxyApp:
         address = self.data_access.address(scope.client, scope.headers)
         wait = self.throttle.retry_after(address)
         if wait is not None:
-            raise ProxyError(
-                429, f"Too many refused requests from this address; retry in {wait} s.", "rate_limit_error",
-                headers=[("retry-after", str(wait))],
-            )  # fmt: skip
+            message = f"Too many refused requests from this address; retry in {wait} s."
+            raise ProxyError(429, message, "rate_limit_error", headers=[("retry-after", str(wait))])
         try:
             pool = await self.api.pool()
             async with pool.connection() as conn:
@@ -562,8 +560,8 @@ class ProxyApp:
             raise ProxyError(503, "The analysis mark cannot be checked right now.", "api_error") from None
         if job is None:
             self.throttle.failed(address, "analysis mark refused")
-            raise ProxyError(403, "Invalid x-nexus-analysis header: it is set by the analysis worker only.",
-                             "permission_error")  # fmt: skip
+            message = "Invalid x-nexus-analysis header: it is set by the analysis worker only."
+            raise ProxyError(403, message, "permission_error")
         return job
 
     def _check_origin(self, headers: Any) -> None:
