@@ -288,6 +288,7 @@ def fake_upstream(host: str, port: int, event_delay_ms: float, record_dir: str |
 
 
 def _add_domain_commands() -> None:
+    from nexus.analysis.cli import worker_command
     from nexus.auth.cli import keys, oauth
     from nexus.conversations.cli import relink_command, replay_command
     from nexus.importing.cli import import_reference_command
@@ -301,6 +302,7 @@ def _add_domain_commands() -> None:
     main.add_command(storage)
     main.add_command(import_reference_command)
     main.add_command(pricing)
+    main.add_command(worker_command)
 
 
 _add_domain_commands()

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
 
 #: Fields whose values are secrets: masked wherever settings are shown.
-SECRET_FIELDS = frozenset({"api_key_salt", "dashboard_api_key", "mcp_github_token"})
+SECRET_FIELDS = frozenset(
+    {"api_key_salt", "dashboard_api_key", "mcp_github_token", "ai_analysis_api_key", "gemini_api_key"}
+)
 #: Fields that are URLs which may carry a password.
-URL_FIELDS = frozenset({"database_url", "otel_exporter_otlp_endpoint"})
+URL_FIELDS = frozenset({"database_url", "otel_exporter_otlp_endpoint", "ai_analysis_proxy_url", "proxy_api_url"})
 
 
 class SettingsError(ValueError):
@@ -236,6 +239,83 @@ class Settings(BaseSettings):
     )
     otel_service_name: str = Field("nexus-proxy", description="`service.name` of the exported traces.")
 
+    # --- AI analysis of conversations (docs/analysis.md) ---------------------------------------
+    ai_worker_enabled: bool = Field(
+        False, description="`nexus serve` also runs the analysis worker (`nexus worker` runs one on its own)."
+    )
+    ai_worker_poll_interval_ms: int = Field(
+        5000, ge=10, le=3_600_000, description="How often an idle analysis worker looks for queued jobs, ms."
+    )
+    ai_worker_max_concurrent_jobs: int = Field(
+        3, ge=1, le=64, description="Analysis jobs one worker process runs at once."
+    )
+    ai_worker_job_timeout_minutes: int = Field(
+        5,
+        ge=1,
+        le=24 * 60,
+        description="A worker gives up an analysis job after this long (a failed attempt); the watchdog returns "
+        "a job still `processing` a minute past it (its worker died) to the queue, minutes.",
+    )
+    ai_analysis_max_retries: int = Field(
+        3, ge=0, le=20, description="Retries of a failed analysis job (so at most 1 + this many attempts)."
+    )
+    ai_analysis_retry_base_delay_ms: int = Field(
+        1000, ge=0, description="Wait before the first retry, ms; times 2.5 for each later one, plus up to 30% jitter."
+    )
+    ai_analysis_retry_max_delay_ms: int = Field(15_000, ge=0, description="Cap on one retry wait, ms.")
+    ai_analysis_request_timeout_ms: int = Field(
+        60_000, ge=100, description="Limit of one call to the analysis model, ms."
+    )
+    ai_analysis_provider: Literal["claude", "gemini"] = Field(
+        "claude",
+        description="`claude`: through this gateway's own /v1/messages, paid by AI_ANALYSIS_PROJECT_ID's "
+        "credential; `gemini`: Google's API with GEMINI_API_KEY.",
+    )
+    ai_analysis_project_id: str | None = Field(
+        None,
+        description="Project whose credential pays for analyses through the gateway (required for the `claude` "
+        "provider).",
+    )
+    ai_analysis_proxy_url: str | None = Field(
+        None, description="Where the worker reaches the gateway; unset: http://127.0.0.1:PORT."
+    )
+    ai_analysis_api_key: str | None = Field(
+        None,
+        description="Sent as x-api-key with each analysis request: a client key of AI_ANALYSIS_PROJECT_ID when "
+        "ENABLE_CLIENT_AUTH is on, or an Anthropic key when that project has no credential file.",
+    )
+    anthropic_analysis_model: str = Field("claude-opus-4-6", description="Model of the `claude` provider.")
+    ai_analysis_max_output_tokens: int = Field(
+        8192, ge=256, le=64_000, description="max_tokens of an analysis request."
+    )
+    ai_analysis_input_truncation_target_tokens: int = Field(
+        100_000,
+        ge=1000,
+        description="Most transcript tokens sent to the model; a longer transcript keeps its head and its tail.",
+    )
+    ai_analysis_truncate_first_n_tokens: int = Field(
+        20_000, ge=0, description="Of a truncated transcript, the head kept (whole turns, from the start), tokens."
+    )
+    ai_analysis_truncate_last_m_tokens: int = Field(
+        80_000,
+        ge=0,
+        description="Of a truncated transcript, the tail kept (whole turns, up to the end), tokens; head plus tail "
+        "never exceed AI_ANALYSIS_INPUT_TRUNCATION_TARGET_TOKENS.",
+    )
+    ai_estimated_chars_per_token: float = Field(
+        4.0, gt=0.5, le=20, description="Characters per token when estimating the transcript's size."
+    )
+    gemini_api_key: str | None = Field(None, description="Google AI key of the `gemini` provider (never logged).")
+    gemini_api_url: str = Field(
+        "https://generativelanguage.googleapis.com/v1beta/models",
+        description="Base URL of Gemini's models (`{url}/{model}:generateContent`).",
+    )
+    gemini_model_name: str = Field("gemini-2.5-pro", description="Model of the `gemini` provider.")
+    proxy_api_url: str | None = Field(
+        None,
+        description="Where the dashboard reaches the proxy's /api (the analysis button); unset: http://127.0.0.1:PORT.",
+    )
+
     # --- diagnostics ------------------------------------------------------------------------
     debug: bool = Field(False, description="Verbose logs (never secrets).")
     debug_sql: bool = Field(
@@ -395,6 +475,45 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"not an address or CIDR: {item!r}") from None
         return value
+
+    @field_validator("ai_analysis_proxy_url", "proxy_api_url")
+    @classmethod
+    def _optional_http_url(cls, value: str | None) -> str | None:
+        return cls._http_url(value) if value else None
+
+    @field_validator("gemini_api_url")
+    @classmethod
+    def _gemini_url(cls, value: str) -> str:
+        return cls._http_url(value)
+
+    @field_validator("gemini_model_name", "anthropic_analysis_model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:\[\]-]{0,99}", value):
+            raise ValueError(f"not a model name: {value[:40]!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _analysis_provider(self) -> Settings:
+        if self.ai_worker_enabled and (problem := self.analysis_problem()):
+            raise ValueError(problem)
+        return self
+
+    def analysis_problem(self) -> str | None:
+        """Why the analysis worker cannot run with these settings (None: it can)."""
+        if self.ai_analysis_provider == "claude" and not self.ai_analysis_project_id:
+            return "AI_ANALYSIS_PROJECT_ID is required for the claude analysis provider (the project that pays)"
+        if self.ai_analysis_provider == "gemini" and not self.gemini_api_key:
+            return "GEMINI_API_KEY is required for the gemini analysis provider"
+        return None
+
+    @property
+    def analysis_proxy_url(self) -> str:
+        return self.ai_analysis_proxy_url or f"http://127.0.0.1:{self.port}"
+
+    @property
+    def dashboard_proxy_url(self) -> str:
+        return self.proxy_api_url or f"http://127.0.0.1:{self.port}"
 
     @property
     def dashboard_bind(self) -> str:

@@ -1,4 +1,5 @@
-"""`nexus serve`: the proxy and the dashboard as two child processes, started and stopped together.
+"""`nexus serve`: the proxy and the dashboard (and, with AI_WORKER_ENABLED, the analysis worker) as child
+processes, started and stopped together.
 
 Each child runs in its own session, so a Ctrl-C in the terminal reaches only this supervisor, which
 then sends SIGTERM to each child's main PID (never to a process group: Granian's shutdown can hang
@@ -108,6 +109,8 @@ def serve_all(settings: Settings) -> int:
         children["proxy"] = _spawn("proxy", env)
         if url is not None:
             children["dashboard"] = _spawn("dashboard", env)
+            if settings.ai_worker_enabled:
+                children["worker"] = _spawn("worker", env)  # AI analysis (docs/analysis.md)
         else:
             _say("nexus serve: storage is disabled and DATABASE_URL unset; no dashboard", "warning")
         pids = ", ".join(f"{name} pid {proc.pid}" for name, proc in children.items())

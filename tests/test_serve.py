@@ -48,10 +48,13 @@ def _refused(url: str) -> bool:
     return False
 
 
-def _start(tmp_path: Path, upstream_url: str, migrated_db: str) -> tuple[subprocess.Popen[bytes], str, str, Path]:
+def _start(
+    tmp_path: Path, upstream_url: str, migrated_db: str, extra: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str, str, Path]:
     proxy_port, dash_port = free_port(), free_port()
     env = {
         **os.environ,
+        **(extra or {}),
         "DATABASE_URL": migrated_db,
         "CLAUDE_API_BASE_URL": upstream_url,
         "HOST": "127.0.0.1",
@@ -82,10 +85,23 @@ def _pids(log: Path) -> dict[str, int]:
 def test_serve_runs_both_and_stops_both_on_sigterm(tmp_path: Path, upstream_url: str, migrated_db: str) -> None:
     proc, proxy, dashboard, log = _start(tmp_path, upstream_url, migrated_db)
     pids = _pids(log)
+    assert "worker pid" not in log.read_text() and "no dashboard" not in log.read_text()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(45) == 0
     assert not _alive(pids["proxy"]) and not _alive(pids["dashboard"])
     assert _refused(proxy + "/health") and _refused(dashboard + "/health")
+
+
+def test_serve_runs_the_analysis_worker_when_enabled(tmp_path: Path, upstream_url: str, migrated_db: str) -> None:
+    extra = {"AI_WORKER_ENABLED": "true", "AI_ANALYSIS_PROJECT_ID": "analysis"}
+    proc, _, _, log = _start(tmp_path, upstream_url, migrated_db, extra)
+    found = re.search(r"worker pid (\d+)", log.read_text())
+    assert found, log.read_text()
+    worker = int(found.group(1))
+    assert _alive(worker)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(45) == 0
+    assert not _alive(worker)
 
 
 @pytest.mark.parametrize("victim", ["dashboard", "proxy"])

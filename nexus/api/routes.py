@@ -33,6 +33,8 @@ JSON = [("content-type", "application/json")]
 
 #: (pool, path parameter, query) -> payload
 Handler = Callable[[AsyncConnectionPool, str, dict[str, list[str]]], Awaitable[Any]]
+#: (pool, path parameter, parsed JSON body) -> (status, payload): the few routes that change something
+PostHandler = Callable[[AsyncConnectionPool, str, Any], Awaitable[tuple[int, Any]]]
 
 
 def dump_json(payload: Any) -> bytes:
@@ -59,11 +61,14 @@ class ApiRoutes:
         self._pool: AsyncConnectionPool | None = None
         self._exact: dict[str, Handler] = {}
         self._prefixes: list[tuple[str, Handler]] = []
+        self._posts: list[tuple[str, PostHandler]] = []
+        from nexus.analysis import api as analyses
         from nexus.api import conversations, requests, usage
 
         requests.register(self)
         conversations.register(self)
         usage.register(self)
+        analyses.register(self)
 
     def route(self, path: str, handler: Handler) -> None:
         """Serve `path` exactly, or every path below it when `path` ends with `/`."""
@@ -72,6 +77,20 @@ class ApiRoutes:
             self._prefixes.sort(key=lambda item: -len(item[0]))
         else:
             self._exact[path] = handler
+
+    def post_route(self, path: str, handler: PostHandler) -> None:
+        """Serve POST on `path` exactly, or on every path below it when `path` ends with `/`."""
+        self._posts.append((path, handler))
+        self._posts.sort(key=lambda item: -len(item[0]))
+
+    def accepts_post(self, path: str) -> bool:
+        return self._find_post(path) is not None
+
+    def _find_post(self, path: str) -> tuple[PostHandler, str] | None:
+        for route, handler in self._posts:
+            if path == route or (route.endswith("/") and path.startswith(route) and len(path) > len(route)):
+                return handler, path[len(route) :] if route.endswith("/") else ""
+        return None
 
     async def pool(self) -> AsyncConnectionPool:
         if self.database_url is None:
@@ -107,8 +126,11 @@ class ApiRoutes:
                 return handler, path[len(prefix) :]
         return None
 
-    async def handle(self, scope: Any, proto: Any, request_id: str) -> None:
+    async def handle(self, scope: Any, proto: Any, request_id: str, body: bytes | None = None) -> None:
         path: str = scope.path
+        if scope.method == "POST" and (posted := self._find_post(path)) is not None:
+            await self._post(posted, path, proto, request_id, body)
+            return
         found = self._find(path)
         if found is None:
             raise ProxyError(404, f"No route for {scope.method} {path[:200]}.", "not_found_error")
@@ -138,3 +160,26 @@ class ApiRoutes:
             log.exception("GET %s failed", path)
             raise ProxyError(500, "The request could not be answered; the cause is in the proxy's log.") from None
         proto.response_bytes(200, [*JSON, ("x-request-id", request_id)], body)
+
+    async def _post(
+        self, posted: tuple[PostHandler, str], path: str, proto: Any, request_id: str, body: bytes | None
+    ) -> None:
+        handler, param = posted
+        try:
+            payload = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            raise ProxyError(400, "The request body is not valid JSON.") from None
+        try:
+            status, answer = await handler(await self.pool(), param, payload)
+            out = dump_json(answer)
+        except ProxyError:
+            raise
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            log.warning("POST %s: storage unavailable (%s)", path, exc.__class__.__name__)
+            raise ProxyError(
+                503, "Storage is unavailable right now; try again shortly.", "api_error", headers=[("retry-after", "5")]
+            ) from None
+        except Exception:
+            log.exception("POST %s failed", path)
+            raise ProxyError(500, "The request could not be answered; the cause is in the proxy's log.") from None
+        proto.response_bytes(status, [*JSON, ("x-request-id", request_id)], out)

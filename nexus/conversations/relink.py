@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from nexus._core import NexusCoreError, analyze_request, join_body
 from nexus.conversations.index import LinkIndex
-from nexus.conversations.linker import Linker
+from nexus.conversations.linker import Link, Linker
 from nexus.conversations.service import ConversationService, link_request
 from nexus.storage.payload import TOKEN_SUMS, capped_sum
 from nexus.storage.records import LINK_COLUMNS, link_cells
@@ -29,8 +29,10 @@ from nexus.storage.records import LINK_COLUMNS, link_cells
 BATCH = 500
 ROW_COLUMNS = (
     "request_id::text, timestamp, project_id, path, request_headers, envelope::text, system_key, tools_key, "
-    "message_keys, response_status, response_body, outcome, conversation_id::text"
+    "message_keys, response_status, response_body, outcome, conversation_id::text, request_type"
 )
+#: Stored types that are never a conversation turn whatever their body (the analysis worker's requests).
+KEPT_APART = frozenset({"analysis"})
 UPDATE_COLUMNS = (
     ("request_id", "uuid"),
     ("timestamp", "timestamptz"),
@@ -149,6 +151,10 @@ async def _relink_row(
         except NexusCoreError:
             analysis = None
     keep[0] = row[12]
+    if row[13] in KEPT_APART:  # its messages quote a conversation; it is none of its turns
+        cells = link_cells(Link(row[13]))
+        system_hash = analysis.system_hash if analysis is not None else None
+        return [request_id, at, row[13], *(cells.get(n) for n in LINK_COLUMNS), system_hash, None]
     req = link_request(request_id, project, at.timestamp(), path.split("?", 1)[0], headers, analysis)
     link = await service.settle(request_id, await service.link(req))
     assert link is not None

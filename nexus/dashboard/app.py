@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote_plus
@@ -27,7 +28,7 @@ from psycopg_pool import PoolTimeout
 from nexus import __version__
 from nexus.api.params import check_query
 from nexus.compat import dashboard_links
-from nexus.dashboard import render, views
+from nexus.dashboard import analysis, render, views
 from nexus.dashboard.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Access, DashboardAuth, parse_cookies
 from nexus.dashboard.cache import PageCache
 from nexus.dashboard.db import read_only_pool
@@ -222,6 +223,32 @@ class Dashboard:
             data = await views.conversation_page(conn, request.path_params["conversation_id"])
         return self.page("conversation.html", access=access, page="conversations", **data)
 
+    async def request_analysis(self, request: Any, access: Access) -> Any:
+        """The analysis button: forwarded to the proxy's /api/analyses (nexus/dashboard/analysis.py)."""
+        headers = _headers(request)
+        form = _form(request)
+        if access.session is not None:
+            if not self.auth.csrf_matches(access.session, form.get("_csrf")):
+                return self.message(403, "Forbidden", "Missing or wrong CSRF token.", access)
+        elif not access.by_header and not analysis.same_origin(headers):
+            return self.message(403, "Forbidden", "Cross-site form posts are refused.", access)
+        conversation_id = request.path_params["conversation_id"]
+        try:
+            conversation_id = str(uuid.UUID(conversation_id))
+        except ValueError:
+            raise views.NotFound(conversation_id) from None
+        answer = await analysis.ask_proxy(
+            self.settings.dashboard_proxy_url,
+            self.settings.dashboard_api_key,
+            conversation_id,
+            form.get("branch_id") or "main",
+            form.get("action") == "regenerate",
+            form.get("custom_prompt") or None,
+        )
+        if answer.status >= 400:
+            return self.message(answer.status if answer.status < 500 else 502, "Analysis not queued", answer.message)
+        return respond(303, "", headers={"location": f"/conversations/{conversation_id}#analysis"})
+
     async def usage(self, request: Any, access: Access) -> Any:
         filters = Filters(account_id=_query(request, "account_id"), project_id=_query(request, "project_id"))
 
@@ -388,6 +415,7 @@ class Dashboard:
         app.add_route("GET", "/requests/:request_id", self.guarded(self.request_detail))
         app.add_route("GET", "/conversations", self.guarded(self.conversations))
         app.add_route("GET", "/conversations/:conversation_id", self.guarded(self.conversation))
+        app.add_route("POST", "/conversations/:conversation_id/analysis", self.guarded(self.request_analysis))
         app.add_route("GET", "/usage", self.guarded(self.usage))
         app.add_route("GET", "/live", self.guarded(self.live, stream=True))
         dashboard_links.register(app, respond, _query_dict)  # the reference dashboard's /dashboard/* links

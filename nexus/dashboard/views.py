@@ -8,6 +8,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from nexus.analysis import queue as analysis_queue
+from nexus.analysis import schema as analysis_schema
 from nexus.api.params import cursor_param
 from nexus.api.requests import next_cursor
 from nexus.conversations import repository as conversations_repo
@@ -146,4 +148,29 @@ async def conversation_page(conn: AsyncConnection[Any], conversation_id: str) ->
         "cost_usd": sum(c for c in costs if c is not None),
         "unpriced_requests": sum(c is None for c in costs),
     }
-    return {"c": tree, "number": number, "edges": edges, "cost": cost}
+    analyses = [analysis_view(row) for row in await analysis_queue.for_conversation(conn, conversation_id)]
+    return {
+        "c": tree,
+        "number": number,
+        "edges": edges,
+        "cost": cost,
+        "analyses": analyses,
+        "analysis_busy": any(a["status"] in ("pending", "processing") for a in analyses),
+    }
+
+
+def analysis_view(row: dict[str, Any]) -> dict[str, Any]:
+    """One analysis for the page: its known sections in order, then any extra keys, each as lines."""
+    data: dict[str, Any] = row["analysis_data"] if isinstance(row.get("analysis_data"), dict) else {}
+    keys = [*analysis_schema.KEYS, *(k for k in data if k not in analysis_schema.KEYS)]
+    sections = [
+        {
+            "key": key,
+            "title": analysis_schema.TITLES.get(key, key),
+            "lines": analysis_schema.items(data[key]),
+            "single": isinstance(data[key], str),
+        }
+        for key in keys
+        if key in data
+    ]
+    return {**row, "sections": sections}

@@ -23,12 +23,13 @@ import orjson
 
 from nexus import __version__
 from nexus._core import NexusCoreError, RequestAnalysis, analyze_request
+from nexus.analysis import marker as analysis_marker
 from nexus.api.routes import ApiRoutes, dump_json
 from nexus.auth.errors import ClientKeyError
 from nexus.auth.projects import ACCOUNT_HEADERS, DEFAULT_PROJECT, PROJECT_HEADERS, resolve_project
 from nexus.auth.service import Authorization, RequestAuthorizer, holds_secret
 from nexus.conversations.index import LinkIndex
-from nexus.conversations.linker import Linker
+from nexus.conversations.linker import Link, Linker
 from nexus.conversations.service import ConversationService, LookupPool, link_request
 from nexus.errors import ProxyError
 from nexus.observability import logs, recorder
@@ -40,7 +41,7 @@ from nexus.proxy.client_setup import PREFIX as CLIENT_SETUP_PREFIX
 from nexus.proxy.client_setup import ClientSetup
 from nexus.proxy.drain import Drain, is_shutdown
 from nexus.proxy.forward import open_upstream
-from nexus.proxy.headers import upstream_request_headers
+from nexus.proxy.headers import ANALYSIS_MARK, upstream_request_headers
 from nexus.proxy.ids import new_request_id
 from nexus.proxy.paths import FORWARDED_METHODS, upstream_target
 from nexus.proxy.recording import SHUTDOWN_ERROR, complete_record
@@ -62,6 +63,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("nexus.proxy")
 
 JSON_HEADERS = [("content-type", "application/json")]
+#: Largest body of an `/api/*` POST (an analysis request is a few hundred bytes).
+API_BODY_LIMIT = 64 * 1024
+ANALYSIS_TYPE = analysis_marker.REQUEST_TYPE
 SELECTOR_HEADERS = PROJECT_HEADERS + ACCOUNT_HEADERS
 
 
@@ -88,6 +92,8 @@ class Admitted:
     analysis: RequestAnalysis | None
     #: Seconds spent waiting for the client's body (not the proxy's own time).
     upload_s: float = 0.0
+    #: The analysis job whose worker sent this request (its mark checked), kept out of conversations.
+    analysis_job: int | None = None
 
 
 class ProxyApp:
@@ -225,7 +231,9 @@ class ProxyApp:
                 if self.mcp is not None and path.startswith("/api/mcp/"):
                     await self.mcp.api(scope, proto, request_id)
                 else:
-                    await self.api.handle(scope, proto, request_id)
+                    posts = method == "POST" and self.api.accepts_post(path)
+                    body = await self._api_body(scope, proto) if posts else None
+                    await self.api.handle(scope, proto, request_id, body)
             else:
                 error = ProxyError(404, f"No route for {method} {path[:200]}.", "not_found_error")
                 self._store_refusal(scope, request_id, now_ns // 1000, None, error)
@@ -239,6 +247,20 @@ class ProxyApp:
         except ClientGone:
             self.stats.aborted_uploads += 1
             log.info("client closed the connection before its request body was complete (request %s)", request_id)
+
+    async def _api_body(self, scope: Any, proto: Any) -> bytes:
+        """The JSON body of an `/api/*` POST (it queues paid work): no web page of another origin may
+        send it (a JSON content type needs a CORS preflight, which is never granted), and it is small."""
+        self._check_origin(scope.headers)
+        check_json_content_type(scope.headers.get("content-type"))
+        return await read_body(
+            proto,
+            scope.headers.get("content-length"),
+            API_BODY_LIMIT,
+            idle_s=self.body_idle_s,
+            total_s=self.body_total_s,
+            upload=None,
+        )
 
     def _guard_data(self, scope: Any) -> None:
         """The data rule (`nexus.security.access`): stored prompts are for whoever holds the key, or
@@ -317,7 +339,9 @@ class ProxyApp:
         record = ExchangeRecord(
             request_id, started_us, auth.project_id, auth.account_id, method, admitted.target, header_items, body
         )
-        if self.conversations is not None:
+        if admitted.analysis_job is not None:  # the analysis worker's request: never a conversation turn
+            record.analysis, record.request_type, record.link = analysis, ANALYSIS_TYPE, Link(ANALYSIS_TYPE)
+        elif self.conversations is not None:
             req = link_request(request_id, auth.project_id, started_us / 1e6, path, headers, analysis)
             record.analysis, record.request_type = analysis, req.request_type
             record.link = await self.conversations.link(req)
@@ -519,6 +543,7 @@ class ProxyApp:
             error = ProxyError(400, "Client keys may not be sent in the URL; send them as x-api-key.")
             error.secret = auth.client_secret  # kept out of the stored path too
             raise error
+        analysis_job = await self._analysis_mark(scope) if ANALYSIS_MARK in headers else None
         body: bytes | None = None
         analysis: RequestAnalysis | None = None
         upload_s = 0.0
@@ -536,7 +561,31 @@ class ProxyApp:
                         error = ProxyError(400, str(exc), "invalid_request_error")
                         error.body_read = body
                         raise error from None
-        return Admitted(auth, target, body, analysis, upload_s)
+        return Admitted(auth, target, body, analysis, upload_s, analysis_job)
+
+    async def _analysis_mark(self, scope: Any) -> int:
+        """The job of a request marked by the analysis worker, checked against the job's current claim in
+        the database (nexus/analysis/marker.py). A mark that does not check out is refused and counted
+        against the address like a wrong key: it is never ignored, and never a way around anything."""
+        address = self.data_access.address(scope.client, scope.headers)
+        wait = self.throttle.retry_after(address)
+        if wait is not None:
+            message = f"Too many refused requests from this address; retry in {wait} s."
+            raise ProxyError(429, message, "rate_limit_error", headers=[("retry-after", str(wait))])
+        try:
+            pool = await self.api.pool()
+            async with pool.connection() as conn:
+                job = await analysis_marker.verify(conn, scope.headers.get(ANALYSIS_MARK))
+        except ProxyError:
+            job = None
+        except Exception as exc:
+            log.warning("analysis mark not checked: storage unavailable (%s)", exc.__class__.__name__)
+            raise ProxyError(503, "The analysis mark cannot be checked right now.", "api_error") from None
+        if job is None:
+            self.throttle.failed(address, "analysis mark refused")
+            message = "Invalid x-nexus-analysis header: it is set by the analysis worker only."
+            raise ProxyError(403, message, "permission_error")
+        return job
 
     def _check_origin(self, headers: Any) -> None:
         """A request a browser sent for a web page (an `Origin` not allowed, or no `Origin` but a
@@ -716,6 +765,7 @@ class ProxyApp:
                 "token_stats": "GET /token-stats",
                 "client_setup": "GET /client-setup/{filename}",
                 **({"mcp": "POST /mcp (GET /mcp: discovery)"} if self.mcp is not None else {}),
+                "analyses": "POST /api/analyses | GET /api/analyses/{conversationId}/{branchId} | POST …/regenerate",
             },
         }
 

@@ -28,8 +28,11 @@ HOP_BY_HOP = frozenset(
 #: Headers that select a project or account on this proxy: never forwarded, never authorization.
 PROXY_SELECTORS = frozenset({"train-id", "msl-project-id", "msl-train-id", "x-train-account", "msl-account"})
 
+#: The analysis worker's mark (nexus/analysis/marker.py): an instruction to this proxy only.
+ANALYSIS_MARK = "x-nexus-analysis"
+
 #: Request headers the upstream client sets itself, or that would make the upstream answer differently.
-_REQUEST_DROP = HOP_BY_HOP | PROXY_SELECTORS | {"host", "content-length", "accept-encoding", "expect"}
+_REQUEST_DROP = HOP_BY_HOP | PROXY_SELECTORS | {"host", "content-length", "accept-encoding", "expect", ANALYSIS_MARK}
 #: Response headers the server recomputes for the client connection.
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server"}
 

@@ -221,6 +221,8 @@ class FakeAnthropic:
         )
         if path == "/api/hello":  # Claude Code's connectivity probe: HEAD, no credentials
             return proto.response_empty(200, [("content-type", "application/json")])
+        if path.startswith("/v1beta/models/") and path.endswith(":generateContent"):
+            return self._gemini(proto, path, headers, body, raw)
         auth = headers.get("authorization", "")
         rl = self._ratelimit_headers(oauth=auth.startswith("Bearer sk-ant-oat"))
         if not headers.get("x-api-key") and not auth.startswith("Bearer "):
@@ -263,6 +265,57 @@ class FakeAnthropic:
         text_tokens = self.text_tokens if tokens is None else int(tokens)
         await self._messages(proto, index, body, raw, input_tokens, scenario, rl, text_tokens)
         return None
+
+    # --- Gemini (the analysis worker's other provider) -----------------------------------------
+    def _gemini(self, proto: Any, path: str, headers: dict[str, str], body: Any, raw: bytes) -> None:
+        """`POST /v1beta/models/{model}:generateContent`, key in `x-goog-api-key`. The request is shown to
+        the script rules as a Messages request (system instruction, one user message of its texts), so the
+        same rules answer both providers; a message reply's text becomes the candidate's text."""
+        if not headers.get("x-goog-api-key"):
+            error = {
+                "code": 403,
+                "message": "Method doesn't allow unregistered callers.",
+                "status": "PERMISSION_DENIED",
+            }
+            return self._json(proto, 403, {"error": error}, [])
+        if not isinstance(body, dict) or not isinstance(body.get("contents"), list):
+            error = {"code": 400, "message": "contents is required", "status": "INVALID_ARGUMENT"}
+            return self._json(proto, 400, {"error": error}, [])
+
+        def texts(content: Any) -> str:
+            parts = content.get("parts") if isinstance(content, dict) else None
+            return "\n".join(str(p.get("text", "")) for p in parts or [] if isinstance(p, dict))
+
+        model = path.removeprefix("/v1beta/models/").removesuffix(":generateContent")
+        view = {
+            "model": model,
+            "system": texts(body.get("systemInstruction")),
+            "messages": [{"role": "user", "content": "\n".join(texts(c) for c in body["contents"])}],
+        }
+        reply = self.scripted.choose("/v1/messages", headers, view, raw)
+        if reply is not None and reply.raw is not None:
+            return proto.response_bytes(reply.status, [("content-type", reply.content_type)], reply.raw)
+        if reply is not None and reply.message is None:
+            error = {"code": reply.status, "message": reply.error_message or "error", "status": "UNAVAILABLE"}
+            return self._json(proto, reply.status, {"error": error}, [])
+        if reply is not None and reply.message is not None:
+            content = reply.message.get("content") or []
+            text = "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+        else:
+            text = " ".join(REPLY_WORDS[i % len(REPLY_WORDS)] for i in range(self.text_tokens))
+        prompt_tokens = max(1, len(raw) // 4)
+        answer = {
+            "candidates": [
+                {"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}
+            ],
+            "usageMetadata": {
+                "promptTokenCount": prompt_tokens,
+                "candidatesTokenCount": max(1, len(text) // 4),
+                "totalTokenCount": prompt_tokens + max(1, len(text) // 4),
+            },
+            "modelVersion": model,
+        }
+        return self._json(proto, 200, answer, [])
 
     # --- /v1/messages --------------------------------------------------------------------------
     def _content(self, body: dict[str, Any], text_tokens: int) -> tuple[list[dict[str, Any]], str]:
