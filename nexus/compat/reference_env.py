@@ -133,7 +133,7 @@ _TABLE: tuple[ReferenceVar, ...] = (
     _no("CREDENTIAL_CACHE_SIZE", "nothing needed: credential files are re-read when they change on disk"),
     # --- dashboard ---------------------------------------------------------------------------------
     _same("DASHBOARD_CACHE_TTL"),
-    _no("PROXY_API_URL", "`DATABASE_URL`: the Nexus dashboard reads the database itself"),
+    _same("PROXY_API_URL", "the dashboard posts analysis requests there (docs/analysis.md)"),
     _no("ANTHROPIC_INPUT_COST_PER_MTOK", "nothing yet: the dashboard shows tokens, not prices"),
     _no("ANTHROPIC_OUTPUT_COST_PER_MTOK", "nothing yet: the dashboard shows tokens, not prices"),
     _no("DASHBOARD_DEV_USER_EMAIL", _SSO),
