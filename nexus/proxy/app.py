@@ -23,10 +23,13 @@ import orjson
 
 from nexus import __version__
 from nexus._core import NexusCoreError, RequestAnalysis, analyze_request
+from nexus.api import openapi, token_stats
+from nexus.api.params import check_query
 from nexus.api.routes import ApiRoutes, dump_json
 from nexus.auth.errors import ClientKeyError
 from nexus.auth.projects import ACCOUNT_HEADERS, DEFAULT_PROJECT, PROJECT_HEADERS, resolve_project
 from nexus.auth.service import Authorization, RequestAuthorizer, holds_secret
+from nexus.conversations.classify import classify
 from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Linker
 from nexus.conversations.service import ConversationService, LookupPool, link_request
@@ -194,6 +197,8 @@ class ProxyApp:
             elif path == "/token-stats" and method == "GET":
                 self._guard_data(scope)
                 self._token_stats(scope, proto, request_id)
+            elif path == "/openapi.json" and method == "GET":
+                proto.response_bytes(200, [*JSON_HEADERS, ("x-request-id", request_id)], openapi.document_bytes())
             elif path == "/" and method == "GET":
                 self._respond_json(proto, 200, self.descriptor(), request_id)
             elif path.startswith("/api/event_logging/") or path == "/api/hello":
@@ -389,7 +394,8 @@ class ProxyApp:
             state["done"] = True
             watcher.cancel()
             if is_messages:
-                tokens = self.token_counters.observe(auth.project_id, outcome)
+                kind = record.request_type or classify(path, analysis, headers.get("x-claude-code-agent-id"))
+                tokens = self.token_counters.observe(auth.project_id, outcome, kind)
             if self.writer is not None:
                 self._finish(record, outcome, started)
             if self.metrics is not None or span is not None:
@@ -691,11 +697,14 @@ class ProxyApp:
                 "conversations": "GET /api/conversations[/{id}]",
                 "token_usage": "GET /api/token-usage/current | /daily | /time-series",
                 "token_stats": "GET /token-stats",
+                "openapi": "GET /openapi.json (every /api/* operation, its parameters and fields)",
             },
         }
 
     def _token_stats(self, scope: Any, proto: Any, request_id: str) -> None:
-        project = parse_qs(scope.query_string).get("projectId", [None])[0]
+        query = parse_qs(scope.query_string, keep_blank_values=True)
+        check_query(query)
+        project = token_stats.project_of(query)
         body = dump_json(self.token_counters.snapshot(project))  # a total may pass 64 bits
         proto.response_bytes(200, [*JSON_HEADERS, *self.token_counters.headers(), ("x-request-id", request_id)], body)
 
