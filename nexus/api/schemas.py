@@ -260,7 +260,8 @@ class DailyUsage(UsageSums):
     date: date
     account_id: str | None
     project_id: str
-    model: str | None = None
+    #: Absent when the days are summed over models (`aggregate=true`).
+    model: str | None | msgspec.UnsetType = msgspec.UNSET
 
 
 class DailyUsageList(CamelStruct):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from psycopg_pool import AsyncConnectionPool
 
 from nexus.api import schemas
@@ -129,7 +130,7 @@ async def daily(pool: AsyncConnectionPool, args: Args) -> schemas.DailyUsageList
             date=row["date"],
             account_id=row["account_id"],
             project_id=row["project_id"],
-            model=None if aggregate else row["model"],
+            model=msgspec.UNSET if aggregate else row["model"],
             **_sums(row),
         )
         for row in rows
