@@ -41,9 +41,8 @@ def _row(
     warning: bool = False,
 ) -> str:
     rid = new_request_id(int(at.timestamp() * 1000))
-    usage = dict(
-        zip(("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"), tokens, strict=True)
-    )
+    names = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    usage = dict(zip(names, tokens, strict=True))
     headers = {"content-type": "application/json", "anthropic-ratelimit-unified-status": "allowed"}
     if warning:
         headers["anthropic-ratelimit-unified-status"] = "allowed_warning"
@@ -93,9 +92,7 @@ def seed(dsn: str) -> Seeded:
             conn, m(40), parent=r2, branch="subtask_1", is_subtask=True, parent_task=r2, request_type="subagent", **a
         )
         s.ids["r5"] = r5 = _row(conn, m(30), parent=r2, request_type="compaction", model="claude-opus-4-6", **a)
-        s.ids["r6"] = _row(
-            conn, m(20), parent=r5, branch="compact_203000", tokens=(5, 7, 11, 13), warning=True, **a
-        )
+        s.ids["r6"] = _row(conn, m(20), parent=r5, branch="compact_203000", tokens=(5, 7, 11, 13), warning=True, **a)
         b = {"project": "beta", "account": "acc_b", "conversation": c2}
         s.ids["b1"] = b1 = _row(conn, m(10), **b)
         s.ids["b2"] = _row(conn, m(5), parent=b1, status=529, tokens=(0, 0, 0, 0), **b)

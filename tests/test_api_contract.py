@@ -21,7 +21,6 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from nexus.api.openapi import document
-
 from nexus.testing.servers import run_proxy
 from tests.api_rows import Seeded, seed
 from tests.conftest import with_database
@@ -197,7 +196,8 @@ def test_statistics_tenants_hourly_and_sliding_window(contract_proxy: str, seede
 
     dash = get(contract_proxy, "/api/dashboard/stats?projectId=alpha&statsDays=7")
     has(dash, "totalConversations", "activeUsers", "totalRequests", "totalTokens", "totalBranches",
-        "subtaskBranches", "compactBranches", "modelsUsed", "modelsUsedCount", "last24Hours", "hourlyActivity")  # fmt: skip
+        "subtaskBranches", "compactBranches", "modelsUsed", "modelsUsedCount", "last24Hours",
+        "hourlyActivity")  # fmt: skip
     assert (dash["totalConversations"], dash["totalBranches"], dash["subtaskBranches"]) == (1, 4, 1)
     has(dash["last24Hours"], "requests", "conversations", "activeUsers")
     has(dash["hourlyActivity"][0], "hour", "requestCount", "tokenCount")
@@ -345,4 +345,3 @@ def test_the_document_covers_every_route(contract_proxy: str) -> None:
 
 def test_the_document_is_served_as_generated(contract_proxy: str) -> None:
     assert get(contract_proxy, "/openapi.json") == document()
-

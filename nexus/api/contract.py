@@ -222,4 +222,3 @@ def path_value(spec: Param, raw: str) -> Any:
     if not raw or len(raw) > MAX_VALUE or any(ord(c) < 0x20 or ord(c) == 0x7F for c in raw):
         raise ProxyError(400, f"{spec.name} is empty, has a control character or is too long.")
     return raw
-

@@ -90,9 +90,7 @@ async def list_conversations(pool: AsyncConnectionPool, args: Args) -> schemas.C
     }
     count, offset = args["limit"], args["offset"]
     async with pool.connection() as conn:
-        rows = await repository.list_conversations(
-            conn, limit=count, before=args["before"], offset=offset, **filters
-        )
+        rows = await repository.list_conversations(conn, limit=count, before=args["before"], offset=offset, **filters)
         total = await repository.count_conversations(conn, **filters)
     cursor = next_cursor(rows, count, at="last_at", key="conversation_id")
     return schemas.ConversationList(

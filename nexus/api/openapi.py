@@ -59,7 +59,8 @@ def _operation(op: Operation, response: dict[str, Any]) -> dict[str, Any]:
             param["x-aliases"] = list(p.aliases)
         params.append(param)
     error = {"content": {"application/json": {"schema": {"$ref": REF.format(name="Error")}}}}
-    responses: dict[str, Any] = {"200": {"description": op.summary, "content": {"application/json": {"schema": response}}}}
+    ok = {"description": op.summary, "content": {"application/json": {"schema": response}}}
+    responses: dict[str, Any] = {"200": ok}
     for status, text in ERRORS.items():
         if status == "404" and not op.path_params:
             continue

@@ -121,7 +121,5 @@ async def list_requests(pool: AsyncConnectionPool, args: Args) -> schemas.Reques
 
 async def list_subtasks(pool: AsyncConnectionPool, args: Args) -> schemas.SubtaskList:
     async with pool.connection() as conn:
-        rows = await requests_repo.list_requests(
-            conn, limit=args["limit"], parent_task_request_id=args["requestId"]
-        )
+        rows = await requests_repo.list_requests(conn, limit=args["limit"], parent_task_request_id=args["requestId"])
     return schemas.SubtaskList(request_id=args["requestId"], subtasks=[summary(r) for r in rows[::-1]])

@@ -261,7 +261,7 @@ class DailyUsage(UsageSums):
     account_id: str | None
     project_id: str
     #: Absent when the days are summed over models (`aggregate=true`).
-    model: str | None | msgspec.UnsetType = msgspec.UNSET
+    model: str | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class DailyUsageList(CamelStruct):

@@ -296,7 +296,7 @@ REFERENCE_DETAILS = (
 )
 _NEWEST = "ORDER BY timestamp DESC, request_id DESC"
 CONVERSATION_DETAILS = (
-    "SELECT conversation_id, "
+    "SELECT conversation_id, "  # noqa: S608 (constant SQL)
     "count(DISTINCT branch_id) FILTER (WHERE branch_id !~ '^subtask_') AS branch_count, "
     "count(DISTINCT branch_id) FILTER (WHERE branch_id ~ '^subtask_') AS subagent_count, "
     "count(*) FILTER (WHERE request_type = 'compaction') AS compaction_count, "

@@ -15,10 +15,12 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 _SUM = "coalesce(sum({}), 0)"
+_BIN = "date_bin(%(bucket)s, \"timestamp\", TIMESTAMPTZ '1970-01-01 00:00:00+00')"
 
 
 def _where(start: datetime | None, end: datetime | None, **equal: str | None) -> tuple[str, dict[str, Any]]:
-    clauses, params = ["true"], {}
+    clauses: list[str] = ["true"]
+    params: dict[str, Any] = {}
     if start is not None:
         clauses.append('"timestamp" >= %(start)s')
         params["start"] = start
@@ -163,8 +165,7 @@ async def output_by_bucket(
     """Output tokens per account and `bucket` (aligned on the epoch) since `start`."""
     return await _all(
         conn,
-        "SELECT account_id, date_bin(%(bucket)s, \"timestamp\", TIMESTAMPTZ '1970-01-01 00:00:00+00') AS b, "
-        f"{_SUM.format('output_tokens')} AS n FROM api_requests "  # noqa: S608 (constant SQL)
+        f"SELECT account_id, {_BIN} AS b, {_SUM.format('output_tokens')} AS n FROM api_requests "  # noqa: S608
         'WHERE "timestamp" >= %(start)s AND account_id = ANY(%(accounts)s) GROUP BY 1, 2',
         {"start": start, "bucket": bucket, "accounts": account_ids},
     )
@@ -179,7 +180,7 @@ async def sliding_window(
     preceding = (window - timedelta(minutes=1)) // bucket
     warning = "response_headers ->> 'anthropic-ratelimit-unified-status' = 'allowed_warning'"
     sql = (
-        "WITH binned AS (SELECT date_bin(%(bucket)s, \"timestamp\", TIMESTAMPTZ '1970-01-01 00:00:00+00') AS b, "
+        f"WITH binned AS (SELECT {_BIN} AS b, "  # noqa: S608 (constant SQL, values are parameters)
         f"{_SUM.format('output_tokens')} AS n, bool_or({warning}) AS warned FROM api_requests "
         'WHERE account_id = %(account)s AND "timestamp" >= %(data_start)s AND "timestamp" < %(end)s GROUP BY 1) '
         "SELECT s.b AS time_bucket, sum(coalesce(x.n, 0)) OVER w AS tokens, "
