@@ -43,9 +43,17 @@ def _row(
     rid = new_request_id(int(at.timestamp() * 1000))
     names = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
     usage = dict(zip(names, tokens, strict=True))
-    headers = {"content-type": "application/json", "anthropic-ratelimit-unified-status": "allowed"}
-    if warning:
-        headers["anthropic-ratelimit-unified-status"] = "allowed_warning"
+    headers = {"content-type": "application/json"}
+    if account == "acc_a":  # a subscription (OAuth) account: Anthropic's unified rate-limit headers
+        reset = int(at.timestamp()) + 3600
+        headers |= {
+            "anthropic-ratelimit-unified-status": "allowed_warning" if warning else "allowed",
+            "anthropic-ratelimit-unified-5h-utilization": "0.5" if warning else "0.25",
+            "anthropic-ratelimit-unified-5h-reset": str(reset),
+            "anthropic-ratelimit-unified-7d-utilization": "0.125",
+            "anthropic-ratelimit-unified-7d-reset": "not-a-time",
+            "anthropic-ratelimit-unified-7d_opus-utilization": "nan",
+        }
     conn.execute(
         "INSERT INTO api_requests (request_id, timestamp, project_id, account_id, method, path, model, request_type, "
         "envelope, response_status, response_headers, response_body, input_tokens, output_tokens, "

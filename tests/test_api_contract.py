@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -225,6 +226,24 @@ def test_statistics_tenants_hourly_and_sliding_window(contract_proxy: str, seede
     assert sliding["data"][0]["sliding_window_tokens"] == 0
 
 
+def test_oauth_usage_from_the_latest_stored_reply(contract_proxy: str, seeded: Seeded) -> None:
+    usage = get(contract_proxy, "/api/oauth-usage/acc_a?force=true")
+    assert usage["success"] is True
+    data = usage["data"]
+    has(data, "account_id", "provider", "available", "windows", "fetched_at", "is_estimated", "extra_usage")
+    assert data["available"] is True and data["account_id"] == "acc_a"
+    # the latest reply (r6, 20 minutes ago) said 50 % of the 5-hour window, resetting an hour after it
+    five, seven = data["windows"]
+    assert (five["name"], five["short_name"], five["utilization"]) == ("five_hour", "5h", 50.0)
+    assert five["resets_at"] in ("in 40 min", "in 39 min", "in 38 min")  # 40 minutes from when it was seeded
+    assert five["resets_at_iso"] == (seeded.now - timedelta(minutes=20) + timedelta(hours=1)).isoformat()
+    assert (seven["name"], seven["utilization"], seven["resets_at"]) == ("seven_day", 12.5, None)  # reset unreadable
+    # an API-key account has no unified headers; an account never seen is a 404
+    assert get(contract_proxy, "/api/oauth-usage/acc_b")["data"]["available"] is False
+    status, _, body = call(contract_proxy, "/api/oauth-usage/acc_nobody", headers=AUTH)
+    assert status == 404 and is_anthropic_error(body, "not_found_error")
+
+
 def test_token_stats_fields_and_its_project_parameter(contract_proxy: str) -> None:
     counters = get(contract_proxy, "/token-stats")
     assert isinstance(counters, dict)
@@ -294,6 +313,7 @@ def test_every_operation_matches_the_document(
     known = {
         "requestId": [seeded.ids["r2"], seeded.ids["r6"]],
         "conversationId": list(seeded.conversations.values()),
+        "accountId": ["acc_a", "acc_b"],
     }
     strategies = [operation.as_strategy(generation_mode=mode)]
     for name, values in known.items():
@@ -334,6 +354,7 @@ def test_the_document_covers_every_route(contract_proxy: str) -> None:
         "/api/token-usage/current", "/api/token-usage/daily", "/api/token-usage/time-series",
         "/api/token-usage/accounts", "/api/usage/requests/hourly", "/api/usage/tokens/hourly",
         "/api/analytics/token-usage/sliding-window", "/api/storage-stats", "/token-stats",
+        "/api/oauth-usage/{accountId}",
     }  # fmt: skip
     assert reference <= paths
     params = {p["name"]: p for p in doc["paths"]["/api/conversations"]["get"]["parameters"]}

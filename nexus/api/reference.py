@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from nexus.api import schemas
+from nexus.api import oauth_usage, schemas
 from nexus.api.contract import ACCOUNT, PROJECT, Args, Operation, Param, declare, serve
 from nexus.api.usage import iso
 from nexus.usage import rollups
@@ -148,6 +148,7 @@ def register(api: ApiRoutes) -> None:
         (SLIDING, sliding),
     ):
         serve(api, op, handler)
+    oauth_usage.register(api)
 
 
 def _stats_fields(row: dict[str, Any]) -> dict[str, Any]:

@@ -346,6 +346,33 @@ class SlidingWindow(CamelStruct):
     data: list[SlidingPoint]
 
 
+class UsageWindow(Struct):
+    """One utilisation window, named as the reference's `/api/oauth-usage` answer named it."""
+
+    name: str
+    short_name: str
+    utilization: float
+    resets_at: str | None
+    resets_at_iso: str | None
+
+
+class OAuthUsageData(Struct):
+    account_id: str
+    provider: str
+    available: bool
+    windows: list[UsageWindow]
+    fetched_at: str | None
+    is_estimated: bool
+    extra_usage: Any
+    #: Where the numbers come from: `reply_headers` (the latest stored reply's rate-limit headers).
+    source: str
+
+
+class OAuthUsage(Struct):
+    success: bool
+    data: OAuthUsageData
+
+
 # --- statistics -------------------------------------------------------------------------------------
 
 
