@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import anthropic
 import psycopg
 import pytest
 import schemathesis
@@ -245,8 +246,22 @@ def test_oauth_usage_from_the_latest_stored_reply(contract_proxy: str, seeded: S
 
 
 def test_token_stats_fields_and_its_project_parameter(contract_proxy: str) -> None:
-    counters = get(contract_proxy, "/token-stats")
-    assert isinstance(counters, dict)
+    """A conversation turn counts as inference, Claude Code's quota probe as a query evaluation (the
+    reference's split), under the project the reference's first version called a domain."""
+    client = anthropic.Anthropic(base_url=contract_proxy, api_key="sk-ant-api03-test", max_retries=0)
+    for text in ("hello", "quota"):
+        client.messages.create(
+            model="claude-sonnet-4-6",
+            max_tokens=20,
+            messages=[{"role": "user", "content": text}],
+            extra_headers={"train-id": "token-stats-project"},
+        )
+    one = get(contract_proxy, "/token-stats?domain=token-stats-project")
+    has(one, "inputTokens", "outputTokens", "requestCount", "queryEvaluationCount", "inferenceCount",
+        "toolCallCount", "lastUpdated")  # fmt: skip
+    assert (one["requestCount"], one["inferenceCount"], one["queryEvaluationCount"]) == (2, 1, 1)
+    assert one["outputTokens"] > 0
+    assert get(contract_proxy, "/token-stats")["token-stats-project"] == one
     assert get(contract_proxy, "/token-stats?domain=never-served") is None
     status, _, body = call(contract_proxy, "/token-stats?projectid=x", headers=AUTH)
     assert status == 400 and is_anthropic_error(body)
