@@ -104,6 +104,12 @@ def seed(dsn: str) -> Seeded:
         b = {"project": "beta", "account": "acc_b", "conversation": c2}
         s.ids["b1"] = b1 = _row(conn, m(10), **b)
         s.ids["b2"] = _row(conn, m(5), parent=b1, status=529, tokens=(0, 0, 0, 0), **b)
+        # a sub-agent whose launcher was not found: a conversation of sub-agent requests only
+        orphan = s.conversations["orphan"] = str(uuid.uuid4())
+        s.ids["o1"] = _row(
+            conn, m(15), project="beta", account="acc_b", conversation=orphan, branch="subtask_1",
+            is_subtask=True, request_type="subagent",
+        )  # fmt: skip
         s.ids["g1"] = _row(
             conn, now - timedelta(days=3), project="gamma", account=None, conversation=None, request_type="auxiliary"
         )

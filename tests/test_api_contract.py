@@ -121,11 +121,15 @@ def test_requests_and_details_with_reference_names_and_pagination(contract_proxy
 
 def test_conversations_filter_by_every_reference_parameter(contract_proxy: str, seeded: Seeded) -> None:
     everything = get(contract_proxy, "/api/conversations")
-    assert everything["pagination"] == {"total": 2, "limit": 50, "offset": 0, "hasMore": False, "page": 1,
+    assert everything["pagination"] == {"total": 3, "limit": 50, "offset": 0, "hasMore": False, "page": 1,
                                         "totalPages": 1}  # fmt: skip
     # the reported bug: ?domain= was ignored and every conversation came back
     only_beta = get(contract_proxy, "/api/conversations?domain=beta")["conversations"]
-    assert [c["conversationId"] for c in only_beta] == [seeded.conversations["beta"]]
+    assert [c["conversationId"] for c in only_beta] == [seeded.conversations["beta"], seeded.conversations["orphan"]]
+    assert only_beta[1]["isSubtask"] is True and only_beta[1]["parentTaskRequestId"] is None
+    main_only = get(contract_proxy, "/api/conversations?domain=beta&excludeSubtasks=true")
+    assert [c["conversationId"] for c in main_only["conversations"]] == [seeded.conversations["beta"]]
+    assert main_only["pagination"]["total"] == 1
     assert get(contract_proxy, "/api/conversations?projectId=alpha")["pagination"]["total"] == 1
     assert get(contract_proxy, "/api/conversations?domain=nobody")["conversations"] == []
     by_account = get(contract_proxy, "/api/conversations?accountId=acc_a")["conversations"]
@@ -133,8 +137,8 @@ def test_conversations_filter_by_every_reference_parameter(contract_proxy: str, 
     recent = (seeded.now.replace(tzinfo=None)).isoformat()
     assert get(contract_proxy, f"/api/conversations?dateFrom={recent}Z")["conversations"] == []
     assert get(contract_proxy, "/api/conversations?dateTo=2000-01-01T00:00:00Z")["conversations"] == []
-    paged = get(contract_proxy, "/api/conversations?limit=1&offset=1")
-    assert paged["pagination"] == {"total": 2, "limit": 1, "offset": 1, "hasMore": False, "page": 2, "totalPages": 2}
+    paged = get(contract_proxy, "/api/conversations?limit=1&offset=2")
+    assert paged["pagination"] == {"total": 3, "limit": 1, "offset": 2, "hasMore": False, "page": 3, "totalPages": 3}
     assert [c["conversationId"] for c in paged["conversations"]] == [seeded.conversations["alpha"]]
 
     alpha = get(contract_proxy, "/api/conversations?projectId=alpha")["conversations"][0]
@@ -164,7 +168,7 @@ def test_token_usage_current_daily_series_and_accounts(contract_proxy: str, seed
     assert daily and all(d["projectId"] == "beta" for d in daily)
     has(daily[0], "date", "accountId", "projectId", "model", *USAGE_SUMS)
     aggregated = get(contract_proxy, "/api/token-usage/daily?accountId=acc_b&days=2&aggregate=true")["usage"]
-    assert sum(d["totalRequests"] for d in aggregated) == 2
+    assert sum(d["totalRequests"] for d in aggregated) == 3
 
     series = get(contract_proxy, "/api/token-usage/time-series?accountId=acc_a&window=5&interval=5")
     has(series, "accountId", "windowHours", "intervalMinutes", "tokenLimit", "timeSeries")
@@ -189,12 +193,12 @@ def test_statistics_tenants_hourly_and_sliding_window(contract_proxy: str, seede
     has(stats, "totalRequests", "totalTokens", "totalInputTokens", "totalOutputTokens", "totalCacheCreationTokens",
         "totalCacheReadTokens", "averageResponseTime", "errorCount", "activeTrains", "activeDomains",
         "requestsByModel", "requestsByType")  # fmt: skip
-    assert stats["totalRequests"] == 8 and stats["errorCount"] == 1 and stats["activeTrains"] == 2
-    assert stats["requestsByModel"] == {"claude-sonnet-4-6": 7, "claude-opus-4-6": 1}
-    assert get(contract_proxy, "/api/stats?domain=beta")["totalRequests"] == 2
-    assert get(contract_proxy, "/api/stats?since=2000-01-01T00:00:00Z")["totalRequests"] == 9
+    assert stats["totalRequests"] == 9 and stats["errorCount"] == 1 and stats["activeTrains"] == 2
+    assert stats["requestsByModel"] == {"claude-sonnet-4-6": 8, "claude-opus-4-6": 1}
+    assert get(contract_proxy, "/api/stats?domain=beta")["totalRequests"] == 3
+    assert get(contract_proxy, "/api/stats?since=2000-01-01T00:00:00Z")["totalRequests"] == 10
     storage = get(contract_proxy, "/api/storage-stats")
-    assert storage["totalRequests"] == 9 and storage["conversationCount"] == 2
+    assert storage["totalRequests"] == 10 and storage["conversationCount"] == 3
 
     dash = get(contract_proxy, "/api/dashboard/stats?projectId=alpha&statsDays=7")
     has(dash, "totalConversations", "activeUsers", "totalRequests", "totalTokens", "totalBranches",
@@ -205,12 +209,12 @@ def test_statistics_tenants_hourly_and_sliding_window(contract_proxy: str, seede
     has(dash["hourlyActivity"][0], "hour", "requestCount", "tokenCount")
 
     weekly = get(contract_proxy, "/api/analytics/conversations/weekly?weeks=4")
-    assert len(weekly["weeks"]) == 4 and sum(w["conversationCount"] for w in weekly["weeks"]) == 2
+    assert len(weekly["weeks"]) == 4 and sum(w["conversationCount"] for w in weekly["weeks"]) == 3
     has(weekly["weeks"][0], "weekStart", "conversationCount")
 
     assert get(contract_proxy, "/api/domains")["domains"][0] == {"domain": "alpha", "requestCount": 6}
     train_ids = get(contract_proxy, "/api/train-ids")["trainIds"]
-    assert [t["projectId"] for t in train_ids] == ["alpha", "beta", "gamma"] and train_ids[1]["requestCount"] == 2
+    assert [t["projectId"] for t in train_ids] == ["alpha", "beta", "gamma"] and train_ids[1]["requestCount"] == 3
     assert [p["projectId"] for p in get(contract_proxy, "/api/projects?days=1")["projects"]] == ["alpha", "beta"]
 
     hourly = get(contract_proxy, "/api/usage/requests/hourly?days=7")
@@ -280,7 +284,7 @@ def test_unknown_repeated_and_conflicting_parameters_are_refused(contract_proxy:
         assert status == 400 and is_anthropic_error(body), (path, body)
         assert says in body["error"]["message"], (path, body)
     # the same value under two spellings is one parameter
-    assert get(contract_proxy, "/api/requests?projectId=beta&domain=beta")["pagination"]["total"] == 2
+    assert get(contract_proxy, "/api/requests?projectId=beta&domain=beta")["pagination"]["total"] == 3
 
 
 def test_the_data_api_rules_apply_to_every_new_path(contract_proxy: str) -> None:

@@ -24,14 +24,19 @@ if TYPE_CHECKING:
 DATE_FROM = Param("dateFrom", "datetime", "Only conversations active at or after this time.", aliases=("date_from",))
 DATE_TO = Param("dateTo", "datetime", "Only conversations active at or before this time.", aliases=("date_to",))
 
+EXCLUDE_SUBTASKS = Param(
+    "excludeSubtasks", "bool", "Leave out conversations made only of sub-agent requests (the dashboard's parameter)."
+)
+
 LIST = declare(
     Operation(
         "/api/conversations",
         "listConversations",
         "Conversations by latest activity, with branch counts",
         schemas.ConversationList,
-        (limit(), BEFORE, OFFSET, PROJECT, ACCOUNT, DATE_FROM, DATE_TO),
-        reference="GET /api/conversations?projectId&accountId&limit&offset&dateFrom&dateTo (OLD: domain)",
+        (limit(), BEFORE, OFFSET, PROJECT, ACCOUNT, DATE_FROM, DATE_TO, EXCLUDE_SUBTASKS),
+        reference="GET /api/conversations?projectId&accountId&limit&offset&dateFrom&dateTo (OLD: domain); "
+        "the dashboard service's excludeSubtasks",
     )
 )
 TREE = declare(
@@ -87,6 +92,7 @@ async def list_conversations(pool: AsyncConnectionPool, args: Args) -> schemas.C
         "account_id": args["accountId"],
         "date_from": args["dateFrom"],
         "date_to": args["dateTo"],
+        "exclude_subtasks": args["excludeSubtasks"],
     }
     count, offset = args["limit"], args["offset"]
     async with pool.connection() as conn:

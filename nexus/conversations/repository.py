@@ -194,11 +194,12 @@ async def list_conversations(
     date_from: datetime | None = None,
     date_to: datetime | None = None,
     offset: int = 0,
+    exclude_subtasks: bool = False,
 ) -> list[dict[str, Any]]:
     """Conversations by latest activity, newest first (keyset on last_at, conversation_id, then
     `offset`), with their branch, sub-agent and compaction counts and models, and the reference's
     per-conversation fields (`reference`)."""
-    clause, params = _conversation_filters(project_id, account_id, date_from, date_to, before)
+    clause, params = _conversation_filters(project_id, account_id, date_from, date_to, before, exclude_subtasks)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             f"SELECT {CONVERSATION_COLUMNS} FROM conversations c {clause} "  # noqa: S608
@@ -241,8 +242,9 @@ async def count_conversations(
     account_id: str | None = None,
     date_from: datetime | None = None,
     date_to: datetime | None = None,
+    exclude_subtasks: bool = False,
 ) -> int:
-    clause, params = _conversation_filters(project_id, account_id, date_from, date_to, None)
+    clause, params = _conversation_filters(project_id, account_id, date_from, date_to, None, exclude_subtasks)
     cur = await conn.execute(f"SELECT count(*) FROM conversations c {clause}", params)  # noqa: S608 (constant SQL)
     row = await cur.fetchone()
     return int(row[0]) if row else 0
@@ -254,9 +256,12 @@ def _conversation_filters(
     date_from: datetime | None,
     date_to: datetime | None,
     before: tuple[datetime, str] | None,
+    exclude_subtasks: bool = False,
 ) -> tuple[str, list[Any]]:
     """A conversation matches a date range when its activity overlaps it, and an account when one of
-    its requests was served by that account."""
+    its requests was served by that account. Without sub-tasks: only conversations with a request
+    that is not a sub-agent's (a sub-agent's requests normally join the conversation that launched it;
+    one whose launcher was not found is a conversation of sub-agent requests only)."""
     where: list[str] = []
     params: list[Any] = []
     if before is not None:
@@ -277,6 +282,11 @@ def _conversation_filters(
             "AND r.account_id = %s AND r.timestamp >= c.first_at AND r.timestamp <= c.last_at)"
         )
         params.append(account_id)
+    if exclude_subtasks:
+        where.append(
+            "EXISTS (SELECT 1 FROM api_requests r WHERE r.conversation_id = c.conversation_id "
+            "AND NOT r.is_subtask AND r.timestamp >= c.first_at AND r.timestamp <= c.last_at)"
+        )
     return ("WHERE " + " AND ".join(where)) if where else "", params
 
 
