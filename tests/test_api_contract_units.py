@@ -150,3 +150,13 @@ def test_oauth_windows_from_reply_headers() -> None:
     assert oauth_usage._human(timedelta(minutes=59, seconds=59)) == "in 59 min"
     assert oauth_usage._human(timedelta(hours=47, minutes=59)) == "in 47 h 59 min"
     assert oauth_usage._human(timedelta(hours=48)) == "in 2 days"
+
+
+def test_every_route_table_gets_the_templated_routes() -> None:
+    """Each `ApiRoutes` (one per proxy worker, several in one test process) serves `/api/requests/{id}`."""
+    from nexus.api.routes import ApiRoutes
+
+    tables = [ApiRoutes(None) for _ in range(2)]
+    for api in tables:
+        assert {p for p, _ in api._prefixes} == {"/api/requests/", "/api/conversations/", "/api/oauth-usage/"}
+        assert api._find(f"/api/requests/{UID}/subtasks") is not None

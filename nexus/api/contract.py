@@ -10,6 +10,7 @@ their older spellings and Nexus's snake_case ones as aliases (`domain`, `trainId
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -187,13 +188,17 @@ def serve(api: ApiRoutes, op: Operation, handler: OpHandler) -> None:
         api.route(op.path, exact)
         return
     prefix = op.path[: op.path.index("{")]
-    table = _templates.setdefault((id(api), prefix), [])
-    if not table:
-        api.route(prefix, _dispatcher(table))
-    table.append((op, handler))
+    tables = _templates.setdefault(api, {})
+    if prefix not in tables:
+        tables[prefix] = []
+        api.route(prefix, _dispatcher(tables[prefix]))
+    tables[prefix].append((op, handler))
 
 
-_templates: dict[tuple[int, str], list[tuple[Operation, OpHandler]]] = {}
+#: Per route table, the templated operations under each prefix (one prefix route dispatches them).
+_templates: weakref.WeakKeyDictionary[ApiRoutes, dict[str, list[tuple[Operation, OpHandler]]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _dispatcher(table: list[tuple[Operation, OpHandler]]) -> Callable[..., Awaitable[Any]]:
