@@ -51,9 +51,16 @@ def contract_db(database_admin_url: str, migrated_template: str) -> Iterator[tup
 def contract_proxy(
     upstream_url: str, contract_db: tuple[str, Seeded], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
+    credentials = tmp_path_factory.mktemp("credentials")
+    (credentials / "accounts").mkdir(mode=0o700)
+    account_file = credentials / "accounts" / "acc_files.credentials.json"
+    account_file.write_text('{"type": "oauth", "accountId": "acc_files", "oauth": {"accessToken": "sk-ant-oat01-x", '
+                            '"refreshToken": "sk-ant-ort01-x", "expiresAt": 4102444800000}}')  # fmt: skip
+    account_file.chmod(0o600)
     env = {
         "CLAUDE_API_BASE_URL": upstream_url,
         "DATABASE_URL": contract_db[0],
+        "CREDENTIALS_DIR": str(credentials),
         "NEXUS_HOME": str(tmp_path_factory.mktemp("contract")),
         "DASHBOARD_API_KEY": KEY,
         # schemathesis tries wrong keys on every operation: no 429 for this client meanwhile
@@ -243,8 +250,11 @@ def test_oauth_usage_from_the_latest_stored_reply(contract_proxy: str, seeded: S
     assert five["resets_at"] in ("in 40 min", "in 39 min", "in 38 min")  # 40 minutes from when it was seeded
     assert five["resets_at_iso"] == (seeded.now - timedelta(minutes=20) + timedelta(hours=1)).isoformat()
     assert (seven["name"], seven["utilization"], seven["resets_at"]) == ("seven_day", 12.5, None)  # reset unreadable
-    # an API-key account has no unified headers; an account never seen is a 404
+    # an API-key account has no unified headers, an account of the credential files no stored reply yet;
+    # an account neither stored nor in a file is a 404
     assert get(contract_proxy, "/api/oauth-usage/acc_b")["data"]["available"] is False
+    files = get(contract_proxy, "/api/oauth-usage/acc_files")["data"]
+    assert (files["available"], files["windows"], files["fetched_at"]) == (False, [], None)
     status, _, body = call(contract_proxy, "/api/oauth-usage/acc_nobody", headers=AUTH)
     assert status == 404 and is_anthropic_error(body, "not_found_error")
 

@@ -5,8 +5,9 @@ every reply to a subscription (OAuth) account carries `anthropic-ratelimit-unifi
 (a fraction) and `-reset` (epoch seconds) headers, and storage keeps each reply's headers. So the
 answer is the account's latest stored reply's windows, with `fetched_at` the time of that reply: no
 held token is spent on it and no credential leaves the proxy. An account with stored requests but no
-such headers (an API key) is `available: false`; an account with no request in the last 30 days is a
-404. `force` is accepted for the reference's clients and changes nothing (there is no cache to skip).
+such headers (an API key) is `available: false`, and so is an account of the credential files with no
+stored reply yet; any other account is a 404. `force` is accepted for the reference's clients and
+changes nothing (there is no cache to skip).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from nexus.api import schemas
 from nexus.api.contract import Args, Operation, Param, declare, serve
+from nexus.auth.credentials import CredentialStore
 from nexus.errors import ProxyError
+from nexus.settings import get_settings
 from nexus.usage.service import now_utc
 
 if TYPE_CHECKING:
@@ -65,8 +68,9 @@ async def oauth_usage(pool: AsyncConnectionPool, args: Args) -> schemas.OAuthUsa
         row = await cur.fetchone()
         if row is None:
             await cur.execute(SEEN, params)
-            if await cur.fetchone() is None:
-                raise ProxyError(404, f"No request by account {account[:80]!r} in the last 30 days.", "not_found_error")
+            if await cur.fetchone() is None and credential_kind(account) is None:
+                message = f"No credential file and no request in 30 days for account {account[:80]!r}."
+                raise ProxyError(404, message, "not_found_error")
     headers = row["response_headers"] if row is not None and isinstance(row["response_headers"], dict) else {}
     windows = windows_of(headers, now_utc())
     return schemas.OAuthUsage(
@@ -82,6 +86,16 @@ async def oauth_usage(pool: AsyncConnectionPool, args: Args) -> schemas.OAuthUsa
             source="reply_headers",
         ),
     )
+
+
+def credential_kind(account: str) -> str | None:
+    """`oauth` or `api_key` when a credential file holds this account (by its `accountId`, or as
+    `accounts/<account>.credentials.json`); None otherwise. Only the kind is read, never a secret."""
+    creds, _ = CredentialStore(get_settings().credentials_dir).all()
+    for cred in creds:
+        if cred.account_id == account or (cred.is_account and cred.name == account):
+            return cred.kind
+    return None
 
 
 def windows_of(headers: dict[str, Any], now: datetime) -> list[schemas.UsageWindow]:
