@@ -67,6 +67,8 @@ def test_dates_are_iso_8601_and_utc_without_an_offset() -> None:
     assert parse_datetime("d", "2026-01-02T03:04:05Z") == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert parse_datetime("d", "2026-01-02T03:04:05.5+02:00") == datetime(2026, 1, 2, 1, 4, 5, 500000, tzinfo=UTC)
     assert parse_datetime("d", "2026-01-02 03:04") == datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+    nanos = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    assert parse_datetime("d", "2026-01-02t03:04:05.123456789z") == nanos
     for bad in ("yesterday", "", "2026-13-01", "2026-01-02T25:00", "0001-01-01T00:00:00+01:00", "20260102"):
         assert refused(parse_datetime, "dateFrom", bad).startswith("dateFrom must be an ISO 8601 date-time")
 

@@ -35,7 +35,8 @@ OpHandler = Callable[[AsyncConnectionPool, Args], Awaitable[Any]]
 #: What a text parameter may hold: `check_query`'s rule (no control character, at most MAX_VALUE).
 TEXT_PATTERN = "^[^\\u0000-\\u001f\\u007f]*$"
 _CURSOR = re.compile(r"[0-9]{1,19}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?([Zz]|[+-]\d{2}:\d{2})?)?")
+_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,30})?)?([Zz]|[+-]\d{2}:\d{2})?)?", re.ASCII)
+_PAST_MICROSECONDS = re.compile(r"(\.\d{6})\d+", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +110,8 @@ def parse_datetime(name: str, raw: str) -> datetime:
     try:
         if not _DATETIME.fullmatch(raw):
             raise ValueError(raw)
-        at = datetime.fromisoformat(raw)
+        # RFC 3339 allows any number of fraction digits; microseconds are what is kept
+        at = datetime.fromisoformat(_PAST_MICROSECONDS.sub(r"\1", raw.upper()))
         at = at.replace(tzinfo=UTC) if at.tzinfo is None else at
         return at.astimezone(UTC)
     except (ValueError, OverflowError):
