@@ -162,3 +162,23 @@ def test_every_route_table_gets_the_templated_routes() -> None:
     for api in tables:
         assert {p for p, _ in api._prefixes} == {"/api/requests/", "/api/conversations/", "/api/oauth-usage/"}
         assert api._find(f"/api/requests/{UID}/subtasks") is not None
+
+
+def test_the_answer_types_hold_exactly_the_columns_read() -> None:
+    """A column added to a query must be added to its answer type (and so to `/openapi.json`): the
+    handlers build the types from the rows by name, so a mismatch would be a 500, caught here first."""
+    from nexus.conversations.repository import CONVERSATION_COLUMNS, TREE_COLUMNS
+    from nexus.storage.requests_repo import DETAIL_COLUMNS, SUMMARY_COLUMNS
+
+    def names(columns: str) -> tuple[str, ...]:
+        return tuple(c.strip() for c in columns.split(","))
+
+    summary = names(SUMMARY_COLUMNS)
+    assert schemas.RequestSummary.__struct_fields__[: len(summary)] == summary
+    rebuilt = {"envelope", "system_key", "tools_key", "message_keys"}  # replaced by request_body
+    detail = [c for c in names(DETAIL_COLUMNS)[len(summary) :] if c not in rebuilt] + ["request_body"]
+    assert set(detail) <= set(schemas.RequestDetail.__struct_fields__)
+    conversation = names(CONVERSATION_COLUMNS)
+    assert schemas.ConversationSummary.__struct_fields__[: len(conversation)] == conversation
+    assert schemas.ConversationTree.__struct_fields__[: len(conversation)] == conversation
+    assert schemas.TreeRequest.__struct_fields__ == names(TREE_COLUMNS)
