@@ -1,4 +1,9 @@
-"""`GET /api/requests` and `GET /api/requests/{id}`: stored requests, newest first, bodies rebuilt."""
+"""`GET /api/requests`, `/api/requests/{id}` and `/api/requests/{id}/subtasks`: stored requests, newest
+first, bodies rebuilt.
+
+Two paginations on one listing: Nexus's keyset cursor (`before` = the previous page's `next_cursor`,
+cheap at any depth) and the reference's `limit`/`offset` with `pagination.total`/`hasMore`.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +11,115 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from nexus.api.params import Query, cursor_param, first, found, limit_param, next_cursor, path_uuid, uuid_param
+from nexus.api import schemas
+from nexus.api.contract import ACCOUNT, BEFORE, OFFSET, PROJECT, Args, Operation, Param, declare, limit, serve
+from nexus.api.params import found, next_cursor
 from nexus.storage import requests_repo
 
 if TYPE_CHECKING:
     from nexus.api.routes import ApiRoutes
 
+CONVERSATION = Param("conversationId", "uuid", "Only this conversation's requests.", aliases=("conversation_id",))
+REQUEST_ID = Param("requestId", "uuid", "The request's id (its `X-Request-ID`).")
+
+LIST = declare(
+    Operation(
+        "/api/requests",
+        "listRequests",
+        "Stored requests, newest first",
+        schemas.RequestList,
+        (limit(), BEFORE, OFFSET, PROJECT, ACCOUNT, CONVERSATION),
+        reference="GET /api/requests?projectId&limit&offset (OLD: domain)",
+    )
+)
+DETAIL = declare(
+    Operation(
+        "/api/requests/{requestId}",
+        "getRequest",
+        "One stored request with its bodies",
+        schemas.RequestDetail,
+        path_params=(REQUEST_ID,),
+        reference="GET /api/requests/:id",
+    )
+)
+SUBTASKS = declare(
+    Operation(
+        "/api/requests/{requestId}/subtasks",
+        "listSubtasks",
+        "The sub-agent requests a request's reply launched",
+        schemas.SubtaskList,
+        (limit(100, 500),),
+        path_params=(REQUEST_ID,),
+        reference="GET /api/requests/:requestId/subtasks (dashboard service)",
+    )
+)
+
 
 def register(api: ApiRoutes) -> None:
-    api.route("/api/requests", list_requests)
-    api.route("/api/requests/", get_request)
+    serve(api, LIST, list_requests)
+    serve(api, DETAIL, get_request)
+    serve(api, SUBTASKS, list_subtasks)
 
 
-async def get_request(pool: AsyncConnectionPool, wanted: str, query: Query) -> dict[str, Any]:
-    request_id = path_uuid(wanted, "request")
+def _zero(value: int | None) -> int:
+    return value if value is not None else 0
+
+
+def reference_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """The reference's summary fields of a stored row (absent counts as 0, as it wrote them)."""
+    return {
+        "requestId": row["request_id"],
+        "projectId": row["project_id"],
+        "domain": row["project_id"],
+        "accountId": row["account_id"],
+        "inputTokens": _zero(row["input_tokens"]),
+        "outputTokens": _zero(row["output_tokens"]),
+        "totalTokens": _zero(row["input_tokens"]) + _zero(row["output_tokens"]),
+        "durationMs": _zero(row["duration_ms"]),
+        "responseStatus": _zero(row["response_status"]),
+        "requestType": row["request_type"],
+    }
+
+
+def summary(row: dict[str, Any]) -> schemas.RequestSummary:
+    return schemas.RequestSummary(**row, **reference_fields(row))
+
+
+async def get_request(pool: AsyncConnectionPool, args: Args) -> schemas.RequestDetail:
+    wanted = args["requestId"]
     async with pool.connection() as conn:
-        return found(await requests_repo.get_request(conn, request_id), "stored request", wanted)
+        row = found(await requests_repo.get_request(conn, wanted), "stored request", wanted)
+    return schemas.RequestDetail(
+        **row,
+        **reference_fields(row),
+        conversationId=row["conversation_id"],
+        branchId=row["branch_id"],
+        parentRequestId=row["parent_request_id"],
+        requestBody=row["request_body"],
+        responseBody=row["response_body"],
+        usageData=row["usage"],
+        streamingChunks=[],
+    )
 
 
-async def list_requests(pool: AsyncConnectionPool, _: str, query: Query) -> dict[str, Any]:
-    limit = limit_param(query)
-    before = cursor_param(query)
-    conversation_id = uuid_param(query, "conversation_id", "conversationId")
-    project_id = first(query, "project_id", "projectId")
+async def list_requests(pool: AsyncConnectionPool, args: Args) -> schemas.RequestList:
+    filters = {
+        "project_id": args["projectId"],
+        "account_id": args["accountId"],
+        "conversation_id": args["conversationId"],
+    }
+    count, offset = args["limit"], args["offset"]
     async with pool.connection() as conn:
-        rows = await requests_repo.list_requests(
-            conn, limit=limit, before=before, project_id=project_id, conversation_id=conversation_id
-        )
-    return {"requests": rows, "next_cursor": next_cursor(rows, limit)}
+        rows = await requests_repo.list_requests(conn, limit=count, before=args["before"], offset=offset, **filters)
+        total = await requests_repo.count_requests(conn, **filters)
+    return schemas.RequestList(
+        requests=[summary(r) for r in rows],
+        next_cursor=next_cursor(rows, count),
+        pagination=schemas.Pagination(total=total, limit=count, offset=offset, has_more=offset + count < total),
+    )
+
+
+async def list_subtasks(pool: AsyncConnectionPool, args: Args) -> schemas.SubtaskList:
+    async with pool.connection() as conn:
+        rows = await requests_repo.list_requests(conn, limit=args["limit"], parent_task_request_id=args["requestId"])
+    return schemas.SubtaskList(request_id=args["requestId"], subtasks=[summary(r) for r in rows[::-1]])

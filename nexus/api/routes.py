@@ -63,12 +63,13 @@ class ApiRoutes:
         self._prefixes: list[tuple[str, Handler]] = []
         self._posts: list[tuple[str, PostHandler]] = []
         from nexus.analysis import api as analyses
-        from nexus.api import conversations, requests, usage
+        from nexus.api import conversations, reference, requests, usage
 
         requests.register(self)
         conversations.register(self)
         usage.register(self)
         analyses.register(self)
+        reference.register(self)
 
     def route(self, path: str, handler: Handler) -> None:
         """Serve `path` exactly, or every path below it when `path` ends with `/`."""
@@ -137,7 +138,7 @@ class ApiRoutes:
         if scope.method != "GET":
             raise ProxyError(405, f"Method {scope.method} not allowed on {path[:200]}.", "invalid_request_error")
         handler, param = found
-        query = parse_qs(scope.query_string)
+        query = parse_qs(scope.query_string, keep_blank_values=True)  # `x=` is seen, never dropped
         check_query(query)
         try:
             # no asyncio.timeout here: a cancelled query can freeze the process (nexus/storage/pools.py);

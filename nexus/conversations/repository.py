@@ -191,38 +191,39 @@ async def list_conversations(
     limit: int,
     before: tuple[datetime, str] | None = None,
     project_id: str | None = None,
+    account_id: str | None = None,
+    date_from: datetime | None = None,
+    date_to: datetime | None = None,
+    offset: int = 0,
+    exclude_subtasks: bool = False,
 ) -> list[dict[str, Any]]:
-    """Conversations by latest activity, newest first (keyset on last_at, conversation_id), with their
-    branch, sub-agent and compaction counts and models."""
-    where, params = [], []
-    if before is not None:
-        where.append("(last_at, conversation_id) < (%s, %s)")
-        params += [before[0], before[1]]
-    if project_id is not None:
-        where.append("project_id = %s")
-        params.append(project_id)
-    clause = ("WHERE " + " AND ".join(where)) if where else ""
+    """Conversations by latest activity, newest first (keyset on last_at, conversation_id, then
+    `offset`), with their branch, sub-agent and compaction counts and models, and the reference's
+    per-conversation fields (`reference`)."""
+    clause, params = _conversation_filters(project_id, account_id, date_from, date_to, before, exclude_subtasks)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            f"SELECT {CONVERSATION_COLUMNS} FROM conversations {clause} "  # noqa: S608
-            "ORDER BY last_at DESC, conversation_id DESC LIMIT %s",
-            (*params, limit),
+            f"SELECT {CONVERSATION_COLUMNS} FROM conversations c {clause} "  # noqa: S608
+            "ORDER BY last_at DESC, conversation_id DESC LIMIT %s OFFSET %s",
+            (*params, limit, offset),
         )
         rows = await cur.fetchall()
         if not rows:
             return rows
         await cur.execute(
-            "SELECT conversation_id, "  # noqa: S608 (constant SQL, values are parameters)
-            "count(DISTINCT branch_id) FILTER (WHERE branch_id !~ '^subtask_') AS branch_count, "
-            "count(DISTINCT branch_id) FILTER (WHERE branch_id ~ '^subtask_') AS subagent_count, "
-            "count(*) FILTER (WHERE request_type = 'compaction') AS compaction_count, "
-            "array_agg(DISTINCT model) FILTER (WHERE model IS NOT NULL) AS models, "
-            f"count(*) AS requests, {COST_SUMS} "
-            f"FROM api_requests WHERE conversation_id = ANY(%s) AND timestamp >= %s AND timestamp <= %s "
-            "GROUP BY conversation_id",
+            CONVERSATION_DETAILS,
             ([r["conversation_id"] for r in rows], min(r["first_at"] for r in rows), max(r["last_at"] for r in rows)),
         )
         counts = {r["conversation_id"]: r for r in await cur.fetchall()}
+        parents = [c["parent_task_request_id"] for c in counts.values() if c["parent_task_request_id"] is not None]
+        parent_conversations: dict[Any, Any] = {}
+        if parents:
+            await cur.execute(
+                "SELECT request_id, conversation_id FROM api_requests WHERE request_id = ANY(%s) "
+                "AND timestamp >= %s AND timestamp <= %s",
+                (parents, min(r["first_at"] for r in rows) - timedelta(days=1), max(r["last_at"] for r in rows)),
+            )
+            parent_conversations = {r["request_id"]: r["conversation_id"] for r in await cur.fetchall()}
     for row in rows:
         extra = counts.get(row["conversation_id"], {})
         row["branch_count"] = extra.get("branch_count", 0)
@@ -231,7 +232,108 @@ async def list_conversations(
         row["models"] = sorted(extra.get("models") or [])
         row["cost_usd"] = summed_cost(extra) if extra else 0.0
         row["unpriced_requests"] = int(extra.get("unpriced_requests", 0))
+        reference = {k: extra.get(k) for k in REFERENCE_DETAILS}
+        reference["parent_conversation_id"] = parent_conversations.get(reference["parent_task_request_id"])
+        row["reference"] = reference
     return rows
+
+
+async def count_conversations(
+    conn: AsyncConnection[Any],
+    *,
+    project_id: str | None = None,
+    account_id: str | None = None,
+    date_from: datetime | None = None,
+    date_to: datetime | None = None,
+    exclude_subtasks: bool = False,
+) -> int:
+    clause, params = _conversation_filters(project_id, account_id, date_from, date_to, None, exclude_subtasks)
+    cur = await conn.execute(f"SELECT count(*) FROM conversations c {clause}", params)  # noqa: S608 (constant SQL)
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def _conversation_filters(
+    project_id: str | None,
+    account_id: str | None,
+    date_from: datetime | None,
+    date_to: datetime | None,
+    before: tuple[datetime, str] | None,
+    exclude_subtasks: bool = False,
+) -> tuple[str, list[Any]]:
+    """A conversation matches a date range when its activity overlaps it, and an account when one of
+    its requests was served by that account. Without sub-tasks: only conversations with a request
+    that is not a sub-agent's (a sub-agent's requests normally join the conversation that launched it;
+    one whose launcher was not found is a conversation of sub-agent requests only)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if before is not None:
+        where.append("(last_at, conversation_id) < (%s, %s)")
+        params += [before[0], before[1]]
+    if project_id is not None:
+        where.append("project_id = %s")
+        params.append(project_id)
+    if date_from is not None:
+        where.append("last_at >= %s")
+        params.append(date_from)
+    if date_to is not None:
+        where.append("first_at <= %s")
+        params.append(date_to)
+    if account_id is not None:
+        where.append(
+            "EXISTS (SELECT 1 FROM api_requests r WHERE r.conversation_id = c.conversation_id "
+            "AND r.account_id = %s AND r.timestamp >= c.first_at AND r.timestamp <= c.last_at)"
+        )
+        params.append(account_id)
+    if exclude_subtasks:
+        where.append(
+            "EXISTS (SELECT 1 FROM api_requests r WHERE r.conversation_id = c.conversation_id "
+            "AND NOT r.is_subtask AND r.timestamp >= c.first_at AND r.timestamp <= c.last_at)"
+        )
+    return ("WHERE " + " AND ".join(where)) if where else "", params
+
+
+#: The reference's per-conversation fields, computed with Nexus's own counts in one pass over the page.
+REFERENCE_DETAILS = (
+    "all_branch_count",
+    "compact_branch_count",
+    "user_branch_count",
+    "project_ids",
+    "account_ids",
+    "first_account_id",
+    "is_subtask",
+    "parent_task_request_id",
+    "subtask_message_count",
+    "latest_model",
+    "latest_context_tokens",
+)
+_NEWEST = "ORDER BY timestamp DESC, request_id DESC"
+CONVERSATION_DETAILS = (
+    "SELECT conversation_id, "  # noqa: S608 (constant SQL)
+    "count(DISTINCT branch_id) FILTER (WHERE branch_id !~ '^subtask_') AS branch_count, "
+    "count(DISTINCT branch_id) FILTER (WHERE branch_id ~ '^subtask_') AS subagent_count, "
+    "count(*) FILTER (WHERE request_type = 'compaction') AS compaction_count, "
+    "array_agg(DISTINCT model) FILTER (WHERE model IS NOT NULL) AS models, "
+    "count(DISTINCT branch_id) AS all_branch_count, "
+    "count(DISTINCT branch_id) FILTER (WHERE branch_id ~ '^compact_') AS compact_branch_count, "
+    "count(DISTINCT branch_id) FILTER (WHERE branch_id <> 'main' AND branch_id !~ '^(subtask|compact)_') "
+    "AS user_branch_count, "
+    "array_agg(DISTINCT project_id) AS project_ids, "
+    "array_agg(DISTINCT account_id) FILTER (WHERE account_id IS NOT NULL) AS account_ids, "
+    "(array_agg(account_id ORDER BY timestamp, request_id) FILTER (WHERE account_id IS NOT NULL))[1] "
+    "AS first_account_id, "
+    "bool_or(is_subtask) AS is_subtask, "
+    "(array_agg(parent_task_request_id ORDER BY timestamp, request_id) FILTER (WHERE is_subtask))[1] "
+    "AS parent_task_request_id, "
+    "count(*) FILTER (WHERE is_subtask) AS subtask_message_count, "
+    f"(array_agg(model {_NEWEST}))[1] AS latest_model, "
+    # numeric: three counts each up to bigint's maximum (a clamped hostile value) cannot overflow
+    "(array_agg(coalesce(input_tokens, 0)::numeric + coalesce(cache_read_input_tokens, 0) "
+    f"+ coalesce(cache_creation_input_tokens, 0) {_NEWEST}))[1] AS latest_context_tokens, "
+    f"count(*) AS requests, {COST_SUMS} "
+    "FROM api_requests WHERE conversation_id = ANY(%s) AND timestamp >= %s AND timestamp <= %s "
+    "GROUP BY conversation_id"
+)
 
 
 TREE_COLUMNS = (

@@ -24,10 +24,13 @@ import orjson
 from nexus import __version__
 from nexus._core import NexusCoreError, RequestAnalysis, analyze_request
 from nexus.analysis import marker as analysis_marker
+from nexus.api import openapi, token_stats
+from nexus.api.params import check_query
 from nexus.api.routes import ApiRoutes, dump_json
 from nexus.auth.errors import ClientKeyError
 from nexus.auth.projects import ACCOUNT_HEADERS, DEFAULT_PROJECT, PROJECT_HEADERS, resolve_project
 from nexus.auth.service import Authorization, RequestAuthorizer, holds_secret
+from nexus.conversations.classify import classify
 from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Link, Linker
 from nexus.conversations.service import ConversationService, LookupPool, link_request
@@ -220,6 +223,8 @@ class ProxyApp:
                 await self.mcp.handle(scope, proto, request_id)
             elif path.startswith(CLIENT_SETUP_PREFIX) and method == "GET":
                 self.client_setup.handle(scope, proto, request_id)
+            elif path == "/openapi.json" and method == "GET":
+                proto.response_bytes(200, [*JSON_HEADERS, ("x-request-id", request_id)], openapi.document_bytes())
             elif path == "/" and method == "GET":
                 self._respond_json(proto, 200, self.descriptor(), request_id)
             elif path.startswith("/api/event_logging/") or path == "/api/hello":
@@ -436,7 +441,8 @@ class ProxyApp:
             state["done"] = True
             watcher.cancel()
             if is_messages:
-                tokens = self.token_counters.observe(auth.project_id, outcome)
+                kind = record.request_type or classify(path, analysis, headers.get("x-claude-code-agent-id"))
+                tokens = self.token_counters.observe(auth.project_id, outcome, kind)
             if self.writer is not None:
                 self._finish(record, outcome, started)
             if self.metrics is not None or span is not None:
@@ -766,11 +772,14 @@ class ProxyApp:
                 "client_setup": "GET /client-setup/{filename}",
                 **({"mcp": "POST /mcp (GET /mcp: discovery)"} if self.mcp is not None else {}),
                 "analyses": "POST /api/analyses | GET /api/analyses/{conversationId}/{branchId} | POST …/regenerate",
+                "openapi": "GET /openapi.json (every /api/* operation, its parameters and fields)",
             },
         }
 
     def _token_stats(self, scope: Any, proto: Any, request_id: str) -> None:
-        project = parse_qs(scope.query_string).get("projectId", [None])[0]
+        query = parse_qs(scope.query_string, keep_blank_values=True)
+        check_query(query)
+        project = token_stats.project_of(query)
         body = dump_json(self.token_counters.snapshot(project))  # a total may pass 64 bits
         proto.response_bytes(200, [*JSON_HEADERS, *self.token_counters.headers(), ("x-request-id", request_id)], body)
 

@@ -88,23 +88,59 @@ async def list_requests(
     before: tuple[datetime, str] | None = None,
     project_id: str | None = None,
     conversation_id: str | None = None,
+    account_id: str | None = None,
+    parent_task_request_id: str | None = None,
+    offset: int = 0,
 ) -> list[dict[str, Any]]:
-    """Newest first, keyset-paginated on (timestamp, request_id)."""
-    where, params = [], []
+    """Newest first, keyset-paginated on (timestamp, request_id); `offset` skips rows after the cursor
+    (the reference's pagination)."""
+    clause, params = _filters(project_id, conversation_id, account_id, parent_task_request_id, before)
+    sql = (
+        f"SELECT {SUMMARY_COLUMNS} FROM api_requests {clause} "  # noqa: S608 (constant columns)
+        "ORDER BY timestamp DESC, request_id DESC LIMIT %s OFFSET %s"
+    )
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, (*params, limit, offset))  # type: ignore[arg-type]
+        return await cur.fetchall()
+
+
+async def count_requests(
+    conn: AsyncConnection[Any],
+    *,
+    project_id: str | None = None,
+    conversation_id: str | None = None,
+    account_id: str | None = None,
+    parent_task_request_id: str | None = None,
+) -> int:
+    """How many stored requests match the filters (the reference's `pagination.total`)."""
+    clause, params = _filters(project_id, conversation_id, account_id, parent_task_request_id, None)
+    cur = await conn.execute(f"SELECT count(*) FROM api_requests {clause}", params)  # noqa: S608 (constant SQL)
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def _filters(
+    project_id: str | None,
+    conversation_id: str | None,
+    account_id: str | None,
+    parent_task_request_id: str | None,
+    before: tuple[datetime, str] | None,
+) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
     if before is not None:
         where.append("(timestamp, request_id) < (%s, %s)")
         params += [before[0], before[1]]
-    if project_id is not None:
-        where.append("project_id = %s")
-        params.append(project_id)
-    if conversation_id is not None:
-        where.append("conversation_id = %s")
-        params.append(conversation_id)
-    clause = ("WHERE " + " AND ".join(where)) if where else ""
-    sql = f"SELECT {SUMMARY_COLUMNS} FROM api_requests {clause} ORDER BY timestamp DESC, request_id DESC LIMIT %s"  # noqa: S608
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, (*params, limit))  # type: ignore[arg-type]
-        return await cur.fetchall()
+    for column, value in (
+        ("project_id", project_id),
+        ("conversation_id", conversation_id),
+        ("account_id", account_id),
+        ("parent_task_request_id", parent_task_request_id),
+    ):
+        if value is not None:
+            where.append(f"{column} = %s")
+            params.append(value)
+    return ("WHERE " + " AND ".join(where)) if where else "", params
 
 
 async def list_stored_since(

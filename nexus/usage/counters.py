@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import orjson
 
+from nexus.api.schemas import TokenStats
+from nexus.conversations.classify import AUXILIARY, LINKED_TYPES
 from nexus.usage.counts import column_count
 
 #: JSON responses larger than this are not parsed on the request path just to count their usage.
@@ -38,19 +41,26 @@ class ProjectCounters:
     request_count: int = 0
     error_count: int = 0
     tool_call_count: int = 0
+    #: The reference's split: housekeeping requests (titles, quota probes) and conversation turns.
+    query_evaluation_count: int = 0
+    inference_count: int = 0
     last_updated_ms: int = 0
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "inputTokens": self.input_tokens,
-            "outputTokens": self.output_tokens,
-            "cacheCreationInputTokens": self.cache_creation_input_tokens,
-            "cacheReadInputTokens": self.cache_read_input_tokens,
-            "requestCount": self.request_count,
-            "errorCount": self.error_count,
-            "toolCallCount": self.tool_call_count,
-            "lastUpdated": datetime.fromtimestamp(self.last_updated_ms / 1000, UTC).isoformat(timespec="milliseconds"),
-        }
+        stats = TokenStats(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cache_creation_input_tokens=self.cache_creation_input_tokens,
+            cache_read_input_tokens=self.cache_read_input_tokens,
+            request_count=self.request_count,
+            error_count=self.error_count,
+            query_evaluation_count=self.query_evaluation_count,
+            inference_count=self.inference_count,
+            tool_call_count=self.tool_call_count,
+            last_updated=datetime.fromtimestamp(self.last_updated_ms / 1000, UTC).isoformat(timespec="milliseconds"),
+        )
+        built: dict[str, Any] = msgspec.to_builtins(stats)
+        return built
 
 
 def _usage_from_body(body: bytes | None) -> tuple[dict[str, Any], int] | None:
@@ -82,7 +92,9 @@ class TokenCounters:
         self.projects: dict[str, ProjectCounters] = {}
         self.started_at = time.time()
 
-    def observe(self, project_id: str, outcome: Any) -> tuple[int, int, int, int] | None:
+    def observe(
+        self, project_id: str, outcome: Any, request_type: str | None = None
+    ) -> tuple[int, int, int, int] | None:
         """Count one finished request from the relay's outcome (stream observer or JSON body); return
         the tokens counted (input, output, cache read, cache creation), or None when the reply had no
         usage, so metrics and traces report the same numbers without reading the reply again."""
@@ -90,6 +102,10 @@ class TokenCounters:
         if c is None:
             c = self.projects[project_id] = ProjectCounters()
         c.request_count += 1
+        if request_type in LINKED_TYPES:
+            c.inference_count += 1
+        elif request_type == AUXILIARY:
+            c.query_evaluation_count += 1
         c.last_updated_ms = time.time_ns() // 1_000_000
         if outcome.status >= 400 or outcome.error or not outcome.status:
             c.error_count += 1
