@@ -31,6 +31,7 @@ from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Linker
 from nexus.conversations.service import ConversationService, LookupPool, link_request
 from nexus.errors import ProxyError
+from nexus.integrations.hub import Integrations, build_integrations
 from nexus.observability import logs, recorder
 from nexus.observability import metrics as prom
 from nexus.observability.tracing import RequestFacts, Tracer, build_tracer
@@ -121,6 +122,8 @@ class ProxyApp:
         self.tracer: Tracer | None = None
         self.drain = Drain(s.shutdown_timeout_ms / 1000)
         self._flush_timer: asyncio.TimerHandle | None = None
+        #: Slack, telemetry, test samples (nexus/integrations); None when none is configured.
+        self.integrations: Integrations | None = build_integrations(s)
 
     # --- RSGI protocol -----------------------------------------------------------------------
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -132,6 +135,8 @@ class ProxyApp:
         self.tracer = build_tracer(s.otel_exporter_otlp_endpoint, s.otel_service_name, s.claude_api_base_url)
         if self.metrics is not None:
             self._flush_timer = loop.call_later(1.0, self._flush_metrics, loop)
+        if self.integrations is not None:
+            self.integrations.start()
         if self.writer is not None:
             self.writer.start()
             s = self.settings
@@ -159,6 +164,8 @@ class ProxyApp:
             prom.worker_exit()
         if self.tracer is not None:
             self.tracer.shutdown()
+        if self.integrations is not None and can_run:  # what is queued gets a few seconds to go out
+            loop.run_until_complete(self.integrations.close())
         if upstream is not None and can_run:
             loop.run_until_complete(upstream.close())
             loop.run_until_complete(self.api.close())
@@ -392,6 +399,11 @@ class ProxyApp:
                 tokens = self.token_counters.observe(auth.project_id, outcome)
             if self.writer is not None:
                 self._finish(record, outcome, started)
+            if self.integrations is not None:
+                if self.writer is None:  # storage off: the record was not completed by `_finish`
+                    record.analysis = analysis
+                    complete_record(record, outcome, started)
+                self.integrations.finished(record)
             if self.metrics is not None or span is not None:
                 self._observe(
                     path,
@@ -665,6 +677,7 @@ class ProxyApp:
             "uptime_s": round(time.time() - self.started_at, 3),
             "storage": storage,
             "linking": self.conversations.stats() if self.conversations is not None else {"enabled": False},
+            "integrations": self.integrations.snapshot() if self.integrations is not None else {},
             "stats": {
                 "requests": self.stats.requests,
                 "streams": self.stats.streams,

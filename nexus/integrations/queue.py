@@ -1,0 +1,125 @@
+"""A bounded queue drained in batches by one background task, with counts of what became of each item.
+
+`offer` is what the request path calls: an append to a deque and, for the first item of a batch, an
+event set; a full queue drops the item and counts it (memory stays bounded whatever the traffic, and a
+slow or dead receiver never reaches back into the request path). The task waits for the first item,
+gives the batch `interval_s` to fill, then hands it to `deliver` (which may take its time: meanwhile the
+queue takes new items up to its capacity). Counts are kept as plain integers and folded into the
+Prometheus counter `nexus_integration_events{sink,result}` by the task, never by the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from nexus.observability import metrics as prom
+
+log = logging.getLogger("nexus.integrations")
+
+T = TypeVar("T")
+RESULTS = prom.INTEGRATION_RESULTS
+
+
+class Counts:
+    """Running totals by result, and what of them was already reported to Prometheus."""
+
+    def __init__(self, sink: str) -> None:
+        self.sink = sink
+        self.totals = dict.fromkeys(RESULTS, 0)
+        self._reported = dict.fromkeys(RESULTS, 0)
+
+    def add(self, result: str, n: int = 1) -> None:
+        self.totals[result] += n
+
+    def fold(self) -> None:
+        """Report what was counted since the last fold (the background task, and at close)."""
+        for result, total in self.totals.items():
+            delta = total - self._reported[result]
+            if delta > 0:
+                try:
+                    prom.integration_events(self.sink, result, delta)
+                except Exception:  # metrics must never stop a delivery
+                    log.exception("integrations: metrics fold failed")
+                    return
+                self._reported[result] = total
+
+
+class BatchQueue(Generic[T]):
+    def __init__(
+        self,
+        counts: Counts,
+        capacity: int,
+        batch_size: int,
+        interval_s: float,
+        deliver: Callable[[list[T]], Awaitable[None]],
+    ) -> None:
+        self.counts = counts
+        self.capacity = capacity
+        self.batch_size = batch_size
+        self.interval_s = interval_s
+        self._deliver = deliver
+        self._items: deque[T] = deque()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def offer(self, item: T) -> bool:
+        """Queue `item` unless the queue is full (then it is dropped and counted). Never blocks."""
+        if len(self._items) >= self.capacity:
+            self.counts.totals["dropped"] += 1
+            return False
+        self._items.append(item)
+        if self._wake is not None and not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def start(self) -> None:
+        """Start the draining task on the running loop."""
+        self._wake = asyncio.Event()
+        if self._items:
+            self._wake.set()
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(self.interval_s)  # let the batch fill
+            await self.drain()
+
+    async def drain(self) -> None:
+        """Deliver everything queued now, a batch at a time."""
+        while self._items:
+            batch = [self._items.popleft() for _ in range(min(self.batch_size, len(self._items)))]
+            try:
+                await self._deliver(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("integrations: %s delivery failed", self.counts.sink)
+                self.counts.add("failed", len(batch))
+            self.counts.fold()
+        self.counts.fold()
+
+    async def close(self, timeout_s: float) -> None:
+        """Stop the task; what is still queued gets `timeout_s` to be delivered, then is dropped."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.drain()
+        except TimeoutError:
+            self.counts.add("dropped", len(self._items))
+            self._items.clear()
+        self.counts.fold()

@@ -1,0 +1,67 @@
+"""Masking secrets in text that leaves the gateway for somewhere else (Slack, telemetry, sample files).
+
+Prompts and replies are hostile text: a user pastes an API key into a prompt, a tool result prints an
+environment, a model repeats a token it saw. Anything shaped like a credential is replaced before such
+text is sent on. The log formatter's masks (`nexus.observability.logs.redact`: Anthropic keys and OAuth
+tokens, Nexus client keys, bearer and basic credentials) and the storage's client-key redaction
+(`nexus.auth.client_keys.redact_client_keys`, which also sees percent-encoded keys) are applied, plus the
+common shapes of other providers' keys, JWTs, private key blocks, passwords in URLs and `name=value`
+assignments whose name says secret. A false positive costs a few masked characters of an excerpt; a miss
+leaks a credential to a chat channel, so the patterns are broad.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from nexus.auth.client_keys import redact_client_keys
+from nexus.observability.logs import redact
+
+MASK = "[redacted]"
+
+_SHAPES = re.compile(
+    r"sk-[A-Za-z0-9][A-Za-z0-9_\-]{15,}"  # OpenAI-style and any other `sk-` key
+    r"|(?:AKIA|ASIA)[0-9A-Z]{16}"  # AWS access key ids
+    r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"  # GitHub tokens
+    r"|xox[abprse]-[A-Za-z0-9\-]{10,}"  # Slack tokens
+    r"|hooks\.slack\.com/services/[A-Za-z0-9/_\-]+"  # Slack webhook URLs (the path is the secret)
+    r"|AIza[0-9A-Za-z_\-]{30,}"  # Google API keys
+    r"|glpat-[A-Za-z0-9_\-]{16,}"  # GitLab tokens
+    r"|eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"  # JWTs
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)",  # PEM keys
+    re.DOTALL,
+)
+#: `password: x`, `"api_key": "x"`, `SECRET=x`, `x-api-key: x`: the value after a name that says secret.
+_ASSIGNED = re.compile(
+    r"((?:api[_\-]?key|apikey|secret|token|password|passwd|pwd|credential|private[_\-]?key|access[_\-]?key|auth)"
+    r"[A-Za-z0-9_\-]*[\"']?\s*[:=]\s*[\"']?)([^\s\"',;&}]{6,})",
+    re.IGNORECASE,
+)
+#: `scheme://user:password@host`
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)([^@\s/]+)(@)")
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with everything that looks like a credential replaced by `[redacted]` (a recognisable
+    prefix of a known key shape is kept, never more than the log formatter keeps)."""
+    if not text:
+        return text
+    text = redact_client_keys(redact(text))
+    text = _SHAPES.sub(MASK, text)
+    text = _ASSIGNED.sub(lambda m: m.group(1) + MASK if m.group(2) != MASK else m.group(0), text)
+    return _URL_PASSWORD.sub(lambda m: m.group(1) + MASK + m.group(3), text)
+
+
+def mask_value(value: Any, depth: int = 0) -> Any:
+    """A parsed JSON value with every string in it (keys included) masked; nesting past 200 levels is
+    cut (a hostile body cannot exhaust the stack)."""
+    if depth > 200:
+        return MASK
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, dict):
+        return {mask_secrets(str(k)): mask_value(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_value(v, depth + 1) for v in value]
+    return value
