@@ -32,10 +32,12 @@ _SHAPES = re.compile(
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)",  # PEM keys
     re.DOTALL,
 )
-#: `password: x`, `"api_key": "x"`, `SECRET=x`, `x-api-key: x`: the value after a name that says secret.
+#: `password: x`, `"api_key": "x"`, `export DB_PASS=x`, `x-api-key: x`, `--token x`: the value after a name
+#: that says secret (the name's other characters are bounded, so a long identifier cannot make it slow).
 _ASSIGNED = re.compile(
-    r"((?:api[_\-]?key|apikey|secret|token|password|passwd|pwd|credential|private[_\-]?key|access[_\-]?key|auth)"
-    r"[A-Za-z0-9_\-]*[\"']?\s*[:=]\s*[\"']?)([^\s\"',;&}]{6,})",
+    r"((?<![A-Za-z0-9])[A-Za-z0-9_\-]{0,40}?"
+    r"(?:api[_\-]?key|apikey|key|secret|token|pass(?:word|wd|phrase)?|pwd|credential|auth)"
+    r"[A-Za-z0-9_\-]{0,40}[\"']?(?:\s*[:=]\s*|\s+(?:is|was)\s+|\s+(?=\S*[0-9]))[\"']?)([^\s\"',;&}]{6,})",
     re.IGNORECASE,
 )
 #: `scheme://user:password@host`
@@ -49,7 +51,7 @@ def mask_secrets(text: str) -> str:
         return text
     text = redact_client_keys(redact(text))
     text = _SHAPES.sub(MASK, text)
-    text = _ASSIGNED.sub(lambda m: m.group(1) + MASK if m.group(2) != MASK else m.group(0), text)
+    text = _ASSIGNED.sub(lambda m: m.group(0) if MASK in m.group(2) else m.group(1) + MASK, text)
     return _URL_PASSWORD.sub(lambda m: m.group(1) + MASK + m.group(3), text)
 
 
