@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -281,3 +282,36 @@ def test_failed_deliveries_are_counted_and_never_block(upstream_url: str, tmp_pa
     text = log.read_text()
     assert "slack: webhook post failed (unreachable" in text
     assert "WebhookSecretPath" not in text and "PromptSecretKey" not in text
+
+
+def test_with_storage_the_message_links_the_stored_request(
+    upstream_url: str, migrated_db: str, tmp_path: Path, fake: FakeControl
+) -> None:
+    with run_receiver() as receiver:
+        env = {
+            "CLAUDE_API_BASE_URL": upstream_url,
+            "DATABASE_URL": migrated_db,
+            "NEXUS_HOME": str(tmp_path),
+            "SLACK_WEBHOOK_URL": receiver.url + HOOK,
+            "SLACK_BATCH_INTERVAL_MS": "20",
+            **FAST,
+        }
+        with run_proxy(env) as url:
+            rid = send(url, secret_prompt("stored"), stream=True)
+            wait_for(lambda: attachment_for(receiver, rid) is not None, what="the Slack message")
+            attachment = attachment_for(receiver, rid)
+            assert attachment is not None
+            assert attachment["title_link"] == f"http://localhost:3001/requests/{rid}"
+            assert "Deploy step stored: my key is sk-ant-api03-[redacted]" in attachment["text"]
+            wait_for(lambda: _stored(url, rid), what="the stored row")
+            row = get_json(f"{url}/api/requests/{rid}")
+            assert row["request_type"] == "main" and row["project_id"] == "alpha"
+            assert_no_secret(receiver.on(HOOK)[0].body)
+
+
+def _stored(url: str, rid: str) -> bool:
+    try:
+        get_json(f"{url}/api/requests/{rid}")
+    except urllib.error.HTTPError:
+        return False
+    return True

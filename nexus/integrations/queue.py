@@ -65,6 +65,8 @@ class BatchQueue(Generic[T]):
         self._deliver = deliver
         self._items: deque[T] = deque()
         self._wake: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None
+        self._in_flight = 0
         self._task: asyncio.Task[None] | None = None
 
     def offer(self, item: T) -> bool:
@@ -83,22 +85,25 @@ class BatchQueue(Generic[T]):
     def start(self) -> None:
         """Start the draining task on the running loop."""
         self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
         if self._items:
             self._wake.set()
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
-        assert self._wake is not None
-        while True:
+        assert self._wake is not None and self._stop is not None
+        while not (self._stop.is_set() and not self._items):
             await self._wake.wait()
             self._wake.clear()
-            await asyncio.sleep(self.interval_s)  # let the batch fill
+            with contextlib.suppress(TimeoutError):  # let the batch fill (cut short by close)
+                await asyncio.wait_for(self._stop.wait(), self.interval_s)
             await self.drain()
 
     async def drain(self) -> None:
         """Deliver everything queued now, a batch at a time."""
         while self._items:
             batch = [self._items.popleft() for _ in range(min(self.batch_size, len(self._items)))]
+            self._in_flight = len(batch)
             try:
                 await self._deliver(batch)
             except asyncio.CancelledError:
@@ -106,20 +111,25 @@ class BatchQueue(Generic[T]):
             except Exception:
                 log.exception("integrations: %s delivery failed", self.counts.sink)
                 self.counts.add("failed", len(batch))
+            self._in_flight = 0
             self.counts.fold()
         self.counts.fold()
 
     async def close(self, timeout_s: float) -> None:
-        """Stop the task; what is still queued gets `timeout_s` to be delivered, then is dropped."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        """Deliver what is queued (the batch being delivered included) within `timeout_s`; what is
+        left then is dropped and counted."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        assert self._wake is not None and self._stop is not None
+        self._stop.set()
+        self._wake.set()
         try:
             async with asyncio.timeout(timeout_s):
-                await self.drain()
+                await task
         except TimeoutError:
-            self.counts.add("dropped", len(self._items))
+            self.counts.add("dropped", len(self._items) + self._in_flight)
             self._items.clear()
+        except Exception:
+            log.exception("integrations: %s stopped with an error", self.counts.sink)
         self.counts.fold()

@@ -194,7 +194,7 @@ class SlackNotifier:
         text = "\n".join(lines) or "(no text)"
         if len(text) > MAX_TEXT:
             text = text[:MAX_TEXT] + "... (truncated)"
-        footer = [mask_secrets(event.project_id), mask_secrets(reading.model or "unknown model")]
+        footer = [mask_secrets(event.project_id), mask_secrets(reading.model or event.model or "unknown model")]
         if event.account_id:
             footer.append(mask_secrets(event.account_id))
         footer.append(f"Tokens: {_n(reading.input_tokens)} in / {_n(reading.output_tokens)} out")

@@ -40,6 +40,7 @@ _ASSIGNED = re.compile(
     r"[A-Za-z0-9_\-]{0,40}[\"']?(?:\s*[:=]\s*|\s+(?:is|was)\s+|\s+(?=\S*[0-9]))[\"']?)([^\s\"',;&}]{6,})",
     re.IGNORECASE,
 )
+_SCHEMES = frozenset({"bearer", "basic"})
 #: `scheme://user:password@host`
 _URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)([^@\s/]+)(@)")
 
@@ -51,8 +52,15 @@ def mask_secrets(text: str) -> str:
         return text
     text = redact_client_keys(redact(text))
     text = _SHAPES.sub(MASK, text)
-    text = _ASSIGNED.sub(lambda m: m.group(0) if MASK in m.group(2) else m.group(1) + MASK, text)
+    text = _ASSIGNED.sub(_assigned, text)
     return _URL_PASSWORD.sub(lambda m: m.group(1) + MASK + m.group(3), text)
+
+
+def _assigned(m: re.Match[str]) -> str:
+    value = m.group(2)
+    if MASK in value or value.lower() in _SCHEMES:  # masked already, or `Authorization: Bearer [redacted]`
+        return m.group(0)
+    return m.group(1) + MASK
 
 
 def mask_value(value: Any, depth: int = 0) -> Any:
