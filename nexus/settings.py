@@ -308,6 +308,12 @@ class Settings(BaseSettings):
             raise ValueError(f"must be an http(s) URL with a host, got {value!r}")
         return value.rstrip("/")
 
+    @field_validator("slack_enabled", "spark_enabled", mode="before")
+    @classmethod
+    def _unset_bool(cls, value: Any) -> Any:
+        """`SLACK_ENABLED=` (empty) means unset: the default that follows the webhook or key."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("slack_webhook_url")
     @classmethod
     def _secret_url(cls, value: str | None) -> str | None:

@@ -24,7 +24,7 @@ from nexus.integrations.spark import (
 )
 from nexus.integrations.telemetry import metrics_of
 from nexus.security.masking import MASK, mask_secrets, mask_value
-from nexus.settings import Settings
+from nexus.settings import Settings, SettingsError, load_settings
 from tests.receiver import run_receiver
 
 
@@ -382,3 +382,21 @@ def test_spark_client_against_a_fake_spark_api() -> None:
             client.session_feedback("../x")
     down = SparkClient(fake_spark.url, "k", timeout_s=2).send_feedback({"session_id": "s"})
     assert not down.ok and down.status is None and down.error is not None and "unreachable" in down.error
+
+
+def test_integration_settings_defaults_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    hook = "https://hooks.slack.com/services/T0/B0/WebhookSecretPart"
+    s = Settings(slack_webhook_url=hook, spark_api_key="spark-secret-key-0000", telemetry_endpoint="http://u:pw@t/x")
+    assert s.slack_active and s.spark_active
+    assert not Settings(slack_webhook_url=hook, slack_enabled=False).slack_active
+    assert not Settings().slack_active and not Settings().spark_active
+    assert Settings(spark_enabled=True).spark_active  # forced on: the dashboard still needs the key to send
+    assert Settings().dashboard_link == "http://localhost:3001"
+    assert Settings(dashboard_public_url="https://dash.example/").dashboard_link == "https://dash.example"
+    shown = repr(s.masked())
+    assert "WebhookSecretPart" not in shown and "spark-secret-key" not in shown and ":pw@" not in shown
+    monkeypatch.setenv("SLACK_ENABLED", "")  # an empty line in an env file means unset
+    assert Settings().slack_enabled is None
+    with pytest.raises(SettingsError) as info:
+        load_settings(slack_webhook_url="ftp://hooks.slack.com/services/WebhookSecretPart")
+    assert "WebhookSecretPart" not in str(info.value)
