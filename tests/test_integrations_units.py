@@ -13,7 +13,7 @@ import pytest
 from nexus.integrations.events import FinishedRequest, Reading, ToolCall
 from nexus.integrations.queue import BatchQueue, Counts
 from nexus.integrations.samples import SampleWriter
-from nexus.integrations.slack import SlackConfig, SlackNotifier, excerpt, tool_line
+from nexus.integrations.slack import SlackConfig, SlackNotifier, excerpt, masked_excerpt, tool_line
 from nexus.integrations.spark import (
     FeedbackError,
     SparkClient,
@@ -146,6 +146,8 @@ def test_a_json_reply_gives_text_tools_and_usage() -> None:
         ("WebFetch", {"url": "https://docs.example.com/a?token=abc"}, "WebFetch: docs.example.com"),
         ("Task", {"description": "explore the repo"}, "Task: explore the repo"),
         ("Other", "not an object", "Other"),
+        ("Bash", {"command": "x" * 40 + " sk-ant-api03-" + "a" * 30}, "Bash: " + "x" * 40 + " sk-ant-ap…"),
+        ("WebFetch", {"url": "http://[::1"}, "WebFetch"),
     ],
 )
 def test_tool_lines(name: str, inp: Any, line: str) -> None:
@@ -155,6 +157,13 @@ def test_tool_lines(name: str, inp: Any, line: str) -> None:
 def test_excerpts_are_cut_by_lines_and_characters() -> None:
     assert excerpt("a\n" * 30, 1000, 20) == "\n".join(["a"] * 20) + "\n…"
     assert excerpt("word " * 100, 20) == ("word " * 4).strip() + "…"
+
+
+def test_a_secret_across_the_excerpt_cut_is_masked_whole() -> None:
+    text = "w" * 90 + " sk-ant-api03-" + "s" * 40 + " end"
+    assert masked_excerpt(text, 100) == "w" * 90 + " sk-ant-ap…"
+    pem = "x " * 10 + "-----BEGIN PRIVATE KEY-----\n" + "M" * 9000
+    assert "MMM" not in masked_excerpt(pem, 3000)
 
 
 def notifier(**settings: Any) -> SlackNotifier:

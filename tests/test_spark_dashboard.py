@@ -129,9 +129,13 @@ def test_feedback_that_is_not_for_this_request_or_not_same_site_is_refused(
     assert unknown.status == 400
     bad_rating = call(spark_dashboard, path, "POST", form(session_id="sess-42", rating="9"))
     assert bad_rating.status == 400 and "rating must be" in bad_rating.text
-    cross_site = call(spark_dashboard, path, "POST", form(session_id="sess-42", rating="5"), sec_fetch_site="cross-site")
+    cross_site = call(
+        spark_dashboard, path, "POST", form(session_id="sess-42", rating="5"), sec_fetch_site="cross-site"
+    )
     assert cross_site.status == 403
-    other_origin = call(spark_dashboard, path, "POST", form(session_id="sess-42", rating="5"), origin="http://evil.test")
+    other_origin = call(
+        spark_dashboard, path, "POST", form(session_id="sess-42", rating="5"), origin="http://evil.test"
+    )
     assert other_origin.status == 403
     assert fake_spark.on("/send_feedback") == []  # nothing was relayed
     fake_spark.answers["/send_feedback"] = (500, b'{"detail": "database down"}')

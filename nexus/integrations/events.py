@@ -3,7 +3,8 @@
 `FinishedRequest.of` runs on the request path: it copies references and numbers the proxy already
 holds (no parsing, no copying of bodies). `Reading.of` runs later, in a worker thread: it parses the
 bodies once and pulls out what a message or a metric needs (the last user prompt, the reply text,
-tool calls, usage), everything already masked by `nexus.security.masking`.
+tool calls, usage). Its texts are NOT masked yet: whoever sends a part of them on masks that part
+(`nexus.security.masking`), so a 100 KB prompt costs the masking of its excerpt only.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 import orjson
 
 from nexus.conversations.classify import classify
-from nexus.security.masking import mask_secrets
 from nexus.storage.records import ExchangeRecord, _parse
 from nexus.usage.counts import stored_count
 
@@ -131,8 +131,8 @@ class Reading:
                     if block.get("type") == "text" and isinstance(block.get("text"), str):
                         texts.append(block["text"])
                     elif str(block.get("type", "")).endswith("tool_use") and isinstance(block.get("name"), str):
-                        reading.tool_calls.append(ToolCall(mask_secrets(block["name"]), block.get("input")))
-                reading.reply = mask_secrets("\n".join(texts))
+                        reading.tool_calls.append(ToolCall(block["name"], block.get("input")))
+                reading.reply = "\n".join(texts)
                 if reading.tool_call_count is None:
                     reading.tool_call_count = len(reading.tool_calls)
             usage = response.get("usage")
@@ -141,8 +141,6 @@ class Reading:
                 reading.output_tokens = stored_count(usage.get("output_tokens"))
                 reading.cache_read_tokens = stored_count(usage.get("cache_read_input_tokens"))
                 reading.cache_creation_tokens = stored_count(usage.get("cache_creation_input_tokens"))
-        if reading.prompt is not None:
-            reading.prompt = mask_secrets(reading.prompt)
         return reading
 
 

@@ -41,6 +41,8 @@ REPLY_LINES = 20
 #: Projects whose last prompt is remembered for turn detection (oldest forgotten first).
 REMEMBERED_PROJECTS = 1000
 ATTEMPTS = 2
+#: Characters past an excerpt's end that are masked with it (longer than any key shape but a PEM block).
+MASK_MARGIN = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,9 +187,9 @@ class SlackNotifier:
             status = event.status if event.status is not None else "none"
             lines.append(f"Error: {mask_secrets(event.error or event.outcome)} (status {status})")
         if reading.prompt:
-            lines.append(":bust_in_silhouette: User: " + excerpt(reading.prompt, c.excerpt_chars))
+            lines.append(":bust_in_silhouette: User: " + masked_excerpt(reading.prompt, c.excerpt_chars))
         if reading.reply:
-            lines.append(":robot_face: Claude: " + excerpt(reading.reply, c.excerpt_chars, REPLY_LINES))
+            lines.append(":robot_face: Claude: " + masked_excerpt(reading.reply, c.excerpt_chars, REPLY_LINES))
         lines.extend(":wrench: " + tool_line(call) for call in reading.tool_calls[:20])
         if len(reading.tool_calls) > 20:
             lines.append(f":wrench: … and {len(reading.tool_calls) - 20} more tool calls")
@@ -229,6 +231,12 @@ class SlackNotifier:
         return {"queued": len(self.queue), "posts": self.posts, **self.counts.totals}
 
 
+def masked_excerpt(text: str, chars: int, lines: int | None = None) -> str:
+    """The start of `text`, secrets masked. Masked before the final cut, with a margin, so a secret
+    that straddles the cut is recognised whole (and a private key block cut short is masked to the end)."""
+    return excerpt(mask_secrets(text[: chars + MASK_MARGIN]), chars, lines)
+
+
 def excerpt(text: str, chars: int, lines: int | None = None) -> str:
     text = text.strip()
     if lines is not None:
@@ -246,14 +254,14 @@ def tool_line(call: ToolCall) -> str:
         value = inp.get(key)
         return value if isinstance(value, str) and value else None
 
-    name = call.name
+    name = mask_secrets(call.name[:200])
     summary: str | None = None
+    cut = 100
     if name in ("Read", "Write", "Edit", "MultiEdit", "NotebookEdit"):
         path = s("file_path") or s("notebook_path") or s("path")
         summary = path.rsplit("/", 1)[-1] if path else None
     elif name == "Bash":
-        command = s("command")
-        summary = command[:50] + ("…" if len(command) > 50 else "") if command else None
+        summary, cut = s("command"), 50
     elif name in ("Grep", "Glob"):
         summary = s("pattern")
     elif name == "LS":
@@ -268,14 +276,16 @@ def tool_line(call: ToolCall) -> str:
     elif name == "WebSearch":
         summary = s("query")
     elif name == "WebFetch":
-        url = s("url")
-        summary = urlsplit(url).hostname if url else None
+        try:
+            summary = urlsplit(s("url") or "").hostname
+        except ValueError:  # not a URL (an unclosed IPv6 bracket)
+            summary = None
     else:
         summary = s("prompt") or s("description")
-    if summary:
-        summary = summary.replace("\n", " ")[:100]
-        return mask_secrets(f"{name}: {summary}")
-    return mask_secrets(name)
+    if not summary:
+        return name
+    summary = mask_secrets(summary[:MASK_MARGIN]).replace("\n", " ")  # masked whole, then cut
+    return f"{name}: {summary[:cut]}{'…' if len(summary) > cut else ''}"
 
 
 def _n(value: int | None) -> str:
