@@ -230,6 +230,21 @@ async def test_a_full_queue_drops_and_counts_without_waiting() -> None:
     assert counts.totals["dropped"] == 3
 
 
+async def test_a_queue_is_bounded_by_the_bytes_it_keeps_alive() -> None:
+    delivered: list[bytes] = []
+
+    async def deliver(batch: list[bytes]) -> None:
+        delivered.extend(batch)
+
+    counts = Counts("samples")
+    queue: BatchQueue[bytes] = BatchQueue(counts, 100, 10, 0.001, deliver, size=len, max_bytes=1000)
+    assert [queue.offer(b"x" * 400) for _ in range(3)] == [True, True, False]
+    assert queue.offer(b"y" * 200) and queue.queued_bytes == 1000
+    queue.start()
+    await queue.close(timeout_s=1)
+    assert len(delivered) == 3 and queue.queued_bytes == 0 and counts.totals["dropped"] == 1
+
+
 async def test_close_gives_up_after_its_timeout_and_counts_what_was_left() -> None:
     async def deliver(batch: list[int]) -> None:
         await asyncio.sleep(3600)  # a receiver that never answers

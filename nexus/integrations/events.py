@@ -79,6 +79,11 @@ class FinishedRequest:
         )
 
     @property
+    def body_bytes(self) -> int:
+        """Bytes of bodies this event keeps alive while it waits (queues are bounded by it)."""
+        return len(self.request_body or b"") + len(self.response_body or b"")
+
+    @property
     def failed(self) -> bool:
         return self.outcome != "completed" or (self.status or 0) >= 400
 

@@ -2,10 +2,12 @@
 
 `offer` is what the request path calls: an append to a deque and, for the first item of a batch, an
 event set; a full queue drops the item and counts it (memory stays bounded whatever the traffic, and a
-slow or dead receiver never reaches back into the request path). The task waits for the first item,
-gives the batch `interval_s` to fill, then hands it to `deliver` (which may take its time: meanwhile the
-queue takes new items up to its capacity). Counts are kept as plain integers and folded into the
-Prometheus counter `nexus_integration_events{sink,result}` by the task, never by the request path.
+slow or dead receiver never reaches back into the request path). Full means `capacity` items, or
+`max_bytes` of the bodies they keep alive (a Claude Code request body is often hundreds of KB). The
+task waits for the first item, gives the batch `interval_s` to fill, then hands it to `deliver` (which
+may take its time: meanwhile the queue takes new items up to its bounds). Counts are kept as plain
+integers and folded into the Prometheus counter `nexus_integration_events{sink,result}` by the task,
+never by the request path.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from nexus.observability import metrics as prom
+
+MIB = 1024 * 1024
+#: Bytes of bodies one sink's queue may keep alive per worker.
+MAX_QUEUED_BYTES = 64 * MIB
 
 log = logging.getLogger("nexus.integrations")
 
@@ -57,8 +63,13 @@ class BatchQueue(Generic[T]):
         batch_size: int,
         interval_s: float,
         deliver: Callable[[list[T]], Awaitable[None]],
+        size: Callable[[T], int] | None = None,
+        max_bytes: int = MAX_QUEUED_BYTES,
     ) -> None:
         self.counts = counts
+        self._size = size
+        self.max_bytes = max_bytes
+        self.queued_bytes = 0
         self.capacity = capacity
         self.batch_size = batch_size
         self.interval_s = interval_s
@@ -74,6 +85,12 @@ class BatchQueue(Generic[T]):
         if len(self._items) >= self.capacity:
             self.counts.totals["dropped"] += 1
             return False
+        if self._size is not None:
+            size = self._size(item)
+            if self.queued_bytes + size > self.max_bytes:
+                self.counts.totals["dropped"] += 1
+                return False
+            self.queued_bytes += size
         self._items.append(item)
         if self._wake is not None and not self._wake.is_set():
             self._wake.set()
@@ -103,6 +120,8 @@ class BatchQueue(Generic[T]):
         """Deliver everything queued now, a batch at a time."""
         while self._items:
             batch = [self._items.popleft() for _ in range(min(self.batch_size, len(self._items)))]
+            if self._size is not None:
+                self.queued_bytes -= sum(self._size(item) for item in batch)
             self._in_flight = len(batch)
             try:
                 await self._deliver(batch)
@@ -130,6 +149,7 @@ class BatchQueue(Generic[T]):
         except TimeoutError:
             self.counts.add("dropped", len(self._items) + self._in_flight)
             self._items.clear()
+            self.queued_bytes = 0
         except Exception:
             log.exception("integrations: %s stopped with an error", self.counts.sink)
         self.counts.fold()

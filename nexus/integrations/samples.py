@@ -40,7 +40,9 @@ class SampleWriter:
         self.max_files = max_files
         self.max_bytes = max_bytes
         self.counts = Counts("samples")
-        self.queue: BatchQueue[FinishedRequest] = BatchQueue(self.counts, queue_size, 50, 0.05, self._deliver)
+        self.queue: BatchQueue[FinishedRequest] = BatchQueue(
+            self.counts, queue_size, 50, 0.05, self._deliver, size=_body_bytes
+        )
         self._files: int | None = None  # counted once, at the first write
 
     @classmethod
@@ -129,3 +131,7 @@ def _body(data: bytes | None) -> Any:
     if parsed is None:  # not JSON: kept as masked text
         return {"unparsed": mask_secrets(data.decode("utf-8", "replace"))}
     return mask_value(parsed)
+
+
+def _body_bytes(event: FinishedRequest) -> int:
+    return event.body_bytes

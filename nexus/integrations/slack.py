@@ -95,7 +95,7 @@ class SlackNotifier:
         self.config = config
         self.counts = Counts("slack")
         self.queue: BatchQueue[FinishedRequest] = BatchQueue(
-            self.counts, config.queue_size, config.batch_max, config.batch_interval_s, self._deliver
+            self.counts, config.queue_size, config.batch_max, config.batch_interval_s, self._deliver, size=_body_bytes
         )
         self._last_prompt: OrderedDict[str, int] = OrderedDict()
         self._next_post_at = 0.0
@@ -294,3 +294,7 @@ def _n(value: int | None) -> str:
 
 def _items(value: str) -> frozenset[str]:
     return frozenset(item.strip() for item in value.split(",") if item.strip())
+
+
+def _body_bytes(event: FinishedRequest) -> int:
+    return event.body_bytes

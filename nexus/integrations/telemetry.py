@@ -36,7 +36,7 @@ class Telemetry:
         self.endpoint = endpoint
         self.counts = Counts("telemetry")
         self.queue: BatchQueue[FinishedRequest] = BatchQueue(
-            self.counts, queue_size, batch_size, interval_s, self._deliver
+            self.counts, queue_size, batch_size, interval_s, self._deliver, size=_body_bytes
         )
         self.posts = 0
 
@@ -111,3 +111,7 @@ def metrics_of(event: FinishedRequest) -> dict[str, Any]:
     if event.error:
         out["error"] = mask_secrets(event.error)[:300]
     return out
+
+
+def _body_bytes(event: FinishedRequest) -> int:
+    return event.body_bytes
