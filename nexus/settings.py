@@ -376,8 +376,9 @@ class Settings(BaseSettings):
 
     @property
     def slack_active(self) -> bool:
-        """Slack notifications are sent: a webhook is set and SLACK_ENABLED is not false."""
-        return self.slack_webhook_url is not None and self.slack_enabled is not False
+        """Slack notifications are sent: SLACK_ENABLED, or unset with a webhook (with SLACK_ENABLED and no
+        global webhook, only the projects' own webhooks of their credential files are used)."""
+        return self.slack_webhook_url is not None if self.slack_enabled is None else self.slack_enabled
 
     @property
     def spark_active(self) -> bool:

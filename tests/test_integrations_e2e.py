@@ -29,7 +29,17 @@ PROMPT_KEY = "sk-ant-api03-PromptSecretKey987654321zyxwvutsrqponmlkjihgfedcbaZYX
 PASSWORD = "hunter2-correct-horse-battery"
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
 REPLY_KEY = "sk-ant-oat01-ReplySecretToken0000111122223333444455556666777788889999-CCCC"
-SECRETS = (API_KEY, PROMPT_KEY, PASSWORD, AWS_KEY, REPLY_KEY, "HeaderSecretKey", "PromptSecretKey", "ReplySecret")
+SECRETS = (
+    API_KEY,
+    PROMPT_KEY,
+    PASSWORD,
+    AWS_KEY,
+    REPLY_KEY,
+    "HeaderSecretKey",
+    "PromptSecretKey",
+    "ReplySecret",
+    "ProjectCredential",
+)
 HOOK = "/services/T000/B000/WebhookSecretPath"
 
 
@@ -81,8 +91,24 @@ def samples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def notify_proxy(upstream_url: str, receiver: Receiver, samples_dir: Path) -> Iterator[str]:
+def credentials_dir(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Path:
+    """Projects whose credential files carry a `slack` block (the reference system's per-project config)."""
+    directory = tmp_path_factory.mktemp("credentials")
+    key = "sk-ant-api03-ProjectCredential0000000000000000000000000000000000000000000-DDDDDD"
+    blocks = {
+        "teamb": {"webhook_url": receiver.url + "/project-hook", "channel": "#teamb", "username": "team b"},
+        "muted": {"enabled": False},
+    }
+    for project, block in blocks.items():
+        data = {"type": "api_key", "accountId": f"acc_{project}", "api_key": key, "slack": block}
+        (directory / f"{project}.credentials.json").write_bytes(orjson.dumps(data))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def notify_proxy(upstream_url: str, receiver: Receiver, samples_dir: Path, credentials_dir: Path) -> Iterator[str]:
     env = {
+        "CREDENTIALS_DIR": str(credentials_dir),
         "CLAUDE_API_BASE_URL": upstream_url,
         "SLACK_WEBHOOK_URL": receiver.url + HOOK,
         "SLACK_CHANNEL": "#gateway",
@@ -152,6 +178,22 @@ def test_a_turn_posts_one_slack_message_without_secrets(
         assert_no_secret(post.body)
 
 
+def test_a_projects_credential_file_routes_or_mutes_its_messages(notify_proxy: str, receiver: Receiver) -> None:
+    rid = send(notify_proxy, secret_prompt("team b"), project="teamb")
+    muted = send(notify_proxy, secret_prompt("muted"), project="muted")
+    wait_for(lambda: receiver.on("/project-hook"), what="the project's own webhook")
+    wait_for(lambda: attachment_for(receiver, rid) is not None, what="the global webhook")
+    (own,) = receiver.on("/project-hook")
+    payload = own.json()
+    assert payload["channel"] == "#teamb" and payload["username"] == "team b"
+    assert [a["title"] for a in payload["attachments"]] == [f"Request {rid}"]
+    assert "| acc_teamb |" in payload["attachments"][0]["footer"]
+    assert_no_secret(own.body)
+    later = send(notify_proxy, secret_prompt("after muted"))
+    wait_for(lambda: attachment_for(receiver, later) is not None, what="a later message")
+    assert attachment_for(receiver, muted) is None
+
+
 def test_a_failed_request_posts_an_error_message(notify_proxy: str, receiver: Receiver, fake: FakeControl) -> None:
     fake.queue("error:400")
     req = urllib.request.Request(  # noqa: S310 (loopback)
@@ -196,8 +238,8 @@ def test_telemetry_gets_metrics_without_prompts(notify_proxy: str, receiver: Rec
 
 def test_samples_are_written_masked(notify_proxy: str, samples_dir: Path, fake: FakeControl) -> None:
     rid = send(notify_proxy, secret_prompt("sample"), stream=True)
-    wait_for(lambda: any(rid in p.name for p in samples_dir.iterdir()), what="the sample file")
-    path = next(p for p in samples_dir.iterdir() if rid in p.name)
+    wait_for(lambda: any(rid in p.name for p in samples_dir.glob("*.json")), what="the sample file")
+    path = next(p for p in samples_dir.glob("*.json") if rid in p.name)
     assert re.fullmatch(rf"\d{{8}}T\d{{6}}_main_stream_{rid}\.json", path.name)
     assert path.stat().st_mode & 0o077 == 0
     raw = path.read_bytes()
@@ -258,6 +300,7 @@ def test_failed_deliveries_are_counted_and_never_block(upstream_url: str, tmp_pa
         "CLAUDE_API_BASE_URL": upstream_url,
         "SLACK_WEBHOOK_URL": dead + HOOK,
         "SLACK_BATCH_INTERVAL_MS": "20",
+        "SLACK_MAX_POSTS_PER_MINUTE": "600",
         "TELEMETRY_ENDPOINT": dead + "/telemetry",
         "TELEMETRY_INTERVAL_MS": "20",
         "COLLECT_TEST_SAMPLES": "true",
@@ -280,7 +323,7 @@ def test_failed_deliveries_are_counted_and_never_block(upstream_url: str, tmp_pa
         # the requests themselves were answered all along, and stored nothing of the failure
         assert get_json(url + "/health")["stats"]["requests"] == 4
     text = log.read_text()
-    assert "slack: webhook post failed (unreachable" in text
+    assert "slack: post to the global webhook failed (unreachable" in text
     assert "WebhookSecretPath" not in text and "PromptSecretKey" not in text
 
 

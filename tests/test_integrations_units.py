@@ -193,20 +193,57 @@ def test_a_turn_notifies_once_per_project() -> None:
     other_project = event(project_id="beta", request_body=body("question one"))
     tools = event(request_body=body([{"type": "tool_result", "tool_use_id": "t", "content": "x"}]))
     failed = event(request_body=body("question one"), status=500, outcome="upstream_error", error="boom")
-    out = n._notifications([first, again, other_project, tools, failed])
+    assert n.shared is not None
+    out = n._notifications([(e, (n.shared,)) for e in (first, again, other_project, tools, failed)])
     assert len(out) == 3  # first, the other project's, the failure
     assert n.counts.totals["skipped"] == 2
-    assert out[2]["color"] == "danger" and out[2]["text"].startswith("Error: boom (status 500)")
+    attachment = out[2][0]
+    assert attachment["color"] == "danger" and attachment["text"].startswith("Error: boom (status 500)")
 
 
 def test_the_payload_says_how_many_were_left_out() -> None:
     n = notifier(slack_channel="#ops", slack_username="bot")
     attachment = n.attachment(event(request_body=body("hi")), Reading(prompt="hi", input_tokens=3, output_tokens=4))
     assert attachment["footer"] == "alpha | claude-sonnet-4-6 | acc_1 | Tokens: 3 in / 4 out | 1.2 s"
-    payload = orjson.loads(n.payload([attachment, attachment], 7))
+    assert n.shared is not None
+    payload = orjson.loads(n.payload(n.shared, [attachment, attachment], 7))
     assert payload["text"] == "2 new requests; 7 more left out (rate limit)"
     assert payload["channel"] == "#ops" and payload["username"] == "bot"
-    assert "text" not in orjson.loads(n.payload([attachment], 0))
+    assert "text" not in orjson.loads(n.payload(n.shared, [attachment], 0))
+
+
+def test_a_projects_slack_block_routes_its_notifications() -> None:
+    blocks: dict[str, Any] = {
+        "own": {"webhook_url": "https://hooks.example/own", "channel": "#own", "username": "team"},
+        "styled": {"channel": "#styled"},
+        "muted": {"enabled": False, "webhook_url": "https://hooks.example/muted"},
+        "odd": {"webhook_url": "javascript:alert(1)", "channel": 5},
+        "broken": "not an object",
+    }
+
+    def lookup(project: str) -> Any:
+        if project == "raises":
+            raise ValueError("invalid credential file")
+        return blocks.get(project)
+
+    n = SlackNotifier(SlackConfig.of(Settings(slack_webhook_url="https://hooks.example/global")), lookup)
+    shared = n.shared
+    assert shared is not None and shared.shared
+    own = n.destinations("own", failed=False)
+    assert [(d.url, d.channel, d.username, d.shared) for d in own] == [
+        ("https://hooks.example/global", None, "Claude Nexus Proxy", True),
+        ("https://hooks.example/own", "#own", "team", False),
+    ]
+    assert n.destinations("own", failed=True) == (shared,)  # failures go to the global webhook only
+    (styled,) = n.destinations("styled", failed=False)
+    assert (styled.url, styled.channel) == ("https://hooks.example/global", "#styled")
+    assert n.destinations("muted", failed=False) == ()
+    for project in ("odd", "broken", "raises", "unknown"):
+        assert n.destinations(project, failed=False) == (shared,)
+    only_projects = SlackNotifier(SlackConfig.of(Settings(slack_enabled=True)), lookup)
+    assert only_projects.shared is None
+    assert [d.url for d in only_projects.destinations("own", failed=False)] == ["https://hooks.example/own"]
+    assert only_projects.destinations("unknown", failed=False) == ()
 
 
 async def test_a_full_queue_drops_and_counts_without_waiting() -> None:

@@ -11,9 +11,10 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
+from nexus.auth.credentials import CredentialStore
 from nexus.integrations.events import FinishedRequest
 from nexus.integrations.samples import SampleWriter
-from nexus.integrations.slack import SlackConfig, SlackNotifier
+from nexus.integrations.slack import ProjectSlack, SlackConfig, SlackNotifier
 from nexus.integrations.telemetry import Telemetry
 from nexus.settings import Settings
 from nexus.storage.records import ExchangeRecord
@@ -56,12 +57,24 @@ class Integrations:
         return {name: sink.snapshot() for name, sink in self.sinks.items()}
 
 
-def build_integrations(settings: Settings) -> Integrations | None:
+def build_integrations(settings: Settings, project_slack: ProjectSlack | None = None) -> Integrations | None:
+    """The enabled sinks; `project_slack(project)` gives a project's `slack` block (its credential file)."""
     sinks: dict[str, Sink] = {}
     if settings.slack_active:
-        sinks["slack"] = SlackNotifier(SlackConfig.of(settings))
+        sinks["slack"] = SlackNotifier(SlackConfig.of(settings), project_slack)
     if settings.telemetry_endpoint and settings.telemetry_enabled:
         sinks["telemetry"] = Telemetry.of(settings)
     if settings.collect_test_samples:
         sinks["samples"] = SampleWriter.of(settings)
     return Integrations(sinks) if sinks else None
+
+
+def credential_slack(store: CredentialStore) -> ProjectSlack:
+    """A project's `slack` block from `CREDENTIALS_DIR/<project>.credentials.json` (the store re-reads a
+    changed file at most once a second, so this is a dict lookup per call)."""
+
+    def lookup(project: str) -> Any:
+        credential = store.for_project(project)
+        return credential.raw.get("slack") if credential is not None else None
+
+    return lookup

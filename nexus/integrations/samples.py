@@ -82,7 +82,7 @@ class SampleWriter:
         name = f"{at:%Y%m%dT%H%M%S}_{kind}_{'stream' if event.streamed else 'json'}_{_UNSAFE.sub('', event.request_id)}"
         path = self.directory / (name + SUFFIX)
         data = orjson.dumps(sample(event), option=orjson.OPT_INDENT_2)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".{name}.tmp")  # hidden until whole
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with os.fdopen(fd, "wb") as out:

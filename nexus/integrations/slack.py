@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -47,7 +48,7 @@ MASK_MARGIN = 4096
 
 @dataclass(frozen=True, slots=True)
 class SlackConfig:
-    webhook_url: str
+    webhook_url: str | None
     channel: str | None
     username: str
     icon_emoji: str
@@ -64,7 +65,6 @@ class SlackConfig:
 
     @classmethod
     def of(cls, s: Settings) -> SlackConfig:
-        assert s.slack_webhook_url is not None
         return cls(
             webhook_url=s.slack_webhook_url,
             channel=s.slack_channel,
@@ -88,17 +88,39 @@ class SlackConfig:
         return not self.projects or project in self.projects
 
 
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a post goes and how it is signed. `shared` is the global webhook (SLACK_WEBHOOK_URL): the
+    one failures and the "left out" count go to."""
+
+    url: str
+    channel: str | None
+    username: str
+    icon_emoji: str
+    shared: bool
+
+
+#: A project's `slack` block, from its credential file (`CREDENTIALS_DIR/<project>.credentials.json`).
+ProjectSlack = Callable[[str], Any]
+
+
 class SlackNotifier:
     """One per proxy worker."""
 
-    def __init__(self, config: SlackConfig) -> None:
+    def __init__(self, config: SlackConfig, project_slack: ProjectSlack | None = None) -> None:
         self.config = config
+        self.project_slack = project_slack
         self.counts = Counts("slack")
-        self.queue: BatchQueue[FinishedRequest] = BatchQueue(
-            self.counts, config.queue_size, config.batch_max, config.batch_interval_s, self._deliver, size=_body_bytes
+        self.queue: BatchQueue[tuple[FinishedRequest, tuple[Destination, ...]]] = BatchQueue(
+            self.counts, config.queue_size, config.batch_max, config.batch_interval_s, self._deliver, size=_item_bytes
+        )
+        self.shared = (
+            Destination(config.webhook_url, config.channel, config.username, config.icon_emoji, True)
+            if config.webhook_url
+            else None
         )
         self._last_prompt: OrderedDict[str, int] = OrderedDict()
-        self._next_post_at = 0.0
+        self._next_post_at: dict[str, float] = {}
         self._left_out = 0  # dropped since the last post, said in the next one
         self._dropped_seen = 0
         self.posts = 0
@@ -114,46 +136,105 @@ class SlackNotifier:
                 return
         elif event.path != "/v1/messages" or event.request_type not in c.request_types:
             return
-        self.queue.offer(event)
+        destinations = self.destinations(event.project_id, event.failed)
+        if destinations:
+            self.queue.offer((event, destinations))
+
+    def destinations(self, project: str, failed: bool) -> tuple[Destination, ...]:
+        """Where a project's notifications go: the global webhook (with the project's channel, username
+        or icon when its `slack` block names them) and the project's own `webhook_url` (turns only, as
+        in the reference system); none when the block says `"enabled": false`."""
+        block = self._block(project)
+        if block is None:
+            return (self.shared,) if self.shared is not None else ()
+        if block.get("enabled") is False:
+            return ()
+        out: list[Destination] = []
+        own_url = _http_url(block.get("webhook_url"))
+        style = (
+            _text(block.get("channel")),
+            _text(block.get("username")) or self.config.username,
+            _text(block.get("icon_emoji")) or self.config.icon_emoji,
+        )
+        if self.shared is not None:
+            if own_url is None and any(_text(block.get(k)) for k in ("channel", "username", "icon_emoji")):
+                out.append(Destination(self.shared.url, style[0] or self.shared.channel, style[1], style[2], True))
+            else:
+                out.append(self.shared)
+        if own_url is not None and not failed:
+            out.append(Destination(own_url, *style, False))
+        return tuple(out)
+
+    def _block(self, project: str) -> dict[str, Any] | None:
+        if self.project_slack is None:
+            return None
+        try:
+            block = self.project_slack(project)
+        except Exception:  # an invalid credential file: the request path reports it, not this
+            return None
+        return block if isinstance(block, dict) else None
 
     # --- background ---------------------------------------------------------------------------
-    async def _deliver(self, batch: list[FinishedRequest]) -> None:
-        attachments = await asyncio.to_thread(self._notifications, batch)
-        if not attachments:
+    async def _deliver(self, batch: list[tuple[FinishedRequest, tuple[Destination, ...]]]) -> None:
+        notes = await asyncio.to_thread(self._notifications, batch)
+        if not notes:
             return
+        groups: dict[Destination, list[int]] = {}
+        for i, (_, destinations) in enumerate(notes):
+            for destination in destinations:
+                groups.setdefault(destination, []).append(i)
+        delivered = [True] * len(notes)
+        for destination, indexes in groups.items():
+            if not await self._send(destination, [notes[i][0] for i in indexes]):
+                for i in indexes:
+                    delivered[i] = False
+        sent = sum(delivered)
+        self.counts.add("sent", sent)
+        self.counts.add("failed", len(notes) - sent)
+
+    async def _send(self, destination: Destination, attachments: list[dict[str, Any]]) -> bool:
+        """One post, after the rate limit of its webhook allows it."""
         loop = asyncio.get_running_loop()
-        wait = self._next_post_at - loop.time()
+        wait = self._next_post_at.get(destination.url, 0.0) - loop.time()
         if wait > 0:  # the rate limit: meanwhile the queue fills, and drops what does not fit
             await asyncio.sleep(wait)
-        dropped = self.counts.totals["dropped"]
-        self._left_out += dropped - self._dropped_seen
-        self._dropped_seen = dropped
-        payload = self.payload(attachments, self._left_out)
-        posted = await self._post(payload)
-        self._next_post_at = loop.time() + self.config.min_interval_s
-        if posted.ok:
-            self.posts += 1
-            self._left_out = 0
-            self.counts.add("sent", len(attachments))
-        else:
+        left_out = 0
+        if destination.shared:
+            dropped = self.counts.totals["dropped"]
+            self._left_out += dropped - self._dropped_seen
+            self._dropped_seen = dropped
+            left_out = self._left_out
+        posted = await self._post(destination.url, self.payload(destination, attachments, left_out))
+        now = loop.time()
+        self._next_post_at[destination.url] = now + self.config.min_interval_s
+        if len(self._next_post_at) > REMEMBERED_PROJECTS:  # webhooks that have waited long enough
+            self._next_post_at = {u: t for u, t in self._next_post_at.items() if t > now}
+        if not posted.ok:
             # the reason only: the URL is the credential, and the body may quote the payload
-            log.warning("slack: webhook post failed (%s); %d notifications given up", posted.error, len(attachments))
-            self.counts.add("failed", len(attachments))
+            kind = "the global" if destination.shared else "a project's"
+            log.warning("slack: post to %s webhook failed (%s); %d notifications", kind, posted.error, len(attachments))
+            return False
+        self.posts += 1
+        if destination.shared:
+            self._left_out = 0
+        return True
 
-    async def _post(self, payload: bytes) -> Posted:
+    async def _post(self, url: str, payload: bytes) -> Posted:
         posted = Posted(None, error="not sent")
         for attempt in range(ATTEMPTS):
-            posted = await asyncio.to_thread(post_json, self.config.webhook_url, payload)
+            posted = await asyncio.to_thread(post_json, url, payload)
             if posted.ok or (posted.status is not None and posted.status < 500 and posted.status != 429):
                 return posted  # delivered, or refused for good (404: webhook revoked, 400: payload)
             if attempt + 1 < ATTEMPTS:
                 await asyncio.sleep(posted.retry_after_s if posted.retry_after_s is not None else 1.0)
         return posted
 
-    def _notifications(self, batch: list[FinishedRequest]) -> list[dict[str, Any]]:
+    def _notifications(
+        self, batch: list[tuple[FinishedRequest, tuple[Destination, ...]]]
+    ) -> list[tuple[dict[str, Any], tuple[Destination, ...]]]:
         """Attachments for the requests of `batch` that notify (a worker thread: parsing happens here)."""
         out = []
-        for event in batch:
+        for event, destinations in batch:
             try:
                 reading = Reading.of(event)
             except Exception:
@@ -163,7 +244,7 @@ class SlackNotifier:
             if not event.failed and not self._new_turn(event.project_id, reading.prompt):
                 self.counts.add("skipped")
                 continue
-            out.append(self.attachment(event, reading))
+            out.append((self.attachment(event, reading), destinations))
         return out
 
     def _new_turn(self, project: str, prompt: str | None) -> bool:
@@ -214,17 +295,20 @@ class SlackNotifier:
             "mrkdwn_in": ["text"],
         }
 
-    def payload(self, attachments: list[dict[str, Any]], left_out: int) -> bytes:
-        c = self.config
+    def payload(self, destination: Destination, attachments: list[dict[str, Any]], left_out: int) -> bytes:
         n = len(attachments)
         text = f"{n} new request{'s' if n != 1 else ''}" if n > 1 else ""
         if left_out:
             text += ("; " if text else "") + f"{left_out} more left out (rate limit)"
-        body: dict[str, Any] = {"username": c.username, "icon_emoji": c.icon_emoji, "attachments": attachments}
+        body: dict[str, Any] = {
+            "username": destination.username,
+            "icon_emoji": destination.icon_emoji,
+            "attachments": attachments,
+        }
         if text:
             body["text"] = text
-        if c.channel:
-            body["channel"] = c.channel
+        if destination.channel:
+            body["channel"] = destination.channel
         return orjson.dumps(body)
 
     def snapshot(self) -> dict[str, Any]:
@@ -296,5 +380,19 @@ def _items(value: str) -> frozenset[str]:
     return frozenset(item.strip() for item in value.split(",") if item.strip())
 
 
-def _body_bytes(event: FinishedRequest) -> int:
-    return event.body_bytes
+def _item_bytes(item: tuple[FinishedRequest, tuple[Destination, ...]]) -> int:
+    return item[0].body_bytes
+
+
+def _text(value: object) -> str | None:
+    return value[:200] if isinstance(value, str) and value.strip() else None
+
+
+def _http_url(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return None
+    return value if parts.scheme in ("http", "https") and parts.netloc else None

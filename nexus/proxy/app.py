@@ -31,7 +31,7 @@ from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Linker
 from nexus.conversations.service import ConversationService, LookupPool, link_request
 from nexus.errors import ProxyError
-from nexus.integrations.hub import Integrations, build_integrations
+from nexus.integrations.hub import Integrations, build_integrations, credential_slack
 from nexus.observability import logs, recorder
 from nexus.observability import metrics as prom
 from nexus.observability.tracing import RequestFacts, Tracer, build_tracer
@@ -123,7 +123,7 @@ class ProxyApp:
         self.drain = Drain(s.shutdown_timeout_ms / 1000)
         self._flush_timer: asyncio.TimerHandle | None = None
         #: Slack, telemetry, test samples (nexus/integrations); None when none is configured.
-        self.integrations: Integrations | None = build_integrations(s)
+        self.integrations: Integrations | None = build_integrations(s, credential_slack(self.authorizer.store))
 
     # --- RSGI protocol -----------------------------------------------------------------------
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
