@@ -32,6 +32,8 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     #: path -> (status, body) answered; anything else gets 200 `ok`.
     answers: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    #: path -> seconds to wait before answering (a slow receiver).
+    delays: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on(self, path: str) -> list[Received]:
@@ -61,7 +63,9 @@ def run_receiver() -> Iterator[Receiver]:
                         time.monotonic(),
                     )
                 )
-            status, answer = receiver.answers.get(self.path.split("?", 1)[0], (200, b"ok"))
+            route = self.path.split("?", 1)[0]
+            time.sleep(receiver.delays.get(route, 0.0))
+            status, answer = receiver.answers.get(route, (200, b"ok"))
             self.send_response(status)
             self.send_header("content-type", "application/json" if answer.startswith((b"{", b"[")) else "text/plain")
             self.send_header("content-length", str(len(answer)))

@@ -43,7 +43,9 @@ SECRETS = (
 HOOK = "/services/T000/B000/WebhookSecretPath"
 
 
-def send(url: str, prompt: str | list[dict[str, Any]], *, stream: bool = False, project: str = "alpha") -> str:
+def send(
+    url: str, prompt: str | list[dict[str, Any]], *, stream: bool = False, project: str = "alpha", timeout: float = 10
+) -> str:
     """One /v1/messages request with a key in its headers; returns its X-Request-ID."""
     content = prompt if isinstance(prompt, list) else [{"type": "text", "text": prompt}]
     body = {"model": MODEL, "max_tokens": 64, "stream": stream, "messages": [{"role": "user", "content": content}]}
@@ -59,7 +61,7 @@ def send(url: str, prompt: str | list[dict[str, Any]], *, stream: bool = False, 
             "train-id": project,
         },
     )
-    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
         assert resp.status == 200
         resp.read()
         return str(resp.headers["x-request-id"])
@@ -292,6 +294,25 @@ def test_a_burst_is_batched_rate_limited_and_counted(upstream_url: str, fake: Fa
             metrics = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()  # noqa: S310
             dropped = re.search(r'nexus_integration_events_total\{result="dropped",sink="slack"\} (\S+)', metrics)
             assert dropped is not None and float(dropped.group(1)) == counts["dropped"]
+
+
+def test_a_receiver_that_hangs_never_holds_a_response(upstream_url: str, fake: FakeControl) -> None:
+    with run_receiver() as receiver:
+        receiver.delays[HOOK] = receiver.delays["/telemetry"] = 2.0  # each post hangs 2 s
+        env = {
+            "CLAUDE_API_BASE_URL": upstream_url,
+            "SLACK_WEBHOOK_URL": receiver.url + HOOK,
+            "SLACK_BATCH_INTERVAL_MS": "10",
+            "SLACK_MAX_POSTS_PER_MINUTE": "600",
+            "TELEMETRY_ENDPOINT": receiver.url + "/telemetry",
+            "TELEMETRY_INTERVAL_MS": "10",
+        }
+        with run_proxy(env) as url:
+            send(url, "the first turn")
+            wait_for(lambda: len(receiver.on(HOOK)) == 1, what="the first post, now hanging")
+            for n in range(5):  # answered while both posts hang (a blocked response would take 2 s)
+                send(url, f"turn {n} while the receiver hangs", stream=n % 2 == 1, timeout=1.0)
+            wait_for(lambda: integration_counts(url, "slack")["sent"] == 6, what="every turn posted in the end")
 
 
 def test_failed_deliveries_are_counted_and_never_block(upstream_url: str, tmp_path: Path, fake: FakeControl) -> None:
