@@ -308,6 +308,15 @@ class Settings(BaseSettings):
             raise ValueError(f"must be an http(s) URL with a host, got {value!r}")
         return value.rstrip("/")
 
+    @field_validator("slack_request_types")
+    @classmethod
+    def _request_types(cls, value: str) -> str:
+        known = ("main", "subagent", "compaction", "auxiliary", "count_tokens")
+        unknown = [t for t in _items(value) if t not in known]
+        if unknown:
+            raise ValueError(f"unknown request types {unknown}; known: {', '.join(known)}")
+        return value
+
     @field_validator("slack_enabled", "spark_enabled", mode="before")
     @classmethod
     def _unset_bool(cls, value: Any) -> Any:

@@ -461,3 +461,5 @@ def test_integration_settings_defaults_and_secrets(monkeypatch: pytest.MonkeyPat
     with pytest.raises(SettingsError) as info:
         load_settings(slack_webhook_url="ftp://hooks.slack.com/services/WebhookSecretPart")
     assert "WebhookSecretPart" not in str(info.value)
+    with pytest.raises(SettingsError, match="SLACK_REQUEST_TYPES: .*unknown request types"):
+        load_settings(slack_request_types="main,inference")
