@@ -50,7 +50,7 @@ def send(
     content = prompt if isinstance(prompt, list) else [{"type": "text", "text": prompt}]
     body = {"model": MODEL, "max_tokens": 64, "stream": stream, "messages": [{"role": "user", "content": content}]}
     req = urllib.request.Request(  # noqa: S310 (loopback)
-        url + "/v1/messages",
+        url + "/v1/messages?beta=true",  # as Claude Code sends it
         data=orjson.dumps(body),
         method="POST",
         headers={

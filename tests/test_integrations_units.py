@@ -178,9 +178,10 @@ def test_only_chosen_projects_and_types_are_queued() -> None:
     n.offer(event(project_id="gamma"))
     n.offer(event(request_type="subagent"))
     n.offer(event(path="/v1/messages/count_tokens"))
+    n.offer(event(path="/v1/messages?beta=true"))
     n.offer(event(outcome="client_disconnected", status=None))
     n.offer(event(status=529, outcome="upstream_error", error="upstream answered 529"))
-    assert len(n.queue) == 2
+    assert len(n.queue) == 3
     quiet = notifier(slack_notify_errors=False)
     quiet.offer(event(status=529, outcome="upstream_error"))
     assert len(quiet.queue) == 0
@@ -461,5 +462,5 @@ def test_integration_settings_defaults_and_secrets(monkeypatch: pytest.MonkeyPat
     with pytest.raises(SettingsError) as info:
         load_settings(slack_webhook_url="ftp://hooks.slack.com/services/WebhookSecretPart")
     assert "WebhookSecretPart" not in str(info.value)
-    with pytest.raises(SettingsError, match="SLACK_REQUEST_TYPES: .*unknown request types"):
+    with pytest.raises(SettingsError, match=r"SLACK_REQUEST_TYPES: .*unknown request types"):
         load_settings(slack_request_types="main,inference")

@@ -79,6 +79,11 @@ class FinishedRequest:
         )
 
     @property
+    def route(self) -> str:
+        """The path without its query string (Claude Code posts to `/v1/messages?beta=true`)."""
+        return self.path.partition("?")[0]
+
+    @property
     def body_bytes(self) -> int:
         """Bytes of bodies this event keeps alive while it waits (queues are bounded by it)."""
         return len(self.request_body or b"") + len(self.response_body or b"")

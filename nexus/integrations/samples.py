@@ -78,7 +78,7 @@ class SampleWriter:
 
     def write(self, event: FinishedRequest) -> Path:
         at = datetime.fromtimestamp(event.timestamp_ms / 1000, UTC)
-        kind = _UNSAFE.sub("-", event.request_type or route_label(event.path.split("?", 1)[0]))[:40]
+        kind = _UNSAFE.sub("-", event.request_type or route_label(event.route))[:40]
         name = f"{at:%Y%m%dT%H%M%S}_{kind}_{'stream' if event.streamed else 'json'}_{_UNSAFE.sub('', event.request_id)}"
         path = self.directory / (name + SUFFIX)
         data = orjson.dumps(sample(event), option=orjson.OPT_INDENT_2)

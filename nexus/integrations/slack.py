@@ -134,7 +134,7 @@ class SlackNotifier:
         if event.failed:
             if not c.notify_errors or event.outcome == "client_disconnected":
                 return
-        elif event.path != "/v1/messages" or event.request_type not in c.request_types:
+        elif event.route != "/v1/messages" or event.request_type not in c.request_types:
             return
         destinations = self.destinations(event.project_id, event.failed)
         if destinations:

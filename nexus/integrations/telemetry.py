@@ -94,7 +94,7 @@ def metrics_of(event: FinishedRequest) -> dict[str, Any]:
         "projectId": event.project_id,
         "accountId": event.account_id,
         "method": event.method,
-        "route": route_label(event.path.split("?", 1)[0]),
+        "route": route_label(event.route),
         "model": event.model or model,
         "requestType": event.request_type,
         "status": event.status,
