@@ -379,3 +379,37 @@ def _stored(url: str, rid: str) -> bool:
     except urllib.error.HTTPError:
         return False
     return True
+
+
+def test_recorded_claude_code_traffic_notifies_once_per_human_turn(
+    notify_proxy: str, receiver: Receiver, fake: FakeControl
+) -> None:
+    """tool_loop (tests/fixtures/claude_code): six requests, two typed prompts; the four tool-result
+    round trips stay quiet, and Claude Code's reminder blocks are not taken for the prompt."""
+    root = Path(__file__).resolve().parent / "fixtures" / "claude_code" / "tool_loop"
+    records = [orjson.loads(p.read_bytes()) for p in sorted(root.glob("[0-9][0-9][0-9][0-9]-*.json"))]
+    assert fake.replies(*(r["response"] for r in records)) == len(records)
+    skipped = integration_counts(notify_proxy, "slack")["skipped"]
+    ids = []
+    for rec in records:
+        headers = {k: v for k, v in rec["headers"].items() if k not in {"host", "content-length", "accept-encoding"}}
+        req = urllib.request.Request(  # noqa: S310 (loopback)
+            notify_proxy + rec["path"],
+            data=orjson.dumps(rec["body"]),
+            method="POST",
+            headers={**headers, "train-id": "cc-replay"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            resp.read()
+            ids.append(resp.headers["x-request-id"])
+    wait_for(lambda: attachment_for(receiver, ids[4]) is not None, what="the second turn's message")
+    wait_for(lambda: integration_counts(notify_proxy, "slack")["skipped"] == skipped + 4, what="4 quiet round trips")
+    replayed = [a for a in slack_attachments(receiver) if a["footer"].startswith("cc-replay |")]
+    assert [a["title"] for a in replayed] == [f"Request {ids[0]}", f"Request {ids[4]}"]
+    assert (
+        ":bust_in_silhouette: User: TOOLS-1: inspect this project and write a summary to summary.md"
+        in (replayed[0]["text"])
+    )
+    assert ":wrench: Bash: ls -la" in replayed[0]["text"] and ":wrench: Read: README.md" in replayed[0]["text"]
+    assert ":bust_in_silhouette: User: TOOLS-2: now append a line 'reviewed' to summary.md" in replayed[1]["text"]
+    assert "system-reminder" not in replayed[0]["text"] + replayed[1]["text"]
