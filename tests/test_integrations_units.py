@@ -342,6 +342,10 @@ def test_samples_are_bounded_in_count_and_size(tmp_path: Path) -> None:
     again = SampleWriter(tmp_path / "s", max_files=2, max_bytes=2000)  # a restart counts what is there
     again.write_all([event(request_id="later")])
     assert again.counts.totals["skipped"] == 1
+    files[0].unlink()  # deleting a sample makes room
+    again.write_all([event(request_id="room"), event(request_id="full")])
+    assert again.counts.totals == {"sent": 1, "dropped": 0, "failed": 0, "skipped": 2}
+    assert len(list((tmp_path / "s").glob("*_room.json"))) == 1
 
 
 RECOMMENDATION = """## Use a connection pool

@@ -5,7 +5,9 @@ one JSON file `<UTC time>_<request type or route>_<stream|json>_<request id>.jso
 path, the request headers on storage's allow-list (`STORED_REQUEST_HEADERS`: no credential header can
 be written), the response headers, both bodies parsed, and the status, every string masked by
 `nexus.security.masking`. Bounded: an exchange larger than `TEST_SAMPLES_MAX_BYTES` is skipped, and
-once the folder holds `TEST_SAMPLES_MAX_FILES` samples no more are written (both counted as `skipped`).
+once the folder holds `TEST_SAMPLES_MAX_FILES` samples no more are written (both counted as `skipped`;
+the folder is counted before each batch, so several workers share the bound and deleting samples makes
+room).
 Files are private to the gateway's user (0600 in a 0700 folder), written whole or not at all.
 """
 
@@ -43,17 +45,14 @@ class SampleWriter:
         self.queue: BatchQueue[FinishedRequest] = BatchQueue(
             self.counts, queue_size, 50, 0.05, self._deliver, size=_body_bytes
         )
-        self._files: int | None = None  # counted once, at the first write
+        self._files: int | None = None  # samples in the folder, counted before each batch
 
     @classmethod
     def of(cls, s: Settings) -> SampleWriter:
         return cls(s.test_samples_dir, s.test_samples_max_files, s.test_samples_max_bytes)
 
     def offer(self, event: FinishedRequest) -> None:
-        if self._files is not None and self._files >= self.max_files:
-            self.counts.totals["skipped"] += 1
-            return
-        self.queue.offer(event)
+        self.queue.offer(event)  # a full folder is found by the batch (samples may have been deleted since)
 
     async def _deliver(self, batch: list[FinishedRequest]) -> None:
         await asyncio.to_thread(self.write_all, batch)
@@ -61,7 +60,8 @@ class SampleWriter:
     def write_all(self, batch: list[FinishedRequest]) -> None:
         if self._files is None:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._files = sum(1 for p in self.directory.iterdir() if p.suffix == SUFFIX)
+        # counted again for every batch: other proxy workers (and people deleting samples) change it
+        self._files = sum(1 for p in self.directory.iterdir() if p.suffix == SUFFIX)
         for event in batch:
             size = len(event.request_body or b"") + len(event.response_body or b"")
             if self._files >= self.max_files or size > self.max_bytes:
