@@ -48,6 +48,26 @@ from tests.receiver import run_receiver
         ("run --token abcdef123456 now", "--token [redacted]", "abcdef123456"),
         ("my password is hunter2x", "password is [redacted]", "hunter2x"),
         ("percent cnp_live_%61bcdefghijklmnop", "cnp_live_[redacted]", "bcdefghijklmnop"),
+        ("gl glpat-abcdefghijklmnopqrst", MASK, "abcdefghijklmnop"),
+        ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "Authorization: Basic [redacted]", "dXNlcjpwYXNz"),
+        # a keyword that assigns nothing, a masked value holding keywords, a scheme: the scan goes on after each
+        ("the key of it; password=hunter2hunter", "password=[redacted]", "hunter2hunter"),
+        ("pwd=passkey12345 then token=abcdef123456", "then token=[redacted]", "abcdef123456"),
+        ("Authorization: Bearer abcdefghijklmnop, token=abcdef123456", "token=[redacted]", "abcdef123456"),
+        ("Authorization: Negotiate YIIabcdefgh12", "Authorization: Negotiate [redacted]", "YIIabcdefgh12"),
+        ("Authorization: Token gh0123456789", "Authorization: Token [redacted]", "gh0123456789"),
+        ("proxy-authorization: Digest username12", "Digest [redacted]", "username12"),
+        ("the api key: key", "the api key: key", "[redacted]"),
+        # each scheme, with a credential no other rule sees (no digits, shorter than the bearer rule's 8)
+        ("Authorization: Basic abcdefg", "Authorization: Basic [redacted]", "abcdefg"),
+        ("Authorization: Token abcdefghij", "Authorization: Token [redacted]", "abcdefghij"),
+        ("Authorization: NTLM TlRMTVNTUAABAAAA", "Authorization: NTLM [redacted]", "TlRMTVNTUAABAAAA"),
+        ("Authorization: DPoP abcdefghijk", "Authorization: DPoP [redacted]", "abcdefghijk"),
+        ("Authorization: ApiKey abcdefghijk", "Authorization: ApiKey [redacted]", "abcdefghijk"),
+        ("Authorization: OAuth abcdefghijk", "Authorization: OAuth [redacted]", "abcdefghijk"),
+        ("Authorization: Key abcdefghijk", "Authorization: Key [redacted]", "abcdefghijk"),
+        ("Authorization: Bearer\nthen password=hunter2hunter", "password=[redacted]", "hunter2hunter"),
+        ("password=abc123", "password=[redacted]", "abc123"),  # six characters are enough
     ],
 )
 def test_secrets_are_masked(text: str, kept: str, gone: str) -> None:
@@ -57,7 +77,7 @@ def test_secrets_are_masked(text: str, kept: str, gone: str) -> None:
 
 
 def test_ordinary_text_is_left_alone() -> None:
-    for text in ("the keyboard layout", "the author wrote a book", "the key is blue", "token count: 12"):
+    for text in ("the keyboard layout", "the author wrote a book", "the key is blue", "token count: 12", "pwd: /a"):
         assert mask_secrets(text) == text
 
 
@@ -69,6 +89,23 @@ def test_mask_value_masks_keys_and_values_and_bounds_nesting() -> None:
     for _ in range(500):
         deep = [deep]
     assert "yyyy" not in orjson.dumps(mask_value(deep)).decode()
+
+
+@pytest.mark.parametrize("wrap", [lambda v: [v], lambda v: {"k": v}])
+def test_mask_value_keeps_200_levels_and_cuts_below(wrap: Any) -> None:
+    def nested(levels: int) -> Any:
+        value: Any = "plain text"
+        for _ in range(levels):
+            value = wrap(value)
+        return value
+
+    def innermost(value: Any) -> Any:
+        while isinstance(value, list | dict):
+            value = value[0] if isinstance(value, list) else value["k"]
+        return value
+
+    assert innermost(mask_value(nested(200))) == "plain text"
+    assert innermost(mask_value(nested(201))) == MASK
 
 
 def event(**overrides: Any) -> FinishedRequest:

@@ -37,14 +37,18 @@ _SHAPES = re.compile(
 #: that says secret (the match starts at the word, so `DB_PASS` and `x-api-key` are found by `PASS` and `key`).
 _ASSIGNED = re.compile(
     r"((?:key|secret|token|pass(?:word|wd|phrase)?|pwd|credential|auth)"
-    r"[A-Za-z0-9_\-]{0,40}[\"']?(?:\s*[:=]\s*|\s+(?:is|was)\s+|\s+(?=\S*[0-9]))[\"']?)([^\s\"',;&}]{6,})",
+    r"[A-Za-z0-9_\-]{0,40}[\"']?(?:\s*[:=]\s*|\s+(?:is|was)\s+|\s+(?=\S*[0-9]))[\"']?)([^\s\"',;&}]+)",
     re.IGNORECASE,
 )
 #: Where `_ASSIGNED` may start, found in ASCII-lowered text (one case-sensitive scan is ~10x faster than
 #: a case-insensitive one; lowering only ASCII keeps every position where it was).
 _KEYWORD = re.compile(r"key|secret|token|pass|pwd|credential|auth")
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
-_SCHEMES = frozenset({"bearer", "basic"})
+#: Authorization schemes: after `Authorization: Negotiate` the secret is the next word, not the scheme.
+_SCHEMES = frozenset({"bearer", "basic", "token", "negotiate", "digest", "ntlm", "dpop", "apikey", "oauth", "key"})
+_AFTER_SCHEME = re.compile(r"[ \t]+([^\s\"',;&}]+)")
+#: Shorter values after a secret-sounding name are left alone ("the key is blue").
+MIN_VALUE = 6
 #: `scheme://user:password@host`
 _URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)([^@\s/]+)(@)")
 
@@ -70,12 +74,18 @@ def _mask_assigned(text: str) -> str:
         m = _ASSIGNED.match(text, hit.start())
         if m is None:
             continue
-        value = m.group(2)
-        if MASK in value or value.lower() in _SCHEMES:  # masked already, or `Authorization: Bearer [redacted]`
+        start, end = m.span(2)
+        if m.group(2).lower() in _SCHEMES:  # `Authorization: Token abc…`: the word after the scheme
+            after = _AFTER_SCHEME.match(text, end)
+            if after is None:
+                continue
+            start, end = after.span(1)
+        value = text[start:end]
+        if MASK in value or len(value) < MIN_VALUE:  # masked already (`Bearer [redacted]`), or too short
             continue
-        out.append(text[last : m.start(2)])
+        out.append(text[last:start])
         out.append(MASK)
-        last = m.end()
+        last = end
     if not out:
         return text
     out.append(text[last:])
