@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
 
 from nexus.observability import metrics as prom
 
@@ -28,7 +30,19 @@ MAX_QUEUED_BYTES = 64 * MIB
 log = logging.getLogger("nexus.integrations")
 
 T = TypeVar("T")
+R = TypeVar("R")
 RESULTS = prom.INTEGRATION_RESULTS
+#: The integrations' own threads (parsing, masking, blocking posts): never the loop's default executor,
+#: which OAuth refreshes use, so a receiver that hangs cannot hold up a token refresh. One per sink.
+_EXECUTOR: ThreadPoolExecutor | None = None
+
+
+async def in_thread(fn: Callable[..., R], *args: Any) -> R:
+    """`fn(*args)` in the integrations' thread pool."""
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        _EXECUTOR = ThreadPoolExecutor(max_workers=3, thread_name_prefix="nexus-integrations")
+    return await asyncio.get_running_loop().run_in_executor(_EXECUTOR, functools.partial(fn, *args))
 
 
 class Counts:

@@ -13,7 +13,6 @@ Files are private to the gateway's user (0600 in a 0700 folder), written whole o
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
@@ -24,7 +23,7 @@ from typing import Any
 import orjson
 
 from nexus.integrations.events import FinishedRequest
-from nexus.integrations.queue import BatchQueue, Counts
+from nexus.integrations.queue import BatchQueue, Counts, in_thread
 from nexus.observability.recorder import route_label
 from nexus.security.masking import mask_secrets, mask_value
 from nexus.settings import Settings
@@ -55,7 +54,7 @@ class SampleWriter:
         self.queue.offer(event)  # a full folder is found by the batch (samples may have been deleted since)
 
     async def _deliver(self, batch: list[FinishedRequest]) -> None:
-        await asyncio.to_thread(self.write_all, batch)
+        await in_thread(self.write_all, batch)
 
     def write_all(self, batch: list[FinishedRequest]) -> None:
         if self._files is None:

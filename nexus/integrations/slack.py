@@ -30,7 +30,7 @@ import xxhash
 
 from nexus.integrations.events import FinishedRequest, Reading, ToolCall
 from nexus.integrations.http import Posted, post_json
-from nexus.integrations.queue import BatchQueue, Counts
+from nexus.integrations.queue import BatchQueue, Counts, in_thread
 from nexus.security.masking import mask_secrets
 from nexus.settings import Settings
 
@@ -176,7 +176,7 @@ class SlackNotifier:
 
     # --- background ---------------------------------------------------------------------------
     async def _deliver(self, batch: list[tuple[FinishedRequest, tuple[Destination, ...]]]) -> None:
-        notes = await asyncio.to_thread(self._notifications, batch)
+        notes = await in_thread(self._notifications, batch)
         if not notes:
             return
         groups: dict[Destination, list[int]] = {}
@@ -222,7 +222,7 @@ class SlackNotifier:
     async def _post(self, url: str, payload: bytes) -> Posted:
         posted = Posted(None, error="not sent")
         for attempt in range(ATTEMPTS):
-            posted = await asyncio.to_thread(post_json, url, payload)
+            posted = await in_thread(post_json, url, payload)
             if posted.ok or (posted.status is not None and posted.status < 500 and posted.status != 429):
                 return posted  # delivered, or refused for good (404: webhook revoked, 400: payload)
             if attempt + 1 < ATTEMPTS:

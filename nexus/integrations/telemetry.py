@@ -22,7 +22,7 @@ import orjson
 from nexus import __version__
 from nexus.integrations.events import FinishedRequest, Reading
 from nexus.integrations.http import Posted, post_json
-from nexus.integrations.queue import BatchQueue, Counts
+from nexus.integrations.queue import BatchQueue, Counts, in_thread
 from nexus.observability.recorder import route_label
 from nexus.security.masking import mask_secrets
 from nexus.settings import Settings
@@ -49,10 +49,10 @@ class Telemetry:
         self.queue.offer(event)
 
     async def _deliver(self, batch: list[FinishedRequest]) -> None:
-        payload = await asyncio.to_thread(self.payload, batch)
+        payload = await in_thread(self.payload, batch)
         posted = Posted(None, error="not sent")
         for attempt in range(ATTEMPTS):
-            posted = await asyncio.to_thread(post_json, self.endpoint, payload)
+            posted = await in_thread(post_json, self.endpoint, payload)
             if posted.ok or (posted.status is not None and posted.status < 500 and posted.status != 429):
                 break
             if attempt + 1 < ATTEMPTS:
