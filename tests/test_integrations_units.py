@@ -239,6 +239,17 @@ def test_a_turn_notifies_once_per_project() -> None:
     assert attachment["color"] == "danger" and attachment["text"].startswith("Error: boom (status 500)")
 
 
+def test_text_from_prompts_cannot_mention_or_link_in_slack() -> None:
+    n = notifier()
+    prompt = "hey <!channel> see <https://evil.example|the docs> & <@U123>"
+    reply = "sure <!here>"
+    attachment = n.attachment(event(project_id="p<!everyone>"), Reading(prompt=prompt, reply=reply))
+    text = attachment["text"]
+    assert "<" not in text and ">" not in text and "<" not in attachment["footer"]
+    assert "hey &lt;!channel&gt; see &lt;https://evil.example|the docs&gt; &amp; &lt;@U123&gt;" in text
+    assert attachment["footer"].startswith("p&lt;!everyone&gt; |")
+
+
 def test_the_payload_says_how_many_were_left_out() -> None:
     n = notifier(slack_channel="#ops", slack_username="bot")
     attachment = n.attachment(event(request_body=body("hi")), Reading(prompt="hi", input_tokens=3, output_tokens=4))

@@ -277,6 +277,7 @@ class SlackNotifier:
         text = "\n".join(lines) or "(no text)"
         if len(text) > MAX_TEXT:
             text = text[:MAX_TEXT] + "... (truncated)"
+        text = slack_escape(text)  # after the cut: an entity is never cut in half
         footer = [mask_secrets(event.project_id), mask_secrets(reading.model or event.model or "unknown model")]
         if event.account_id:
             footer.append(mask_secrets(event.account_id))
@@ -290,7 +291,7 @@ class SlackNotifier:
             "title": f"Request {event.request_id}",
             "title_link": f"{c.dashboard_url}/requests/{quote(event.request_id, safe='')}",
             "text": text,
-            "footer": " | ".join(footer),
+            "footer": slack_escape(" | ".join(footer)),
             "ts": event.timestamp_ms // 1000,
             "mrkdwn_in": ["text"],
         }
@@ -313,6 +314,12 @@ class SlackNotifier:
 
     def snapshot(self) -> dict[str, Any]:
         return {"queued": len(self.queue), "posts": self.posts, **self.counts.totals}
+
+
+def slack_escape(text: str) -> str:
+    """Slack's own escaping: `<` starts a mention (`<!channel>` would notify everyone in the channel) or
+    a link (`<https://evil|innocent text>`), so untrusted text has `&`, `<` and `>` as entities."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def masked_excerpt(text: str, chars: int, lines: int | None = None) -> str:
