@@ -497,7 +497,11 @@ class Settings(BaseSettings):
         return cls._http_url(value)
 
     @field_validator(
-        "claude_api_base_url", "claude_oauth_token_url", "claude_oauth_authorize_url", "mcp_github_api_url", "spark_api_url"
+        "claude_api_base_url",
+        "claude_oauth_token_url",
+        "claude_oauth_authorize_url",
+        "mcp_github_api_url",
+        "spark_api_url",
     )
     @classmethod
     def _http_url(cls, value: str) -> str:
