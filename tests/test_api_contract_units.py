@@ -188,3 +188,17 @@ def test_the_answer_types_hold_exactly_the_columns_read() -> None:
     assert schemas.ConversationSummary.__struct_fields__[: len(conversation)] == conversation
     assert schemas.ConversationTree.__struct_fields__[: len(conversation)] == conversation
     assert schemas.TreeRequest.__struct_fields__ == names(TREE_COLUMNS)
+
+
+def test_every_cursor_the_document_allows_is_a_time() -> None:
+    """schemathesis found `before=2175817828694120071_<uuid>`: a 19-digit cursor the document allowed
+    was past the last representable time, and the schema-valid request got a 400. The pattern now
+    allows 17 digits (epoch microseconds until the year 5138), every one of which parses."""
+    import re as _re
+
+    from nexus.api.contract import BEFORE
+
+    pattern = _re.compile(BEFORE.schema()["pattern"])
+    largest = f"{'9' * 17}_{UID}"
+    assert pattern.fullmatch(largest) and BEFORE.parse(largest) is not None
+    assert not pattern.fullmatch(f"{'9' * 18}_{UID}")
