@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import psycopg.conninfo
 import pytest
+import click
 from click.testing import CliRunner
 
 from nexus.auth.projects import resolve_project
@@ -337,3 +338,30 @@ def test_db_host_may_be_a_unix_socket_directory(migrated_db: str) -> None:
     assert composed is not None
     with psycopg.connect(composed) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_nexus_dashboard_says_that_port_is_not_its_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference dashboard listened on `PORT`; `nexus dashboard` started with that service's
+    environment (`PORT=4001`) listened on DASHBOARD_PORT's 3001 without a word."""
+    from nexus import cli
+    from nexus.compat.environment import dashboard_port_warning
+
+    assert dashboard_port_warning({"PORT": "4001"}) == (
+        "PORT is the proxy's port in Nexus: `nexus dashboard` listens on DASHBOARD_PORT (3001); "
+        "set DASHBOARD_PORT=4001 to keep the reference dashboard's port"
+    )
+    assert dashboard_port_warning({"PORT": "3001"}) is None  # the reference dashboard's default: same port
+    assert dashboard_port_warning({"PORT": "4001", "DASHBOARD_PORT": "4002"}) is None
+    assert dashboard_port_warning({}) is None
+
+    def stop(*_: object) -> None:  # no port is bound: stop right after the warnings
+        raise click.ClickException("stopped by the test")
+
+    monkeypatch.setattr(cli, "_check_port", stop)
+    monkeypatch.delenv("DASHBOARD_PORT", raising=False)
+    monkeypatch.delenv(CHECKED_MARKER, raising=False)
+    shown = CliRunner().invoke(main, ["dashboard"], env={"PORT": "4001", "STORAGE_ENABLED": "false"})
+    assert shown.exit_code != 0 and "stopped by the test" in shown.output, shown.output
+    assert shown.output.count("set DASHBOARD_PORT=4001") == 1, shown.output
+    shown = CliRunner().invoke(main, ["dashboard", "--port", "4001"], env={"PORT": "4001"})
+    assert "set DASHBOARD_PORT" not in shown.output, shown.output
