@@ -14,10 +14,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import click
 import psycopg
 import psycopg.conninfo
 import pytest
-import click
 from click.testing import CliRunner
 
 from nexus.auth.projects import resolve_project
