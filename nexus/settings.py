@@ -323,7 +323,10 @@ class Settings(BaseSettings):
     gemini_model_name: str = Field("gemini-2.5-pro", description="Model of the `gemini` provider.")
     proxy_api_url: str | None = Field(
         None,
-        description="Where the dashboard reaches the proxy's /api (the analysis button); unset: http://127.0.0.1:PORT.",
+        description=(
+            "Where the dashboard reaches the proxy's /api (the analysis button, the reference dashboard's "
+            "JSON paths); unset: http://127.0.0.1:PORT."
+        ),
     )
 
     # --- diagnostics ------------------------------------------------------------------------

@@ -14,7 +14,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import click
 import psycopg
+import psycopg.conninfo
 import pytest
 from click.testing import CliRunner
 
@@ -309,3 +311,57 @@ def test_warnings_are_printed_by_the_first_process_only(monkeypatch: pytest.Monk
     monkeypatch.setenv("NODE_ENV", "production")
     first = warn_once()
     assert any(line.startswith("NODE_ENV (from the reference system)") for line in first) and warn_once() == []
+
+
+def test_db_host_may_be_a_unix_socket_directory(migrated_db: str) -> None:
+    """node-postgres (the reference) takes a directory as `DB_HOST` for a unix socket
+    (`/var/run/postgresql`); the composed URL must reach that socket, not name a database
+    `tmp/.../pgdata:5432/...` as it did."""
+    url = database_url_from_parts({"DB_HOST": "/var/run/postgresql", "DB_PORT": "5433", "DB_PASSWORD": "p w"})
+    assert url == "postgresql://postgres:p%20w@/agent_prompttrain?host=%2Fvar%2Frun%2Fpostgresql&port=5433"
+    assert (
+        database_url_from_parts({"DB_HOST": "/s", "DB_SSL": "true"})
+        == "postgresql://postgres@/agent_prompttrain?host=%2Fs&port=5432&sslmode=require"
+    )
+    # and it connects: the suite's embedded server listens on a socket only
+    info = psycopg.conninfo.conninfo_to_dict(migrated_db)
+    if not str(info.get("host", "")).startswith("/"):
+        pytest.skip("the test database is not on a unix socket")
+    composed = database_url_from_parts(
+        {
+            "DB_HOST": str(info["host"]),
+            "DB_PORT": str(info.get("port") or 5432),
+            "DB_NAME": str(info["dbname"]),
+            "DB_USER": str(info.get("user") or "postgres"),
+        }
+    )
+    assert composed is not None
+    with psycopg.connect(composed) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_nexus_dashboard_says_that_port_is_not_its_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference dashboard listened on `PORT`; `nexus dashboard` started with that service's
+    environment (`PORT=4001`) listened on DASHBOARD_PORT's 3001 without a word."""
+    from nexus import cli
+    from nexus.compat.environment import dashboard_port_warning
+
+    assert dashboard_port_warning({"PORT": "4001"}) == (
+        "PORT is the proxy's port in Nexus: `nexus dashboard` listens on DASHBOARD_PORT (3001); "
+        "set DASHBOARD_PORT=4001 to keep the reference dashboard's port"
+    )
+    assert dashboard_port_warning({"PORT": "3001"}) is None  # the reference dashboard's default: same port
+    assert dashboard_port_warning({"PORT": "4001", "DASHBOARD_PORT": "4002"}) is None
+    assert dashboard_port_warning({}) is None
+
+    def stop(*_: object) -> None:  # no port is bound: stop right after the warnings
+        raise click.ClickException("stopped by the test")
+
+    monkeypatch.setattr(cli, "_check_port", stop)
+    monkeypatch.delenv("DASHBOARD_PORT", raising=False)
+    monkeypatch.delenv(CHECKED_MARKER, raising=False)
+    shown = CliRunner().invoke(main, ["dashboard"], env={"PORT": "4001", "STORAGE_ENABLED": "false"})
+    assert shown.exit_code != 0 and "stopped by the test" in shown.output, shown.output
+    assert shown.output.count("set DASHBOARD_PORT=4001") == 1, shown.output
+    shown = CliRunner().invoke(main, ["dashboard", "--port", "4001"], env={"PORT": "4001"})
+    assert "set DASHBOARD_PORT" not in shown.output, shown.output

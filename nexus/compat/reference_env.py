@@ -241,10 +241,17 @@ def database_url_from_parts(env: Mapping[str, str]) -> str | None:
     password = env.get("DB_PASSWORD")
     auth = quote(part["DB_USER"], safe="") + (f":{quote(password, safe='')}" if password else "")
     host = part["DB_HOST"]
+    name = quote(part["DB_NAME"], safe="")
+    ssl = (env.get("DB_SSL") or "").strip().lower() in _TRUE
+    if host.startswith("/"):
+        # A unix socket directory (`/var/run/postgresql`), as node-postgres takes it: libpq wants it
+        # as the `host` parameter; in the authority it would be read as part of the database name.
+        query = f"host={quote(host, safe='')}&port={quote(part['DB_PORT'], safe='')}"
+        return f"postgresql://{auth}@/{name}?{query}" + ("&sslmode=require" if ssl else "")
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 literal
-    url = f"postgresql://{auth}@{host}:{part['DB_PORT']}/{quote(part['DB_NAME'], safe='')}"
-    if (env.get("DB_SSL") or "").strip().lower() in _TRUE:
+    url = f"postgresql://{auth}@{host}:{part['DB_PORT']}/{name}"
+    if ssl:
         url += "?sslmode=require"
     return url
 

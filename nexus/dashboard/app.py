@@ -27,7 +27,7 @@ from psycopg_pool import PoolTimeout
 
 from nexus import __version__
 from nexus.api.params import check_query
-from nexus.compat import dashboard_links
+from nexus.compat import dashboard_api, dashboard_links
 from nexus.dashboard import analysis, render, views
 from nexus.dashboard.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Access, DashboardAuth, parse_cookies
 from nexus.dashboard.cache import PageCache
@@ -490,6 +490,10 @@ class Dashboard:
         app.add_route("GET", "/usage", self.guarded(self.usage))
         app.add_route("GET", "/live", self.guarded(self.live, stream=True))
         dashboard_links.register(app, respond, _query_dict)  # the reference dashboard's /dashboard/* links
+        # the reference dashboard's JSON endpoints, answered by the proxy (nexus/compat/dashboard_api.py)
+        dashboard_api.register(
+            app, self.guarded, respond, self.settings.dashboard_proxy_url, self.settings.dashboard_api_key
+        )
         return app
 
 
