@@ -28,7 +28,7 @@ from psycopg_pool import PoolTimeout
 from nexus import __version__
 from nexus.api.params import check_query
 from nexus.compat import dashboard_links
-from nexus.dashboard import analysis, render, views
+from nexus.dashboard import analysis, render, tree_page, views
 from nexus.dashboard.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Access, DashboardAuth, parse_cookies
 from nexus.dashboard.cache import PageCache
 from nexus.dashboard.db import read_only_pool
@@ -220,7 +220,12 @@ class Dashboard:
 
     async def conversation(self, request: Any, access: Access) -> Any:
         async with self.pool.connection() as conn:
-            data = await views.conversation_page(conn, request.path_params["conversation_id"])
+            data = await views.conversation_page(
+                conn,
+                request.path_params["conversation_id"],
+                branch=_query(request, "branch"),
+                tree_from=tree_page.offset_param(_query(request, "tree_from")),
+            )
         return self.page("conversation.html", access=access, page="conversations", **data)
 
     async def request_analysis(self, request: Any, access: Access) -> Any:

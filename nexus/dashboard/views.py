@@ -13,7 +13,7 @@ from nexus.analysis import schema as analysis_schema
 from nexus.api.params import cursor_param
 from nexus.api.requests import next_cursor
 from nexus.conversations import repository as conversations_repo
-from nexus.dashboard import render
+from nexus.dashboard import render, tree_page
 from nexus.errors import ProxyError
 from nexus.storage import requests_repo
 from nexus.usage import repo as usage_repo
@@ -132,7 +132,9 @@ async def conversations_page(
     }
 
 
-async def conversation_page(conn: AsyncConnection[Any], conversation_id: str) -> dict[str, Any]:
+async def conversation_page(
+    conn: AsyncConnection[Any], conversation_id: str, *, branch: str | None = None, tree_from: int = 0
+) -> dict[str, Any]:
     try:
         conversation_id = str(uuid.UUID(conversation_id))
     except ValueError:
@@ -141,7 +143,6 @@ async def conversation_page(conn: AsyncConnection[Any], conversation_id: str) ->
     if tree is None:
         raise NotFound(conversation_id)
     number = {str(r["request_id"]): f"#{i}" for i, r in enumerate(tree["requests"], 1)}
-    edges = {str(e["to"]): {"from": str(e["from"]), "kind": e["kind"]} for e in tree["edges"]}
     costs = [r["cost_usd"] for r in tree["requests"]]
     cost = {
         "requests": len(costs),
@@ -152,7 +153,7 @@ async def conversation_page(conn: AsyncConnection[Any], conversation_id: str) ->
     return {
         "c": tree,
         "number": number,
-        "edges": edges,
+        **await tree_page.tree_context(conn, tree, number, branch=branch, tree_from=tree_from),
         "cost": cost,
         "analyses": analyses,
         "analysis_busy": any(a["status"] in ("pending", "processing") for a in analyses),
