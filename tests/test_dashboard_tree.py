@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from html import unescape
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -198,6 +197,6 @@ def test_tree_pages_through_a_large_conversation(migrated_db: str) -> None:
     with run_dashboard({"DATABASE_URL": migrated_db}) as url:
         first = call(url, f"/conversations/{conversation}")
         assert first.status == 200 and 'data-nodes="400"' in first.text
-        assert "requests 1–400 of 1,000" in first.text and "tree_from=400" in first.text
+        assert "requests 1\u2013400 of 1,000" in first.text and "tree_from=400" in first.text
         last = call(url, f"/conversations/{conversation}?tree_from=800").text
         assert 'data-nodes="200"' in last and ids[-1] in svg_of(last) and ids[0] not in svg_of(last)

@@ -24,7 +24,9 @@ HOSTILE_PROJECT = "</script><script>alert(1)</script>"
 
 
 def with_headers(conn: psycopg.Connection[Any], rid: str, headers: dict[str, str]) -> None:
-    conn.execute("UPDATE api_requests SET response_headers = %s WHERE request_id = %s", (orjson.dumps(headers).decode(), rid))
+    conn.execute(
+        "UPDATE api_requests SET response_headers = %s WHERE request_id = %s", (orjson.dumps(headers).decode(), rid)
+    )
 
 
 def standard(tokens_left: int, requests_left: int) -> dict[str, str]:
@@ -48,9 +50,12 @@ def seeded(migrated_db: str) -> dict[str, Any]:
         with_headers(conn, new, standard(300_000, 3990))  # 15 % of the tokens left: a warning
         insert_row(conn, at[3], project="alpha", account="acc-1", input_tokens=5, output_tokens=5)  # no headers
         warned = insert_row(conn, at[1], project="beta", account="acc-2", input_tokens=70, output_tokens=7)
-        with_headers(conn, warned, {"anthropic-ratelimit-unified-status": "allowed_warning",
-                                    "anthropic-ratelimit-unified-5h-utilization": "0.85",
-                                    "anthropic-ratelimit-unified-5h-reset": str(int(now.timestamp()) + 3600)})  # fmt: skip
+        unified = {
+            "anthropic-ratelimit-unified-status": "allowed_warning",
+            "anthropic-ratelimit-unified-5h-utilization": "0.85",
+            "anthropic-ratelimit-unified-5h-reset": str(int(now.timestamp()) + 3600),
+        }
+        with_headers(conn, warned, unified)
         insert_row(conn, at[4], project="beta", account="acc-2", input_tokens=9, output_tokens=0, status=529)
         calm = insert_row(conn, at[5], project=HOSTILE_PROJECT, account="acc-3", input_tokens=11, output_tokens=22,
                           model="claude-nova-9")  # fmt: skip
@@ -106,7 +111,9 @@ def test_rate_limits_left_per_account_and_the_warning(seeded: dict[str, Any], mi
         row = re.search(r'<tr data-account="acc-1".*?</tr>', page, re.S)
         assert row is not None
         # the newest reply with rate-limit headers, not an older one nor the newest request (it had none)
-        assert 'data-limit="tokens" data-left="0.1500" data-remaining="300000" data-limit-value="2000000"' in row.group(0)
+        assert 'data-limit="tokens" data-left="0.1500" data-remaining="300000" data-limit-value="2000000"' in row.group(
+            0
+        )
         assert 'data-limit="requests" data-left="0.9975" data-remaining="3990"' in row.group(0)
         assert "near limit" in row.group(0)
         beta = re.search(r'<tr data-account="acc-2".*?</tr>', page, re.S)
@@ -133,8 +140,12 @@ def test_the_upstream_rate_limit_headers_are_stored(migrated_db: str, upstream_u
     """What the limits read is what storage keeps of a real reply through the proxy."""
     env = {"CLAUDE_API_BASE_URL": upstream_url, "DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path), **FAST}
     with run_proxy(env) as proxy:
-        body = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
-        status, headers = send(proxy, "POST", "/v1/messages", {"content-type": "application/json", "x-api-key": "sk-ant-api03-x"}, body)
+        body = orjson.dumps(
+            {"model": "claude-sonnet-4-6", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+        )
+        status, headers = send(
+            proxy, "POST", "/v1/messages", {"content-type": "application/json", "x-api-key": "sk-ant-api03-x"}, body
+        )
         assert status == 200
 
         def stored() -> dict[str, Any] | None:

@@ -256,13 +256,13 @@ class Dashboard:
 
     async def usage(self, request: Any, access: Access) -> Any:
         filters = Filters(account_id=_query(request, "account_id"), project_id=_query(request, "project_id"))
-        chart = {"chart_bucket": _query(request, "bucket"), "chart_by": _query(request, "by")}
+        bucket, by = _query(request, "bucket"), _query(request, "by")
 
         async def load() -> dict[str, Any]:
             async with self.pool.connection() as conn:
-                return await views.usage_page(conn, filters, **chart)
+                return await views.usage_page(conn, filters, chart_bucket=bucket, chart_by=by)
 
-        data = await self.cache.get(("usage", filters.account_id, filters.project_id, *chart.values()), load)
+        data = await self.cache.get(("usage", filters.account_id, filters.project_id, bucket, by), load)
         return self.page("usage.html", access=access, page="usage", **data)
 
     async def live(self, request: Any, access: Access) -> Any:

@@ -115,9 +115,8 @@ async def plan_context(
     by = choose(by, GROUPS, "project")
     wanted = [filters.account_id] if filters.account_id is not None else accounts
     window = {row["account_id"]: row for row in by_account}
-    limits = []
-    for found in await ratelimits.latest(conn, wanted, now):
-        limits.append({"limits": found, "window": window.get(found.account_id)})
+    found = await ratelimits.latest(conn, wanted, now)
+    limits = [{"limits": a, "window": window.get(a.account_id)} for a in found]
     drawn = await charts(conn, filters, bucket_name=bucket_name, by=by, now=now)
     rolling = {"x": [int(p["at"].timestamp()) for p in series], "values": [int(p["output_tokens"]) for p in series]}
     return {
@@ -126,6 +125,6 @@ async def plan_context(
         "chart_bucket": bucket_name,
         "chart_by": by,
         "account_limits": limits,
-        "near_limit": [entry["limits"] for entry in limits if entry["limits"].warning],
+        "near_limit": [a for a in found if a.warning],
         "warn_left": ratelimits.WARN_LEFT,
     }

@@ -116,7 +116,14 @@ async def usage_page(
         "window": await service.current_window(conn, filters, now=now),
         "by_account": by_account,
         **await usage_charts.plan_context(
-            conn, filters, accounts=accounts, by_account=by_account, series=series, bucket_name=chart_bucket, by=chart_by, now=now
+            conn,
+            filters,
+            accounts=accounts,
+            by_account=by_account,
+            series=series,
+            bucket_name=chart_bucket,
+            by=chart_by,
+            now=now,
         ),
         "by_project": await service.window_by(conn, "project_id", filters, now=now),
         "series": series,

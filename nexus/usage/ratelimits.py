@@ -38,7 +38,7 @@ _CLAIM = re.compile(r"anthropic-ratelimit-unified-([a-z0-9_]{1,40})-utilization"
 WARNING_STATUSES = frozenset({"allowed_warning", "rejected"})
 
 LATEST = (
-    "SELECT a.account_id, r.request_id::text AS request_id, r.\"timestamp\", r.response_headers "
+    'SELECT a.account_id, r.request_id::text AS request_id, r."timestamp", r.response_headers '
     "FROM unnest(%(accounts)s::text[]) AS a(account_id) CROSS JOIN LATERAL ("
     'SELECT request_id, "timestamp", response_headers FROM api_requests '
     'WHERE account_id = a.account_id AND "timestamp" >= %(start)s AND "timestamp" <= %(end)s '
