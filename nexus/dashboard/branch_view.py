@@ -116,7 +116,7 @@ def timeline(requests: list[dict[str, Any]], first_byte: dict[str, Any], number:
     shown = requests[-TIMELINE_ROWS:]
     durations = [_ms(r.get("duration_ms")) or 0 for r in shown]
     top = max(durations, default=0) or 1
-    step = nice_step(top)
+    step = max(1.0, nice_step(top))  # whole milliseconds: durations are stored in ms
     axis_max = math.ceil(top / step) * step
     scale = TL_PLOT_W / axis_max
     start = shown[0]["timestamp"] if shown else None

@@ -92,6 +92,7 @@ async def charts(
                 "requests": sum(c.requests for c in cells[label]),
                 "tokens": sum(c.tokens for c in cells[label]),
                 "cost_usd": sum(c.cost_usd for c in cells[label]),
+                "unpriced_requests": sum(c.unpriced for c in cells[label]),
             }
             for label in labels
         },

@@ -25,6 +25,10 @@
   }
   function utc(ts) { return uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"); }
 
+  // whole steps for counts (no "1.5 requests"), any step for dollars
+  var whole = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5,
+    1e6, 2e6, 5e6, 1e7, 2e7, 5e7, 1e8, 2e8, 5e8, 1e9, 2e9, 5e9, 1e10];
+
   function chart(el, x, series, unit, format, colours) {
     var opts = {
       width: Math.max(320, el.clientWidth || 600),
@@ -34,6 +38,7 @@
       axes: [
         { stroke: ink, grid: grid, ticks: grid, label: "time (UTC)", labelSize: 18 },
         { stroke: ink, grid: grid, ticks: grid, label: unit, labelSize: 18, size: 64,
+          incrs: unit === "USD" ? undefined : whole,
           values: function (u, vals) { return vals.map(format); } }
       ],
       legend: { live: true },
