@@ -37,12 +37,16 @@ MARKERS = [UNIFIED + "status", *(f"{PREFIX}{k}-remaining" for k in KINDS), UNIFI
 _CLAIM = re.compile(r"anthropic-ratelimit-unified-([a-z0-9_]{1,40})-utilization")
 WARNING_STATUSES = frozenset({"allowed_warning", "rejected"})
 
+#: Of each account's newest replies, how many are searched for one with rate-limit headers: an account
+#: whose replies carry none (another upstream) costs this many rows, not its whole week.
+SCAN_ROWS = 500
 LATEST = (
-    'SELECT a.account_id, r.request_id::text AS request_id, r."timestamp", r.response_headers '
-    "FROM unnest(%(accounts)s::text[]) AS a(account_id) CROSS JOIN LATERAL ("
+    'SELECT a.account_id, r.request_id::text AS request_id, r."timestamp", r.response_headers '  # noqa: S608 (constants only)
+    "FROM unnest(%(accounts)s::text[]) AS a(account_id) CROSS JOIN LATERAL (SELECT * FROM ("
     'SELECT request_id, "timestamp", response_headers FROM api_requests '
     'WHERE account_id = a.account_id AND "timestamp" >= %(start)s AND "timestamp" <= %(end)s '
-    'AND response_headers ?| %(markers)s ORDER BY "timestamp" DESC LIMIT 1) r'
+    f'ORDER BY "timestamp" DESC LIMIT {SCAN_ROWS}) newest '
+    'WHERE response_headers ?| %(markers)s ORDER BY "timestamp" DESC LIMIT 1) r'
 )
 
 
@@ -153,9 +157,9 @@ def parse(account_id: str, headers: Any) -> AccountLimits:
 
 
 async def latest(conn: AsyncConnection[Any], accounts: list[str], now: datetime) -> list[AccountLimits]:
-    """Per account (in the order given), the limits of its newest reply with rate-limit headers in the
-    last `LOOK_BACK`; an account without one has no limits. One index range scan per account
-    (`(account_id, timestamp)`), newest first, stopping at the first reply that has them."""
+    """Per account (in the order given), the limits of its newest reply with rate-limit headers among
+    its newest `SCAN_ROWS` in the last `LOOK_BACK`; an account without one has no limits. One index
+    range scan per account (`(account_id, timestamp)`), newest first, bounded."""
     if not accounts:
         return []
     params = {"accounts": accounts, "start": now - LOOK_BACK, "end": now, "markers": MARKERS}
