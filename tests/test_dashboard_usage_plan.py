@@ -14,6 +14,7 @@ import orjson
 import psycopg
 import pytest
 
+from nexus.dashboard import svg_chart
 from nexus.testing.servers import run_dashboard, run_proxy
 from tests.helpers import FAST, get_json, wait_for
 from tests.test_dashboard import call
@@ -103,6 +104,19 @@ def test_charts_add_up_to_the_usage_api(
         assert statuses == {"2xx": 5, "529": 1}
 
         assert call(dashboard, "/usage?bucket=week&by=nope").status == 200  # unknown choices: the defaults
+
+        # drawn by the server too (no script needed): axes with units, a hover title on each point
+        svgs = re.findall(r'<div class="uchart" data-chart="(\w+)">\s*<svg class="chart-svg".*?</svg>', page.text, re.S)
+        assert svgs == ["tokens", "cost", "status", "rolling"]
+        for unit in ("tokens", "USD", "requests", "time (UTC)"):
+            assert '<text class="unit"' in page.text and f">{unit}</text>" in page.text
+        alpha = re.search(r'<g class="series s\d" data-series="alpha">(.*?)</g>', page.text, re.S)
+        assert alpha is not None
+        titles = re.findall(r"<title>alpha · (\S+) 00:00 UTC: ([^<]+)</title>", alpha.group(1))
+        today = datetime.now(UTC).date().isoformat()
+        want = sum(d["totalTokens"] for d in daily if d["projectId"] == "alpha" and d["date"] == today)
+        assert len(titles) == 30 and titles[-1] == (today, svg_chart.compact(want))  # today, alpha
+        assert "&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt; · " in page.text  # a hostile label: text
 
 
 def test_rate_limits_left_per_account_and_the_warning(seeded: dict[str, Any], migrated_db: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from nexus.dashboard import svg_chart
 from nexus.pricing.sql import summed_cost
 from nexus.usage import ratelimits, repo
 from nexus.usage.repo import Filters
@@ -120,9 +121,11 @@ async def plan_context(
     limits = [{"limits": a, "window": window.get(a.account_id)} for a in found]
     drawn = await charts(conn, filters, bucket_name=bucket_name, by=by, now=now)
     rolling = {"x": [int(p["at"].timestamp()) for p in series], "values": [int(p["output_tokens"]) for p in series]}
+    chart_json = {**drawn, "rolling": rolling}
     return {
         "charts": drawn,
-        "chart_json": {**drawn, "rolling": rolling},
+        "chart_json": chart_json,
+        "chart_svgs": svg_chart.usage_svgs(chart_json),
         "chart_bucket": bucket_name,
         "chart_by": by,
         "account_limits": limits,
