@@ -24,8 +24,8 @@ from tests.test_dashboard import call
 from tests.test_linking_fixtures import FIXTURES, send
 from tests.usage_rows import insert_row
 
-#: A fork (two branches), a sub-agent and a compaction, each a recorded session of its own.
-SCENARIOS = ("fork_twice", "subagent_foreground", "compact")
+#: A fork (two branches), a sub-agent, two sub-agents at once and a compaction, each a recorded session.
+SCENARIOS = ("fork_twice", "subagent_foreground", "subagents_background", "compact")
 HOSTILE = '</script><script>alert("x")</script><svg onload=alert(1)>]]><!-- & {{7*7}} \u2028'
 HOSTILE_MODEL = "claude-sonnet-4-6</text><script>alert(2)</script>"
 
@@ -115,6 +115,7 @@ def svg_of(page: str) -> str:
     [
         ("fork_twice", {"continuation": 2, "branch": 2}),
         ("subagent_foreground", {"continuation": 3, "subagent": 1}),
+        ("subagents_background", {"continuation": 4, "subagent": 2}),
         ("compact", {"continuation": 4, "compaction": 1}),
     ],
 )

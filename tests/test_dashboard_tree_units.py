@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from nexus.dashboard import branch_view, tree, usage_charts
+from nexus.dashboard import branch_view, svg_chart, tree, usage_charts
 from nexus.usage import ratelimits
 
 
@@ -107,3 +107,15 @@ def test_chart_buckets_end_with_the_current_one() -> None:
     _, days = usage_charts.buckets("day", now)
     assert days[0] == datetime(2026, 11, 7, tzinfo=UTC) and days[-1] == datetime(2026, 12, 6, tzinfo=UTC)
     assert usage_charts.choose("week", usage_charts.SPANS, "hour") == "hour"
+
+
+def test_server_drawn_chart_axes_and_gaps() -> None:
+    x = [1_765_000_000 + i * 3600 for i in range(4)]
+    chart = svg_chart.line_chart(x, [{"label": "a", "values": [0, 3, None, 7]}], "requests", svg_chart.compact)
+    assert [t["label"] for t in chart["y_ticks"]] == ["0", "2", "4", "6", "8"]  # whole steps for counts
+    assert len(chart["lines"][0]["segments"]) == 2 and len(chart["lines"][0]["points"]) == 3  # unknown: a gap
+    assert chart["lines"][0]["points"][-1]["title"].endswith("UTC: 7")
+    money = svg_chart.line_chart(x, [{"label": "a", "values": [0.001, 0.002, 0, 0]}], "USD", svg_chart.dollars)
+    assert money["y_ticks"][1]["label"] == "$0.0005"
+    empty = svg_chart.line_chart(x, [], "tokens", svg_chart.compact)
+    assert empty["lines"] == [] and [t["label"] for t in empty["y_ticks"]] == ["0", "1"]
