@@ -15,6 +15,7 @@ from nexus.api.requests import next_cursor
 from nexus.conversations import repository as conversations_repo
 from nexus.dashboard import render, tree_page, usage_charts
 from nexus.errors import ProxyError
+from nexus.integrations.spark import find_recommendations
 from nexus.storage import requests_repo
 from nexus.usage import repo as usage_repo
 from nexus.usage import service
@@ -93,6 +94,7 @@ async def request_page(conn: AsyncConnection[Any], request_id: str) -> dict[str,
         "usage": render.request_usage(row.get("usage")),
         "request_headers": row.get("request_headers") or {},
         "response_headers": render.shown_response_headers(row.get("response_headers")),
+        "spark": find_recommendations(row.get("request_body")),
     }
 
 

@@ -35,6 +35,7 @@ from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Link, Linker
 from nexus.conversations.service import ConversationService, LookupPool, link_request
 from nexus.errors import ProxyError
+from nexus.integrations.hub import Integrations, build_integrations, credential_slack
 from nexus.observability import logs, recorder
 from nexus.observability import metrics as prom
 from nexus.observability.tracing import RequestFacts, Tracer, build_tracer
@@ -142,6 +143,8 @@ class ProxyApp:
             from nexus.mcp.endpoint import McpEndpoint  # only loaded (with YAML and Handlebars) when enabled
 
             self.mcp = McpEndpoint(s, self.authorizer.client_keys, self.throttle, self.data_access, self._check_origin)
+        #: Slack, telemetry, test samples (nexus/integrations); None when none is configured.
+        self.integrations: Integrations | None = build_integrations(s, credential_slack(self.authorizer.store))
 
     # --- RSGI protocol -----------------------------------------------------------------------
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -155,6 +158,8 @@ class ProxyApp:
             self._flush_timer = loop.call_later(1.0, self._flush_metrics, loop)
         if self.mcp is not None:
             loop.call_soon(self.mcp.start)
+        if self.integrations is not None:
+            self.integrations.start()
         if self.writer is not None:
             self.writer.start()
             s = self.settings
@@ -184,6 +189,8 @@ class ProxyApp:
             prom.worker_exit()
         if self.tracer is not None:
             self.tracer.shutdown()
+        if self.integrations is not None and can_run:  # what is queued gets a few seconds to go out
+            loop.run_until_complete(self.integrations.close())
         if upstream is not None and can_run:
             loop.run_until_complete(upstream.close())
             loop.run_until_complete(self.api.close())
@@ -445,6 +452,11 @@ class ProxyApp:
                 tokens = self.token_counters.observe(auth.project_id, outcome, kind)
             if self.writer is not None:
                 self._finish(record, outcome, started)
+            if self.integrations is not None:
+                if self.writer is None:  # storage off: the record was not completed by `_finish`
+                    record.analysis = analysis
+                    complete_record(record, outcome, started)
+                self.integrations.finished(record)
             if self.metrics is not None or span is not None:
                 self._observe(
                     path,
@@ -743,6 +755,7 @@ class ProxyApp:
             "uptime_s": round(time.time() - self.started_at, 3),
             "storage": storage,
             "linking": self.conversations.stats() if self.conversations is not None else {"enabled": False},
+            "integrations": self.integrations.snapshot() if self.integrations is not None else {},
             "stats": {
                 "requests": self.stats.requests,
                 "streams": self.stats.streams,
