@@ -28,7 +28,7 @@ from psycopg_pool import PoolTimeout
 from nexus import __version__
 from nexus.api.params import check_query
 from nexus.compat import dashboard_api, dashboard_links
-from nexus.dashboard import analysis, render, views
+from nexus.dashboard import analysis, render, tree_page, views
 from nexus.dashboard.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Access, DashboardAuth, parse_cookies
 from nexus.dashboard.cache import PageCache
 from nexus.dashboard.db import read_only_pool
@@ -290,7 +290,12 @@ class Dashboard:
 
     async def conversation(self, request: Any, access: Access) -> Any:
         async with self.pool.connection() as conn:
-            data = await views.conversation_page(conn, request.path_params["conversation_id"])
+            data = await views.conversation_page(
+                conn,
+                request.path_params["conversation_id"],
+                branch=_query(request, "branch"),
+                tree_from=tree_page.offset_param(_query(request, "tree_from")),
+            )
         return self.page("conversation.html", access=access, page="conversations", **data)
 
     async def request_analysis(self, request: Any, access: Access) -> Any:
@@ -321,12 +326,13 @@ class Dashboard:
 
     async def usage(self, request: Any, access: Access) -> Any:
         filters = Filters(account_id=_query(request, "account_id"), project_id=_query(request, "project_id"))
+        bucket, by = _query(request, "bucket"), _query(request, "by")
 
         async def load() -> dict[str, Any]:
             async with self.pool.connection() as conn:
-                return await views.usage_page(conn, filters)
+                return await views.usage_page(conn, filters, chart_bucket=bucket, chart_by=by)
 
-        data = await self.cache.get(("usage", filters.account_id, filters.project_id), load)
+        data = await self.cache.get(("usage", filters.account_id, filters.project_id, bucket, by), load)
         return self.page("usage.html", access=access, page="usage", **data)
 
     async def live(self, request: Any, access: Access) -> Any:

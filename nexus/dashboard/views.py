@@ -13,7 +13,7 @@ from nexus.analysis import schema as analysis_schema
 from nexus.api.params import cursor_param
 from nexus.api.requests import next_cursor
 from nexus.conversations import repository as conversations_repo
-from nexus.dashboard import render
+from nexus.dashboard import render, tree_page, usage_charts
 from nexus.errors import ProxyError
 from nexus.integrations.spark import find_recommendations
 from nexus.storage import requests_repo
@@ -98,22 +98,40 @@ async def request_page(conn: AsyncConnection[Any], request_id: str) -> dict[str,
     }
 
 
-async def usage_page(conn: AsyncConnection[Any], filters: Filters, now: datetime | None = None) -> dict[str, Any]:
+async def usage_page(
+    conn: AsyncConnection[Any],
+    filters: Filters,
+    now: datetime | None = None,
+    *,
+    chart_bucket: str | None = None,
+    chart_by: str | None = None,
+) -> dict[str, Any]:
     now = now or service.now_utc()
     series = await service.rolling_series(
         conn, filters, span=timedelta(hours=24), bucket=timedelta(minutes=15), now=now
     )
     month = now - timedelta(days=30)
+    by_account = await service.window_by(conn, "account_id", filters, now=now)
+    accounts = await usage_repo.distinct_values(conn, "account_id", month, now)
     return {
         "filters": filters,
         "window": await service.current_window(conn, filters, now=now),
-        "by_account": await service.window_by(conn, "account_id", filters, now=now),
+        "by_account": by_account,
+        **await usage_charts.plan_context(
+            conn,
+            filters,
+            accounts=accounts,
+            by_account=by_account,
+            series=series,
+            bucket_name=chart_bucket,
+            by=chart_by,
+            now=now,
+        ),
         "by_project": await service.window_by(conn, "project_id", filters, now=now),
         "series": series,
-        "output_line": render.sparkline([int(p["output_tokens"]) for p in series]),
         "hourly": [p for p in series if p["at"].minute == 0][::-1],
         "daily": await service.daily_usage(conn, filters, 30, by_model=True, now=now),
-        "accounts": await usage_repo.distinct_values(conn, "account_id", month, now),
+        "accounts": accounts,
         "projects": await usage_repo.distinct_values(conn, "project_id", month, now),
     }
 
@@ -134,7 +152,9 @@ async def conversations_page(
     }
 
 
-async def conversation_page(conn: AsyncConnection[Any], conversation_id: str) -> dict[str, Any]:
+async def conversation_page(
+    conn: AsyncConnection[Any], conversation_id: str, *, branch: str | None = None, tree_from: int = 0
+) -> dict[str, Any]:
     try:
         conversation_id = str(uuid.UUID(conversation_id))
     except ValueError:
@@ -143,7 +163,6 @@ async def conversation_page(conn: AsyncConnection[Any], conversation_id: str) ->
     if tree is None:
         raise NotFound(conversation_id)
     number = {str(r["request_id"]): f"#{i}" for i, r in enumerate(tree["requests"], 1)}
-    edges = {str(e["to"]): {"from": str(e["from"]), "kind": e["kind"]} for e in tree["edges"]}
     costs = [r["cost_usd"] for r in tree["requests"]]
     cost = {
         "requests": len(costs),
@@ -154,7 +173,7 @@ async def conversation_page(conn: AsyncConnection[Any], conversation_id: str) ->
     return {
         "c": tree,
         "number": number,
-        "edges": edges,
+        **await tree_page.tree_context(conn, tree, number, branch=branch, tree_from=tree_from),
         "cost": cost,
         "analyses": analyses,
         "analysis_busy": any(a["status"] in ("pending", "processing") for a in analyses),
