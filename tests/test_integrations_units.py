@@ -375,6 +375,19 @@ def test_telemetry_reads_usage_from_a_json_reply_and_never_the_prompt() -> None:
     assert set(out) >= {"requestId", "timestamp", "projectId", "model", "durationMs", "status", "toolCallCount"}
 
 
+def test_telemetry_masks_and_bounds_the_model_a_client_or_upstream_wrote() -> None:
+    """`model` is text the client wrote (or the upstream echoed): a key pasted there reached the telemetry
+    endpoint verbatim, and so did a model name of any length, while Slack masked the same field."""
+    key = "sk-ant-api03-" + "Z" * 40
+    out = metrics_of(event(model=f"oops {key}"))
+    assert key not in orjson.dumps(out).decode() and out["model"].startswith("oops sk-ant-api03-")
+    reply = {"model": f"echo {key} " + "m" * 5000, "content": [], "usage": {"input_tokens": 1, "output_tokens": 2}}
+    out = metrics_of(event(model=None, response_body=orjson.dumps(reply)))
+    assert key not in orjson.dumps(out).decode() and len(out["model"]) <= 200
+    footer = notifier().attachment(event(model="M" * 200_000), Reading(prompt="hi"))["footer"]
+    assert len(footer) < 1000  # the whole model name went into every Slack message
+
+
 def test_samples_are_bounded_in_count_and_size(tmp_path: Path) -> None:
     writer = SampleWriter(tmp_path / "s", max_files=2, max_bytes=2000)
     big = event(request_id="big", request_body=b'{"x": "' + b"a" * 3000 + b'"}')
