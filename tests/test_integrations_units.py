@@ -384,6 +384,9 @@ def test_telemetry_masks_and_bounds_the_model_a_client_or_upstream_wrote() -> No
     reply = {"model": f"echo {key} " + "m" * 5000, "content": [], "usage": {"input_tokens": 1, "output_tokens": 2}}
     out = metrics_of(event(model=None, response_body=orjson.dumps(reply)))
     assert key not in orjson.dumps(out).decode() and len(out["model"]) <= 200
+    out = metrics_of(event(project_id=key, account_id=key))
+    assert key not in orjson.dumps(out).decode()
+    assert metrics_of(event())["projectId"] == "alpha" and metrics_of(event())["accountId"] == "acc_1"
     footer = notifier().attachment(event(model="M" * 200_000), Reading(prompt="hi"))["footer"]
     assert len(footer) < 1000  # the whole model name went into every Slack message
 

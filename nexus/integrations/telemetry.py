@@ -94,8 +94,8 @@ def metrics_of(event: FinishedRequest) -> dict[str, Any]:
     out: dict[str, Any] = {
         "requestId": event.request_id,
         "timestamp": datetime.fromtimestamp(event.timestamp_ms / 1000, UTC).isoformat(timespec="milliseconds"),
-        "projectId": event.project_id,
-        "accountId": event.account_id,
+        "projectId": mask_secrets(event.project_id),  # from a header: a pasted key is masked, as in Slack
+        "accountId": mask_secrets(event.account_id) if event.account_id else event.account_id,
         "method": event.method,
         "route": route_label(event.route),
         "model": _model(event.model or model),
