@@ -241,6 +241,8 @@ class ProxyApp:
             elif path.startswith("/api/"):
                 self._guard_data(scope)
                 if self.mcp is not None and path.startswith("/api/mcp/"):
+                    if method != "GET":  # `POST /api/mcp/sync` changes state: same rule as the other POSTs
+                        self._check_origin(scope.headers)
                     await self.mcp.api(scope, proto, request_id)
                 else:
                     posts = method == "POST" and self.api.accepts_post(path)
