@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from nexus.integrations.events import FinishedRequest, Reading, ToolCall
+from nexus.integrations.http import post_json
 from nexus.integrations.queue import BatchQueue, Counts
 from nexus.integrations.samples import SampleWriter
 from nexus.integrations.slack import SlackConfig, SlackNotifier, excerpt, masked_excerpt, tool_line
@@ -512,6 +513,21 @@ def test_spark_client_against_a_fake_spark_api() -> None:
             client.session_feedback("../x")
     down = SparkClient(fake_spark.url, "k", timeout_s=2).send_feedback({"session_id": "s"})
     assert not down.ok and down.status is None and down.error is not None and "unreachable" in down.error
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_receiver_that_redirects_gets_no_second_request(status: int) -> None:
+    """urllib followed a 301/302/303 to wherever the receiver pointed (as a GET), carrying the Spark bearer
+    key along (a Slack webhook's answer could likewise aim the gateway at any host). A redirect is now
+    an answer like any other: a failure, and nothing is sent anywhere else."""
+    with run_receiver() as elsewhere, run_receiver() as fake_spark:
+        fake_spark.answers["/send_feedback"] = (status, b"")
+        fake_spark.locations["/send_feedback"] = elsewhere.url + "/steal"
+        answer = SparkClient(fake_spark.url, "spark-key-123456", timeout_s=2).send_feedback({"session_id": "s"})
+        assert not answer.ok and answer.status == status
+        posted = post_json(fake_spark.url + "/send_feedback", b"{}")
+        assert not posted.ok and posted.status == status
+        assert elsewhere.received == []
 
 
 def test_integration_settings_defaults_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
