@@ -34,6 +34,8 @@ class Receiver:
     answers: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     #: path -> seconds to wait before answering (a slow receiver).
     delays: dict[str, float] = field(default_factory=dict)
+    #: path -> `Location` header sent with the answer (a receiver that redirects).
+    locations: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on(self, path: str) -> list[Received]:
@@ -69,6 +71,8 @@ def run_receiver() -> Iterator[Receiver]:
             self.send_response(status)
             self.send_header("content-type", "application/json" if answer.startswith((b"{", b"[")) else "text/plain")
             self.send_header("content-length", str(len(answer)))
+            if route in receiver.locations:
+                self.send_header("location", receiver.locations[route])
             self.end_headers()
             self.wfile.write(answer)
 

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from nexus.integrations.events import FinishedRequest, Reading, ToolCall
+from nexus.integrations.http import post_json
 from nexus.integrations.queue import BatchQueue, Counts
 from nexus.integrations.samples import SampleWriter
 from nexus.integrations.slack import SlackConfig, SlackNotifier, excerpt, masked_excerpt, tool_line
@@ -375,6 +376,22 @@ def test_telemetry_reads_usage_from_a_json_reply_and_never_the_prompt() -> None:
     assert set(out) >= {"requestId", "timestamp", "projectId", "model", "durationMs", "status", "toolCallCount"}
 
 
+def test_telemetry_masks_and_bounds_the_model_a_client_or_upstream_wrote() -> None:
+    """`model` is text the client wrote (or the upstream echoed): a key pasted there reached the telemetry
+    endpoint verbatim, and so did a model name of any length, while Slack masked the same field."""
+    key = "sk-ant-api03-" + "Z" * 40
+    out = metrics_of(event(model=f"oops {key}"))
+    assert key not in orjson.dumps(out).decode() and out["model"].startswith("oops sk-ant-api03-")
+    reply = {"model": f"echo {key} " + "m" * 5000, "content": [], "usage": {"input_tokens": 1, "output_tokens": 2}}
+    out = metrics_of(event(model=None, response_body=orjson.dumps(reply)))
+    assert key not in orjson.dumps(out).decode() and len(out["model"]) <= 200
+    out = metrics_of(event(project_id=key, account_id=key))
+    assert key not in orjson.dumps(out).decode()
+    assert metrics_of(event())["projectId"] == "alpha" and metrics_of(event())["accountId"] == "acc_1"
+    footer = notifier().attachment(event(model="M" * 200_000), Reading(prompt="hi"))["footer"]
+    assert len(footer) < 1000  # the whole model name went into every Slack message
+
+
 def test_samples_are_bounded_in_count_and_size(tmp_path: Path) -> None:
     writer = SampleWriter(tmp_path / "s", max_files=2, max_bytes=2000)
     big = event(request_id="big", request_body=b'{"x": "' + b"a" * 3000 + b'"}')
@@ -496,6 +513,21 @@ def test_spark_client_against_a_fake_spark_api() -> None:
             client.session_feedback("../x")
     down = SparkClient(fake_spark.url, "k", timeout_s=2).send_feedback({"session_id": "s"})
     assert not down.ok and down.status is None and down.error is not None and "unreachable" in down.error
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_receiver_that_redirects_gets_no_second_request(status: int) -> None:
+    """urllib followed a 301/302/303 to wherever the receiver pointed (as a GET), carrying the Spark bearer
+    key along (a Slack webhook's answer could likewise aim the gateway at any host). A redirect is now
+    an answer like any other: a failure, and nothing is sent anywhere else."""
+    with run_receiver() as elsewhere, run_receiver() as fake_spark:
+        fake_spark.answers["/send_feedback"] = (status, b"")
+        fake_spark.locations["/send_feedback"] = elsewhere.url + "/steal"
+        answer = SparkClient(fake_spark.url, "spark-key-123456", timeout_s=2).send_feedback({"session_id": "s"})
+        assert not answer.ok and answer.status == status
+        posted = post_json(fake_spark.url + "/send_feedback", b"{}")
+        assert not posted.ok and posted.status == status
+        assert elsewhere.received == []
 
 
 def test_integration_settings_defaults_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,8 @@
 
 Blocking on purpose, like the OAuth token endpoint: the integrations call it from a worker thread a
 few times per batch, so the proxy's pooled upstream client stays for the upstream. The result never
-carries the URL (a Slack webhook URL is itself the credential) or the body.
+carries the URL (a Slack webhook URL is itself the credential) or the body. Redirects are not followed:
+they would carry the headers (a bearer key) to whatever host the receiver names.
 """
 
 from __future__ import annotations
@@ -10,8 +11,18 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 TIMEOUT_S = 5.0
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None  # the 3xx is an answer (a failure): no request goes where a receiver points
+
+
+#: urllib follows 301/302/303 by default, with the request's headers (a Spark bearer key) to any host.
+_OPENER = urllib.request.build_opener(_NoRedirect)
 #: Longest `Retry-After` honoured; a receiver asking for more is treated as failed for this batch.
 MAX_RETRY_AFTER_S = 60.0
 
@@ -41,7 +52,7 @@ def post_json(
         headers={"content-type": "application/json", "user-agent": "nexus-gateway", **(headers or {})},
     )
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310
+        with _OPENER.open(req, timeout=timeout_s) as resp:
             return Posted(resp.status, body=resp.read(1024 * 1024))
     except urllib.error.HTTPError as exc:
         try:

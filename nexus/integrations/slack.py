@@ -39,6 +39,8 @@ log = logging.getLogger("nexus.integrations.slack")
 #: Slack shows up to this many characters of an attachment's text comfortably; longer is cut.
 MAX_TEXT = 3000
 REPLY_LINES = 20
+#: Longest model name shown (model ids are short; the client may send anything there).
+MAX_MODEL = 200
 #: Projects whose last prompt is remembered for turn detection (oldest forgotten first).
 REMEMBERED_PROJECTS = 1000
 ATTEMPTS = 2
@@ -278,7 +280,8 @@ class SlackNotifier:
         if len(text) > MAX_TEXT:
             text = text[:MAX_TEXT] + "... (truncated)"
         text = slack_escape(text)  # after the cut: an entity is never cut in half
-        footer = [mask_secrets(event.project_id), mask_secrets(reading.model or event.model or "unknown model")]
+        model = reading.model or event.model or "unknown model"  # client text: masked, and cut like an excerpt
+        footer = [mask_secrets(event.project_id), excerpt(mask_secrets(model[: MAX_MODEL + MASK_MARGIN]), MAX_MODEL)]
         if event.account_id:
             footer.append(mask_secrets(event.account_id))
         footer.append(f"Tokens: {_n(reading.input_tokens)} in / {_n(reading.output_tokens)} out")

@@ -5,7 +5,8 @@ last 10 characters), model, inputTokens, outputTokens, duration, status, error?,
 requestType`) with a 5 s timeout. Nexus sends the same fields, camelCase, a batch per POST as
 `{"source": "nexus", "version", "events": [...]}`, and never any part of a key: the account id names
 the credential instead. No prompt, reply, header or body is ever included; the error text (the
-gateway's own description, e.g. "upstream answered 529") is masked and cut. A failed POST is retried
+gateway's own description, e.g. "upstream answered 529") and the model name (client text) are masked
+and cut. A failed POST is retried
 once, then its batch is given up and counted.
 """
 
@@ -29,6 +30,8 @@ from nexus.settings import Settings
 
 log = logging.getLogger("nexus.integrations.telemetry")
 ATTEMPTS = 2
+#: Longest model name sent (model ids are short; anything longer is not one).
+MAX_MODEL_CHARS = 200
 
 
 class Telemetry:
@@ -91,11 +94,11 @@ def metrics_of(event: FinishedRequest) -> dict[str, Any]:
     out: dict[str, Any] = {
         "requestId": event.request_id,
         "timestamp": datetime.fromtimestamp(event.timestamp_ms / 1000, UTC).isoformat(timespec="milliseconds"),
-        "projectId": event.project_id,
-        "accountId": event.account_id,
+        "projectId": mask_secrets(event.project_id),  # from a header: a pasted key is masked, as in Slack
+        "accountId": mask_secrets(event.account_id) if event.account_id else event.account_id,
         "method": event.method,
         "route": route_label(event.route),
-        "model": event.model or model,
+        "model": _model(event.model or model),
         "requestType": event.request_type,
         "status": event.status,
         "outcome": event.outcome,
@@ -111,6 +114,12 @@ def metrics_of(event: FinishedRequest) -> dict[str, Any]:
     if event.error:
         out["error"] = mask_secrets(event.error)[:300]
     return out
+
+
+def _model(value: str | None) -> str | None:
+    """The model name, masked and cut: the client wrote it (the upstream may echo anything there), so it
+    is text from outside like the error, not a name Nexus chose."""
+    return mask_secrets(value[: MAX_MODEL_CHARS + 200])[:MAX_MODEL_CHARS] if value else value
 
 
 def _body_bytes(event: FinishedRequest) -> int:

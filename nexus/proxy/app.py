@@ -241,6 +241,8 @@ class ProxyApp:
             elif path.startswith("/api/"):
                 self._guard_data(scope)
                 if self.mcp is not None and path.startswith("/api/mcp/"):
+                    if method != "GET":  # `POST /api/mcp/sync` changes state: same rule as the other POSTs
+                        self._check_origin(scope.headers)
                     await self.mcp.api(scope, proto, request_id)
                 else:
                     posts = method == "POST" and self.api.accepts_post(path)
@@ -587,23 +589,29 @@ class ProxyApp:
         against the address like a wrong key: it is never ignored, and never a way around anything."""
         address = self.data_access.address(scope.client, scope.headers)
         wait = self.throttle.retry_after(address)
+        mark = scope.headers.get(ANALYSIS_MARK)
+        job: int | None = None
+        # A well-formed mark is checked even while the address is throttled: the worker shares its address
+        # with local clients, and a valid mark (a 256-bit token of a claim held now) cannot be guessed, so
+        # refusing it would only let anyone there stop every analysis by sending bogus marks.
+        if wait is None or analysis_marker.parse(mark) is not None:
+            try:
+                pool = await self.api.pool()
+                async with pool.connection() as conn:
+                    job = await analysis_marker.verify(conn, mark)
+            except ProxyError:
+                job = None
+            except Exception as exc:
+                log.warning("analysis mark not checked: storage unavailable (%s)", exc.__class__.__name__)
+                raise ProxyError(503, "The analysis mark cannot be checked right now.", "api_error") from None
+        if job is not None:
+            return job
         if wait is not None:
             message = f"Too many refused requests from this address; retry in {wait} s."
             raise ProxyError(429, message, "rate_limit_error", headers=[("retry-after", str(wait))])
-        try:
-            pool = await self.api.pool()
-            async with pool.connection() as conn:
-                job = await analysis_marker.verify(conn, scope.headers.get(ANALYSIS_MARK))
-        except ProxyError:
-            job = None
-        except Exception as exc:
-            log.warning("analysis mark not checked: storage unavailable (%s)", exc.__class__.__name__)
-            raise ProxyError(503, "The analysis mark cannot be checked right now.", "api_error") from None
-        if job is None:
-            self.throttle.failed(address, "analysis mark refused")
-            message = "Invalid x-nexus-analysis header: it is set by the analysis worker only."
-            raise ProxyError(403, message, "permission_error")
-        return job
+        self.throttle.failed(address, "analysis mark refused")
+        message = "Invalid x-nexus-analysis header: it is set by the analysis worker only."
+        raise ProxyError(403, message, "permission_error")
 
     def _check_origin(self, headers: Any) -> None:
         """A request a browser sent for a web page (an `Origin` not allowed, or no `Origin` but a
