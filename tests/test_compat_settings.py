@@ -377,7 +377,10 @@ def test_nexus_dashboard_says_that_port_is_not_its_port(monkeypatch: pytest.Monk
         raise click.ClickException("stopped by the test")
 
     monkeypatch.setattr(cli, "_check_port", stop)
-    monkeypatch.delenv("DASHBOARD_PORT", raising=False)
+    # `--port` writes DASHBOARD_PORT into os.environ (as the command does for its children): set it
+    # through monkeypatch first, so that its absence is what is restored after the test
+    monkeypatch.setenv("DASHBOARD_PORT", "3001")
+    monkeypatch.delenv("DASHBOARD_PORT")
     monkeypatch.delenv(CHECKED_MARKER, raising=False)
     shown = CliRunner().invoke(main, ["dashboard"], env={"PORT": "4001", "STORAGE_ENABLED": "false"})
     assert shown.exit_code != 0 and "stopped by the test" in shown.output, shown.output
