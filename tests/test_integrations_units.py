@@ -254,7 +254,7 @@ def test_text_from_prompts_cannot_mention_or_link_in_slack() -> None:
 def test_the_payload_says_how_many_were_left_out() -> None:
     n = notifier(slack_channel="#ops", slack_username="bot")
     attachment = n.attachment(event(request_body=body("hi")), Reading(prompt="hi", input_tokens=3, output_tokens=4))
-    assert attachment["footer"] == "alpha | claude-sonnet-4-6 | acc_1 | Tokens: 3 in / 4 out | 1.2 s"
+    assert attachment["footer"] == "alpha | claude-sonnet-4-6 | acc_1 | Tokens: 3 in / 4 out | Cost: $0.0001 | 1.2 s"
     assert n.shared is not None
     payload = orjson.loads(n.payload(n.shared, [attachment, attachment], 7))
     assert payload["text"] == "2 new requests; 7 more left out (rate limit)"
@@ -548,3 +548,16 @@ def test_integration_settings_defaults_and_secrets(monkeypatch: pytest.MonkeyPat
     assert "WebhookSecretPart" not in str(info.value)
     with pytest.raises(SettingsError, match=r"SLACK_REQUEST_TYPES: .*unknown request types"):
         load_settings(slack_request_types="main,inference")
+
+
+def test_the_message_says_what_the_request_cost_by_the_rule_the_database_applies() -> None:
+    """Sonnet 4.6 (3 / 15 / 0.30 / 3.75 / 6 USD per MTok), the 1-hour writes at their own rate, read
+    from the stream observer's usage; a model without a price costs "unknown", never $0."""
+    usage = {"cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 50_000}}
+    finished = event(tokens=(20_000, 2000, 100_000, 51_000), usage_json=orjson.dumps(usage))
+    reading = Reading.of(finished)
+    assert (reading.cache_write_5m, reading.cache_write_1h) == (1000, 50_000)
+    # (20,000 x 3 + 2,000 x 15 + 100,000 x 0.30 + 1,000 x 3.75 + 50,000 x 6) / 1e6 = $0.42375
+    assert "Cost: $0.4238" in notifier().attachment(finished, reading)["footer"]
+    unknown = event(model="claude-nova-9", tokens=(10, 10, None, None))
+    assert "Cost: unknown" in notifier().attachment(unknown, Reading.of(unknown))["footer"]

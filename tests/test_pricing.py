@@ -11,8 +11,11 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from nexus.pricing.sql import REPRICE_UNPRICED
+from nexus.pricing.cost import PriceBook, model_key
+from nexus.pricing.sql import COST, REPRICE_UNPRICED, price_join
 from nexus.pricing.sync import sync_prices
 from nexus.pricing.table import PricingError, load, parse, shipped
 from nexus.settings import Settings
@@ -307,3 +310,51 @@ def test_reprice_applies_a_corrected_past_price(
             assert row == (Decimal("2.5"),)
     finally:
         get_settings.cache_clear()
+
+
+# --- the rule in memory equals the rule in the database -------------------------------------------
+
+_MODELS = st.sampled_from(
+    [
+        "claude-sonnet-4-5-20250929",
+        "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "claude-sonnet-4-5[1m]",
+        "claude-sonnet-5",
+        "claude-haiku-5-5",
+        "Claude-Opus-4-1@20250805",
+        "claude-3-7-sonnet-latest",
+        "claude-opus-4-9",
+        "gpt-4o",
+    ]
+)
+_COUNT = st.one_of(st.none(), st.integers(0, 400_000), st.integers(0, 2**63 - 1))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    model=_MODELS,
+    at=st.sampled_from([datetime(2026, 8, 31, 23, 59, tzinfo=UTC), datetime(2026, 9, 1, tzinfo=UTC), NOW]),
+    counts=st.tuples(_COUNT, _COUNT, _COUNT, _COUNT, _COUNT, _COUNT),
+)
+def test_the_rule_in_memory_equals_the_rule_in_the_database(
+    db: psycopg.Connection[Any], model: str, at: datetime, counts: tuple[int | None, ...]
+) -> None:
+    i, o, r, w, w5, w1 = counts
+    usage: dict[str, Any] = {}
+    if w5 is not None or w1 is not None:
+        usage["cache_creation"] = {"ephemeral_5m_input_tokens": w5, "ephemeral_1h_input_tokens": w1}
+    sql = (
+        f"SELECT {COST}, nexus_model_key(s.model) FROM (SELECT %s::text AS model, %s::timestamptz AS "  # noqa: S608
+        '"timestamp", %s::bigint AS input_tokens, %s::bigint AS output_tokens, %s::bigint AS '
+        "cache_read_input_tokens, %s::bigint AS cache_creation_input_tokens, %s::jsonb AS usage) AS s "
+        f"{price_join('s')}"
+    )
+    row = db.execute(sql, (model, at, i, o, r, w, orjson.dumps(usage).decode())).fetchone()
+    assert row is not None
+    assert model_key(model) == row[1]
+    in_memory, in_database = PriceBook(shipped()).cost(model, at, i, o, r, w, w5, w1), row[0]
+    if in_database is None:
+        assert in_memory is None
+    else:  # PostgreSQL keeps 16 significant digits of a quotient; Python keeps them all
+        assert in_memory is not None
+        assert abs(in_memory - in_database) <= max(Decimal("1e-15"), abs(in_database) * Decimal("1e-15"))

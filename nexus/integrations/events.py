@@ -16,7 +16,7 @@ import orjson
 
 from nexus.conversations.classify import classify
 from nexus.storage.records import ExchangeRecord, _parse
-from nexus.usage.counts import stored_count
+from nexus.usage.counts import stored_count, token_count
 
 
 @dataclass(slots=True)
@@ -43,6 +43,8 @@ class FinishedRequest:
     response_headers: list[tuple[str, str]] | None
     request_body: bytes | None
     response_body: bytes | None
+    #: The stream observer's usage JSON (a JSON reply carries its usage in its body).
+    usage_json: bytes | None = None
 
     @classmethod
     def of(cls, record: ExchangeRecord) -> FinishedRequest:
@@ -76,6 +78,7 @@ class FinishedRequest:
             response_headers=record.response_headers,
             request_body=record.request_body,
             response_body=record.response_body,
+            usage_json=record.usage_json,
         )
 
     @property
@@ -112,6 +115,9 @@ class Reading:
     output_tokens: int | None = None
     cache_read_tokens: int | None = None
     cache_creation_tokens: int | None = None
+    #: The 5-minute / 1-hour split of the cache writes (`usage.cache_creation`), when the reply gave it.
+    cache_write_5m: int | None = None
+    cache_write_1h: int | None = None
     tool_call_count: int | None = None
 
     @classmethod
@@ -151,6 +157,14 @@ class Reading:
                 reading.output_tokens = stored_count(usage.get("output_tokens"))
                 reading.cache_read_tokens = stored_count(usage.get("cache_read_input_tokens"))
                 reading.cache_creation_tokens = stored_count(usage.get("cache_creation_input_tokens"))
+        # the cache-write split, for the price: from the stream observer's usage, else the JSON reply's
+        usage = _parse(event.usage_json) if event.usage_json is not None else None
+        if usage is None and isinstance(response, dict):
+            usage = response.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("cache_creation"), dict):
+            split = usage["cache_creation"]
+            reading.cache_write_5m = token_count(split.get("ephemeral_5m_input_tokens"))
+            reading.cache_write_1h = token_count(split.get("ephemeral_1h_input_tokens"))
         return reading
 
 

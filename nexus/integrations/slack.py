@@ -22,6 +22,8 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -31,6 +33,8 @@ import xxhash
 from nexus.integrations.events import FinishedRequest, Reading, ToolCall
 from nexus.integrations.http import Posted, post_json
 from nexus.integrations.queue import BatchQueue, Counts, in_thread
+from nexus.pricing.cost import PriceBook
+from nexus.pricing.table import load as load_prices
 from nexus.security.masking import mask_secrets
 from nexus.settings import Settings
 
@@ -64,6 +68,8 @@ class SlackConfig:
     queue_size: int
     excerpt_chars: int
     dashboard_url: str
+    #: The price table in effect (shipped + PRICING_FILE): a message shows what its request cost.
+    prices: PriceBook
 
     @classmethod
     def of(cls, s: Settings) -> SlackConfig:
@@ -82,6 +88,7 @@ class SlackConfig:
             queue_size=s.slack_queue_size,
             excerpt_chars=s.slack_excerpt_chars,
             dashboard_url=s.dashboard_link.rstrip("/"),
+            prices=PriceBook(load_prices(s.pricing_file)),
         )
 
     def project_notifies(self, project: str) -> bool:
@@ -287,6 +294,17 @@ class SlackNotifier:
         footer.append(f"Tokens: {_n(reading.input_tokens)} in / {_n(reading.output_tokens)} out")
         if reading.cache_read_tokens:
             footer.append(f"cache read {reading.cache_read_tokens:,}")
+        cost = c.prices.cost(
+            model,
+            datetime.fromtimestamp(event.timestamp_ms / 1000, UTC),
+            reading.input_tokens,
+            reading.output_tokens,
+            reading.cache_read_tokens,
+            reading.cache_creation_tokens,
+            reading.cache_write_5m,
+            reading.cache_write_1h,
+        )
+        footer.append(f"Cost: {_usd(cost)}")
         if event.duration_ms is not None:
             footer.append(f"{event.duration_ms / 1000:.1f} s")
         return {
@@ -380,6 +398,15 @@ def tool_line(call: ToolCall) -> str:
         return name
     summary = mask_secrets(summary[:MASK_MARGIN]).replace("\n", " ")  # masked whole, then cut
     return f"{name}: {summary[:cut]}{'…' if len(summary) > cut else ''}"
+
+
+def _usd(cost: Decimal | None) -> str:
+    """The request's cost as the dashboard writes it; "unknown" (never $0) for a model without a price."""
+    if cost is None:
+        return "unknown"
+    if cost == 0:
+        return "$0"
+    return f"${cost:,.4f}" if cost < 1 else f"${cost:,.2f}"
 
 
 def _n(value: int | None) -> str:

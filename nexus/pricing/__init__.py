@@ -1,7 +1,7 @@
 """Model prices and what requests cost.
 
 The price table (`prices.toml`, shipped; `PRICING_FILE`, the operator's) is loaded and checked here
-(`table`), written into PostgreSQL's `model_prices` at start-up (`sync`), and every cost is computed in
-the database by one SQL function, `nexus_request_cost` (migration 0010), so a request, a conversation,
-a day or an account are priced by the same rule at the price in effect when each request was served.
+(`table`) and written into PostgreSQL's `model_prices` at start-up (`sync`); the writer prices each row
+as it stores it with the one cost expression of `sql`, and what must be priced before its row is stored
+(a Slack message) uses the same rule in memory (`cost`), checked against the database's by a test.
 """

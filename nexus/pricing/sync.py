@@ -1,4 +1,4 @@
-"""Writing the price table into `model_prices`, where `nexus_request_cost` reads it.
+"""Writing the price table into `model_prices`, where the writer's cost expression reads it.
 
 The table is replaced as a whole in one transaction, so it always equals the shipped prices plus the
 operator's file of the last process that started: an entry removed from `PRICING_FILE` is gone after
