@@ -12,6 +12,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from nexus.conversations.search import Find, request_clauses
 from nexus.pricing.sql import REQUEST_COST_USD
 from nexus.proxy.ids import request_id_unix_ms
 
@@ -91,10 +92,11 @@ async def list_requests(
     account_id: str | None = None,
     parent_task_request_id: str | None = None,
     offset: int = 0,
+    find: Find | None = None,
 ) -> list[dict[str, Any]]:
     """Newest first, keyset-paginated on (timestamp, request_id); `offset` skips rows after the cursor
-    (the reference's pagination)."""
-    clause, params = _filters(project_id, conversation_id, account_id, parent_task_request_id, before)
+    (the reference's pagination). `find`: search and filters (nexus/conversations/search.py)."""
+    clause, params = _filters(project_id, conversation_id, account_id, parent_task_request_id, before, find)
     sql = (
         f"SELECT {SUMMARY_COLUMNS} FROM api_requests {clause} "  # noqa: S608 (constant columns)
         "ORDER BY timestamp DESC, request_id DESC LIMIT %s OFFSET %s"
@@ -111,9 +113,10 @@ async def count_requests(
     conversation_id: str | None = None,
     account_id: str | None = None,
     parent_task_request_id: str | None = None,
+    find: Find | None = None,
 ) -> int:
     """How many stored requests match the filters (the reference's `pagination.total`)."""
-    clause, params = _filters(project_id, conversation_id, account_id, parent_task_request_id, None)
+    clause, params = _filters(project_id, conversation_id, account_id, parent_task_request_id, None, find)
     cur = await conn.execute(f"SELECT count(*) FROM api_requests {clause}", params)  # noqa: S608 (constant SQL)
     row = await cur.fetchone()
     return int(row[0]) if row else 0
@@ -125,6 +128,7 @@ def _filters(
     account_id: str | None,
     parent_task_request_id: str | None,
     before: tuple[datetime, str] | None,
+    find: Find | None = None,
 ) -> tuple[str, list[Any]]:
     where: list[str] = []
     params: list[Any] = []
@@ -140,6 +144,10 @@ def _filters(
         if value is not None:
             where.append(f"{column} = %s")
             params.append(value)
+    if find is not None:
+        more, more_params = request_clauses(find)
+        where += more
+        params += more_params
     return ("WHERE " + " AND ".join(where)) if where else "", params
 
 
