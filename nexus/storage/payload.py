@@ -85,7 +85,7 @@ ON CONFLICT (conversation_id) DO UPDATE SET
 )
 #: What a stored request is found by (migration 0012): its newest user prompt and its reply's text,
 #: from the staged row and the content parts this batch has just stored.
-SEARCH_VECTOR = "nexus_search_vector(s.message_keys, s.response_body)"
+SEARCH_VECTOR = "nexus_search_vector(s.message_keys, s.response_body, s.request_type)"
 STAGE_SQL = (
     "CREATE TEMP TABLE IF NOT EXISTS nexus_stage_requests (LIKE api_requests INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS nexus_stage_blobs (LIKE content_blobs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",

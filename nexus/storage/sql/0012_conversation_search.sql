@@ -57,15 +57,18 @@ $$;
 
 -- What a request is found by: its newest user message (the prompt, or nothing for a turn of tool
 -- results) and the text of its reply, in the `english` configuration (stemmed: "files" finds "file").
--- Queries must use the same configuration (nexus/conversations/search.py).
-CREATE OR REPLACE FUNCTION nexus_search_vector(keys bytea[], reply jsonb) RETURNS tsvector
+-- The "prompt" of a compaction or an auxiliary request (title generation, quota) is the client's own
+-- boilerplate, so only their reply counts. Queries must use the same configuration
+-- (nexus/conversations/search.py).
+CREATE OR REPLACE FUNCTION nexus_search_vector(keys bytea[], reply jsonb, request_type text) RETURNS tsvector
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT to_tsvector('english'::regconfig, left(
         coalesce((
             SELECT nexus_visible_text(b.body -> 'content')
             FROM unnest(keys[greatest(1, coalesce(array_length(keys, 1), 0) - 3):]) WITH ORDINALITY AS k(key, i)
             JOIN content_blobs b ON b.key = k.key
-            WHERE b.body ->> 'role' = 'user'
+            WHERE b.body ->> 'role' = 'user' AND request_type IS DISTINCT FROM 'compaction'
+              AND request_type IS DISTINCT FROM 'auxiliary'
             ORDER BY k.i DESC
             LIMIT 1
         ), '') || E'\n' || nexus_visible_text(reply -> 'content'),
@@ -90,4 +93,4 @@ UPDATE conversations c SET title = (
     ORDER BY r.is_subtask, r.request_type IS DISTINCT FROM 'main', r."timestamp", r.request_id
     LIMIT 1
 ) WHERE c.title IS NULL;
-UPDATE api_requests SET search_vector = nexus_search_vector(message_keys, response_body) WHERE search_vector IS NULL;
+UPDATE api_requests SET search_vector = nexus_search_vector(message_keys, response_body, request_type) WHERE search_vector IS NULL;
