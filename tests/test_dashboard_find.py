@@ -106,7 +106,7 @@ def test_titles_search_and_counts_from_recorded_claude_code_traffic(
     assert search("AFTER-COMPACT-2") == {"COMPACT-1: print the working directory"}  # a later turn's prompt
     assert search("precedence") == set()  # in every first message, but inside a <system-reminder>
     assert search("compact") != set()  # but a word of a prompt is found
-    assert search("\"working directory\" -files") == {"COMPACT-1: print the working directory"}
+    assert search('"working directory" -files') == {"COMPACT-1: print the working directory"}
     requests = api(recorded, "/api/requests?q=welcome")["requests"]
     assert len(requests) == 1 and requests[0]["conversation_id"] == by_title["TITLE-1: list the files here"]
 
@@ -133,13 +133,18 @@ def test_search_vectors_and_titles_of_rows_stored_before_the_migration(migrated_
     (the same functions the writer calls)."""
     sql = (Path(repository.__file__).parents[1] / "storage" / "sql" / "0012_conversation_search.sql").read_text()
     backfill = sql[sql.index("UPDATE conversations c SET title") :]
-    message = {"role": "user", "content": [{"type": "text", "text": "<system-reminder>zebra</system-reminder>"},
-                                           {"type": "text", "text": "  Migrate the\n  giraffe database  "}]}  # fmt: skip
+    blocks = [
+        {"type": "text", "text": "<system-reminder>zebra</system-reminder>"},
+        {"type": "text", "text": "  Migrate the\n  giraffe database  "},
+    ]
+    message = {"role": "user", "content": blocks}
     key = uuid.uuid4().bytes
     conversation = str(uuid.uuid4())
     now = datetime.now(UTC)
     with psycopg.connect(migrated_db, autocommit=True) as conn:
-        conn.execute("INSERT INTO content_blobs (key, kind, body) VALUES (%s, 0, %s)", (key, orjson.dumps(message).decode()))
+        conn.execute(
+            "INSERT INTO content_blobs (key, kind, body) VALUES (%s, 0, %s)", (key, orjson.dumps(message).decode())
+        )
         rid = insert_row(conn, now, conversation=conversation)
         conn.execute(
             "UPDATE api_requests SET message_keys = ARRAY[%s::bytea], search_vector = NULL, "
@@ -186,7 +191,8 @@ def test_the_text_functions_never_fail_whatever_the_body_holds(migrated_db: str)
             if want is not None:
                 assert got[0] == want, content
             vector = conn.execute(
-                "SELECT length(to_tsvector('english', nexus_visible_text(%s::jsonb)))", (orjson.dumps(content).decode(),)
+                "SELECT length(to_tsvector('english', nexus_visible_text(%s::jsonb)))",
+                (orjson.dumps(content).decode(),),
             ).fetchone()
             assert vector is not None
         assert conn.execute("SELECT nexus_search_vector(NULL, NULL, NULL)").fetchone() == ("",)
@@ -216,7 +222,9 @@ def seed_conversations(dsn: str) -> dict[str, Any]:
     return made
 
 
-def test_filters_and_keyset_pages_in_the_api_and_the_dashboard(migrated_db: str, upstream_url: str, tmp_path: Path) -> None:
+def test_filters_and_keyset_pages_in_the_api_and_the_dashboard(
+    migrated_db: str, upstream_url: str, tmp_path: Path
+) -> None:
     made = seed_conversations(migrated_db)
     order = made["order"]
     env = {"CLAUDE_API_BASE_URL": upstream_url, "DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path)}
@@ -250,9 +258,15 @@ def test_filters_and_keyset_pages_in_the_api_and_the_dashboard(migrated_db: str,
         assert requests == order
         assert pages("/api/requests", "requests", "conversation_id", "&status=error") == [order[5]]
         assert pages("/api/requests", "requests", "conversation_id", "&status=529") == [order[5]]
-        assert pages("/api/requests", "requests", "conversation_id", "&status=200&projectId=blue") == [order[1], order[3]]
+        assert pages("/api/requests", "requests", "conversation_id", "&status=200&projectId=blue") == [
+            order[1],
+            order[3],
+        ]
         assert pages("/api/requests", "requests", "conversation_id", "&minDurationMs=4000") == order[4:]
-        assert pages("/api/requests", "requests", "conversation_id", "&maxDurationMs=1000&model=claude-sonnet-4-6") == order[:2]
+        assert (
+            pages("/api/requests", "requests", "conversation_id", "&maxDurationMs=1000&model=claude-sonnet-4-6")
+            == order[:2]
+        )
         assert api(proxy, "/api/requests?status=error")["pagination"]["total"] == 1
 
         # bad parameters are 400s in Anthropic's error shape, never ignored
@@ -280,7 +294,12 @@ def test_filters_and_keyset_pages_in_the_api_and_the_dashboard(migrated_db: str,
         day = made["now"].date().isoformat()
         today = call(dash, f"/conversations?date_from={day}&date_to={day}").text
         assert order[0] in today
-        for bad in ("/requests?date_from=soon", "/requests?status=x", "/requests?min_ms=fast", "/conversations?date_to=2026-13-45"):
+        for bad in (
+            "/requests?date_from=soon",
+            "/requests?status=x",
+            "/requests?min_ms=fast",
+            "/conversations?date_to=2026-13-45",
+        ):
             assert call(dash, bad).status == 400, bad
         first = call(dash, "/requests?project_id=red").text
         assert first.count('<tr data-request-id="') == 4 and 'rel="next"' not in first  # one page
@@ -290,14 +309,15 @@ def test_search_uses_the_gin_index(migrated_db: str) -> None:
     """EXPLAIN of the lists' own SQL, on enough rows for the planner to prefer an index."""
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO api_requests (request_id, \"timestamp\", project_id, method, path, conversation_id, search_vector) "
+            'INSERT INTO api_requests (request_id, "timestamp", project_id, method, path, conversation_id, '
+            "search_vector) "
             "SELECT gen_random_uuid(), now() - make_interval(secs => i), 'p', 'POST', '/v1/messages', "
             "gen_random_uuid(), to_tsvector('english', 'ordinary filler words number ' || i) "
             "FROM generate_series(1, 20000) AS i"
         )
         conn.execute(
             "INSERT INTO conversations (conversation_id, project_id, first_at, last_at) "
-            "SELECT conversation_id, project_id, \"timestamp\", \"timestamp\" FROM api_requests"
+            'SELECT conversation_id, project_id, "timestamp", "timestamp" FROM api_requests'
         )
         conn.execute("VACUUM ANALYZE api_requests")  # as autovacuum would: GIN's pending list merged, statistics
         conn.execute("VACUUM ANALYZE conversations")
@@ -335,7 +355,7 @@ def test_times_are_marked_for_the_browser_and_the_assets_are_served(migrated_db:
     with psycopg.connect(migrated_db, autocommit=True) as conn:
         rid = insert_row(conn, at, project="t")
     with run_dashboard({"DATABASE_URL": migrated_db}) as dash:
-        page = call(dash, f"/requests?project_id=t").text
+        page = call(dash, "/requests?project_id=t").text
         assert '<time datetime="2026-12-06T01:02:03.000000Z">2026-12-06 01:02:03</time>' in page
         assert '<script src="/static/time.js" defer></script>' in page and "/static/theme.css" in page
         script = call(dash, "/static/time.js")
@@ -349,7 +369,9 @@ def test_times_are_marked_for_the_browser_and_the_assets_are_served(migrated_db:
 def test_the_start_up_line_prints_a_url_that_answers(migrated_db: str) -> None:
     port = free_port()
     env = {**os.environ, "DATABASE_URL": migrated_db, "DASHBOARD_HOST": "0.0.0.0", "DASHBOARD_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "nexus.cli", "dashboard"], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nexus.cli", "dashboard"], env=env, stderr=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()

@@ -28,7 +28,7 @@ DATE_TO = Param("dateTo", "datetime", "Only conversations active at or before th
 SEARCH = Param(
     "q",
     "text",
-    "Full-text search over prompts and replies (PostgreSQL `websearch_to_tsquery`: words, \"phrases\", "
+    'Full-text search over prompts and replies (PostgreSQL `websearch_to_tsquery`: words, "phrases", '
     "`or`, `-word`); conversations with a matching request.",
 )
 MODEL = Param("model", "text", "Only conversations with a request of this model.")

@@ -30,6 +30,8 @@ MIN_MS = Param("minDurationMs", "int", "Only requests that took at least this lo
                aliases=("min_duration_ms",))  # fmt: skip
 MAX_MS = Param("maxDurationMs", "int", "Only requests that took at most this long (ms).", low=0, high=86_400_000,
                aliases=("max_duration_ms",))  # fmt: skip
+#: The search and filters of the requests list (nexus/conversations/search.py).
+FIND_PARAMS = (SEARCH, MODEL, STATUS, DATE_FROM, DATE_TO, MIN_MS, MAX_MS)
 REQUEST_ID = Param("requestId", "uuid", "The request's id (its `X-Request-ID`).")
 
 LIST = declare(
@@ -38,8 +40,7 @@ LIST = declare(
         "listRequests",
         "Stored requests, newest first",
         schemas.RequestList,
-        (limit(), BEFORE, OFFSET, PROJECT, ACCOUNT, CONVERSATION, SEARCH, MODEL, STATUS, DATE_FROM, DATE_TO,
-         MIN_MS, MAX_MS),  # fmt: skip
+        (limit(), BEFORE, OFFSET, PROJECT, ACCOUNT, CONVERSATION, *FIND_PARAMS),
         reference="GET /api/requests?projectId&limit&offset (OLD: domain)",
     )
 )

@@ -337,6 +337,7 @@ def branch_counts(branch_ids: list[str | None]) -> dict[str, int]:
     subagents = sum(1 for b in distinct if re.match(SUBAGENT_BRANCH, b))
     return {"branches": len(distinct) - subagents, "subagents": subagents}
 
+
 CONVERSATION_DETAILS = (
     "SELECT conversation_id, "  # noqa: S608 (constant SQL)
     f"count(DISTINCT branch_id) FILTER (WHERE branch_id !~ '{SUBAGENT_BRANCH}') AS branch_count, "

@@ -61,18 +61,18 @@ def request_clauses(find: Find) -> tuple[list[str], list[Any]]:
     """WHERE conditions (joined with AND) and their parameters on `api_requests` for `find`."""
     where: list[str] = []
     params: list[Any] = []
-    for column, value in (("project_id", find.project_id), ("account_id", find.account_id), ("model", find.model)):
-        if value is not None:
-            where.append(f"{column} = %s")
-            params.append(value)
-    for condition, value in (
+    conditions: tuple[tuple[str, object], ...] = (
+        ("project_id = %s", find.project_id),
+        ("account_id = %s", find.account_id),
+        ("model = %s", find.model),
         ('"timestamp" >= %s', find.date_from),
         ('"timestamp" <= %s', find.date_to),
         ("response_status = %s", find.status),
         ("duration_ms >= %s", find.min_duration_ms),
         ("duration_ms <= %s", find.max_duration_ms),
         (MATCHES, find.q),
-    ):
+    )
+    for condition, value in conditions:
         if value is not None:
             where.append(condition)
             params.append(value)
@@ -91,16 +91,16 @@ def conversation_clauses(find: Find) -> tuple[list[str], list[Any]]:
     within = "r.conversation_id = c.conversation_id AND r.timestamp >= c.first_at AND r.timestamp <= c.last_at"
     if find.q is not None:
         where.append(
-            "c.conversation_id IN (SELECT r.conversation_id FROM api_requests r "
+            "c.conversation_id IN (SELECT r.conversation_id FROM api_requests r "  # noqa: S608 (constants)
             f"WHERE r.{MATCHES} AND r.conversation_id IS NOT NULL)"
         )
         params.append(find.q)
     if find.model is not None:
-        where.append(f"EXISTS (SELECT 1 FROM api_requests r WHERE {within} AND r.model = %s)")
+        where.append(f"EXISTS (SELECT 1 FROM api_requests r WHERE {within} AND r.model = %s)")  # noqa: S608
         params.append(find.model)
     if find.errors_only:
         where.append(
-            f"EXISTS (SELECT 1 FROM api_requests r WHERE {within} "
+            f"EXISTS (SELECT 1 FROM api_requests r WHERE {within} "  # noqa: S608 (constants)
             "AND (r.response_status >= 400 OR r.error IS NOT NULL))"
         )
     return where, params

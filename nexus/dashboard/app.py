@@ -32,8 +32,8 @@ from nexus.dashboard import analysis, find, render, views
 from nexus.dashboard.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Access, DashboardAuth, parse_cookies
 from nexus.dashboard.cache import PageCache
 from nexus.dashboard.db import read_only_pool
-from nexus.dashboard.urls import shown_url
 from nexus.dashboard.live import HEARTBEAT_SECONDS, LiveFeed
+from nexus.dashboard.urls import shown_url
 from nexus.errors import ProxyError
 from nexus.observability import logs
 from nexus.security.throttle import FailureThrottle
