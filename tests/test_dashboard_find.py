@@ -256,7 +256,7 @@ def test_filters_and_keyset_pages_in_the_api_and_the_dashboard(
 
         requests = pages("/api/requests", "requests", "conversation_id")
         assert requests == order
-        assert pages("/api/requests", "requests", "conversation_id", "&status=error") == [order[5]]
+        assert pages("/api/requests", "requests", "conversation_id", "&errorsOnly=true") == [order[5]]
         assert pages("/api/requests", "requests", "conversation_id", "&status=529") == [order[5]]
         assert pages("/api/requests", "requests", "conversation_id", "&status=200&projectId=blue") == [
             order[1],
@@ -267,13 +267,14 @@ def test_filters_and_keyset_pages_in_the_api_and_the_dashboard(
             pages("/api/requests", "requests", "conversation_id", "&maxDurationMs=1000&model=claude-sonnet-4-6")
             == order[:2]
         )
-        assert api(proxy, "/api/requests?status=error")["pagination"]["total"] == 1
+        assert api(proxy, "/api/requests?errors_only=1")["pagination"]["total"] == 1
 
         # bad parameters are 400s in Anthropic's error shape, never ignored
         for path in (
             "/api/conversations?errorsOnly=maybe",
             "/api/conversations?dateFrom=yesterday",
             "/api/requests?status=teapot",
+            "/api/requests?status=error",
             "/api/requests?status=999",
             "/api/requests?minDurationMs=-1",
             "/api/requests?q=a&q=b",

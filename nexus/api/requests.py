@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from nexus.api import schemas
 from nexus.api.contract import ACCOUNT, BEFORE, OFFSET, PROJECT, Args, Operation, Param, declare, limit, serve
 from nexus.api.params import found, next_cursor
-from nexus.conversations.search import Find, status_param
+from nexus.conversations.search import Find
 from nexus.storage import requests_repo
 
 if TYPE_CHECKING:
@@ -23,7 +23,10 @@ if TYPE_CHECKING:
 CONVERSATION = Param("conversationId", "uuid", "Only this conversation's requests.", aliases=("conversation_id",))
 SEARCH = Param("q", "text", "Full-text search over the request's prompt and its reply.")
 MODEL = Param("model", "text", "Only this model.")
-STATUS = Param("status", "text", "An HTTP status (100-599), or `error` for every failed request.")
+STATUS = Param("status", "int", "Only requests answered with this HTTP status.", low=100, high=599)
+ERRORS_ONLY = Param(
+    "errorsOnly", "bool", "Only failed requests (status 400 or above, or a proxy error).", aliases=("errors_only",)
+)
 DATE_FROM = Param("dateFrom", "datetime", "Only requests started at or after this time.", aliases=("date_from",))
 DATE_TO = Param("dateTo", "datetime", "Only requests started at or before this time.", aliases=("date_to",))
 MIN_MS = Param("minDurationMs", "int", "Only requests that took at least this long (ms).", low=0, high=86_400_000,
@@ -31,7 +34,7 @@ MIN_MS = Param("minDurationMs", "int", "Only requests that took at least this lo
 MAX_MS = Param("maxDurationMs", "int", "Only requests that took at most this long (ms).", low=0, high=86_400_000,
                aliases=("max_duration_ms",))  # fmt: skip
 #: The search and filters of the requests list (nexus/conversations/search.py).
-FIND_PARAMS = (SEARCH, MODEL, STATUS, DATE_FROM, DATE_TO, MIN_MS, MAX_MS)
+FIND_PARAMS = (SEARCH, MODEL, STATUS, ERRORS_ONLY, DATE_FROM, DATE_TO, MIN_MS, MAX_MS)
 REQUEST_ID = Param("requestId", "uuid", "The request's id (its `X-Request-ID`).")
 
 LIST = declare(
@@ -120,14 +123,13 @@ async def list_requests(pool: AsyncConnectionPool, args: Args) -> schemas.Reques
         "account_id": args["accountId"],
         "conversation_id": args["conversationId"],
     }
-    status, errors_only = status_param(args["status"])
     find = Find(
         q=args["q"],
         model=args["model"],
         date_from=args["dateFrom"],
         date_to=args["dateTo"],
-        status=status,
-        errors_only=errors_only,
+        status=args["status"],
+        errors_only=args["errorsOnly"],
         min_duration_ms=args["minDurationMs"],
         max_duration_ms=args["maxDurationMs"],
     )
