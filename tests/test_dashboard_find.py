@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -401,3 +402,21 @@ def test_shown_urls_and_parameters() -> None:
     found, params = dashboard_find.read({"status": "error", "min_ms": "250"}, requests=True)
     assert found.errors_only and found.min_duration_ms == 250 and found.any()
     assert not Find().any()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
+def test_a_browser_shows_times_in_its_own_zone_with_utc_on_hover(migrated_db: str) -> None:
+    """Headless Chromium in Tokyo (UTC+9, no daylight saving) loads the page under its real
+    Content-Security-Policy: the vendored script rewrites each time and keeps UTC in the title."""
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        insert_row(conn, datetime(2026, 12, 6, 1, 2, 3, tzinfo=UTC), project="tz")
+    with run_dashboard({"DATABASE_URL": migrated_db}) as dash:
+        dom = subprocess.run(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", f"{dash}/requests?project_id=tz"],
+            env={**os.environ, "TZ": "Asia/Tokyo"},
+            capture_output=True,
+            text=True,
+            timeout=90,
+        ).stdout
+    assert 'title="2026-12-06 01:02:03 UTC"' in dom and ">2026-12-06 10:02:03</time>" in dom, dom[-2000:]
+    assert re.search(r"data-time-zone[^>]*>Asia/Tokyo<", dom)
