@@ -20,8 +20,9 @@ import psycopg
 import pytest
 
 from nexus.conversations import repository
+from nexus.conversations.relink import REBUILD_SUMMARIES
 from nexus.conversations.replay import load_recording
-from nexus.conversations.search import Find, status_param
+from nexus.conversations.search import TITLE_BACKFILL, Find, status_param
 from nexus.dashboard import find as dashboard_find
 from nexus.dashboard.urls import shown_url
 from nexus.errors import ProxyError
@@ -159,6 +160,10 @@ def test_search_vectors_and_titles_of_rows_stored_before_the_migration(migrated_
             (conversation, now, now),
         )
         conn.execute(backfill)  # type: ignore[arg-type]
+        title = conn.execute("SELECT title FROM conversations WHERE conversation_id = %s", (conversation,)).fetchone()
+        assert title == ("Migrate the giraffe database",)
+        assert TITLE_BACKFILL.strip() in sql  # the migration and `nexus relink` fill titles the same way
+        conn.execute(REBUILD_SUMMARIES)  # type: ignore[arg-type]
         title = conn.execute("SELECT title FROM conversations WHERE conversation_id = %s", (conversation,)).fetchone()
         assert title == ("Migrate the giraffe database",)
         for word, hit in (("giraffe", True), ("okapi", True), ("zebra", False)):

@@ -19,6 +19,16 @@ CONFIG = "english"
 #: A request matches a search (`websearch_to_tsquery`: words, "quoted phrases", `or`, `-excluded`; never
 #: a syntax error, whatever the text).
 MATCHES = f"search_vector @@ websearch_to_tsquery('{CONFIG}', %s)"
+#: Titles of the conversations that have none, from their first main-thread request (the migration's
+#: backfill, 0012, and `nexus relink` after it rebuilds the summaries).
+TITLE_BACKFILL = """
+UPDATE conversations c SET title = (
+    SELECT nexus_title(r.message_keys) FROM api_requests r
+    WHERE r.conversation_id = c.conversation_id AND r."timestamp" >= c.first_at AND r."timestamp" <= c.last_at
+    ORDER BY r.is_subtask, r.request_type IS DISTINCT FROM 'main', r."timestamp", r.request_id
+    LIMIT 1
+) WHERE c.title IS NULL
+"""
 #: A request that failed: an error status from upstream, or an error of the proxy's own.
 FAILED = "(response_status >= 400 OR error IS NOT NULL)"
 
