@@ -4,6 +4,7 @@ and the polish around them (empty states, the start-up URL, times for the browse
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ import pytest
 from nexus.conversations import repository
 from nexus.conversations.relink import REBUILD_SUMMARIES
 from nexus.conversations.replay import load_recording
-from nexus.conversations.search import TITLE_BACKFILL, Find, status_param
+from nexus.conversations.search import TITLE_BACKFILL, Find, few_matches, status_param
 from nexus.dashboard import find as dashboard_find
 from nexus.dashboard.urls import shown_url
 from nexus.errors import ProxyError
@@ -328,21 +329,23 @@ def test_search_uses_the_gin_index(migrated_db: str) -> None:
         )
         conn.execute("VACUUM ANALYZE api_requests")  # as autovacuum would: GIN's pending list merged, statistics
         conn.execute("VACUUM ANALYZE conversations")
-        clause, params = repository._conversation_filters(None, None, None, None, None, False, Find(q="pangolin"))
-        plan = conn.execute(
-            f"EXPLAIN SELECT conversation_id FROM conversations c {clause} "  # noqa: S608
-            "ORDER BY last_at DESC, conversation_id DESC LIMIT 50",
-            params,
-        ).fetchall()
-        text = "\n".join(r[0] for r in plan)
-        assert re.search(r"Bitmap Index Scan on api_requests_\w*search\w*", text), text
+        clause, params = repository._conversation_filters(None, None, None, None, None, False, Find(q="pangolin"), True)
+        plans = [explain(conn, repository.list_sql(clause, True), ["pangolin", *params, 50, 0])]
         clause, params = requests_repo._filters(None, None, None, None, None, Find(q="pangolin"))
-        plan = conn.execute(
-            f"EXPLAIN SELECT request_id FROM api_requests {clause} ORDER BY timestamp DESC, request_id DESC LIMIT 50",  # noqa: S608
-            params,
-        ).fetchall()
-        text = "\n".join(r[0] for r in plan)
-        assert re.search(r"Bitmap Index Scan on api_requests_\w*search\w*", text), text
+        plans.append(explain(conn, requests_repo.list_sql(clause, True), [*params, 50, 0]))
+        for plan in plans:
+            assert re.search(r"Bitmap Index Scan on api_requests_\w*search\w*", plan), plan
+
+    async def how_many() -> tuple[bool, bool]:
+        async with await psycopg.AsyncConnection.connect(migrated_db) as conn:
+            return await few_matches(conn, "pangolin"), await few_matches(conn, "ordinary filler")
+
+    # a rare word goes through the index; a word in every row keeps the newest-first walk
+    assert asyncio.run(how_many()) == (True, False)
+
+
+def explain(conn: psycopg.Connection[Any], sql: str, params: list[Any]) -> str:
+    return "\n".join(r[0] for r in conn.execute(f"EXPLAIN {sql}", params).fetchall())  # type: ignore[arg-type]
 
 
 def test_empty_states_say_what_to_do(migrated_db: str) -> None:

@@ -17,7 +17,7 @@ from nexus._core import prompt_key as prompt_key_of
 from nexus.conversations.compaction import reply_text
 from nexus.conversations.index import FAILED, OK, PER_KEY, Compaction, Entry, Invocation
 from nexus.conversations.linker import spawned_prompts
-from nexus.conversations.search import Find, conversation_clauses
+from nexus.conversations.search import HITS_CTE, Find, conversation_clauses, few_matches
 from nexus.pricing.sql import COST_SUMS, REQUEST_COST_USD, summed_cost
 
 ENTRY_COLUMNS = (
@@ -208,13 +208,12 @@ async def list_conversations(
     and `errors_only` keep conversations with a request of that model, or a failed one
     (nexus/conversations/search.py)."""
     found = Find(q=q, model=model, errors_only=errors_only)
-    clause, params = _conversation_filters(project_id, account_id, date_from, date_to, before, exclude_subtasks, found)
+    hits = q is not None and await few_matches(conn, q)
+    clause, params = _conversation_filters(
+        project_id, account_id, date_from, date_to, before, exclude_subtasks, found, hits
+    )
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            f"SELECT {CONVERSATION_COLUMNS} FROM conversations c {clause} "  # noqa: S608
-            "ORDER BY last_at DESC, conversation_id DESC LIMIT %s OFFSET %s",
-            (*params, limit, offset),
-        )
+        await cur.execute(list_sql(clause, hits), ([q] if hits else []) + [*params, limit, offset])  # type: ignore[arg-type]
         rows = await cur.fetchall()
         if not rows:
             return rows
@@ -246,6 +245,13 @@ async def list_conversations(
     return rows
 
 
+def list_sql(clause: str, hits: bool) -> str:
+    """The page query of `list_conversations` for a WHERE `clause`; with `hits`, after `HITS_CTE`."""
+    cte = HITS_CTE if hits else ""
+    order = "ORDER BY last_at DESC, conversation_id DESC LIMIT %s OFFSET %s"
+    return f"{cte}SELECT {CONVERSATION_COLUMNS} FROM conversations c {clause} {order}"  # noqa: S608 (constants)
+
+
 async def count_conversations(
     conn: AsyncConnection[Any],
     *,
@@ -273,6 +279,7 @@ def _conversation_filters(
     before: tuple[datetime, str] | None,
     exclude_subtasks: bool = False,
     found: Find | None = None,
+    hits: bool = False,
 ) -> tuple[str, list[Any]]:
     """A conversation matches a date range when its activity overlaps it, and an account when one of
     its requests was served by that account. Without sub-tasks: only conversations with a request
@@ -304,7 +311,7 @@ def _conversation_filters(
             "AND NOT r.is_subtask AND r.timestamp >= c.first_at AND r.timestamp <= c.last_at)"
         )
     if found is not None:
-        more, more_params = conversation_clauses(found)
+        more, more_params = conversation_clauses(found, hits)
         where += more
         params += more_params
     return ("WHERE " + " AND ".join(where)) if where else "", params

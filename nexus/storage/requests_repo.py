@@ -12,7 +12,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from nexus.conversations.search import Find, request_clauses
+from nexus.conversations.search import Find, few_matches, request_clauses
 from nexus.pricing.sql import REQUEST_COST_USD
 from nexus.proxy.ids import request_id_unix_ms
 
@@ -97,13 +97,25 @@ async def list_requests(
     """Newest first, keyset-paginated on (timestamp, request_id); `offset` skips rows after the cursor
     (the reference's pagination). `find`: search and filters (nexus/conversations/search.py)."""
     clause, params = _filters(project_id, conversation_id, account_id, parent_task_request_id, before, find)
-    sql = (
+    hits = find is not None and find.q is not None and await few_matches(conn, find.q)
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(list_sql(clause, hits), (*params, limit, offset))  # type: ignore[arg-type]
+        return await cur.fetchall()
+
+
+def list_sql(clause: str, hits: bool) -> str:
+    """The page query of `list_requests` for a WHERE `clause`. With `hits` (a search that matches
+    few requests, `few_matches`), only the rows the GIN index finds are read and ordered: the clause
+    is applied to them, never to a walk of the time index."""
+    if hits:
+        return (
+            f"WITH found AS MATERIALIZED (SELECT {SUMMARY_COLUMNS} FROM api_requests {clause}) "  # noqa: S608
+            "SELECT * FROM found ORDER BY timestamp DESC, request_id DESC LIMIT %s OFFSET %s"
+        )
+    return (
         f"SELECT {SUMMARY_COLUMNS} FROM api_requests {clause} "  # noqa: S608 (constant columns)
         "ORDER BY timestamp DESC, request_id DESC LIMIT %s OFFSET %s"
     )
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, (*params, limit, offset))  # type: ignore[arg-type]
-        return await cur.fetchall()
 
 
 async def count_requests(
