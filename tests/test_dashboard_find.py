@@ -127,6 +127,7 @@ def test_titles_search_and_counts_from_recorded_claude_code_traffic(
         for conversation, branches, subagents in rows:
             detail = call(dash, f"/conversations/{conversation}").text
             assert f'data-branches="{branches}"' in detail and f'data-subagents="{subagents}"' in detail
+            assert f"<h1>{found[conversation]} " in detail  # the title heads its page
         requests_page = call(dash, "/requests?q=welcome").text
         assert requests_page.count('<tr data-request-id="') == 1
 
