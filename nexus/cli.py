@@ -195,9 +195,16 @@ def proxy(host: str | None, port: int | None, threads: int | None, workers: int 
 @click.option("--embedded", is_flag=True, help="Read the embedded database under NEXUS_HOME (no DATABASE_URL).")
 def dashboard(host: str | None, port: int | None, embedded: bool) -> None:
     """Run the dashboard alone (Robyn; reads the database only)."""
+    from nexus.compat.environment import CHECKED_MARKER, dashboard_port_warning
+
+    port_warning = None if port is not None or os.environ.get(CHECKED_MARKER) else dashboard_port_warning(os.environ)
     _apply_env(dashboard_host=host, dashboard_port=port)
     settings = _settings_or_exit()
     _warn_environment(settings, "nexus-dashboard")
+    if port_warning is not None:
+        from nexus.observability.logs import emit
+
+        emit(f"warning: {port_warning}", settings.log_format, "nexus-dashboard", "warning")
     _check_port(settings.dashboard_bind, settings.dashboard_port, "DASHBOARD_PORT or --port")
     url, stop_embedded = settings.database_url, None
     if embedded:

@@ -23,10 +23,20 @@ MIB = 1024 * 1024
 
 #: Fields whose values are secrets: masked wherever settings are shown.
 SECRET_FIELDS = frozenset(
-    {"api_key_salt", "dashboard_api_key", "mcp_github_token", "ai_analysis_api_key", "gemini_api_key"}
+    {
+        "api_key_salt",
+        "dashboard_api_key",
+        "mcp_github_token",
+        "ai_analysis_api_key",
+        "gemini_api_key",
+        "slack_webhook_url",
+        "spark_api_key",
+    }
 )
 #: Fields that are URLs which may carry a password.
-URL_FIELDS = frozenset({"database_url", "otel_exporter_otlp_endpoint", "ai_analysis_proxy_url", "proxy_api_url"})
+URL_FIELDS = frozenset(
+    {"database_url", "otel_exporter_otlp_endpoint", "ai_analysis_proxy_url", "proxy_api_url", "telemetry_endpoint"}
+)
 
 
 class SettingsError(ValueError):
@@ -313,7 +323,10 @@ class Settings(BaseSettings):
     gemini_model_name: str = Field("gemini-2.5-pro", description="Model of the `gemini` provider.")
     proxy_api_url: str | None = Field(
         None,
-        description="Where the dashboard reaches the proxy's /api (the analysis button); unset: http://127.0.0.1:PORT.",
+        description=(
+            "Where the dashboard reaches the proxy's /api (the analysis button, the reference dashboard's "
+            "JSON paths); unset: http://127.0.0.1:PORT."
+        ),
     )
 
     # --- diagnostics ------------------------------------------------------------------------
@@ -418,7 +431,68 @@ class Settings(BaseSettings):
         "unset: the address the request was sent to.",
     )
 
-    @field_validator("otel_exporter_otlp_endpoint")
+    # --- integrations: Slack, telemetry, test samples, Spark (docs/slack.md, telemetry.md, spark.md) ---
+    slack_webhook_url: str | None = Field(
+        None, description="Slack incoming-webhook URL for request notifications (a secret: its path is the key)."
+    )
+    slack_enabled: bool | None = Field(
+        None, description="Send Slack notifications; unset: on when SLACK_WEBHOOK_URL is."
+    )
+    slack_channel: str | None = Field(None, description="Channel the webhook posts to (unset: the webhook's own).")
+    slack_username: str = Field("Claude Nexus Proxy", description="Name the Slack messages are posted under.")
+    slack_icon_emoji: str = Field(":robot_face:", description="Icon of the Slack messages.")
+    slack_projects: str = Field(
+        "", description="Comma-separated projects that notify (empty: every project not in SLACK_EXCLUDED_PROJECTS)."
+    )
+    slack_excluded_projects: str = Field("", description="Comma-separated projects that never notify.")
+    slack_request_types: str = Field(
+        "main", description="Comma-separated request types (main, subagent, compaction, auxiliary) that notify."
+    )
+    slack_notify_errors: bool = Field(True, description="Also notify requests that failed (upstream or proxy error).")
+    slack_max_posts_per_minute: int = Field(
+        20, ge=1, le=600, description="Most webhook posts per minute per proxy worker; each post batches notifications."
+    )
+    slack_batch_max: int = Field(10, ge=1, le=50, description="Most notifications in one Slack post.")
+    slack_batch_interval_ms: int = Field(
+        2000, ge=10, description="How long notifications are gathered into one post after the first arrives, ms."
+    )
+    slack_queue_size: int = Field(
+        500, ge=1, description="Finished requests waiting for Slack per worker; beyond it they are dropped (counted)."
+    )
+    slack_excerpt_chars: int = Field(
+        500, ge=20, le=3000, description="Longest prompt and reply excerpt in a Slack message (secrets masked)."
+    )
+    dashboard_public_url: str | None = Field(
+        None,
+        description="The dashboard's address as people reach it, for links in notifications; unset: "
+        "http://localhost:DASHBOARD_PORT.",
+    )
+    telemetry_endpoint: str | None = Field(
+        None, description="URL that receives batched per-request metrics as JSON POSTs (no prompts, no secrets)."
+    )
+    telemetry_enabled: bool = Field(True, description="Send telemetry when TELEMETRY_ENDPOINT is set.")
+    telemetry_batch_size: int = Field(100, ge=1, le=10_000, description="Most requests in one telemetry POST.")
+    telemetry_interval_ms: int = Field(
+        5000, ge=10, description="How long requests are gathered into one telemetry POST after the first arrives, ms."
+    )
+    telemetry_queue_size: int = Field(
+        10_000, ge=1, description="Requests waiting for telemetry per worker; beyond it they are dropped (counted)."
+    )
+    collect_test_samples: bool = Field(
+        False, description="Write sanitised request/response samples (secrets masked) to TEST_SAMPLES_DIR."
+    )
+    test_samples_dir: Path = Field(Path("test-samples"), description="Folder of the test samples.")
+    test_samples_max_files: int = Field(
+        1000, ge=1, description="Samples kept in TEST_SAMPLES_DIR; once it holds this many, no more are written."
+    )
+    test_samples_max_bytes: int = Field(
+        1 * MIB, ge=1024, description="Largest exchange (request plus response body) written as a sample, bytes."
+    )
+    spark_api_url: str = Field("http://localhost:8000", description="Spark recommendation API base URL.")
+    spark_api_key: str | None = Field(None, description="Bearer key for the Spark API.")
+    spark_enabled: bool | None = Field(None, description="Send Spark feedback; unset: on when SPARK_API_KEY is set.")
+
+    @field_validator("otel_exporter_otlp_endpoint", "telemetry_endpoint", "dashboard_public_url")
     @classmethod
     def _otlp_url(cls, value: str | None) -> str | None:
         if not value:
@@ -426,7 +500,11 @@ class Settings(BaseSettings):
         return cls._http_url(value)
 
     @field_validator(
-        "claude_api_base_url", "claude_oauth_token_url", "claude_oauth_authorize_url", "mcp_github_api_url"
+        "claude_api_base_url",
+        "claude_oauth_token_url",
+        "claude_oauth_authorize_url",
+        "mcp_github_api_url",
+        "spark_api_url",
     )
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -434,6 +512,32 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"must be an http(s) URL with a host, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("slack_request_types")
+    @classmethod
+    def _request_types(cls, value: str) -> str:
+        known = ("main", "subagent", "compaction", "auxiliary", "count_tokens")
+        unknown = [t for t in _items(value) if t not in known]
+        if unknown:
+            raise ValueError(f"unknown request types {unknown}; known: {', '.join(known)}")
+        return value
+
+    @field_validator("slack_enabled", "spark_enabled", mode="before")
+    @classmethod
+    def _unset_bool(cls, value: Any) -> Any:
+        """`SLACK_ENABLED=` (empty) means unset: the default that follows the webhook or key."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("slack_webhook_url")
+    @classmethod
+    def _secret_url(cls, value: str | None) -> str | None:
+        """A URL that is itself a secret: checked without ever being echoed in the error."""
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL with a host")
+        return value
 
     @field_validator("api_key_salt")
     @classmethod
@@ -524,6 +628,22 @@ class Settings(BaseSettings):
         return "0.0.0.0" if self.dashboard_api_key else "127.0.0.1"
 
     @property
+    def slack_active(self) -> bool:
+        """Slack notifications are sent: SLACK_ENABLED, or unset with a webhook (with SLACK_ENABLED and no
+        global webhook, only the projects' own webhooks of their credential files are used)."""
+        return self.slack_webhook_url is not None if self.slack_enabled is None else self.slack_enabled
+
+    @property
+    def spark_active(self) -> bool:
+        """Spark feedback is relayed: SPARK_ENABLED, or unset with a key."""
+        return bool(self.spark_api_key) if self.spark_enabled is None else self.spark_enabled
+
+    @property
+    def dashboard_link(self) -> str:
+        """The dashboard's base address for links sent out (no trailing slash)."""
+        return self.dashboard_public_url or f"http://localhost:{self.dashboard_port}"
+
+    @property
     def cors_origins(self) -> frozenset[str]:
         return frozenset(o.lower().rstrip("/") for o in _items(self.cors_allowed_origins))
 
@@ -543,6 +663,7 @@ class Settings(BaseSettings):
         "train_client_keys_dir",
         "mcp_prompts_dir",
         "client_setup_dir",
+        "test_samples_dir",
     )
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:

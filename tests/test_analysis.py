@@ -357,6 +357,43 @@ def test_the_analysis_mark_bypasses_nothing(gateway: str, analysis_db: str, fake
     assert marked[0]["conversation_id"] is None
 
 
+def test_bogus_marks_from_the_workers_address_do_not_lock_the_worker_out(
+    upstream_url: str, analysis_db: str, fake: FakeControl, tmp_path: Path
+) -> None:
+    """Forged marks throttle their address (429), but the worker usually shares that address with local
+    clients: a mark of a live claim must still pass, or anyone there could stop every analysis."""
+    env = {
+        "CLAUDE_API_BASE_URL": upstream_url,
+        "DATABASE_URL": analysis_db,
+        "NEXUS_HOME": str(tmp_path / "home"),
+        "AUTH_FAILURE_LIMIT": "2",
+        **FAST,
+    }
+    message = {"model": "claude-sonnet-4-6", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+    base = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
+    token = marker.new_token()
+    with psycopg.connect(analysis_db, autocommit=True) as conn:
+        job = conn.execute(
+            "INSERT INTO conversation_analyses (conversation_id, branch_id, status, claim_token_hash, claimed_at) "
+            "VALUES (%s, 'main', 'processing', %s, now()) RETURNING id",
+            (str(uuid.uuid4()), marker.token_hash(token)),
+        ).fetchone()[0]  # type: ignore[index]
+    with run_proxy(env) as url:
+        statuses = [
+            call(url, "POST", "/v1/messages", message, {**base, marker.HEADER: f"{job}.{marker.new_token()}"})[0]
+            for _ in range(4)
+        ]
+        assert statuses[0] == 403 and statuses[-1] == 429, statuses  # the address is throttled now
+        fake.reset()
+        status, body = call(url, "POST", "/v1/messages", message, {**base, marker.HEADER: f"{job}.{token}"})
+        assert status == 200, body
+        assert len(fake.requests()) == 1
+        for forged in (f"{job}.{marker.new_token()}", "garbage"):  # still throttled for anything else
+            assert call(url, "POST", "/v1/messages", message, {**base, marker.HEADER: forged})[0] == 429
+    with psycopg.connect(analysis_db, autocommit=True) as conn:
+        conn.execute("UPDATE conversation_analyses SET status = 'failed' WHERE id = %s", (job,))
+
+
 def test_api_checks_every_value_and_refuses_cross_site_posts(gateway: str) -> None:
     post = "/api/analyses"
     assert call(gateway, "POST", post, {"conversationId": "nope", "branchId": "main"})[0] == 400

@@ -397,3 +397,27 @@ def test_the_document_covers_every_route(contract_proxy: str) -> None:
 
 def test_the_document_is_served_as_generated(contract_proxy: str) -> None:
     assert get(contract_proxy, "/openapi.json") == document()
+
+
+def test_request_types_in_the_reference_vocabulary(contract_proxy: str, seeded: Seeded) -> None:
+    """The reference stored `inference` rows (and classified housekeeping calls `query_evaluation`):
+    its scripts read `requestType == "inference"` and `requestsByType.inference`. Nexus's finer
+    classification stays under its own names (`request_type`, `requestTypes`)."""
+    rows = {
+        r["requestId"]: r
+        for project in ("alpha", "gamma")
+        for r in get(contract_proxy, f"/api/requests?projectId={project}&limit=500")["requests"]
+    }
+    for name, nexus_type in (("r1", "main"), ("r4", "subagent"), ("r5", "compaction"), ("g1", "auxiliary")):
+        row = rows[seeded.ids[name]]
+        assert row["request_type"] == nexus_type
+        assert row["requestType"] == ("query_evaluation" if nexus_type == "auxiliary" else "inference"), row
+    assert get(contract_proxy, f"/api/requests/{seeded.ids['r4']}")["requestType"] == "inference"
+    # other tests of this module store requests too: the seeded rows are a floor, the mapping exact
+    for path in ("/api/stats?since=2000-01-01T00:00:00Z", "/api/storage-stats"):
+        stats = get(contract_proxy, path)
+        nexus_types, by_type = stats["requestTypes"], stats["requestsByType"]
+        assert all(nexus_types.get(t, 0) >= n for t, n in {"main": 6, "subagent": 2, "compaction": 1}.items())
+        assert by_type["inference"] == sum(nexus_types.get(t, 0) for t in ("main", "subagent", "compaction"))
+        assert by_type["query_evaluation"] == nexus_types["auxiliary"] >= 1
+        assert sum(by_type.values()) == sum(nexus_types.values()) == stats["totalRequests"]

@@ -100,9 +100,10 @@ def test_answers_keep_datetimes_and_ids_for_orjson_and_omit_unset_fields() -> No
     row = schemas.DailyUsage(
         date=at.date(), account_id=None, project_id="p", total_input_tokens=1, total_output_tokens=2,
         total_tokens=3, total_requests=1, cache_creation_input_tokens=0, cache_read_input_tokens=0,
-        cache_creation5m_input_tokens=0, cache_creation1h_input_tokens=0,
+        cache_creation5m_input_tokens=0, cache_creation1h_input_tokens=0, cost_usd=None, unpriced_requests=1,
     )  # fmt: skip
     assert "model" not in to_wire(row) and to_wire(row)["cacheCreation5mInputTokens"] == 0
+    assert to_wire(row)["costUsd"] is None  # unknown stays unknown on the wire, never 0
 
 
 def test_the_document_describes_every_declared_operation() -> None:
@@ -160,7 +161,12 @@ def test_every_route_table_gets_the_templated_routes() -> None:
 
     tables = [ApiRoutes(None) for _ in range(2)]
     for api in tables:
-        assert {p for p, _ in api._prefixes} == {"/api/requests/", "/api/conversations/", "/api/oauth-usage/"}
+        assert {p for p, _ in api._prefixes} == {
+            "/api/requests/",
+            "/api/conversations/",
+            "/api/oauth-usage/",
+            "/api/analyses/",
+        }
         assert api._find(f"/api/requests/{UID}/subtasks") is not None
 
 
@@ -171,7 +177,7 @@ def test_the_answer_types_hold_exactly_the_columns_read() -> None:
     from nexus.storage.requests_repo import DETAIL_COLUMNS, SUMMARY_COLUMNS
 
     def names(columns: str) -> tuple[str, ...]:
-        return tuple(c.strip() for c in columns.split(","))
+        return tuple(c.strip().split(" AS ")[-1] for c in columns.split(","))
 
     summary = names(SUMMARY_COLUMNS)
     assert schemas.RequestSummary.__struct_fields__[: len(summary)] == summary
@@ -182,3 +188,17 @@ def test_the_answer_types_hold_exactly_the_columns_read() -> None:
     assert schemas.ConversationSummary.__struct_fields__[: len(conversation)] == conversation
     assert schemas.ConversationTree.__struct_fields__[: len(conversation)] == conversation
     assert schemas.TreeRequest.__struct_fields__ == names(TREE_COLUMNS)
+
+
+def test_every_cursor_the_document_allows_is_a_time() -> None:
+    """schemathesis found `before=2175817828694120071_<uuid>`: a 19-digit cursor the document allowed
+    was past the last representable time, and the schema-valid request got a 400. The pattern now
+    allows 17 digits (epoch microseconds until the year 5138), every one of which parses."""
+    import re as _re
+
+    from nexus.api.contract import BEFORE
+
+    pattern = _re.compile(BEFORE.schema()["pattern"])
+    largest = f"{'9' * 17}_{UID}"
+    assert pattern.fullmatch(largest) and BEFORE.parse(largest) is not None
+    assert not pattern.fullmatch(f"{'9' * 18}_{UID}")

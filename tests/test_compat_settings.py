@@ -14,7 +14,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import click
 import psycopg
+import psycopg.conninfo
 import pytest
 from click.testing import CliRunner
 
@@ -146,11 +148,30 @@ def test_the_table_matches_the_settings_and_the_reference() -> None:
             assert target in FIELDS and row.name not in FIELDS, row
         if row.status == "unsupported":
             assert row.name not in FIELDS and row.nexus, row
-        if row.status == "elsewhere":
-            assert handled_elsewhere(row.name), row
-    assert {"COLLECT_TEST_SAMPLES", "CLIENT_SETUP_DIR"} <= HANDLED_ELSEWHERE
-    for prefix in ("AI_X", "SLACK_X", "MCP_X", "SPARK_X", "TELEMETRY_X", "GEMINI_X"):
-        assert handled_elsewhere(prefix)
+        # the features once "built elsewhere" (issue 12) have landed: none of their names is left unclassified
+        assert row.status != "elsewhere" and not handled_elsewhere(row.name), row
+    assert not HANDLED_ELSEWHERE
+
+
+def test_the_analysis_and_notification_names_of_the_reference_are_read_or_reported(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """They were marked "handled elsewhere", so a migrated environment's `ENABLE_NOTIFICATIONS=false` still
+    posted to Slack, the older `AI_ANALYSIS_GEMINI_REQUEST_TIMEOUT_MS` was dropped, and knobs Nexus lacks
+    (`AI_HEAD_MESSAGES`, `MCP_CACHE_TTL`...) were ignored without a word."""
+    clean_env.setenv("SLACK_WEBHOOK_URL", "https://hooks.example/x")
+    clean_env.setenv("ENABLE_NOTIFICATIONS", "false")
+    clean_env.setenv("AI_ANALYSIS_GEMINI_REQUEST_TIMEOUT_MS", "120000")
+    s = load_settings()
+    assert s.slack_active is False and s.ai_analysis_request_timeout_ms == 120_000
+    clean_env.setenv("ENABLE_NOTIFICATIONS", "true")  # the reference's default: Slack follows the webhook
+    assert load_settings().slack_active is True
+    clean_env.setenv("SLACK_ENABLED", "true")  # the Nexus name wins
+    clean_env.setenv("ENABLE_NOTIFICATIONS", "false")
+    assert load_settings().slack_active is True
+    lines = environment_warnings({"AI_HEAD_MESSAGES": "5", "MCP_CACHE_TTL": "300", "SLACK_WEBHOK_URL": "x"})
+    assert [line.split(" ", 1)[0] for line in lines] == ["AI_HEAD_MESSAGES", "MCP_CACHE_TTL", "SLACK_WEBHOK_URL"]
+    assert "AI_ANALYSIS_TRUNCATE_FIRST_N_TOKENS" in lines[0] and "did you mean SLACK_WEBHOOK_URL" in lines[2]
 
 
 def test_docs_list_every_reference_variable() -> None:
@@ -309,3 +330,60 @@ def test_warnings_are_printed_by_the_first_process_only(monkeypatch: pytest.Monk
     monkeypatch.setenv("NODE_ENV", "production")
     first = warn_once()
     assert any(line.startswith("NODE_ENV (from the reference system)") for line in first) and warn_once() == []
+
+
+def test_db_host_may_be_a_unix_socket_directory(migrated_db: str) -> None:
+    """node-postgres (the reference) takes a directory as `DB_HOST` for a unix socket
+    (`/var/run/postgresql`); the composed URL must reach that socket, not name a database
+    `tmp/.../pgdata:5432/...` as it did."""
+    url = database_url_from_parts({"DB_HOST": "/var/run/postgresql", "DB_PORT": "5433", "DB_PASSWORD": "p w"})
+    assert url == "postgresql://postgres:p%20w@/agent_prompttrain?host=%2Fvar%2Frun%2Fpostgresql&port=5433"
+    assert (
+        database_url_from_parts({"DB_HOST": "/s", "DB_SSL": "true"})
+        == "postgresql://postgres@/agent_prompttrain?host=%2Fs&port=5432&sslmode=require"
+    )
+    # and it connects: the suite's embedded server listens on a socket only
+    info = psycopg.conninfo.conninfo_to_dict(migrated_db)
+    if not str(info.get("host", "")).startswith("/"):
+        pytest.skip("the test database is not on a unix socket")
+    composed = database_url_from_parts(
+        {
+            "DB_HOST": str(info["host"]),
+            "DB_PORT": str(info.get("port") or 5432),
+            "DB_NAME": str(info["dbname"]),
+            "DB_USER": str(info.get("user") or "postgres"),
+        }
+    )
+    assert composed is not None
+    with psycopg.connect(composed) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_nexus_dashboard_says_that_port_is_not_its_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference dashboard listened on `PORT`; `nexus dashboard` started with that service's
+    environment (`PORT=4001`) listened on DASHBOARD_PORT's 3001 without a word."""
+    from nexus import cli
+    from nexus.compat.environment import dashboard_port_warning
+
+    assert dashboard_port_warning({"PORT": "4001"}) == (
+        "PORT is the proxy's port in Nexus: `nexus dashboard` listens on DASHBOARD_PORT (3001); "
+        "set DASHBOARD_PORT=4001 to keep the reference dashboard's port"
+    )
+    assert dashboard_port_warning({"PORT": "3001"}) is None  # the reference dashboard's default: same port
+    assert dashboard_port_warning({"PORT": "4001", "DASHBOARD_PORT": "4002"}) is None
+    assert dashboard_port_warning({}) is None
+
+    def stop(*_: object) -> None:  # no port is bound: stop right after the warnings
+        raise click.ClickException("stopped by the test")
+
+    monkeypatch.setattr(cli, "_check_port", stop)
+    # `--port` writes DASHBOARD_PORT into os.environ (as the command does for its children): set it
+    # through monkeypatch first, so that its absence is what is restored after the test
+    monkeypatch.setenv("DASHBOARD_PORT", "3001")
+    monkeypatch.delenv("DASHBOARD_PORT")
+    monkeypatch.delenv(CHECKED_MARKER, raising=False)
+    shown = CliRunner().invoke(main, ["dashboard"], env={"PORT": "4001", "STORAGE_ENABLED": "false"})
+    assert shown.exit_code != 0 and "stopped by the test" in shown.output, shown.output
+    assert shown.output.count("set DASHBOARD_PORT=4001") == 1, shown.output
+    shown = CliRunner().invoke(main, ["dashboard", "--port", "4001"], env={"PORT": "4001"})
+    assert "set DASHBOARD_PORT" not in shown.output, shown.output

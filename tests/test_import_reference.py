@@ -517,3 +517,28 @@ def test_finished_analyses_join_nexus_own(reference: tuple[str, Loaded], migrate
     assert on_a_conversation == (6,)  # the analysis names a conversation Nexus shows
     again = run(source, migrated_db, restart=True)
     assert again.analyses_shown == 0
+
+
+def test_a_second_reference_reports_only_its_own_analyses(
+    reference: tuple[str, Loaded], migrated_db: str, database_admin_url: str
+) -> None:
+    """Importing a second reference database (another team's, or an older one) must not report the
+    first one's unfinished analyses as its own: the summary said "1 analyses never finished in the
+    reference" for a reference that has none."""
+    source, _ = reference
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute(NEXUS_ANALYSES)  # type: ignore[arg-type]
+    assert run(source, migrated_db, relink=False).analyses_pending == 1
+    name = f"reference_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(database_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    other = with_database(database_admin_url, name)
+    try:
+        with psycopg.connect(other, autocommit=True) as conn:
+            conn.execute(reference_db.SCHEMA.read_text())  # type: ignore[arg-type]
+        report = run(other, migrated_db, relink=False)
+        assert report.analyses.read == 0
+        assert (report.analyses_shown, report.analyses_pending) == (0, 0)
+    finally:
+        with psycopg.connect(database_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -304,6 +304,15 @@ def test_sync_without_a_repository_is_501_and_its_status_says_so(mcp_url: str) -
     assert status == 200 and doc["sync_status"] == "not_configured" and doc["repository"] is None
 
 
+def test_a_web_page_of_another_origin_cannot_start_a_sync(mcp_url: str) -> None:
+    """`POST /api/mcp/sync` changes state (it spends the GitHub token's rate limit and rewrites prompt
+    files), so like every other `/api/*` POST it is refused from a page of another origin; it was not."""
+    for headers in ({"origin": "http://evil.example"}, {"sec-fetch-site": "cross-site"}):
+        status, doc = api(mcp_url, "POST", "/api/mcp/sync", headers)
+        assert status == 403 and doc["error"]["type"] == "permission_error", (headers, doc)
+    assert api(mcp_url, "GET", "/api/mcp/prompts", {"sec-fetch-site": "cross-site"})[0] == 200  # reads stay open
+
+
 def test_the_rest_view_follows_the_data_access_rule(mcp_url: str) -> None:
     status, doc = api(mcp_url, "GET", "/api/mcp/prompts", {"x-forwarded-for": "203.0.113.9"})
     assert status in (401, 403) and doc["type"] == "error"

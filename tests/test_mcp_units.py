@@ -75,6 +75,26 @@ def test_a_template_whose_output_would_explode_is_refused_at_load() -> None:
         Template(nested).check([f"a{i}" for i in range(32)])
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        # an inline partial that includes the previous one twice: 2^40 characters with no argument at all
+        '{{#*inline "p0"}}xx{{/inline}}'
+        + "".join(f'{{{{#*inline "p{i}"}}}}{{{{> p{i - 1}}}}}{{{{> p{i - 1}}}}}{{{{/inline}}}}' for i in range(1, 41))
+        + "{{> p40}}",
+        # `{{#each}}` spelled with spaces: the engine runs it, the limit must count it
+        "{{ #each @root}}" * 30 + "{{this}}" + "{{/each}}" * 30,
+        "{{# each @root}}" * 30 + "{{this}}" + "{{/each}}" * 30,
+        "{{~ #each @root}}" * 30 + "{{this}}" + "{{/each}}" * 30,
+    ],
+)
+def test_template_bombs_are_refused_before_any_trial_render(source: str) -> None:
+    """Before the fix these compiled and the load-time trial render ran for hours (or filled memory),
+    blocking the proxy worker that loaded the prompt file."""
+    with pytest.raises(TemplateError, match=r"partials|#each"):
+        Template(source)
+
+
 def test_variables_are_read_off_the_template() -> None:
     assert variables("{{a}} {{{b}}} {{#if c}}{{a}}{{else}}{{/if}} {{this}} {{d.e}} {{~f~}}") == ["a", "b", "c", "f"]
 

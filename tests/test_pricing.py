@@ -205,12 +205,10 @@ def test_migrate_writes_the_operators_prices_and_a_restart_replaces_them(
 # --- costs in the API ---------------------------------------------------------------------------------
 
 
-def test_costs_in_requests_usage_and_conversations(migrated_db: str) -> None:
-    import asyncio
+def test_costs_in_requests_usage_and_conversations(migrated_db: str, tmp_path: Path) -> None:
+    import urllib.request
 
-    from psycopg_pool import AsyncConnectionPool
-
-    from nexus.api import conversations, requests, usage
+    from nexus.testing.servers import run_proxy
 
     at = NOW - timedelta(minutes=10)
     conv = "0191e7a0-0000-7000-8000-000000000001"
@@ -229,18 +227,18 @@ def test_costs_in_requests_usage_and_conversations(migrated_db: str) -> None:
         assert conn.execute(REPRICE_UNPRICED, {"limit": 10**9}).rowcount == 1
     haiku = (1000 * 1 + 100 * 5) / 10**6
 
-    async def run() -> tuple[Any, ...]:
-        async with AsyncConnectionPool(migrated_db, open=False) as pool:
-            one = await requests.get_request(pool, known, {})
-            other = await requests.get_request(pool, unknown, {})
-            p1 = await usage.current(pool, "", {"projectId": ["p1"]})
-            p2 = await usage.current(pool, "", {"projectId": ["p2"]})
-            daily = await usage.daily(pool, "", {"projectId": ["p1"]})
-            convs = await conversations.list_conversations(pool, "", {})
-            tree = await conversations.get_conversation(pool, conv, {})
-            return one, other, p1, p2, daily, convs, tree
+    with run_proxy({"DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path)}) as proxy:
 
-    one, other, p1, p2, daily, convs, tree = asyncio.run(run())
+        def get(path: str) -> Any:
+            with urllib.request.urlopen(f"{proxy}{path}", timeout=10) as resp:  # noqa: S310 (loopback)
+                return orjson.loads(resp.read())
+
+        one, other = get(f"/api/requests/{known}"), get(f"/api/requests/{unknown}")
+        p1 = get("/api/token-usage/current?projectId=p1")
+        p2 = get("/api/token-usage/current?projectId=p2")
+        daily = get("/api/token-usage/daily?projectId=p1")
+        convs = get("/api/conversations?projectId=p1")
+        tree = get(f"/api/conversations/{conv}")
     assert one["cost_usd"] == pytest.approx(haiku)
     assert other["cost_usd"] is None
     # a partly priced total is a lower bound, and says how many requests it misses

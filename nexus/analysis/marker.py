@@ -8,7 +8,9 @@ in the database (only its sha256 is stored there, and it changes with every clai
 request as `request_type = 'analysis'` with no conversation link.
 
 A client cannot use the mark for anything: it only exists while a worker holds that job; a mark that
-does not check out is refused (403, counted against the address like a wrong key) rather than ignored;
+does not check out is refused (403, counted against the address like a wrong key; 429 once the address
+is throttled) rather than ignored, while a live mark still passes from a throttled address (the worker
+shares it with local clients, and a live mark cannot be guessed);
 a valid one bypasses nothing (client keys, credentials, body checks and storage apply as to any
 request) and only keeps the request out of conversations. The header is never forwarded upstream and
 never stored (stored headers are an allow-list).

@@ -34,7 +34,7 @@ OpHandler = Callable[[AsyncConnectionPool, Args], Awaitable[Any]]
 
 #: What a text parameter may hold: `check_query`'s rule (no control character, at most MAX_VALUE).
 TEXT_PATTERN = "^[^\\u0000-\\u001f\\u007f]*$"
-_CURSOR = re.compile(r"[0-9]{1,19}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_CURSOR = re.compile(r"[0-9]{1,17}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,30})?)?([Zz]|[+-]\d{2}:\d{2})?)?", re.ASCII)
 _PAST_MICROSECONDS = re.compile(r"(\.\d{6})\d+", re.ASCII)
 

@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from nexus.api import oauth_usage, schemas
 from nexus.api.contract import ACCOUNT, PROJECT, Args, Operation, Param, declare, serve
 from nexus.api.usage import iso
+from nexus.compat.request_types import reference_type_counts
 from nexus.usage import rollups
 from nexus.usage.service import align_up, now_utc
 
@@ -166,7 +167,8 @@ def _stats_fields(row: dict[str, Any]) -> dict[str, Any]:
         "active_domains": projects,
         "active_projects": projects,
         "requests_by_model": row["by_model"],
-        "requests_by_type": row["by_type"],
+        "requests_by_type": reference_type_counts(row["by_type"]),
+        "request_types": row["by_type"],
     }
 
 

@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from nexus.api import schemas
 from nexus.api.contract import ACCOUNT, BEFORE, OFFSET, PROJECT, Args, Operation, Param, declare, limit, serve
 from nexus.api.params import found, next_cursor
+from nexus.compat.request_types import reference_request_type
 from nexus.conversations.search import Find
 from nexus.storage import requests_repo
 
@@ -92,7 +93,7 @@ def reference_fields(row: dict[str, Any]) -> dict[str, Any]:
         "totalTokens": _zero(row["input_tokens"]) + _zero(row["output_tokens"]),
         "durationMs": _zero(row["duration_ms"]),
         "responseStatus": _zero(row["response_status"]),
-        "requestType": row["request_type"],
+        "requestType": reference_request_type(row["request_type"]),
     }
 
 

@@ -397,7 +397,10 @@ class Stats(CamelStruct):
     active_domains: int
     active_projects: int
     requests_by_model: dict[str, int]
+    #: by the reference's request types (`inference`, `query_evaluation`: nexus/compat/request_types.py)
     requests_by_type: dict[str, int]
+    #: by Nexus's own request types (`main`, `subagent`, `compaction`, `auxiliary`, ...)
+    request_types: dict[str, int]
 
 
 class StorageStats(Stats):

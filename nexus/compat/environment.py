@@ -88,3 +88,16 @@ def warn_once() -> list[str]:
         return []
     os.environ[CHECKED_MARKER] = "1"
     return environment_warnings(os.environ)
+
+
+def dashboard_port_warning(env: Mapping[str, str]) -> str | None:
+    """`nexus dashboard` with the reference dashboard's environment: that service listened on `PORT`,
+    Nexus's dashboard on `DASHBOARD_PORT` (`PORT` is the proxy's). Said when they differ, not changed:
+    a shared environment file's `PORT` is the proxy's, and the dashboard must not take it."""
+    given = (env.get("PORT") or "").strip()
+    if not given or env.get("DASHBOARD_PORT") or given == "3001":
+        return None
+    return (
+        "PORT is the proxy's port in Nexus: `nexus dashboard` listens on DASHBOARD_PORT (3001); "
+        f"set DASHBOARD_PORT={given} to keep the reference dashboard's port"
+    )

@@ -8,9 +8,9 @@ variables is here, once, with its status:
   `STORAGE_BATCH_INTERVAL_MS`), unless that setting is set too;
 - `unsupported`: Nexus has no such knob; `nexus` says what to do instead, and start-up prints one
   warning naming it when the variable is set (`nexus.compat.environment`);
-- `elsewhere`: handled by a part of Nexus being built separately (AI analysis, Slack, MCP, Spark,
-  telemetry, test samples, client setup files): no warning. `HANDLED_ELSEWHERE` is the list to edit
-  when those parts land or change their names.
+- `elsewhere`: handled by a part of Nexus being built separately: no warning. None is left since AI
+  analysis, Slack, MCP, Spark, telemetry, test samples and client setup landed (their names are rows
+  of `_TABLE`); `HANDLED_ELSEWHERE` is the list to fill if another such part is ever split off.
 
 `docs/settings.md` carries this table (`reference_markdown`, checked by `tests/test_compat_settings.py`),
 the settings read the aliases from it (`apply_aliases`), and the start-up warnings come from it, so the
@@ -27,16 +27,10 @@ from urllib.parse import quote
 Status = Literal["same", "alias", "unsupported", "elsewhere"]
 
 #: Reference names (exact, or prefixes ending in `_`) that other parts of Nexus handle: no warning.
-HANDLED_ELSEWHERE_PREFIXES: tuple[str, ...] = ("AI_", "SLACK_", "MCP_", "SPARK_", "TELEMETRY_", "GEMINI_")
-HANDLED_ELSEWHERE: frozenset[str] = frozenset(
-    {
-        "COLLECT_TEST_SAMPLES",
-        "TEST_SAMPLES_DIR",
-        "CLIENT_SETUP_DIR",
-        "ANTHROPIC_ANALYSIS_MODEL",
-        "ENABLE_NOTIFICATIONS",
-    }
-)
+#: Empty since those parts landed (issue 12): their variables are rows of `_TABLE` like any other, so
+#: one Nexus does not read is reported at start-up instead of being ignored without a word.
+HANDLED_ELSEWHERE_PREFIXES: tuple[str, ...] = ()
+HANDLED_ELSEWHERE: frozenset[str] = frozenset()
 
 
 def handled_elsewhere(name: str) -> bool:
@@ -66,6 +60,12 @@ def _no(name: str, instead: str, note: str = "") -> ReferenceVar:
 
 _RATE = "`AUTH_FAILURE_LIMIT` limits wrong keys; request and token rates are left to Anthropic's own limits"
 _SSO = "`DASHBOARD_API_KEY` (login form and `X-API-Key`), behind your SSO proxy if you use one"
+_AI_API = "`AUTH_FAILURE_LIMIT` (failed keys); `/api/analyses` follows the access rule of `/api/*`"
+_AI_BUDGET = (
+    "`AI_ANALYSIS_INPUT_TRUNCATION_TARGET_TOKENS`, `AI_ANALYSIS_TRUNCATE_FIRST_N_TOKENS`, "
+    "`AI_ANALYSIS_TRUNCATE_LAST_M_TOKENS` (docs/analysis.md)"
+)
+_MCP_CACHE = "nothing needed: prompts are held compiled and reloaded when their files change (`MCP_WATCH_FILES`)"
 _DB = "composes `DATABASE_URL` when that is unset (`postgresql://DB_USER:DB_PASSWORD@DB_HOST:DB_PORT/DB_NAME`)"
 
 _TABLE: tuple[ReferenceVar, ...] = (
@@ -143,6 +143,85 @@ _TABLE: tuple[ReferenceVar, ...] = (
     _no("GOOGLE_CLIENT_ID", "your oauth2-proxy's own settings; Nexus does not read them"),
     _no("GOOGLE_CLIENT_SECRET", "your oauth2-proxy's own settings; Nexus does not read them"),
     _no("OAUTH_PROXY_COOKIE_SECRET", "your oauth2-proxy's own settings; Nexus does not read them"),
+    # --- notifications, telemetry, samples, Spark, client setup (docs/slack.md, telemetry.md, spark.md) -
+    _alias("ENABLE_NOTIFICATIONS", "SLACK_ENABLED", "`false` turns Slack notifications off; `true` leaves the default"),
+    *(
+        _same(n)
+        for n in (
+            "SLACK_WEBHOOK_URL",
+            "SLACK_CHANNEL",
+            "SLACK_USERNAME",
+            "SLACK_ICON_EMOJI",
+            "SLACK_ENABLED",
+            "TELEMETRY_ENDPOINT",
+            "TELEMETRY_ENABLED",
+            "SPARK_API_URL",
+            "SPARK_API_KEY",
+            "SPARK_ENABLED",
+            "COLLECT_TEST_SAMPLES",
+            "TEST_SAMPLES_DIR",
+            "CLIENT_SETUP_DIR",
+        )
+    ),
+    # --- AI analysis (docs/analysis.md) ------------------------------------------------------------
+    *(
+        _same(n)
+        for n in (
+            "AI_WORKER_ENABLED",
+            "AI_WORKER_POLL_INTERVAL_MS",
+            "AI_WORKER_MAX_CONCURRENT_JOBS",
+            "AI_WORKER_JOB_TIMEOUT_MINUTES",
+            "AI_ANALYSIS_MAX_RETRIES",
+            "AI_ANALYSIS_REQUEST_TIMEOUT_MS",
+            "AI_ESTIMATED_CHARS_PER_TOKEN",
+            "AI_ANALYSIS_INPUT_TRUNCATION_TARGET_TOKENS",
+            "AI_ANALYSIS_TRUNCATE_FIRST_N_TOKENS",
+            "AI_ANALYSIS_TRUNCATE_LAST_M_TOKENS",
+            "AI_ANALYSIS_PROJECT_ID",
+            "ANTHROPIC_ANALYSIS_MODEL",
+            "AI_ANALYSIS_PROXY_URL",
+            "AI_ANALYSIS_API_KEY",
+            "GEMINI_API_KEY",
+            "GEMINI_API_URL",
+            "GEMINI_MODEL_NAME",
+        )
+    ),
+    _alias("AI_ANALYSIS_GEMINI_REQUEST_TIMEOUT_MS", "AI_ANALYSIS_REQUEST_TIMEOUT_MS", "the older reference's name"),
+    _no("AI_ANALYSIS_RATE_LIMIT_CREATION", _AI_API),
+    _no("AI_ANALYSIS_RATE_LIMIT_RETRIEVAL", _AI_API),
+    _no("AI_ANALYSIS_PROMPT_VERSION", "nothing: one built-in prompt; a request's `customPrompt` for another"),
+    *(
+        _no(n, _AI_BUDGET)
+        for n in (
+            "AI_MAX_CONTEXT_TOKENS",
+            "AI_MAX_PROMPT_TOKENS",
+            "AI_MAX_PROMPT_TOKENS_BASE",
+            "AI_TOKENIZER_SAFETY_MARGIN",
+            "AI_TRUNCATION_STRATEGY",
+            "AI_HEAD_MESSAGES",
+            "AI_TAIL_MESSAGES",
+        )
+    ),
+    _no("AI_ANALYSIS_ENABLE_PII_REDACTION", "nothing: keys are always redacted from the transcript"),
+    _no("AI_ANALYSIS_ENABLE_PROMPT_INJECTION_PROTECTION", "nothing: the system prompt always says to ignore them"),
+    _no("AI_ANALYSIS_ENABLE_OUTPUT_VALIDATION", "nothing: every reply is always validated"),
+    _no("AI_ANALYSIS_ENABLE_AUDIT_LOGGING", "nothing: each analysis is stored as a request of type `analysis`"),
+    # --- MCP prompt server (docs/mcp.md) -----------------------------------------------------------
+    *(
+        _same(n)
+        for n in (
+            "MCP_ENABLED",
+            "MCP_GITHUB_OWNER",
+            "MCP_GITHUB_REPO",
+            "MCP_GITHUB_BRANCH",
+            "MCP_GITHUB_TOKEN",
+            "MCP_GITHUB_PATH",
+            "MCP_SYNC_INTERVAL",
+        )
+    ),
+    _no("MCP_GITHUB_WEBHOOK_SECRET", "`MCP_SYNC_INTERVAL` (polling) or `POST /api/mcp/sync`; no webhook"),
+    _no("MCP_CACHE_TTL", _MCP_CACHE),
+    _no("MCP_CACHE_SIZE", _MCP_CACHE),
     # --- scripts and leftovers ---------------------------------------------------------------------
     _no("GMAIL_OAUTH_CLIENT_FILE", "`nexus oauth login` (no mail-assisted relogin)"),
     _no("GMAIL_OAUTH_TOKEN_FILE", "`nexus oauth login` (no mail-assisted relogin)"),
@@ -155,64 +234,7 @@ _TABLE: tuple[ReferenceVar, ...] = (
 )
 
 #: Names of the parts built elsewhere, as the reference spelled them (shown in the docs).
-_ELSEWHERE_NAMES: tuple[str, ...] = (
-    "ENABLE_NOTIFICATIONS",
-    "SLACK_WEBHOOK_URL",
-    "SLACK_CHANNEL",
-    "SLACK_USERNAME",
-    "SLACK_ICON_EMOJI",
-    "SLACK_ENABLED",
-    "TELEMETRY_ENDPOINT",
-    "TELEMETRY_ENABLED",
-    "SPARK_API_URL",
-    "SPARK_API_KEY",
-    "SPARK_ENABLED",
-    "COLLECT_TEST_SAMPLES",
-    "TEST_SAMPLES_DIR",
-    "CLIENT_SETUP_DIR",
-    "AI_WORKER_ENABLED",
-    "AI_WORKER_POLL_INTERVAL_MS",
-    "AI_WORKER_MAX_CONCURRENT_JOBS",
-    "AI_WORKER_JOB_TIMEOUT_MINUTES",
-    "AI_ANALYSIS_MAX_RETRIES",
-    "AI_ANALYSIS_REQUEST_TIMEOUT_MS",
-    "AI_ANALYSIS_GEMINI_REQUEST_TIMEOUT_MS",
-    "AI_ANALYSIS_RATE_LIMIT_CREATION",
-    "AI_ANALYSIS_RATE_LIMIT_RETRIEVAL",
-    "AI_ANALYSIS_PROMPT_VERSION",
-    "AI_MAX_CONTEXT_TOKENS",
-    "AI_MAX_PROMPT_TOKENS",
-    "AI_MAX_PROMPT_TOKENS_BASE",
-    "AI_TOKENIZER_SAFETY_MARGIN",
-    "AI_TRUNCATION_STRATEGY",
-    "AI_HEAD_MESSAGES",
-    "AI_TAIL_MESSAGES",
-    "AI_ESTIMATED_CHARS_PER_TOKEN",
-    "AI_ANALYSIS_INPUT_TRUNCATION_TARGET_TOKENS",
-    "AI_ANALYSIS_TRUNCATE_FIRST_N_TOKENS",
-    "AI_ANALYSIS_TRUNCATE_LAST_M_TOKENS",
-    "AI_ANALYSIS_ENABLE_PII_REDACTION",
-    "AI_ANALYSIS_ENABLE_PROMPT_INJECTION_PROTECTION",
-    "AI_ANALYSIS_ENABLE_OUTPUT_VALIDATION",
-    "AI_ANALYSIS_ENABLE_AUDIT_LOGGING",
-    "AI_ANALYSIS_PROJECT_ID",
-    "ANTHROPIC_ANALYSIS_MODEL",
-    "AI_ANALYSIS_PROXY_URL",
-    "AI_ANALYSIS_API_KEY",
-    "GEMINI_API_KEY",
-    "GEMINI_API_URL",
-    "GEMINI_MODEL_NAME",
-    "MCP_ENABLED",
-    "MCP_GITHUB_OWNER",
-    "MCP_GITHUB_REPO",
-    "MCP_GITHUB_BRANCH",
-    "MCP_GITHUB_TOKEN",
-    "MCP_GITHUB_PATH",
-    "MCP_SYNC_INTERVAL",
-    "MCP_GITHUB_WEBHOOK_SECRET",
-    "MCP_CACHE_TTL",
-    "MCP_CACHE_SIZE",
-)
+_ELSEWHERE_NAMES: tuple[str, ...] = ()
 
 
 def reference_vars() -> tuple[ReferenceVar, ...]:
@@ -231,6 +253,7 @@ REFERENCE_VARS: dict[str, ReferenceVar] = {r.name: r for r in reference_vars()}
 
 DB_DEFAULTS = {"DB_HOST": "localhost", "DB_PORT": "5432", "DB_NAME": "agent_prompttrain", "DB_USER": "postgres"}
 _TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def database_url_from_parts(env: Mapping[str, str]) -> str | None:
@@ -241,10 +264,17 @@ def database_url_from_parts(env: Mapping[str, str]) -> str | None:
     password = env.get("DB_PASSWORD")
     auth = quote(part["DB_USER"], safe="") + (f":{quote(password, safe='')}" if password else "")
     host = part["DB_HOST"]
+    name = quote(part["DB_NAME"], safe="")
+    ssl = (env.get("DB_SSL") or "").strip().lower() in _TRUE
+    if host.startswith("/"):
+        # A unix socket directory (`/var/run/postgresql`), as node-postgres takes it: libpq wants it
+        # as the `host` parameter; in the authority it would be read as part of the database name.
+        query = f"host={quote(host, safe='')}&port={quote(part['DB_PORT'], safe='')}"
+        return f"postgresql://{auth}@/{name}?{query}" + ("&sslmode=require" if ssl else "")
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 literal
-    url = f"postgresql://{auth}@{host}:{part['DB_PORT']}/{quote(part['DB_NAME'], safe='')}"
-    if (env.get("DB_SSL") or "").strip().lower() in _TRUE:
+    url = f"postgresql://{auth}@{host}:{part['DB_PORT']}/{name}"
+    if ssl:
         url += "?sslmode=require"
     return url
 
@@ -253,12 +283,19 @@ def _log_json(value: str) -> str:
     return "json" if value.strip().lower() in _TRUE else "text"
 
 
+def _notifications(value: str) -> str | None:
+    """`ENABLE_NOTIFICATIONS=false` turns Slack off; any other value leaves SLACK_ENABLED's default."""
+    return "false" if value.strip().lower() in _FALSE else None
+
+
 #: setting (field name) -> [(reference variable, conversion)]: read when the setting itself is not set.
 ALIASES: dict[str, list[tuple[str, Callable[[str], Any]]]] = {
     "storage_batch_interval_ms": [("STORAGE_BATCH_INTERVAL", str)],
     "dashboard_api_key": [("INTERNAL_API_KEY", str)],
     "metrics_enabled": [("ENABLE_METRICS", str)],
     "log_format": [("LOG_JSON", _log_json)],
+    "slack_enabled": [("ENABLE_NOTIFICATIONS", _notifications)],
+    "ai_analysis_request_timeout_ms": [("AI_ANALYSIS_GEMINI_REQUEST_TIMEOUT_MS", str)],
 }
 
 

@@ -376,8 +376,7 @@ CONVERSATION_DETAILS = (
 TREE_COLUMNS = (
     "request_id, timestamp, parent_request_id, branch_id, is_subtask, parent_task_request_id, request_type, "
     "model, response_status, input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens, "
-    "duration_ms, message_count, tool_call_count, session_id, agent_id, "
-    f"{REQUEST_COST_USD} AS cost_usd"
+    "duration_ms, message_count, tool_call_count, session_id, agent_id, " + REQUEST_COST_USD
 )
 
 

@@ -19,7 +19,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote_plus
+from urllib.parse import parse_qs, quote, unquote_plus, urlsplit
 
 import orjson
 import psycopg
@@ -27,14 +27,15 @@ from psycopg_pool import PoolTimeout
 
 from nexus import __version__
 from nexus.api.params import check_query
-from nexus.compat import dashboard_links
-from nexus.dashboard import analysis, find, render, views
+from nexus.compat import dashboard_api, dashboard_links
+from nexus.dashboard import analysis, find, render, tree_page, views
 from nexus.dashboard.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Access, DashboardAuth, parse_cookies
 from nexus.dashboard.cache import PageCache
 from nexus.dashboard.db import read_only_pool
 from nexus.dashboard.live import HEARTBEAT_SECONDS, LiveFeed
 from nexus.dashboard.urls import shown_url
 from nexus.errors import ProxyError
+from nexus.integrations.spark import FeedbackError, SparkClient, feedback_payload
 from nexus.observability import logs
 from nexus.security.throttle import FailureThrottle
 from nexus.settings import Settings
@@ -129,6 +130,12 @@ class Dashboard:
         self.pool = read_only_pool(database_url, settings.db_pool_size, querylog.pool_kwargs(settings))
         self.cache = PageCache(settings.dashboard_cache_ttl)
         self.feed = LiveFeed(self.pool, self.render_row, settings.dashboard_live_interval_ms / 1000)
+        #: Sends feedback on Spark recommendations (docs/spark.md); None without SPARK_API_KEY.
+        self.spark = (
+            SparkClient(settings.spark_api_url, settings.spark_api_key)
+            if settings.spark_active and settings.spark_api_key
+            else None
+        )
 
     # --- rendering ------------------------------------------------------------------------------
     def page(self, template: str, status: int = 200, **context: Any) -> Any:
@@ -210,7 +217,70 @@ class Dashboard:
     async def request_detail(self, request: Any, access: Access) -> Any:
         async with self.pool.connection() as conn:
             data = await views.request_page(conn, request.path_params["request_id"])
-        return self.page("request.html", access=access, page="requests", **data)
+        notice = "sent" if _query(request, "spark") == "sent" else None  # never text from the URL
+        return self.page(
+            "request.html",
+            access=access,
+            page="requests",
+            spark_enabled=self.spark is not None,
+            spark_notice=notice,
+            **data,
+        )
+
+    async def spark_feedback(self, request: Any, access: Access) -> Any:
+        """Feedback on a Spark recommendation shown on a request's page, sent on to the Spark API. Only
+        for a session id that recommendation really has, and only sections and sources it has."""
+        if self.spark is None:
+            return self.message(503, "Spark is not configured", "Set SPARK_API_KEY to send feedback.", access)
+        form = _form(request)
+        if not self._same_site_form(request, access, form):
+            return self.message(403, "Forbidden", "Missing or wrong CSRF token.", access)
+        request_id = request.path_params["request_id"]
+        async with self.pool.connection() as conn:
+            data = await views.request_page(conn, request_id)
+        rec = next((r for r in data["spark"] if r.session_id == form.get("session_id")), None)
+        if rec is None:
+            return self.message(400, "Bad request", "This request has no such Spark recommendation.", access)
+        section_ids = {sec.id for sec in rec.sections}
+        section_feedback = {
+            k.removeprefix("section:"): v
+            for k, v in form.items()
+            if k.startswith("section:") and k.removeprefix("section:") in section_ids
+        }
+        urls = {url for _, url in rec.sources}
+        source_feedback = {
+            v: form.get("source_feedback_" + k.removeprefix("source_url_"), "")
+            for k, v in form.items()
+            if k.startswith("source_url_") and v in urls
+        }
+        try:
+            payload = feedback_payload(
+                rec.session_id, form.get("rating"), form.get("comments", ""), section_feedback, source_feedback
+            )
+        except FeedbackError as exc:
+            return self.message(400, "Bad request", str(exc), access)
+        answer = await asyncio.to_thread(self.spark.send_feedback, payload)
+        if not answer.ok:
+            log.warning("spark: feedback for session %s not taken (%s)", rec.session_id, answer.error)
+            return self.message(502, "Spark did not take the feedback", answer.error or "failed", access)
+        return respond(
+            303, "", headers={"location": f"/requests/{quote(str(data['r']['request_id']))}?spark=sent#spark"}
+        )
+
+    def _same_site_form(self, request: Any, access: Access, form: dict[str, str]) -> bool:
+        """A state-changing form post: with a login session its CSRF token must match; with a key in a
+        header it is no browser's ambient credential; on loopback without a key, only a same-origin page
+        may post (Sec-Fetch-Site and Origin, which every current browser sends on a POST)."""
+        if access.session is not None:
+            return self.auth.csrf_matches(access.session, form.get("_csrf"))
+        if access.by_header:
+            return True
+        headers = _headers(request)
+        site = headers.get("sec-fetch-site")
+        if site is not None and site not in ("same-origin", "none"):
+            return False
+        origin = headers.get("origin")
+        return origin is None or urlsplit(origin).netloc == headers.get("host")
 
     async def conversations(self, request: Any, access: Access) -> Any:
         found, params = find.read(_query_dict(request), requests=False)
@@ -225,7 +295,12 @@ class Dashboard:
 
     async def conversation(self, request: Any, access: Access) -> Any:
         async with self.pool.connection() as conn:
-            data = await views.conversation_page(conn, request.path_params["conversation_id"])
+            data = await views.conversation_page(
+                conn,
+                request.path_params["conversation_id"],
+                branch=_query(request, "branch"),
+                tree_from=tree_page.offset_param(_query(request, "tree_from")),
+            )
         return self.page("conversation.html", access=access, page="conversations", **data)
 
     async def request_analysis(self, request: Any, access: Access) -> Any:
@@ -256,12 +331,13 @@ class Dashboard:
 
     async def usage(self, request: Any, access: Access) -> Any:
         filters = Filters(account_id=_query(request, "account_id"), project_id=_query(request, "project_id"))
+        bucket, by = _query(request, "bucket"), _query(request, "by")
 
         async def load() -> dict[str, Any]:
             async with self.pool.connection() as conn:
-                return await views.usage_page(conn, filters)
+                return await views.usage_page(conn, filters, chart_bucket=bucket, chart_by=by)
 
-        data = await self.cache.get(("usage", filters.account_id, filters.project_id), load)
+        data = await self.cache.get(("usage", filters.account_id, filters.project_id, bucket, by), load)
         return self.page("usage.html", access=access, page="usage", **data)
 
     async def live(self, request: Any, access: Access) -> Any:
@@ -418,12 +494,17 @@ class Dashboard:
         app.add_route("GET", "/", self.guarded(self.overview))
         app.add_route("GET", "/requests", self.guarded(self.requests))
         app.add_route("GET", "/requests/:request_id", self.guarded(self.request_detail))
+        app.add_route("POST", "/requests/:request_id/spark-feedback", self.guarded(self.spark_feedback))
         app.add_route("GET", "/conversations", self.guarded(self.conversations))
         app.add_route("GET", "/conversations/:conversation_id", self.guarded(self.conversation))
         app.add_route("POST", "/conversations/:conversation_id/analysis", self.guarded(self.request_analysis))
         app.add_route("GET", "/usage", self.guarded(self.usage))
         app.add_route("GET", "/live", self.guarded(self.live, stream=True))
         dashboard_links.register(app, respond, _query_dict)  # the reference dashboard's /dashboard/* links
+        # the reference dashboard's JSON endpoints, answered by the proxy (nexus/compat/dashboard_api.py)
+        dashboard_api.register(
+            app, self.guarded, respond, self.settings.dashboard_proxy_url, self.settings.dashboard_api_key
+        )
         return app
 
 

@@ -14,8 +14,9 @@ from nexus.api.params import cursor_param
 from nexus.api.requests import next_cursor
 from nexus.conversations import repository as conversations_repo
 from nexus.conversations.search import Find
-from nexus.dashboard import render
+from nexus.dashboard import render, tree_page, usage_charts
 from nexus.errors import ProxyError
+from nexus.integrations.spark import find_recommendations
 from nexus.storage import requests_repo
 from nexus.usage import repo as usage_repo
 from nexus.usage import service
@@ -115,25 +116,44 @@ async def request_page(conn: AsyncConnection[Any], request_id: str) -> dict[str,
         "usage": render.request_usage(row.get("usage")),
         "request_headers": row.get("request_headers") or {},
         "response_headers": render.shown_response_headers(row.get("response_headers")),
+        "spark": find_recommendations(row.get("request_body")),
     }
 
 
-async def usage_page(conn: AsyncConnection[Any], filters: Filters, now: datetime | None = None) -> dict[str, Any]:
+async def usage_page(
+    conn: AsyncConnection[Any],
+    filters: Filters,
+    now: datetime | None = None,
+    *,
+    chart_bucket: str | None = None,
+    chart_by: str | None = None,
+) -> dict[str, Any]:
     now = now or service.now_utc()
     series = await service.rolling_series(
         conn, filters, span=timedelta(hours=24), bucket=timedelta(minutes=15), now=now
     )
     month = now - timedelta(days=30)
+    by_account = await service.window_by(conn, "account_id", filters, now=now)
+    accounts = await usage_repo.distinct_values(conn, "account_id", month, now)
     return {
         "filters": filters,
         "window": await service.current_window(conn, filters, now=now),
-        "by_account": await service.window_by(conn, "account_id", filters, now=now),
+        "by_account": by_account,
+        **await usage_charts.plan_context(
+            conn,
+            filters,
+            accounts=accounts,
+            by_account=by_account,
+            series=series,
+            bucket_name=chart_bucket,
+            by=chart_by,
+            now=now,
+        ),
         "by_project": await service.window_by(conn, "project_id", filters, now=now),
         "series": series,
-        "output_line": render.sparkline([int(p["output_tokens"]) for p in series]),
         "hourly": [p for p in series if p["at"].minute == 0][::-1],
         "daily": await service.daily_usage(conn, filters, 30, by_model=True, now=now),
-        "accounts": await usage_repo.distinct_values(conn, "account_id", month, now),
+        "accounts": accounts,
         "projects": await usage_repo.distinct_values(conn, "project_id", month, now),
     }
 
@@ -165,7 +185,9 @@ async def conversations_page(
     }
 
 
-async def conversation_page(conn: AsyncConnection[Any], conversation_id: str) -> dict[str, Any]:
+async def conversation_page(
+    conn: AsyncConnection[Any], conversation_id: str, *, branch: str | None = None, tree_from: int = 0
+) -> dict[str, Any]:
     try:
         conversation_id = str(uuid.UUID(conversation_id))
     except ValueError:
@@ -174,7 +196,6 @@ async def conversation_page(conn: AsyncConnection[Any], conversation_id: str) ->
     if tree is None:
         raise NotFound(conversation_id)
     number = {str(r["request_id"]): f"#{i}" for i, r in enumerate(tree["requests"], 1)}
-    edges = {str(e["to"]): {"from": str(e["from"]), "kind": e["kind"]} for e in tree["edges"]}
     costs = [r["cost_usd"] for r in tree["requests"]]
     cost = {
         "requests": len(costs),
@@ -186,7 +207,7 @@ async def conversation_page(conn: AsyncConnection[Any], conversation_id: str) ->
         "c": tree,
         "counts": conversations_repo.branch_counts([r["branch_id"] for r in tree["requests"]]),
         "number": number,
-        "edges": edges,
+        **await tree_page.tree_context(conn, tree, number, branch=branch, tree_from=tree_from),
         "cost": cost,
         "analyses": analyses,
         "analysis_busy": any(a["status"] in ("pending", "processing") for a in analyses),

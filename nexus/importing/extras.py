@@ -138,11 +138,12 @@ def import_analyses(
 FINISHED = ("completed", "failed")
 
 
-def offer_analyses(dst: psycopg.Connection[Any]) -> tuple[int, int]:
-    """Copy the finished reference analyses into Nexus's `conversation_analyses` (AI analysis), where that
-    table exists, so the dashboard shows them on their conversations; Nexus's own analysis of the same
-    branch wins. Only the columns both tables have are copied, each cast to Nexus's type. Returns
-    (copied, left as pending or processing)."""
+def offer_analyses(dst: psycopg.Connection[Any], origin: str) -> tuple[int, int]:
+    """Copy the finished analyses of the reference `origin` into Nexus's `conversation_analyses` (AI
+    analysis), where that table exists, so the dashboard shows them on their conversations; Nexus's own
+    analysis of the same branch wins. Only the columns both tables have are copied, each cast to Nexus's
+    type. Returns (copied, left as pending or processing): of this reference only, not of another one
+    imported before into the same database."""
     found = dst.execute("SELECT to_regclass('conversation_analyses') IS NOT NULL").fetchone()
     if not found or not found[0]:
         dst.commit()
@@ -158,7 +159,10 @@ def offer_analyses(dst: psycopg.Connection[Any]) -> tuple[int, int]:
         dst.commit()
         return 0, 0
     select = ", ".join(f'"{c}"::text' for c in columns)
-    rows = dst.execute(f"SELECT {select} FROM reference_analyses").fetchall()  # noqa: S608 (constant columns)
+    rows = dst.execute(
+        f"SELECT {select} FROM reference_analyses WHERE source = %s",  # noqa: S608 (constant columns)
+        (origin,),
+    ).fetchall()
     status = columns.index("status") if "status" in columns else None
     copied = left = 0
     for row in rows:

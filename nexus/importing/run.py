@@ -79,7 +79,7 @@ def import_reference(
                 report.projects = extras.import_projects(src, lay, dst, report.source)
                 _requests(src, lay, dst, report, batch_size, limit, progress, on_batch)
                 report.analyses = extras.import_analyses(src, lay, dst, report.source)
-                report.analyses_shown, report.analyses_pending = extras.offer_analyses(dst)
+                report.analyses_shown, report.analyses_pending = extras.offer_analyses(dst, report.source)
                 report.secrets = extras.secrets_left(src, lay)
                 report.relink_from = target.relink_pending(dst)
                 if relink and report.relink_from is not None:

@@ -20,6 +20,8 @@ import re
 from collections.abc import Callable, Mapping
 
 from dotpromptz_handlebars import Handlebars
+from dotpromptz_handlebars._render import compile_template
+from dotpromptz_handlebars._types import Block, ElseNode, InlinePartial, Node, Partial, PartialBlock
 
 #: Longest template accepted, characters.
 MAX_TEMPLATE_CHARS = 256 * 1024
@@ -56,9 +58,9 @@ class Template:
         if len(source) > MAX_TEMPLATE_CHARS:
             raise TemplateError(f"the template is {len(source)} characters; the limit is {MAX_TEMPLATE_CHARS}")
         self.source = source
-        if source.count("{{#each") + source.count("{{~#each") > MAX_EACH:
-            raise TemplateError(f"the template has more than {MAX_EACH} {{{{#each}}}} blocks")
         try:
+            # the engine's own parse, so the limits see what it will run (`{{ #each}}`, `{{# each}}`...)
+            _check_tree(compile_template(source, max_depth=MAX_DEPTH))
             self._render: Callable[..., str] = _ENGINE.compile(source)
         except (ValueError, RecursionError) as exc:
             raise TemplateError(f"the template does not compile: {exc}") from None
@@ -87,6 +89,27 @@ class Template:
                 f"with arguments of {MAX_ARGUMENT_CHARS} characters the prompt could reach {worst} characters; "
                 f"the limit is {MAX_OUTPUT_CHARS}"
             )
+
+
+def _check_tree(nodes: list[Node]) -> None:
+    """Refuse partials (inline ones too: a partial that includes another twice doubles the output per
+    level, with no argument at all) and more than `MAX_EACH` `{{#each}}` blocks, counted in the parsed
+    tree, however the tags are spaced."""
+    each = 0
+    stack: list[Node] = list(nodes)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (Partial, PartialBlock, InlinePartial)):
+            raise TemplateError("partials are not supported")
+        if isinstance(node, Block):
+            if node.call.get("name") == "each":
+                each += 1
+                if each > MAX_EACH:
+                    raise TemplateError(f"the template has more than {MAX_EACH} {{{{#each}}}} blocks")
+            stack.extend(node.body)
+            stack.extend(node.inverse)
+        elif isinstance(node, ElseNode):
+            stack.extend(node.body)
 
 
 def variables(source: str) -> list[str]:

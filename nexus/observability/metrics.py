@@ -38,6 +38,9 @@ ERROR_KINDS = (
     "client_error",
 )
 EVIDENCE = ("retry", "subtask", "compaction", "prefix", "new", "none")
+#: Integrations (nexus/integrations) and what became of each finished request handed to them.
+INTEGRATION_SINKS = ("slack", "telemetry", "samples")
+INTEGRATION_RESULTS = ("sent", "dropped", "failed", "skipped")
 
 
 # --- process setup ---------------------------------------------------------------------------------
@@ -197,6 +200,14 @@ class Families:
         self.ready = Gauge(
             "nexus_ready", "1 when every worker is ready (GET /health/ready).", registry=r, multiprocess_mode="livemin"
         )
+        self.integration_events = Counter(
+            "nexus_integration_events",
+            "Finished requests handed to an integration, by what became of them: sent (delivered or written), "
+            "dropped (its queue was full, or the rate limit left no room), failed (delivery failed; given up "
+            "after a bounded retry), skipped (filtered out, or over a size or count bound).",
+            ["sink", "result"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "nexus_requests_in_flight", "Proxied requests being served.", registry=r, multiprocess_mode="livesum"
         )
@@ -212,6 +223,9 @@ class Families:
             self.upstream_errors.labels(kind)
         for evidence in EVIDENCE:
             self.link_decisions.labels(evidence)
+        for sink in INTEGRATION_SINKS:
+            for result in INTEGRATION_RESULTS:
+                self.integration_events.labels(sink, result)
 
     def render(self) -> bytes:
         from prometheus_client import CollectorRegistry, generate_latest
@@ -277,3 +291,9 @@ def oauth_refresh(result: str) -> None:
 def storage_batch(seconds: float) -> None:
     """One batch written (the writer's thread)."""
     families().batch_duration.observe(seconds)
+
+
+def integration_events(sink: str, result: str, n: int) -> None:
+    """`n` finished requests an integration dealt with (its background task: a few calls per batch)."""
+    if n:
+        families().integration_events.labels(sink, result).inc(n)

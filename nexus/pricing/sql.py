@@ -79,11 +79,11 @@ REPRICE_RANGE = (
     'AND t."timestamp" >= %(start)s AND t."timestamp" < %(end)s AND t.cost_usd IS DISTINCT FROM s.cost'
 )
 
-#: Decimal places a cost is shown with (a millionth of a dollar: below one token of any model).
+#: Decimal places a summed cost is shown with (a millionth of a dollar: below one token of any model).
 PLACES = 6
 
 #: One request's cost as a JSON-friendly float, or NULL (shown as unknown, never as zero).
-REQUEST_COST_USD = f"round(cost_usd, {PLACES})::float8"
+REQUEST_COST_USD = "cost_usd::float8 AS cost_usd"
 
 #: Aggregates: the priced requests' total, and how many requests had no price (the total is then a
 #: lower bound, and the pages say so).

@@ -35,6 +35,7 @@ from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Link, Linker
 from nexus.conversations.service import ConversationService, LookupPool, link_request
 from nexus.errors import ProxyError
+from nexus.integrations.hub import Integrations, build_integrations, credential_slack
 from nexus.observability import logs, recorder
 from nexus.observability import metrics as prom
 from nexus.observability.tracing import RequestFacts, Tracer, build_tracer
@@ -142,6 +143,8 @@ class ProxyApp:
             from nexus.mcp.endpoint import McpEndpoint  # only loaded (with YAML and Handlebars) when enabled
 
             self.mcp = McpEndpoint(s, self.authorizer.client_keys, self.throttle, self.data_access, self._check_origin)
+        #: Slack, telemetry, test samples (nexus/integrations); None when none is configured.
+        self.integrations: Integrations | None = build_integrations(s, credential_slack(self.authorizer.store))
 
     # --- RSGI protocol -----------------------------------------------------------------------
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -155,6 +158,8 @@ class ProxyApp:
             self._flush_timer = loop.call_later(1.0, self._flush_metrics, loop)
         if self.mcp is not None:
             loop.call_soon(self.mcp.start)
+        if self.integrations is not None:
+            self.integrations.start()
         if self.writer is not None:
             self.writer.start()
             s = self.settings
@@ -184,6 +189,8 @@ class ProxyApp:
             prom.worker_exit()
         if self.tracer is not None:
             self.tracer.shutdown()
+        if self.integrations is not None and can_run:  # what is queued gets a few seconds to go out
+            loop.run_until_complete(self.integrations.close())
         if upstream is not None and can_run:
             loop.run_until_complete(upstream.close())
             loop.run_until_complete(self.api.close())
@@ -234,6 +241,8 @@ class ProxyApp:
             elif path.startswith("/api/"):
                 self._guard_data(scope)
                 if self.mcp is not None and path.startswith("/api/mcp/"):
+                    if method != "GET":  # `POST /api/mcp/sync` changes state: same rule as the other POSTs
+                        self._check_origin(scope.headers)
                     await self.mcp.api(scope, proto, request_id)
                 else:
                     posts = method == "POST" and self.api.accepts_post(path)
@@ -445,6 +454,11 @@ class ProxyApp:
                 tokens = self.token_counters.observe(auth.project_id, outcome, kind)
             if self.writer is not None:
                 self._finish(record, outcome, started)
+            if self.integrations is not None:
+                if self.writer is None:  # storage off: the record was not completed by `_finish`
+                    record.analysis = analysis
+                    complete_record(record, outcome, started)
+                self.integrations.finished(record)
             if self.metrics is not None or span is not None:
                 self._observe(
                     path,
@@ -575,23 +589,29 @@ class ProxyApp:
         against the address like a wrong key: it is never ignored, and never a way around anything."""
         address = self.data_access.address(scope.client, scope.headers)
         wait = self.throttle.retry_after(address)
+        mark = scope.headers.get(ANALYSIS_MARK)
+        job: int | None = None
+        # A well-formed mark is checked even while the address is throttled: the worker shares its address
+        # with local clients, and a valid mark (a 256-bit token of a claim held now) cannot be guessed, so
+        # refusing it would only let anyone there stop every analysis by sending bogus marks.
+        if wait is None or analysis_marker.parse(mark) is not None:
+            try:
+                pool = await self.api.pool()
+                async with pool.connection() as conn:
+                    job = await analysis_marker.verify(conn, mark)
+            except ProxyError:
+                job = None
+            except Exception as exc:
+                log.warning("analysis mark not checked: storage unavailable (%s)", exc.__class__.__name__)
+                raise ProxyError(503, "The analysis mark cannot be checked right now.", "api_error") from None
+        if job is not None:
+            return job
         if wait is not None:
             message = f"Too many refused requests from this address; retry in {wait} s."
             raise ProxyError(429, message, "rate_limit_error", headers=[("retry-after", str(wait))])
-        try:
-            pool = await self.api.pool()
-            async with pool.connection() as conn:
-                job = await analysis_marker.verify(conn, scope.headers.get(ANALYSIS_MARK))
-        except ProxyError:
-            job = None
-        except Exception as exc:
-            log.warning("analysis mark not checked: storage unavailable (%s)", exc.__class__.__name__)
-            raise ProxyError(503, "The analysis mark cannot be checked right now.", "api_error") from None
-        if job is None:
-            self.throttle.failed(address, "analysis mark refused")
-            message = "Invalid x-nexus-analysis header: it is set by the analysis worker only."
-            raise ProxyError(403, message, "permission_error")
-        return job
+        self.throttle.failed(address, "analysis mark refused")
+        message = "Invalid x-nexus-analysis header: it is set by the analysis worker only."
+        raise ProxyError(403, message, "permission_error")
 
     def _check_origin(self, headers: Any) -> None:
         """A request a browser sent for a web page (an `Origin` not allowed, or no `Origin` but a
@@ -743,6 +763,7 @@ class ProxyApp:
             "uptime_s": round(time.time() - self.started_at, 3),
             "storage": storage,
             "linking": self.conversations.stats() if self.conversations is not None else {"enabled": False},
+            "integrations": self.integrations.snapshot() if self.integrations is not None else {},
             "stats": {
                 "requests": self.stats.requests,
                 "streams": self.stats.streams,

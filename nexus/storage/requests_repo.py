@@ -20,8 +20,7 @@ SUMMARY_COLUMNS = (
     "request_id, timestamp, project_id, account_id, model, request_type, conversation_id, branch_id, "
     "parent_request_id, is_subtask, parent_task_request_id, response_status, usage, duration_ms, "
     "first_byte_ms, method, path, input_tokens, output_tokens, cache_creation_input_tokens, "
-    "cache_read_input_tokens, tool_call_count, response_streaming, outcome, error, attempts, "
-    f"{REQUEST_COST_USD} AS cost_usd"
+    "cache_read_input_tokens, tool_call_count, response_streaming, outcome, error, attempts, " + REQUEST_COST_USD
 )
 DETAIL_COLUMNS = (
     SUMMARY_COLUMNS

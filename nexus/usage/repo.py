@@ -182,3 +182,48 @@ async def distinct_values(conn: AsyncConnection[Any], column: str, start: dateti
     async with conn.cursor() as cur:
         await cur.execute(sql, {"start": start, "end": end})
         return [r[0] for r in await cur.fetchall()]
+
+
+#: `date_bin` aligned on the epoch: hours and UTC days, as `daily` and `rolling` align them.
+_BIN = "date_bin(%(bucket)s, \"timestamp\", TIMESTAMPTZ '1970-01-01 00:00:00+00')"
+#: A response status as the charts group it.
+STATUS_CLASS = (
+    "CASE WHEN response_status IS NULL THEN 'none' WHEN response_status < 300 THEN '2xx' "
+    "WHEN response_status IN (429, 529) THEN response_status::text WHEN response_status < 500 THEN '4xx' "
+    "ELSE '5xx' END"
+)
+
+
+async def binned(
+    conn: AsyncConnection[Any],
+    start: datetime,
+    end: datetime,
+    bucket: timedelta,
+    group: str,
+    filters: Filters = EVERYTHING,
+) -> list[dict[str, Any]]:
+    """The sums per `bucket` (aligned on the epoch: hours, UTC days) and value of `group` over
+    `[start, end)`, oldest first: the usage charts. Same sums (`SUMS`) as every other usage answer."""
+    col = _group_sql((group,))
+    where, params = filters.where(start, end)
+    sql = (
+        f"SELECT {_BIN} AS at, {col} AS key, {SUMS} FROM api_requests "  # noqa: S608 (allow-listed column)
+        f"WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, {**params, "bucket": bucket})
+        return await cur.fetchall()
+
+
+async def status_binned(
+    conn: AsyncConnection[Any], start: datetime, end: datetime, bucket: timedelta, filters: Filters = EVERYTHING
+) -> list[dict[str, Any]]:
+    """Requests per `bucket` and status class (`STATUS_CLASS`) over `[start, end)`, oldest first."""
+    where, params = filters.where(start, end)
+    sql = (
+        f"SELECT {_BIN} AS at, {STATUS_CLASS} AS status, count(*) AS requests "  # noqa: S608 (constant SQL)
+        f"FROM api_requests WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, {**params, "bucket": bucket})
+        return await cur.fetchall()
