@@ -154,9 +154,9 @@ def _check_port(host: str, port: int, setting: str) -> None:
 
 def dashboard_url(settings: Any) -> str:
     """The address to open: a wildcard bind is reached as localhost (`http://0.0.0.0:3001` answers 403)."""
-    host = settings.dashboard_bind
-    shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1", "::1") else host
-    return f"http://{shown}:{settings.dashboard_port}"
+    from nexus.dashboard.urls import shown_url
+
+    return shown_url(settings.dashboard_bind, settings.dashboard_port)
 
 
 def _tune_gc() -> None:

@@ -1,7 +1,8 @@
 """`GET /api/conversations` (latest activity first) and `GET /api/conversations/{id}` (the tree).
 
 The listing filters by project (`projectId`, or the reference's older `domain`), account (`accountId`)
-and dates (`dateFrom`/`dateTo`: conversations whose activity overlaps the range); every filter given is
+and dates (`dateFrom`/`dateTo`: conversations whose activity overlaps the range), model, failed requests
+(`errorsOnly`) and a full-text search (`q`, nexus/conversations/search.py); every filter given is
 applied, and one the operation does not know is a 400 (it used to be ignored, so
 `?domain=x` returned every project's conversations).
 """
@@ -24,6 +25,14 @@ if TYPE_CHECKING:
 DATE_FROM = Param("dateFrom", "datetime", "Only conversations active at or after this time.", aliases=("date_from",))
 DATE_TO = Param("dateTo", "datetime", "Only conversations active at or before this time.", aliases=("date_to",))
 
+SEARCH = Param(
+    "q",
+    "text",
+    'Full-text search over prompts and replies (PostgreSQL `websearch_to_tsquery`: words, "phrases", '
+    "`or`, `-word`); conversations with a matching request.",
+)
+MODEL = Param("model", "text", "Only conversations with a request of this model.")
+ERRORS_ONLY = Param("errorsOnly", "bool", "Only conversations with a failed request.", aliases=("errors_only",))
 EXCLUDE_SUBTASKS = Param(
     "excludeSubtasks", "bool", "Leave out conversations made only of sub-agent requests (the dashboard's parameter)."
 )
@@ -34,7 +43,7 @@ LIST = declare(
         "listConversations",
         "Conversations by latest activity, with branch counts",
         schemas.ConversationList,
-        (limit(), BEFORE, OFFSET, PROJECT, ACCOUNT, DATE_FROM, DATE_TO, EXCLUDE_SUBTASKS),
+        (limit(), BEFORE, OFFSET, PROJECT, ACCOUNT, DATE_FROM, DATE_TO, EXCLUDE_SUBTASKS, SEARCH, MODEL, ERRORS_ONLY),
         reference="GET /api/conversations?projectId&accountId&limit&offset&dateFrom&dateTo (OLD: domain); "
         "the dashboard service's excludeSubtasks",
     )
@@ -93,6 +102,9 @@ async def list_conversations(pool: AsyncConnectionPool, args: Args) -> schemas.C
         "date_from": args["dateFrom"],
         "date_to": args["dateTo"],
         "exclude_subtasks": args["excludeSubtasks"],
+        "q": args["q"],
+        "model": args["model"],
+        "errors_only": args["errorsOnly"],
     }
     count, offset = args["limit"], args["offset"]
     async with pool.connection() as conn:

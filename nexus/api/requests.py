@@ -15,12 +15,27 @@ from nexus.api import schemas
 from nexus.api.contract import ACCOUNT, BEFORE, OFFSET, PROJECT, Args, Operation, Param, declare, limit, serve
 from nexus.api.params import found, next_cursor
 from nexus.compat.request_types import reference_request_type
+from nexus.conversations.search import Find
 from nexus.storage import requests_repo
 
 if TYPE_CHECKING:
     from nexus.api.routes import ApiRoutes
 
 CONVERSATION = Param("conversationId", "uuid", "Only this conversation's requests.", aliases=("conversation_id",))
+SEARCH = Param("q", "text", "Full-text search over the request's prompt and its reply.")
+MODEL = Param("model", "text", "Only this model.")
+STATUS = Param("status", "int", "Only requests answered with this HTTP status.", low=100, high=599)
+ERRORS_ONLY = Param(
+    "errorsOnly", "bool", "Only failed requests (status 400 or above, or a proxy error).", aliases=("errors_only",)
+)
+DATE_FROM = Param("dateFrom", "datetime", "Only requests started at or after this time.", aliases=("date_from",))
+DATE_TO = Param("dateTo", "datetime", "Only requests started at or before this time.", aliases=("date_to",))
+MIN_MS = Param("minDurationMs", "int", "Only requests that took at least this long (ms).", low=0, high=86_400_000,
+               aliases=("min_duration_ms",))  # fmt: skip
+MAX_MS = Param("maxDurationMs", "int", "Only requests that took at most this long (ms).", low=0, high=86_400_000,
+               aliases=("max_duration_ms",))  # fmt: skip
+#: The search and filters of the requests list (nexus/conversations/search.py).
+FIND_PARAMS = (SEARCH, MODEL, STATUS, ERRORS_ONLY, DATE_FROM, DATE_TO, MIN_MS, MAX_MS)
 REQUEST_ID = Param("requestId", "uuid", "The request's id (its `X-Request-ID`).")
 
 LIST = declare(
@@ -29,7 +44,7 @@ LIST = declare(
         "listRequests",
         "Stored requests, newest first",
         schemas.RequestList,
-        (limit(), BEFORE, OFFSET, PROJECT, ACCOUNT, CONVERSATION),
+        (limit(), BEFORE, OFFSET, PROJECT, ACCOUNT, CONVERSATION, *FIND_PARAMS),
         reference="GET /api/requests?projectId&limit&offset (OLD: domain)",
     )
 )
@@ -109,10 +124,22 @@ async def list_requests(pool: AsyncConnectionPool, args: Args) -> schemas.Reques
         "account_id": args["accountId"],
         "conversation_id": args["conversationId"],
     }
+    find = Find(
+        q=args["q"],
+        model=args["model"],
+        date_from=args["dateFrom"],
+        date_to=args["dateTo"],
+        status=args["status"],
+        errors_only=args["errorsOnly"],
+        min_duration_ms=args["minDurationMs"],
+        max_duration_ms=args["maxDurationMs"],
+    )
     count, offset = args["limit"], args["offset"]
     async with pool.connection() as conn:
-        rows = await requests_repo.list_requests(conn, limit=count, before=args["before"], offset=offset, **filters)
-        total = await requests_repo.count_requests(conn, **filters)
+        rows = await requests_repo.list_requests(
+            conn, limit=count, before=args["before"], offset=offset, find=find, **filters
+        )
+        total = await requests_repo.count_requests(conn, find=find, **filters)
     return schemas.RequestList(
         requests=[summary(r) for r in rows],
         next_cursor=next_cursor(rows, count),

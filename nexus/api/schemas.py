@@ -146,6 +146,7 @@ class ConversationSummary(Struct):
     cache_creation_input_tokens: int
     cache_read_input_tokens: int
     latest_request_id: UUID | None
+    title: str | None  # the first real user prompt, reminders stripped, cut to 120 characters
     branch_count: int
     subagent_count: int
     compaction_count: int
@@ -232,6 +233,7 @@ class ConversationTree(Struct):
     cache_creation_input_tokens: int
     cache_read_input_tokens: int
     latest_request_id: UUID | None
+    title: str | None
     requests: list[TreeRequest]
     branches: list[Branch]
     edges: list[Edge]

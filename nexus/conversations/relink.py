@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from nexus._core import NexusCoreError, analyze_request, join_body
 from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Link, Linker
+from nexus.conversations.search import TITLE_BACKFILL
 from nexus.conversations.service import ConversationService, link_request
 from nexus.storage.payload import TOKEN_SUMS, capped_sum
 from nexus.storage.records import LINK_COLUMNS, link_cells
@@ -47,14 +48,17 @@ UPDATE_COLUMNS = (
     ("system_hash", "bytea"),
     ("task_prompt_keys", "bytea[]"),
 )
-REBUILD_SUMMARIES = """
+REBUILD_SUMMARIES = (
+    """
 DELETE FROM conversations;
 INSERT INTO conversations (conversation_id, project_id, first_at, last_at, request_count, input_tokens, output_tokens,
     cache_creation_input_tokens, cache_read_input_tokens, latest_request_id)
 SELECT conversation_id, min(project_id), min("timestamp"), max("timestamp"), count(*), {sums},
     (array_agg(request_id ORDER BY "timestamp" DESC))[1]
-FROM api_requests WHERE conversation_id IS NOT NULL GROUP BY conversation_id
+FROM api_requests WHERE conversation_id IS NOT NULL GROUP BY conversation_id;
 """.format(sums=", ".join(capped_sum(c) for c in TOKEN_SUMS.values()))
+    + TITLE_BACKFILL
+)
 
 
 @dataclass(slots=True)

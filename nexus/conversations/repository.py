@@ -6,6 +6,7 @@ to a few daily partitions and gives the same answer when history is replayed lat
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ from nexus._core import prompt_key as prompt_key_of
 from nexus.conversations.compaction import reply_text
 from nexus.conversations.index import FAILED, OK, PER_KEY, Compaction, Entry, Invocation
 from nexus.conversations.linker import spawned_prompts
+from nexus.conversations.search import HITS_CTE, Find, conversation_clauses, few_matches
 from nexus.pricing.sql import COST_SUMS, REQUEST_COST_USD, summed_cost
 
 ENTRY_COLUMNS = (
@@ -181,7 +183,7 @@ async def recent_compactions(
 # --- views --------------------------------------------------------------------------------------------
 CONVERSATION_COLUMNS = (
     "conversation_id, project_id, first_at, last_at, request_count, input_tokens, output_tokens, "
-    "cache_creation_input_tokens, cache_read_input_tokens, latest_request_id"
+    "cache_creation_input_tokens, cache_read_input_tokens, latest_request_id, title"
 )
 
 
@@ -196,17 +198,22 @@ async def list_conversations(
     date_to: datetime | None = None,
     offset: int = 0,
     exclude_subtasks: bool = False,
+    q: str | None = None,
+    model: str | None = None,
+    errors_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Conversations by latest activity, newest first (keyset on last_at, conversation_id, then
     `offset`), with their branch, sub-agent and compaction counts and models, and the reference's
-    per-conversation fields (`reference`)."""
-    clause, params = _conversation_filters(project_id, account_id, date_from, date_to, before, exclude_subtasks)
+    per-conversation fields (`reference`). `q` is a full-text search over prompts and replies, `model`
+    and `errors_only` keep conversations with a request of that model, or a failed one
+    (nexus/conversations/search.py)."""
+    found = Find(q=q, model=model, errors_only=errors_only)
+    hits = q is not None and await few_matches(conn, q)
+    clause, params = _conversation_filters(
+        project_id, account_id, date_from, date_to, before, exclude_subtasks, found, hits
+    )
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            f"SELECT {CONVERSATION_COLUMNS} FROM conversations c {clause} "  # noqa: S608
-            "ORDER BY last_at DESC, conversation_id DESC LIMIT %s OFFSET %s",
-            (*params, limit, offset),
-        )
+        await cur.execute(list_sql(clause, hits), ([q] if hits else []) + [*params, limit, offset])  # type: ignore[arg-type]
         rows = await cur.fetchall()
         if not rows:
             return rows
@@ -238,6 +245,13 @@ async def list_conversations(
     return rows
 
 
+def list_sql(clause: str, hits: bool) -> str:
+    """The page query of `list_conversations` for a WHERE `clause`; with `hits`, after `HITS_CTE`."""
+    cte = HITS_CTE if hits else ""
+    order = "ORDER BY last_at DESC, conversation_id DESC LIMIT %s OFFSET %s"
+    return f"{cte}SELECT {CONVERSATION_COLUMNS} FROM conversations c {clause} {order}"  # noqa: S608 (constants)
+
+
 async def count_conversations(
     conn: AsyncConnection[Any],
     *,
@@ -246,8 +260,12 @@ async def count_conversations(
     date_from: datetime | None = None,
     date_to: datetime | None = None,
     exclude_subtasks: bool = False,
+    q: str | None = None,
+    model: str | None = None,
+    errors_only: bool = False,
 ) -> int:
-    clause, params = _conversation_filters(project_id, account_id, date_from, date_to, None, exclude_subtasks)
+    found = Find(q=q, model=model, errors_only=errors_only)
+    clause, params = _conversation_filters(project_id, account_id, date_from, date_to, None, exclude_subtasks, found)
     cur = await conn.execute(f"SELECT count(*) FROM conversations c {clause}", params)  # noqa: S608 (constant SQL)
     row = await cur.fetchone()
     return int(row[0]) if row else 0
@@ -260,6 +278,8 @@ def _conversation_filters(
     date_to: datetime | None,
     before: tuple[datetime, str] | None,
     exclude_subtasks: bool = False,
+    found: Find | None = None,
+    hits: bool = False,
 ) -> tuple[str, list[Any]]:
     """A conversation matches a date range when its activity overlaps it, and an account when one of
     its requests was served by that account. Without sub-tasks: only conversations with a request
@@ -290,6 +310,10 @@ def _conversation_filters(
             "EXISTS (SELECT 1 FROM api_requests r WHERE r.conversation_id = c.conversation_id "
             "AND NOT r.is_subtask AND r.timestamp >= c.first_at AND r.timestamp <= c.last_at)"
         )
+    if found is not None:
+        more, more_params = conversation_clauses(found, hits)
+        where += more
+        params += more_params
     return ("WHERE " + " AND ".join(where)) if where else "", params
 
 
@@ -308,10 +332,23 @@ REFERENCE_DETAILS = (
     "latest_context_tokens",
 )
 _NEWEST = "ORDER BY timestamp DESC, request_id DESC"
+#: A sub-agent's thread: its branch id (nexus/conversations/linker.py). Branches and sub-agents are
+#: counted by this one rule in the list (SQL below) and on the conversation page (`branch_counts`).
+SUBAGENT_BRANCH = "^subtask_"
+
+
+def branch_counts(branch_ids: list[str | None]) -> dict[str, int]:
+    """A conversation's branches (main line, forks, compacted histories) and sub-agents, from its
+    requests' branch ids, counted as the conversation list counts them (`CONVERSATION_DETAILS`)."""
+    distinct = {b for b in branch_ids if b is not None}
+    subagents = sum(1 for b in distinct if re.match(SUBAGENT_BRANCH, b))
+    return {"branches": len(distinct) - subagents, "subagents": subagents}
+
+
 CONVERSATION_DETAILS = (
     "SELECT conversation_id, "  # noqa: S608 (constant SQL)
-    "count(DISTINCT branch_id) FILTER (WHERE branch_id !~ '^subtask_') AS branch_count, "
-    "count(DISTINCT branch_id) FILTER (WHERE branch_id ~ '^subtask_') AS subagent_count, "
+    f"count(DISTINCT branch_id) FILTER (WHERE branch_id !~ '{SUBAGENT_BRANCH}') AS branch_count, "
+    f"count(DISTINCT branch_id) FILTER (WHERE branch_id ~ '{SUBAGENT_BRANCH}') AS subagent_count, "
     "count(*) FILTER (WHERE request_type = 'compaction') AS compaction_count, "
     "array_agg(DISTINCT model) FILTER (WHERE model IS NOT NULL) AS models, "
     "count(DISTINCT branch_id) AS all_branch_count, "

@@ -28,11 +28,12 @@ from psycopg_pool import PoolTimeout
 from nexus import __version__
 from nexus.api.params import check_query
 from nexus.compat import dashboard_api, dashboard_links
-from nexus.dashboard import analysis, render, tree_page, views
+from nexus.dashboard import analysis, find, render, tree_page, views
 from nexus.dashboard.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Access, DashboardAuth, parse_cookies
 from nexus.dashboard.cache import PageCache
 from nexus.dashboard.db import read_only_pool
 from nexus.dashboard.live import HEARTBEAT_SECONDS, LiveFeed
+from nexus.dashboard.urls import shown_url
 from nexus.errors import ProxyError
 from nexus.integrations.spark import FeedbackError, SparkClient, feedback_payload
 from nexus.observability import logs
@@ -125,6 +126,7 @@ class Dashboard:
             settings.trusted_proxy_networks,
         )
         self.env = render.environment()
+        self.env.globals["proxy_url"] = shown_url(settings.host, settings.port)  # the empty states' advice
         self.pool = read_only_pool(database_url, settings.db_pool_size, querylog.pool_kwargs(settings))
         self.cache = PageCache(settings.dashboard_cache_ttl)
         self.feed = LiveFeed(self.pool, self.render_row, settings.dashboard_live_interval_ms / 1000)
@@ -202,9 +204,11 @@ class Dashboard:
 
     async def requests(self, request: Any, access: Access) -> Any:
         async with self.pool.connection() as conn:
+            found, params = find.read(_query_dict(request), requests=True)
             data = await views.requests_page(
                 conn,
-                project_id=_query(request, "project_id"),
+                find=found,
+                params=params,
                 conversation_id=_query(request, "conversation_id"),
                 before=_query(request, "before"),
             )
@@ -279,13 +283,14 @@ class Dashboard:
         return origin is None or urlsplit(origin).netloc == headers.get("host")
 
     async def conversations(self, request: Any, access: Access) -> Any:
-        project_id, before = _query(request, "project_id"), _query(request, "before")
+        found, params = find.read(_query_dict(request), requests=False)
+        before = _query(request, "before")
 
         async def load() -> dict[str, Any]:
             async with self.pool.connection() as conn:
-                return await views.conversations_page(conn, project_id=project_id, before=before)
+                return await views.conversations_page(conn, find=found, params=params, before=before)
 
-        data = await self.cache.get(("conversations", project_id, before), load)
+        data = await self.cache.get(("conversations", *sorted(params.items()), before), load)
         return self.page("conversations.html", access=access, page="conversations", **data)
 
     async def conversation(self, request: Any, access: Access) -> Any:

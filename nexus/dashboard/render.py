@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from jinja2 import Environment, FileSystemLoader, Undefined, select_autoescape
+from markupsafe import Markup
 
 from nexus.pricing.sql import summed_cost
 from nexus.usage.counts import token_count
@@ -70,8 +71,12 @@ def cost_of(row: object) -> str:
 
 
 def when(value: object) -> str:
+    """A time as `<time datetime="...Z">` with its UTC text: /static/time.js shows it in the browser's
+    time zone, with the UTC text on hover (without JavaScript it stays UTC)."""
     if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        at = value.astimezone(UTC)
+        iso = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return Markup(f'<time datetime="{iso}">{at.strftime("%Y-%m-%d %H:%M:%S")}</time>')  # noqa: S704 (digits only)
     return DASH if value is None else str(value)
 
 

@@ -13,6 +13,7 @@ from nexus.analysis import schema as analysis_schema
 from nexus.api.params import cursor_param
 from nexus.api.requests import next_cursor
 from nexus.conversations import repository as conversations_repo
+from nexus.conversations.search import Find
 from nexus.dashboard import render, tree_page, usage_charts
 from nexus.errors import ProxyError
 from nexus.integrations.spark import find_recommendations
@@ -55,7 +56,12 @@ async def overview(conn: AsyncConnection[Any], now: datetime | None = None) -> d
 
 
 async def requests_page(
-    conn: AsyncConnection[Any], *, project_id: str | None, conversation_id: str | None, before: str | None
+    conn: AsyncConnection[Any],
+    *,
+    find: Find,
+    params: dict[str, str],
+    conversation_id: str | None,
+    before: str | None,
 ) -> dict[str, Any]:
     if conversation_id is not None:
         try:
@@ -63,21 +69,37 @@ async def requests_page(
         except ValueError:
             raise BadRequest("conversation_id must be a UUID") from None
     rows = await requests_repo.list_requests(
-        conn,
-        limit=PAGE_SIZE,
-        before=parse_cursor(before),
-        project_id=project_id,
-        conversation_id=conversation_id,
+        conn, limit=PAGE_SIZE, before=parse_cursor(before), conversation_id=conversation_id, find=find
     )
-    now = service.now_utc()
     return {
         "rows": rows,
         "next": next_cursor(rows, PAGE_SIZE),
-        "projects": await usage_repo.distinct_values(conn, "project_id", now - timedelta(days=30), now),
-        "project_id": project_id,
+        **await filter_menus(conn),
+        "find": find,
+        "params": params,
+        "project_id": find.project_id,
         "conversation_id": conversation_id,
         "first_page": before is None,
+        "stored_any": bool(rows) or await stored_any(conn),
     }
+
+
+async def filter_menus(conn: AsyncConnection[Any]) -> dict[str, list[str]]:
+    """The projects, accounts and models of the last 30 days, for the lists' filter menus."""
+    now = service.now_utc()
+    month = now - timedelta(days=30)
+    return {
+        "projects": await usage_repo.distinct_values(conn, "project_id", month, now),
+        "accounts": await usage_repo.distinct_values(conn, "account_id", month, now),
+        "models": await usage_repo.distinct_values(conn, "model", month, now),
+    }
+
+
+async def stored_any(conn: AsyncConnection[Any]) -> bool:
+    """Whether any request is stored at all: an empty list then says how to send some, not "no match"."""
+    cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM api_requests)")
+    row = await cur.fetchone()
+    return bool(row and row[0])
 
 
 async def request_page(conn: AsyncConnection[Any], request_id: str) -> dict[str, Any]:
@@ -137,18 +159,29 @@ async def usage_page(
 
 
 async def conversations_page(
-    conn: AsyncConnection[Any], *, project_id: str | None, before: str | None
+    conn: AsyncConnection[Any], *, find: Find, params: dict[str, str], before: str | None
 ) -> dict[str, Any]:
     rows = await conversations_repo.list_conversations(
-        conn, limit=PAGE_SIZE, before=parse_cursor(before), project_id=project_id
+        conn,
+        limit=PAGE_SIZE,
+        before=parse_cursor(before),
+        project_id=find.project_id,
+        account_id=find.account_id,
+        date_from=find.date_from,
+        date_to=find.date_to,
+        q=find.q,
+        model=find.model,
+        errors_only=find.errors_only,
     )
-    now = service.now_utc()
     return {
         "rows": rows,
         "next": next_cursor(rows, PAGE_SIZE, at="last_at", key="conversation_id"),
-        "projects": await usage_repo.distinct_values(conn, "project_id", now - timedelta(days=30), now),
-        "project_id": project_id,
+        **await filter_menus(conn),
+        "find": find,
+        "params": params,
+        "project_id": find.project_id,
         "first_page": before is None,
+        "stored_any": bool(rows) or await stored_any(conn),
     }
 
 
@@ -172,6 +205,7 @@ async def conversation_page(
     analyses = [analysis_view(row) for row in await analysis_queue.for_conversation(conn, conversation_id)]
     return {
         "c": tree,
+        "counts": conversations_repo.branch_counts([r["branch_id"] for r in tree["requests"]]),
         "number": number,
         **await tree_page.tree_context(conn, tree, number, branch=branch, tree_from=tree_from),
         "cost": cost,

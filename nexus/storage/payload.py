@@ -51,13 +51,21 @@ def capped_add(left: str, right: str) -> str:
     return f"least(greatest({left}::numeric + {right}, -{BIGINT_MAX}), {BIGINT_MAX})::bigint"
 
 
+#: A conversation's title (migration 0012's `nexus_title`), looked for only while it has none: in the
+#: batch's first main-thread request of the conversation.
+TITLE = """CASE WHEN EXISTS (SELECT 1 FROM conversations t WHERE t.conversation_id = ins.conversation_id
+                          AND t.title IS NOT NULL) THEN NULL
+         ELSE (SELECT nexus_title(f.message_keys) FROM ins f WHERE f.conversation_id = ins.conversation_id
+               ORDER BY f.is_subtask, f.request_type IS DISTINCT FROM 'main', f."timestamp", f.request_id
+               LIMIT 1) END"""
 #: Rows actually inserted (never a replayed duplicate) are folded into their conversation's summary.
 _CONVERSATION_UPSERT = """
 INSERT INTO conversations AS c (conversation_id, project_id, first_at, last_at, request_count, input_tokens,
-    output_tokens, cache_creation_input_tokens, cache_read_input_tokens, latest_request_id)
+    output_tokens, cache_creation_input_tokens, cache_read_input_tokens, latest_request_id, title)
 SELECT conversation_id, min(project_id), min("timestamp"), max("timestamp"), count(*),
     {capped_input}, {capped_output}, {capped_creation}, {capped_read},
-    (array_agg(request_id ORDER BY "timestamp" DESC))[1]
+    (array_agg(request_id ORDER BY "timestamp" DESC))[1],
+    {title}
 FROM ins WHERE conversation_id IS NOT NULL GROUP BY conversation_id ORDER BY conversation_id
 ON CONFLICT (conversation_id) DO UPDATE SET
     first_at = least(c.first_at, excluded.first_at),
@@ -68,11 +76,16 @@ ON CONFLICT (conversation_id) DO UPDATE SET
     cache_creation_input_tokens = {add_creation},
     cache_read_input_tokens = {add_read},
     latest_request_id = CASE WHEN excluded.last_at >= c.last_at THEN excluded.latest_request_id
-                             ELSE c.latest_request_id END
+                             ELSE c.latest_request_id END,
+    title = coalesce(c.title, excluded.title)
 """.format(
+    title=TITLE,
     **{f"capped_{k}": capped_sum(c) for k, c in TOKEN_SUMS.items()},
     **{f"add_{k}": capped_add(f"c.{c}", f"excluded.{c}") for k, c in TOKEN_SUMS.items()},
 )
+#: What a stored request is found by (migration 0012): its newest user prompt and its reply's text,
+#: from the staged row and the content parts this batch has just stored.
+SEARCH_VECTOR = "nexus_search_vector(s.message_keys, s.response_body, s.request_type)"
 STAGE_SQL = (
     "CREATE TEMP TABLE IF NOT EXISTS nexus_stage_requests (LIKE api_requests INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS nexus_stage_blobs (LIKE content_blobs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
@@ -80,16 +93,18 @@ STAGE_SQL = (
 
 
 def request_statements(names: list[str]) -> tuple[str, str]:
-    """COPY into staging, then insert what is new, each row priced (`cost_usd`, nexus/pricing/sql.py),
-    and update the conversation summaries, for a column list."""
+    """COPY into staging, then insert what is new, each row priced (`cost_usd`, nexus/pricing/sql.py)
+    and made searchable (`search_vector`), and update the conversation summaries (and titles), for a
+    column list."""
     cols = ", ".join(f'"{n}"' for n in names)
     staged = ", ".join(f's."{n}"' for n in names)
     copy = f"COPY nexus_stage_requests ({cols}) FROM STDIN (FORMAT binary)"
     insert = (
-        f"WITH ins AS (INSERT INTO api_requests ({cols}, cost_usd) "  # noqa: S608 (constant column lists)
-        f"SELECT {staged}, {COST} FROM nexus_stage_requests AS s {price_join('s')} "
+        f"WITH ins AS (INSERT INTO api_requests ({cols}, cost_usd, search_vector) "  # noqa: S608 (constant column lists)
+        f"SELECT {staged}, {COST}, {SEARCH_VECTOR} FROM nexus_stage_requests AS s {price_join('s')} "
         'ON CONFLICT DO NOTHING RETURNING conversation_id, project_id, "timestamp", request_id, input_tokens, '
-        "output_tokens, cache_creation_input_tokens, cache_read_input_tokens)" + _CONVERSATION_UPSERT
+        "output_tokens, cache_creation_input_tokens, cache_read_input_tokens, message_keys, is_subtask, "
+        "request_type)" + _CONVERSATION_UPSERT
     )
     return copy, insert
 

@@ -12,6 +12,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from nexus.conversations.search import Find, few_matches, request_clauses
 from nexus.pricing.sql import REQUEST_COST_USD
 from nexus.proxy.ids import request_id_unix_ms
 
@@ -90,17 +91,30 @@ async def list_requests(
     account_id: str | None = None,
     parent_task_request_id: str | None = None,
     offset: int = 0,
+    find: Find | None = None,
 ) -> list[dict[str, Any]]:
     """Newest first, keyset-paginated on (timestamp, request_id); `offset` skips rows after the cursor
-    (the reference's pagination)."""
-    clause, params = _filters(project_id, conversation_id, account_id, parent_task_request_id, before)
-    sql = (
+    (the reference's pagination). `find`: search and filters (nexus/conversations/search.py)."""
+    clause, params = _filters(project_id, conversation_id, account_id, parent_task_request_id, before, find)
+    hits = find is not None and find.q is not None and await few_matches(conn, find.q)
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(list_sql(clause, hits), (*params, limit, offset))  # type: ignore[arg-type]
+        return await cur.fetchall()
+
+
+def list_sql(clause: str, hits: bool) -> str:
+    """The page query of `list_requests` for a WHERE `clause`. With `hits` (a search that matches
+    few requests, `few_matches`), only the rows the GIN index finds are read and ordered: the clause
+    is applied to them, never to a walk of the time index."""
+    if hits:
+        return (
+            f"WITH found AS MATERIALIZED (SELECT {SUMMARY_COLUMNS} FROM api_requests {clause}) "  # noqa: S608
+            "SELECT * FROM found ORDER BY timestamp DESC, request_id DESC LIMIT %s OFFSET %s"
+        )
+    return (
         f"SELECT {SUMMARY_COLUMNS} FROM api_requests {clause} "  # noqa: S608 (constant columns)
         "ORDER BY timestamp DESC, request_id DESC LIMIT %s OFFSET %s"
     )
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, (*params, limit, offset))  # type: ignore[arg-type]
-        return await cur.fetchall()
 
 
 async def count_requests(
@@ -110,9 +124,10 @@ async def count_requests(
     conversation_id: str | None = None,
     account_id: str | None = None,
     parent_task_request_id: str | None = None,
+    find: Find | None = None,
 ) -> int:
     """How many stored requests match the filters (the reference's `pagination.total`)."""
-    clause, params = _filters(project_id, conversation_id, account_id, parent_task_request_id, None)
+    clause, params = _filters(project_id, conversation_id, account_id, parent_task_request_id, None, find)
     cur = await conn.execute(f"SELECT count(*) FROM api_requests {clause}", params)  # noqa: S608 (constant SQL)
     row = await cur.fetchone()
     return int(row[0]) if row else 0
@@ -124,6 +139,7 @@ def _filters(
     account_id: str | None,
     parent_task_request_id: str | None,
     before: tuple[datetime, str] | None,
+    find: Find | None = None,
 ) -> tuple[str, list[Any]]:
     where: list[str] = []
     params: list[Any] = []
@@ -139,6 +155,10 @@ def _filters(
         if value is not None:
             where.append(f"{column} = %s")
             params.append(value)
+    if find is not None:
+        more, more_params = request_clauses(find)
+        where += more
+        params += more_params
     return ("WHERE " + " AND ".join(where)) if where else "", params
 
 
