@@ -147,6 +147,12 @@ class Settings(BaseSettings):
         description="Longest one database write may wait; past it the connection is abandoned and the batch "
         "spooled (a hung server never stalls storage), ms.",
     )
+    storage_search_enabled: bool = Field(
+        True,
+        description="Make each stored request searchable (full-text search of the dashboard and /api); building the "
+        "search vector is most of a batch's database time (the writer stores about 7x fewer rows/s with it: "
+        "docs/storage.md).",
+    )
     storage_spool_max_bytes: int = Field(
         1024 * MIB, ge=MIB, description="Disk bound of the spool that keeps batches while the database is away."
     )

@@ -92,16 +92,17 @@ STAGE_SQL = (
 )
 
 
-def request_statements(names: list[str]) -> tuple[str, str]:
+def request_statements(names: list[str], search: bool = True) -> tuple[str, str]:
     """COPY into staging, then insert what is new, each row priced (`cost_usd`, nexus/pricing/sql.py)
-    and made searchable (`search_vector`), and update the conversation summaries (and titles), for a
-    column list."""
+    and made searchable (`search_vector`; NULL with `search` off: STORAGE_SEARCH_ENABLED), and update
+    the conversation summaries (and titles), for a column list."""
+    vector = SEARCH_VECTOR if search else "NULL::tsvector"
     cols = ", ".join(f'"{n}"' for n in names)
     staged = ", ".join(f's."{n}"' for n in names)
     copy = f"COPY nexus_stage_requests ({cols}) FROM STDIN (FORMAT binary)"
     insert = (
         f"WITH ins AS (INSERT INTO api_requests ({cols}, cost_usd, search_vector) "  # noqa: S608 (constant column lists)
-        f"SELECT {staged}, {COST}, {SEARCH_VECTOR} FROM nexus_stage_requests AS s {price_join('s')} "
+        f"SELECT {staged}, {COST}, {vector} FROM nexus_stage_requests AS s {price_join('s')} "
         'ON CONFLICT DO NOTHING RETURNING conversation_id, project_id, "timestamp", request_id, input_tokens, '
         "output_tokens, cache_creation_input_tokens, cache_read_input_tokens, message_keys, is_subtask, "
         "request_type)" + _CONVERSATION_UPSERT
@@ -110,6 +111,10 @@ def request_statements(names: list[str]) -> tuple[str, str]:
 
 
 REQUEST_STATEMENTS = {count: request_statements(names) for count, names in REQUEST_NAMES_BY_COUNT.items()}
+#: The same without the search vector: building it is most of a batch's database time (docs/storage.md).
+REQUEST_STATEMENTS_UNSEARCHED = {
+    count: request_statements(names, search=False) for count, names in REQUEST_NAMES_BY_COUNT.items()
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,11 +143,12 @@ def _field_count(payload: bytes) -> int:
     return struct.unpack_from(">h", payload, COPY_HEADER)[0] if len(payload) > COPY_HEADER + 2 else 0
 
 
-def send(conn: psycopg.Connection, batch: Batch) -> None:
+def send(conn: psycopg.Connection, batch: Batch, *, search: bool = True) -> None:
     """Write one batch in the connection's current transaction (the caller commits or rolls back):
     content parts first, since the requests refer to them."""
+    requests = REQUEST_STATEMENTS if search else REQUEST_STATEMENTS_UNSEARCHED
     with conn.cursor() as cur:
-        for payload, statements in ((batch.blobs, BLOB_STATEMENTS), (batch.requests, REQUEST_STATEMENTS)):
+        for payload, statements in ((batch.blobs, BLOB_STATEMENTS), (batch.requests, requests)):
             count = _field_count(payload)
             if count:
                 copy_sql, insert_sql = statements[count]

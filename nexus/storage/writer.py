@@ -115,8 +115,11 @@ class StorageWriter:
         quarantine_files: quarantine.QuarantineFiles | None = None,
         write_timeout_ms: int = 15_000,
         on_batch: Callable[[float], None] | None = None,
+        search: bool = True,
     ) -> None:
         self.dsn = dsn
+        #: Build each row's search vector (STORAGE_SEARCH_ENABLED).
+        self.search = search
         self.batch_size = batch_size
         self.interval_s = interval_ms / 1000
         self.spool = spool
@@ -504,7 +507,7 @@ class StorageWriter:
         conn = self._connection()
         try:
             with self._watchdog.guard(conn):
-                send(conn, batch)
+                send(conn, batch, search=self.search)
                 conn.commit()
         except Exception as exc:
             self._after_failure(exc)
@@ -548,4 +551,5 @@ def build_writer(settings: Settings, on_batch: Callable[[float], None] | None = 
         quarantine_files=quarantine.QuarantineFiles(settings.nexus_home / "quarantine"),
         write_timeout_ms=settings.storage_write_timeout_ms,
         on_batch=on_batch,
+        search=settings.storage_search_enabled,
     )
