@@ -49,7 +49,8 @@ class Driver:
 
     def __init__(self, index: LinkIndex | None = None, project: str = "p") -> None:
         self.conversations = itertools.count(1)
-        self.linker = Linker(LinkIndex(100) if index is None else index, new_id=lambda: f"conv-{next(self.conversations)}")
+        index = LinkIndex(100) if index is None else index
+        self.linker = Linker(index, new_id=lambda: f"conv-{next(self.conversations)}")
         self.index = self.linker.index
         self.ids = itertools.count(1)
         self.clock = itertools.count(int(T0), 10)
@@ -118,6 +119,7 @@ def test_a_request_with_no_history_is_a_new_conversation_with_nothing_to_look_up
     d = Driver()
     link = d.linker.decide(LinkRequest(rid(1), "p", T0, MAIN))
     assert (link.evidence, link.conversation_id, link.branch_id, link.current_hash) == ("new", "conv-1", "main", None)
+    assert link.parent_hash is None
     assert link.missed is False and link.parent_request_id is None and link.is_subtask is False
 
 
@@ -144,9 +146,25 @@ def test_requests_outside_conversations_get_no_decision(kind: str) -> None:
         False,
         False,
     )
+    assert link.current_hash is None and link.parent_hash is None  # stored as NULL
     d.linker.register(req, link)
     assert d.index.get(req.request_id) is None and len(d.index) == 1
     assert d.linker.complete(req.request_id, True, reply(agent_call("t", "Go"))) == []
+
+
+def test_a_request_built_without_session_agent_or_continuation_has_none() -> None:
+    """`link_request` leaves them out for a body it could not analyse; a request built that way is a
+    sessionless, agentless one (the same as one built with `None`), and a new link carries no hashes."""
+    d = Driver()
+    _, first = d.send("hi", "hello", "more", session=None)
+    bare = LinkRequest(rid(50), "p", T0 + 500, MAIN, hist("hi", "hello", "more"))
+    assert (bare.session, bare.agent_id, bare.continuation_text) == (None, None, None)
+    again = d.linker.decide(bare)
+    assert (again.evidence, again.conversation_id) == ("retry", first.conversation_id)
+    d.send("ping", session=None)
+    one = d.linker.decide(LinkRequest(rid(51), "p", T0 + 500, MAIN, hist("ping")))
+    assert (one.evidence, one.missed, one.parent_hash) == ("new", False, None)
+    assert Link(MAIN).current_hash is None and Link(MAIN).parent_hash is None
 
 
 # --- retries ----------------------------------------------------------------------------------------
@@ -155,7 +173,7 @@ def test_requests_outside_conversations_get_no_decision(kind: str) -> None:
 def test_a_retry_copies_the_whole_decision_of_the_request_it_repeats() -> None:
     d = Driver()
     spawner, _ = d.send("go", message=reply(agent_call("t1", "Check alpha.")))
-    first, sub = d.send("Check alpha.", kind=SUBAGENT, agent="a1", prompt="Check alpha.", ok=False)
+    _, sub = d.send("Check alpha.", kind=SUBAGENT, agent="a1", prompt="Check alpha.", ok=False)
     again = d.request("Check alpha.", kind=SUBAGENT, agent="a1", prompt="Check alpha.")
     link = d.linker.decide(again)
     assert sub.evidence == "subtask"
@@ -245,6 +263,17 @@ def test_a_request_without_agent_or_session_is_picked_for_by_success_and_age_alo
     assert Linker._pick(req, [newer, plain]) is newer
 
 
+def test_of_two_identical_requests_in_one_instant_the_first_is_the_parent() -> None:
+    """Recordings stamp to the second: the same turn sent twice in one second (a retry) is one step,
+    and its next turn continues the first request, however many copies the index holds."""
+    d = Driver()
+    first, _ = d.send("hi", "hello", "more", at=T0)
+    second, again = d.send("hi", "hello", "more", at=T0)
+    assert again.evidence == "retry"
+    link = d.linker.decide(d.request("hi", "hello", "more", "ok", "next", at=T0 + 1))
+    assert link.parent_request_id == first.request_id != second.request_id
+
+
 def test_the_request_itself_is_never_its_own_candidate() -> None:
     req = LinkRequest(rid(1), "p", T0 + 1000, MAIN, session="s1")
     itself, other = entry(1, at=T0 + 1000), entry(2, at=T0)
@@ -293,8 +322,8 @@ def test_an_ancestor_stamped_after_the_request_is_no_parent_one_in_the_same_inst
 
 def test_a_child_keeps_its_parents_branch_and_sub_agent_marks() -> None:
     d = Driver()
-    parent = Entry(rid(50), "p", T0, SUBAGENT, hist("sub")[-16:], "conv-x", "subtask_3", rid(40), True, rid(40), "s1", "a1")
-    d.index.add(parent)
+    sub = Entry(rid(50), "p", T0, SUBAGENT, hist("sub"), "conv-x", "subtask_3", rid(40), True, rid(40), "s1", "a1")
+    d.index.add(sub)
     link = d.linker.decide(d.request("sub", "done", "next", kind=SUBAGENT, agent="a1"))
     assert (link.conversation_id, link.branch_id, link.is_subtask, link.parent_task_request_id) == (
         "conv-x",
@@ -335,7 +364,7 @@ def test_the_same_history_again_or_a_sibling_from_the_future_is_no_branch() -> N
 
 def test_a_sub_agent_its_parent_launched_is_no_sibling_of_the_next_turn() -> None:
     d = Driver()
-    parent, _ = d.send("go", message=reply(agent_call("t1", "Check alpha.")))
+    d.send("go", message=reply(agent_call("t1", "Check alpha.")))
     d.send("Check alpha.", kind=SUBAGENT, agent="a1", prompt="Check alpha.")
     assert d.linker.decide(d.request("go", "launched", "results")).branch_id == "main"
 
@@ -386,7 +415,7 @@ def test_an_older_clients_task_tool_launches_sub_agents_too() -> None:
 
 def test_sub_agent_numbers_follow_the_highest_in_the_conversation() -> None:
     d = Driver()
-    spawner, first = d.send("go", message=reply(agent_call("t1", "A"), agent_call("t2", "B"), agent_call("t3", "C")))
+    _, first = d.send("go", message=reply(agent_call("t1", "A"), agent_call("t2", "B"), agent_call("t3", "C")))
     d.index.note_subtask(first.conversation_id or "", 4)  # e.g. loaded from the database
     _, a = d.send("A", kind=SUBAGENT, agent="a1", prompt="A")
     _, b = d.send("B", kind=SUBAGENT, agent="a2", prompt="B")
@@ -549,11 +578,11 @@ def test_the_newest_compaction_that_wrote_the_summary_is_found_and_the_search_is
     d.send("third", "r", "summarise", kind=COMPACTION, message=summary_reply("A third summary " * 8))
     req = d.request(CONTINUATION, continuation=CONTINUATION)
     before = d.index.examined
-    assert d.linker._compaction(req).request_id == new.request_id  # type: ignore[union-attr]
+    assert d.linker._compaction(req, CONTINUATION).request_id == new.request_id  # type: ignore[union-attr]
     assert d.index.examined - before == 2  # the newest first, stopping at the match
     before = d.index.examined
     text = CONTINUATION.replace("config parser", "web server")
-    assert d.linker._compaction(d.request(text, continuation=text)) is None
+    assert d.linker._compaction(d.request(text, continuation=text), text) is None
     assert d.index.examined - before == 4
     assert old.request_id != new.request_id
 
