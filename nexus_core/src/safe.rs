@@ -1163,6 +1163,22 @@ mod tests {
     }
 
     #[test]
+    fn a_container_closed_by_the_other_bracket_is_not_json() {
+        // PostgreSQL refuses these: passed through unchanged they would fail the whole COPY batch
+        for input in [
+            &b"{\"a\": 1]"[..],
+            b"[1}",
+            b"[{\"a\": [1}]]",
+            b"{\"a\": [1]]",
+        ] {
+            assert!(!is_safe_json(input), "{:?}", String::from_utf8_lossy(input));
+            let (out, names) = json(input);
+            assert_eq!(names, ["not_json"]);
+            assert_eq!(parse(out.as_bytes()), std::str::from_utf8(input).unwrap());
+        }
+    }
+
+    #[test]
     fn containers_past_the_limit_close_back_into_the_right_kind() {
         // An object past the limit holding arrays, then another member: once the arrays close, the
         // parser must be back in the object (deeper levels are kept apart from the first 128).
