@@ -2,8 +2,9 @@
 
 For every mutant it runs only the tests that guard the mutated file (a mutant of the path rules
 does not need the conversation tests); it skips lines inside logging calls (their text is for
-people; no behaviour depends on it) and mutants inside type annotations (with
-`from __future__ import annotations` they are never evaluated, so every such mutant is equivalent).
+people; no behaviour depends on it), mutants inside type annotations (with
+`from __future__ import annotations` they are never evaluated, so every such mutant is equivalent)
+and inside `typing.Protocol` classes (type declarations: their bodies never run).
 """
 
 import itertools
@@ -27,8 +28,22 @@ def pre_mutation_ast(context):  # type: ignore[no-untyped-def]
 
     if context.mutation_id == ALL or context.mutation_id != context.mutation_id_of_current_index:
         return
-    if _in_annotation(context.stack):
+    if _in_annotation(context.stack) or _in_protocol(context.stack):
         raise SkipException
+
+
+def _in_protocol(stack: list[Any]) -> bool:
+    """A `typing.Protocol` class is a type declaration: never instantiated, its members never called."""
+    for node in stack:
+        if node.type == "classdef":
+            bases = node.children[2:-2]  # between the name and the ':' (with the parentheses)
+            if any(getattr(leaf, "value", None) == "Protocol" for b in bases for leaf in _leaves(b)):
+                return True
+    return False
+
+
+def _leaves(node: Any) -> list[Any]:
+    return [node] if not hasattr(node, "children") else [x for c in node.children for x in _leaves(c)]
 
 
 def _in_annotation(stack: list[Any]) -> bool:

@@ -41,7 +41,7 @@ class Facts(Protocol):
 
 
 def classify(path: str, facts: Facts | None, agent_id: str | None = None) -> str:
-    route = path.split("?", 1)[0]
+    route = path.partition("?")[0]
     if route == "/v1/messages/count_tokens":
         return COUNT_TOKENS
     if route != "/v1/messages" or facts is None:

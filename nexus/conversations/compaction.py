@@ -30,19 +30,16 @@ def canonical(text: str) -> str:
 
 def summary_probe(continuation_text: str) -> str | None:
     """The start of the quoted summary, canonicalised, or None when there is no usable summary."""
-    start = -1
     for marker in SUMMARY_STARTS:
-        at = continuation_text.find(marker)
-        if at != -1:
-            start = at + len(marker)
+        _, found, summary = continuation_text.partition(marker)
+        if found:
             break
-    if start == -1:
+    else:
         return None
-    summary = continuation_text[start:]
     ends = [i for i in (summary.find(m) for m in SUMMARY_ENDS) if i != -1]
     if ends:
         summary = summary[: min(ends)]
-    probe = canonical(summary).rstrip(".")[:PROBE_CHARS]
+    probe = canonical(summary).rstrip(".")[:PROBE_CHARS]  # pragma: no mutate ("XX.XX": lower-case, no X)
     return probe if len(probe) >= MIN_PROBE_CHARS else None
 
 

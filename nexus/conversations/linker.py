@@ -37,7 +37,7 @@ SUBAGENT_TOOLS = frozenset({"Agent", "Task"})
 MAIN_BRANCH = "main"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True)  # pragma: no mutate (slots save memory; no behaviour depends on them)
 class LinkRequest:
     """What the linker needs to know about one request."""
 
@@ -48,7 +48,7 @@ class LinkRequest:
     prefix_hashes: bytes = b""
     session: str | None = None
     agent_id: str | None = None
-    first_user_key: bytes | None = None
+    first_user_key: bytes | None = None  # pragma: no mutate (no invocation has an empty key either)
     continuation_text: str | None = None
 
     def hashes(self) -> list[bytes]:
@@ -56,7 +56,7 @@ class LinkRequest:
         return [raw[i : i + HASH] for i in range(0, len(raw), HASH)]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True)  # pragma: no mutate (slots save memory; no behaviour depends on them)
 class Link:
     """The linker's decision for one request (what is stored with it)."""
 
@@ -105,7 +105,7 @@ class Linker:
             if inv is not None:
                 spawner = self.index.get(inv.request_id)
                 conversation = spawner.conversation_id if spawner is not None else inv.conversation_id
-                number = self.index.subtask_count(conversation or "") + 1
+                number = self.index.subtask_count(conversation or "") + 1  # pragma: no mutate ("": never None)
                 return Link(
                     req.request_type,
                     conversation,
@@ -127,7 +127,7 @@ class Linker:
                 link.missed = k < len(hashes) - 3
                 return link
         if req.continuation_text is not None:  # after the prefix: later turns still open with the summary
-            compaction = self._compaction(req)
+            compaction = self._compaction(req, req.continuation_text)
             if compaction is not None:
                 parent = self.index.get(compaction.request_id)
                 if parent is not None:  # the history restarts from the summary: a segment of its own
@@ -201,7 +201,7 @@ class Linker:
     @staticmethod
     def _branch_name(req: LinkRequest, kind: str = "branch") -> str:
         at = datetime.fromtimestamp(req.timestamp, UTC)
-        return f"{kind}_{at:%Y%m%d%H%M%S}_{req.request_id.replace('-', '')[-4:]}"
+        return f"{kind}_{at:%Y%m%d%H%M%S}_{req.request_id[-4:]}"  # ids are UUIDs: the last four hex digits
 
     def _invocation(self, req: LinkRequest) -> Invocation | None:
         assert req.first_user_key is not None
@@ -215,8 +215,8 @@ class Linker:
         same_session = [i for i in candidates if req.session is not None and i.session == req.session]
         return (same_session or candidates)[0]  # the oldest unclaimed: agents start in launch order
 
-    def _compaction(self, req: LinkRequest) -> Compaction | None:
-        probe = summary_probe(req.continuation_text or "")
+    def _compaction(self, req: LinkRequest, continuation_text: str) -> Compaction | None:
+        probe = summary_probe(continuation_text)
         if probe is None:
             return None
         for n, c in enumerate(reversed(self.index.compactions), 1):
@@ -230,9 +230,10 @@ class Linker:
     def register(self, req: LinkRequest, link: Link) -> None:
         """Remember a decided request, so its children and retries can find it; a request decided
         again (after a database lookup) has its entry revised in place."""
-        if link.evidence == "subtask" and req.first_user_key is not None:
-            self.index.note_subtask(link.conversation_id or "", int((link.branch_id or "_0").rsplit("_", 1)[1]))
-            for inv in self.index.invocations(req.project, req.first_user_key):
+        key = req.first_user_key
+        if link.evidence == "subtask" and key is not None and link.conversation_id is not None:
+            self.index.note_subtask(link.conversation_id, int(str(link.branch_id).removeprefix("subtask_")))
+            for inv in self.index.invocations(req.project, key):
                 if inv.request_id == link.parent_request_id and not inv.claimed:
                     inv.claimed = True
                     break

@@ -963,6 +963,49 @@ mod tests {
     }
 
     #[test]
+    fn a_set_of_repairs_is_a_bit_set() {
+        // a row's set is the union of its cells': a flag met twice is still one flag
+        let row = Repairs::NUL_ESCAPED | Repairs::STORED_AS_TEXT | Repairs::NUL_ESCAPED;
+        assert_eq!(row.bits(), 0b1_0000_0001);
+        assert_eq!(Repairs::NONE.bits(), 0);
+        assert!(
+            row.contains(Repairs::NUL_ESCAPED)
+                && row.contains(Repairs::NUL_ESCAPED | Repairs::STORED_AS_TEXT)
+        );
+        assert!(!row.contains(Repairs::INVALID_UTF8));
+        assert!(!row.contains(Repairs::NUL_ESCAPED | Repairs::INVALID_UTF8));
+        let mut grown = Repairs::NONE;
+        grown.insert(Repairs::NOT_JSON);
+        grown.insert(Repairs::NOT_JSON);
+        grown.insert(Repairs::INT_CLAMPED);
+        assert_eq!(
+            grown.names().collect::<Vec<_>>(),
+            ["not_json", "int_clamped"]
+        );
+        grown |= Repairs::NOT_JSON;
+        assert_eq!(grown, Repairs::NOT_JSON | Repairs::INT_CLAMPED);
+    }
+
+    #[test]
+    fn is_safe_json_is_the_fast_paths_check() {
+        for (input, safe) in [
+            (&b"{\"a\": [1, \"\\u00e9\"]}"[..], true),
+            (b"[\"\xff\"]", false),  // well-formed JSON, invalid UTF-8
+            (b"\"\\u0000\"", false), // UTF-8, but a NUL PostgreSQL refuses
+            (b"not json", false),
+        ] {
+            assert_eq!(
+                is_safe_json(input),
+                safe,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+            let mut out = Vec::new();
+            assert_eq!(safe_json(input, &mut out).is_empty(), safe);
+        }
+    }
+
+    #[test]
     fn normal_json_passes_unchanged() {
         for input in [
             &b"{}"[..],
@@ -1117,6 +1160,45 @@ mod tests {
         assert!(!number_fits(1, 0, i64::MIN));
         assert!(!number_fits(1, 0, i64::MAX));
         assert!(number_fits(400, 200, -100));
+    }
+
+    #[test]
+    fn a_container_closed_by_the_other_bracket_is_not_json() {
+        // PostgreSQL refuses these: passed through unchanged they would fail the whole COPY batch
+        for input in [
+            &b"{\"a\": 1]"[..],
+            b"[1}",
+            b"[{\"a\": [1}]]",
+            b"{\"a\": [1]]",
+        ] {
+            assert!(!is_safe_json(input), "{:?}", String::from_utf8_lossy(input));
+            let (out, names) = json(input);
+            assert_eq!(names, ["not_json"]);
+            assert_eq!(parse(out.as_bytes()), std::str::from_utf8(input).unwrap());
+        }
+    }
+
+    #[test]
+    fn containers_past_the_limit_close_back_into_the_right_kind() {
+        // An object past the limit holding arrays, then another member: once the arrays close, the
+        // parser must be back in the object (deeper levels are kept apart from the first 128).
+        let inner = r#"{"a": [[1]], "b": {"c": [2]}}"#;
+        let input = format!(
+            "{}{}{}",
+            "[".repeat(MAX_JSON_DEPTH),
+            inner,
+            "]".repeat(MAX_JSON_DEPTH)
+        );
+        let (out, names) = json(input.as_bytes());
+        assert_eq!(names, ["depth_limited"]);
+        let mut want = serde_json::Value::String(inner.to_owned());
+        for _ in 0..MAX_JSON_DEPTH {
+            want = serde_json::Value::Array(vec![want]);
+        }
+        assert_eq!(parse(out.as_bytes()), want);
+        assert!(is_safe_json(
+            format!("{}{}", "[".repeat(127), "]".repeat(127)).as_bytes()
+        ));
     }
 
     #[test]
