@@ -133,8 +133,8 @@ class SubtaskList(CamelStruct):
 # --- conversations ----------------------------------------------------------------------------------
 
 
-class ConversationSummary(Struct):
-    """One conversation by latest activity; Nexus's summary, then the reference's fields."""
+class ConversationColumns(Struct):
+    """A conversation's summary row (`conversations`, in CONVERSATION_COLUMNS order)."""
 
     conversation_id: UUID
     project_id: str
@@ -147,6 +147,11 @@ class ConversationSummary(Struct):
     cache_read_input_tokens: int
     latest_request_id: UUID | None
     title: str | None  # the first real user prompt, reminders stripped, cut to 120 characters
+
+
+class ConversationSummary(ConversationColumns):
+    """One conversation by latest activity; Nexus's summary, then the reference's fields."""
+
     branch_count: int
     subagent_count: int
     compaction_count: int
@@ -220,20 +225,9 @@ class Edge(Struct, rename={"from_": "from"}):
     kind: str
 
 
-class ConversationTree(Struct):
+class ConversationTree(ConversationColumns):
     """One conversation: its requests in time order, its branches and the edges between requests."""
 
-    conversation_id: UUID
-    project_id: str
-    first_at: datetime
-    last_at: datetime
-    request_count: int
-    input_tokens: int
-    output_tokens: int
-    cache_creation_input_tokens: int
-    cache_read_input_tokens: int
-    latest_request_id: UUID | None
-    title: str | None
     requests: list[TreeRequest]
     branches: list[Branch]
     edges: list[Edge]

@@ -195,12 +195,7 @@ def to_record(row: ReferenceRow, chunks: list[str] | None = None) -> ExchangeRec
         rebuilt, observer = rebuild_from_chunks(chunks)
         if rebuilt is not None:
             record.response_body, record.streamed = rebuilt, True
-            record.usage_json = observer.usage_json()
-            record.input_tokens = observer.input_tokens
-            record.output_tokens = observer.output_tokens
-            record.cache_creation_input_tokens = observer.cache_creation_input_tokens
-            record.cache_read_input_tokens = observer.cache_read_input_tokens
-            record.tool_call_count = len(observer.tool_uses)
+            record.take_stream_usage(observer)
             record.repairs = list(observer.repairs) or None
     if status is None:
         record.outcome = "upstream_error"

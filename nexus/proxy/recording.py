@@ -28,12 +28,7 @@ def complete_record(record: ExchangeRecord, outcome: Outcome, started: float) ->
     observer = outcome.observer
     if observer is not None:
         record.response_body = observer.message_json()
-        record.usage_json = observer.usage_json()
-        record.input_tokens = observer.input_tokens
-        record.output_tokens = observer.output_tokens
-        record.cache_creation_input_tokens = observer.cache_creation_input_tokens
-        record.cache_read_input_tokens = observer.cache_read_input_tokens
-        record.tool_call_count = len(observer.tool_uses)
+        record.take_stream_usage(observer)
         repairs = list(observer.repairs)
         if observer.overflowed:  # an event over the line limit was dropped from the rebuilt message
             repairs.append("stream_event_too_large")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from nexus._core import RequestAnalysis, safe_json, split_body
+from nexus._core import RequestAnalysis, SseObserver, safe_json, split_body
 from nexus.auth.client_keys import redact_client_keys
 from nexus.usage.counts import stored_count
 
@@ -143,6 +143,16 @@ class ExchangeRecord:
     task_prompt_keys: list[bytes] | None = None  # sub-agents the reply spawned
     attempts: int | None = None  # upstream attempts (retries and an OAuth replay included)
     repairs: list[str] | None = None  # what the stream observer had to repair to read the reply
+
+    def take_stream_usage(self, observer: SseObserver) -> None:
+        """What the stream observer read of the reply's usage and tool calls (a live stream's, or one
+        rebuilt from a reference system's stored chunks)."""
+        self.usage_json = observer.usage_json()
+        self.input_tokens = observer.input_tokens
+        self.output_tokens = observer.output_tokens
+        self.cache_creation_input_tokens = observer.cache_creation_input_tokens
+        self.cache_read_input_tokens = observer.cache_read_input_tokens
+        self.tool_call_count = len(observer.tool_uses)
 
 
 def _parse(data: bytes | None) -> Any:
