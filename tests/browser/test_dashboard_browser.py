@@ -309,3 +309,22 @@ def test_usage_page_draws_a_chart_with_axes(watched: Watched, browser: Any, stor
         assert "time (UTC)" in units and any(u in units for u in ("tokens", "USD", "requests")), units
     finally:
         context.close()
+
+
+@pytest.mark.tooling
+def test_the_watch_catches_csp_violations_and_failed_requests(watched: Watched, screenshots: Path) -> None:
+    """The page checks above can fail: an inline script (refused by the dashboard's CSP) and a missing
+    file are both reported."""
+    watched.visit("/", screenshots / "watch-check.png")
+    watched.page.evaluate(
+        """() => {
+        const s = document.createElement("script"); s.textContent = "window.ran = 1"; document.body.append(s);
+        const i = document.createElement("img"); i.src = "/static/no-such-file.png"; document.body.append(i);
+    }"""
+    )
+    watched.page.wait_for_timeout(300)
+    assert watched.page.evaluate("window.ran") is None  # the CSP kept the inline script from running
+    with pytest.raises(AssertionError) as caught:
+        watched.settle(screenshots / "watch-check-after.png")
+    text = str(caught.value)
+    assert "Content Security Policy" in text and "HTTP 404" in text and "no-such-file.png" in text
