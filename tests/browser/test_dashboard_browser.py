@@ -237,6 +237,8 @@ def test_find_a_session_by_a_word_of_its_prompt_and_click_through_its_tree(
     hrefs = tree.first.locator("a.node").evaluate_all("nodes => nodes.map(n => n.getAttribute('href'))")
     assert sorted(hrefs) == sorted(f"/requests/{r[0]}" for r in rows)  # one node per request of the session
     assert len(rows) == 3  # the session's three turns (the title request is not part of it)
+    # the conversation's cost: its three opus turns priced by hand, 65,332 + 3,120 + 2,900 micro-dollars
+    assert re.search(r"\$0\.0714\s+cost \(USD\)", page.inner_text("body"))
 
     target = stored.requests[("interactive_title", "0004-messages.json")]
     node = tree.first.locator(f'a.node[href="/requests/{target}"]')
@@ -287,6 +289,8 @@ def test_usage_page_draws_a_chart_with_axes(watched: Watched, browser: Any, stor
     page = watched.page
     page.add_init_script(RECORD_AXES)
     watched.visit("/usage", screenshots / "usage-chart.png")
+    project_row = page.locator("tr", has=page.locator('a[href="/usage?project_id=priced"]'))
+    assert project_row.locator("td").last.inner_text().strip() == SONNET_COST  # the per-project cost
     drawn = page.locator('.uchart[data-drawn="true"]')
     assert drawn.count() == 4  # tokens, cost, status, rolling: uPlot (vendored, served here) drew each
     chart = drawn.first
