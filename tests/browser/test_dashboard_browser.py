@@ -206,6 +206,16 @@ def test_every_page_loads_without_console_errors(watched: Watched, stored: Store
     for name, path in pages.items():
         watched.visit(path, screenshots / f"{name}.png")
         assert watched.page.locator("h1").count() >= 1, path
+    # the same pages on a phone in dark mode (screenshots to look at; the same watch for errors)
+    phone = watched.page.context.browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, color_scheme="dark", timezone_id="Asia/Tokyo"
+    )
+    try:
+        small = Watched(phone.new_page(), stored.dashboard)
+        for name, path in pages.items():
+            small.visit(path, screenshots / f"phone-dark-{name}.png")
+    finally:
+        phone.close()
     # the pages' own scripts ran: the list's live updates connected
     watched.visit("/requests", screenshots / "requests-live.png")
     watched.page.wait_for_selector("[data-live-status].on", timeout=5_000)
