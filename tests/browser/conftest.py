@@ -38,9 +38,11 @@ def chromium_path() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the session."""
+    """One headless Chromium per module. Not per session: while Playwright's sync API is open it keeps
+    its own event loop marked as running on this thread, and every async test after it would fail
+    ("Runner.run() cannot be called from a running event loop")."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:  # pragma: no cover - the test extra installs it
