@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint rust-test py-test container-test bench bench-quick bench-micro bench-install fuzz mutation clean
+.PHONY: run test install chromium lint rust-test py-test container-test bench bench-quick bench-micro bench-install fuzz mutation clean
 
 $(BIN)/python:
 	@# psycopg's C build needs pg_config and the libpq headers
@@ -22,7 +22,15 @@ $(STAMP): $(BIN)/python pyproject.toml Cargo.toml nexus_core/Cargo.toml $(shell 
 	$(PIP) install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+## The browser tests (tests/browser) drive Debian's chromium through Playwright: its own browser
+## download is not used. Installed from Debian when run as root, else a message saying how.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [ -n "$$NEXUS_CHROMIUM" ] || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		{ echo "chromium not found: the browser tests need it (Debian: apt-get install chromium; or set NEXUS_CHROMIUM)"; exit 1; }
+
+install: $(STAMP) chromium
 
 ## Install and start the gateway (proxy on :3000, dashboard on :3001).
 run: install
