@@ -30,7 +30,7 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		{ echo "chromium not found: the browser tests need it (Debian: apt-get install chromium; or set NEXUS_CHROMIUM)"; exit 1; }
 
-install: $(STAMP) chromium
+install: $(STAMP)
 
 ## Install and start the gateway (proxy on :3000, dashboard on :3001).
 run: install
@@ -50,7 +50,7 @@ lint: install
 rust-test:
 	cargo test --locked
 
-py-test: install
+py-test: install chromium
 	$(BIN)/python -m pytest
 
 ## Build the images and run docker/compose.yml with podman, traffic and storage checked (not part of
