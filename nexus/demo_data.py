@@ -90,8 +90,8 @@ def _usage(rng: random.Random, body: bytes, turn: int, output: int) -> dict[str,
     """Plausible usage for a body: ~4 bytes a token, most of the prompt read from the cache after turn 1."""
     prompt = max(1, len(body) // 4)
     if turn == 0:
-        return {"input_tokens": 4 + rng.randrange(20), "cache_creation_input_tokens": prompt, "cache_read_input_tokens": 0,
-                "output_tokens": output}  # fmt: skip
+        first = {"input_tokens": 4 + rng.randrange(20), "cache_creation_input_tokens": prompt}
+        return {**first, "cache_read_input_tokens": 0, "output_tokens": output}
     fresh = min(prompt, 200 + rng.randrange(2_500))
     return {"input_tokens": 3 + rng.randrange(10), "cache_creation_input_tokens": fresh,
             "cache_read_input_tokens": prompt - fresh, "output_tokens": output}  # fmt: skip
@@ -106,7 +106,9 @@ class Generator:
         self.end_us = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1_000_000)
         self.traffic = _traffic()
         self.tools = self.traffic.tools(random.Random(self.traffic.CC_VERSION))
-        self.recordings = [load_recording(d) for d in sorted(FIXTURES.iterdir()) if d.is_dir()] if FIXTURES.is_dir() else []
+        self.recordings = (
+            [load_recording(d) for d in sorted(FIXTURES.iterdir()) if d.is_dir()] if FIXTURES.is_dir() else []
+        )
         self.recordings = [r for r in self.recordings if r]
         self.summary = Summary()
 
@@ -130,7 +132,9 @@ class Generator:
                     return
 
     # --- sessions played by bench.traffic ------------------------------------------------------
-    def _generated(self, rng: random.Random, now_us: int, project: str, account: str | None) -> Iterator[ExchangeRecord]:
+    def _generated(
+        self, rng: random.Random, now_us: int, project: str, account: str | None
+    ) -> Iterator[ExchangeRecord]:
         traffic = self.traffic
         min_kb = rng.randrange(6, 24)
         session = traffic.Session(
@@ -143,13 +147,13 @@ class Generator:
             body = req.body.replace(b'"model":"' + traffic.MODEL.encode() + b'"', b'"model":"' + model.encode() + b'"')
             reply = session.synthetic_reply()
             if rng.random() < ERROR_SHARE:  # an upstream error, then Claude Code's retry of the same body
-                status, kind, message = rng.choice(ERRORS)
-                error = {"type": "error", "error": {"type": kind, "message": message}}
+                status, kind, text = rng.choice(ERRORS)
+                error = {"type": "error", "error": {"type": kind, "message": text}}
                 yield self._record(rng, linker, now_us, project, account, req.headers, body, req.stream, status, error)
                 self.summary.errors += 1
                 now_us += rng.randrange(1, 8) * 1_000_000
             tool = any(b.get("type") == "tool_use" for b in reply)
-            message = {
+            message: dict[str, Any] = {
                 "id": f"msg_01{rng.getrandbits(88):022x}",
                 "type": "message",
                 "role": "assistant",
@@ -224,7 +228,9 @@ class Generator:
             headers = dict(rec.headers)
             old = headers.get("x-claude-code-session-id")
             if old:
-                headers["x-claude-code-session-id"] = sessions.setdefault(old, str(uuid.UUID(int=rng.getrandbits(128), version=4)))
+                headers["x-claude-code-session-id"] = sessions.setdefault(
+                    old, str(uuid.UUID(int=rng.getrandbits(128), version=4))
+                )
             at_us = start_us + int((rec.timestamp - first) * 1_000_000)
             response = rec.response if isinstance(rec.response, dict) else {}
             body = rec.body or b"{}"
