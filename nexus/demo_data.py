@@ -59,6 +59,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "clau
 @dataclass(slots=True)
 class Summary:
     requests: int = 0  # rows offered to the writer
+    new: int = 0  # rows the database did not hold yet (a second run with the same seed on the same day: 0)
     sessions: int = 0
     recorded_sessions: int = 0
     errors: int = 0
@@ -257,6 +258,7 @@ def fill(
     writer = Writer(conn)
     first = datetime.fromtimestamp(generator.end_us / 1e6, UTC).date() - timedelta(days=generator.days)
     writer.partitions({first + timedelta(days=i) for i in range(generator.days + 2)})
+    before = _count(conn)
     started = time.monotonic()
     pending: list[tuple[ExchangeRecord, str | None]] = []
 
@@ -276,10 +278,17 @@ def fill(
                 flush()
         if pending:
             flush()
+        summary.new = _count(conn) - before
     finally:
         conn.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _count(conn: Any) -> int:
+    row = conn.execute("SELECT count(*) FROM api_requests").fetchone()
+    conn.commit()
+    return int(row[0]) if row else 0
 
 
 def print_progress(total: int) -> Callable[[int, float], None]:

@@ -47,7 +47,7 @@ def demo_data_command(requests: int, days: int, seed: int, batch_rows: int, embe
             stop_embedded()
     rate = summary.requests / summary.seconds if summary.seconds > 0 else 0.0
     click.echo(
-        f"stored {summary.requests:,} requests in {summary.sessions:,} sessions "
+        f"stored {summary.requests:,} requests ({summary.new:,} new) in {summary.sessions:,} sessions "
         f"({summary.recorded_sessions:,} replayed from recordings), {summary.errors:,} upstream errors, "
         f"{summary.refused:,} refused; {summary.seconds:.1f} s ({rate:,.0f} requests/s)"
     )

@@ -18,7 +18,7 @@ TODAY = date(2026, 12, 1)
 
 def test_demo_data_fills_rows_conversations_costs_and_search(migrated_db: str) -> None:
     summary = fill(migrated_db, 200, seed=3, days=5, batch_rows=64, today=TODAY)
-    assert summary.requests == 200 and summary.refused == 0 and summary.sessions >= 2
+    assert summary.requests == summary.new == 200 and summary.refused == 0 and summary.sessions >= 2
     with psycopg.connect(migrated_db) as conn:
         rows, priced, linked, searchable, days, projects, models = conn.execute(
             "SELECT count(*), count(cost_usd), count(conversation_id), count(search_vector), "
@@ -38,7 +38,7 @@ def test_demo_data_fills_rows_conversations_costs_and_search(migrated_db: str) -
         found = conn.execute(search, ("proxy",)).fetchone()  # type: ignore[arg-type]
         assert found is not None and found[0] > 0
     again = fill(migrated_db, 200, seed=3, days=5, batch_rows=64, today=TODAY)  # same seed, same day
-    assert again.requests == 200
+    assert again.requests == 200 and again.new == 0
     with psycopg.connect(migrated_db) as conn:
         assert conn.execute("SELECT count(*) FROM api_requests").fetchone() == (200,)
 
@@ -50,7 +50,7 @@ def test_demo_data_command(migrated_db: str) -> None:
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert "stored 50 requests" in out.stdout
+    assert "stored 50 requests (50 new)" in out.stdout
     with psycopg.connect(migrated_db) as conn:
         assert conn.execute("SELECT count(*) FROM api_requests").fetchone() == (50,)
 
