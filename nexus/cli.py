@@ -298,6 +298,7 @@ def _add_domain_commands() -> None:
     from nexus.analysis.cli import worker_command
     from nexus.auth.cli import keys, oauth
     from nexus.conversations.cli import relink_command, replay_command
+    from nexus.demo_data_cli import demo_data_command
     from nexus.importing.cli import import_reference_command
     from nexus.pricing.cli import pricing
     from nexus.storage.cli import storage
@@ -310,6 +311,7 @@ def _add_domain_commands() -> None:
     main.add_command(import_reference_command)
     main.add_command(pricing)
     main.add_command(worker_command)
+    main.add_command(demo_data_command)
 
 
 _add_domain_commands()
