@@ -20,31 +20,22 @@ def demo_data_command(requests: int, days: int, seed: int, batch_rows: int, embe
     """Store N realistic Claude Code requests (sessions, sub-agents, compactions, errors) through the
     proxy's own record building and COPY path, so the dashboard and the API can be tried and
     benchmarked on a full database. Migrates the database first."""
+    from nexus.cli import _settings_or_exit
     from nexus.demo_data import fill, print_progress
-    from nexus.settings import SettingsError, load_settings
+    from nexus.storage.embedded import database_url_or_embedded
     from nexus.storage.migrate import migrate
 
+    settings = _settings_or_exit()
+    say = lambda line: click.echo(line, err=True)  # noqa: E731
     try:
-        settings = load_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-    url, stop_embedded = (None if embedded else settings.database_url), None
-    if url is None:
-        from nexus.storage.embedded import start_embedded
-
-        click.echo(f"filling the embedded database under {settings.nexus_home}", err=True)
-        url, stop_embedded = start_embedded(settings.nexus_home / "postgres")
-    try:
-        migrate(url, settings.pricing_file)
-        summary = fill(
-            url, requests, seed=seed, days=days, batch_rows=batch_rows,
-            progress=None if no_progress else print_progress(requests),
-        )  # fmt: skip
+        with database_url_or_embedded(None if embedded else settings.database_url, settings.nexus_home, say) as url:
+            migrate(url, settings.pricing_file)
+            summary = fill(
+                url, requests, seed=seed, days=days, batch_rows=batch_rows,
+                progress=None if no_progress else print_progress(requests),
+            )  # fmt: skip
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
-    finally:
-        if stop_embedded is not None:
-            stop_embedded()
     rate = summary.requests / summary.seconds if summary.seconds > 0 else 0.0
     click.echo(
         f"stored {summary.requests:,} requests ({summary.new:,} new) in {summary.sessions:,} sessions "

@@ -54,30 +54,24 @@ def import_reference_command(
     Exit status: 0 when every request was imported or skipped, 2 when some failed (named in the
     summary), 1 when the import could not run.
     """
+    from nexus.cli import _settings_or_exit
     from nexus.importing.run import ImportBusyError, import_reference
     from nexus.importing.source import NotReferenceError
-    from nexus.settings import SettingsError, load_settings
+    from nexus.storage.embedded import database_url_or_embedded
 
+    settings = _settings_or_exit()
+    say = lambda line: click.echo(line, err=True)  # noqa: E731
     try:
-        settings = load_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-    url, stop_embedded = (None if embedded else settings.database_url), None
-    if url is None:
-        from nexus.storage.embedded import start_embedded
-
-        click.echo(f"importing into the embedded database under {settings.nexus_home}", err=True)
-        url, stop_embedded = start_embedded(settings.nexus_home / "postgres")
-    try:
-        report = import_reference(
-            source_url,
-            url,
-            batch_size=batch_size,
-            limit=limit,
-            restart=restart,
-            relink=not no_relink,
-            progress=not no_progress,
-        )
+        with database_url_or_embedded(None if embedded else settings.database_url, settings.nexus_home, say) as url:
+            report = import_reference(
+                source_url,
+                url,
+                batch_size=batch_size,
+                limit=limit,
+                restart=restart,
+                relink=not no_relink,
+                progress=not no_progress,
+            )
     except NotReferenceError as exc:
         raise click.ClickException(f"{_safe(source_url)} is not a reference database: {exc}") from None
     except ImportBusyError as exc:
@@ -85,9 +79,6 @@ def import_reference_command(
     except Exception as exc:  # connection refused, authentication failed...: one line, no URL with its password
         reason = " ".join(str(exc).split())[:500] or exc.__class__.__name__
         raise click.ClickException(f"import stopped ({exc.__class__.__name__}): {reason}") from None
-    finally:
-        if stop_embedded is not None:
-            stop_embedded()
     for line in summary(report):
         click.echo(line)
     if report.failed:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -33,3 +34,18 @@ def start_embedded(data_dir: Path, database: str = "nexus") -> tuple[str, Callab
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     return server.get_uri(database), server.cleanup
+
+
+@contextmanager
+def database_url_or_embedded(url: str | None, home: Path, say: Callable[[str], None]) -> Iterator[str]:
+    """`url`, or (when it is None) the embedded database under `home`, started for the block and
+    stopped after it: what a one-off command (`nexus import-reference`, `nexus demo-data`) writes to."""
+    if url is not None:
+        yield url
+        return
+    say(f"using the embedded database under {home}")
+    embedded_url, stop = start_embedded(home / "postgres")
+    try:
+        yield embedded_url
+    finally:
+        stop()
