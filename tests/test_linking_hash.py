@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nexus._core import NexusCoreError, analyze_request, normalize_text, prompt_key
-from nexus.reference import linking as ref
+from tests.oracles import linking as ref
 
 FACTS = [
     "model",

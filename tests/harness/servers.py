@@ -130,10 +130,10 @@ def run_fake_upstream(
 ) -> Iterator[str]:
     """Run the fake Anthropic API on a free loopback port; yield its base URL.
 
-    With `record_dir`, every API request is written there (see `nexus.testing.scripted`).
+    With `record_dir`, every API request is written there (see `nexus.fake_upstream.scripted`).
     """
     port = free_port()
-    cmd = [sys.executable, "-m", "nexus.testing.fake_anthropic", "--port", str(port)]
+    cmd = [sys.executable, "-m", "nexus.fake_upstream", "--port", str(port)]
     cmd += ["--event-delay-ms", str(event_delay_ms), "--text-tokens", str(text_tokens)]
     if not record_bodies:
         cmd.append("--no-record-bodies")

@@ -29,7 +29,7 @@ streamed or held connection ended: `completed`, `client_disconnected` or `droppe
 /_fake/reset`, `GET /_fake/health`.
 
 Scripted replies (rules and a FIFO of final messages), the SSE encoder they use, and recording every
-request to a directory (`--record-dir`) live in `nexus.testing.scripted`; see its docstring.
+request to a directory (`--record-dir`) live in `nexus.fake_upstream.scripted`; see its docstring.
 
 OAuth: `POST /v1/oauth/token` (refresh and authorization-code grants, single-use rotating refresh
 tokens) and `GET /oauth/authorize` (the browser sign-in), configured with `/_fake/oauth` (`FakeOAuth`).
@@ -49,14 +49,14 @@ import re
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
 
-from nexus.testing import scripted
+from nexus.fake_upstream import scripted
+from nexus.fake_upstream.scenario import Scenario
 
 MODELS = [
     ("claude-opus-4-6", "Claude Opus 4.6", "2026-02-05T00:00:00Z"),
@@ -76,26 +76,6 @@ ERRORS: dict[int, tuple[str, str]] = {
 }
 REPLY_WORDS = "Hello! This is a deterministic reply from the fake Anthropic API: naïve café ✓.".split()
 TOOL_MARKER = re.compile(r"\[\[use_tool:([A-Za-z0-9_-]+)\s*(\{.*?\})?\]\]", re.S)
-
-
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    kind: str = "ok"
-    value: int = 0
-    retry_after: str = "1"
-
-    @classmethod
-    def parse(cls, spec: str) -> Scenario:
-        parts = spec.strip().split(":")
-        kind = parts[0]
-        if kind in ("ok", "hang"):
-            return cls(kind)
-        if kind == "error" and len(parts) >= 2:
-            retry_after = parts[2].split("=", 1)[1] if len(parts) > 2 and parts[2].startswith("retry-after=") else "1"
-            return cls("error", int(parts[1]), retry_after)
-        if kind in ("delay", "event-delay", "hang-after", "drop-after", "error-event-after") and len(parts) == 2:
-            return cls(kind, int(parts[1]))
-        raise ValueError(f"unknown fake scenario {spec!r}")
 
 
 def _rid(prefix: str) -> str:
@@ -686,7 +666,7 @@ def serve(
     os.environ["FAKE_ANTHROPIC_RECORD_BODIES"] = "1" if record_bodies else "0"
     os.environ["FAKE_ANTHROPIC_RECORD_DIR"] = os.path.abspath(record_dir) if record_dir else ""
     Granian(
-        "nexus.testing.fake_anthropic:app_from_env",
+        "nexus.fake_upstream.server:app_from_env",
         factory=True,
         address=host,
         port=port,
@@ -706,7 +686,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--event-delay-ms", type=float, default=0)
     ap.add_argument("--text-tokens", type=int, default=12)
     ap.add_argument("--no-record-bodies", action="store_true")
-    ap.add_argument("--record-dir", help="write one JSON file per API request here (see nexus.testing.scripted)")
+    ap.add_argument("--record-dir", help="write one JSON file per API request here (see nexus.fake_upstream.scripted)")
     args = ap.parse_args(argv)
     serve(args.host, args.port, args.event_delay_ms, args.text_tokens, not args.no_record_bodies, args.record_dir)
 

@@ -15,7 +15,7 @@ can check the Rust code against it on any stream split at any byte boundary:
 - ``message_delta.usage`` is cumulative: each non-null key replaces the previous value (never
   added). Every ``message_delta.delta`` key is applied to the rebuilt message.
 - Hostile data is repaired, not dropped: data the parser refuses goes through ``safe_json``
-  (``nexus.reference.safe``) and is parsed again; ``repairs`` names what was done. The Rust parser
+  (``tests.oracles.safe``) and is parsed again; ``repairs`` names what was done. The Rust parser
   (serde_json) refuses what orjson refuses, plus nesting of 128 levels or more, which is checked
   here after orjson. A usage object holding a float is re-read the same way (exact digits for an
   integer past 64 bits); token counts are ints ``>= 0`` or whole floats, saturated at 2**64 - 1
@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from nexus.reference.safe import names, safe_json
+from tests.oracles.safe import names, safe_json
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "ReferenceSseObserver"]
 

@@ -29,7 +29,7 @@ class FakeControl:
         self._call("POST", "/_fake/scenarios", {"scenarios": list(scenarios)})
 
     def script(self, *rules: dict[str, Any], append: bool = False) -> list[dict[str, Any]]:
-        """Load scripted reply rules (see `nexus.testing.scripted`); returns them with hit counts."""
+        """Load scripted reply rules (see `nexus.fake_upstream.scripted`); returns them with hit counts."""
         return self._call("POST", "/_fake/script", {"rules": list(rules), "append": append})["rules"]
 
     def script_state(self) -> list[dict[str, Any]]:

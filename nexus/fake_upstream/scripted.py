@@ -3,7 +3,7 @@
 The fake's built-in answers are a deterministic function of the request, which is enough for the
 proxy's wire tests but not to drive a real client (Claude Code) through a tool loop, a sub-agent or a
 compaction, nor to make the fake replay the responses of a recorded session. This module adds three
-things, all controlled over HTTP on the fake's port (see `nexus.testing.control.FakeControl`):
+things, all controlled over HTTP on the fake's port (see `tests/harness/control.py`, `FakeControl`):
 
 **Encoding.** `sse_events(message)` turns a final Message JSON into the API's exact SSE event
 sequence: `message_start` (the message with empty content, `stop_reason: null`, the input and cache
@@ -73,6 +73,7 @@ from typing import Any
 import orjson
 
 from nexus._core import SseObserver
+from nexus.fake_upstream.scenario import Scenario
 
 REDACTED_API_KEY = "sk-ant-api03-REDACTED-0000000000000000000000000000000000000000000000000000"
 REDACTED_BEARER = "Bearer sk-ant-REDACTED-00000000000000000000000000000000000000000000000000000"
@@ -436,8 +437,6 @@ class Scripted:
             proto.recording.message = message
         if not request.get("stream"):
             return fake._json(proto, 200, message, rl)
-        from nexus.testing.fake_anthropic import Scenario
-
         return await fake._stream(proto, index, message, Scenario(), rl, sse_events(message))
 
 
