@@ -15,7 +15,8 @@ import click
 import orjson
 
 from nexus import __version__
-from nexus.settings import SettingsError, get_settings, load_settings, settings_markdown
+from nexus.cli_support import settings_or_exit
+from nexus.settings import get_settings, settings_markdown
 
 
 def _apply_env(**values: Any) -> None:
@@ -23,13 +24,6 @@ def _apply_env(**values: Any) -> None:
         if value is not None:
             os.environ[name.upper()] = str(value)
     get_settings.cache_clear()
-
-
-def _settings_or_exit() -> Any:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,8 +42,8 @@ def config(as_json: bool, markdown: bool) -> None:
 
         click.echo(settings_markdown() + "\n" + reference_markdown(), nl=False)
         return
-    _warn_environment(_settings_or_exit(), "nexus", once=False)
-    values = _settings_or_exit().masked()
+    _warn_environment(settings_or_exit(), "nexus", once=False)
+    values = settings_or_exit().masked()
     if as_json:
         click.echo(orjson.dumps(values, option=orjson.OPT_INDENT_2).decode())
         return
@@ -86,7 +80,7 @@ def _prepare_storage(settings: Any) -> None:
 
 
 def _run_proxy() -> None:
-    settings = _settings_or_exit()
+    settings = settings_or_exit()
     _warn_environment(settings, "nexus-proxy")
     _startup_checks(settings)
     from granian import Granian
@@ -199,7 +193,7 @@ def dashboard(host: str | None, port: int | None, embedded: bool) -> None:
 
     port_warning = None if port is not None or os.environ.get(CHECKED_MARKER) else dashboard_port_warning(os.environ)
     _apply_env(dashboard_host=host, dashboard_port=port)
-    settings = _settings_or_exit()
+    settings = settings_or_exit()
     _warn_environment(settings, "nexus-dashboard")
     if port_warning is not None:
         from nexus.observability.logs import emit
@@ -231,7 +225,7 @@ def serve(
 ) -> None:
     """Run the gateway: the proxy and the dashboard, with an embedded PostgreSQL when DATABASE_URL is unset."""
     _apply_env(host=host, port=port, proxy_threads=threads, proxy_workers=workers, dashboard_port=dashboard_port)
-    settings = _settings_or_exit()
+    settings = settings_or_exit()
     _warn_environment(settings, "nexus-serve")
     _startup_checks(settings)
     _check_port(settings.dashboard_bind, settings.dashboard_port, "DASHBOARD_PORT or --dashboard-port")
@@ -259,7 +253,7 @@ def migrate_command(embedded: bool, wait_seconds: float) -> None:
     """Apply pending SQL migrations to DATABASE_URL (idempotent, safe to run concurrently)."""
     from nexus.storage.migrate import migrate, wait_for_database
 
-    settings = _settings_or_exit()
+    settings = settings_or_exit()
     url = settings.database_url
     stop_embedded = None
     if embedded:
@@ -289,7 +283,7 @@ def migrate_command(embedded: bool, wait_seconds: float) -> None:
 @click.option("--record-dir", help="Record every request (and its response) as one JSON file in this directory.")
 def fake_upstream(host: str, port: int, event_delay_ms: float, record_dir: str | None) -> None:
     """Run the faithful fake Anthropic API (for tests, benchmarks and offline trials)."""
-    from nexus.testing.fake_anthropic import serve as serve_fake
+    from nexus.fake_upstream.server import serve as serve_fake
 
     serve_fake(host=host, port=port, event_delay_ms=event_delay_ms, record_dir=record_dir)
 

@@ -28,7 +28,7 @@ from nexus.settings import get_settings
 from nexus.usage.service import now_utc
 
 if TYPE_CHECKING:
-    from nexus.api.routes import ApiRoutes
+    from nexus.api.table import RouteTable
 
 PREFIX = "anthropic-ratelimit-unified-"
 _CLAIM = re.compile(r"anthropic-ratelimit-unified-([a-z0-9_]{1,40})-utilization")
@@ -56,7 +56,7 @@ LATEST = (
 SEEN = 'SELECT 1 FROM api_requests WHERE account_id = %(account)s AND "timestamp" >= %(start)s LIMIT 1'
 
 
-def register(api: ApiRoutes) -> None:
+def register(api: RouteTable) -> None:
     serve(api, OAUTH_USAGE, oauth_usage)
 
 

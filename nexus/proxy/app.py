@@ -35,6 +35,7 @@ from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Link, Linker
 from nexus.conversations.service import ConversationService, LookupPool, link_request
 from nexus.errors import ProxyError
+from nexus.ids import new_request_id
 from nexus.integrations.hub import Integrations, build_integrations, credential_slack
 from nexus.observability import logs, recorder
 from nexus.observability import metrics as prom
@@ -46,7 +47,6 @@ from nexus.proxy.client_setup import ClientSetup
 from nexus.proxy.drain import Drain, is_shutdown
 from nexus.proxy.forward import open_upstream
 from nexus.proxy.headers import ANALYSIS_MARK, upstream_request_headers
-from nexus.proxy.ids import new_request_id
 from nexus.proxy.paths import FORWARDED_METHODS, upstream_target
 from nexus.proxy.recording import SHUTDOWN_ERROR, complete_record
 from nexus.proxy.relay import Outcome, relay
