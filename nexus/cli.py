@@ -85,6 +85,26 @@ def _prepare_storage(settings: Any) -> None:
         emit(f"applied migrations: {', '.join(applied)}", settings.log_format, "nexus-proxy")
 
 
+def _import_credentials(settings: Any) -> None:
+    """Import CREDENTIALS_DIR into the database before workers start (docs/credentials.md); a database
+    that cannot be reached leaves the workers on this machine's files until it can."""
+    if not settings.credentials_database:
+        return
+    from nexus.auth.db_files import import_at_start
+    from nexus.auth.sealing import load_box
+    from nexus.observability.logs import emit
+
+    try:
+        lines = import_at_start(settings.credentials_database, load_box(settings.nexus_secret_key, settings.nexus_home),
+                                settings.credentials_dir)  # fmt: skip
+    except Exception as exc:
+        reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())
+        emit(f"warning: credentials not imported into the database ({reason})", settings.log_format, "nexus-proxy")
+        return
+    for line in lines:
+        emit(line, settings.log_format, "nexus-proxy")
+
+
 def _run_proxy() -> None:
     settings = _settings_or_exit()
     _warn_environment(settings, "nexus-proxy")
@@ -101,6 +121,7 @@ def _run_proxy() -> None:
     files = raise_open_files_limit()
     backpressure = min(settings.proxy_backpressure, max(64, files // max(1, settings.proxy_workers) - 256))
     _prepare_storage(settings)
+    _import_credentials(settings)
     for line in startup_lines(settings):
         logs.emit(line, settings.log_format, "nexus-proxy", "warning")
     metrics_dir, owned = metrics.prepare_multiprocess_dir(settings.prometheus_multiproc_dir)

@@ -23,9 +23,11 @@ from nexus.auth.client_keys import (
     is_client_key,
 )
 from nexus.auth.credentials import OAUTH_BETA, Credential, CredentialError, CredentialStore, merge_beta
+from nexus.auth.db_store import DbCredentials
 from nexus.auth.oauth import OAuthRefresher
 from nexus.auth.projects import requested_account, resolve_project
 from nexus.auth.reference_keys import ReferenceKeyIndex
+from nexus.auth.sealing import load_box
 from nexus.auth.token_endpoint import TokenEndpoint
 from nexus.settings import Settings
 
@@ -51,7 +53,13 @@ class RequestAuthorizer:
     def __init__(self, settings: Settings) -> None:
         self.store = CredentialStore(settings.credentials_dir)
         endpoint = TokenEndpoint(settings.claude_oauth_token_url, settings.claude_oauth_client_id)
-        self.refresher = OAuthRefresher(self.store, endpoint)
+        self.refresher: OAuthRefresher | DbCredentials = OAuthRefresher(self.store, endpoint)
+        #: Credentials in the database (shared by every instance), when this process has one.
+        self.db: DbCredentials | None = None
+        if settings.credentials_database:
+            box = load_box(settings.nexus_secret_key, settings.nexus_home)
+            self.db = DbCredentials(settings.credentials_database, box, self.store, endpoint)
+            self.refresher = self.db
         self.client_auth = settings.enable_client_auth
         self.default_project = settings.default_project_id
         self.client_keys: ClientKeyStore | None = None
@@ -63,7 +71,7 @@ class RequestAuthorizer:
         headers = dict(header_items)
         key_project = self._client_project(headers)
         project = resolve_project(headers, key_project, self.default_project)
-        cred = self._credential(headers, project)
+        cred = await self._credential(headers, project)
         presented = presented_client_key(headers) if key_project is not None else None
         secret = _secret_part(presented)
         out = without_client_keys(upstream, secret)
@@ -95,10 +103,17 @@ class RequestAuthorizer:
             raise errors.client_key_required(str(refused))
         return project
 
-    def _credential(self, headers: dict[str, str], project: str) -> Credential | None:
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+
+    async def _credential(self, headers: dict[str, str], project: str) -> Credential | None:
         account = requested_account(headers)
         try:
-            cred = self.store.for_account(account) if account else self.store.for_project(project)
+            if self.db is not None:
+                cred = await self.db.get(account is not None, account or project)
+            else:
+                cred = self.store.for_account(account) if account else self.store.for_project(project)
         except CredentialError as exc:
             raise errors.configuration_error(exc) from None
         if account and cred is None:

@@ -177,6 +177,7 @@ class ProxyApp:
         upstream, self.upstream = self.upstream, None
         if self.mcp is not None:
             self.mcp.stop()
+        self.authorizer.close()
         can_run = not loop.is_closed() and not loop.is_running()
         if self._finishing and can_run:  # records waiting on a link lookup are stored, settled or not
             loop.run_until_complete(asyncio.wait(self._finishing, timeout=5))
