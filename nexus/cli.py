@@ -318,6 +318,7 @@ def fake_upstream(host: str, port: int, event_delay_ms: float, record_dir: str |
 def _add_domain_commands() -> None:
     from nexus.analysis.cli import worker_command
     from nexus.auth.cli import keys, oauth
+    from nexus.auth.db_cli import credentials
     from nexus.conversations.cli import relink_command, replay_command
     from nexus.demo_data_cli import demo_data_command
     from nexus.importing.cli import import_reference_command
@@ -328,6 +329,7 @@ def _add_domain_commands() -> None:
     main.add_command(relink_command)
     main.add_command(keys)
     main.add_command(oauth)
+    main.add_command(credentials)
     main.add_command(storage)
     main.add_command(import_reference_command)
     main.add_command(pricing)

@@ -168,13 +168,13 @@ class DbCredentials:
         if stamp is not None and (seen is None or seen[0] != stamp):
             imported = import_file(conn, self.box, path, self.store.where(path))  # type: ignore[arg-type]
             row = imported.row
-            if imported.file_stale and write_back(path, row.raw):
+            if imported.file_stale and _write_back(path, row.raw):
                 stamp = _stamp(path)
             self._seen[key] = (stamp, row.version)
             return row
         found = fetch(conn, self.box, *key)  # type: ignore[arg-type]
-        if found is not None and stamp is not None and seen is not None and seen[1] != row.version:
-            if write_back(path, found.raw):  # overtaken by the database (a refresh elsewhere)
+        if found is not None and stamp is not None and seen is not None and seen[1] != found.version:
+            if _write_back(path, found.raw):  # overtaken by the database (a refresh elsewhere)
                 stamp = _stamp(path)
             self._seen[key] = (stamp, found.version)
         return found
@@ -238,10 +238,7 @@ class DbCredentials:
         with self.pool().connection() as conn:
             row, did = refresh_row(conn, self.box, key[0], key[1], self.endpoint, needed)  # type: ignore[arg-type]
         if did:  # committed; now the file of this machine, if it keeps one, as before
-            try:
-                write_back(path, row.raw)
-            except OSError as exc:
-                log.warning("rotated tokens of %s not written back to its file (%s)", path.name, exc.strerror)
+            _write_back(path, row.raw)
             self._seen[key] = (_stamp(path), row.version)
         return to_credential(row, self.store.directory), did
 
@@ -261,6 +258,15 @@ class DbCredentials:
         if failure.error.invalid_grant:
             raise errors.needs_login(cred)
         raise errors.refresh_failed(cred, str(failure.error))
+
+
+def _write_back(path: Path, raw: dict[str, object]) -> bool:
+    """`write_back`, where a file that cannot be written is a warning: the database holds the truth."""
+    try:
+        return write_back(path, raw)
+    except OSError as exc:
+        log.warning("newer tokens of %s not written back to its file (%s)", path.name, exc.strerror)
+        return False
 
 
 __all__ = ["DbCredentials", "connection_pool", "known_failure"]
