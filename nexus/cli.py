@@ -101,6 +101,20 @@ def _import_credentials(settings: Any) -> None:
         reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())
         emit(f"warning: credentials not imported into the database ({reason})", settings.log_format, "nexus-proxy")
         return
+    if settings.api_key_salt:
+        from nexus.auth.db_client_keys import DbClientKeyStore
+        from nexus.auth.service import client_key_store
+
+        store = client_key_store(settings)
+        try:
+            if isinstance(store, DbClientKeyStore) and (new := store.import_files()):
+                lines.append(f"client keys: {new} imported from {store.directory}")
+        except Exception as exc:
+            reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())
+            lines.append(f"warning: client keys not imported into the database ({reason})")
+        finally:
+            if isinstance(store, DbClientKeyStore):
+                store.close()
     for line in lines:
         emit(line, settings.log_format, "nexus-proxy")
 

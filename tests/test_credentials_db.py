@@ -279,3 +279,47 @@ def test_an_unknown_name_is_none_and_a_file_alone_still_works_without_a_database
     with run_proxy(proxy_env(upstream_url, creds)) as url:
         assert post(url, header)[0] == 200
     assert bearers(fake) == ["Bearer sk-ant-oat01-f"]
+
+
+def test_client_keys_live_in_the_database_for_every_instance(
+    tmp_path: Path, upstream_url: str, migrated_db: str, fake: FakeControl
+) -> None:
+    """A key created on one machine admits requests on another with an empty credentials folder, a
+    revocation refuses it everywhere, and only the salted digest is stored."""
+    from nexus.testing.servers import run_proxy
+
+    box = SecretBox(parse_keys(KEY), "test")
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        doc = {"type": "api_key", "accountId": "acc_kp", "api_key": "sk-ant-api03-kp"}
+        import_document(conn, box, PROJECT, "kp", doc, None)
+    creds_a, creds_b = tmp_path / "a", tmp_path / "b"
+    extra = {"ENABLE_CLIENT_AUTH": "true", "API_KEY_SALT": "salt-for-tests"}
+    env_a = {**db_env(upstream_url, creds_a, tmp_path / "ha", migrated_db), **extra}
+    env_b = {**db_env(upstream_url, creds_b, tmp_path / "hb", migrated_db), **extra}
+    created = CliRunner().invoke(main, ["keys", "create", "--project", "kp"], env=env_a)
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip().splitlines()[0]
+    assert key.startswith("cnp_live_") and not (creds_a / "client-keys").exists()  # in the database, not a file
+    with psycopg.connect(migrated_db) as conn:
+        table = str(conn.execute("SELECT array_agg(c::text) FROM client_keys c").fetchone())
+    assert key not in table and key[len("cnp_live_") :] not in table
+    with run_proxy(env_a) as a, run_proxy(env_b) as b:
+        for url in (a, b):
+            status, _, body = post(url, {"x-api-key": key})
+            assert status == 200, body
+        assert {r["headers"].get("x-api-key") for r in fake.requests()} == {"sk-ant-api03-kp"}
+        listed = CliRunner().invoke(main, ["keys", "list", "--json"], env=env_b)
+        key_id_ = orjson.loads(listed.stdout)[0]["key_id"]
+        revoked = CliRunner().invoke(main, ["keys", "revoke", key_id_], env=env_b)
+        assert revoked.exit_code == 0, revoked.output
+        time.sleep(1.1)  # past the per-worker recheck
+        for url in (a, b):
+            status, _, body = post(url, {"x-api-key": key})
+            assert status == 401 and body["error"]["message"].startswith("The client key has been revoked.")
+        # a key made the old way, in a file on this machine (no database), is taken up on first sight
+        file_env = {**env_a, "STORAGE_ENABLED": "false"}
+        made = CliRunner().invoke(main, ["keys", "create", "--project", "kp"], env=file_env)
+        file_key = made.stdout.strip().splitlines()[0]
+        assert (creds_a / "client-keys").is_dir()
+        assert post(a, {"x-api-key": file_key})[0] == 200
+        assert post(b, {"x-api-key": file_key})[0] == 200  # imported into the database by A

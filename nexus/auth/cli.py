@@ -66,7 +66,9 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 def _key_store(settings: Settings) -> ClientKeyStore:
     if not settings.api_key_salt:
         raise click.ClickException("API_KEY_SALT is not set: client keys are stored as digests salted with it")
-    return ClientKeyStore(settings.credentials_dir, settings.api_key_salt)
+    from nexus.auth.service import client_key_store
+
+    return client_key_store(settings)
 
 
 def _key_row(key: ClientKey) -> dict[str, Any]:

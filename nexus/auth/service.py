@@ -23,6 +23,7 @@ from nexus.auth.client_keys import (
     is_client_key,
 )
 from nexus.auth.credentials import OAUTH_BETA, Credential, CredentialError, CredentialStore, merge_beta
+from nexus.auth.db_client_keys import DbClientKeyStore
 from nexus.auth.db_store import DbCredentials
 from nexus.auth.oauth import OAuthRefresher
 from nexus.auth.projects import requested_account, resolve_project
@@ -65,7 +66,7 @@ class RequestAuthorizer:
         self.client_keys: ClientKeyStore | None = None
         self.reference_keys = ReferenceKeyIndex(settings.credentials_dir, settings.client_keys_dir)
         if settings.enable_client_auth and settings.api_key_salt:
-            self.client_keys = ClientKeyStore(settings.credentials_dir, settings.api_key_salt)
+            self.client_keys = client_key_store(settings)
 
     async def authorize(self, header_items: list[tuple[str, str]], upstream: list[tuple[str, str]]) -> Authorization:
         headers = dict(header_items)
@@ -106,6 +107,8 @@ class RequestAuthorizer:
     def close(self) -> None:
         if self.db is not None:
             self.db.close()
+        if isinstance(self.client_keys, DbClientKeyStore):
+            self.client_keys.close()
 
     async def _credential(self, headers: dict[str, str], project: str) -> Credential | None:
         account = requested_account(headers)
@@ -132,6 +135,16 @@ class RequestAuthorizer:
         return Authorization(
             auth.project_id, cred.account_id, with_credential(auth.headers, cred), cred, auth.client_secret
         )
+
+
+def client_key_store(settings: Settings) -> ClientKeyStore:
+    """Where client keys live: the database when this process has one (shared by every instance), else
+    the files under CREDENTIALS_DIR/client-keys/. Needs API_KEY_SALT."""
+    assert settings.api_key_salt is not None
+    files = ClientKeyStore(settings.credentials_dir, settings.api_key_salt)
+    if settings.credentials_database:
+        return DbClientKeyStore(settings.credentials_database, files)
+    return files
 
 
 def _secret_part(presented: str | None) -> str | None:
