@@ -323,3 +323,22 @@ def test_client_keys_live_in_the_database_for_every_instance(
         assert (creds_a / "client-keys").is_dir()
         assert post(a, {"x-api-key": file_key})[0] == 200
         assert post(b, {"x-api-key": file_key})[0] == 200  # imported into the database by A
+
+
+def test_the_dashboard_knows_an_account_that_only_the_database_holds(
+    tmp_path: Path, upstream_url: str, migrated_db: str
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    from nexus.testing.servers import run_proxy
+
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        doc = oauth_doc("sk-ant-oat01-l", "sk-ant-ort01-l", now_ms(3600)) | {"accountId": "acc_lonely"}
+        import_document(conn, SecretBox(parse_keys(KEY), "test"), ACCOUNT, "lonely", doc, None)
+    with run_proxy(db_env(upstream_url, tmp_path / "empty", tmp_path / "home", migrated_db)) as url:
+        with urllib.request.urlopen(f"{url}/api/oauth-usage/acc_lonely", timeout=10) as resp:  # noqa: S310
+            assert resp.status == 200, resp.read()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{url}/api/oauth-usage/acc_nobody", timeout=10)  # noqa: S310
+        assert refused.value.code == 404
