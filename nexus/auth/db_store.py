@@ -149,6 +149,11 @@ class DbCredentials:
         _bounded_put(self._cache, key, (now, cred))
         return cred
 
+    def cached(self, is_account: bool, name: str) -> Credential | None:
+        """The credential this worker last read for that name, without any I/O (None if it has none)."""
+        found = self._cache.get((kind_of(is_account), name))
+        return found[1] if found is not None else None
+
     def _db_down(self, exc: Exception) -> None:
         first_line = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
         log.warning(

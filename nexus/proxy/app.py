@@ -144,7 +144,9 @@ class ProxyApp:
 
             self.mcp = McpEndpoint(s, self.authorizer.client_keys, self.throttle, self.data_access, self._check_origin)
         #: Slack, telemetry, test samples (nexus/integrations); None when none is configured.
-        self.integrations: Integrations | None = build_integrations(s, credential_slack(self.authorizer.store))
+        self.integrations: Integrations | None = build_integrations(
+            s, credential_slack(self.authorizer.store, self.authorizer.db)
+        )
 
     # --- RSGI protocol -----------------------------------------------------------------------
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
