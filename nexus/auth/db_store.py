@@ -43,7 +43,7 @@ from nexus.auth.credentials import (
     _Stamp,
     _stamp,
 )
-from nexus.auth.db_credentials import Row, fetch, kind_of, known_failure, refresh_row, to_credential
+from nexus.auth.db_credentials import ACCOUNT, PROJECT, Row, fetch, kind_of, known_failure, refresh_row, to_credential
 from nexus.auth.db_files import import_file, write_back
 from nexus.auth.oauth import REFRESH_MARGIN_MS, OAuthRefresher
 from nexus.auth.oauth_status import FAILURE_TTL_S, fingerprint
@@ -120,12 +120,12 @@ class DbCredentials:
     # --- reading -------------------------------------------------------------------------------
     async def get(self, is_account: bool, name: str) -> Credential | None:
         """The credential of a project or account, or None when neither database nor file has one."""
-        path = self.store.account_path(name) if is_account else self.store.project_path(name)  # checks the name
-        key = (kind_of(is_account), name)
+        key = (ACCOUNT if is_account else PROJECT, name)
         now = time.monotonic()
         cached = self._cache.get(key)
         if cached is not None and now - cached[0] < RECHECK_S:
-            return cached[1]
+            return cached[1]  # only names that passed the check below are ever cached
+        path = self.store.account_path(name) if is_account else self.store.project_path(name)  # checks the name
         if now < self._db_down_until:
             return self.store.load(path)
         waiting = self._inflight.get(key)
