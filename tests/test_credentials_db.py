@@ -342,3 +342,24 @@ def test_the_dashboard_knows_an_account_that_only_the_database_holds(
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{url}/api/oauth-usage/acc_nobody", timeout=10)  # noqa: S310
         assert refused.value.code == 404
+
+
+def test_a_login_goes_to_the_database_and_wins_over_newer_looking_tokens(
+    tmp_path: Path, upstream_url: str, migrated_db: str, fake: FakeControl
+) -> None:
+    from tests.auth_helpers import run_login
+
+    box = SecretBox(parse_keys(KEY), "test")
+    creds = tmp_path / "credentials"
+    with psycopg.connect(migrated_db, autocommit=True) as conn:  # tokens that expire later than a login's
+        import_document(conn, box, ACCOUNT, "me", oauth_doc("sk-ant-oat01-o", "sk-ant-ort01-o", now_ms(10**6)), None)
+    env = db_env(upstream_url, creds, tmp_path / "home", migrated_db)
+    code, _, out, err = run_login(env, ["--account", "me"])
+    assert code == 0, err
+    assert "stored in the database (replaced by login)" in out
+    saved = orjson.loads(cred_path(creds, "me", account=True).read_bytes())["oauth"]
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        row = fetch(conn, box, ACCOUNT, "me")
+    assert row is not None and row.refresh_token == saved["refreshToken"] != "sk-ant-ort01-o"
+    assert row.last_login_at is not None and "sk-ant" not in out + err
+    assert fake.oauth()["grants"] == ["authorization_code"]

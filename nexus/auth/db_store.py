@@ -24,6 +24,7 @@ the database is back, since its tokens are newer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -33,7 +34,7 @@ from pathlib import Path
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from nexus.auth import errors
+from nexus.auth import errors, oauth_status
 from nexus.auth.credentials import (
     RECHECK_S,
     Credential,
@@ -243,7 +244,9 @@ class DbCredentials:
         with self.pool().connection() as conn:
             row, did = refresh_row(conn, self.box, key[0], key[1], self.endpoint, needed)  # type: ignore[arg-type]
         if did:  # committed; now the file of this machine, if it keeps one, as before
-            _write_back(path, row.raw)
+            if _write_back(path, row.raw):  # and its status file, for `nexus oauth status` without a database
+                with contextlib.suppress(OSError):
+                    oauth_status.record_success(path, row.refresh_token)
             self._seen[key] = (_stamp(path), row.version)
         return to_credential(row, self.store.directory), did
 
