@@ -115,6 +115,12 @@ def _import_credentials(settings: Any) -> None:
         finally:
             if isinstance(store, DbClientKeyStore):
                 store.close()
+    if not settings.nexus_secret_key and str(settings.nexus_home) not in settings.credentials_database:
+        lines.append(
+            f"warning: NEXUS_SECRET_KEY is unset: credentials in the database are sealed with "
+            f"{settings.nexus_home / 'secret.key'}; every instance sharing DATABASE_URL needs the same key, so set "
+            "NEXUS_SECRET_KEY on each (`nexus credentials new-key`; docs/scaling.md)"
+        )
     for line in lines:
         emit(line, settings.log_format, "nexus-proxy")
 

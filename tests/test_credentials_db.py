@@ -363,3 +363,19 @@ def test_a_login_goes_to_the_database_and_wins_over_newer_looking_tokens(
     assert row is not None and row.refresh_token == saved["refreshToken"] != "sk-ant-ort01-o"
     assert row.last_login_at is not None and "sk-ant" not in out + err
     assert fake.oauth()["grants"] == ["authorization_code"]
+
+
+def test_a_worker_whose_database_is_away_serves_from_its_files(
+    tmp_path: Path, upstream_url: str, fake: FakeControl
+) -> None:
+    from nexus.testing.servers import run_proxy
+    from tests.auth_helpers import write_api_key
+
+    creds = tmp_path / "credentials"
+    write_api_key(creds, "away", "sk-ant-api03-away")
+    nowhere = f"postgresql://nexus@127.0.0.1:{free_port()}/nexus"
+    env = {**db_env(upstream_url, creds, tmp_path / "home", nowhere), "NEXUS_SECRET_KEY": KEY}
+    with run_proxy(env, ready=False) as url:
+        status, _, body = post(url, {"train-id": "away"})
+        assert status == 200, body
+    assert [r["headers"].get("x-api-key") for r in fake.requests()] == ["sk-ant-api03-away"]

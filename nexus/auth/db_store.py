@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -56,6 +57,9 @@ from nexus.observability import metrics
 log = logging.getLogger("nexus.auth")
 #: Longest statement (a refresh holds its transaction while the token endpoint answers, 30 s at most).
 STATEMENT_TIMEOUT_MS = 45_000
+#: Longest wait for a connection: past it the worker serves from its files (a database that is away
+#: must not hold requests for the pool's default 30 s).
+POOL_WAIT_S = 3.0
 #: How long a worker keeps using the files alone after the database failed, before trying it again.
 DB_RETRY_S = 5.0
 
@@ -75,6 +79,7 @@ def connection_pool(dsn: str, max_size: int = 4) -> ConnectionPool:
         min_size=1,
         max_size=max_size,
         open=False,
+        timeout=POOL_WAIT_S,
         kwargs={
             "autocommit": True,
             "connect_timeout": 5,
@@ -129,26 +134,26 @@ class DbCredentials:
         path = self.store.account_path(name) if is_account else self.store.project_path(name)  # checks the name
         if now < self._db_down_until:
             return self.store.load(path)
-        waiting = self._inflight.get(key)
-        if waiting is not None:
-            return await asyncio.shield(waiting)
-        future: asyncio.Future[Credential | None] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+        task = self._inflight.get(key)
+        if task is None:  # one read per name however many requests ask; none of them can cancel it
+            task = asyncio.ensure_future(self._fetch(key, path, now))
+            self._inflight[key] = task
+            task.add_done_callback(functools.partial(self._done, key))
+        return await asyncio.shield(task)
+
+    async def _fetch(self, key: _Key, path: Path, now: float) -> Credential | None:
         try:
             cred = await asyncio.to_thread(self._load, key, path)
         except psycopg.Error as exc:
             self._db_down(exc)
-            cred = self.store.load(path)  # CredentialError goes to the caller, as with files alone
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters get it, nobody else needs to
-            raise
-        finally:
-            self._inflight.pop(key, None)
-        if not future.done():
-            future.set_result(cred)
+            return self.store.load(path)  # CredentialError goes to the caller, as with files alone
         _bounded_put(self._cache, key, (now, cred))
         return cred
+
+    def _done(self, key: _Key, task: asyncio.Future[Credential | None]) -> None:
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here: every caller that still waits gets it too
 
     def cached(self, is_account: bool, name: str) -> Credential | None:
         """The credential this worker last read for that name, without any I/O (None if it has none)."""
