@@ -70,7 +70,7 @@ class DbClientKeyStore(ClientKeyStore):
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
+                self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=2)
             try:
                 cur = self._conn.execute(sql, params)  # type: ignore[arg-type]
                 return cur.fetchall() if cur.description is not None else []
