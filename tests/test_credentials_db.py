@@ -375,7 +375,18 @@ def test_a_worker_whose_database_is_away_serves_from_its_files(
     write_api_key(creds, "away", "sk-ant-api03-away")
     nowhere = f"postgresql://nexus@127.0.0.1:{free_port()}/nexus"
     env = {**db_env(upstream_url, creds, tmp_path / "home", nowhere), "NEXUS_SECRET_KEY": KEY}
+    fake.oauth(refresh_token="sk-ant-ort01-away")
+    write_oauth(creds, "valid", "sk-ant-oat01-valid", "sk-ant-ort01-valid", now_ms(3600))
+    write_oauth(creds, "expired", "sk-ant-oat01-expired", "sk-ant-ort01-away", now_ms(-5))
     with run_proxy(env, ready=False) as url:
         status, _, body = post(url, {"train-id": "away"})
         assert status == 200, body
-    assert [r["headers"].get("x-api-key") for r in fake.requests()] == ["sk-ant-api03-away"]
+        assert post(url, {"train-id": "valid"})[0] == 200  # an access token still valid is used as it is
+        # but no refresh from a file: another instance reaching the database may be spending that token
+        status, _, body = post(url, {"train-id": "expired"})
+        assert status == 503 and "cannot be refreshed safely" in body["error"]["message"]
+    assert [r["headers"].get("x-api-key") or r["headers"].get("authorization") for r in fake.requests()] == [
+        "sk-ant-api03-away",
+        "Bearer sk-ant-oat01-valid",
+    ]
+    assert fake.oauth()["calls"] == 0

@@ -16,9 +16,9 @@ Refresh is single-flight at three levels: requests of one worker wait on an `asy
 instances wait on the row's advisory lock (`nexus.auth.db_credentials.refresh_row`), and whoever gets it
 second finds the token already fresh and does not call the token endpoint.
 
-When the database cannot be reached, the worker falls back to the files of this machine, exactly as
-before credentials moved to the database (`nexus.auth.oauth`): a refresh done then is imported when
-the database is back, since its tokens are newer.
+When the database cannot be reached, the worker falls back to the files of this machine for reading
+(an API key, or an OAuth access token while it is valid), but never refreshes from a file then:
+another instance that reaches the database may be refreshing the same account (503 until it is back).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from nexus.auth.credentials import (
 )
 from nexus.auth.db_credentials import ACCOUNT, PROJECT, Row, fetch, kind_of, known_failure, refresh_row, to_credential
 from nexus.auth.db_files import import_file, write_back
-from nexus.auth.oauth import REFRESH_MARGIN_MS, OAuthRefresher
+from nexus.auth.oauth import REFRESH_MARGIN_MS
 from nexus.auth.oauth_status import FAILURE_TTL_S, fingerprint
 from nexus.auth.sealing import SecretBox
 from nexus.auth.token_endpoint import OAuthError, TokenEndpoint
@@ -98,7 +98,6 @@ class DbCredentials:
         self.box = box
         self.store = store  # this machine's files: synced with the database, and the fallback
         self.endpoint = endpoint
-        self.file_refresher = OAuthRefresher(store, endpoint)
         self.refreshes = 0
         self._pool: ConnectionPool | None = None
         self._pool_lock = threading.Lock()
@@ -200,8 +199,8 @@ class DbCredentials:
 
     async def fresh(self, cred: Credential, *, force: bool = False) -> Credential:
         """A credential whose access token is usable: `cred`, or refreshed (forced after a 401)."""
-        if cred.version is None:  # read from a file while the database was away
-            return await self.file_refresher.fresh(cred, force=force)
+        if cred.version is None:  # read from a file while the database was away: never refreshed then
+            return self._unrefreshed(cred, force)
         if not force and not self.due(cred.expires_at_ms):
             return cred
         key = (kind_of(cred.is_account), cred.name)
@@ -254,6 +253,16 @@ class DbCredentials:
                     oauth_status.record_success(path, row.refresh_token)
             self._seen[key] = (_stamp(path), row.version)
         return to_credential(row, self.store.directory), did
+
+    @staticmethod
+    def _unrefreshed(cred: Credential, force: bool) -> Credential:
+        """A file's OAuth credential while the database is away: its access token while it is valid, no
+        refresh. Another instance that reaches the database may be refreshing the same account, and a
+        refresh token spent twice is an account lost, so waiting for the database is the safe side."""
+        if not force and (cred.expires_at_ms is None or cred.expires_at_ms > time.time() * 1000):
+            return cred
+        message = "The credentials database is unreachable, so the OAuth token cannot be refreshed safely; try again."
+        raise ProxyError(503, message, "api_error")
 
     def _known_failure(self, key: _Key, cred: Credential) -> _Failure | None:
         failure = self._failures.get(key)
