@@ -390,3 +390,31 @@ def test_a_worker_whose_database_is_away_serves_from_its_files(
         "Bearer sk-ant-oat01-valid",
     ]
     assert fake.oauth()["calls"] == 0
+
+
+def test_a_read_only_credentials_folder_is_imported_all_the_same(
+    tmp_path: Path, migrated_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mounted secret (a read-only directory) cannot hold the lock file beside a credential; the file
+    is imported without it (root writes anywhere, so the refusal is made here the way the kernel says it)."""
+    import errno
+    from contextlib import contextmanager
+
+    from nexus.auth import db_files
+    from tests.auth_helpers import write_api_key
+
+    @contextmanager
+    def read_only(path: Path) -> Iterator[None]:
+        raise OSError(errno.EROFS, "Read-only file system")
+        yield
+
+    monkeypatch.setattr(db_files, "credential_lock", read_only)
+    path = write_api_key(tmp_path / "credentials", "ro", "sk-ant-api03-ro")
+    box = SecretBox(parse_keys(KEY), "test")
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        assert db_files.import_file(conn, box, path).outcome == "imported"
+        row = fetch(conn, box, PROJECT, "ro")
+        assert row is not None and row.raw["api_key"] == "sk-ant-api03-ro"
+        with pytest.raises(OSError):  # and writing back says so (the proxy logs it; the database has the truth)
+            db_files.write_back(path, row.raw | {"api_key": "sk-ant-api03-other"})
+    assert orjson.loads(path.read_bytes())["api_key"] == "sk-ant-api03-ro"

@@ -31,8 +31,13 @@ def kind_and_name(path: Path) -> tuple[str, str]:
 def import_file(conn: psycopg.Connection[Any], box: SecretBox, path: Path, where: str | None = None) -> Imported:
     """Import one credential file (read under its lock, so never half of a rewrite)."""
     kind, name = kind_and_name(path)
-    with credential_lock(path):
-        cred = read_credential(path, where)
+    try:
+        with credential_lock(path):
+            cred = read_credential(path, where)
+    except OSError:  # a read-only directory (a mounted secret): no lock file can be made
+        if not path.exists():
+            raise
+        cred = read_credential(path, where)  # written by rename if at all, so never half of a rewrite
     return import_document(conn, box, kind, name, cred.raw, str(path.resolve()))
 
 
