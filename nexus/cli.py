@@ -85,22 +85,23 @@ def _prepare_storage(settings: Any) -> None:
         emit(f"applied migrations: {', '.join(applied)}", settings.log_format, "nexus-proxy")
 
 
-def _import_credentials(settings: Any) -> None:
+def _import_credentials(settings: Any) -> list[str] | None:
     """Import CREDENTIALS_DIR into the database before workers start (docs/credentials.md); a database
-    that cannot be reached leaves the workers on this machine's files until it can."""
+    that cannot be reached leaves the workers on this machine's files until it can. Returns the OAuth
+    credentials the database holds (None without one), for the policy notice."""
     if not settings.credentials_database:
-        return
+        return None
     from nexus.auth.db_files import import_at_start
     from nexus.auth.sealing import load_box
     from nexus.observability.logs import emit
 
     try:
-        lines = import_at_start(settings.credentials_database, load_box(settings.nexus_secret_key, settings.nexus_home),
-                                settings.credentials_dir)  # fmt: skip
+        box = load_box(settings.nexus_secret_key, settings.nexus_home)
+        lines, stored_oauth = import_at_start(settings.credentials_database, box, settings.credentials_dir)
     except Exception as exc:
         reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())
         emit(f"warning: credentials not imported into the database ({reason})", settings.log_format, "nexus-proxy")
-        return
+        return None
     if settings.api_key_salt:
         from nexus.auth.db_client_keys import DbClientKeyStore
         from nexus.auth.service import client_key_store
@@ -123,6 +124,7 @@ def _import_credentials(settings: Any) -> None:
         )
     for line in lines:
         emit(line, settings.log_format, "nexus-proxy")
+    return stored_oauth
 
 
 def _run_proxy() -> None:
@@ -141,8 +143,8 @@ def _run_proxy() -> None:
     files = raise_open_files_limit()
     backpressure = min(settings.proxy_backpressure, max(64, files // max(1, settings.proxy_workers) - 256))
     _prepare_storage(settings)
-    _import_credentials(settings)
-    for line in startup_lines(settings):
+    stored_oauth = _import_credentials(settings)
+    for line in startup_lines(settings, stored_oauth):
         logs.emit(line, settings.log_format, "nexus-proxy", "warning")
     metrics_dir, owned = metrics.prepare_multiprocess_dir(settings.prometheus_multiproc_dir)
     server = Granian(

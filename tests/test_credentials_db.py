@@ -126,6 +126,8 @@ def test_two_instances_sharing_only_the_database_refresh_an_account_once(
     for log in (tmp_path / "a.log", tmp_path / "b.log"):
         content = log.read_text()
         assert "sk-ant-o" not in content, "a token reached a log"
+        # the policy notice names the account on B too, which serves it from the database alone
+        assert "OAuth accounts loaded (accounts/team)" in content
 
 
 def test_an_import_never_replaces_newer_database_tokens_with_older_file_tokens(

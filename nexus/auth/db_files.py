@@ -84,11 +84,16 @@ def write_back(path: Path, raw: dict[str, Any]) -> bool:
         return True
 
 
-def import_at_start(dsn: str, box: SecretBox, directory: Path) -> list[str]:
-    """What `nexus proxy` does before its workers start: import CREDENTIALS_DIR, and say what happened
-    (one line per file that changed the database or could not be imported; never a value)."""
+def import_at_start(dsn: str, box: SecretBox, directory: Path) -> tuple[list[str], list[str]]:
+    """What `nexus proxy` does before its workers start: import CREDENTIALS_DIR. Returns one line per
+    file that changed the database (never a value; files that could not be imported are reported by
+    `nexus.auth.service.startup_lines`), and the OAuth credentials the database holds, for the policy
+    notice (an instance with an empty folder serves them too)."""
     with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-        done, problems = import_directory(conn, box, directory)
-    lines = [f"credential file problem: {p}" for p in problems]
-    lines += [f"credentials: {where} {imported.outcome}" for where, imported in done if imported.outcome != "unchanged"]
-    return lines
+        done, _ = import_directory(conn, box, directory)
+        oauth = conn.execute(
+            "SELECT CASE WHEN kind = 'account' THEN 'accounts/' ELSE '' END || name FROM credentials "
+            "WHERE type = 'oauth' ORDER BY kind DESC, name"
+        ).fetchall()
+    lines = [f"credentials: {where} {imported.outcome}" for where, imported in done if imported.outcome != "unchanged"]
+    return lines, [str(r[0]) for r in oauth]

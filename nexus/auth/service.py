@@ -206,11 +206,14 @@ def with_credential(upstream: list[tuple[str, str]], cred: Credential) -> list[t
     return out
 
 
-def startup_lines(settings: Settings) -> list[str]:
-    """What start-up reports about credentials: one policy notice if OAuth accounts are loaded, and bad files."""
+def startup_lines(settings: Settings, stored_oauth: list[str] | None = None) -> list[str]:
+    """What start-up reports about credentials: one policy notice if OAuth accounts are loaded, and bad
+    files. `stored_oauth`: the OAuth credentials the database holds, when credentials live there."""
     creds, problems = CredentialStore(settings.credentials_dir).all()
     lines = [f"credential file problem: {exc}" for exc in problems]
     oauth = [("accounts/" if c.is_account else "") + c.name for c in creds if c.kind == "oauth"]
+    if stored_oauth is not None:
+        oauth = stored_oauth
     if oauth:
         lines.append(POLICY_NOTICE.format(names=", ".join(oauth)))
     return lines
