@@ -5,6 +5,7 @@ at once, it times, best of `--repeat` rounds of `--n` calls each:
 
 - a lookup served from the worker's cache (what nearly every request pays), next to the file store's
   lookup it replaces;
+- a client key check (`ENABLE_CLIENT_AUTH`), cached and not, next to the file record read it replaces;
 - a lookup that misses the cache (once a second per name per worker): a worker thread, the file
   sync, one indexed read and the Fernet open;
 - a refresh that does happen (advisory lock, row lock, token call, re-seal, commit), and one that
@@ -27,7 +28,9 @@ from typing import Any
 import orjson
 import psycopg
 
+from nexus.auth.client_keys import ClientKeyStore
 from nexus.auth.credentials import CredentialStore
+from nexus.auth.db_client_keys import DbClientKeyStore
 from nexus.auth.db_credentials import PROJECT, import_document, refresh_row
 from nexus.auth.db_store import DbCredentials
 from nexus.auth.files import write_atomically
@@ -100,6 +103,22 @@ def run(dsn: str, n: int, repeat: int, creds: Path) -> None:
     print(f"lookup, file store (before):       {files * 1e6:8.2f} us")
     print(f"lookup, database, cached:          {hit * 1e6:8.2f} us")
     print(f"lookup, database, cache miss p50:  {miss * 1e3:8.2f} ms")
+    keys = DbClientKeyStore(dsn, ClientKeyStore(creds, "bench-salt"))
+    _, key = keys.create("b")
+    files = ClientKeyStore(creds, "bench-salt")
+    _, file_key = files.create("b")
+    key_hit = _best(lambda: keys.check(key), n, repeat)
+
+    def key_miss() -> None:
+        keys._cache.clear()
+        keys.check(key)
+
+    key_cold = _best(key_miss, min(n, 500), repeat)
+    key_files = _best(lambda: files.check(file_key), n, repeat)
+    keys.close()
+    print(f"client key check, files (before):  {key_files * 1e6:8.2f} us")
+    print(f"client key check, database cached:  {key_hit * 1e6:8.2f} us")
+    print(f"client key check, database miss:    {key_cold * 1e3:8.2f} ms  (on the event loop, once a second per key)")
     rounds = max(1, min(200, n // 10))
     with psycopg.connect(dsn, autocommit=True) as conn:
         did = _best(lambda: refresh_row(conn, box, PROJECT, "o", endpoint, lambda _r: True), rounds, repeat)
