@@ -420,3 +420,33 @@ def test_a_read_only_credentials_folder_is_imported_all_the_same(
         with pytest.raises(OSError):  # and writing back says so (the proxy logs it; the database has the truth)
             db_files.write_back(path, row.raw | {"api_key": "sk-ant-api03-other"})
     assert orjson.loads(path.read_bytes())["api_key"] == "sk-ant-api03-ro"
+
+
+def test_a_refused_refresh_token_needs_a_login_on_every_instance(
+    tmp_path: Path, upstream_url: str, migrated_db: str, fake: FakeControl
+) -> None:
+    """`invalid_grant` is committed with the token's fingerprint: no instance tries that token again,
+    and a new login (here: a newer file imported) clears it everywhere."""
+    from nexus.testing.servers import run_proxy
+    from tests.auth_helpers import assert_anthropic_error
+
+    creds_a, creds_b = tmp_path / "a", tmp_path / "b"
+    path = write_oauth(creds_a, "gone", "sk-ant-oat01-gone", "sk-ant-ort01-unknown", now_ms(-5), account=True)
+    env_a = db_env(upstream_url, creds_a, tmp_path / "ha", migrated_db)
+    env_b = db_env(upstream_url, creds_b, tmp_path / "hb", migrated_db)
+    with run_proxy(env_a) as a, run_proxy(env_b) as b:
+        status, _, body = post(a, {"x-train-account": "gone"})
+        assert "needs a new login" in assert_anthropic_error(status, body, 401, "authentication_error")
+        status, _, body = post(b, {"x-train-account": "gone"})
+        assert "needs a new login" in assert_anthropic_error(status, body, 401, "authentication_error")
+        assert fake.oauth()["calls"] == 1  # B read the refusal from the database instead of trying again
+        result = CliRunner().invoke(main, ["oauth", "status", "--json"], env=env_b)
+        assert [r["state"] for r in orjson.loads(result.stdout)] == ["needs login"]
+        fake.oauth(refresh_token="sk-ant-ort01-new")
+        write_oauth(creds_a, "gone", "sk-ant-oat01-new", "sk-ant-ort01-new", now_ms(3600), account=True)
+        time.sleep(1.1)  # A's next look imports the changed file
+        assert post(a, {"x-train-account": "gone"})[0] == 200
+        time.sleep(1.1)
+        assert post(b, {"x-train-account": "gone"})[0] == 200
+        assert bearers(fake)[-2:] == ["Bearer sk-ant-oat01-new"] * 2
+    assert path.exists()
