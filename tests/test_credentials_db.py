@@ -450,3 +450,19 @@ def test_a_refused_refresh_token_needs_a_login_on_every_instance(
         assert post(b, {"x-train-account": "gone"})[0] == 200
         assert bearers(fake)[-2:] == ["Bearer sk-ant-oat01-new"] * 2
     assert path.exists()
+
+
+def test_an_unusable_key_file_stops_start_up_with_the_setting_to_change(tmp_path: Path, migrated_db: str) -> None:
+    from nexus.settings import load_settings
+    from nexus.startup import StartupError, check_secret_key
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "secret.key").write_text("not a key\n")
+    settings = load_settings(database_url=migrated_db, nexus_home=home, credentials_dir=tmp_path / "c")
+    with pytest.raises(StartupError) as refused:
+        check_secret_key(settings)
+    assert "set NEXUS_SECRET_KEY" in str(refused.value) and "not a key" not in str(refused.value)
+    check_secret_key(load_settings(database_url=migrated_db, nexus_home=home, nexus_secret_key=KEY))  # set: fine
+    check_secret_key(load_settings(database_url=migrated_db, nexus_home=tmp_path / "fresh"))  # made on first use
+    assert (tmp_path / "fresh" / "secret.key").exists()
