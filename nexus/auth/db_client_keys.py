@@ -70,7 +70,9 @@ class DbClientKeyStore(ClientKeyStore):
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=2)
+                self._conn = psycopg.connect(  # on the event loop: short limits on connecting and on a query
+                    self.dsn, autocommit=True, connect_timeout=2, options="-c statement_timeout=2000"
+                )
             try:
                 cur = self._conn.execute(sql, params)  # type: ignore[arg-type]
                 return cur.fetchall() if cur.description is not None else []
