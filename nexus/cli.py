@@ -79,6 +79,48 @@ def _prepare_storage(settings: Any) -> None:
         emit(f"applied migrations: {', '.join(applied)}", settings.log_format, "nexus-proxy")
 
 
+def _import_credentials(settings: Any) -> list[str] | None:
+    """Import CREDENTIALS_DIR into the database before workers start (docs/credentials.md); a database
+    that cannot be reached leaves the workers on this machine's files until it can. Returns the OAuth
+    credentials the database holds (None without one), for the policy notice."""
+    if not settings.credentials_database:
+        return None
+    from nexus.auth.db_files import import_at_start
+    from nexus.auth.sealing import load_box
+    from nexus.observability.logs import emit
+
+    try:
+        box = load_box(settings.nexus_secret_key, settings.nexus_home)
+        lines, stored_oauth = import_at_start(settings.credentials_database, box, settings.credentials_dir)
+    except Exception as exc:
+        reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())
+        emit(f"warning: credentials not imported into the database ({reason})", settings.log_format, "nexus-proxy")
+        return None
+    if settings.api_key_salt:
+        from nexus.auth.db_client_keys import DbClientKeyStore
+        from nexus.auth.service import client_key_store
+
+        store = client_key_store(settings)
+        try:
+            if isinstance(store, DbClientKeyStore) and (new := store.import_files()):
+                lines.append(f"client keys: {new} imported from {store.directory}")
+        except Exception as exc:
+            reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())
+            lines.append(f"warning: client keys not imported into the database ({reason})")
+        finally:
+            if isinstance(store, DbClientKeyStore):
+                store.close()
+    if not settings.nexus_secret_key and str(settings.nexus_home) not in settings.credentials_database:
+        lines.append(
+            f"warning: NEXUS_SECRET_KEY is unset: credentials in the database are sealed with "
+            f"{settings.nexus_home / 'secret.key'}; every instance sharing DATABASE_URL needs the same key, so set "
+            "NEXUS_SECRET_KEY on each (`nexus credentials new-key`; docs/scaling.md)"
+        )
+    for line in lines:
+        emit(line, settings.log_format, "nexus-proxy")
+    return stored_oauth
+
+
 def _run_proxy() -> None:
     settings = settings_or_exit()
     _warn_environment(settings, "nexus-proxy")
@@ -95,7 +137,8 @@ def _run_proxy() -> None:
     files = raise_open_files_limit()
     backpressure = min(settings.proxy_backpressure, max(64, files // max(1, settings.proxy_workers) - 256))
     _prepare_storage(settings)
-    for line in startup_lines(settings):
+    stored_oauth = _import_credentials(settings)
+    for line in startup_lines(settings, stored_oauth):
         logs.emit(line, settings.log_format, "nexus-proxy", "warning")
     metrics_dir, owned = metrics.prepare_multiprocess_dir(settings.prometheus_multiproc_dir)
     server = Granian(
@@ -291,6 +334,7 @@ def fake_upstream(host: str, port: int, event_delay_ms: float, record_dir: str |
 def _add_domain_commands() -> None:
     from nexus.analysis.cli import worker_command
     from nexus.auth.cli import keys, oauth
+    from nexus.auth.db_cli import credentials
     from nexus.conversations.cli import relink_command, replay_command
     from nexus.demo_data_cli import demo_data_command
     from nexus.importing.cli import import_reference_command
@@ -301,6 +345,7 @@ def _add_domain_commands() -> None:
     main.add_command(relink_command)
     main.add_command(keys)
     main.add_command(oauth)
+    main.add_command(credentials)
     main.add_command(storage)
     main.add_command(import_reference_command)
     main.add_command(pricing)

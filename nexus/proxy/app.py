@@ -144,7 +144,9 @@ class ProxyApp:
 
             self.mcp = McpEndpoint(s, self.authorizer.client_keys, self.throttle, self.data_access, self._check_origin)
         #: Slack, telemetry, test samples (nexus/integrations); None when none is configured.
-        self.integrations: Integrations | None = build_integrations(s, credential_slack(self.authorizer.store))
+        self.integrations: Integrations | None = build_integrations(
+            s, credential_slack(self.authorizer.store, self.authorizer.db)
+        )
 
     # --- RSGI protocol -----------------------------------------------------------------------
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -177,6 +179,7 @@ class ProxyApp:
         upstream, self.upstream = self.upstream, None
         if self.mcp is not None:
             self.mcp.stop()
+        self.authorizer.close()
         can_run = not loop.is_closed() and not loop.is_running()
         if self._finishing and can_run:  # records waiting on a link lookup are stored, settled or not
             loop.run_until_complete(asyncio.wait(self._finishing, timeout=5))
