@@ -25,9 +25,9 @@ from nexus.auth.db_credentials import ACCOUNT, PROJECT, fetch, import_document
 from nexus.auth.db_files import import_directory
 from nexus.auth.sealing import SecretBox, key_id, load_box, new_key, parse_keys
 from nexus.cli import main
+from tests.auth_helpers import cred_path, now_ms, post, proxy_env, write_oauth
 from tests.harness.control import FakeControl
 from tests.harness.servers import free_port, stop, wait_until_healthy
-from tests.auth_helpers import cred_path, now_ms, post, proxy_env, write_oauth
 
 KEY = new_key()
 
@@ -370,8 +370,8 @@ def test_a_login_goes_to_the_database_and_wins_over_newer_looking_tokens(
 def test_a_worker_whose_database_is_away_serves_from_its_files(
     tmp_path: Path, upstream_url: str, fake: FakeControl
 ) -> None:
-    from tests.harness.servers import run_proxy
     from tests.auth_helpers import write_api_key
+    from tests.harness.servers import run_proxy
 
     creds = tmp_path / "credentials"
     write_api_key(creds, "away", "sk-ant-api03-away")
@@ -427,8 +427,8 @@ def test_a_refused_refresh_token_needs_a_login_on_every_instance(
 ) -> None:
     """`invalid_grant` is committed with the token's fingerprint: no instance tries that token again,
     and a new login (here: a newer file imported) clears it everywhere."""
-    from tests.harness.servers import run_proxy
     from tests.auth_helpers import assert_anthropic_error
+    from tests.harness.servers import run_proxy
 
     creds_a, creds_b = tmp_path / "a", tmp_path / "b"
     path = write_oauth(creds_a, "gone", "sk-ant-oat01-gone", "sk-ant-ort01-unknown", now_ms(-5), account=True)
