@@ -38,6 +38,21 @@ CREATE UNIQUE INDEX IF NOT EXISTS usage_hourly_key
 CREATE INDEX IF NOT EXISTS usage_hourly_project_idx ON usage_hourly (project_id, hour);
 CREATE INDEX IF NOT EXISTS usage_hourly_account_idx ON usage_hourly (account_id, hour);
 
+-- usage_keys: which conversations and branches had requests, per UTC day, project and account (the
+-- distinct tuples of api_requests). `GET /api/dashboard/stats` counts distinct conversations, users
+-- and branches over 30 days from it: ~2 rows per conversation, where a count over api_requests
+-- read every request. Kept by the same triggers: a tuple is added with its first row and removed
+-- when a DELETE or UPDATE leaves it no row.
+CREATE TABLE IF NOT EXISTS usage_keys (
+    day             date    NOT NULL,
+    project_id      text    NOT NULL,
+    account_id      text,
+    conversation_id uuid,
+    branch_id       text
+);
+CREATE UNIQUE INDEX IF NOT EXISTS usage_keys_key
+    ON usage_keys (day, project_id, account_id, conversation_id, branch_id) NULLS NOT DISTINCT;
+
 -- One row's contribution, grouped by its key; `sign` is 1 for rows added, -1 for rows taken away.
 -- The expressions are those of nexus/usage/hourly.py (ROW_KEYS, ROW_MEASURES); a test checks the
 -- table against a fresh aggregate of api_requests.
@@ -101,6 +116,31 @@ CREATE OR REPLACE FUNCTION nexus_usage_hourly_sql(delta_sql text) RETURNS text L
     $q$, delta_sql)
 $fn$;
 
+CREATE OR REPLACE FUNCTION nexus_usage_keys_sql(rows_sql text) RETURNS text LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT format($q$
+        INSERT INTO usage_keys (day, project_id, account_id, conversation_id, branch_id)
+        SELECT DISTINCT ("timestamp" AT TIME ZONE 'UTC')::date, project_id, account_id, conversation_id, branch_id
+        FROM (%s) AS d ORDER BY 1, 2, 3, 4, 5
+        ON CONFLICT (day, project_id, account_id, conversation_id, branch_id) DO NOTHING
+    $q$, rows_sql)
+$fn$;
+
+-- The tuples of rows taken away that no stored row has any more.
+CREATE OR REPLACE FUNCTION nexus_usage_keys_sweep() RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+    DELETE FROM usage_keys k USING nexus_usage_gone g
+    WHERE k.day = g.day AND k.project_id = g.project_id AND k.account_id IS NOT DISTINCT FROM g.account_id
+      AND k.conversation_id IS NOT DISTINCT FROM g.conversation_id AND k.branch_id IS NOT DISTINCT FROM g.branch_id
+      AND NOT EXISTS (
+        SELECT 1 FROM api_requests r
+        WHERE r."timestamp" >= g.day::timestamp AT TIME ZONE 'UTC'
+          AND r."timestamp" < (g.day + 1)::timestamp AT TIME ZONE 'UTC'
+          AND r.project_id = g.project_id AND r.account_id IS NOT DISTINCT FROM g.account_id
+          AND r.conversation_id IS NOT DISTINCT FROM g.conversation_id AND r.branch_id IS NOT DISTINCT FROM g.branch_id);
+    DROP TABLE nexus_usage_gone;
+END
+$fn$;
+
 -- Rows taken away can leave a key's first_at / last_at wider than what is left: those keys' bounds
 -- are read again from api_requests (an hour of one key: the timestamp index), and keys left with no
 -- request are deleted. Only DELETE and an UPDATE that moved rows to another key get here.
@@ -127,6 +167,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION nexus_usage_hourly_insert() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     EXECUTE nexus_usage_hourly_sql('SELECT 1 AS sign, * FROM nexus_new_rows');
+    EXECUTE nexus_usage_keys_sql('SELECT * FROM nexus_new_rows');
     RETURN NULL;
 END
 $fn$;
@@ -146,6 +187,14 @@ BEGIN
     WHERE (o."timestamp", o.project_id, o.account_id, o.model, o.request_type, o.response_status)
           IS DISTINCT FROM (n."timestamp", n.project_id, n.account_id, n.model, n.request_type, n.response_status);
     PERFORM nexus_usage_hourly_shrink();
+    EXECUTE nexus_usage_keys_sql('SELECT * FROM nexus_new_rows');
+    CREATE TEMP TABLE nexus_usage_gone ON COMMIT DROP AS
+    SELECT DISTINCT (o."timestamp" AT TIME ZONE 'UTC')::date AS day, o.project_id, o.account_id, o.conversation_id,
+        o.branch_id
+    FROM nexus_old_rows o JOIN nexus_new_rows n ON n.request_id = o.request_id
+    WHERE (o."timestamp", o.project_id, o.account_id, o.conversation_id, o.branch_id)
+          IS DISTINCT FROM (n."timestamp", n.project_id, n.account_id, n.conversation_id, n.branch_id);
+    PERFORM nexus_usage_keys_sweep();
     RETURN NULL;
 END
 $fn$;
@@ -161,13 +210,18 @@ BEGIN
              WHEN o.response_status < 500 THEN '4xx' ELSE '5xx' END AS status
     FROM nexus_old_rows o;
     PERFORM nexus_usage_hourly_shrink();
+    CREATE TEMP TABLE nexus_usage_gone ON COMMIT DROP AS
+    SELECT DISTINCT (o."timestamp" AT TIME ZONE 'UTC')::date AS day, o.project_id, o.account_id, o.conversation_id,
+        o.branch_id
+    FROM nexus_old_rows o;
+    PERFORM nexus_usage_keys_sweep();
     RETURN NULL;
 END
 $fn$;
 
 CREATE OR REPLACE FUNCTION nexus_usage_hourly_truncate() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
-    TRUNCATE usage_hourly;
+    TRUNCATE usage_hourly, usage_keys;
     RETURN NULL;
 END
 $fn$;
@@ -189,17 +243,22 @@ CREATE TRIGGER nexus_usage_hourly_truncate AFTER TRUNCATE ON api_requests
     FOR EACH STATEMENT EXECUTE FUNCTION nexus_usage_hourly_truncate();
 
 -- Backfill: what is stored already.
-TRUNCATE usage_hourly;
-DO $$ BEGIN EXECUTE nexus_usage_hourly_sql('SELECT 1 AS sign, * FROM api_requests'); END $$;
+TRUNCATE usage_hourly, usage_keys;
+DO $$
+BEGIN
+    EXECUTE nexus_usage_hourly_sql('SELECT 1 AS sign, * FROM api_requests');
+    EXECUTE nexus_usage_keys_sql('SELECT * FROM api_requests');
+END
+$$;
 
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'nexus_writer') THEN
         -- the writer's inserts run the triggers, which write here
-        GRANT SELECT, INSERT, UPDATE, DELETE ON usage_hourly TO nexus_writer;
+        GRANT SELECT, INSERT, UPDATE, DELETE ON usage_hourly, usage_keys TO nexus_writer;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'nexus_reader') THEN
-        GRANT SELECT ON usage_hourly TO nexus_reader;
+        GRANT SELECT ON usage_hourly, usage_keys TO nexus_reader;
     END IF;
 END
 $$;
