@@ -105,3 +105,14 @@ def found(row: dict[str, Any] | None, what: str, wanted: str) -> dict[str, Any]:
     if row is None:
         raise ProxyError(404, f"No {what} {wanted!r}.", "not_found_error")
     return row
+
+
+#: The most matches a list's `pagination.total` counts (docs/api.md): counting every match of a
+#: search over a million requests takes seconds, and a total past this is only a "there are many".
+TOTAL_CAP = 10_000
+
+
+def total_cap(offset: int, limit: int) -> int:
+    """How far a total is counted: `TOTAL_CAP`, or one past the page when the page lies beyond it, so
+    `hasMore` stays right. A total that reaches this is reported with `totalCapped`."""
+    return max(TOTAL_CAP, offset + limit + 1)

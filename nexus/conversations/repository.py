@@ -263,10 +263,17 @@ async def count_conversations(
     q: str | None = None,
     model: str | None = None,
     errors_only: bool = False,
+    limit: int | None = None,
 ) -> int:
+    """How many conversations match (the reference's `pagination.total`), counting at most `limit`
+    when given: a search matching most of a million requests is otherwise counted in full."""
     found = Find(q=q, model=model, errors_only=errors_only)
     clause, params = _conversation_filters(project_id, account_id, date_from, date_to, None, exclude_subtasks, found)
-    cur = await conn.execute(f"SELECT count(*) FROM conversations c {clause}", params)  # noqa: S608 (constant SQL)
+    sql = f"SELECT count(*) FROM conversations c {clause}"  # noqa: S608 (constant SQL)
+    if limit is not None:
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM conversations c {clause} LIMIT %s) AS m"  # noqa: S608
+        params = [*params, limit]
+    cur = await conn.execute(sql, params)  # type: ignore[arg-type]
     row = await cur.fetchone()
     return int(row[0]) if row else 0
 
