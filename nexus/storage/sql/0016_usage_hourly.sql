@@ -164,13 +164,16 @@ BEGIN
 END
 $fn$;
 
-CREATE OR REPLACE FUNCTION nexus_usage_hourly_insert() RETURNS trigger LANGUAGE plpgsql AS $fn$
+-- The writer's path, once per batch: the statements are written into the function's body (not run
+-- by EXECUTE) so PL/pgSQL keeps their plans per connection: ~1-2 ms per 500-row batch instead of ~5.
+DO $$
 BEGIN
-    EXECUTE nexus_usage_hourly_sql('SELECT 1 AS sign, * FROM nexus_new_rows');
-    EXECUTE nexus_usage_keys_sql('SELECT * FROM nexus_new_rows');
-    RETURN NULL;
+    EXECUTE format(
+        'CREATE OR REPLACE FUNCTION nexus_usage_hourly_insert() RETURNS trigger LANGUAGE plpgsql AS %L',
+        'BEGIN ' || nexus_usage_hourly_sql('SELECT 1 AS sign, * FROM nexus_new_rows') || '; '
+            || nexus_usage_keys_sql('SELECT * FROM nexus_new_rows') || '; RETURN NULL; END');
 END
-$fn$;
+$$;
 
 CREATE OR REPLACE FUNCTION nexus_usage_hourly_update() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
