@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from nexus.api import schemas
 from nexus.api.contract import ACCOUNT, BEFORE, OFFSET, PROJECT, Args, Operation, Param, declare, limit, serve
-from nexus.api.params import found, next_cursor, total_cap
+from nexus.api.params import CONVERSATION_TOTAL_CAP, found, next_cursor, total_cap
 from nexus.conversations import repository
 
 if TYPE_CHECKING:
@@ -111,7 +111,11 @@ async def list_conversations(pool: AsyncConnectionPool, args: Args) -> schemas.C
         rows = await repository.list_conversations(conn, limit=count, before=args["before"], offset=offset, **filters)
         # the conversations table alone is counted exactly; a search, model or error filter looks at
         # their requests, so its count stops at the cap
-        cap = total_cap(offset, count) if args["q"] or args["model"] or args["errorsOnly"] else None
+        cap = None
+        if args["q"] is not None:
+            cap = total_cap(offset, count, CONVERSATION_TOTAL_CAP)
+        elif args["model"] is not None or args["errorsOnly"]:
+            cap = total_cap(offset, count)
         total = await repository.count_conversations(conn, limit=cap, **filters)
     cursor = next_cursor(rows, count, at="last_at", key="conversation_id")
     return schemas.ConversationList(

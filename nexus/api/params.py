@@ -112,7 +112,12 @@ def found(row: dict[str, Any] | None, what: str, wanted: str) -> dict[str, Any]:
 TOTAL_CAP = 10_000
 
 
-def total_cap(offset: int, limit: int) -> int:
-    """How far a total is counted: `TOTAL_CAP`, or one past the page when the page lies beyond it, so
+#: The same for conversations matching a search: their count walks the matching requests in
+#: conversation order (~140 ms per 1,000 conversations at 1,000,000 stored requests).
+CONVERSATION_TOTAL_CAP = 1_000
+
+
+def total_cap(offset: int, limit: int, cap: int = TOTAL_CAP) -> int:
+    """How far a total is counted: `cap`, or one past the page when the page lies beyond it, so
     `hasMore` stays right. A total that reaches this is reported with `totalCapped`."""
-    return max(TOTAL_CAP, offset + limit + 1)
+    return max(cap, offset + limit + 1)

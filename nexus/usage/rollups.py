@@ -111,12 +111,14 @@ async def dashboard_stats(
     totals = (
         await _all(
             conn,
-            "SELECT count(DISTINCT conversation_id) AS conversations, "  # noqa: S608 (constant SQL)
-            "count(DISTINCT account_id) AS users, "
-            "count(DISTINCT branch_id) AS branches, "
-            "count(DISTINCT branch_id) FILTER (WHERE branch_id ~ '^subtask_') AS subtask_branches, "
-            "count(DISTINCT branch_id) FILTER (WHERE branch_id ~ '^compact_') AS compact_branches "
-            f"FROM {keys} AS k WHERE conversation_id IS NOT NULL",
+            # each distinct count hashed on its own (count(DISTINCT) sorts: twice the time, spilled)
+            f"WITH k AS MATERIALIZED (SELECT * FROM {keys} AS k WHERE conversation_id IS NOT NULL), "  # noqa: S608
+            "b AS (SELECT DISTINCT branch_id FROM k WHERE branch_id IS NOT NULL) "
+            "SELECT (SELECT count(*) FROM (SELECT DISTINCT conversation_id FROM k) AS x) AS conversations, "
+            "(SELECT count(*) FROM (SELECT DISTINCT account_id FROM k WHERE account_id IS NOT NULL) AS x) AS users, "
+            "(SELECT count(*) FROM b) AS branches, "
+            "(SELECT count(*) FROM b WHERE branch_id ~ '^subtask_') AS subtask_branches, "
+            "(SELECT count(*) FROM b WHERE branch_id ~ '^compact_') AS compact_branches",
             params,
         )
     )[0]

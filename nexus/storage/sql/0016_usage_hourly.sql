@@ -53,6 +53,14 @@ CREATE TABLE IF NOT EXISTS usage_keys (
 CREATE UNIQUE INDEX IF NOT EXISTS usage_keys_key
     ON usage_keys (day, project_id, account_id, conversation_id, branch_id) NULLS NOT DISTINCT;
 
+CREATE INDEX IF NOT EXISTS usage_keys_account_idx ON usage_keys (account_id, conversation_id);
+
+-- GET /api/oauth-usage/{account}: the newest reply of an account that carried the unified rate-limit
+-- headers. Through the account index alone, an account whose replies carry none (an API key, another
+-- upstream) had all its requests of the period read (~540 ms at 1,000,000 stored requests).
+CREATE INDEX IF NOT EXISTS api_requests_ratelimit_idx ON api_requests (account_id, "timestamp" DESC)
+    WHERE response_headers ? 'anthropic-ratelimit-unified-status';
+
 -- One row's contribution, grouped by its key; `sign` is 1 for rows added, -1 for rows taken away.
 -- The expressions are those of nexus/usage/hourly.py (ROW_KEYS, ROW_MEASURES); a test checks the
 -- table against a fresh aggregate of api_requests.
