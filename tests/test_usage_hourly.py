@@ -13,7 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from nexus.conversations.search import Find
+from nexus.api import oauth_usage
+from nexus.conversations.repository import count_conversations
+from nexus.conversations.search import MATCHES, Find
 from nexus.demo_data import fill
 from nexus.storage.partitions import drop_expired_partitions, ensure_partitions
 from nexus.storage.requests_repo import count_requests_at_most
@@ -186,3 +188,48 @@ def test_a_month_of_filter_menus_reads_the_summary_not_the_requests(rows: str) -
     assert "usage_hourly" in plan
     scanned = set(re.findall(r" on (api_requests_\w+)", plan))
     assert 1 <= len(scanned) <= 2, plan  # the first and the last hour's partitions, nothing between
+
+
+async def test_conversation_totals_by_account_and_search_match_the_requests(migrated_db: str) -> None:
+    """The account filter reads `usage_keys`, and a search's total walks the matches until its cap:
+    both give what the requests say."""
+    fill(migrated_db, 300, seed=8, days=3, batch_rows=64, today=TODAY)
+    async with await psycopg.AsyncConnection.connect(migrated_db) as conn:
+        cur = await conn.execute(
+            "SELECT account_id, count(DISTINCT conversation_id) FROM api_requests "
+            "WHERE account_id IS NOT NULL GROUP BY 1 ORDER BY 2 DESC LIMIT 1"
+        )
+        account, conversations = (await cur.fetchall())[0]
+        assert await count_conversations(conn, account_id=account) == conversations
+        cur = await conn.execute(
+            f"SELECT count(DISTINCT conversation_id) FROM api_requests WHERE {MATCHES}",  # noqa: S608
+            ("proxy",),
+        )
+        row = await cur.fetchone()
+        assert row is not None and row[0] > 2
+        assert await count_conversations(conn, q="proxy") == row[0]
+        assert await count_conversations(conn, q="proxy", limit=10_000) == row[0]
+        assert await count_conversations(conn, q="proxy", limit=2) == 2
+
+
+def test_the_newest_rate_limit_reply_of_an_account_is_found_through_its_partial_index(rows: str) -> None:
+    """GET /api/oauth-usage/{account} (EXPLAIN): the partial index of replies with the unified
+    rate-limit headers, not every request of the account (~540 ms at 1,000,000 rows)."""
+    with psycopg.connect(rows) as conn:
+        conn.execute("SET enable_seqscan = off")  # a few hundred rows: make the planner show its index choice
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN " + oauth_usage.LATEST,  # type: ignore[arg-type]
+                {"account": "acc1", "start": datetime(2026, 3, 1, tzinfo=UTC)},
+            ).fetchall()
+        )
+        children = {
+            r[0]
+            for r in conn.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'api_requests_ratelimit_idx'::regclass"
+            ).fetchall()
+        }
+    used = set(re.findall(r"Index Scan using (\S+) on", plan))
+    assert used and used <= children, plan
