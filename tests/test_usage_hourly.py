@@ -19,7 +19,7 @@ from nexus.conversations.search import MATCHES, Find
 from nexus.demo_data import fill
 from nexus.storage.partitions import drop_expired_partitions, ensure_partitions
 from nexus.storage.requests_repo import count_requests_at_most
-from nexus.usage import hourly, repo
+from nexus.usage import hourly, repo, rollups
 from nexus.usage.repo import SUMS, Filters
 from tests.usage_rows import insert_row
 
@@ -233,3 +233,61 @@ def test_the_newest_rate_limit_reply_of_an_account_is_found_through_its_partial_
         }
     used = set(re.findall(r"Index Scan using (\S+) on", plan))
     assert used and used <= children, plan
+
+
+async def test_dashboard_stats_equal_the_same_counts_over_the_requests(migrated_db: str) -> None:
+    """`GET /api/dashboard/stats` reads the summaries; the reference's counts over api_requests (the
+    query it replaced) give the same numbers, over 30 days, the last 24 hours and their hours."""
+    fill(migrated_db, 400, seed=4, days=3, batch_rows=64, today=TODAY)
+    async with await psycopg.AsyncConnection.connect(migrated_db) as conn:
+        cur = await conn.execute('SELECT max("timestamp") FROM api_requests')
+        newest = (await cur.fetchone())[0]  # type: ignore[index]
+        now = newest - timedelta(hours=3, minutes=17, microseconds=5)  # inside the data, off the hour
+        cur = await conn.execute("SELECT account_id FROM api_requests WHERE account_id IS NOT NULL LIMIT 1")
+        account = (await cur.fetchone())[0]  # type: ignore[index]
+        for project_id, account_id in ((None, None), ("ml-platform", None), (None, account)):
+            got = await rollups.dashboard_stats(conn, now, 2, project_id, account_id)
+            where = 'conversation_id IS NOT NULL AND "timestamp" >= %(start)s'
+            params: dict[str, Any] = {"start": now - timedelta(days=2), "recent": now - timedelta(hours=24)}
+            for column, value in (("project_id", project_id), ("account_id", account_id)):
+                if value is not None:
+                    where += f" AND {column} = %({column})s"
+                    params[column] = value
+            cur = await conn.execute(
+                "SELECT count(DISTINCT conversation_id), count(DISTINCT account_id), count(*), "  # noqa: S608
+                "coalesce(sum(coalesce(input_tokens, 0)::numeric + coalesce(output_tokens, 0)), 0), "
+                "count(DISTINCT branch_id), count(DISTINCT branch_id) FILTER (WHERE branch_id ~ '^subtask_'), "
+                "count(DISTINCT branch_id) FILTER (WHERE branch_id ~ '^compact_'), "
+                "coalesce(array_agg(DISTINCT model) FILTER (WHERE model IS NOT NULL), '{}') "
+                f"FROM api_requests WHERE {where}",
+                params,
+            )
+            expected = await cur.fetchone()
+            assert expected is not None and expected[2] > 0
+            fields = (
+                "conversations",
+                "users",
+                "requests",
+                "tokens",
+                "branches",
+                "subtask_branches",
+                "compact_branches",
+            )
+            assert tuple(got[f] for f in fields) == tuple(expected[:7]), (project_id, account_id)
+            assert sorted(got["models"]) == sorted(expected[7])
+            cur = await conn.execute(
+                "SELECT count(*), count(DISTINCT conversation_id), count(DISTINCT account_id) "  # noqa: S608
+                f'FROM api_requests WHERE {where} AND "timestamp" >= %(recent)s',
+                params,
+            )
+            last = await cur.fetchone()
+            assert last is not None
+            assert (got["last"]["requests"], got["last"]["conversations"], got["last"]["users"]) == tuple(last)
+            cur = await conn.execute(
+                "SELECT date_trunc('hour', \"timestamp\"), count(*), "  # noqa: S608
+                "coalesce(sum(coalesce(input_tokens, 0)::numeric + coalesce(output_tokens, 0)), 0) "
+                f'FROM api_requests WHERE {where} AND "timestamp" >= %(recent)s GROUP BY 1 ORDER BY 1 DESC LIMIT 24',
+                params,
+            )
+            hours = [tuple(r) for r in await cur.fetchall()]
+            assert [(h["hour"], h["requests"], h["tokens"]) for h in got["hours"]] == hours
