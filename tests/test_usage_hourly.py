@@ -28,21 +28,29 @@ COLUMNS = hourly.COLUMNS
 
 
 def differences(conn: psycopg.Connection[Any]) -> tuple[int, int, int, int]:
-    """Rows of each summary missing from a fresh aggregate of api_requests, and the other way round."""
+    """Rows of the hourly and daily summaries, then of the keys, missing from a fresh aggregate of
+    api_requests, and the other way round."""
     fresh = f"SELECT {hourly._FROM_ROWS} FROM api_requests GROUP BY 1, 2, 3, 4, 5, 6"  # noqa: S608
     table = f"SELECT {COLUMNS} FROM usage_hourly"  # noqa: S608
     keys = "SELECT DISTINCT (\"timestamp\" AT TIME ZONE 'UTC')::date, project_id, account_id, conversation_id, branch_id FROM api_requests"  # noqa: E501
+    by_day = ", ".join(
+        ["(\"timestamp\" AT TIME ZONE 'UTC')::date"] + [f"{expr} AS {name}" for name, expr in hourly.ROW_COLUMNS[1:-2]]
+    )
+    daily = f"SELECT {by_day} FROM api_requests GROUP BY 1, 2, 3, 4, 5, 6"  # noqa: S608
+    days = f"SELECT day, {hourly.DAILY_COLUMNS} FROM usage_daily"  # noqa: S608
     out = []
     for a, b in (
         (table, fresh),
         (fresh, table),
         ("SELECT * FROM usage_keys", keys),
         (keys, "SELECT * FROM usage_keys"),
+        (daily, days),
+        (days, daily),
     ):
         row = conn.execute(f"SELECT count(*) FROM ({a} EXCEPT ALL {b}) AS x").fetchone()  # type: ignore[arg-type]  # noqa: S608
         assert row is not None
         out.append(int(row[0]))
-    return out[0], out[1], out[2], out[3]
+    return out[0] + out[4], out[1] + out[5], out[2], out[3]
 
 
 def test_the_writer_keeps_the_summaries_exact_through_replays_updates_deletes_and_drops(migrated_db: str) -> None:

@@ -73,6 +73,7 @@ def drop_expired_partitions(conn: psycopg.Connection, retention_days: int, today
                     "DELETE FROM usage_hourly WHERE hour >= %s AND hour < %s",
                     (f"{day} 00:00:00+00", f"{day + timedelta(days=1)} 00:00:00+00"),
                 )
+                conn.execute("DELETE FROM usage_daily WHERE day = %s", (day,))
                 conn.execute("DELETE FROM usage_keys WHERE day = %s", (day,))
             dropped.append(name)
     return sorted(dropped)

@@ -131,9 +131,9 @@ async def daily(
 ) -> list[dict[str, Any]]:
     """Sums per UTC day x account x project (x model), newest day first."""
     keys = "account_id, project_id" + (", model" if by_model else "")
-    src, params = hourly.source(start, end, filters.equal())
+    src, params = hourly.daily_source(start, end, filters.equal())
     sql = (
-        f"SELECT (hour AT TIME ZONE 'UTC')::date AS date, {keys}, {hourly.ROLL_SUMS} "  # noqa: S608 (constant SQL)
+        f"SELECT day AS date, {keys}, {hourly.ROLL_SUMS} "  # noqa: S608 (constant SQL)
         f"FROM {src} AS u GROUP BY 1, {keys} ORDER BY 1 DESC, {keys}"
     )
     async with conn.cursor(row_factory=dict_row) as cur:

@@ -38,6 +38,34 @@ CREATE UNIQUE INDEX IF NOT EXISTS usage_hourly_key
 CREATE INDEX IF NOT EXISTS usage_hourly_project_idx ON usage_hourly (project_id, hour);
 CREATE INDEX IF NOT EXISTS usage_hourly_account_idx ON usage_hourly (account_id, hour);
 
+-- usage_daily: the same sums per UTC day (no first/last request): the 30-day daily table of /usage and
+-- /api/token-usage/daily reads ~9,000 of these instead of ~80,000 hourly rows (~180-260 ms at
+-- 1,000,000 stored requests, most of it summing numeric columns).
+CREATE TABLE IF NOT EXISTS usage_daily (
+    day                             date        NOT NULL,
+    project_id                      text        NOT NULL,
+    account_id                      text,
+    model                           text,
+    request_type                    text,
+    status                          text        NOT NULL,
+    requests                        bigint      NOT NULL,
+    errors                          bigint      NOT NULL,
+    linked_requests                 bigint      NOT NULL,
+    input_tokens                    numeric     NOT NULL,
+    output_tokens                   numeric     NOT NULL,
+    cache_creation_input_tokens     numeric     NOT NULL,
+    cache_read_input_tokens         numeric     NOT NULL,
+    cache_creation_5m_input_tokens  numeric     NOT NULL,
+    cache_creation_1h_input_tokens  numeric     NOT NULL,
+    linked_tokens                   numeric     NOT NULL,
+    cost_usd                        numeric     NOT NULL,
+    unpriced_requests               bigint      NOT NULL,
+    duration_ms                     numeric     NOT NULL,
+    timed_requests                  bigint      NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS usage_daily_key
+    ON usage_daily (day, project_id, account_id, model, request_type, status) NULLS NOT DISTINCT;
+
 -- usage_keys: which conversations and branches had requests, per UTC day, project and account (the
 -- distinct tuples of api_requests). `GET /api/dashboard/stats` counts distinct conversations, users
 -- and branches over 30 days from it: ~2 rows per conversation, where a count over api_requests
@@ -124,6 +152,61 @@ CREATE OR REPLACE FUNCTION nexus_usage_hourly_sql(delta_sql text) RETURNS text L
     $q$, delta_sql)
 $fn$;
 
+-- The same per UTC day (usage_daily), without first/last: what a month's daily table reads.
+CREATE OR REPLACE FUNCTION nexus_usage_daily_sql(delta_sql text) RETURNS text LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT format($q$
+        INSERT INTO usage_daily AS u (day, project_id, account_id, model, request_type, status, requests, errors,
+            linked_requests, input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
+            cache_creation_5m_input_tokens, cache_creation_1h_input_tokens, linked_tokens, cost_usd,
+            unpriced_requests, duration_ms, timed_requests)
+        SELECT ("timestamp" AT TIME ZONE 'UTC')::date, project_id, account_id, model,
+            request_type,
+            CASE WHEN response_status IS NULL THEN 'none' WHEN response_status < 300 THEN '2xx'
+                 WHEN response_status IN (429, 529) THEN response_status::text
+                 WHEN response_status < 500 THEN '4xx' ELSE '5xx' END,
+            sum(sign),
+            coalesce(sum(sign) FILTER (WHERE response_status >= 400 OR error IS NOT NULL), 0),
+            coalesce(sum(sign) FILTER (WHERE conversation_id IS NOT NULL), 0),
+            coalesce(sum(sign * input_tokens), 0),
+            coalesce(sum(sign * output_tokens), 0),
+            coalesce(sum(sign * cache_creation_input_tokens), 0),
+            coalesce(sum(sign * cache_read_input_tokens), 0),
+            coalesce(sum(sign * CASE WHEN jsonb_typeof(usage -> 'cache_creation' -> 'ephemeral_5m_input_tokens') = 'number' THEN
+                CASE WHEN (usage -> 'cache_creation' -> 'ephemeral_5m_input_tokens')::numeric BETWEEN 0 AND 9223372036854775807
+                      AND (usage -> 'cache_creation' -> 'ephemeral_5m_input_tokens')::numeric
+                          = trunc((usage -> 'cache_creation' -> 'ephemeral_5m_input_tokens')::numeric)
+                     THEN trunc((usage -> 'cache_creation' -> 'ephemeral_5m_input_tokens')::numeric) END END), 0),
+            coalesce(sum(sign * CASE WHEN jsonb_typeof(usage -> 'cache_creation' -> 'ephemeral_1h_input_tokens') = 'number' THEN
+                CASE WHEN (usage -> 'cache_creation' -> 'ephemeral_1h_input_tokens')::numeric BETWEEN 0 AND 9223372036854775807
+                      AND (usage -> 'cache_creation' -> 'ephemeral_1h_input_tokens')::numeric
+                          = trunc((usage -> 'cache_creation' -> 'ephemeral_1h_input_tokens')::numeric)
+                     THEN trunc((usage -> 'cache_creation' -> 'ephemeral_1h_input_tokens')::numeric) END END), 0),
+            coalesce(sum(sign * (coalesce(input_tokens, 0)::numeric + coalesce(output_tokens, 0)))
+                FILTER (WHERE conversation_id IS NOT NULL), 0),
+            coalesce(sum(sign * cost_usd), 0),
+            coalesce(sum(sign) FILTER (WHERE cost_usd IS NULL), 0),
+            coalesce(sum(sign * duration_ms::numeric), 0),
+            coalesce(sum(sign) FILTER (WHERE duration_ms IS NOT NULL), 0)
+        FROM (%s) AS d
+        GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6
+        ON CONFLICT (day, project_id, account_id, model, request_type, status) DO UPDATE SET
+            requests = u.requests + excluded.requests,
+            errors = u.errors + excluded.errors,
+            linked_requests = u.linked_requests + excluded.linked_requests,
+            input_tokens = u.input_tokens + excluded.input_tokens,
+            output_tokens = u.output_tokens + excluded.output_tokens,
+            cache_creation_input_tokens = u.cache_creation_input_tokens + excluded.cache_creation_input_tokens,
+            cache_read_input_tokens = u.cache_read_input_tokens + excluded.cache_read_input_tokens,
+            cache_creation_5m_input_tokens = u.cache_creation_5m_input_tokens + excluded.cache_creation_5m_input_tokens,
+            cache_creation_1h_input_tokens = u.cache_creation_1h_input_tokens + excluded.cache_creation_1h_input_tokens,
+            linked_tokens = u.linked_tokens + excluded.linked_tokens,
+            cost_usd = u.cost_usd + excluded.cost_usd,
+            unpriced_requests = u.unpriced_requests + excluded.unpriced_requests,
+            duration_ms = u.duration_ms + excluded.duration_ms,
+            timed_requests = u.timed_requests + excluded.timed_requests
+    $q$, delta_sql)
+$fn$;
+
 CREATE OR REPLACE FUNCTION nexus_usage_keys_sql(rows_sql text) RETURNS text LANGUAGE sql IMMUTABLE AS $fn$
     SELECT format($q$
         INSERT INTO usage_keys (day, project_id, account_id, conversation_id, branch_id)
@@ -155,6 +238,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION nexus_usage_hourly_shrink() RETURNS void LANGUAGE plpgsql AS $fn$
 BEGIN
     DELETE FROM usage_hourly WHERE requests = 0;
+    DELETE FROM usage_daily WHERE requests = 0;
     UPDATE usage_hourly u SET first_at = b.first_at, last_at = b.last_at
     FROM nexus_usage_touched t, LATERAL (
         SELECT min(r."timestamp") AS first_at, max(r."timestamp") AS last_at FROM api_requests r
@@ -179,6 +263,7 @@ BEGIN
     EXECUTE format(
         'CREATE OR REPLACE FUNCTION nexus_usage_hourly_insert() RETURNS trigger LANGUAGE plpgsql AS %L',
         'BEGIN ' || nexus_usage_hourly_sql('SELECT 1 AS sign, * FROM nexus_new_rows') || '; '
+            || nexus_usage_daily_sql('SELECT 1 AS sign, * FROM nexus_new_rows') || '; '
             || nexus_usage_keys_sql('SELECT * FROM nexus_new_rows') || '; RETURN NULL; END');
 END
 $$;
@@ -186,6 +271,8 @@ $$;
 CREATE OR REPLACE FUNCTION nexus_usage_hourly_update() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     EXECUTE nexus_usage_hourly_sql(
+        'SELECT 1 AS sign, * FROM nexus_new_rows UNION ALL SELECT -1 AS sign, * FROM nexus_old_rows');
+    EXECUTE nexus_usage_daily_sql(
         'SELECT 1 AS sign, * FROM nexus_new_rows UNION ALL SELECT -1 AS sign, * FROM nexus_old_rows');
     -- rows that changed key (or time): their old key's bounds may have shrunk
     CREATE TEMP TABLE nexus_usage_touched ON COMMIT DROP AS
@@ -213,6 +300,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION nexus_usage_hourly_delete() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     EXECUTE nexus_usage_hourly_sql('SELECT -1 AS sign, * FROM nexus_old_rows');
+    EXECUTE nexus_usage_daily_sql('SELECT -1 AS sign, * FROM nexus_old_rows');
     CREATE TEMP TABLE nexus_usage_touched ON COMMIT DROP AS
     SELECT DISTINCT date_bin('1 hour', o."timestamp", TIMESTAMPTZ '1970-01-01 00:00:00+00') AS hour, o.project_id,
         o.account_id, o.model, o.request_type,
@@ -232,7 +320,7 @@ $fn$;
 
 CREATE OR REPLACE FUNCTION nexus_usage_hourly_truncate() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
-    TRUNCATE usage_hourly, usage_keys;
+    TRUNCATE usage_hourly, usage_daily, usage_keys;
     RETURN NULL;
 END
 $fn$;
@@ -254,10 +342,11 @@ CREATE TRIGGER nexus_usage_hourly_truncate AFTER TRUNCATE ON api_requests
     FOR EACH STATEMENT EXECUTE FUNCTION nexus_usage_hourly_truncate();
 
 -- Backfill: what is stored already.
-TRUNCATE usage_hourly, usage_keys;
+TRUNCATE usage_hourly, usage_daily, usage_keys;
 DO $$
 BEGIN
     EXECUTE nexus_usage_hourly_sql('SELECT 1 AS sign, * FROM api_requests');
+    EXECUTE nexus_usage_daily_sql('SELECT 1 AS sign, * FROM api_requests');
     EXECUTE nexus_usage_keys_sql('SELECT * FROM api_requests');
 END
 $$;
@@ -266,10 +355,10 @@ DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'nexus_writer') THEN
         -- the writer's inserts run the triggers, which write here
-        GRANT SELECT, INSERT, UPDATE, DELETE ON usage_hourly, usage_keys TO nexus_writer;
+        GRANT SELECT, INSERT, UPDATE, DELETE ON usage_hourly, usage_daily, usage_keys TO nexus_writer;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'nexus_reader') THEN
-        GRANT SELECT ON usage_hourly, usage_keys TO nexus_reader;
+        GRANT SELECT ON usage_hourly, usage_daily, usage_keys TO nexus_reader;
     END IF;
 END
 $$;
