@@ -4,7 +4,8 @@
 
 1. Writer rows/s: the same Claude Code-shaped rows inserted (a) with psycopg `executemany` (the
    baseline) and (b) the way the writer does it: the Rust core encodes the batch into one binary COPY
-   payload, sent through a staging table and `INSERT ... ON CONFLICT DO NOTHING`.
+   payload, sent through a staging table and `INSERT ... ON CONFLICT DO NOTHING`; (b) again with the
+   usage summaries' triggers (migration 0016) disabled, alternated with (b), to show what they cost.
 2. Bytes per request for a `--turns`-turn conversation whose body grows every turn like Claude Code's
    (system blocks, ~20 tools, the whole history re-sent): whole bodies in a jsonb column versus the
    content-addressed layout (envelope per request, each distinct part once).
@@ -106,6 +107,9 @@ def bench_writer(dsn: str, n: int) -> tuple[float, float, float]:
             values[0] = uuid.UUID(values[0])
             values[1] = datetime.fromtimestamp(values[1] / 1e6, UTC)
             baseline_rows.append(values)
+        # the baseline as it always was: without the usage summaries' triggers (one statement per row
+        # would run them once per row)
+        conn.execute("ALTER TABLE api_requests DISABLE TRIGGER USER")
         started = time.perf_counter()
         with conn.cursor() as cur:
             for i in range(0, n, 500):
@@ -120,8 +124,10 @@ def bench_writer(dsn: str, n: int) -> tuple[float, float, float]:
         for sql in STAGE_SQL:
             conn.execute(sql)  # type: ignore[arg-type]
         blob_rows = [[k, kind, body, None] for k, (kind, body) in blobs.items()]
-        speeds = []
-        for search in (True, False):  # the search vector (STORAGE_SEARCH_ENABLED) on, then off
+
+        def timed(search: bool, summary: bool) -> float:
+            # the usage summaries' triggers (migration 0016) on or off: what keeping them costs
+            conn.execute(f"ALTER TABLE api_requests {'ENABLE' if summary else 'DISABLE'} TRIGGER USER")
             conn.execute("TRUNCATE api_requests, content_blobs, conversations")
             conn.commit()
             started = time.perf_counter()
@@ -129,8 +135,21 @@ def bench_writer(dsn: str, n: int) -> tuple[float, float, float]:
             for i in range(0, n, 500):
                 send(conn, Batch(encode_copy_binary(REQUEST_TYPES, rows[i : i + 500]), b""), search=search)
                 conn.commit()
-            speeds.append(n / (time.perf_counter() - started))
-    return baseline, speeds[0], speeds[1]
+            return n / (time.perf_counter() - started)
+
+        # the search vector (STORAGE_SEARCH_ENABLED) on, then off; with and without the summaries'
+        # triggers, alternated so a noisy neighbour hurts both alike
+        with_summary, without = [], []
+        for _ in range(2):
+            with_summary.append(timed(True, True))
+            without.append(timed(True, False))
+        unsearched, unsearched_without = [], []
+        for _ in range(2):
+            unsearched.append(timed(False, True))
+            unsearched_without.append(timed(False, False))
+        conn.execute("ALTER TABLE api_requests ENABLE TRIGGER USER")
+        conn.commit()
+    return baseline, max(with_summary), max(unsearched), max(without), max(unsearched_without)
 
 
 SIZE_OF_STORE = (
@@ -184,7 +203,7 @@ def main() -> None:
         dsn, stop = start_embedded(Path(tempfile.mkdtemp(prefix="nexus-bench-")))
     try:
         migrate(dsn)
-        baseline, copy, unsearched = bench_writer(dsn, args.rows)
+        baseline, copy, unsearched, unsummarised, unsearched_unsummarised = bench_writer(dsn, args.rows)
         whole, parts = bench_size(dsn, args.turns)
     finally:
         if stop is not None:
@@ -193,6 +212,12 @@ def main() -> None:
     print(f"  psycopg executemany     {baseline:10.0f} rows/s   1.00x")
     print(f"  Rust COPY binary+stage  {copy:10.0f} rows/s   {copy / baseline:.2f}x   (priced, search vector built)")
     print(f"  same, STORAGE_SEARCH_ENABLED=false {unsearched:10.0f} rows/s   {unsearched / baseline:.2f}x")
+    print("  the same two without the usage summaries' triggers (best of 2 runs each, alternated with the above):")
+    print(f"    searched              {unsummarised:10.0f} rows/s   (with them: {copy / unsummarised:.2f}x)")
+    print(
+        f"    unsearched            {unsearched_unsummarised:10.0f} rows/s   "
+        f"(with them: {unsearched / unsearched_unsummarised:.2f}x)"
+    )
     print(f"bytes stored per request, {args.turns}-turn conversation (tables + indexes + TOAST):")
     print(f"  whole bodies (jsonb)    {whole:10.0f} B")
     print(f"  content-addressed       {parts:10.0f} B   {whole / parts:.1f}x smaller")

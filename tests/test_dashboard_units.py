@@ -113,3 +113,37 @@ async def test_live_feed_drops_slow_and_vanished_viewers() -> None:
     gone.pulled_at -= live.STALE_SECONDS + 1  # its stream stopped being read
     feed.prune()
     assert gone.dropped and feed.subscribers == {fine, other}
+
+
+def test_the_daily_table_rows_are_escaped_and_formatted_like_the_template() -> None:
+    """/usage writes its daily table in one pass (`render.daily_rows`, ~5,600 rows at 1,000,000 stored
+    requests): hostile names are escaped, counts past 64 bits and missing values shown as elsewhere."""
+    from datetime import date
+    from decimal import Decimal
+
+    from nexus.dashboard.render import daily_rows
+
+    html = str(
+        daily_rows(
+            [
+                {
+                    "date": date(2026, 3, 1),
+                    "account_id": "<b>acc</b>",
+                    "project_id": 'p"1',
+                    "model": None,
+                    "requests": 1234,
+                    "input_tokens": Decimal(2**70),
+                    "output_tokens": 0,
+                    "cache_read_input_tokens": None,
+                    "cache_creation_input_tokens": 5,
+                    "cost_usd": 1.5,
+                    "unpriced_requests": 2,
+                }
+            ]
+        )
+    )
+    assert "<b>" not in html and "&lt;b&gt;acc&lt;/b&gt;" in html and "p&#34;1" in html
+    assert "<td>2026-03-01</td>" in html and "<td>\u2013</td>" in html  # no model: a dash
+    assert f'<td class="n">{2**70:,}</td>' in html and '<td class="n">1,234</td>' in html
+    assert "$1.50 + 2 unpriced" in html
+    assert daily_rows("not rows") == ""

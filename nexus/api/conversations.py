@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from nexus.api import schemas
 from nexus.api.contract import ACCOUNT, BEFORE, OFFSET, PROJECT, Args, Operation, Param, declare, limit, serve
-from nexus.api.params import found, next_cursor
+from nexus.api.params import CONVERSATION_TOTAL_CAP, found, next_cursor, total_cap
 from nexus.conversations import repository
 
 if TYPE_CHECKING:
@@ -109,7 +109,14 @@ async def list_conversations(pool: AsyncConnectionPool, args: Args) -> schemas.C
     count, offset = args["limit"], args["offset"]
     async with pool.connection() as conn:
         rows = await repository.list_conversations(conn, limit=count, before=args["before"], offset=offset, **filters)
-        total = await repository.count_conversations(conn, **filters)
+        # the conversations table alone is counted exactly; a search, model or error filter looks at
+        # their requests, so its count stops at the cap
+        cap = None
+        if args["q"] is not None:
+            cap = total_cap(offset, count, CONVERSATION_TOTAL_CAP)
+        elif args["model"] is not None or args["errorsOnly"]:
+            cap = total_cap(offset, count)
+        total = await repository.count_conversations(conn, limit=cap, **filters)
     cursor = next_cursor(rows, count, at="last_at", key="conversation_id")
     return schemas.ConversationList(
         conversations=[_summary(r) for r in rows],
@@ -119,6 +126,7 @@ async def list_conversations(pool: AsyncConnectionPool, args: Args) -> schemas.C
             limit=count,
             offset=offset,
             has_more=offset + count < total,
+            total_capped=cap is not None and total >= cap,
             page=offset // count + 1,
             total_pages=math.ceil(total / count),
         ),

@@ -49,9 +49,13 @@ OAUTH_USAGE = declare(
     )
 )
 
+#: The marker is written into the statement, not passed as a parameter, so the planner matches it to
+#: the partial index of replies that carry it (migration 0016): without that index an account whose
+#: replies carry no rate-limit headers read all its requests of the period (~540 ms at 1,000,000 rows).
 LATEST = (
     'SELECT "timestamp", response_headers FROM api_requests WHERE account_id = %(account)s '
-    'AND "timestamp" >= %(start)s AND response_headers ? %(marker)s ORDER BY "timestamp" DESC LIMIT 1'
+    "AND \"timestamp\" >= %(start)s AND response_headers ? 'anthropic-ratelimit-unified-status' "
+    'ORDER BY "timestamp" DESC LIMIT 1'
 )
 SEEN = 'SELECT 1 FROM api_requests WHERE account_id = %(account)s AND "timestamp" >= %(start)s LIMIT 1'
 
@@ -62,7 +66,8 @@ def register(api: RouteTable) -> None:
 
 async def oauth_usage(pool: AsyncConnectionPool, args: Args) -> schemas.OAuthUsage:
     account = args["accountId"]
-    params = {"account": account, "start": now_utc() - KNOWN_FOR, "marker": PREFIX + "status"}
+    params = {"account": account, "start": now_utc() - KNOWN_FOR}
+    assert PREFIX + "status" == "anthropic-ratelimit-unified-status"  # the marker written into LATEST
     async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(LATEST, params)
         row = await cur.fetchone()

@@ -105,3 +105,19 @@ def found(row: dict[str, Any] | None, what: str, wanted: str) -> dict[str, Any]:
     if row is None:
         raise ProxyError(404, f"No {what} {wanted!r}.", "not_found_error")
     return row
+
+
+#: The most matches a list's `pagination.total` counts (docs/api.md): counting every match of a
+#: search over a million requests takes seconds, and a total past this is only a "there are many".
+TOTAL_CAP = 10_000
+
+
+#: The same for conversations matching a search: their count walks the matching requests in
+#: conversation order (~140 ms per 1,000 conversations at 1,000,000 stored requests).
+CONVERSATION_TOTAL_CAP = 1_000
+
+
+def total_cap(offset: int, limit: int, cap: int = TOTAL_CAP) -> int:
+    """How far a total is counted: `cap`, or one past the page when the page lies beyond it, so
+    `hasMore` stays right. A total that reaches this is reported with `totalCapped`."""
+    return max(cap, offset + limit + 1)

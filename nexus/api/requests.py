@@ -13,7 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from nexus.api import schemas
 from nexus.api.contract import ACCOUNT, BEFORE, OFFSET, PROJECT, Args, Operation, Param, declare, limit, serve
-from nexus.api.params import found, next_cursor
+from nexus.api.params import found, next_cursor, total_cap
 from nexus.compat.request_types import reference_request_type
 from nexus.conversations.search import Find
 from nexus.storage import requests_repo
@@ -139,11 +139,14 @@ async def list_requests(pool: AsyncConnectionPool, args: Args) -> schemas.Reques
         rows = await requests_repo.list_requests(
             conn, limit=count, before=args["before"], offset=offset, find=find, **filters
         )
-        total = await requests_repo.count_requests(conn, find=find, **filters)
+        cap = total_cap(offset, count)
+        total, capped = await requests_repo.count_requests_at_most(conn, cap, find=find, **filters)
     return schemas.RequestList(
         requests=[summary(r) for r in rows],
         next_cursor=next_cursor(rows, count),
-        pagination=schemas.Pagination(total=total, limit=count, offset=offset, has_more=offset + count < total),
+        pagination=schemas.Pagination(
+            total=total, limit=count, offset=offset, has_more=offset + count < total, total_capped=capped
+        ),
     )
 
 

@@ -31,13 +31,18 @@ class CamelStruct(Struct, rename="camel"):
 # --- shared pieces ----------------------------------------------------------------------------------
 
 
-class Pagination(CamelStruct):
+class Pagination(CamelStruct, kw_only=True, omit_defaults=True):
     """The reference's offset pagination (`limit`/`offset`), given beside Nexus's keyset cursor."""
 
     total: int
     limit: int
     offset: int
     has_more: bool
+    #: Present (true) only when `total` stopped at `nexus.api.params.TOTAL_CAP` matches (or the page's
+    #: end, when further): there may be more. Only a search or a status / duration filter over requests,
+    #: and a search, model or error filter over conversations, is counted this way; every other total
+    #: is exact, and then the reference's four fields are all there is (docs/api.md).
+    total_capped: bool = False
 
 
 class PagePagination(Pagination):

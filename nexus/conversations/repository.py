@@ -17,7 +17,7 @@ from nexus._core import prompt_key as prompt_key_of
 from nexus.conversations.compaction import reply_text
 from nexus.conversations.index import FAILED, OK, PER_KEY, Compaction, Entry, Invocation
 from nexus.conversations.linker import spawned_prompts
-from nexus.conversations.search import HITS_CTE, Find, conversation_clauses, few_matches
+from nexus.conversations.search import HITS_CTE, MATCHES, Find, conversation_clauses, few_matches
 from nexus.pricing.sql import COST_SUMS, REQUEST_COST_USD, summed_cost
 
 ENTRY_COLUMNS = (
@@ -263,10 +263,34 @@ async def count_conversations(
     q: str | None = None,
     model: str | None = None,
     errors_only: bool = False,
+    limit: int | None = None,
 ) -> int:
-    found = Find(q=q, model=model, errors_only=errors_only)
-    clause, params = _conversation_filters(project_id, account_id, date_from, date_to, None, exclude_subtasks, found)
-    cur = await conn.execute(f"SELECT count(*) FROM conversations c {clause}", params)  # noqa: S608 (constant SQL)
+    """How many conversations match (the reference's `pagination.total`), counting at most `limit`
+    when given: a search matching most of a million requests is otherwise counted in full."""
+    if q is not None and limit is not None:
+        # the matching requests' distinct conversations, walked in conversation order until `limit`
+        # are found (the conversation index): counting every conversation of a common word read all
+        # its matches, ~3.5 s at 1,000,000 stored requests
+        found = Find(model=model, errors_only=errors_only)
+        clause, params = _conversation_filters(
+            project_id, account_id, date_from, date_to, None, exclude_subtasks, found
+        )
+        sql = (
+            "SELECT count(*) FROM (SELECT DISTINCT r.conversation_id FROM api_requests r "  # noqa: S608
+            f"JOIN (SELECT c.conversation_id FROM conversations c {clause}) AS f "
+            f"ON f.conversation_id = r.conversation_id WHERE r.{MATCHES} LIMIT %s) AS m"
+        )
+        params = [*params, q, limit]
+    else:
+        found = Find(q=q, model=model, errors_only=errors_only)
+        clause, params = _conversation_filters(
+            project_id, account_id, date_from, date_to, None, exclude_subtasks, found
+        )
+        sql = f"SELECT count(*) FROM conversations c {clause}"  # noqa: S608 (constant SQL)
+        if limit is not None:
+            sql = f"SELECT count(*) FROM (SELECT 1 FROM conversations c {clause} LIMIT %s) AS m"  # noqa: S608
+            params = [*params, limit]
+    cur = await conn.execute(sql, params)  # type: ignore[arg-type]
     row = await cur.fetchone()
     return int(row[0]) if row else 0
 
@@ -300,10 +324,10 @@ def _conversation_filters(
         where.append("first_at <= %s")
         params.append(date_to)
     if account_id is not None:
-        where.append(
-            "EXISTS (SELECT 1 FROM api_requests r WHERE r.conversation_id = c.conversation_id "
-            "AND r.account_id = %s AND r.timestamp >= c.first_at AND r.timestamp <= c.last_at)"
-        )
+        # the conversations with a request served by the account: `usage_keys` (migration 0016) holds
+        # every (conversation, account) pair stored, exactly, where a look at the requests read all
+        # of the account's (~530 ms to count them at 1,000,000 stored requests)
+        where.append("c.conversation_id IN (SELECT k.conversation_id FROM usage_keys k WHERE k.account_id = %s)")
         params.append(account_id)
     if exclude_subtasks:
         where.append(

@@ -68,5 +68,12 @@ def drop_expired_partitions(conn: psycopg.Connection, retention_days: int, today
         if day < cutoff:
             with conn.transaction():
                 conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+                # the day's hours leave the usage summary with its rows (no trigger sees a DROP)
+                conn.execute(
+                    "DELETE FROM usage_hourly WHERE hour >= %s AND hour < %s",
+                    (f"{day} 00:00:00+00", f"{day + timedelta(days=1)} 00:00:00+00"),
+                )
+                conn.execute("DELETE FROM usage_daily WHERE day = %s", (day,))
+                conn.execute("DELETE FROM usage_keys WHERE day = %s", (day,))
             dropped.append(name)
     return sorted(dropped)

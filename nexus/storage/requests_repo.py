@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 from nexus.conversations.search import Find, few_matches, request_clauses
 from nexus.ids import request_id_unix_ms
 from nexus.pricing.sql import REQUEST_COST_USD
+from nexus.usage import hourly
 
 SUMMARY_COLUMNS = (
     "request_id, timestamp, project_id, account_id, model, request_type, conversation_id, branch_id, "
@@ -126,9 +127,82 @@ async def count_requests(
     parent_task_request_id: str | None = None,
     find: Find | None = None,
 ) -> int:
-    """How many stored requests match the filters (the reference's `pagination.total`)."""
+    """How many stored requests match the filters (the reference's `pagination.total`), exactly."""
+    total, _ = await count_requests_at_most(
+        conn,
+        None,
+        project_id=project_id,
+        conversation_id=conversation_id,
+        account_id=account_id,
+        parent_task_request_id=parent_task_request_id,
+        find=find,
+    )
+    return total
+
+
+async def count_requests_at_most(
+    conn: AsyncConnection[Any],
+    limit: int | None,
+    *,
+    project_id: str | None = None,
+    conversation_id: str | None = None,
+    account_id: str | None = None,
+    parent_task_request_id: str | None = None,
+    find: Find | None = None,
+) -> tuple[int, bool]:
+    """How many stored requests match the filters, and whether the count stopped at `limit` (None:
+    never): a search or a duration filter over a million rows is otherwise a count of every match,
+    seconds. Filters the hourly summary answers (project, account, model, dates, errors only) are
+    counted there, exactly and at once, whatever `limit` says."""
+    exact = await _summary_count(conn, project_id, account_id, conversation_id, parent_task_request_id, find)
+    if exact is not None:
+        return exact, False
     clause, params = _filters(project_id, conversation_id, account_id, parent_task_request_id, None, find)
-    cur = await conn.execute(f"SELECT count(*) FROM api_requests {clause}", params)  # noqa: S608 (constant SQL)
+    if limit is None:
+        sql = f"SELECT count(*) FROM api_requests {clause}"  # noqa: S608 (constant SQL)
+    else:
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM api_requests {clause} LIMIT %s) AS m"  # noqa: S608
+        params = [*params, limit]
+    cur = await conn.execute(sql, params)  # type: ignore[arg-type]
+    row = await cur.fetchone()
+    total = int(row[0]) if row else 0
+    return total, limit is not None and total >= limit
+
+
+async def _summary_count(
+    conn: AsyncConnection[Any],
+    project_id: str | None,
+    account_id: str | None,
+    conversation_id: str | None,
+    parent_task_request_id: str | None,
+    find: Find | None,
+) -> int | None:
+    """The count from `usage_hourly` when every filter is one of its keys or measures; else None."""
+    find = find or Find()
+    for at in (find.date_from, find.date_to):
+        if at is not None and at.tzinfo is None:
+            return None
+    if conversation_id is not None or parent_task_request_id is not None:
+        return None
+    if find.q is not None or find.status is not None or find.min_duration_ms is not None:
+        return None
+    if find.max_duration_ms is not None:
+        return None
+    equal: dict[str, str | None] = {"model": find.model}
+    for column, value, found in (
+        ("project_id", project_id, find.project_id),
+        ("account_id", account_id, find.account_id),
+    ):
+        if value is not None and found is not None and value != found:
+            return None  # two different values: let the rows say (nothing matches)
+        equal[column] = value if value is not None else found
+    # `timestamp <= date_to`: timestamps have microseconds, so the range ends a microsecond later
+    end = find.date_to + timedelta(microseconds=1) if find.date_to is not None else None
+    if find.date_from is not None and end is not None and end <= find.date_from:
+        return 0
+    src, params = hourly.source(find.date_from, end, equal)
+    measure = "errors" if find.errors_only else "requests"
+    cur = await conn.execute(f"SELECT coalesce(sum({measure}), 0) FROM {src} AS u", params)  # noqa: S608
     row = await cur.fetchone()
     return int(row[0]) if row else 0
 

@@ -1,9 +1,12 @@
 """SQL for token usage: the one place `api_requests` is aggregated.
 
-Every query is bounded by `timestamp >= %(start)s AND timestamp < %(end)s` with the bounds passed as
-parameters, so the planner prunes the daily partitions to those the range touches, and the
-per-account and per-project indexes (`(account_id, timestamp)`, `(project_id, timestamp)`) serve the
-filtered variants. Grouping columns come from a fixed allow-list, never from a caller's string.
+Sums over whole hours read the hourly summary (`usage_hourly`, migration 0016) through
+`nexus.usage.hourly.source`, which adds the stored rows of the partial hours at a range's ends, so every
+answer is what the same sum over `api_requests` gives, at a cost that does not grow with the requests
+(docs/dashboard.md "Fast at scale"). Only series binned finer than an hour (`rolling` with 15-minute
+buckets) read `api_requests` itself, bounded by `timestamp >= %(start)s AND timestamp < %(end)s`
+(partitions pruned; the `(account_id, timestamp)` and `(project_id, timestamp)` indexes serve the
+filtered variants). Grouping columns come from a fixed allow-list, never from a caller's string.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from nexus.pricing.sql import COST_SUMS
+from nexus.usage import hourly
 from nexus.usage.counts import CACHE_WRITE_1H_SQL, CACHE_WRITE_5M_SQL
 
 #: Columns a caller may group or filter by, mapped to their SQL.
@@ -68,7 +72,13 @@ class Filters:
                 params[name] = value
         return " AND ".join(clauses), params
 
+    def equal(self) -> dict[str, str | None]:
+        """The filters as `nexus.usage.hourly.source` takes them."""
+        return {"account_id": self.account_id, "project_id": self.project_id, "model": self.model}
 
+
+#: The epoch that every bucket is aligned on.
+_EPOCH = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
 #: No filter: every account, project and model.
 EVERYTHING = Filters()
 
@@ -84,13 +94,8 @@ async def totals(
     conn: AsyncConnection[Any], start: datetime, end: datetime, filters: Filters = EVERYTHING
 ) -> dict[str, Any]:
     """Sums over `[start, end)`, plus error count, mean duration and the time of the latest request."""
-    where, params = filters.where(start, end)
-    sql = (
-        f"SELECT {SUMS}, "  # noqa: S608 (constant SQL, values are parameters)
-        "count(*) FILTER (WHERE response_status >= 400 OR error IS NOT NULL) AS errors, "
-        'avg(duration_ms)::float8 AS mean_duration_ms, max("timestamp") AS last_request_at '
-        f"FROM api_requests WHERE {where}"
-    )
+    src, params = hourly.source(start, end, filters.equal())
+    sql = f"SELECT {hourly.ROLL_SUMS}, {hourly.ROLL_EXTRAS} FROM {src} AS u"  # noqa: S608 (constant SQL)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(sql, params)
         row = await cur.fetchone()
@@ -109,11 +114,11 @@ async def grouped(
 ) -> list[dict[str, Any]]:
     """Sums over `[start, end)` per distinct value of `group_by`, largest token totals first."""
     cols = _group_sql(group_by)
-    where, params = filters.where(start, end)
+    src, params = hourly.source(start, end, filters.equal())
     sql = (
-        f'SELECT {cols}, {SUMS}, max("timestamp") AS last_request_at '  # noqa: S608 (allow-listed columns)
-        f"FROM api_requests WHERE {where} GROUP BY {cols} "
-        "ORDER BY coalesce(sum(input_tokens), 0) + coalesce(sum(output_tokens), 0) DESC, count(*) DESC "
+        f"SELECT {cols}, {hourly.ROLL_SUMS}, max(last_at) AS last_request_at "  # noqa: S608 (allow-listed columns)
+        f"FROM {src} AS u GROUP BY {cols} "
+        "ORDER BY coalesce(sum(input_tokens), 0) + coalesce(sum(output_tokens), 0) DESC, sum(requests) DESC "
         "LIMIT %(limit)s"
     )
     async with conn.cursor(row_factory=dict_row) as cur:
@@ -126,10 +131,10 @@ async def daily(
 ) -> list[dict[str, Any]]:
     """Sums per UTC day x account x project (x model), newest day first."""
     keys = "account_id, project_id" + (", model" if by_model else "")
-    where, params = filters.where(start, end)
+    src, params = hourly.daily_source(start, end, filters.equal())
     sql = (
-        f"SELECT (\"timestamp\" AT TIME ZONE 'UTC')::date AS date, {keys}, {SUMS} "  # noqa: S608 (constant SQL)
-        f"FROM api_requests WHERE {where} GROUP BY 1, {keys} ORDER BY 1 DESC, {keys}"
+        f"SELECT day AS date, {keys}, {hourly.ROLL_SUMS} "  # noqa: S608 (constant SQL)
+        f"FROM {src} AS u GROUP BY 1, {keys} ORDER BY 1 DESC, {keys}"
     )
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(sql, params)
@@ -153,19 +158,31 @@ async def rolling(
     """
     steps = window // bucket
     data_start = first - window
-    where, params = filters.where(data_start, last)
     sums = ", ".join(f"sum(coalesce(x.{f}, 0)) OVER w AS {f}" for f in SUM_FIELDS)
+    if hourly.aligned(bucket):  # whole hours: the summary
+        src, params = hourly.source(data_start, last, filters.equal())
+        rows = f"SELECT date_bin(%(bucket)s, hour, {_EPOCH}) AS b, {hourly.ROLL_SUMS} FROM {src} AS u GROUP BY 1"  # noqa: S608
+    else:
+        where, params = filters.where(data_start, last)
+        rows = (
+            f'SELECT date_bin(%(bucket)s, "timestamp", {_EPOCH}) AS b, {SUMS} '  # noqa: S608 (constant SQL)
+            f"FROM api_requests WHERE {where} GROUP BY 1"
+        )
     sql = (
-        "WITH binned AS ("  # noqa: S608 (constant SQL, values are parameters)
-        f"SELECT date_bin(%(bucket)s, \"timestamp\", TIMESTAMPTZ '1970-01-01 00:00:00+00') AS b, {SUMS} "
-        f"FROM api_requests WHERE {where} GROUP BY 1), "
+        f"WITH binned AS ({rows}), "  # noqa: S608 (constant SQL, values are parameters)
         "series AS (SELECT s.b + %(bucket)s AS at, "
         f"{sums} FROM generate_series(%(start)s::timestamptz, %(last_start)s::timestamptz, %(bucket)s) AS s(b) "
         "LEFT JOIN binned x ON x.b = s.b "
         "WINDOW w AS (ORDER BY s.b ROWS BETWEEN %(preceding)s PRECEDING AND CURRENT ROW)) "
         "SELECT * FROM series WHERE at >= %(first)s ORDER BY at"
     )
-    params |= {"bucket": bucket, "last_start": last - bucket, "preceding": steps - 1, "first": first}
+    params |= {
+        "bucket": bucket,
+        "start": data_start,
+        "last_start": last - bucket,
+        "preceding": steps - 1,
+        "first": first,
+    }
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(sql, params)
         return await cur.fetchall()
@@ -174,24 +191,20 @@ async def rolling(
 async def distinct_values(conn: AsyncConnection[Any], column: str, start: datetime, end: datetime) -> list[str]:
     """The distinct non-null values of an allow-listed column seen in `[start, end)` (filter menus)."""
     col = _group_sql((column,))
+    src, params = hourly.source(start, end)
     sql = (
-        f"SELECT {col} AS v, count(*) AS n FROM api_requests "  # noqa: S608 (allow-listed column)
-        f'WHERE "timestamp" >= %(start)s AND "timestamp" < %(end)s AND {col} IS NOT NULL '
-        "GROUP BY 1 ORDER BY 2 DESC LIMIT 200"
+        f"SELECT {col} AS v, sum(requests) AS n FROM {src} AS u "  # noqa: S608 (allow-listed column)
+        f"WHERE {col} IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 200"
     )
     async with conn.cursor() as cur:
-        await cur.execute(sql, {"start": start, "end": end})
+        await cur.execute(sql, params)
         return [r[0] for r in await cur.fetchall()]
 
 
 #: `date_bin` aligned on the epoch: hours and UTC days, as `daily` and `rolling` align them.
 _BIN = "date_bin(%(bucket)s, \"timestamp\", TIMESTAMPTZ '1970-01-01 00:00:00+00')"
 #: A response status as the charts group it.
-STATUS_CLASS = (
-    "CASE WHEN response_status IS NULL THEN 'none' WHEN response_status < 300 THEN '2xx' "
-    "WHEN response_status IN (429, 529) THEN response_status::text WHEN response_status < 500 THEN '4xx' "
-    "ELSE '5xx' END"
-)
+STATUS_CLASS = hourly.STATUS_CLASS
 
 
 async def binned(
@@ -205,11 +218,18 @@ async def binned(
     """The sums per `bucket` (aligned on the epoch: hours, UTC days) and value of `group` over
     `[start, end)`, oldest first: the usage charts. Same sums (`SUMS`) as every other usage answer."""
     col = _group_sql((group,))
-    where, params = filters.where(start, end)
-    sql = (
-        f"SELECT {_BIN} AS at, {col} AS key, {SUMS} FROM api_requests "  # noqa: S608 (allow-listed column)
-        f"WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2"
-    )
+    if hourly.aligned(bucket):  # whole hours: the summary
+        src, params = hourly.source(start, end, filters.equal())
+        sql = (
+            f"SELECT date_bin(%(bucket)s, hour, {_EPOCH}) AS at, {col} AS key, {hourly.ROLL_SUMS} "  # noqa: S608
+            f"FROM {src} AS u GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+    else:
+        where, params = filters.where(start, end)
+        sql = (
+            f"SELECT {_BIN} AS at, {col} AS key, {SUMS} FROM api_requests "  # noqa: S608 (allow-listed column)
+            f"WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2"
+        )
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(sql, {**params, "bucket": bucket})
         return await cur.fetchall()
@@ -219,11 +239,18 @@ async def status_binned(
     conn: AsyncConnection[Any], start: datetime, end: datetime, bucket: timedelta, filters: Filters = EVERYTHING
 ) -> list[dict[str, Any]]:
     """Requests per `bucket` and status class (`STATUS_CLASS`) over `[start, end)`, oldest first."""
-    where, params = filters.where(start, end)
-    sql = (
-        f"SELECT {_BIN} AS at, {STATUS_CLASS} AS status, count(*) AS requests "  # noqa: S608 (constant SQL)
-        f"FROM api_requests WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2"
-    )
+    if hourly.aligned(bucket):  # whole hours: the summary
+        src, params = hourly.source(start, end, filters.equal())
+        sql = (
+            f"SELECT date_bin(%(bucket)s, hour, {_EPOCH}) AS at, status, sum(requests)::bigint AS requests "  # noqa: S608
+            f"FROM {src} AS u GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+    else:
+        where, params = filters.where(start, end)
+        sql = (
+            f"SELECT {_BIN} AS at, {STATUS_CLASS} AS status, count(*) AS requests "  # noqa: S608 (constant SQL)
+            f"FROM api_requests WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2"
+        )
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(sql, {**params, "bucket": bucket})
         return await cur.fetchall()
