@@ -23,6 +23,7 @@ from nexus._core import RequestAnalysis
 from nexus.conversations import repository
 from nexus.conversations.classify import COMPACTION, SUBAGENT, classify
 from nexus.conversations.linker import SUBAGENT_TOOLS, Link, Linker, LinkRequest
+from nexus.conversations.session import session_of
 from nexus.storage.pools import GuardedPool
 
 log = logging.getLogger("nexus.conversations")
@@ -51,7 +52,7 @@ def link_request(
         timestamp,
         request_type,
         analysis.prefix_hashes,
-        headers.get("x-claude-code-session-id") or None,
+        session_of(headers, analysis.envelope),
         agent_id,
         analysis.first_user_key,
         analysis.continuation_text,
