@@ -1,0 +1,420 @@
+"""Linking that every worker of every instance agrees on: the linker's state kept in PostgreSQL.
+
+With one worker the in-memory index sees every request (`ConversationService`). With several workers,
+or several machines behind a load balancer, a request's parent, its sibling (a fork) or the reply that
+launched it may have gone through another process, and rows reach `api_requests` only when a batch is
+flushed. So here each decision is taken from what all of them have decided, and written before the
+request is forwarded, in one short transaction:
+
+1. `pg_advisory_xact_lock` on (project, hash of the first message): every request that can be another's
+   retry, parent or sibling (they share a history, so its first message), and twin sub-agents (the same
+   prompt), decide one after the other, on any instance;
+2. one indexed query reads the candidates (the requests whose whole history is one of this request's
+   prefixes, and their children) from `link_requests`; a one-message sub-agent request also reads the
+   unclaimed launches of its prompt, a post-compaction request the recent compaction replies;
+3. the unchanged `Linker` decides over a scratch index of those rows, so the rules are exactly the
+   single worker's (docs/conversations.md);
+4. the decision is inserted (with a sub-agent's claim and its `subtask_N` number, taken under a lock on
+   its conversation), and the transaction commits.
+
+What a reply adds (a failure, the sub-agents it launched, a compaction summary) is written when the
+response ends. A child cannot start before the reply it continues has reached the client, but that
+write may still be on its way: a sub-agent or post-compaction request that finds no launch or summary
+asks again a few times, `WAIT_S` apart. Rows that predate these tables (an upgrade) or were pruned are
+still found in `api_requests` when nothing here matches. Any failure falls back to the worker's
+in-memory decision: linking never fails a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from nexus._core import prompt_key
+from nexus.conversations import repository
+from nexus.conversations.classify import COMPACTION, LINKED_TYPES, SUBAGENT
+from nexus.conversations.compaction import reply_text
+from nexus.conversations.index import FAILED, PENDING, Compaction, Entry, Invocation, LinkIndex
+from nexus.conversations.linker import Link, Linker, LinkRequest, spawned_prompts
+from nexus.conversations.service import ConversationService, may_spawn_subagent
+
+log = logging.getLogger("nexus.conversations")
+
+#: Prefix hashes read per request, nearest first: a parent further back than this many messages is
+#: looked for in `api_requests` (as after an upgrade).
+LOOKUP_HASHES = 32
+#: A sub-agent or post-compaction request that finds no launch or summary asks again this often, this
+#: far apart: the reply it follows may have reached the client a moment before its write committed.
+WAITS, WAIT_S = 8, 0.025
+CLOCK_SLACK_S = 60.0
+#: Decisions remembered until their request completes (requests in flight in one worker).
+MAX_LIVE = 100_000
+_COLS = (
+    'request_id::text, project_id, "timestamp", request_type, current_message_hash, conversation_id::text, '
+    "branch_id, parent_request_id::text, is_subtask, parent_task_request_id::text, session_id, agent_id, status"
+)
+_WINDOW = '"timestamp" >= %(start)s AND "timestamp" <= %(end)s'
+_SAME = "session_id IS NOT DISTINCT FROM %(session)s"
+_SAME_AGENT = "agent_id IS NOT DISTINCT FROM %(agent)s"
+#: The candidates (as `repository.REQUESTS_WITH_HASHES`: per hash the newest rows, of which the newest
+#: few overall and of the request's session and agent) and their children, in one statement.
+CANDIDATES = f"""
+WITH c AS (
+    SELECT * FROM (
+        SELECT r.*, h.depth,
+            row_number() OVER (PARTITION BY h.depth ORDER BY r."timestamp" DESC) AS newest,
+            row_number() OVER (PARTITION BY h.depth, {_SAME}, {_SAME_AGENT} ORDER BY r."timestamp" DESC) AS in_group
+        FROM unnest(%(hashes)s::bytea[]) WITH ORDINALITY AS h(hash, depth)
+        CROSS JOIN LATERAL (
+            SELECT * FROM link_requests
+            WHERE current_message_hash = h.hash AND project_id = %(project)s AND {_WINDOW}
+            ORDER BY "timestamp" DESC LIMIT {repository.HASH_ROWS}
+        ) r
+    ) ranked
+    WHERE newest <= {repository.HASH_GROUP_ROWS}
+        OR (in_group <= {repository.HASH_GROUP_ROWS} AND ({_SAME} OR {_SAME_AGENT}))
+    ORDER BY depth DESC, "timestamp" DESC LIMIT {repository.HASH_CANDIDATES}
+)
+SELECT {_COLS} FROM c
+UNION ALL
+SELECT {_COLS} FROM (SELECT DISTINCT request_id AS parent FROM c) p
+CROSS JOIN LATERAL (
+    SELECT * FROM link_requests k WHERE k.parent_request_id = p.parent LIMIT {repository.CHILD_ROWS}
+) k
+"""  # noqa: S608 (constants only)
+BY_ID = f"SELECT {_COLS} FROM link_requests WHERE request_id = ANY(%s::uuid[])"  # noqa: S608
+INVOCATIONS = (
+    'SELECT request_id::text, n, tool_use_id, conversation_id::text, session_id, "timestamp" FROM link_invocations '
+    'WHERE prompt_key = %s AND project_id = %s AND NOT claimed AND "timestamp" >= %s AND "timestamp" <= %s '
+    'ORDER BY "timestamp" DESC, n DESC LIMIT 32'
+)
+COMPACTIONS = (
+    'SELECT request_id::text, conversation_id::text, branch_id, "timestamp", summary FROM link_compactions '
+    'WHERE project_id = %s AND "timestamp" >= %s AND "timestamp" <= %s ORDER BY "timestamp" DESC LIMIT 20'
+)
+INSERT = (
+    'INSERT INTO link_requests (request_id, project_id, "timestamp", request_type, current_message_hash, '
+    "conversation_id, branch_id, parent_request_id, is_subtask, parent_task_request_id, session_id, agent_id) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING"
+)
+NEXT_SUBTASK = (
+    "INSERT INTO link_subtasks AS s (conversation_id, last_number) VALUES (%s, 1) "
+    "ON CONFLICT (conversation_id) DO UPDATE SET last_number = s.last_number + 1, updated_at = now() "
+    "RETURNING last_number"
+)
+
+SEED_SUBTASKS = (
+    "INSERT INTO link_subtasks AS s (conversation_id, last_number) VALUES (%s, %s) "
+    "ON CONFLICT (conversation_id) DO UPDATE SET last_number = greatest(s.last_number, excluded.last_number)"
+)
+CLAIM = "UPDATE link_invocations SET claimed = true WHERE request_id = %s AND n = %s"
+
+
+def lock_key(*parts: str | bytes) -> int:
+    """A signed 64-bit advisory lock key for these parts (a collision only serialises more)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(b"\0")
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+def _at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _entry(row: tuple[Any, ...]) -> Entry:
+    return Entry(
+        row[0],
+        row[1],
+        row[2].timestamp(),
+        row[3] or "",
+        bytes(row[4]) if row[4] is not None else None,
+        row[5],
+        row[6],
+        row[7],
+        bool(row[8]),
+        row[9],
+        row[10],
+        row[11],
+        FAILED if row[12] == FAILED else PENDING,
+    )
+
+
+class SharedConversationService(ConversationService):
+    """`ConversationService` whose decisions are taken from, and written to, the shared tables."""
+
+    def __init__(
+        self,
+        linker: Linker,
+        pool: Callable[[], Awaitable[AsyncConnectionPool]],
+        *,
+        lookup_timeout_s: float = 1.0,
+        lookback_days: int = 30,
+        waits: int = WAITS,
+        wait_s: float = WAIT_S,
+    ) -> None:
+        super().__init__(linker, pool, lookup_timeout_s=lookup_timeout_s, lookback_days=lookback_days)
+        self.shared_pool = pool
+        self.waits, self.wait_s = waits, wait_s
+        #: Decided here and not yet completed: what the completion write needs to know of them.
+        self._live: dict[str, tuple[LinkRequest, Link]] = {}
+        self._writes: set[asyncio.Task[None]] = set()
+        self.shared_decisions = 0
+        self.shared_failures = 0
+        self.shared_waits = 0
+        self.shared_ms = 0.0
+
+    def stats(self) -> dict[str, int]:
+        out = super().stats()
+        out.update(
+            shared=1,
+            shared_decisions=self.shared_decisions,
+            shared_failures=self.shared_failures,
+            shared_waits=self.shared_waits,
+            shared_ms_total=int(self.shared_ms),
+        )
+        return out
+
+    async def link(self, req: LinkRequest) -> Link:
+        if req.request_type not in LINKED_TYPES or not req.prefix_hashes:
+            return await super().link(req)
+        started = time.perf_counter()
+        try:
+            link = await self._decide_shared(req)
+        except Exception as exc:
+            self.shared_failures += 1
+            log.warning(
+                "shared linking of %s failed (%s: %s); decided from this worker's memory",
+                req.request_id,
+                exc.__class__.__name__,
+                exc,
+            )
+            return await super().link(req)
+        finally:
+            self.shared_ms += (time.perf_counter() - started) * 1000
+        self.shared_decisions += 1
+        self._live[req.request_id] = (req, link)
+        if len(self._live) > MAX_LIVE:  # completed requests are removed; this only bounds a leak
+            self._live.pop(next(iter(self._live)))
+        return link
+
+    async def _decide_shared(self, req: LinkRequest) -> Link:
+        pool = await self.shared_pool()
+        hashes = req.hashes()
+        async with pool.connection(timeout=self.lookup_timeout_s) as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(req.project, hashes[0]),))
+            for attempt in range(self.waits + 1):
+                linker, claims, newest = await self._load_shared(conn, req, hashes)
+                # Whatever was committed before this lock was granted was decided first, whichever
+                # instance's clock stamped it later: this decision comes after it (a second fork
+                # stamped a millisecond earlier than the first still sees the first as a sibling).
+                now = replace(req, timestamp=newest) if newest > req.timestamp else req
+                link = linker.decide(now)
+                if not self._may_be_late(req, link) or attempt == self.waits:
+                    break
+                self.shared_waits += 1
+                await asyncio.sleep(self.wait_s)
+            if link.evidence == "new" and link.missed:  # nothing shared: rows older than these tables
+                if await self._load_stored(conn, req, linker.index):
+                    link = linker.decide(now)
+                    link.missed = False
+            if link.evidence == "subtask" and link.conversation_id is not None:  # the row lock orders numbers
+                cur = await conn.execute(NEXT_SUBTASK, (link.conversation_id,))
+                row = await cur.fetchone()
+                link.branch_id = f"subtask_{row[0] if row else 1}"
+                linker.register(now, link)
+                for inv, key in claims:
+                    if inv.claimed:
+                        await conn.execute(CLAIM, key)
+                        break
+            link.missed = False
+            await conn.execute(
+                INSERT,
+                (
+                    req.request_id,
+                    req.project,
+                    _at(req.timestamp),
+                    req.request_type,
+                    link.current_hash,
+                    link.conversation_id,
+                    link.branch_id,
+                    link.parent_request_id,
+                    link.is_subtask,
+                    link.parent_task_request_id,
+                    req.session,
+                    req.agent_id,
+                ),
+            )
+        return link
+
+    @staticmethod
+    def _may_be_late(req: LinkRequest, link: Link) -> bool:
+        """A sub-agent's first request without its launch, or a post-compaction request without its
+        summary: the write of the reply it follows may not have committed yet."""
+        if link.evidence in ("retry", "subtask", "compaction"):
+            return False
+        if req.continuation_text is not None and link.evidence != "prefix":
+            return True
+        return req.request_type == SUBAGENT and len(req.prefix_hashes) == 16 and req.first_user_key is not None
+
+    async def _load_shared(
+        self, conn: AsyncConnection[Any], req: LinkRequest, hashes: list[bytes]
+    ) -> tuple[Linker, list[tuple[Invocation, tuple[str, int]]], float]:
+        """A linker over a scratch index of what the shared tables know that could be evidence."""
+        index = LinkIndex(capacity=100_000)
+        # Up to a minute past the request's own stamp: another instance's clock, or a request stamped
+        # later that still took the lock first (a decision comes after whatever committed before it).
+        start, end = _at(req.timestamp) - timedelta(days=self.lookback_days), _at(req.timestamp + CLOCK_SLACK_S)
+        params = {
+            "hashes": hashes[-LOOKUP_HASHES:],
+            "project": req.project,
+            "start": start,
+            "end": end,
+            "session": req.session,
+            "agent": req.agent_id,
+        }
+        cur = await conn.execute(CANDIDATES, params)
+        entries = [_entry(r) for r in await cur.fetchall()]
+        claims: list[tuple[Invocation, tuple[str, int]]] = []
+        wanted: list[str] = []
+        if len(hashes) == 1 and req.first_user_key is not None:
+            cur = await conn.execute(INVOCATIONS, (req.first_user_key, req.project, start, end))
+            for rid, n, tool_use_id, conversation, session, at in reversed(await cur.fetchall()):
+                key = req.first_user_key
+                inv = Invocation(rid, tool_use_id, req.project, conversation, session, at.timestamp(), key)
+                index.add_invocation(inv)
+                claims.append((inv, (rid, n)))
+                wanted.append(rid)
+        if req.continuation_text is not None:
+            cur = await conn.execute(COMPACTIONS, (req.project, _at(req.timestamp) - timedelta(days=7), end))
+            for rid, conversation, branch, at, text in reversed(await cur.fetchall()):
+                index.compactions.append(Compaction(rid, req.project, conversation, branch, at.timestamp(), text))
+                wanted.append(rid)
+        if wanted:
+            cur = await conn.execute(BY_ID, (wanted,))
+            entries += [_entry(r) for r in await cur.fetchall()]
+        newest = req.timestamp
+        for entry in sorted(entries, key=lambda e: e.timestamp):
+            index.add(entry)
+            newest = max(newest, entry.timestamp)
+        for inv, _ in claims:
+            newest = max(newest, inv.timestamp)
+        for c in index.compactions:
+            newest = max(newest, c.timestamp)
+        return Linker(index, self.linker.new_id), claims, newest
+
+    async def _load_stored(self, conn: AsyncConnection[Any], req: LinkRequest, index: LinkIndex) -> bool:
+        """The stored rows (`api_requests`) that could be evidence, for history older than the shared
+        tables; True if any were found."""
+        days = self.lookback_days
+        entries = await repository.requests_with_hashes(
+            conn, req.project, req.hashes()[-17:], req.timestamp, days, req.session, req.agent_id
+        )
+        found = bool(entries)
+        if req.first_user_key is not None and len(req.prefix_hashes) == 16 and req.request_type == SUBAGENT:
+            spawners, invocations, counts = await repository.spawning_requests(
+                conn, req.project, req.first_user_key, req.timestamp, days
+            )
+            entries += spawners
+            for inv in invocations:
+                index.add_invocation(inv)
+            for conversation, number in counts.items():  # numbers taken before these tables existed
+                await conn.execute(SEED_SUBTASKS, (conversation, number))
+            found |= bool(invocations)
+        if req.continuation_text is not None:
+            compacted, compactions = await repository.recent_compactions(conn, req.project, req.timestamp, days)
+            entries += compacted
+            index.compactions.extend(compactions)
+            found |= bool(compactions)
+        for entry in entries:
+            index.add(entry)
+        return found
+
+    # --- what a reply adds ---------------------------------------------------------------------------
+    def complete(
+        self, request_id: str, link: Link | None, ok: bool, body: bytes | None, tool_names: list[str] | None
+    ) -> list[bytes]:
+        live = self._live.pop(request_id, None)
+        if live is None:
+            return super().complete(request_id, link, ok, body, tool_names)
+        req, decided = live
+        message = None
+        try:
+            if ok and body and (req.request_type == COMPACTION or may_spawn_subagent(body, tool_names)):
+                message = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            message = None
+        spawned = spawned_prompts(message) if isinstance(message, dict) else []
+        keys = [prompt_key(prompt) for _, prompt in spawned]
+        summary = reply_text(message) if req.request_type == COMPACTION and isinstance(message, dict) else ""
+        if ok and not spawned and not summary:
+            return keys  # nothing another request could need: no write at all
+        task = asyncio.ensure_future(self._write_outcome(req, decided, ok, spawned, keys, summary))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return keys
+
+    async def _write_outcome(
+        self, req: LinkRequest, link: Link, ok: bool, spawned: list[tuple[str, str]], keys: list[bytes], summary: str
+    ) -> None:
+        try:
+            pool = await self.shared_pool()
+            async with pool.connection(timeout=self.lookup_timeout_s) as conn:
+                if not ok:
+                    await conn.execute(
+                        "UPDATE link_requests SET status = %s WHERE request_id = %s", (FAILED, req.request_id)
+                    )
+                at = _at(req.timestamp)
+                for n, ((tool_use_id, _), key) in enumerate(zip(spawned, keys, strict=True)):
+                    await conn.execute(
+                        "INSERT INTO link_invocations (request_id, n, tool_use_id, project_id, conversation_id, "
+                        'session_id, "timestamp", prompt_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) '
+                        "ON CONFLICT DO NOTHING",
+                        (req.request_id, n, tool_use_id, req.project, link.conversation_id, req.session, at, key),
+                    )
+                if summary:
+                    await conn.execute(
+                        "INSERT INTO link_compactions (request_id, project_id, conversation_id, branch_id, "
+                        '"timestamp", summary) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING',
+                        (req.request_id, req.project, link.conversation_id, link.branch_id, at, summary),
+                    )
+        except Exception as exc:
+            self.shared_failures += 1
+            name = type(exc).__name__
+            log.warning("writing the outcome of %s for linking failed (%s: %s)", req.request_id, name, exc)
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Let the outcome writes under way finish (a worker that stops)."""
+        if self._writes:
+            await asyncio.wait(list(self._writes), timeout=timeout_s)
+
+
+PRUNE = (
+    'DELETE FROM link_requests WHERE "timestamp" < %(cutoff)s',
+    'DELETE FROM link_invocations WHERE "timestamp" < %(cutoff)s',
+    'DELETE FROM link_compactions WHERE "timestamp" < %(cutoff)s',
+    "DELETE FROM link_subtasks WHERE updated_at < %(cutoff)s",
+)
+
+
+def prune(conn: psycopg.Connection[Any], days: int) -> int:
+    """Delete what the shared tables hold beyond the look-back window (the batch writer's hourly
+    upkeep); the number of requests removed."""
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+    removed = 0
+    for n, sql in enumerate(PRUNE):
+        cur = conn.execute(sql, {"cutoff": cutoff})  # type: ignore[arg-type]
+        removed += cur.rowcount if n == 0 else 0
+    return removed
