@@ -100,7 +100,7 @@ INVOCATIONS = (
     'ORDER BY "timestamp" DESC, n DESC LIMIT 32'
 )
 COMPACTIONS = (
-    'SELECT request_id::text, conversation_id::text, branch_id, "timestamp", summary FROM link_compactions '
+    'SELECT request_id::text, conversation_id::text, branch_id, "timestamp", summary, session_id FROM link_compactions '
     'WHERE project_id = %s AND "timestamp" >= %s AND "timestamp" <= %s ORDER BY "timestamp" DESC LIMIT 20'
 )
 INSERT = (
@@ -299,8 +299,9 @@ class SharedConversationService(ConversationService):
                 wanted.append(rid)
         if req.continuation_text is not None:
             cur = await conn.execute(COMPACTIONS, (req.project, _at(req.timestamp) - timedelta(days=7), end))
-            for rid, conversation, branch, at, text in reversed(await cur.fetchall()):
-                index.compactions.append(Compaction(rid, req.project, conversation, branch, at.timestamp(), text))
+            for rid, conversation, branch, at, text, session in reversed(await cur.fetchall()):
+                c = Compaction(rid, req.project, conversation, branch, at.timestamp(), text, session)
+                index.compactions.append(c)
                 wanted.append(rid)
         if wanted:
             cur = await conn.execute(BY_ID, (wanted,))
@@ -387,8 +388,8 @@ class SharedConversationService(ConversationService):
                 if summary:
                     await conn.execute(
                         "INSERT INTO link_compactions (request_id, project_id, conversation_id, branch_id, "
-                        '"timestamp", summary) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING',
-                        (req.request_id, req.project, link.conversation_id, link.branch_id, at, summary),
+                        '"timestamp", summary, session_id) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING',
+                        (req.request_id, req.project, link.conversation_id, link.branch_id, at, summary, req.session),
                     )
         except Exception as exc:
             self.shared_failures += 1

@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS link_compactions (
     conversation_id uuid,
     branch_id text,
     "timestamp" timestamptz NOT NULL,
-    summary text NOT NULL
+    summary text NOT NULL,
+    session_id text
 );
 CREATE INDEX IF NOT EXISTS link_compactions_project_idx ON link_compactions (project_id, "timestamp");
 
