@@ -118,6 +118,7 @@ SEED_SUBTASKS = (
     "INSERT INTO link_subtasks AS s (conversation_id, last_number) VALUES (%s, %s) "
     "ON CONFLICT (conversation_id) DO UPDATE SET last_number = greatest(s.last_number, excluded.last_number)"
 )
+MARK_FAILED = "UPDATE link_requests SET status = %s WHERE request_id = %s"
 CLAIM = "UPDATE link_invocations SET claimed = true WHERE request_id = %s AND n = %s"
 
 
@@ -171,6 +172,7 @@ class SharedConversationService(ConversationService):
         #: Decided here and not yet completed: what the completion write needs to know of them.
         self._live: dict[str, tuple[LinkRequest, Link]] = {}
         self._writes: set[asyncio.Task[None]] = set()
+        self._failed_marked: set[str] = set()
         self.shared_decisions = 0
         self.shared_failures = 0
         self.shared_waits = 0
@@ -344,6 +346,21 @@ class SharedConversationService(ConversationService):
         return found
 
     # --- what a reply adds ---------------------------------------------------------------------------
+    async def failed(self, request_id: str) -> None:
+        """Mark a request failed as soon as its upstream answered with an error, before the client sees
+        it: a client that retries at once (an SDK after a 529) must find the failure from any instance."""
+        live = self._live.get(request_id)
+        if live is None:
+            return
+        try:
+            pool = await self.shared_pool()
+            async with pool.connection(timeout=self.lookup_timeout_s) as conn:
+                await conn.execute(MARK_FAILED, (FAILED, request_id))
+            self._failed_marked.add(request_id)
+        except Exception as exc:
+            self.shared_failures += 1
+            log.warning("marking %s failed for linking failed (%s: %s)", request_id, type(exc).__name__, exc)
+
     def complete(
         self, request_id: str, link: Link | None, ok: bool, body: bytes | None, tool_names: list[str] | None
     ) -> list[bytes]:
@@ -351,6 +368,9 @@ class SharedConversationService(ConversationService):
         if live is None:
             return super().complete(request_id, link, ok, body, tool_names)
         req, decided = live
+        if request_id in self._failed_marked:
+            self._failed_marked.discard(request_id)
+            ok = True  # written already: nothing more to say about the failure
         message = None
         try:
             if ok and body and (req.request_type == COMPACTION or may_spawn_subagent(body, tool_names)):
@@ -374,9 +394,7 @@ class SharedConversationService(ConversationService):
             pool = await self.shared_pool()
             async with pool.connection(timeout=self.lookup_timeout_s) as conn:
                 if not ok:
-                    await conn.execute(
-                        "UPDATE link_requests SET status = %s WHERE request_id = %s", (FAILED, req.request_id)
-                    )
+                    await conn.execute(MARK_FAILED, (FAILED, req.request_id))
                 at = _at(req.timestamp)
                 for n, ((tool_use_id, _), key) in enumerate(zip(spawned, keys, strict=True)):
                     await conn.execute(

@@ -414,6 +414,8 @@ class ProxyApp:
                     )
                     attempts += opened.attempts
                 record.attempts = attempts
+                if opened.response.status != 200 and isinstance(self.conversations, SharedConversationService):
+                    await self.conversations.failed(request_id)  # before the client can retry it anywhere
                 server_deadline.reschedule(None)  # the response has started: streams may run long
             try:
                 await relay(
