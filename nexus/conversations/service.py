@@ -71,8 +71,8 @@ class LookupPool:
     lookups repeat) and bounded by a server-side `statement_timeout`, so a slow database ends a query
     itself instead of the client cancelling it from a thread."""
 
-    def __init__(self, dsn: str, timeout_ms: int, size: int = 2) -> None:
-        self.dsn, self.timeout_ms, self.size = dsn, timeout_ms, size
+    def __init__(self, dsn: str, timeout_ms: int, size: int = 2, options: str = "") -> None:
+        self.dsn, self.timeout_ms, self.size, self.options = dsn, timeout_ms, size, options
         self._pool: GuardedPool | None = None
 
     async def __call__(self) -> AsyncConnectionPool:
@@ -82,7 +82,7 @@ class LookupPool:
                 min_size=1,
                 max_size=self.size,
                 kwargs={
-                    "options": f"-c statement_timeout={self.timeout_ms}",
+                    "options": f"-c statement_timeout={self.timeout_ms} {self.options}".strip(),
                     "prepare_threshold": 0,
                     "connect_timeout": 3,
                 },

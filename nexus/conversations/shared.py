@@ -51,13 +51,20 @@ from nexus.conversations.service import ConversationService, may_spawn_subagent
 
 log = logging.getLogger("nexus.conversations")
 
-#: Prefix hashes read per request, nearest first: a parent further back than this many messages is
-#: looked for in `api_requests` (as after an upgrade).
-LOOKUP_HASHES = 32
+#: Prefix hashes read per request: first the nearest few (the request itself, its parent a turn or a
+#: message back), then, only when none of those is known, this many: a parent further back than that
+#: is looked for in `api_requests` (as after an upgrade).
+NEAR_HASHES, LOOKUP_HASHES = 3, 32
 #: A sub-agent or post-compaction request that finds no launch or summary asks again this often, this
 #: far apart: the reply it follows may have reached the client a moment before its write committed.
-WAITS, WAIT_S = 8, 0.025
+WAITS, WAIT_S = 5, 0.01
 CLOCK_SLACK_S = 60.0
+#: A decision is visible to every other session the moment it commits; waiting for its WAL to reach
+#: the disk too would put an fsync in front of every request. A database crash may lose the last
+#: fraction of a second of decisions (their rows in `api_requests` keep the links; `nexus relink`).
+#: Its statements repeat with other values only: planned once (custom plans were half of a decision's
+#: database time).
+SHARED_OPTIONS = "-c synchronous_commit=off -c plan_cache_mode=force_generic_plan"
 #: Decisions remembered until their request completes (requests in flight in one worker).
 MAX_LIVE = 100_000
 _COLS = (
@@ -68,7 +75,10 @@ _WINDOW = '"timestamp" >= %(start)s AND "timestamp" <= %(end)s'
 _SAME = "session_id IS NOT DISTINCT FROM %(session)s"
 _SAME_AGENT = "agent_id IS NOT DISTINCT FROM %(agent)s"
 #: The candidates (as `repository.REQUESTS_WITH_HASHES`: per hash the newest rows, of which the newest
-#: few overall and of the request's session and agent) and their children, in one statement.
+#: few overall and of the request's session and agent) and, for those of the nearest proper prefix that
+#: has any (where the parent is), a child with a smaller and one with a larger history hash than this
+#: request's, sub-agents they spawned left out: "has the parent a child with another history?" is all
+#: the linker asks, and two index probes answer it however many children (retries) the parent has.
 CANDIDATES = f"""
 WITH c AS (
     SELECT * FROM (
@@ -85,12 +95,22 @@ WITH c AS (
     WHERE newest <= {repository.HASH_GROUP_ROWS}
         OR (in_group <= {repository.HASH_GROUP_ROWS} AND ({_SAME} OR {_SAME_AGENT}))
     ORDER BY depth DESC, "timestamp" DESC LIMIT {repository.HASH_CANDIDATES}
+), parents AS (
+    SELECT DISTINCT request_id AS parent FROM c
+    WHERE depth = (SELECT max(depth) FROM c WHERE depth < cardinality(%(hashes)s::bytea[]))
 )
 SELECT {_COLS} FROM c
 UNION ALL
-SELECT {_COLS} FROM (SELECT DISTINCT request_id AS parent FROM c) p
-CROSS JOIN LATERAL (
-    SELECT * FROM link_requests k WHERE k.parent_request_id = p.parent LIMIT {repository.CHILD_ROWS}
+SELECT {_COLS} FROM parents p CROSS JOIN LATERAL (
+    (SELECT * FROM link_requests k WHERE k.parent_request_id = p.parent AND k.current_message_hash < %(mine)s
+        AND k.parent_task_request_id IS DISTINCT FROM p.parent
+        AND NOT (%(compaction)s AND k.request_type = 'compaction')
+        ORDER BY k.current_message_hash LIMIT 1)
+    UNION ALL
+    (SELECT * FROM link_requests k WHERE k.parent_request_id = p.parent AND k.current_message_hash > %(mine)s
+        AND k.parent_task_request_id IS DISTINCT FROM p.parent
+        AND NOT (%(compaction)s AND k.request_type = 'compaction')
+        ORDER BY k.current_message_hash DESC LIMIT 1)
 ) k
 """  # noqa: S608 (constants only)
 BY_ID = f"SELECT {_COLS} FROM link_requests WHERE request_id = ANY(%s::uuid[])"  # noqa: S608
@@ -213,25 +233,38 @@ class SharedConversationService(ConversationService):
         return link
 
     async def _decide_shared(self, req: LinkRequest) -> Link:
+        for attempt in range(self.waits + 1):
+            link = await self._attempt(req, last=attempt == self.waits)
+            if link is not None:
+                return link
+            self.shared_waits += 1  # the lock and the connection are released meanwhile
+            await asyncio.sleep(self.wait_s)
+        raise AssertionError("unreachable: the last attempt always decides")  # pragma: no cover
+
+    async def _attempt(self, req: LinkRequest, *, last: bool) -> Link | None:
+        """One decision in one transaction; None (nothing written) when the reply this request follows
+        may not be written yet and it is worth asking again."""
         pool = await self.shared_pool()
         hashes = req.hashes()
-        async with pool.connection(timeout=self.lookup_timeout_s) as conn:
+        # In a pipeline: the lock travels with the first query, and the insert with the commit (two
+        # round trips for most requests).
+        async with pool.connection(timeout=self.lookup_timeout_s) as conn, conn.pipeline(), conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(req.project, hashes[0]),))
-            for attempt in range(self.waits + 1):
-                linker, claims, newest = await self._load_shared(conn, req, hashes)
-                # Whatever was committed before this lock was granted was decided first, whichever
-                # instance's clock stamped it later: this decision comes after it (a second fork
-                # stamped a millisecond earlier than the first still sees the first as a sibling).
+            linker, claims, newest = await self._load_shared(conn, req, hashes[-NEAR_HASHES:])
+            # Whatever was committed before this lock was granted was decided first, whichever
+            # instance's clock stamped it later: this decision comes after it (a second fork
+            # stamped a millisecond earlier than the first still sees the first as a sibling).
+            now = replace(req, timestamp=newest) if newest > req.timestamp else req
+            link = linker.decide(now)
+            if link.evidence == "new" and len(hashes) > NEAR_HASHES:  # a parent further back
+                linker, claims, newest = await self._load_shared(conn, req, hashes[-LOOKUP_HASHES:])
                 now = replace(req, timestamp=newest) if newest > req.timestamp else req
                 link = linker.decide(now)
-                if not self._may_be_late(req, link) or attempt == self.waits:
-                    break
-                self.shared_waits += 1
-                await asyncio.sleep(self.wait_s)
+            if not last and self._may_be_late(req, link):
+                return None
             if link.evidence == "new" and link.missed:  # nothing shared: rows older than these tables
                 if await self._load_stored(conn, req, linker.index):
                     link = linker.decide(now)
-                    link.missed = False
             if link.evidence == "subtask" and link.conversation_id is not None:  # the row lock orders numbers
                 cur = await conn.execute(NEXT_SUBTASK, (link.conversation_id,))
                 row = await cur.fetchone()
@@ -280,7 +313,9 @@ class SharedConversationService(ConversationService):
         # later that still took the lock first (a decision comes after whatever committed before it).
         start, end = _at(req.timestamp) - timedelta(days=self.lookback_days), _at(req.timestamp + CLOCK_SLACK_S)
         params = {
-            "hashes": hashes[-LOOKUP_HASHES:],
+            "hashes": hashes,
+            "mine": hashes[-1],
+            "compaction": req.request_type == COMPACTION,
             "project": req.project,
             "start": start,
             "end": end,

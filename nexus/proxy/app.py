@@ -34,7 +34,7 @@ from nexus.conversations.classify import classify
 from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Link, Linker
 from nexus.conversations.service import ConversationService, LookupPool, link_request
-from nexus.conversations.shared import SharedConversationService
+from nexus.conversations.shared import SHARED_OPTIONS, SharedConversationService
 from nexus.errors import ProxyError
 from nexus.integrations.hub import Integrations, build_integrations, credential_slack
 from nexus.observability import logs, recorder
@@ -166,7 +166,7 @@ class ProxyApp:
             s = self.settings
             assert s.database_url is not None  # a writer exists only with a database
             if s.link_shared != "off":  # every worker of every instance decides from the same state
-                self.lookup_pool = LookupPool(s.database_url, s.link_lookup_timeout_ms, size=4)
+                self.lookup_pool = LookupPool(s.database_url, s.link_lookup_timeout_ms, size=4, options=SHARED_OPTIONS)
                 self.conversations = SharedConversationService(
                     Linker(LinkIndex(1000)),  # only decides while the database is away
                     self.lookup_pool,

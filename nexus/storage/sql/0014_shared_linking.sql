@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS link_requests (
     status smallint NOT NULL DEFAULT 0  -- 0 in flight, 1 succeeded, 2 failed
 );
 CREATE INDEX IF NOT EXISTS link_requests_hash_idx ON link_requests (current_message_hash, "timestamp");
-CREATE INDEX IF NOT EXISTS link_requests_parent_idx ON link_requests (parent_request_id)
+-- A parent's children by history: "has it a child with another history than mine?" in two probes.
+CREATE INDEX IF NOT EXISTS link_requests_parent_idx ON link_requests (parent_request_id, current_message_hash)
     WHERE parent_request_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS link_requests_time_idx ON link_requests ("timestamp");
 
