@@ -193,6 +193,8 @@ class SharedConversationService(ConversationService):
         self._live: dict[str, tuple[LinkRequest, Link]] = {}
         self._writes: set[asyncio.Task[None]] = set()
         self._failed_marked: set[str] = set()
+        #: Decisions handed on whose insert has not committed yet (what a reply adds waits for it).
+        self._inserting: dict[str, asyncio.Task[None]] = {}
         self.shared_decisions = 0
         self.shared_failures = 0
         self.shared_waits = 0
@@ -234,20 +236,40 @@ class SharedConversationService(ConversationService):
 
     async def _decide_shared(self, req: LinkRequest) -> Link:
         for attempt in range(self.waits + 1):
-            link = await self._attempt(req, last=attempt == self.waits)
+            decided: asyncio.Future[Link | None] = asyncio.get_running_loop().create_future()
+            task = asyncio.ensure_future(self._attempt(req, attempt == self.waits, decided))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+            link = await decided
             if link is not None:
+                self._inserting[req.request_id] = task
+                task.add_done_callback(lambda _: self._inserting.pop(req.request_id, None))
                 return link
             self.shared_waits += 1  # the lock and the connection are released meanwhile
             await asyncio.sleep(self.wait_s)
         raise AssertionError("unreachable: the last attempt always decides")  # pragma: no cover
 
-    async def _attempt(self, req: LinkRequest, *, last: bool) -> Link | None:
-        """One decision in one transaction; None (nothing written) when the reply this request follows
-        may not be written yet and it is worth asking again."""
+    async def _attempt(self, req: LinkRequest, last: bool, decided: asyncio.Future[Link | None]) -> None:
+        """One decision in one transaction, handed to `decided` as soon as it is taken (None when the
+        reply this request follows may not be written yet and it is worth asking again); the decision
+        is then inserted and committed while the request is already on its way upstream. The lock is
+        held until that commit, so whoever decides next on any instance sees it."""
+        try:
+            await self._decide_and_insert(req, last, decided)
+        except BaseException as exc:
+            if not decided.done():
+                decided.set_exception(exc)
+            elif not isinstance(exc, asyncio.CancelledError):
+                self.shared_failures += 1
+                name = type(exc).__name__
+                log.warning("storing the link decision of %s failed (%s: %s)", req.request_id, name, exc)
+            else:
+                raise
+
+    async def _decide_and_insert(self, req: LinkRequest, last: bool, decided: asyncio.Future[Link | None]) -> None:
         pool = await self.shared_pool()
         hashes = req.hashes()
-        # In a pipeline: the lock travels with the first query, and the insert with the commit (two
-        # round trips for most requests).
+        # In a pipeline: the lock travels with the first query, and the insert with the commit.
         async with pool.connection(timeout=self.lookup_timeout_s) as conn, conn.pipeline(), conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(req.project, hashes[0]),))
             linker, claims, newest = await self._load_shared(conn, req, hashes[-NEAR_HASHES:])
@@ -261,7 +283,8 @@ class SharedConversationService(ConversationService):
                 now = replace(req, timestamp=newest) if newest > req.timestamp else req
                 link = linker.decide(now)
             if not last and self._may_be_late(req, link):
-                return None
+                decided.set_result(None)
+                return
             if link.evidence == "new" and link.missed:  # nothing shared: rows older than these tables
                 if await self._load_stored(conn, req, linker.index):
                     link = linker.decide(now)
@@ -275,6 +298,7 @@ class SharedConversationService(ConversationService):
                         await conn.execute(CLAIM, key)
                         break
             link.missed = False
+            decided.set_result(link)  # the request goes on; the insert and commit follow
             await conn.execute(
                 INSERT,
                 (
@@ -292,7 +316,6 @@ class SharedConversationService(ConversationService):
                     req.agent_id,
                 ),
             )
-        return link
 
     @staticmethod
     def _may_be_late(req: LinkRequest, link: Link) -> bool:
@@ -388,6 +411,7 @@ class SharedConversationService(ConversationService):
         if live is None:
             return
         try:
+            await self._inserted(request_id)
             pool = await self.shared_pool()
             async with pool.connection(timeout=self.lookup_timeout_s) as conn:
                 await conn.execute(MARK_FAILED, (FAILED, request_id))
@@ -426,6 +450,7 @@ class SharedConversationService(ConversationService):
         self, req: LinkRequest, link: Link, ok: bool, spawned: list[tuple[str, str]], keys: list[bytes], summary: str
     ) -> None:
         try:
+            await self._inserted(req.request_id)
             pool = await self.shared_pool()
             async with pool.connection(timeout=self.lookup_timeout_s) as conn:
                 if not ok:
@@ -448,6 +473,12 @@ class SharedConversationService(ConversationService):
             self.shared_failures += 1
             name = type(exc).__name__
             log.warning("writing the outcome of %s for linking failed (%s: %s)", req.request_id, name, exc)
+
+    async def _inserted(self, request_id: str) -> None:
+        """Wait until this request's decision is committed (an update must find its row)."""
+        task = self._inserting.get(request_id)
+        if task is not None:
+            await asyncio.wait([task], timeout=self.lookup_timeout_s * 2)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         """Let the outcome writes under way finish (a worker that stops)."""
