@@ -57,7 +57,7 @@ log = logging.getLogger("nexus.conversations")
 NEAR_HASHES, LOOKUP_HASHES = 3, 32
 #: A sub-agent or post-compaction request that finds no launch or summary asks again this often, this
 #: far apart: the reply it follows may have reached the client a moment before its write committed.
-WAITS, WAIT_S = 5, 0.01
+WAITS, WAIT_S = 3, 0.01
 CLOCK_SLACK_S = 60.0
 #: A decision is visible to every other session the moment it commits; waiting for its WAL to reach
 #: the disk too would put an fsync in front of every request. A database crash may lose the last
