@@ -269,8 +269,9 @@ class SharedConversationService(ConversationService):
     async def _decide_and_insert(self, req: LinkRequest, last: bool, decided: asyncio.Future[Link | None]) -> None:
         pool = await self.shared_pool()
         hashes = req.hashes()
-        # In a pipeline: the lock travels with the first query, and the insert with the commit.
-        async with pool.connection(timeout=self.lookup_timeout_s) as conn, conn.pipeline(), conn.transaction():
+        # Four statements (lock, candidates, insert, commit), the request waiting on the first two only.
+        # psycopg's pipeline mode saved round trips but cost more client CPU than it saved here.
+        async with pool.connection(timeout=self.lookup_timeout_s) as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(req.project, hashes[0]),))
             linker, claims, newest = await self._load_shared(conn, req, hashes[-NEAR_HASHES:])
             # Whatever was committed before this lock was granted was decided first, whichever
