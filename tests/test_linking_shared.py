@@ -79,7 +79,7 @@ def a_id(link: Any, svc: SharedConversationService) -> str:
 async def test_a_sub_agent_that_arrives_before_its_launch_is_written_waits_for_it(migrated_db: str) -> None:
     """The reply with the Agent call reached the client, but its write is still on its way when the
     sub-agent's first request is decided on the other instance: it asks again and finds it."""
-    a, b = service(migrated_db), service(migrated_db, waits=20, wait_s=0.01)
+    a, b = service(migrated_db), service(migrated_db, max_wait_s=5)
     try:
         spawner_req = request("do it", at=T0)
         spawner = await a.link(spawner_req)
@@ -95,8 +95,10 @@ async def test_a_sub_agent_that_arrives_before_its_launch_is_written_waits_for_i
         assert (link.evidence, link.branch_id) == ("subtask", "subtask_1")
         assert link.parent_request_id == link.parent_task_request_id == spawner_req.request_id
         assert link.conversation_id == spawner.conversation_id and b.shared_waits >= 1
+        waits = b.shared_waits
         twin = request(prompt, at=T0 + 2, kind=SUBAGENT, agent_id="agent-2", first_user_key=prompt_key(prompt))
-        assert (await a.link(twin)).evidence != "subtask"  # its one launch is claimed
+        assert (await b.link(twin)).evidence != "subtask"  # its one launch is claimed
+        assert b.shared_waits == waits  # and no turn of its session is in flight: it did not wait
     finally:
         await close(a, b)
 
@@ -118,7 +120,7 @@ async def test_a_failure_marked_before_the_answer_makes_an_immediate_retry_a_ret
 
 
 async def test_a_database_away_leaves_linking_to_the_workers_memory() -> None:
-    svc = service("postgresql://nexus@127.0.0.1:1/none?connect_timeout=1", waits=0)
+    svc = service("postgresql://nexus@127.0.0.1:1/none?connect_timeout=1", max_wait_s=0)
     svc.lookup_timeout_s = 0.5
     try:
         link = await svc.link(request("hi", at=T0))

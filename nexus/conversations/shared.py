@@ -43,9 +43,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from nexus._core import prompt_key
 from nexus.conversations import repository
-from nexus.conversations.classify import COMPACTION, LINKED_TYPES, SUBAGENT
+from nexus.conversations.classify import COMPACTION, LINKED_TYPES, MAIN, SUBAGENT
 from nexus.conversations.compaction import reply_text
-from nexus.conversations.index import FAILED, PENDING, Compaction, Entry, Invocation, LinkIndex
+from nexus.conversations.index import FAILED, OK, PENDING, Compaction, Entry, Invocation, LinkIndex
 from nexus.conversations.linker import Link, Linker, LinkRequest, spawned_prompts
 from nexus.conversations.service import ConversationService, may_spawn_subagent
 
@@ -55,9 +55,12 @@ log = logging.getLogger("nexus.conversations")
 #: message back), then, only when none of those is known, this many: a parent further back than that
 #: is looked for in `api_requests` (as after an upgrade).
 NEAR_HASHES, LOOKUP_HASHES = 3, 32
-#: A sub-agent or post-compaction request that finds no launch or summary asks again this often, this
-#: far apart: the reply it follows may have reached the client a moment before its write committed.
-WAITS, WAIT_S = 3, 0.01
+#: A sub-agent or post-compaction request that finds no launch or summary asks again, this far apart,
+#: as long as a turn of its session that may have written one is still in flight (its outcome not
+#: recorded), at most this long: the reply reached the client a moment before its write committed.
+WAIT_S, MAX_WAIT_S = 0.01, 2.0
+#: A turn in flight for longer than this is not waited for (its worker died before recording it).
+IN_FLIGHT_S = 600.0
 CLOCK_SLACK_S = 60.0
 #: A decision is visible to every other session the moment it commits; waiting for its WAL to reach
 #: the disk too would put an fsync in front of every request. A database crash may lose the last
@@ -138,7 +141,14 @@ SEED_SUBTASKS = (
     "INSERT INTO link_subtasks AS s (conversation_id, last_number) VALUES (%s, %s) "
     "ON CONFLICT (conversation_id) DO UPDATE SET last_number = greatest(s.last_number, excluded.last_number)"
 )
-MARK_FAILED = "UPDATE link_requests SET status = %s WHERE request_id = %s"
+MARK_STATUS = "UPDATE link_requests SET status = %s WHERE request_id = %s"
+IN_FLIGHT = (
+    "SELECT EXISTS (SELECT 1 FROM link_requests WHERE project_id = %s AND session_id IS NOT DISTINCT FROM %s "
+    "AND status = 0 AND request_type IN ('main', 'compaction') AND \"timestamp\" >= %s AND \"timestamp\" <= %s "
+    "AND request_id <> %s)"
+)
+#: The turns whose outcome is recorded for every request: they may launch sub-agents or write a summary.
+RECORDED_TYPES = frozenset({MAIN, COMPACTION})
 CLAIM = "UPDATE link_invocations SET claimed = true WHERE request_id = %s AND n = %s"
 
 
@@ -183,12 +193,12 @@ class SharedConversationService(ConversationService):
         *,
         lookup_timeout_s: float = 1.0,
         lookback_days: int = 30,
-        waits: int = WAITS,
         wait_s: float = WAIT_S,
+        max_wait_s: float = MAX_WAIT_S,
     ) -> None:
         super().__init__(linker, pool, lookup_timeout_s=lookup_timeout_s, lookback_days=lookback_days)
         self.shared_pool = pool
-        self.waits, self.wait_s = waits, wait_s
+        self.wait_s, self.max_wait_s = wait_s, max_wait_s
         #: Decided here and not yet completed: what the completion write needs to know of them.
         self._live: dict[str, tuple[LinkRequest, Link]] = {}
         self._writes: set[asyncio.Task[None]] = set()
@@ -235,9 +245,10 @@ class SharedConversationService(ConversationService):
         return link
 
     async def _decide_shared(self, req: LinkRequest) -> Link:
-        for attempt in range(self.waits + 1):
+        deadline = time.monotonic() + self.max_wait_s
+        while True:
             decided: asyncio.Future[Link | None] = asyncio.get_running_loop().create_future()
-            task = asyncio.ensure_future(self._attempt(req, attempt == self.waits, decided))
+            task = asyncio.ensure_future(self._attempt(req, time.monotonic() >= deadline, decided))
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
             link = await decided
@@ -247,7 +258,6 @@ class SharedConversationService(ConversationService):
                 return link
             self.shared_waits += 1  # the lock and the connection are released meanwhile
             await asyncio.sleep(self.wait_s)
-        raise AssertionError("unreachable: the last attempt always decides")  # pragma: no cover
 
     async def _attempt(self, req: LinkRequest, last: bool, decided: asyncio.Future[Link | None]) -> None:
         """One decision in one transaction, handed to `decided` as soon as it is taken (None when the
@@ -283,7 +293,7 @@ class SharedConversationService(ConversationService):
                 linker, claims, newest = await self._load_shared(conn, req, hashes[-LOOKUP_HASHES:])
                 now = replace(req, timestamp=newest) if newest > req.timestamp else req
                 link = linker.decide(now)
-            if not last and self._may_be_late(req, link):
+            if not last and self._may_be_late(req, link) and await self._turn_in_flight(conn, req):
                 decided.set_result(None)
                 return
             if link.evidence == "new" and link.missed:  # nothing shared: rows older than these tables
@@ -327,6 +337,17 @@ class SharedConversationService(ConversationService):
         if req.continuation_text is not None and link.evidence != "prefix":
             return True
         return req.request_type == SUBAGENT and len(req.prefix_hashes) == 16 and req.first_user_key is not None
+
+    @staticmethod
+    async def _turn_in_flight(conn: AsyncConnection[Any], req: LinkRequest) -> bool:
+        """Whether a turn of this request's session that may launch sub-agents or write a summary has
+        not had its outcome recorded yet (then the launch or summary may still be on its way)."""
+        cur = await conn.execute(
+            IN_FLIGHT,
+            (req.project, req.session, _at(req.timestamp - IN_FLIGHT_S), _at(req.timestamp + 1), req.request_id),
+        )
+        row = await cur.fetchone()
+        return bool(row and row[0])
 
     async def _load_shared(
         self, conn: AsyncConnection[Any], req: LinkRequest, hashes: list[bytes]
@@ -415,7 +436,7 @@ class SharedConversationService(ConversationService):
             await self._inserted(request_id)
             pool = await self.shared_pool()
             async with pool.connection(timeout=self.lookup_timeout_s) as conn:
-                await conn.execute(MARK_FAILED, (FAILED, request_id))
+                await conn.execute(MARK_STATUS, (FAILED, request_id))
             self._failed_marked.add(request_id)
         except Exception as exc:
             self.shared_failures += 1
@@ -428,9 +449,8 @@ class SharedConversationService(ConversationService):
         if live is None:
             return super().complete(request_id, link, ok, body, tool_names)
         req, decided = live
-        if request_id in self._failed_marked:
-            self._failed_marked.discard(request_id)
-            ok = True  # written already: nothing more to say about the failure
+        marked = request_id in self._failed_marked
+        self._failed_marked.discard(request_id)
         message = None
         try:
             if ok and body and (req.request_type == COMPACTION or may_spawn_subagent(body, tool_names)):
@@ -440,22 +460,31 @@ class SharedConversationService(ConversationService):
         spawned = spawned_prompts(message) if isinstance(message, dict) else []
         keys = [prompt_key(prompt) for _, prompt in spawned]
         summary = reply_text(message) if req.request_type == COMPACTION and isinstance(message, dict) else ""
-        if ok and not spawned and not summary:
+        status = None if marked else OK if ok else FAILED
+        if req.request_type not in RECORDED_TYPES and status == OK:
+            status = None  # a sub-agent's success: nothing waits on it
+        if status is None and not spawned and not summary:
             return keys  # nothing another request could need: no write at all
-        task = asyncio.ensure_future(self._write_outcome(req, decided, ok, spawned, keys, summary))
+        task = asyncio.ensure_future(self._write_outcome(req, decided, status, spawned, keys, summary))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
         return keys
 
     async def _write_outcome(
-        self, req: LinkRequest, link: Link, ok: bool, spawned: list[tuple[str, str]], keys: list[bytes], summary: str
+        self,
+        req: LinkRequest,
+        link: Link,
+        status: int | None,
+        spawned: list[tuple[str, str]],
+        keys: list[bytes],
+        summary: str,
     ) -> None:
+        """In one transaction: the launches and the summary of a reply, then its outcome (so a request
+        that sees the outcome recorded sees what the reply added)."""
         try:
             await self._inserted(req.request_id)
             pool = await self.shared_pool()
             async with pool.connection(timeout=self.lookup_timeout_s) as conn:
-                if not ok:
-                    await conn.execute(MARK_FAILED, (FAILED, req.request_id))
                 at = _at(req.timestamp)
                 for n, ((tool_use_id, _), key) in enumerate(zip(spawned, keys, strict=True)):
                     await conn.execute(
@@ -470,6 +499,8 @@ class SharedConversationService(ConversationService):
                         '"timestamp", summary, session_id) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING',
                         (req.request_id, req.project, link.conversation_id, link.branch_id, at, summary, req.session),
                     )
+                if status is not None:
+                    await conn.execute(MARK_STATUS, (status, req.request_id))
         except Exception as exc:
             self.shared_failures += 1
             name = type(exc).__name__

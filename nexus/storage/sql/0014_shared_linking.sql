@@ -15,13 +15,17 @@ CREATE TABLE IF NOT EXISTS link_requests (
     parent_task_request_id uuid,
     session_id text,
     agent_id text,
-    status smallint NOT NULL DEFAULT 0  -- 0 in flight, 1 succeeded, 2 failed
+    status smallint NOT NULL DEFAULT 0  -- 0 in flight (or a sub-agent's success), 1 succeeded, 2 failed
 );
 CREATE INDEX IF NOT EXISTS link_requests_hash_idx ON link_requests (current_message_hash, "timestamp");
 -- A parent's children by history: "has it a child with another history than mine?" in two probes.
 CREATE INDEX IF NOT EXISTS link_requests_parent_idx ON link_requests (parent_request_id, current_message_hash)
     WHERE parent_request_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS link_requests_time_idx ON link_requests ("timestamp");
+-- Turns whose outcome is not recorded yet: a sub-agent's first request whose launch is not found waits
+-- while one of its session is in flight. Rows leave this index when their outcome is written.
+CREATE INDEX IF NOT EXISTS link_requests_in_flight_idx ON link_requests (project_id, session_id, "timestamp")
+    WHERE status = 0 AND request_type IN ('main', 'compaction');
 
 -- Sub-agent launches (an Agent/Task tool call in a reply), claimed by the sub-agent's first request.
 CREATE TABLE IF NOT EXISTS link_invocations (
