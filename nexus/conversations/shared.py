@@ -142,6 +142,8 @@ SEED_SUBTASKS = (
     "ON CONFLICT (conversation_id) DO UPDATE SET last_number = greatest(s.last_number, excluded.last_number)"
 )
 MARK_STATUS = "UPDATE link_requests SET status = %s WHERE request_id = %s"
+MARK_DONE = "UPDATE link_requests SET status = %s WHERE request_id = ANY(%s::uuid[]) AND status = 0"
+DONE_EVERY_S, DONE_BATCH = 0.005, 500
 IN_FLIGHT = (
     "SELECT EXISTS (SELECT 1 FROM link_requests WHERE project_id = %s AND session_id IS NOT DISTINCT FROM %s "
     "AND status = 0 AND request_type IN ('main', 'compaction') AND \"timestamp\" >= %s AND \"timestamp\" <= %s "
@@ -203,6 +205,9 @@ class SharedConversationService(ConversationService):
         self._live: dict[str, tuple[LinkRequest, Link]] = {}
         self._writes: set[asyncio.Task[None]] = set()
         self._failed_marked: set[str] = set()
+        #: Turns that ended well and added nothing: recorded together, one statement a few ms apart.
+        self._done: list[str] = []
+        self._flusher: asyncio.Task[None] | None = None
         #: Decisions handed on whose insert has not committed yet (what a reply adds waits for it).
         self._inserting: dict[str, asyncio.Task[None]] = {}
         self.shared_decisions = 0
@@ -465,6 +470,13 @@ class SharedConversationService(ConversationService):
             status = None  # a sub-agent's success: nothing waits on it
         if status is None and not spawned and not summary:
             return keys  # nothing another request could need: no write at all
+        if status == OK and not spawned and not summary:  # only "no longer in flight": batched
+            self._done.append(request_id)
+            if self._flusher is None or self._flusher.done():
+                self._flusher = asyncio.ensure_future(self._flush_done())
+                self._writes.add(self._flusher)
+                self._flusher.add_done_callback(self._writes.discard)
+            return keys
         task = asyncio.ensure_future(self._write_outcome(req, decided, status, spawned, keys, summary))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
@@ -505,6 +517,22 @@ class SharedConversationService(ConversationService):
             self.shared_failures += 1
             name = type(exc).__name__
             log.warning("writing the outcome of %s for linking failed (%s: %s)", req.request_id, name, exc)
+
+    async def _flush_done(self) -> None:
+        """Record the outcome of the turns that ended well and added nothing, in one statement per
+        `DONE_EVERY_S` (what waits on them, a launch-less sub-agent, waits that much longer at most)."""
+        while self._done:
+            await asyncio.sleep(DONE_EVERY_S)
+            ids, self._done = self._done[:DONE_BATCH], self._done[DONE_BATCH:]
+            try:
+                for request_id in ids:
+                    await self._inserted(request_id)
+                pool = await self.shared_pool()
+                async with pool.connection(timeout=self.lookup_timeout_s) as conn:
+                    await conn.execute(MARK_DONE, (OK, ids))
+            except Exception as exc:
+                self.shared_failures += 1
+                log.warning("recording %d outcomes for linking failed (%s: %s)", len(ids), type(exc).__name__, exc)
 
     async def _inserted(self, request_id: str) -> None:
         """Wait until this request's decision is committed (an update must find its row)."""
