@@ -125,6 +125,10 @@ async def test_a_database_away_leaves_linking_to_the_workers_memory() -> None:
     try:
         link = await svc.link(request("hi", at=T0))
         assert (link.evidence, link.branch_id) == ("new", "main") and svc.shared_failures == 1
+        # the next ones do not wait out another connection timeout: memory decides for a while
+        again = await svc.link(request("hi", "hello", "more", at=T0 + 1))
+        assert again.conversation_id == link.conversation_id
+        assert (svc.shared_failures, svc.shared_skipped) == (1, 1)
     finally:
         assert isinstance(svc.pool, LookupPool)
         await svc.pool.close()

@@ -61,6 +61,8 @@ NEAR_HASHES, LOOKUP_HASHES = 3, 32
 WAIT_S, MAX_WAIT_S = 0.01, 2.0
 #: A turn in flight for longer than this is not waited for (its worker died before recording it).
 IN_FLIGHT_S = 600.0
+#: After a failure to reach the database, decisions are taken from memory for this long (then retried).
+AWAY_S = 5.0
 CLOCK_SLACK_S = 60.0
 #: A decision is visible to every other session the moment it commits; waiting for its WAL to reach
 #: the disk too would put an fsync in front of every request. A database crash may lose the last
@@ -212,6 +214,8 @@ class SharedConversationService(ConversationService):
         self._inserting: dict[str, asyncio.Task[None]] = {}
         self.shared_decisions = 0
         self.shared_failures = 0
+        self.shared_skipped = 0
+        self._away_until = float("-inf")
         self.shared_waits = 0
         self.shared_ms = 0.0
 
@@ -221,19 +225,29 @@ class SharedConversationService(ConversationService):
             shared=1,
             shared_decisions=self.shared_decisions,
             shared_failures=self.shared_failures,
+            shared_skipped=self.shared_skipped,
             shared_waits=self.shared_waits,
             shared_ms_total=int(self.shared_ms),
         )
         return out
 
+    def _database_away(self) -> bool:
+        """After a failure the shared path is left alone for `AWAY_S`: with the database away, every
+        request would otherwise wait out a connection timeout before falling back to memory."""
+        if time.monotonic() < self._away_until:
+            self.shared_skipped += 1
+            return True
+        return False
+
     async def link(self, req: LinkRequest) -> Link:
-        if req.request_type not in LINKED_TYPES or not req.prefix_hashes:
+        if req.request_type not in LINKED_TYPES or not req.prefix_hashes or self._database_away():
             return await super().link(req)
         started = time.perf_counter()
         try:
             link = await self._decide_shared(req)
         except Exception as exc:
             self.shared_failures += 1
+            self._away_until = time.monotonic() + AWAY_S
             log.warning(
                 "shared linking of %s failed (%s: %s); decided from this worker's memory",
                 req.request_id,
@@ -435,7 +449,7 @@ class SharedConversationService(ConversationService):
         """Mark a request failed as soon as its upstream answered with an error, before the client sees
         it: a client that retries at once (an SDK after a 529) must find the failure from any instance."""
         live = self._live.get(request_id)
-        if live is None:
+        if live is None or self._database_away():
             return
         try:
             await self._inserted(request_id)
@@ -445,6 +459,7 @@ class SharedConversationService(ConversationService):
             self._failed_marked.add(request_id)
         except Exception as exc:
             self.shared_failures += 1
+            self._away_until = time.monotonic() + AWAY_S
             log.warning("marking %s failed for linking failed (%s: %s)", request_id, type(exc).__name__, exc)
 
     def complete(
@@ -454,14 +469,11 @@ class SharedConversationService(ConversationService):
         if live is None:
             return super().complete(request_id, link, ok, body, tool_names)
         req, decided = live
+        if time.monotonic() < self._away_until:
+            return [prompt_key(p) for _, p in self._spawned(req, ok, body, tool_names)]  # nothing to write to
         marked = request_id in self._failed_marked
         self._failed_marked.discard(request_id)
-        message = None
-        try:
-            if ok and body and (req.request_type == COMPACTION or may_spawn_subagent(body, tool_names)):
-                message = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            message = None
+        message = self._message(req, ok, body, tool_names)
         spawned = spawned_prompts(message) if isinstance(message, dict) else []
         keys = [prompt_key(prompt) for _, prompt in spawned]
         summary = reply_text(message) if req.request_type == COMPACTION and isinstance(message, dict) else ""
@@ -481,6 +493,20 @@ class SharedConversationService(ConversationService):
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
         return keys
+
+    @staticmethod
+    def _message(req: LinkRequest, ok: bool, body: bytes | None, tool_names: list[str] | None) -> Any:
+        """The reply, parsed only when it may launch sub-agents or is a compaction's summary."""
+        try:
+            if ok and body and (req.request_type == COMPACTION or may_spawn_subagent(body, tool_names)):
+                return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+        return None
+
+    def _spawned(self, req: LinkRequest, ok: bool, body: bytes | None, tool_names: list[str] | None) -> list[Any]:
+        message = self._message(req, ok, body, tool_names)
+        return spawned_prompts(message) if isinstance(message, dict) else []
 
     async def _write_outcome(
         self,
