@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install chromium lint rust-test py-test container-test bench bench-quick bench-micro bench-install fuzz mutation clean
+.PHONY: run test install chromium lint rust-test py-test container-test bench bench-quick bench-micro bench-install fuzz fuzz-seeds mutation clean
 
 $(BIN)/python:
 	@# psycopg's C build needs pg_config and the libpq headers
@@ -77,12 +77,26 @@ bench-micro: bench-install
 
 ## Fuzz each target in nexus_core/fuzz for FUZZ_SECONDS (not part of `make test`). cargo-fuzz is
 ## installed from crates.io when missing; RUSTC_BOOTSTRAP=1 lets the stable toolchain build libFuzzer.
+## Each run starts from the committed seeds (fuzz/seeds/<target>, which `cargo test` runs through the
+## same checks on every `make test`) and writes what it finds to fuzz/corpus/<target> (not committed);
+## `make fuzz-seeds` folds that back into the seeds, minimised. FUZZ_TARGETS picks some of them.
 FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= safe_json:json safe_text:json copy_rows:copy sse_observer:sse analyze_request:request
 fuzz:
 	@command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
-	cd nexus_core && for t in safe_json:json safe_text:json copy_rows:copy; do \
-		RUSTC_BOOTSTRAP=1 cargo fuzz run $${t%%:*} -- -max_total_time=$(FUZZ_SECONDS) \
-			-dict=fuzz/dicts/$${t##*:}.dict || exit 1; \
+	cd nexus_core && for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$${t%%:*} && \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run $${t%%:*} fuzz/corpus/$${t%%:*} fuzz/seeds/$${t%%:*} -- \
+			-max_total_time=$(FUZZ_SECONDS) -dict=fuzz/dicts/$${t##*:}.dict || exit 1; \
+	done
+
+fuzz-seeds:
+	@command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+	cd nexus_core && for t in $(FUZZ_TARGETS); do \
+		t=$${t%%:*}; rm -rf fuzz/seeds.new && mkdir -p fuzz/seeds.new fuzz/seeds/$$t fuzz/corpus/$$t && \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run $$t fuzz/seeds.new fuzz/seeds/$$t fuzz/corpus/$$t -- -set_cover_merge=1 || exit 1; \
+		find fuzz/seeds.new -type f -size +8k -delete; \
+		rm -rf fuzz/seeds/$$t && mv fuzz/seeds.new fuzz/seeds/$$t; \
 	done
 
 ## Mutation testing (not part of `make test`; about 30 min on 2 cores): mutmut over the Python areas of

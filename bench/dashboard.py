@@ -36,7 +36,7 @@ import psycopg
 
 from nexus.storage.embedded import start_embedded
 from nexus.storage.migrate import migrate
-from nexus.testing.servers import run_dashboard, run_proxy
+from tests.harness.servers import run_dashboard, run_proxy
 
 KEY = "nexus-bench-dashboard-key-0123456789"
 TARGET_MS = 300.0

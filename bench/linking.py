@@ -26,7 +26,7 @@ from nexus._core import analyze_request
 from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Linker, LinkRequest
 from nexus.conversations.service import link_request
-from nexus.reference.linking import analyze_request as reference_analyze
+from tests.oracles.linking import analyze_request as reference_analyze
 
 FIXTURE = Path(__file__).parent.parent / "tests" / "fixtures" / "claude_code" / "tool_loop" / "0005-messages.json"
 

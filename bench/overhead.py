@@ -61,7 +61,7 @@ from bench.harness.procs import (
 from bench.harness.tools import Corpus, Tools, build_loadgen
 from nexus import __version__
 from nexus.storage.embedded import start_embedded
-from nexus.testing.servers import free_port
+from tests.harness.servers import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

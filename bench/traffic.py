@@ -12,7 +12,7 @@ prompt, `cc_is_subagent=true;`, the agent prompt as its only user message).
 
 The reply fed back can be the real one (`record_reply`, from the response: locust) or a plausible
 synthetic one (`synthetic_reply`: pre-built corpora for wrk and the Rust load generator). User prompts
-carry the fake upstream's marker `[[use_tool:NAME {...}]]` so `nexus.testing.fake_anthropic` answers
+carry the fake upstream's marker `[[use_tool:NAME {...}]]` so `nexus.fake_upstream.server` answers
 with that tool call; a real API reads it as text.
 
 `corpus()` builds many sessions with synthetic replies, interleaved turn by turn, with `TOKEN` left in

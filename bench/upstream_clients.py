@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from bench.traffic import corpus_headers, one_body
-from nexus.testing.servers import run_fake_upstream
+from tests.harness.servers import run_fake_upstream
 
 HEADERS = corpus_headers()
 

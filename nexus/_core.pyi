@@ -3,11 +3,36 @@
 The native module does one job per call across the boundary: the proxy hands it each network
 chunk as it arrives and reads a compact summary at the end, so the hot path costs one call per
 chunk and no per-event Python objects. The pure-Python twin used by the tests is
-``nexus.reference.sse.ReferenceSseObserver``.
+``tests.oracles.sse.ReferenceSseObserver``.
 """
 
 from collections.abc import Iterable, Sequence
 from typing import Final, final
+
+# The module's own list (PyO3 writes it from the names it adds): tests/test_core_stub.py keeps both equal.
+__all__ = [
+    "DEFAULT_MAX_LINE_BYTES",
+    "MAX_JSON_DEPTH",
+    "REPAIR_NAMES",
+    "NexusCoreError",
+    "RequestAnalysis",
+    "SplitBody",
+    "SseObserver",
+    "__version__",
+    "analyze_request",
+    "copy_payload",
+    "copy_row_field",
+    "copy_row_last_resort",
+    "copy_rows",
+    "encode_copy_binary",
+    "join_body",
+    "json_as_text",
+    "normalize_text",
+    "prompt_key",
+    "safe_json",
+    "safe_text",
+    "split_body",
+]
 
 __version__: Final[str]
 """Version of the Rust crate, which is also the Python package version (maturin dynamic version)."""
@@ -37,7 +62,7 @@ class SseObserver:
     done. Valid data is parsed once, as is: only refused data pays for the repair.
     """
 
-    def __init__(self, *, max_line_bytes: int = ...) -> None:
+    def __new__(cls, *, max_line_bytes: int = ...) -> SseObserver:
         """Create an observer. Raises ``NexusCoreError`` if ``max_line_bytes`` is below 1."""
 
     def feed(self, chunk: bytes | bytearray | memoryview, /) -> int:

@@ -15,7 +15,8 @@ import click
 import orjson
 
 from nexus import __version__
-from nexus.settings import SettingsError, get_settings, load_settings, settings_markdown
+from nexus.cli_support import settings_or_exit
+from nexus.settings import get_settings, settings_markdown
 
 
 def _apply_env(**values: Any) -> None:
@@ -23,13 +24,6 @@ def _apply_env(**values: Any) -> None:
         if value is not None:
             os.environ[name.upper()] = str(value)
     get_settings.cache_clear()
-
-
-def _settings_or_exit() -> Any:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,8 +42,8 @@ def config(as_json: bool, markdown: bool) -> None:
 
         click.echo(settings_markdown() + "\n" + reference_markdown(), nl=False)
         return
-    _warn_environment(_settings_or_exit(), "nexus", once=False)
-    values = _settings_or_exit().masked()
+    _warn_environment(settings_or_exit(), "nexus", once=False)
+    values = settings_or_exit().masked()
     if as_json:
         click.echo(orjson.dumps(values, option=orjson.OPT_INDENT_2).decode())
         return
@@ -85,8 +79,50 @@ def _prepare_storage(settings: Any) -> None:
         emit(f"applied migrations: {', '.join(applied)}", settings.log_format, "nexus-proxy")
 
 
+def _import_credentials(settings: Any) -> list[str] | None:
+    """Import CREDENTIALS_DIR into the database before workers start (docs/credentials.md); a database
+    that cannot be reached leaves the workers on this machine's files until it can. Returns the OAuth
+    credentials the database holds (None without one), for the policy notice."""
+    if not settings.credentials_database:
+        return None
+    from nexus.auth.db_files import import_at_start
+    from nexus.auth.sealing import load_box
+    from nexus.observability.logs import emit
+
+    try:
+        box = load_box(settings.nexus_secret_key, settings.nexus_home)
+        lines, stored_oauth = import_at_start(settings.credentials_database, box, settings.credentials_dir)
+    except Exception as exc:
+        reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())
+        emit(f"warning: credentials not imported into the database ({reason})", settings.log_format, "nexus-proxy")
+        return None
+    if settings.api_key_salt:
+        from nexus.auth.db_client_keys import DbClientKeyStore
+        from nexus.auth.service import client_key_store
+
+        store = client_key_store(settings)
+        try:
+            if isinstance(store, DbClientKeyStore) and (new := store.import_files()):
+                lines.append(f"client keys: {new} imported from {store.directory}")
+        except Exception as exc:
+            reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())
+            lines.append(f"warning: client keys not imported into the database ({reason})")
+        finally:
+            if isinstance(store, DbClientKeyStore):
+                store.close()
+    if not settings.nexus_secret_key and str(settings.nexus_home) not in settings.credentials_database:
+        lines.append(
+            f"warning: NEXUS_SECRET_KEY is unset: credentials in the database are sealed with "
+            f"{settings.nexus_home / 'secret.key'}; every instance sharing DATABASE_URL needs the same key, so set "
+            "NEXUS_SECRET_KEY on each (`nexus credentials new-key`; docs/scaling.md)"
+        )
+    for line in lines:
+        emit(line, settings.log_format, "nexus-proxy")
+    return stored_oauth
+
+
 def _run_proxy() -> None:
-    settings = _settings_or_exit()
+    settings = settings_or_exit()
     _warn_environment(settings, "nexus-proxy")
     _startup_checks(settings)
     from granian import Granian
@@ -101,7 +137,8 @@ def _run_proxy() -> None:
     files = raise_open_files_limit()
     backpressure = min(settings.proxy_backpressure, max(64, files // max(1, settings.proxy_workers) - 256))
     _prepare_storage(settings)
-    for line in startup_lines(settings):
+    stored_oauth = _import_credentials(settings)
+    for line in startup_lines(settings, stored_oauth):
         logs.emit(line, settings.log_format, "nexus-proxy", "warning")
     metrics_dir, owned = metrics.prepare_multiprocess_dir(settings.prometheus_multiproc_dir)
     server = Granian(
@@ -199,7 +236,7 @@ def dashboard(host: str | None, port: int | None, embedded: bool) -> None:
 
     port_warning = None if port is not None or os.environ.get(CHECKED_MARKER) else dashboard_port_warning(os.environ)
     _apply_env(dashboard_host=host, dashboard_port=port)
-    settings = _settings_or_exit()
+    settings = settings_or_exit()
     _warn_environment(settings, "nexus-dashboard")
     if port_warning is not None:
         from nexus.observability.logs import emit
@@ -231,7 +268,7 @@ def serve(
 ) -> None:
     """Run the gateway: the proxy and the dashboard, with an embedded PostgreSQL when DATABASE_URL is unset."""
     _apply_env(host=host, port=port, proxy_threads=threads, proxy_workers=workers, dashboard_port=dashboard_port)
-    settings = _settings_or_exit()
+    settings = settings_or_exit()
     _warn_environment(settings, "nexus-serve")
     _startup_checks(settings)
     _check_port(settings.dashboard_bind, settings.dashboard_port, "DASHBOARD_PORT or --dashboard-port")
@@ -259,7 +296,7 @@ def migrate_command(embedded: bool, wait_seconds: float) -> None:
     """Apply pending SQL migrations to DATABASE_URL (idempotent, safe to run concurrently)."""
     from nexus.storage.migrate import migrate, wait_for_database
 
-    settings = _settings_or_exit()
+    settings = settings_or_exit()
     url = settings.database_url
     stop_embedded = None
     if embedded:
@@ -289,7 +326,7 @@ def migrate_command(embedded: bool, wait_seconds: float) -> None:
 @click.option("--record-dir", help="Record every request (and its response) as one JSON file in this directory.")
 def fake_upstream(host: str, port: int, event_delay_ms: float, record_dir: str | None) -> None:
     """Run the faithful fake Anthropic API (for tests, benchmarks and offline trials)."""
-    from nexus.testing.fake_anthropic import serve as serve_fake
+    from nexus.fake_upstream.server import serve as serve_fake
 
     serve_fake(host=host, port=port, event_delay_ms=event_delay_ms, record_dir=record_dir)
 
@@ -297,6 +334,7 @@ def fake_upstream(host: str, port: int, event_delay_ms: float, record_dir: str |
 def _add_domain_commands() -> None:
     from nexus.analysis.cli import worker_command
     from nexus.auth.cli import keys, oauth
+    from nexus.auth.db_cli import credentials
     from nexus.conversations.cli import relink_command, replay_command
     from nexus.demo_data_cli import demo_data_command
     from nexus.importing.cli import import_reference_command
@@ -307,6 +345,7 @@ def _add_domain_commands() -> None:
     main.add_command(relink_command)
     main.add_command(keys)
     main.add_command(oauth)
+    main.add_command(credentials)
     main.add_command(storage)
     main.add_command(import_reference_command)
     main.add_command(pricing)

@@ -76,7 +76,7 @@ def _traffic() -> Any:
 
 
 def _request_id(rng: random.Random, unix_ms: int) -> str:
-    """A UUIDv7 like `nexus.proxy.ids.new_request_id`, with its random part from `rng` (so reproducible)."""
+    """A UUIDv7 like `nexus.ids.new_request_id`, with its random part from `rng` (so reproducible)."""
     value = (unix_ms & 0xFFFF_FFFF_FFFF) << 80 | rng.getrandbits(80)
     value = (value & ~(0xF << 76)) | (0x7 << 76)
     value = (value & ~(0x3 << 62)) | (0x2 << 62)

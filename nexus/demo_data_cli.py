@@ -20,12 +20,12 @@ def demo_data_command(requests: int, days: int, seed: int, batch_rows: int, embe
     """Store N realistic Claude Code requests (sessions, sub-agents, compactions, errors) through the
     proxy's own record building and COPY path, so the dashboard and the API can be tried and
     benchmarked on a full database. Migrates the database first."""
-    from nexus.cli import _settings_or_exit
+    from nexus.cli_support import settings_or_exit
     from nexus.demo_data import fill, print_progress
     from nexus.storage.embedded import database_url_or_embedded
     from nexus.storage.migrate import migrate
 
-    settings = _settings_or_exit()
+    settings = settings_or_exit()
     say = lambda line: click.echo(line, err=True)  # noqa: E731
     try:
         with database_url_or_embedded(None if embedded else settings.database_url, settings.nexus_home, say) as url:

@@ -25,6 +25,7 @@ MIB = 1024 * 1024
 SECRET_FIELDS = frozenset(
     {
         "api_key_salt",
+        "nexus_secret_key",
         "dashboard_api_key",
         "mcp_github_token",
         "ai_analysis_api_key",
@@ -192,6 +193,12 @@ class Settings(BaseSettings):
     credentials_dir: Path = Field(Path("./credentials"), description="Directory of credential files.")
     enable_client_auth: bool = Field(False, description="Require a client key issued by `nexus keys create`.")
     api_key_salt: str | None = Field(None, description="Secret salt for client-key digests.")
+    nexus_secret_key: str | None = Field(
+        None,
+        description="Key sealing the credentials stored in the database (Fernet; comma-separated for rotation: "
+        "the first seals, all open). Unset: a key generated into NEXUS_HOME/secret.key. Every instance sharing "
+        "DATABASE_URL needs the same key (docs/scaling.md).",
+    )
     dashboard_api_key: str | None = Field(
         None,
         description="Key required on /api/*, /token-stats and the dashboard when set; without it they serve "
@@ -408,6 +415,12 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def credentials_database(self) -> str | None:
+        """The database that holds credentials and client keys (docs/credentials.md), or None when this
+        process has none and uses CREDENTIALS_DIR's files alone (STORAGE_ENABLED=false, no DATABASE_URL)."""
+        return self.database_url if self.storage_enabled else None
+
+    @property
     def client_keys_dir(self) -> Path:
         """Where the reference system's per-project key files are read from."""
         return self.train_client_keys_dir or self.credentials_dir / "train-client-keys"
@@ -557,6 +570,20 @@ class Settings(BaseSettings):
         """Needed for keys issued by `nexus keys create`, not for the reference system's keys kept in
         files (`nexus.auth.reference_keys`): whether client auth can admit anyone is a start-up check."""
         return value or None
+
+    @field_validator("nexus_secret_key")
+    @classmethod
+    def _secret_key(cls, value: str | None) -> str | None:
+        """Checked now, without echoing the value: a bad key must stop start-up, not every request."""
+        if not value:
+            return None
+        from nexus.auth.sealing import SealingError, SecretBox, parse_keys
+
+        try:
+            SecretBox(parse_keys(value), "NEXUS_SECRET_KEY")
+        except SealingError as exc:
+            raise ValueError(str(exc).removeprefix("NEXUS_SECRET_KEY: ")) from None
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -36,6 +36,24 @@ def check_proxy(settings: Settings) -> None:
     if settings.storage_enabled and settings.database_url is not None:
         check_writable(settings.nexus_home, "NEXUS_HOME", "the spool that keeps rows while the database is away")
     check_client_auth(settings)
+    check_secret_key(settings)
+
+
+def check_secret_key(settings: Settings) -> None:
+    """With credentials in the database and NEXUS_SECRET_KEY unset, the key file under NEXUS_HOME must be
+    readable or creatable now, not in every worker's first request."""
+    if not settings.credentials_database or settings.nexus_secret_key:
+        return
+    from nexus.auth.sealing import SealingError, load_box
+
+    try:
+        load_box(None, settings.nexus_home)
+    except (OSError, SealingError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StartupError(
+            f"NEXUS_SECRET_KEY is unset and {settings.nexus_home / 'secret.key'} cannot be used ({reason}): set "
+            "NEXUS_SECRET_KEY (make one with `nexus credentials new-key`; the same on every instance)"
+        ) from None
 
 
 def check_client_auth(settings: Settings) -> None:

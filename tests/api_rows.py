@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from nexus.proxy.ids import new_request_id
+from nexus.ids import new_request_id
 
 
 @dataclass

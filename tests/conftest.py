@@ -16,8 +16,8 @@ import pytest
 
 from nexus.storage.embedded import start_embedded
 from nexus.storage.migrate import migrate
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_fake_upstream, run_proxy
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_fake_upstream, run_proxy
 
 # Hypothesis's pytest plugin imports hypothesis in its terminal summary when no test did, deep inside
 # pytest's hooks; pytest's assertion rewriter then parses it there, which CPython 3.11.7 can fail with

@@ -24,9 +24,9 @@ import pytest
 from nexus.analysis import marker
 from nexus.analysis.prompt import SYSTEM_MARKER
 from nexus.conversations.replay import load_recording
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_dashboard, run_proxy
 from tests.conftest import with_database
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_dashboard, run_proxy
 from tests.helpers import FAST, get_json, wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude_code"

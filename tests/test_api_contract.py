@@ -24,9 +24,9 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from nexus.api.openapi import document
-from nexus.testing.servers import run_proxy
 from tests.api_rows import Seeded, seed
 from tests.conftest import with_database
+from tests.harness.servers import run_proxy
 from tests.helpers import FAST
 from tests.security.wire import call, is_anthropic_error
 

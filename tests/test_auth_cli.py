@@ -19,9 +19,9 @@ from click.testing import CliRunner
 
 from nexus.auth.oauth_status import load_status
 from nexus.cli import main
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_proxy
 from tests.auth_helpers import cred_path, now_ms, post, proxy_env, run_login, write_api_key, write_oauth
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_proxy
 
 SALT = "cli-salt-9b1e5c7a3d2f4e6a8c0b"
 

@@ -22,9 +22,9 @@ import pytest
 from nexus.auth import client_keys
 from nexus.auth.client_keys import ClientKeyRejected, ClientKeyStore
 from nexus.auth.files import write_atomically
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_proxy
 from tests.auth_helpers import assert_anthropic_error, post, proxy_env, write_api_key
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_proxy
 
 SALT = "test-salt-4f1c9a7e2b6d8035c1e9f7a2"
 KEY_FORMAT = re.compile(r"^cnp_live_[A-Za-z0-9_-]{43}$")

@@ -19,9 +19,9 @@ import pytest
 from click.testing import CliRunner
 
 from nexus.cli import main
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_proxy
 from tests.auth_helpers import assert_anthropic_error, now_ms, post, proxy_env, run_login, wait_for, write_oauth
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_proxy
 
 
 @pytest.fixture

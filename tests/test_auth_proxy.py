@@ -16,8 +16,6 @@ from typing import Any
 import pytest
 
 from nexus.auth.files import write_atomically
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_proxy
 from tests.auth_helpers import (
     assert_anthropic_error,
     cred_path,
@@ -28,6 +26,8 @@ from tests.auth_helpers import (
     write_api_key,
     write_oauth,
 )
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_proxy
 
 SELECTORS = ("train-id", "msl-project-id", "x-train-account", "msl-account")
 

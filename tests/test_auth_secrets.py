@@ -17,8 +17,6 @@ from click.testing import CliRunner
 
 from nexus.auth.client_keys import ClientKeyStore
 from nexus.cli import main
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_proxy
 from tests.auth_helpers import (
     BODY,
     MODEL,
@@ -30,6 +28,8 @@ from tests.auth_helpers import (
     write_api_key,
     write_oauth,
 )
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_proxy
 
 
 def token(prefix: str) -> str:

@@ -32,7 +32,7 @@ from nexus.auth.token_endpoint import OAuthError, TokenAnswer, TokenEndpoint
 from nexus.errors import ProxyError
 from nexus.settings import SettingsError, load_settings
 from nexus.startup import StartupError, check_client_auth
-from nexus.testing.control import FakeControl
+from tests.harness.control import FakeControl
 
 
 @pytest.mark.parametrize("name", ["default", "proj-1", "a.b.c", "localhost:3000", "127.0.0.1:8080", "A_b"])

@@ -21,8 +21,8 @@ import orjson
 import pytest
 
 from nexus._core import SseObserver
-from nexus.testing.control import FakeControl
-from nexus.testing.scripted import REDACTED_API_KEY, REDACTED_BEARER
+from nexus.fake_upstream.scripted import REDACTED_API_KEY, REDACTED_BEARER
+from tests.harness.control import FakeControl
 
 ROOT = Path(__file__).resolve().parent / "fixtures" / "claude_code"
 SCENARIOS = sorted(p.name for p in ROOT.iterdir() if (p / "expected.jsonl").exists())

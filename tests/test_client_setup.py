@@ -15,7 +15,7 @@ import pytest
 
 from nexus.proxy.client_setup import ClientSetup, is_safe_name
 from nexus.settings import Settings
-from nexus.testing.servers import run_proxy
+from tests.harness.servers import run_proxy
 
 SECRET = "not-for-clients-8c1d"
 

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from nexus.compat.dashboard_links import nexus_location
-from nexus.testing.servers import run_dashboard, run_proxy
+from tests.harness.servers import run_dashboard, run_proxy
 from tests.test_dashboard import call
 from tests.usage_rows import insert_row
 

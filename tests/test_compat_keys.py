@@ -24,9 +24,9 @@ from nexus.auth.client_keys import ClientKeyStore
 from nexus.auth.files import write_atomically
 from nexus.auth.reference_keys import ReferenceKeyIndex, read_reference_keys
 from nexus.cli import main
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_proxy
 from tests.auth_helpers import BODY, assert_anthropic_error, post, proxy_env, write_api_key
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_proxy
 
 OLD_KEY = "cnp_live_Old-Key-From-The-Reference-0123456789abcdefghijk"
 FILE_KEY = "cnp_live_Train-Key-File-Entry-9876543210zyxwvutsrqpo"

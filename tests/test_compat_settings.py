@@ -31,7 +31,7 @@ from nexus.compat.reference_env import (
     reference_markdown,
 )
 from nexus.settings import Settings, SettingsError, load_settings
-from nexus.testing.servers import run_dashboard
+from tests.harness.servers import run_dashboard
 from tests.test_dashboard import call
 from tests.usage_rows import insert_row
 

@@ -12,8 +12,8 @@ from typing import Any
 import anthropic
 import psycopg
 
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_proxy
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_proxy
 from tests.helpers import FAST, get_json, health, wait_for
 
 MODEL = "claude-sonnet-4-6"

@@ -15,7 +15,7 @@ import anthropic
 import psycopg
 import pytest
 
-from nexus.testing.servers import run_dashboard, run_proxy
+from tests.harness.servers import run_dashboard, run_proxy
 from tests.helpers import set_database_reachable, wait_for
 from tests.usage_rows import insert_row
 

@@ -28,8 +28,8 @@ from nexus.dashboard import find as dashboard_find
 from nexus.dashboard.urls import shown_url
 from nexus.errors import ProxyError
 from nexus.storage import requests_repo
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import free_port, run_dashboard, run_proxy, stop, wait_until_healthy
+from tests.harness.control import FakeControl
+from tests.harness.servers import free_port, run_dashboard, run_proxy, stop, wait_until_healthy
 from tests.helpers import FAST, wait_for
 from tests.test_dashboard import call
 from tests.test_linking_fixtures import send

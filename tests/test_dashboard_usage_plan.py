@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from nexus.dashboard import svg_chart
-from nexus.testing.servers import run_dashboard, run_proxy
+from tests.harness.servers import run_dashboard, run_proxy
 from tests.helpers import FAST, get_json, wait_for
 from tests.test_dashboard import call
 from tests.test_linking_fixtures import send

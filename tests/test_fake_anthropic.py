@@ -9,8 +9,8 @@ import anthropic
 import orjson
 import pytest
 
-from nexus.testing.control import FakeControl
-from nexus.testing.fake_anthropic import Scenario
+from nexus.fake_upstream.scenario import Scenario
+from tests.harness.control import FakeControl
 
 #: These test the tooling (the fake upstream, the benchmark's generators), not Nexus itself.
 pytestmark = pytest.mark.tooling

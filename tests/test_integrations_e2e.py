@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import free_port, run_proxy
+from tests.harness.control import FakeControl
+from tests.harness.servers import free_port, run_proxy
 from tests.helpers import FAST, get_json, health, wait_for
 from tests.receiver import Receiver, run_receiver
 

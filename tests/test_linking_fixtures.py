@@ -16,8 +16,8 @@ import pytest
 
 from nexus.conversations.linker import Linker
 from nexus.conversations.replay import load_recording, replay_lines
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_proxy
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_proxy
 from tests.helpers import FAST, get_json, wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude_code"

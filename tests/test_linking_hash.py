@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nexus._core import NexusCoreError, analyze_request, normalize_text, prompt_key
-from nexus.reference import linking as ref
+from tests.oracles import linking as ref
 
 FACTS = [
     "model",
@@ -104,6 +104,18 @@ def test_rust_and_reference_agree(messages: list[Any], system_value: Any, stream
         body["tools"] = [{"name": "Bash"}]
     raw = orjson.dumps(body)
     assert rust_facts(raw) == {name: ref.analyze_request(raw)[name] for name in FACTS}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(message, max_size=4), st.lists(message, max_size=4), system, system)
+def test_a_field_given_twice_is_read_as_its_last_copy(first: Any, last: Any, sys_first: Any, sys_last: Any) -> None:
+    """As orjson (the oracle) and the stored body read it; found by the `analyze_request` fuzz target."""
+    fields = [b'"model":"m"', b'"messages":' + orjson.dumps(first), b'"messages":' + orjson.dumps(last)]
+    if sys_first is not None and sys_last is not None:
+        fields[1:1] = [b'"system":' + orjson.dumps(sys_first), b'"system":' + orjson.dumps(sys_last)]
+    raw = b"{" + b",".join(fields) + b"}"
+    assert rust_facts(raw) == {name: ref.analyze_request(raw)[name] for name in FACTS}
+    assert rust_facts(raw) == rust_facts(orjson.dumps(orjson.loads(raw)))
 
 
 @settings(max_examples=200, deadline=None)

@@ -22,8 +22,8 @@ import pytest
 
 from nexus.conversations.linker import Linker
 from nexus.conversations.replay import Recorded, replay_lines
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import free_port, stop, wait_until_healthy
+from tests.harness.control import FakeControl
+from tests.harness.servers import free_port, stop, wait_until_healthy
 from tests.helpers import FAST, get_json, wait_for
 from tests.mixed_sessions import Session, all_sessions, interleaved
 from tests.test_linking_fixtures import check

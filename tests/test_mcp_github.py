@@ -19,7 +19,7 @@ from mcp import Client
 
 from nexus.mcp.github import GitHubClient, GitHubError, GitHubSync
 from nexus.mcp.prompts import MAX_FILE_BYTES, PromptRegistry
-from nexus.testing.servers import run_proxy
+from tests.harness.servers import run_proxy
 
 TOKEN = "ghp_testtoken_0123456789abcdefghij"
 GOOD = b"description: From GitHub\ntemplate: 'Synced {{thing}}'\n"

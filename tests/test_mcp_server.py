@@ -19,7 +19,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from nexus.auth.client_keys import ClientKeyStore
-from nexus.testing.servers import run_proxy
+from tests.harness.servers import run_proxy
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,8 +13,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nexus.testing.servers import run_proxy
 from tests.conftest import FAST_RETRIES
+from tests.harness.servers import run_proxy
 from tests.helpers import FAST, count_rows, wait_for
 
 SONNET, HAIKU = "claude-sonnet-4-6", "claude-haiku-4-5-20251001"

@@ -211,7 +211,7 @@ def test_migrate_writes_the_operators_prices_and_a_restart_replaces_them(
 def test_costs_in_requests_usage_and_conversations(migrated_db: str, tmp_path: Path) -> None:
     import urllib.request
 
-    from nexus.testing.servers import run_proxy
+    from tests.harness.servers import run_proxy
 
     at = NOW - timedelta(minutes=10)
     conv = "0191e7a0-0000-7000-8000-000000000001"

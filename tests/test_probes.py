@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from nexus.testing.servers import free_port, run_proxy
+from tests.harness.servers import free_port, run_proxy
 from tests.helpers import FAST, set_database_reachable, wait_for
 
 
@@ -130,7 +130,7 @@ def test_other_start_up_failures_are_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_dashboard_probes(migrated_db: str, database_admin_url: str) -> None:
-    from nexus.testing.servers import run_dashboard
+    from tests.harness.servers import run_dashboard
 
     with run_dashboard({"DATABASE_URL": migrated_db}) as url:
         assert probe(url + "/health/live")[0] == 200

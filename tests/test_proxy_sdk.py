@@ -5,7 +5,7 @@ from __future__ import annotations
 import anthropic
 import pytest
 
-from nexus.testing.control import FakeControl
+from tests.harness.control import FakeControl
 
 MODEL = "claude-sonnet-4-6"
 

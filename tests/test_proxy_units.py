@@ -11,11 +11,11 @@ from granian.rsgi import ProtocolClosed
 
 from nexus._core import NexusCoreError, analyze_request
 from nexus.errors import ProxyError
+from nexus.ids import new_request_id, request_id_unix_ms
 from nexus.proxy import body as body_module
 from nexus.proxy.body import ClientGone, UploadGuard, check_json_content_type, read_body
 from nexus.proxy.deadline import Deadline
 from nexus.proxy.headers import HOP_BY_HOP, PROXY_SELECTORS, client_response_headers, upstream_request_headers
-from nexus.proxy.ids import new_request_id, request_id_unix_ms
 from nexus.proxy.retry import RetryPolicy, is_retryable_status, parse_retry_after
 
 

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_proxy
 from tests.conftest import FAST_RETRIES
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_proxy
 from tests.stub_upstream import Script, StubUpstream, stub_upstream
 
 BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}]})

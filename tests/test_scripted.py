@@ -21,9 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nexus._core import SseObserver
-from nexus.reference.sse import ReferenceSseObserver
-from nexus.testing.control import FakeControl
-from nexus.testing.scripted import REDACTED_API_KEY, REDACTED_BEARER, complete_message, encode_sse, sse_events
+from nexus.fake_upstream.scripted import REDACTED_API_KEY, REDACTED_BEARER, complete_message, encode_sse, sse_events
+from tests.harness.control import FakeControl
+from tests.oracles.sse import ReferenceSseObserver
 
 #: These test the tooling (the fake upstream, the benchmark's generators), not Nexus itself.
 pytestmark = pytest.mark.tooling

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus.testing.servers import free_port, stop, wait_until_healthy
+from tests.harness.servers import free_port, stop, wait_until_healthy
 from tests.helpers import wait_for
 
 

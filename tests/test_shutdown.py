@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from nexus.testing.servers import spawn_proxy, stop
+from tests.harness.servers import spawn_proxy, stop
 
 MODEL = "claude-sonnet-4-6"
 

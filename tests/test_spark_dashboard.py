@@ -12,7 +12,7 @@ import orjson
 import psycopg
 import pytest
 
-from nexus.testing.servers import run_dashboard
+from tests.harness.servers import run_dashboard
 from tests.receiver import Receiver, run_receiver
 from tests.test_dashboard import call
 from tests.usage_rows import insert_row

@@ -1,4 +1,4 @@
-"""The Rust SSE observer (nexus._core) against its pure-Python reference (nexus.reference.sse)."""
+"""The Rust SSE observer (nexus._core) against its pure-Python reference (tests.oracles.sse)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from nexus import _core
 from nexus._core import NexusCoreError, SseObserver
-from nexus.reference.sse import ReferenceSseObserver
+from tests.oracles.sse import ReferenceSseObserver
 
 DATA = Path(__file__).resolve().parent.parent / "nexus_core" / "tests" / "data"
 REALISTIC = (DATA / "realistic_stream.sse").read_bytes()

@@ -21,8 +21,8 @@ import pytest
 
 from nexus.storage.embedded import start_embedded
 from nexus.storage.migrate import migrate
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_proxy, spawn_proxy, stop
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_proxy, spawn_proxy, stop
 from tests.helpers import FAST, count_rows, get_json, health, set_database_reachable, wait_for
 
 MODEL = "claude-sonnet-4-6"

@@ -11,8 +11,8 @@ import pytest
 
 from nexus.storage.migrate import available_migrations, migrate
 from nexus.storage.partitions import drop_expired_partitions, ensure_partitions, partition_name
-from nexus.testing.servers import run_proxy
 from tests.conftest import with_database
+from tests.harness.servers import run_proxy
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import anthropic
 import psycopg
 import pytest
 
-from nexus.testing.servers import run_proxy
+from tests.harness.servers import run_proxy
 
 
 def _stored_vector(upstream_url: str, migrated_db: str, home: Path, **env: str) -> object:

@@ -20,8 +20,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from nexus.observability.logs import JsonFormatter, redact, request_id
-from nexus.testing.servers import run_proxy
 from tests.conftest import FAST_RETRIES
+from tests.harness.servers import run_proxy
 from tests.helpers import wait_for
 from tests.test_metrics import HAIKU, SONNET, message, post
 

@@ -13,8 +13,8 @@ import anthropic
 import orjson
 import pytest
 
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_proxy
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_proxy
 
 FAST = {"STORAGE_BATCH_INTERVAL_MS": "20", "STORAGE_BATCH_SIZE": "50"}
 

@@ -31,12 +31,12 @@ from nexus._core import SseObserver
 from nexus.api.routes import ApiRoutes
 from nexus.errors import ProxyError
 from nexus.proxy.relay import Outcome
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_dashboard, run_proxy
 from nexus.usage import service
 from nexus.usage.counters import TokenCounters
 from nexus.usage.counts import sql_token_count, token_count
 from nexus.usage.repo import Filters
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_dashboard, run_proxy
 from tests.helpers import FAST, wait_for
 from tests.usage_rows import insert_row
 

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from nexus.proxy.ids import new_request_id
+from nexus.ids import new_request_id
 
 
 def insert_row(

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from nexus.testing.servers import free_port, stop, wait_until_healthy
+from tests.harness.servers import free_port, stop, wait_until_healthy
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -218,7 +218,7 @@ def upstream_command(kind: str, loadgen: Path, cpus: frozenset[int]) -> tuple[li
     port = free_port()
     if kind == "mock":
         return pinned([str(loadgen), "upstream", "--port", str(port)], cpus), "/health"
-    cmd = [sys.executable, "-m", "nexus.testing.fake_anthropic", "--port", str(port), "--no-record-bodies"]
+    cmd = [sys.executable, "-m", "nexus.fake_upstream", "--port", str(port), "--no-record-bodies"]
     return pinned(cmd, cpus), "/_fake/health"
 
 

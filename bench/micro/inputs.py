@@ -11,8 +11,8 @@ import orjson
 
 from bench import traffic
 from nexus._core import analyze_request
+from nexus.fake_upstream.server import FakeAnthropic
 from nexus.storage.records import ExchangeRecord, to_row
-from nexus.testing.fake_anthropic import FakeAnthropic
 
 #: A mid-session Claude Code body of about 50 KiB (system blocks, 20 tools, ~20 messages).
 BODY = traffic.one_body(stream=True, kb=50)

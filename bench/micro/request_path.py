@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from bench import traffic
-from nexus.testing.fake_anthropic import FakeAnthropic
+from nexus.fake_upstream.server import FakeAnthropic
 
 
 def _bodies(stream: bool, passes: int = 4) -> list[bytes]:

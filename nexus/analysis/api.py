@@ -23,13 +23,13 @@ from nexus.api.params import Query
 from nexus.errors import ProxyError
 
 if TYPE_CHECKING:
-    from nexus.api.routes import ApiRoutes
+    from nexus.api.table import RouteTable
 
 MAX_BRANCH = 255
 MAX_CUSTOM_PROMPT = 10_000
 
 
-def register(api: ApiRoutes) -> None:
+def register(api: RouteTable) -> None:
     api.post_route("/api/analyses", create)
     api.post_route("/api/analyses/", regenerate)
     api.route("/api/analyses/", read)

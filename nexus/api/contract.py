@@ -24,7 +24,7 @@ from nexus.api.params import MAX_VALUE, Query, bool_param, cursor_param, int_par
 from nexus.errors import ProxyError
 
 if TYPE_CHECKING:
-    from nexus.api.routes import ApiRoutes
+    from nexus.api.table import RouteTable
 
 Kind = Literal["int", "bool", "uuid", "text", "datetime", "cursor"]
 #: Parsed parameters by their canonical name (path parameters too).
@@ -147,7 +147,7 @@ class Operation:
     path_params: tuple[Param, ...] = ()
     reference: str = ""
     description: str = ""
-    #: Served by the proxy itself rather than by `ApiRoutes` (`/token-stats`).
+    #: Served by the proxy itself rather than by `nexus.api.routes` (`/token-stats`).
     proxy_route: bool = False
     #: The answer's schema when it is not one type (built by `nexus.api.openapi` from `schema_types`).
     response_schema: Callable[[Callable[[Any], dict[str, Any]]], dict[str, Any]] | None = None
@@ -180,7 +180,7 @@ def to_wire(payload: Any) -> Any:
     return msgspec.to_builtins(payload, builtin_types=(datetime, date, UUID))
 
 
-def serve(api: ApiRoutes, op: Operation, handler: OpHandler) -> None:
+def serve(api: RouteTable, op: Operation, handler: OpHandler) -> None:
     """Route `op` to `handler`: parameters checked and parsed first, the answer typed."""
     if "{" not in op.path:
 
@@ -198,7 +198,7 @@ def serve(api: ApiRoutes, op: Operation, handler: OpHandler) -> None:
 
 
 #: Per route table, the templated operations under each prefix (one prefix route dispatches them).
-_templates: weakref.WeakKeyDictionary[ApiRoutes, dict[str, list[tuple[Operation, OpHandler]]]] = (
+_templates: weakref.WeakKeyDictionary[RouteTable, dict[str, list[tuple[Operation, OpHandler]]]] = (
     weakref.WeakKeyDictionary()
 )
 

@@ -20,7 +20,7 @@ from nexus.api.params import found, next_cursor
 from nexus.conversations import repository
 
 if TYPE_CHECKING:
-    from nexus.api.routes import ApiRoutes
+    from nexus.api.table import RouteTable
 
 DATE_FROM = Param("dateFrom", "datetime", "Only conversations active at or after this time.", aliases=("date_from",))
 DATE_TO = Param("dateTo", "datetime", "Only conversations active at or before this time.", aliases=("date_to",))
@@ -60,7 +60,7 @@ TREE = declare(
 )
 
 
-def register(api: ApiRoutes) -> None:
+def register(api: RouteTable) -> None:
     serve(api, LIST, list_conversations)
     serve(api, TREE, get_conversation)
 

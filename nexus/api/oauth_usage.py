@@ -28,7 +28,7 @@ from nexus.settings import get_settings
 from nexus.usage.service import now_utc
 
 if TYPE_CHECKING:
-    from nexus.api.routes import ApiRoutes
+    from nexus.api.table import RouteTable
 
 PREFIX = "anthropic-ratelimit-unified-"
 _CLAIM = re.compile(r"anthropic-ratelimit-unified-([a-z0-9_]{1,40})-utilization")
@@ -56,7 +56,7 @@ LATEST = (
 SEEN = 'SELECT 1 FROM api_requests WHERE account_id = %(account)s AND "timestamp" >= %(start)s LIMIT 1'
 
 
-def register(api: ApiRoutes) -> None:
+def register(api: RouteTable) -> None:
     serve(api, OAUTH_USAGE, oauth_usage)
 
 
@@ -68,7 +68,7 @@ async def oauth_usage(pool: AsyncConnectionPool, args: Args) -> schemas.OAuthUsa
         row = await cur.fetchone()
         if row is None:
             await cur.execute(SEEN, params)
-            if await cur.fetchone() is None and credential_kind(account) is None:
+            if await cur.fetchone() is None and credential_kind(account) is None and not await _stored(cur, account):
                 message = f"No credential file and no request in 30 days for account {account[:80]!r}."
                 raise ProxyError(404, message, "not_found_error")
     headers = row["response_headers"] if row is not None and isinstance(row["response_headers"], dict) else {}
@@ -86,6 +86,22 @@ async def oauth_usage(pool: AsyncConnectionPool, args: Args) -> schemas.OAuthUsa
             source="reply_headers",
         ),
     )
+
+
+#: Whether this role may read the credentials table (migration 0015; the read-only role may not).
+READABLE = "SELECT to_regclass('credentials') IS NOT NULL AND has_table_privilege('credentials', 'SELECT')"
+STORED = "SELECT 1 FROM credentials WHERE account_id = %(account)s OR (kind = 'account' AND name = %(account)s) LIMIT 1"
+
+
+async def _stored(cur: Any, account: str) -> bool:
+    """Whether the database holds a credential for this account (imported by any instance): only clear
+    columns are read, never the sealed document."""
+    await cur.execute(READABLE)
+    readable = await cur.fetchone()
+    if readable is None or not next(iter(readable.values())):
+        return False
+    await cur.execute(STORED, {"account": account})
+    return await cur.fetchone() is not None
 
 
 def credential_kind(account: str) -> str | None:

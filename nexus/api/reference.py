@@ -23,7 +23,7 @@ from nexus.usage import rollups
 from nexus.usage.service import align_up, now_utc
 
 if TYPE_CHECKING:
-    from nexus.api.routes import ApiRoutes
+    from nexus.api.table import RouteTable
 
 SINCE = Param("since", "datetime", "Only requests at or after this time.")
 HOURLY_DAYS = Param("days", "int", "Days back.", default=7, low=1, high=30)
@@ -134,7 +134,7 @@ SLIDING = _op(
 )
 
 
-def register(api: ApiRoutes) -> None:
+def register(api: RouteTable) -> None:
     for op, handler in (
         (STATS, stats),
         (STORAGE, storage_stats),

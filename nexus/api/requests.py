@@ -19,7 +19,7 @@ from nexus.conversations.search import Find
 from nexus.storage import requests_repo
 
 if TYPE_CHECKING:
-    from nexus.api.routes import ApiRoutes
+    from nexus.api.table import RouteTable
 
 CONVERSATION = Param("conversationId", "uuid", "Only this conversation's requests.", aliases=("conversation_id",))
 SEARCH = Param("q", "text", "Full-text search over the request's prompt and its reply.")
@@ -71,7 +71,7 @@ SUBTASKS = declare(
 )
 
 
-def register(api: ApiRoutes) -> None:
+def register(api: RouteTable) -> None:
     serve(api, LIST, list_requests)
     serve(api, DETAIL, get_request)
     serve(api, SUBTASKS, list_subtasks)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -21,7 +20,10 @@ import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from nexus.analysis import api as analyses
+from nexus.api import conversations, reference, requests, usage
 from nexus.api.params import check_query
+from nexus.api.table import PostHandler, RouteTable
 from nexus.errors import ProxyError
 from nexus.storage.pools import GuardedPool
 
@@ -30,11 +32,6 @@ log = logging.getLogger("nexus.api")
 ANSWER_WITHIN_S = 15.0
 
 JSON = [("content-type", "application/json")]
-
-#: (pool, path parameter, query) -> payload
-Handler = Callable[[AsyncConnectionPool, str, dict[str, list[str]]], Awaitable[Any]]
-#: (pool, path parameter, parsed JSON body) -> (status, payload): the few routes that change something
-PostHandler = Callable[[AsyncConnectionPool, str, Any], Awaitable[tuple[int, Any]]]
 
 
 def dump_json(payload: Any) -> bytes:
@@ -51,7 +48,9 @@ def _plain(value: Any) -> Any:
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
-class ApiRoutes:
+class ApiRoutes(RouteTable):
+    """The route table with every domain's handlers registered, served over a pool of its own."""
+
     def __init__(
         self, database_url: str | None, *, pool_size: int = 4, connect_kwargs: dict[str, Any] | None = None
     ) -> None:
@@ -59,39 +58,12 @@ class ApiRoutes:
         self.pool_size = pool_size  # DB_POOL_SIZE
         self.connect_kwargs = connect_kwargs or {}  # e.g. the cursor that logs slow queries (nexus.storage.querylog)
         self._pool: AsyncConnectionPool | None = None
-        self._exact: dict[str, Handler] = {}
-        self._prefixes: list[tuple[str, Handler]] = []
-        self._posts: list[tuple[str, PostHandler]] = []
-        from nexus.analysis import api as analyses
-        from nexus.api import conversations, reference, requests, usage
-
+        super().__init__()
         requests.register(self)
         conversations.register(self)
         usage.register(self)
         analyses.register(self)
         reference.register(self)
-
-    def route(self, path: str, handler: Handler) -> None:
-        """Serve `path` exactly, or every path below it when `path` ends with `/`."""
-        if path.endswith("/"):
-            self._prefixes.append((path, handler))
-            self._prefixes.sort(key=lambda item: -len(item[0]))
-        else:
-            self._exact[path] = handler
-
-    def post_route(self, path: str, handler: PostHandler) -> None:
-        """Serve POST on `path` exactly, or on every path below it when `path` ends with `/`."""
-        self._posts.append((path, handler))
-        self._posts.sort(key=lambda item: -len(item[0]))
-
-    def accepts_post(self, path: str) -> bool:
-        return self._find_post(path) is not None
-
-    def _find_post(self, path: str) -> tuple[PostHandler, str] | None:
-        for route, handler in self._posts:
-            if path == route or (route.endswith("/") and path.startswith(route) and len(path) > len(route)):
-                return handler, path[len(route) :] if route.endswith("/") else ""
-        return None
 
     async def pool(self) -> AsyncConnectionPool:
         if self.database_url is None:
@@ -117,15 +89,6 @@ class ApiRoutes:
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
-
-    def _find(self, path: str) -> tuple[Handler, str] | None:
-        handler = self._exact.get(path)
-        if handler is not None:
-            return handler, ""
-        for prefix, handler in self._prefixes:
-            if path.startswith(prefix) and len(path) > len(prefix):
-                return handler, path[len(prefix) :]
-        return None
 
     async def handle(self, scope: Any, proto: Any, request_id: str, body: bytes | None = None) -> None:
         path: str = scope.path

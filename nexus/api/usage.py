@@ -22,7 +22,7 @@ from nexus.usage import service
 from nexus.usage.repo import Filters
 
 if TYPE_CHECKING:
-    from nexus.api.routes import ApiRoutes
+    from nexus.api.table import RouteTable
 
 CURRENT = declare(
     Operation(
@@ -74,7 +74,7 @@ SERIES = declare(
 )
 
 
-def register(api: ApiRoutes) -> None:
+def register(api: RouteTable) -> None:
     serve(api, CURRENT, current)
     serve(api, DAILY, daily)
     serve(api, SERIES, time_series)

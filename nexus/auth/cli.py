@@ -19,7 +19,11 @@ import orjson
 from nexus.auth import oauth_status
 from nexus.auth.client_keys import ClientKey, ClientKeyStore
 from nexus.auth.credentials import Credential, CredentialError, CredentialStore
+from nexus.auth.db_cli import box_of, database, store_login
+from nexus.auth.db_credentials import ACCOUNT, all_rows, file_path, refresh_row
+from nexus.auth.db_files import write_back
 from nexus.auth.login import LoginError, complete_login, parse_pasted, start_login
+from nexus.auth.oauth_status import fingerprint
 from nexus.auth.reference_keys import ReferenceKey, read_reference_keys, remove_reference_keys
 from nexus.auth.refresh import refresh_credential
 from nexus.auth.token_endpoint import OAuthError, TokenEndpoint
@@ -62,7 +66,9 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 def _key_store(settings: Settings) -> ClientKeyStore:
     if not settings.api_key_salt:
         raise click.ClickException("API_KEY_SALT is not set: client keys are stored as digests salted with it")
-    return ClientKeyStore(settings.credentials_dir, settings.api_key_salt)
+    from nexus.auth.service import client_key_store
+
+    return client_key_store(settings)
 
 
 def _key_row(key: ClientKey) -> dict[str, Any]:
@@ -196,6 +202,8 @@ def oauth_login(account: str | None, project: str | None) -> None:
     except (LoginError, OAuthError) as exc:
         raise click.ClickException(f"login failed: {exc}") from None
     click.echo(f"saved {path} (account {cred.account_id!r}, token expires {_when(_seconds(cred.expires_at_ms))})")
+    if (outcome := store_login(settings, path)) is not None:
+        click.echo(f"stored in the database ({outcome}): every instance sharing it uses this login")
 
 
 def _seconds(ms: int | None) -> float | None:
@@ -224,6 +232,9 @@ def oauth_refresh(account: str | None) -> None:
     settings = _settings()
     store = CredentialStore(settings.credentials_dir)
     endpoint = TokenEndpoint(settings.claude_oauth_token_url, settings.claude_oauth_client_id)
+    if settings.credentials_database:
+        _db_refresh(settings, store, endpoint, account)
+        return
     targets = _oauth_targets(store, account)
     if not targets:
         raise click.ClickException(f"no OAuth credentials in {settings.credentials_dir}")
@@ -239,6 +250,65 @@ def oauth_refresh(account: str | None) -> None:
         click.echo(f"{where}: refreshed, token expires {_when(_seconds(cred.expires_at_ms))}")
     if failed:
         sys.exit(1)
+
+
+def _db_refresh(settings: Settings, store: CredentialStore, endpoint: TokenEndpoint, name: str | None) -> None:
+    """`nexus oauth refresh` against the database: the same advisory lock as the proxies, and the
+    rotated tokens written back to this machine's file when it keeps one."""
+    with database(settings) as conn:
+        box = box_of(settings)
+        rows = [r for r in all_rows(conn, box) if r.type == "oauth" and (name is None or r.name == name)]
+        if name is not None:
+            rows = sorted(rows, key=lambda r: r.kind != ACCOUNT)[:1]  # a named account first, as with files
+        if not rows:
+            raise click.ClickException(
+                f"no OAuth credential {'named ' + repr(name) + ' ' if name else ''}in the database"
+            )
+        failed = 0
+        for row in rows:
+            try:
+                fresh, _ = refresh_row(conn, box, row.kind, row.name, endpoint, lambda _r: True, honour_failures=False)
+            except (OAuthError, CredentialError) as exc:
+                failed += 1
+                click.echo(f"{row.label}: refresh failed: {exc}", err=True)
+                continue
+            write_back(file_path(store.directory, fresh.kind, fresh.name), fresh.raw)
+            click.echo(f"{row.label}: refreshed, token expires {_when(_seconds(fresh.expires_at_ms))}")
+    if failed:
+        sys.exit(1)
+
+
+def _db_status_rows(settings: Settings) -> list[dict[str, Any]]:
+    """`nexus oauth status` rows from the database (what every instance shares)."""
+    now = time.time()
+    with database(settings) as conn:
+        rows = [r for r in all_rows(conn, box_of(settings)) if r.type == "oauth"]
+    out = []
+    for row in rows:
+        expires = row.expires_at_ms / 1000 if row.expires_at_ms is not None else None
+        current = row.refresh_fingerprint == fingerprint(row.refresh_token)
+        expired = expires is not None and expires <= now
+        if (row.needs_login and current and row.refresh_token) or (expired and not row.refresh_token):
+            state = "needs login"
+        elif expired:
+            state = "expired"
+        elif expires is not None and expires - now < oauth_status.EXPIRING_S:
+            state = "expiring"
+        else:
+            state = "valid"
+        out.append(
+            {
+                "account": row.label,
+                "account_id": row.account_id,
+                "file": row.source or "(database)",
+                "state": state,
+                "expires_at": expires,
+                "last_refresh_at": row.last_refresh_at,
+                "last_login_at": row.last_login_at,
+                "last_error": row.last_error if current else None,
+            }
+        )
+    return out
 
 
 def _status_row(store: CredentialStore, cred: Credential) -> dict[str, Any]:
@@ -259,9 +329,14 @@ def _status_row(store: CredentialStore, cred: Credential) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def oauth_status_command(as_json: bool) -> None:
     """Per OAuth credential: expiry, last refresh, state (valid, expiring, expired, needs login), last error."""
-    store = CredentialStore(_settings().credentials_dir)
-    creds, problems = store.all()
-    rows = [_status_row(store, c) for c in creds if c.kind == "oauth"]
+    settings = _settings()
+    store = CredentialStore(settings.credentials_dir)
+    if settings.credentials_database:
+        problems: list[CredentialError] = []
+        rows = _db_status_rows(settings)
+    else:
+        creds, problems = store.all()
+        rows = [_status_row(store, c) for c in creds if c.kind == "oauth"]
     if as_json:
         invalid = [{"state": "invalid", "last_error": str(p)} for p in problems]
         click.echo(orjson.dumps(rows + invalid, option=orjson.OPT_INDENT_2).decode())
@@ -269,7 +344,8 @@ def oauth_status_command(as_json: bool) -> None:
     for problem in problems:
         click.echo(f"invalid credential file: {problem}", err=True)
     if not rows:
-        click.echo(f"no OAuth credentials in {store.directory}", err=True)
+        where = "the database" if settings.credentials_database else store.directory
+        click.echo(f"no OAuth credentials in {where}", err=True)
         return
     shown = [
         {

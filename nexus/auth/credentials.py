@@ -38,6 +38,8 @@ class Credential:
     refresh_token: str | None = None
     expires_at_ms: int | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    #: The database row's version when the credential came from the database (None: from a file).
+    version: int | None = None
 
     @property
     def name(self) -> str:

@@ -28,7 +28,8 @@ def bad_selector(header: str, exc: CredentialError) -> ProxyError:
 def unknown_account(account: str) -> ProxyError:
     return ProxyError(
         400,
-        f"Unknown account {account!r}: no accounts/{account}.credentials.json in the credentials directory.",
+        f"Unknown account {account!r}: no accounts/{account}.credentials.json in the credentials directory "
+        "(nor in the database, when credentials are kept there).",
         "invalid_request_error",
     )
 

@@ -23,9 +23,12 @@ from nexus.auth.client_keys import (
     is_client_key,
 )
 from nexus.auth.credentials import OAUTH_BETA, Credential, CredentialError, CredentialStore, merge_beta
+from nexus.auth.db_client_keys import DbClientKeyStore
+from nexus.auth.db_store import DbCredentials
 from nexus.auth.oauth import OAuthRefresher
 from nexus.auth.projects import requested_account, resolve_project
 from nexus.auth.reference_keys import ReferenceKeyIndex
+from nexus.auth.sealing import load_box
 from nexus.auth.token_endpoint import TokenEndpoint
 from nexus.settings import Settings
 
@@ -51,19 +54,25 @@ class RequestAuthorizer:
     def __init__(self, settings: Settings) -> None:
         self.store = CredentialStore(settings.credentials_dir)
         endpoint = TokenEndpoint(settings.claude_oauth_token_url, settings.claude_oauth_client_id)
-        self.refresher = OAuthRefresher(self.store, endpoint)
+        self.refresher: OAuthRefresher | DbCredentials = OAuthRefresher(self.store, endpoint)
+        #: Credentials in the database (shared by every instance), when this process has one.
+        self.db: DbCredentials | None = None
+        if settings.credentials_database:
+            box = load_box(settings.nexus_secret_key, settings.nexus_home)
+            self.db = DbCredentials(settings.credentials_database, box, self.store, endpoint)
+            self.refresher = self.db
         self.client_auth = settings.enable_client_auth
         self.default_project = settings.default_project_id
         self.client_keys: ClientKeyStore | None = None
         self.reference_keys = ReferenceKeyIndex(settings.credentials_dir, settings.client_keys_dir)
         if settings.enable_client_auth and settings.api_key_salt:
-            self.client_keys = ClientKeyStore(settings.credentials_dir, settings.api_key_salt)
+            self.client_keys = client_key_store(settings)
 
     async def authorize(self, header_items: list[tuple[str, str]], upstream: list[tuple[str, str]]) -> Authorization:
         headers = dict(header_items)
         key_project = self._client_project(headers)
         project = resolve_project(headers, key_project, self.default_project)
-        cred = self._credential(headers, project)
+        cred = await self._credential(headers, project)
         presented = presented_client_key(headers) if key_project is not None else None
         secret = _secret_part(presented)
         out = without_client_keys(upstream, secret)
@@ -95,10 +104,19 @@ class RequestAuthorizer:
             raise errors.client_key_required(str(refused))
         return project
 
-    def _credential(self, headers: dict[str, str], project: str) -> Credential | None:
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+        if isinstance(self.client_keys, DbClientKeyStore):
+            self.client_keys.close()
+
+    async def _credential(self, headers: dict[str, str], project: str) -> Credential | None:
         account = requested_account(headers)
         try:
-            cred = self.store.for_account(account) if account else self.store.for_project(project)
+            if self.db is not None:
+                cred = await self.db.get(account is not None, account or project)
+            else:
+                cred = self.store.for_account(account) if account else self.store.for_project(project)
         except CredentialError as exc:
             raise errors.configuration_error(exc) from None
         if account and cred is None:
@@ -117,6 +135,16 @@ class RequestAuthorizer:
         return Authorization(
             auth.project_id, cred.account_id, with_credential(auth.headers, cred), cred, auth.client_secret
         )
+
+
+def client_key_store(settings: Settings) -> ClientKeyStore:
+    """Where client keys live: the database when this process has one (shared by every instance), else
+    the files under CREDENTIALS_DIR/client-keys/. Needs API_KEY_SALT."""
+    assert settings.api_key_salt is not None
+    files = ClientKeyStore(settings.credentials_dir, settings.api_key_salt)
+    if settings.credentials_database:
+        return DbClientKeyStore(settings.credentials_database, files)
+    return files
 
 
 def _secret_part(presented: str | None) -> str | None:
@@ -178,11 +206,14 @@ def with_credential(upstream: list[tuple[str, str]], cred: Credential) -> list[t
     return out
 
 
-def startup_lines(settings: Settings) -> list[str]:
-    """What start-up reports about credentials: one policy notice if OAuth accounts are loaded, and bad files."""
+def startup_lines(settings: Settings, stored_oauth: list[str] | None = None) -> list[str]:
+    """What start-up reports about credentials: one policy notice if OAuth accounts are loaded, and bad
+    files. `stored_oauth`: the OAuth credentials the database holds, when credentials live there."""
     creds, problems = CredentialStore(settings.credentials_dir).all()
     lines = [f"credential file problem: {exc}" for exc in problems]
     oauth = [("accounts/" if c.is_account else "") + c.name for c in creds if c.kind == "oauth"]
+    if stored_oauth is not None:
+        oauth = stored_oauth
     if oauth:
         lines.append(POLICY_NOTICE.format(names=", ".join(oauth)))
     return lines

@@ -2,7 +2,7 @@
 
 A recording is a directory of JSON files, one per request, replayed in file-name order, each with
 `timestamp` (ISO 8601), `method`, `path`, `headers`, `body` (the request JSON) and `response`
-(`status` and the final message `body`). This is the format `nexus/testing` records in and the
+(`status` and the final message `body`). This is the format `nexus fake-upstream --record-dir` records in and the
 fixtures under `tests/fixtures/claude_code/` use, so the linker is checked against real client traffic
 with exactly the code the proxy runs.
 """
@@ -21,7 +21,7 @@ from nexus._core import NexusCoreError, RequestAnalysis, analyze_request
 from nexus.auth.projects import resolve_project
 from nexus.conversations.linker import Link, Linker
 from nexus.conversations.service import link_request
-from nexus.proxy.ids import new_request_id
+from nexus.ids import new_request_id
 from nexus.storage.records import ExchangeRecord
 
 

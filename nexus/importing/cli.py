@@ -54,12 +54,12 @@ def import_reference_command(
     Exit status: 0 when every request was imported or skipped, 2 when some failed (named in the
     summary), 1 when the import could not run.
     """
-    from nexus.cli import _settings_or_exit
+    from nexus.cli_support import settings_or_exit
     from nexus.importing.run import ImportBusyError, import_reference
     from nexus.importing.source import NotReferenceError
     from nexus.storage.embedded import database_url_or_embedded
 
-    settings = _settings_or_exit()
+    settings = settings_or_exit()
     say = lambda line: click.echo(line, err=True)  # noqa: E731
     try:
         with database_url_or_embedded(None if embedded else settings.database_url, settings.nexus_home, say) as url:

@@ -12,6 +12,7 @@ import logging
 from typing import Any, Protocol
 
 from nexus.auth.credentials import CredentialStore
+from nexus.auth.db_store import DbCredentials
 from nexus.integrations.events import FinishedRequest
 from nexus.integrations.samples import SampleWriter
 from nexus.integrations.slack import ProjectSlack, SlackConfig, SlackNotifier
@@ -69,12 +70,16 @@ def build_integrations(settings: Settings, project_slack: ProjectSlack | None = 
     return Integrations(sinks) if sinks else None
 
 
-def credential_slack(store: CredentialStore) -> ProjectSlack:
-    """A project's `slack` block from `CREDENTIALS_DIR/<project>.credentials.json` (the store re-reads a
-    changed file at most once a second, so this is a dict lookup per call)."""
+def credential_slack(store: CredentialStore, db: DbCredentials | None = None) -> ProjectSlack:
+    """A project's `slack` block from its credential: as the database holds it (`db`: the worker's
+    cached copy, read for the request itself, so no query here), else from
+    `CREDENTIALS_DIR/<project>.credentials.json` (the store re-reads a changed file at most once a
+    second, so this is a dict lookup per call)."""
 
     def lookup(project: str) -> Any:
-        credential = store.for_project(project)
+        credential = db.cached(False, project) if db is not None else None
+        if credential is None:
+            credential = store.for_project(project)
         return credential.raw.get("slack") if credential is not None else None
 
     return lookup

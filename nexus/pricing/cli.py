@@ -45,9 +45,9 @@ def pricing(ctx: click.Context, wanted: str | None, as_json: bool) -> None:
     """Print the model prices in effect, USD per million tokens, with where each comes from."""
     if ctx.invoked_subcommand is not None:
         return
-    from nexus.cli import _settings_or_exit
+    from nexus.cli_support import settings_or_exit
 
-    settings = _settings_or_exit()
+    settings = settings_or_exit()
     try:
         prices = load(settings.pricing_file)
     except PricingError as exc:  # pragma: no cover (settings already checked the file)
@@ -94,11 +94,11 @@ def reprice(unpriced: bool, since: datetime | None, until: datetime | None) -> N
     """
     import psycopg
 
-    from nexus.cli import _settings_or_exit
+    from nexus.cli_support import settings_or_exit
     from nexus.pricing.sql import REPRICE_RANGE
     from nexus.pricing.sync import reprice_unpriced, sync_prices
 
-    settings = _settings_or_exit()
+    settings = settings_or_exit()
     if settings.database_url is None:
         raise click.ClickException("DATABASE_URL is not set")
     start = (since or datetime(1970, 1, 1)).replace(tzinfo=UTC)

@@ -36,6 +36,7 @@ from nexus.conversations.linker import Link, Linker
 from nexus.conversations.service import ConversationService, LookupPool, link_request
 from nexus.conversations.shared import SHARED_OPTIONS, SharedConversationService
 from nexus.errors import ProxyError
+from nexus.ids import new_request_id
 from nexus.integrations.hub import Integrations, build_integrations, credential_slack
 from nexus.observability import logs, recorder
 from nexus.observability import metrics as prom
@@ -47,7 +48,6 @@ from nexus.proxy.client_setup import ClientSetup
 from nexus.proxy.drain import Drain, is_shutdown
 from nexus.proxy.forward import open_upstream
 from nexus.proxy.headers import ANALYSIS_MARK, upstream_request_headers
-from nexus.proxy.ids import new_request_id
 from nexus.proxy.paths import FORWARDED_METHODS, upstream_target
 from nexus.proxy.recording import SHUTDOWN_ERROR, complete_record
 from nexus.proxy.relay import Outcome, relay
@@ -145,7 +145,9 @@ class ProxyApp:
 
             self.mcp = McpEndpoint(s, self.authorizer.client_keys, self.throttle, self.data_access, self._check_origin)
         #: Slack, telemetry, test samples (nexus/integrations); None when none is configured.
-        self.integrations: Integrations | None = build_integrations(s, credential_slack(self.authorizer.store))
+        self.integrations: Integrations | None = build_integrations(
+            s, credential_slack(self.authorizer.store, self.authorizer.db)
+        )
 
     # --- RSGI protocol -----------------------------------------------------------------------
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -187,6 +189,7 @@ class ProxyApp:
         upstream, self.upstream = self.upstream, None
         if self.mcp is not None:
             self.mcp.stop()
+        self.authorizer.close()
         can_run = not loop.is_closed() and not loop.is_running()
         if self._finishing and can_run:  # records waiting on a link lookup are stored, settled or not
             loop.run_until_complete(asyncio.wait(self._finishing, timeout=5))

@@ -13,8 +13,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from nexus.conversations.search import Find, few_matches, request_clauses
+from nexus.ids import request_id_unix_ms
 from nexus.pricing.sql import REQUEST_COST_USD
-from nexus.proxy.ids import request_id_unix_ms
 
 SUMMARY_COLUMNS = (
     "request_id, timestamp, project_id, account_id, model, request_type, conversation_id, branch_id, "

@@ -6,6 +6,9 @@
 pub mod body;
 pub mod conversation;
 pub mod error;
+/// The fuzz targets' checks (`nexus_core/fuzz/`), also run over their corpora by `cargo test`.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod pgcopy;
 pub mod safe;
 pub mod sse;

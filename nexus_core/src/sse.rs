@@ -12,7 +12,7 @@
 //! `max_line_bytes`: a longer line (or event data) is dropped together with its event and the
 //! observer is marked `overflowed`, instead of growing without bound.
 //!
-//! Semantics shared with the Python reference (`nexus/reference/sse.py`):
+//! Semantics shared with the Python reference (`tests/oracles/sse.py`):
 //! - an event's type is its JSON `type` string, or the SSE `event:` name when `type` is missing;
 //! - `event_count` counts dispatched events; data that is not a JSON object counts as malformed;
 //! - `message_delta.usage` is cumulative: each non-null key replaces the previous value;

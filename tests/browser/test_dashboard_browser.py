@@ -19,9 +19,9 @@ import psycopg
 import pytest
 
 from nexus.conversations.replay import load_recording
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_dashboard, run_proxy
 from tests.conftest import with_database
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_dashboard, run_proxy
 from tests.helpers import FAST, wait_for
 from tests.test_linking_fixtures import FIXTURES, send
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from nexus.testing.servers import run_proxy
+from tests.harness.servers import run_proxy
 from tests.helpers import FAST, wait_for
 from tests.security.wire import call, is_anthropic_error
 

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import pytest
 
-from nexus.testing.servers import free_port, run_dashboard, stop, wait_until_healthy
+from tests.harness.servers import free_port, run_dashboard, stop, wait_until_healthy
 from tests.test_dashboard import Reply, call, cookie_value
 
 KEY = "dashboard-key-0123456789"

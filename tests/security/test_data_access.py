@@ -14,7 +14,7 @@ import pytest
 
 from nexus.security.access import client_address, loopback_refusal
 from nexus.security.throttle import FailureThrottle
-from nexus.testing.servers import run_proxy
+from tests.harness.servers import run_proxy
 from tests.helpers import FAST
 from tests.security.wire import call, is_anthropic_error
 

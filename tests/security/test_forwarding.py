@@ -14,9 +14,9 @@ import psycopg
 import pytest
 
 from nexus.auth.client_keys import ClientKeyStore
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_proxy
 from tests.auth_helpers import BODY, proxy_env, write_api_key
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_proxy
 from tests.helpers import wait_for
 from tests.security.wire import call, is_anthropic_error
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from nexus.home import private_dir
 from nexus.storage.spool import Spool
-from nexus.testing.servers import run_proxy
 from tests.auth_helpers import proxy_env
+from tests.harness.servers import run_proxy
 from tests.helpers import health
 
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_proxy
 from tests.auth_helpers import BODY
 from tests.conftest import FAST_RETRIES
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_proxy
 from tests.helpers import FAST, get_json, wait_for
 from tests.security.wire import call
 

@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import psycopg
 
-from nexus.testing.control import FakeControl
-from nexus.testing.servers import run_proxy
+from tests.harness.control import FakeControl
+from tests.harness.servers import run_proxy
 from tests.helpers import FAST, get_json, wait_for
 from tests.security.wire import call
 

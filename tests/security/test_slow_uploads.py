@@ -9,8 +9,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from nexus.testing.servers import run_proxy
 from tests.auth_helpers import BODY, proxy_env
+from tests.harness.servers import run_proxy
 from tests.helpers import get_json
 
 SLOW = 2200

@@ -1,5 +1,5 @@
 //! `nexus-loadgen upstream`: a fast mock of the Anthropic Messages API for throughput runs, where the
-//! project's Python fake (nexus/testing/fake_anthropic.py, ~4k req/s on one core here) would be the
+//! project's Python fake (nexus/fake_upstream/server.py, ~4k req/s on one core here) would be the
 //! bound. It speaks the same wire format as that fake for a normal answer: JSON with `content-length`,
 //! or an SSE stream (chunked) in the API's event order, a `request-id` and `anthropic-ratelimit-*`
 //! headers, usage with `input_tokens` = body bytes / 4. `x-fake-scenario: event-delay:<ms>` paces the

@@ -115,10 +115,12 @@ impl<'a> FieldVisitor<'a> for Collector {
     fn field(&mut self, name: &str, raw: &'a RawValue) -> Result<(), NexusError> {
         match name {
             "model" => self.facts.model = serde_json::from_str::<String>(raw.get()).ok(),
-            "stream" => match serde_json::from_str::<bool>(raw.get()) {
-                Ok(v) => self.facts.stream = Some(v),
-                Err(_) => self.bad_stream = true,
-            },
+            // A field given twice is read as its last copy, as the stored body keeps it.
+            "stream" => {
+                let stream = serde_json::from_str::<bool>(raw.get()).ok();
+                self.facts.stream = stream;
+                self.bad_stream = stream.is_none();
+            }
             "tools" => {
                 let t = raw.get().trim_ascii();
                 self.facts.has_tools = t.starts_with('[') && trim_ws(&t[1..]) != "]";
@@ -130,6 +132,15 @@ impl<'a> FieldVisitor<'a> for Collector {
     }
 
     fn messages(&mut self, items: &[&'a RawValue]) -> Result<(), NexusError> {
+        // Only the last `messages` list counts (the split keeps that one): forget an earlier one.
+        let facts = &mut self.facts;
+        facts.prefix_hashes.clear();
+        facts.kept_roles.clear();
+        facts.system_message_count = 0;
+        facts.first_user_key = None;
+        facts.first_user_head.clear();
+        facts.last_user_head.clear();
+        facts.continuation_text = None;
         let mut hasher = Xxh3Default::new();
         let mut seen_uses: HashSet<Cow<'a, str>> = HashSet::new();
         let mut seen_results: HashSet<Cow<'a, str>> = HashSet::new();
@@ -192,6 +203,11 @@ impl<'a> FieldVisitor<'a> for Collector {
 
 impl Collector {
     fn system(&mut self, raw: &RawValue) {
+        // Only the last `system` counts (the split keeps that one): forget an earlier one.
+        self.facts.system_block_count = 0;
+        self.facts.is_subagent = false;
+        self.facts.system_hash = None;
+        self.facts.system_head.clear();
         let texts: Vec<Cow<'_, str>> = match serde_json::from_str::<Content<'_>>(raw.get()) {
             Ok(Content::Text(s)) => vec![s],
             Ok(Content::Blocks(blocks)) => blocks

@@ -1,7 +1,7 @@
 //! Text normalisation shared by message hashing and sub-agent prompt matching.
 //!
 //! Whitespace here is ASCII whitespace (space, tab, LF, FF, CR) on purpose: it is what the Python
-//! reference (`nexus/reference/linking.py`) uses too, so both agree on every input.
+//! reference (`tests/oracles/linking.py`) uses too, so both agree on every input.
 
 use std::borrow::Cow;
 

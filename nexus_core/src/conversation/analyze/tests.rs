@@ -188,3 +188,21 @@ fn a_tool_call_is_known_by_its_id_not_its_re_sent_input() {
     assert_ne!(turn(sent.clone(), "toolu_1"), turn(sent.clone(), "toolu_2"));
     assert_ne!(turn(sent, ""), turn(resent, "")); // without an id the input is all there is
 }
+
+/// Found by the `analyze_request` fuzz target: with a field given twice, the facts came from both
+/// copies while the stored body (the split, like every JSON reader) keeps the last one only.
+#[test]
+fn a_repeated_field_is_read_as_its_last_copy_like_the_stored_body() {
+    let twice = br#"{"system":"x-anthropic-billing-header: cc_is_subagent=true;","model":"m",
+        "messages":[{"role":"user","content":"first copy"},{"role":"system","content":"s"}],
+        "system":"plain","stream":"no","stream":true,
+        "messages":[{"role":"user","content":"second copy"}]}"#;
+    let once = br#"{"model":"m","system":"plain","stream":true,"messages":[{"role":"user","content":"second copy"}]}"#;
+    let (twice, once) = (
+        analyze_request(twice, true).unwrap(),
+        analyze_request(once, true).unwrap(),
+    );
+    assert_eq!(twice.facts, once.facts);
+    assert_eq!(twice.split.message_keys, once.split.message_keys);
+    assert_eq!(twice.facts.kept_roles.len(), twice.facts.message_count);
+}
