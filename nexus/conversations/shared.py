@@ -302,6 +302,9 @@ class SharedConversationService(ConversationService):
         # psycopg's pipeline mode saved round trips but cost more client CPU than it saved here.
         async with pool.connection(timeout=self.lookup_timeout_s) as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(req.project, hashes[0]),))
+            # Asked before the launches are read: an outcome is committed with the launches of its reply,
+            # so a turn seen still in flight here is either still so, or its launches are read below.
+            in_flight = not last and self._could_be_late(req) and await self._turn_in_flight(conn, req)
             linker, claims, newest = await self._load_shared(conn, req, hashes[-NEAR_HASHES:])
             # Whatever was committed before this lock was granted was decided first, whichever
             # instance's clock stamped it later: this decision comes after it (a second fork
@@ -312,7 +315,7 @@ class SharedConversationService(ConversationService):
                 linker, claims, newest = await self._load_shared(conn, req, hashes[-LOOKUP_HASHES:])
                 now = replace(req, timestamp=newest) if newest > req.timestamp else req
                 link = linker.decide(now)
-            if not last and self._may_be_late(req, link) and await self._turn_in_flight(conn, req):
+            if in_flight and self._may_be_late(req, link):
                 decided.set_result(None)
                 return
             if link.evidence == "new" and link.missed:  # nothing shared: rows older than these tables
@@ -348,14 +351,21 @@ class SharedConversationService(ConversationService):
             )
 
     @staticmethod
-    def _may_be_late(req: LinkRequest, link: Link) -> bool:
-        """A sub-agent's first request without its launch, or a post-compaction request without its
-        summary: the write of the reply it follows may not have committed yet."""
-        if link.evidence in ("retry", "subtask", "compaction"):
-            return False
-        if req.continuation_text is not None and link.evidence != "prefix":
+    def _could_be_late(req: LinkRequest) -> bool:
+        """A sub-agent's first request or a post-compaction request: what it needs is written when the
+        reply it follows ends, which may be a moment after the client saw that reply."""
+        if req.continuation_text is not None:
             return True
         return req.request_type == SUBAGENT and len(req.prefix_hashes) == 16 and req.first_user_key is not None
+
+    @classmethod
+    def _may_be_late(cls, req: LinkRequest, link: Link) -> bool:
+        """Such a request that found no launch or summary (nor, for a post-compaction one, a prefix)."""
+        if link.evidence in ("retry", "subtask", "compaction"):
+            return False
+        if req.continuation_text is not None:
+            return link.evidence != "prefix"
+        return cls._could_be_late(req)
 
     @staticmethod
     async def _turn_in_flight(conn: AsyncConnection[Any], req: LinkRequest) -> bool:
