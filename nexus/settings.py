@@ -175,6 +175,12 @@ class Settings(BaseSettings):
     link_lookback_days: int = Field(
         30, ge=1, description="How far back the linker's database lookups search for a parent, days."
     )
+    link_shared: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Link every request against what all workers and instances decided, kept in PostgreSQL "
+        "(docs/scaling.md). auto: on, except `nexus serve` with its embedded database and one worker, where "
+        "the in-memory index sees every request; off: each worker links from its own memory.",
+    )
 
     # --- cost ------------------------------------------------------------------------------------
     pricing_file: Path | None = Field(

@@ -96,6 +96,8 @@ def serve_all(settings: Settings) -> int:
         url, stop_embedded = start_embedded(data_dir)
         _say(f"embedded PostgreSQL with its data in {data_dir}")
         env["DATABASE_URL"] = url
+        if settings.link_shared == "auto" and settings.proxy_workers == 1:
+            env["LINK_SHARED"] = "off"  # one process uses this database: its memory sees every request
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -110,3 +110,19 @@ def test_reply_text_of_what_is_not_a_reply_is_empty() -> None:
     assert reply_text({"text": "no content"}) == ""
     assert reply_text(reply("text", {"type": "text", "text": 5}, {"type": "text"})) == ""
     assert reply_text(reply({"type": "text", "text": "  Only  "})) == "only"
+
+
+def test_claude_code_1_0s_quote_with_the_analysis_as_a_heading_is_found_in_the_reply() -> None:
+    """Claude Code 1.0 quoted the whole compaction reply with its tags turned into headings
+    ("Analysis:" then "Summary:"): the probe is the summary after the heading, which the reply holds
+    between its `<summary>` tags (this compaction was not linked before)."""
+    analysis = "The user asked for a parser in Rust; I wrote the lexer first, then the tests, then the docs."
+    tagged = f"<analysis>\n{analysis}\n</analysis>\n\n<summary>\n{SUMMARY}\n</summary>"
+    written = reply({"type": "text", "text": tagged})
+    quoted = (
+        f"{OPENING}The conversation is summarized below:\nAnalysis:\n{analysis}\n\nSummary:\n{SUMMARY}\n"
+        "Please continue the conversation from where we left it off without asking the user any further questions."
+    )
+    assert summary_probe(quoted) == WANT
+    probe = summary_probe(quoted)
+    assert probe is not None and probe in reply_text(written)

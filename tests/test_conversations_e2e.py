@@ -89,6 +89,7 @@ def test_a_lookup_never_holds_the_request_and_still_decides_the_stored_link(
         "DATABASE_URL": migrated_db,
         "NEXUS_HOME": str(tmp_path),
         "LINK_LOOKUP_TIMEOUT_MS": "10000",
+        "LINK_SHARED": "off",  # the in-memory linker and its background lookup (nexus serve, one worker)
         **FAST,
     }
     first = [{"role": "user", "content": "a question"}]

@@ -705,3 +705,23 @@ def test_spawned_prompts_reads_only_sub_agent_calls_with_a_text_prompt() -> None
     )
     assert spawned_prompts(message) == [("t1", "One"), ("", "Two"), ("t5", "Three")]
     assert spawned_prompts({"content": None}) == spawned_prompts({}) == []
+
+
+def test_a_compaction_of_the_requests_own_session_wins_over_a_newer_one_of_another() -> None:
+    """Two sessions compacted to the same summary: each continuation follows its own session's
+    compaction; another session's is taken only when its own wrote none."""
+    d = Driver()
+    d.send("hi", session="s1")
+    own, own_link = d.send("hi", "hello", "summarise", kind=COMPACTION, session="s1", message=summary_reply())
+    d.send("hi", session="s2")
+    other, _ = d.send("hi", "hello", "summarise", kind=COMPACTION, session="s2", message=summary_reply())
+    mine = d.linker.decide(d.request(CONTINUATION, continuation=CONTINUATION, session="s1"))
+    assert (mine.evidence, mine.parent_request_id, mine.conversation_id) == (
+        "compaction",
+        own.request_id,
+        own_link.conversation_id,
+    )
+    stranger = d.linker.decide(d.request(CONTINUATION, continuation=CONTINUATION, session="s3"))
+    assert (stranger.evidence, stranger.parent_request_id) == ("compaction", other.request_id)
+    sessionless = d.linker.decide(d.request(CONTINUATION, continuation=CONTINUATION, session=None))
+    assert (sessionless.evidence, sessionless.parent_request_id) == ("compaction", other.request_id)

@@ -72,6 +72,10 @@ def test_replay_stores_and_relink_rebuilds(migrated_db: str, tmp_path: Path) -> 
             "is_subtask = false, parent_task_request_id = NULL, current_message_hash = NULL, request_type = NULL"
         )
         conn.execute("DELETE FROM conversations")
+        conn.execute(  # what shared linking decided from, stale: the relink rewrites it too
+            'INSERT INTO link_requests (request_id, project_id, "timestamp", request_type, conversation_id, branch_id) '
+            "SELECT request_id, project_id, timestamp, 'main', gen_random_uuid(), 'stale' FROM api_requests"
+        )
     assert "would change" in nexus("relink", "--dry-run", env=env)
     assert all(v[0] is None for v in stored_links(migrated_db).values())
     nexus("relink", env=env)
@@ -79,3 +83,10 @@ def test_replay_stores_and_relink_rebuilds(migrated_db: str, tmp_path: Path) -> 
     with psycopg.connect(migrated_db) as conn:
         count = conn.execute("SELECT sum(request_count) FROM conversations").fetchone()[0]  # type: ignore[index]
     assert count == len(lines)
+    with psycopg.connect(migrated_db) as conn:
+        differ = conn.execute(
+            "SELECT count(*) FROM link_requests l JOIN api_requests r USING (request_id) WHERE "
+            "(l.conversation_id, l.branch_id, l.parent_request_id, l.request_type) IS DISTINCT FROM "
+            "(r.conversation_id, r.branch_id, r.parent_request_id, r.request_type)"
+        ).fetchone()
+    assert differ == (0,)

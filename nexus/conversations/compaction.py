@@ -19,6 +19,8 @@ SUMMARY_ENDS = (
     "Continue the conversation from where it left off",
     "Please continue the conversation",
 )
+#: Claude Code 1.0 kept the reply's analysis, as a heading, before the summary it quoted.
+ANALYSIS_HEADING = "Analysis:"
 PROBE_CHARS = 2000
 #: Shorter summaries are not searched: a needle that small could match an unrelated reply.
 MIN_PROBE_CHARS = 60
@@ -36,6 +38,13 @@ def summary_probe(continuation_text: str) -> str | None:
             break
     else:
         return None
+    if summary.lstrip().startswith(ANALYSIS_HEADING):
+        # Claude Code 1.0 quoted the whole reply with its tags turned into headings ("Analysis:\n..."
+        # then "Summary:\n..."), where the reply holds `<analysis>...</analysis>`: the summary is
+        # what follows the heading, the part both share.
+        _, found, rest = summary.partition("Summary:")
+        if found:
+            summary = rest
     ends = [i for i in (summary.find(m) for m in SUMMARY_ENDS) if i != -1]
     if ends:
         summary = summary[: min(ends)]

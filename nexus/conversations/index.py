@@ -75,6 +75,7 @@ class Compaction:
     branch_id: str | None
     timestamp: float
     text: str
+    session: str | None = None
 
 
 class LinkIndex:

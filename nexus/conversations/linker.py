@@ -219,12 +219,15 @@ class Linker:
         probe = summary_probe(continuation_text)
         if probe is None:
             return None
+        found = None
         for n, c in enumerate(reversed(self.index.compactions), 1):
             if c.project == req.project and c.timestamp <= req.timestamp and probe in c.text:
-                self.index.examined += n
-                return c
+                if req.session is None or c.session == req.session:
+                    self.index.examined += n
+                    return c
+                found = found or c  # another session's: only when the request's own session wrote none
         self.index.examined += len(self.index.compactions)
-        return None
+        return found
 
     # --- remembering -----------------------------------------------------------------------------
     def register(self, req: LinkRequest, link: Link) -> None:
@@ -290,7 +293,15 @@ class Linker:
             text = reply_text(message)
             if text:
                 self.index.compactions.append(
-                    Compaction(request_id, entry.project, entry.conversation_id, entry.branch_id, entry.timestamp, text)
+                    Compaction(
+                        request_id,
+                        entry.project,
+                        entry.conversation_id,
+                        entry.branch_id,
+                        entry.timestamp,
+                        text,
+                        entry.session,
+                    )
                 )
         return keys
 

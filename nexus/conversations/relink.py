@@ -34,6 +34,16 @@ ROW_COLUMNS = (
 )
 #: Stored types that are never a conversation turn whatever their body (the analysis worker's requests).
 KEPT_APART = frozenset({"analysis"})
+#: The columns of `link_requests` a relink rewrites.
+SHARED_COLUMNS = (
+    "request_type",
+    "conversation_id",
+    "branch_id",
+    "parent_request_id",
+    "is_subtask",
+    "parent_task_request_id",
+    "current_message_hash",
+)
 UPDATE_COLUMNS = (
     ("request_id", "uuid"),
     ("timestamp", "timestamptz"),
@@ -184,6 +194,12 @@ async def _apply(conn: AsyncConnection[Any], updates: list[list[object]]) -> Non
             await cur.execute(
                 f"UPDATE api_requests r SET {assignments} FROM nexus_relink u "  # type: ignore[arg-type]  # noqa: S608
                 'WHERE r.request_id = u.request_id AND r."timestamp" = u."timestamp"'
+            )
+            # What shared linking decides from (docs/scaling.md) follows, so later turns continue the
+            # rebuilt links rather than the ones they replaced.
+            shared = ", ".join(f'"{n}" = u."{n}"' for n in SHARED_COLUMNS)
+            await cur.execute(
+                f"UPDATE link_requests l SET {shared} FROM nexus_relink u WHERE l.request_id = u.request_id"  # type: ignore[arg-type]  # noqa: S608
             )
             for statement in REBUILD_SUMMARIES.strip().split(";\n"):
                 await cur.execute(statement)  # type: ignore[arg-type]

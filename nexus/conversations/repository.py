@@ -175,7 +175,15 @@ async def recent_compactions(
         text = reply_text(row[13])
         if text:
             compactions.append(
-                Compaction(entry.request_id, project, entry.conversation_id, entry.branch_id, entry.timestamp, text)
+                Compaction(
+                    entry.request_id,
+                    project,
+                    entry.conversation_id,
+                    entry.branch_id,
+                    entry.timestamp,
+                    text,
+                    entry.session,
+                )
             )
     return entries, compactions
 

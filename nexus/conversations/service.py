@@ -23,6 +23,7 @@ from nexus._core import RequestAnalysis
 from nexus.conversations import repository
 from nexus.conversations.classify import COMPACTION, SUBAGENT, classify
 from nexus.conversations.linker import SUBAGENT_TOOLS, Link, Linker, LinkRequest
+from nexus.conversations.session import session_of
 from nexus.storage.pools import GuardedPool
 
 log = logging.getLogger("nexus.conversations")
@@ -51,7 +52,7 @@ def link_request(
         timestamp,
         request_type,
         analysis.prefix_hashes,
-        headers.get("x-claude-code-session-id") or None,
+        session_of(headers, analysis.envelope),
         agent_id,
         analysis.first_user_key,
         analysis.continuation_text,
@@ -70,8 +71,8 @@ class LookupPool:
     lookups repeat) and bounded by a server-side `statement_timeout`, so a slow database ends a query
     itself instead of the client cancelling it from a thread."""
 
-    def __init__(self, dsn: str, timeout_ms: int, size: int = 2) -> None:
-        self.dsn, self.timeout_ms, self.size = dsn, timeout_ms, size
+    def __init__(self, dsn: str, timeout_ms: int, size: int = 2, options: str = "") -> None:
+        self.dsn, self.timeout_ms, self.size, self.options = dsn, timeout_ms, size, options
         self._pool: GuardedPool | None = None
 
     async def __call__(self) -> AsyncConnectionPool:
@@ -81,7 +82,7 @@ class LookupPool:
                 min_size=1,
                 max_size=self.size,
                 kwargs={
-                    "options": f"-c statement_timeout={self.timeout_ms}",
+                    "options": f"-c statement_timeout={self.timeout_ms} {self.options}".strip(),
                     "prepare_threshold": 0,
                     "connect_timeout": 3,
                 },

@@ -34,6 +34,7 @@ from nexus.conversations.classify import classify
 from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Link, Linker
 from nexus.conversations.service import ConversationService, LookupPool, link_request
+from nexus.conversations.shared import SHARED_OPTIONS, SharedConversationService
 from nexus.errors import ProxyError
 from nexus.ids import new_request_id
 from nexus.integrations.hub import Integrations, build_integrations, credential_slack
@@ -166,14 +167,23 @@ class ProxyApp:
             self.writer.start()
             s = self.settings
             assert s.database_url is not None  # a writer exists only with a database
-            self.lookup_pool = LookupPool(s.database_url, s.link_lookup_timeout_ms)
-            self.conversations = ConversationService(
-                Linker(LinkIndex(s.link_index_size)),
-                self.lookup_pool,
-                lookup_timeout_s=s.link_lookup_timeout_ms / 1000,
-                lookback_days=s.link_lookback_days,
-                flush_wait_s=(s.storage_batch_interval_ms + 30) / 1000 if s.proxy_workers > 1 else 0.0,
-            )
+            if s.link_shared != "off":  # every worker of every instance decides from the same state
+                self.lookup_pool = LookupPool(s.database_url, s.link_lookup_timeout_ms, size=4, options=SHARED_OPTIONS)
+                self.conversations = SharedConversationService(
+                    Linker(LinkIndex(1000)),  # only decides while the database is away
+                    self.lookup_pool,
+                    lookup_timeout_s=s.link_lookup_timeout_ms / 1000,
+                    lookback_days=s.link_lookback_days,
+                )
+            else:
+                self.lookup_pool = LookupPool(s.database_url, s.link_lookup_timeout_ms)
+                self.conversations = ConversationService(
+                    Linker(LinkIndex(s.link_index_size)),
+                    self.lookup_pool,
+                    lookup_timeout_s=s.link_lookup_timeout_ms / 1000,
+                    lookback_days=s.link_lookback_days,
+                    flush_wait_s=(s.storage_batch_interval_ms + 30) / 1000 if s.proxy_workers > 1 else 0.0,
+                )
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         upstream, self.upstream = self.upstream, None
@@ -183,6 +193,8 @@ class ProxyApp:
         can_run = not loop.is_closed() and not loop.is_running()
         if self._finishing and can_run:  # records waiting on a link lookup are stored, settled or not
             loop.run_until_complete(asyncio.wait(self._finishing, timeout=5))
+        if isinstance(self.conversations, SharedConversationService) and can_run:
+            loop.run_until_complete(self.conversations.drain())  # what replies added, for other workers
         if self.writer is not None:
             self.writer.close()  # graceful shutdown flushes (or spools) everything queued
         if self._flush_timer is not None:
@@ -405,6 +417,8 @@ class ProxyApp:
                     )
                     attempts += opened.attempts
                 record.attempts = attempts
+                if opened.response.status != 200 and isinstance(self.conversations, SharedConversationService):
+                    await self.conversations.failed(request_id)  # before the client can retry it anywhere
                 server_deadline.reschedule(None)  # the response has started: streams may run long
             try:
                 await relay(

@@ -17,6 +17,7 @@ import orjson
 
 from nexus._core import RequestAnalysis, SseObserver, safe_json, split_body
 from nexus.auth.client_keys import redact_client_keys
+from nexus.conversations.session import session_of
 from nexus.usage.counts import stored_count
 
 if TYPE_CHECKING:
@@ -299,7 +300,7 @@ def _cells(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
         "outcome": rec.outcome,
         "error": redact_client_keys(rec.error) if rec.error else None,  # may quote a path or a header
         "system_hash": analysis.system_hash if analysis is not None else None,
-        "session_id": headers.get("x-claude-code-session-id"),
+        "session_id": session_of(headers, analysis.envelope if analysis is not None else None),
         "agent_id": headers.get("x-claude-code-agent-id"),
         "task_prompt_keys": rec.task_prompt_keys or None,
         "attempts": rec.attempts,

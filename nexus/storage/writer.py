@@ -112,6 +112,7 @@ class StorageWriter:
         max_queue: int = 50_000,
         known_keys: int = 50_000,
         retention_days: int = 0,
+        link_days: int = 0,
         quarantine_files: quarantine.QuarantineFiles | None = None,
         write_timeout_ms: int = 15_000,
         on_batch: Callable[[float], None] | None = None,
@@ -133,6 +134,8 @@ class StorageWriter:
         self._conn: psycopg.Connection | None = None
         self._retry_at = 0.0
         self.retention_days = retention_days
+        #: The shared linking tables keep this many days (LINK_LOOKBACK_DAYS); 0 leaves them alone.
+        self.link_days = link_days
         # Never: the first idle moment maintains. (0.0 waited until the host had been up an hour, since
         # monotonic time counts from boot: a machine booted 30 min ago kept expired days 30 min longer.)
         self._maintained_at = float("-inf")
@@ -408,6 +411,10 @@ class StorageWriter:
                 with self._watchdog.guard(conn):
                     ensure_partitions(conn)
                     dropped = drop_expired_partitions(conn, self.retention_days)
+                    if self.link_days:
+                        from nexus.conversations.shared import prune
+
+                        prune(conn, self.link_days)
             finally:
                 if not conn.closed:
                     conn.autocommit = False
@@ -548,6 +555,7 @@ def build_writer(settings: Settings, on_batch: Callable[[float], None] | None = 
         spool=spool,
         max_queue=settings.storage_max_queue,
         retention_days=settings.storage_retention_days,
+        link_days=settings.link_lookback_days if settings.link_shared != "off" else 0,
         quarantine_files=quarantine.QuarantineFiles(settings.nexus_home / "quarantine"),
         write_timeout_ms=settings.storage_write_timeout_ms,
         on_batch=on_batch,
