@@ -3,7 +3,9 @@
     python -m bench.scaling                     # ~3 min: every configuration, same run, same corpus
     python -m bench.scaling --seconds 5         # shorter phases
 
-Each configuration is `nexus proxy` (storage and conversation linking on, as by default) in front of
+Each configuration is `nexus proxy` (storage and conversation linking on, as by default: with a
+`DATABASE_URL`, linking is shared through PostgreSQL, `LINK_SHARED=auto`; one row turns that off to show
+what the in-memory linker of a lone single-worker instance costs) in front of
 the Rust mock upstream, measured with wrk on the Claude Code corpus of bench/traffic.py: JSON latency at
 concurrency 1 (p50, p99) and throughput at concurrency 32 with the proxy's CPU per request; the
 upstream direct is measured in the same run as the baseline. "Two instances" are two `nexus proxy`
@@ -32,6 +34,7 @@ import orjson
 from bench.harness.procs import Proc, descendants, memory_mib, proxy_command, server, upstream_command
 from bench.harness.tools import Tools, build_loadgen
 from bench.overhead import RESULTS, health, stored_rows, versions, write_corpus
+from nexus.auth.sealing import new_key
 from nexus.storage.embedded import start_embedded
 
 NONE: frozenset[int] = frozenset()
@@ -44,9 +47,11 @@ class Config:
     name: str
     instances: int
     workers: int
+    env: tuple[tuple[str, str], ...] = ()
 
 
 CONFIGS = (
+    Config("1 worker, LINK_SHARED=off (one instance only)", 1, 1, (("LINK_SHARED", "off"),)),
     Config("1 worker", 1, 1),
     Config("2 workers", 1, 2),
     Config("4 workers", 1, 4),
@@ -86,6 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             loadgen = build_loadgen()
             up_cmd, up_health = upstream_command("mock", loadgen, NONE)
+            secret = new_key()
             with server(up_cmd, up_health) as upstream:
                 procs: list[Proc] = [upstream]
                 tools = Tools(corpus, NONE, lambda: {"proxy": [p for x in procs[1:] for p in x.pids()]})
@@ -105,6 +111,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 "NEXUS_HOME": str(home / f"instance-{i}"),
                                 "STORAGE_ENABLED": "true",
                                 "PROXY_WORKERS": str(config.workers),
+                                "NEXUS_SECRET_KEY": secret,
+                                **dict(config.env),
                             }
                             (home / f"instance-{i}").mkdir(exist_ok=True)
                             cmd, px_env = proxy_command(NONE)
