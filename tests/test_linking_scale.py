@@ -13,6 +13,7 @@ import http.client
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -107,11 +108,11 @@ class Instance:
         return "".join(p.read_text(errors="replace") for p in sorted(self.home.glob("serve-*.log")))
 
 
-def send(url: str, rec: Recorded) -> tuple[int, str]:
+def send(url: str, rec: Recorded, extra: dict[str, str] | None = None) -> tuple[int, str]:
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     skip = ("host", "content-length", "connection", "accept-encoding")
-    headers = {k: v for k, v in rec.headers.items() if k not in skip} | {"train-id": PROJECT}
+    headers = {k: v for k, v in rec.headers.items() if k not in skip} | {"train-id": PROJECT} | (extra or {})
     conn.request(rec.method, rec.path, body=rec.body, headers=headers)
     resp = conn.getresponse()
     resp.read()
@@ -204,3 +205,92 @@ def _stored(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT count(*) FROM api_requests WHERE project_id = %s", (PROJECT,)).fetchone()
         return int(row[0]) if row else 0
+
+
+@pytest.mark.timeout(240)
+def test_sessions_sent_concurrently_through_two_instances_with_a_restart_link_as_one_worker(
+    upstream_url: str, migrated_db: str, tmp_path: Path, fake: FakeControl
+) -> None:
+    """As above, but every session sends from its own thread at the same time (each session's requests
+    in its own order, as one client does), so decisions of different sessions race on both instances
+    and their four workers. The fake upstream answers each request with its recorded response, found by
+    a header naming the request (the proxy forwards it; linking never reads it)."""
+    sessions = all_sessions()
+    env = {"CLAUDE_API_BASE_URL": upstream_url, "DATABASE_URL": migrated_db, "UPSTREAM_MAX_ATTEMPTS": "1", **FAST}
+    instances = [Instance("a", tmp_path, env), Instance("b", tmp_path, env)]
+    rules = [
+        {
+            "match": {"header": {"x-replay-file": f"<{s.name}/{rec.file}>"}},  # delimited: names nest
+            "reply": {"status": rec.status, "body": rec.response},
+            "times": 1,
+        }
+        for s in sessions
+        for rec in s.requests
+        if rec.path.split("?")[0] == "/v1/messages"
+    ]
+    fake.script(*rules)
+    files: dict[str, str] = {}
+    outside: list[str] = []
+    total = sum(len(s.requests) for s in sessions)
+    sent = 0
+    b_up = threading.Event()
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def play(k: int) -> None:
+        nonlocal sent
+        for i, rec in enumerate(sessions[k].requests):
+            name = f"{sessions[k].name}/{rec.file}"
+            target = instances[(i + k) % 2] if b_up.is_set() else instances[0]
+            try:
+                status, request_id = send(target.url, rec, {"x-replay-file": f"<{name}>"})
+            except ConnectionError:  # B went down between the choice and the connection
+                status, request_id = send(instances[0].url, rec, {"x-replay-file": f"<{name}>"})
+            with lock:
+                sent += 1
+                if status != rec.status:
+                    errors.append(f"{name}: {status} from {target.name}")
+                if rec.path.startswith("/v1/"):
+                    files[request_id] = name
+                else:
+                    outside.append(name)
+
+    try:
+        for instance in instances:
+            instance.start()
+        b_up.set()
+        threads = [threading.Thread(target=play, args=(k,)) for k in range(len(sessions))]
+        for t in threads:
+            t.start()
+        wait_for(lambda: sent >= total // 3, what="a third of the requests", timeout_s=60)
+        b_up.clear()  # new requests go to A; B drains what it has in flight
+        instances[1].stop()
+        wait_for(lambda: sent >= total // 2 or all(not t.is_alive() for t in threads), what="more", timeout_s=60)
+        instances[1].start()
+        b_up.set()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors, errors
+        assert sent == total
+        url = instances[0].url
+        wait_for(lambda: _stored(migrated_db) >= len(files), what="every row", timeout_s=30)
+        got: dict[str, dict[str, Any]] = {f: {**NOT_LINKED, "request_type": "auxiliary"} for f in outside}
+        for request_id, file in files.items():
+            row = get_json(f"{url}/api/requests/{request_id}")
+            got[file] = {
+                "request_type": row["request_type"],
+                "conversation_id": row["conversation_id"],
+                "branch_id": row["branch_id"],
+                "is_subtask": row["is_subtask"],
+                "parent_file": files.get(row["parent_request_id"]),
+                "parent_task_file": files.get(row["parent_task_request_id"]),
+            }
+        logs = "".join(instance.logs() for instance in instances)
+    finally:
+        b_up.clear()
+        for instance in instances:
+            instance.stop()
+    assert "shared linking of" not in logs, "a decision fell back to one worker's memory"
+    want = single_worker(interleaved(sessions), sessions)
+    assert set(got) == set(want)
+    same(want, got)

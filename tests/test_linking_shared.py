@@ -12,7 +12,7 @@ import orjson
 import psycopg
 
 from nexus._core import prompt_key
-from nexus.conversations.classify import MAIN, SUBAGENT
+from nexus.conversations.classify import COMPACTION, MAIN, SUBAGENT
 from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Linker, LinkRequest
 from nexus.conversations.service import LookupPool
@@ -145,3 +145,34 @@ def test_pruning_keeps_the_look_back_window(migrated_db: str) -> None:
         assert prune(conn, 30) == 1
         row = conn.execute('SELECT count(*), min("timestamp") FROM link_requests').fetchone()
         assert row is not None and row[0] == 1 and row[1] > old
+
+
+async def test_a_continuation_waits_for_its_own_sessions_summary_not_another_sessions(migrated_db: str) -> None:
+    """Two sessions compacted to the same summary at the same time. Session s2's summary is written;
+    session s1's compaction reply reached its client but its write is still on its way when s1's
+    continuation is decided on the other instance: it waits for its own session's summary rather than
+    join s2's conversation (one worker, which sees s1's summary first, decides the same)."""
+    from tests.test_linker_units import CONTINUATION, summary_reply
+
+    a, b = service(migrated_db), service(migrated_db, max_wait_s=5)
+    try:
+        compactions = {}
+        for session in ("s2", "s1"):
+            await a.link(request("hi", at=T0, session=session))
+            req = request("hi", "hello", "summarise", at=T0 + 1, session=session, kind=COMPACTION)
+            compactions[session] = (req, await a.link(req))
+        other_req, other = compactions["s2"]
+        a.complete(other_req.request_id, other, True, orjson.dumps(summary_reply()), [])
+        await a.drain()
+        cont = request(CONTINUATION, at=T0 + 2, session="s1", continuation_text=CONTINUATION)
+        deciding = asyncio.ensure_future(b.link(cont))
+        await asyncio.sleep(0.05)
+        assert not deciding.done()  # s2's summary is there, but s1's own turn is still in flight
+        own_req, own = compactions["s1"]
+        a.complete(own_req.request_id, own, True, orjson.dumps(summary_reply()), [])
+        link = await deciding
+        assert (link.evidence, link.parent_request_id) == ("compaction", own_req.request_id)
+        assert link.conversation_id == own.conversation_id != other.conversation_id
+        assert b.shared_waits >= 1
+    finally:
+        await close(a, b)

@@ -315,7 +315,7 @@ class SharedConversationService(ConversationService):
                 linker, claims, newest = await self._load_shared(conn, req, hashes[-LOOKUP_HASHES:])
                 now = replace(req, timestamp=newest) if newest > req.timestamp else req
                 link = linker.decide(now)
-            if in_flight and self._may_be_late(req, link):
+            if in_flight and self._may_be_late(req, link, linker):
                 decided.set_result(None)
                 return
             if link.evidence == "new" and link.missed:  # nothing shared: rows older than these tables
@@ -359,8 +359,13 @@ class SharedConversationService(ConversationService):
         return req.request_type == SUBAGENT and len(req.prefix_hashes) == 16 and req.first_user_key is not None
 
     @classmethod
-    def _may_be_late(cls, req: LinkRequest, link: Link) -> bool:
-        """Such a request that found no launch or summary (nor, for a post-compaction one, a prefix)."""
+    def _may_be_late(cls, req: LinkRequest, link: Link, linker: Linker) -> bool:
+        """Such a request that found no launch or summary (nor, for a post-compaction one, a prefix), or
+        found only another known session's: its own session's may be the one still on its way (two
+        sessions that compacted to the same summary, or launched the same prompt, at the same time)."""
+        if link.evidence in ("subtask", "compaction") and req.session is not None and link.parent_request_id:
+            parent = linker.index.get(link.parent_request_id)
+            return parent is not None and parent.session is not None and parent.session != req.session
         if link.evidence in ("retry", "subtask", "compaction"):
             return False
         if req.continuation_text is not None:
