@@ -152,17 +152,7 @@ def test_two_instances_of_two_workers_with_a_restart_link_as_one_worker(
                 outside.append(f"{sessions[k].name}/{rec.file}")
         url = instances[0].url
         wait_for(lambda: _stored(migrated_db) >= len(files), what="every row", timeout_s=30)
-        got: dict[str, dict[str, Any]] = {f: {**NOT_LINKED, "request_type": "auxiliary"} for f in outside}
-        for request_id, file in files.items():
-            row = get_json(f"{url}/api/requests/{request_id}")
-            got[file] = {
-                "request_type": row["request_type"],
-                "conversation_id": row["conversation_id"],
-                "branch_id": row["branch_id"],
-                "is_subtask": row["is_subtask"],
-                "parent_file": files.get(row["parent_request_id"]),
-                "parent_task_file": files.get(row["parent_task_request_id"]),
-            }
+        got = stored_links(url, files, outside)
         logs = "".join(instance.logs() for instance in instances)
     finally:
         for instance in instances:
@@ -202,6 +192,22 @@ def same(want: dict[str, dict[str, Any]], got: dict[str, dict[str, Any]]) -> Non
     for c in split[:2]:
         details.update({f: (w, got[f]) for f, w in want.items() if w["conversation_id"] == c})
     assert not wrong and not split and not split_branches and not merged and not merged_branches, details
+
+
+def stored_links(url: str, files: dict[str, str], outside: list[str]) -> dict[str, dict[str, Any]]:
+    """The links the instances stored, per recorded file (parents named by file, as `single_worker`)."""
+    got: dict[str, dict[str, Any]] = {f: {**NOT_LINKED, "request_type": "auxiliary"} for f in outside}
+    for request_id, file in files.items():
+        row = get_json(f"{url}/api/requests/{request_id}")
+        got[file] = {
+            "request_type": row["request_type"],
+            "conversation_id": row["conversation_id"],
+            "branch_id": row["branch_id"],
+            "is_subtask": row["is_subtask"],
+            "parent_file": files.get(row["parent_request_id"]),
+            "parent_task_file": files.get(row["parent_task_request_id"]),
+        }
+    return got
 
 
 def _stored(dsn: str) -> int:
@@ -278,17 +284,7 @@ def test_sessions_sent_concurrently_through_two_instances_with_a_restart_link_as
         assert sent == total
         url = instances[0].url
         wait_for(lambda: _stored(migrated_db) >= len(files), what="every row", timeout_s=30)
-        got: dict[str, dict[str, Any]] = {f: {**NOT_LINKED, "request_type": "auxiliary"} for f in outside}
-        for request_id, file in files.items():
-            row = get_json(f"{url}/api/requests/{request_id}")
-            got[file] = {
-                "request_type": row["request_type"],
-                "conversation_id": row["conversation_id"],
-                "branch_id": row["branch_id"],
-                "is_subtask": row["is_subtask"],
-                "parent_file": files.get(row["parent_request_id"]),
-                "parent_task_file": files.get(row["parent_task_request_id"]),
-            }
+        got = stored_links(url, files, outside)
         logs = "".join(instance.logs() for instance in instances)
     finally:
         b_up.clear()

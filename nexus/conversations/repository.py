@@ -27,7 +27,12 @@ ENTRY_COLUMNS = (
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
-    status = row[12]
+    """A stored row (`api_requests`, its HTTP status last) as the linker's index holds it."""
+    return entry(row, OK if row[12] == 200 else FAILED)
+
+
+def entry(row: tuple[Any, ...], status: int) -> Entry:
+    """The linker's entry from the twelve columns every linking query selects first, with its status."""
     return Entry(
         row[0],
         row[1],
@@ -41,7 +46,7 @@ def _entry(row: tuple[Any, ...]) -> Entry:
         row[9],
         row[10],
         row[11],
-        OK if status == 200 else FAILED,
+        status,
     )
 
 

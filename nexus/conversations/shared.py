@@ -170,21 +170,8 @@ def _at(seconds: float) -> datetime:
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
-    return Entry(
-        row[0],
-        row[1],
-        row[2].timestamp(),
-        row[3] or "",
-        bytes(row[4]) if row[4] is not None else None,
-        row[5],
-        row[6],
-        row[7],
-        bool(row[8]),
-        row[9],
-        row[10],
-        row[11],
-        FAILED if row[12] == FAILED else PENDING,
-    )
+    """A `link_requests` row: failed, or pending until its outcome (a success) is known."""
+    return repository.entry(row, FAILED if row[12] == FAILED else PENDING)
 
 
 class SharedConversationService(ConversationService):
