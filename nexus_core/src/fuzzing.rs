@@ -159,8 +159,9 @@ pub fn reply(data: &[u8]) {
     } else {
         assert!(reply.tool_call_count.is_none() && !reply.usage_not_integer);
     }
-    assert_eq!(reply.text.trim(), reply.text);
-    assert!(!reply.text.contains("  "));
+    let text = reply.text();
+    assert_eq!(text.trim(), text);
+    assert!(!text.contains("  "));
     let (observer, _) = observe(data, DEFAULT_MAX_LINE_BYTES, data.len().max(1));
     let streamed = observer.reply();
     let rebuilt = observer
@@ -168,7 +169,7 @@ pub fn reply(data: &[u8]) {
         .map(|m| read_reply(&m))
         .unwrap_or_default();
     assert_eq!(streamed.launches, rebuilt.launches);
-    assert_eq!(streamed.text, rebuilt.text);
+    assert_eq!(streamed.joined_text, rebuilt.joined_text);
     assert_eq!(streamed.usage_json, observer.usage_json());
 }
 

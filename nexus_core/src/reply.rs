@@ -59,7 +59,16 @@ pub struct Reply {
     pub usage_not_integer: bool,
     pub tool_call_count: Option<u64>,
     pub launches: Vec<(String, [u8; 16])>,
-    pub text: String,
+    /// The string `text` of every content block joined by `\n`; [`Reply::text`] canonicalises it
+    /// on demand (only a compaction's reply is asked).
+    pub joined_text: String,
+}
+
+impl Reply {
+    /// `compaction.reply_text`: the joined text, whitespace runs as one space, trimmed, lower-cased.
+    pub fn text(&self) -> String {
+        canonical(&self.joined_text)
+    }
 }
 
 /// Read a JSON reply body. Never fails: what cannot be read is absent from the result.
@@ -116,13 +125,13 @@ fn facts_of(value: &Value, source: &[u8]) -> Reply {
         reply.tool_call_count = Some(tool_calls(message));
     }
     reply.launches = launches(message);
-    reply.text = reply_text(message);
+    reply.joined_text = joined_text(message);
     reply
 }
 
 /// The launches and text of a message already parsed (the stream observer's rebuilt message).
 pub(crate) fn content_facts(message: &Map<String, Value>) -> (Vec<(String, [u8; 16])>, String) {
-    (launches(message), reply_text(message))
+    (launches(message), joined_text(message))
 }
 
 /// What storage's `_parse` gets of a body.
@@ -275,7 +284,7 @@ fn launches(message: &Map<String, Value>) -> Vec<(String, [u8; 16])> {
     out
 }
 
-fn reply_text(message: &Map<String, Value>) -> String {
+fn joined_text(message: &Map<String, Value>) -> String {
     let mut joined = String::new();
     let mut first = true;
     for block in blocks(message) {
@@ -287,7 +296,7 @@ fn reply_text(message: &Map<String, Value>) -> String {
             first = false;
         }
     }
-    canonical(&joined)
+    joined
 }
 
 /// What Python's `str.isspace` (and so `re`'s `\s` and `str.strip`) calls whitespace: Unicode's
@@ -617,7 +626,7 @@ mod tests {
         assert!(r.usage_not_integer);
         assert_eq!(r.tool_call_count, Some(2));
         assert_eq!(r.launches, vec![("toolu_1".into(), prompt_key("do it"))]);
-        assert_eq!(r.text, "hello world");
+        assert_eq!(r.text(), "hello world");
     }
 
     #[test]

@@ -765,7 +765,7 @@ impl SseObserver {
     pub fn reply(&self) -> crate::reply::Reply {
         use crate::reply::Count;
         let s = &self.summary;
-        let (launches, text) = match self.message_value() {
+        let (launches, joined_text) = match self.message_value() {
             Some(Value::Object(message)) => crate::reply::content_facts(&message),
             _ => (Vec::new(), String::new()),
         };
@@ -781,7 +781,7 @@ impl SseObserver {
             usage_not_integer: false,
             tool_call_count: Some(s.tool_uses.len() as u64),
             launches,
-            text,
+            joined_text,
         }
     }
 }

@@ -76,9 +76,10 @@ impl PyReply {
         let launch = |(id, key): &(String, [u8; 16])| (id.clone(), PyBytes::new(py, key));
         self.inner.launches.iter().map(launch).collect()
     }
+    /// Canonicalised when asked (only a compaction's reply is).
     #[getter]
-    fn text(&self) -> &str {
-        &self.inner.text
+    fn text(&self) -> String {
+        self.inner.text()
     }
 
     fn __repr__(&self) -> String {
