@@ -1,8 +1,8 @@
 """What the proxy hands to storage for one exchange, and how it becomes an `api_requests` row.
 
 The request path only fills an `ExchangeRecord` with references to bytes it already holds: no parsing,
-no hashing, no copying. The writer thread turns records into rows (splitting the body into
-content-addressed parts, reading usage) off the event loop.
+no hashing, no copying (the reply was read once, in Rust: `ExchangeRecord.reply`). The writer thread
+turns records into rows (splitting the body into content-addressed parts) off the event loop.
 """
 
 from __future__ import annotations
