@@ -11,7 +11,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nexus._core import Reply, SseObserver, read_reply
+from nexus._core import Reply, SseObserver, prompt_key, read_reply
 from tests.oracles import reply as oracle
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "claude_code"
@@ -229,3 +229,11 @@ def test_a_streamed_reply_launches_what_the_json_one_does(blocks: list[dict[str,
     reply = observer.reply()
     rebuilt = oracle.read_reply(observer.message_json())
     assert (reply.launches, reply.text) == (rebuilt["launches"], rebuilt["text"])
+
+
+def test_a_launch_written_with_escapes_is_found() -> None:
+    """Linking used to parse a reply only when its bytes held `"Agent"` or `"Task"`: a name written
+    with a JSON escape was never read, so the sub-agent it launched found no parent."""
+    body = rb'{"content":[{"type":"tool_use","id":"t1","name":"\u0041gent","input":{"prompt":"Go"}}]}'
+    assert b'"Agent"' not in body
+    assert read_reply(body).launches == [("t1", prompt_key("Go"))] == oracle.read_reply(body)["launches"]

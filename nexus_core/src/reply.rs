@@ -99,7 +99,7 @@ fn on_deep_stack(read: impl FnOnce() -> Reply + Send) -> Reply {
 }
 
 /// Room for 1,024 levels of serde_json's recursion, even unoptimised (reserved, not committed).
-const DEEP_STACK_BYTES: usize = 256 * 1024 * 1024;
+const DEEP_STACK_BYTES: usize = 32 * 1024 * 1024;
 
 /// The facts of `value`, parsed from `source` (the body, or its repair).
 fn facts_of(value: &Value, source: &[u8]) -> Reply {
