@@ -11,10 +11,14 @@
 //! `tests/oracles/reply.py`), so stored rows do not change:
 //! - the body is parsed as is, else through [`safe::safe_json`] (storage's `_parse`: orjson, else
 //!   the repaired value), so a reply with a lone surrogate, a number past a double or deep nesting
-//!   still gives its usage. serde_json refuses nesting past 128 levels where orjson reads 1,024:
-//!   such a body takes the repair path, which keeps every field shallower than 128 levels as is;
+//!   still gives its usage. Nesting from 129 to 1,024 levels, which orjson reads and serde_json
+//!   refuses by default, is read without serde_json's limit on a thread of its own (its stack
+//!   sized for it); deeper is repaired, as orjson refuses it too;
 //! - `usage_json` is the `usage` object written as `orjson.dumps` writes it (compact, key order
-//!   kept, floats in orjson's notation), `None` when the reply has no `usage` object;
+//!   kept, floats in orjson's notation, the literal `-0` as `0`), `None` when the reply has no
+//!   `usage` object. One difference is kept: a usage nested past 254 levels, which orjson cannot
+//!   write, was stored in `json.dumps`'s spaced, ASCII-escaped form (or not at all past Python's
+//!   recursion limit); it is written compact here;
 //! - a token count is what its bigint column stores (`nexus.usage.counts.stored_count`): a whole
 //!   number >= 0 (an integer past 64 bits is read as a double, as orjson reads it); a value that is
 //!   present, not null and not such a number is no count and sets `usage_not_integer`;
@@ -22,7 +26,8 @@
 //! - `launches`: `(id, prompt_key(input.prompt))` of each `tool_use` block named `Agent` or `Task`
 //!   with a string prompt (`linker.spawned_prompts`; the id as Python's `str(id or "")`);
 //! - `text`: the string `text` of every content block, joined by `\n`, whitespace runs collapsed
-//!   (Python's `\s`), trimmed, lower-cased (`compaction.reply_text`).
+//!   (Python's `\s`), trimmed, lower-cased with Python 3.11's Unicode 14 case tables
+//!   (`compaction.reply_text`), computed only when asked.
 
 use std::io;
 

@@ -14,9 +14,10 @@ code it replaces, kept as it was:
   object: ``TypeError`` out of the request's completion);
 - ``text``: ``nexus.conversations.compaction.reply_text``.
 
-Known differences, by design: serde_json refuses nesting past 128 levels where orjson reads 1,024,
-so such a body takes the repair path (fields shallower than 128 levels read the same); an id that is
-a list or an object holding non-printable non-ASCII text is not quoted exactly as Python's ``repr``.
+Known differences, by design: a ``usage`` nested past 254 levels (orjson cannot write it; ``_dumps``
+fell back to ``json.dumps``'s spaced, ASCII-escaped form) is written compact by the reader; a tool
+call id that is a list or an object holding non-printable non-ASCII text is not quoted exactly as
+Python's ``repr`` (the generated ids keep such containers ASCII).
 """
 
 from __future__ import annotations
