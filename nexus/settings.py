@@ -715,6 +715,14 @@ class Settings(BaseSettings):
         return self.ai_worker_poll_interval_ms / 1000
 
     @property
+    def slack_batch_interval_s(self) -> float:
+        return self.slack_batch_interval_ms / 1000
+
+    @property
+    def telemetry_interval_s(self) -> float:
+        return self.telemetry_interval_ms / 1000
+
+    @property
     def analysis_proxy_url(self) -> str:
         return self.ai_analysis_proxy_url or f"http://127.0.0.1:{self.port}"
 
