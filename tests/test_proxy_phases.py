@@ -52,9 +52,10 @@ def exchange(
     path: str = "/v1/messages", auth: Authorization | None = None, *, job: int | None = None, body: bytes = BODY
 ) -> Exchange:
     auth = auth or Authorization("proj", None, [("x-api-key", "sk-test")], None)
-    admitted = Admitted(auth, path, body, analyze_request(body, strict=True), analysis_job=job)
+    headers = [("x-api-key", "sk-test"), ("user-agent", "t")]
+    admitted = Admitted(auth, path, body, analyze_request(body, strict=True), headers, analysis_job=job)
     arrival = Arrival("0190aaaa-0000-7000-8000-000000000001", "POST", path, 1_700_000_000_000_000, 0.0, [])
-    return Exchange.begin(arrival, admitted, [("x-api-key", "sk-test"), ("user-agent", "t")])
+    return Exchange.begin(arrival, admitted)
 
 
 # --- forward: what the client gets when forwarding ends badly ---------------------------------------

@@ -276,7 +276,7 @@ class ProxyApp:
         upstream, headers = self.upstream, scope.headers
         assert upstream is not None
         admitted = await self._admit(scope, proto, arrival)
-        ex = Exchange.begin(arrival, admitted, headers.items())
+        ex = Exchange.begin(arrival, admitted)
         if self.tracer is not None:
             self.tracer.set_model(arrival.span, arrival.path, ex.model)
         await link(ex, self.conversations, headers)

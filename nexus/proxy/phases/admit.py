@@ -93,7 +93,7 @@ class Admission:
                         error = ProxyError(400, str(exc), "invalid_request_error")
                         error.body_read = body
                         raise error from None
-        return Admitted(auth, target, body, analysis, upload_s, analysis_job)
+        return Admitted(auth, target, body, analysis, header_items, upload_s, analysis_job)
 
     async def analysis_mark(self, scope: Any) -> int:
         """The job of a request marked by the analysis worker, checked against the job's current claim in

@@ -25,6 +25,8 @@ class Admitted:
     target: str
     body: bytes | None
     analysis: RequestAnalysis | None
+    #: The client's headers as read once for the checks (Granian builds a new list on every `items()`).
+    header_items: list[tuple[str, str]]
     #: Seconds spent waiting for the client's body (not the proxy's own time).
     upload_s: float = 0.0
     #: The analysis job whose worker sent this request (its mark checked), kept out of conversations.
@@ -72,7 +74,7 @@ class Exchange:
     done: bool = False
 
     @classmethod
-    def begin(cls, arrival: Arrival, admitted: Admitted, header_items: list[tuple[str, str]]) -> Exchange:
+    def begin(cls, arrival: Arrival, admitted: Admitted) -> Exchange:
         """The record of an admitted request, its duration counted from here."""
         auth = admitted.auth
         started = time.monotonic()
@@ -83,7 +85,7 @@ class Exchange:
             auth.account_id,
             arrival.method,
             admitted.target,
-            header_items,
+            admitted.header_items,
             admitted.body,
         )
         return cls(arrival, admitted, record, started)
