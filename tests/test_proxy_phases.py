@@ -491,3 +491,24 @@ def test_durations_in_seconds_are_derived_not_settings() -> None:
     table = settings_markdown()
     assert not [name for name in derived if f"`{name.upper()}`" in table]
     assert "`LINK_LOOKUP_TIMEOUT_MS`" in table  # the table is the one that names settings
+
+
+@pytest.mark.parametrize("shared", ["off", "on"])
+def test_services_with_storage_link_through_the_database_and_close_in_reverse(
+    migrated_db: str, tmp_path: Path, shared: str
+) -> None:
+    from nexus.conversations.shared import SharedConversationService
+
+    settings = load_settings(
+        storage_enabled=True, database_url=migrated_db, nexus_home=tmp_path, link_shared=shared, proxy_workers=2
+    )
+    loop = asyncio.new_event_loop()
+    try:
+        services = build_services(settings, storage_metrics=False)
+        assert services.writer is not None and services.lookup_pool is not None
+        assert isinstance(services.conversations, SharedConversationService) == (shared == "on")
+        assert services.writer._thread.is_alive()  # started: rows queue from the first request
+        services.close(loop, can_run=True)
+        assert not services.writer._thread.is_alive()  # flushed and stopped
+    finally:
+        loop.close()
