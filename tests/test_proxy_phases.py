@@ -223,8 +223,8 @@ def test_only_a_401_for_a_held_oauth_token_is_replayed() -> None:
 
 async def test_a_refused_oauth_token_is_refreshed_once_and_the_request_sent_again() -> None:
     ex = exchange(auth=Authorization("p", "acct-1", oauth("old").auth_headers(), oauth("old")))
-    upstream = ScriptedUpstream(Head(401), Head(200))
-    authorizer = Refreshing()
+    upstream: Any = ScriptedUpstream(Head(401), Head(200))
+    authorizer: Any = Refreshing()
     opened = await open_exchange(
         ex,
         upstream,
@@ -233,14 +233,14 @@ async def test_a_refused_oauth_token_is_refreshed_once_and_the_request_sent_agai
         None,
         server_timeout_s=5,
         head_timeout_s=5,
-        on_retry=None,  # type: ignore[arg-type]
+        on_retry=None,
     )
     assert opened.response.status == 200 and authorizer.refreshed == 1
     assert [dict(c[2])["authorization"] for c in upstream.calls] == ["Bearer old", "Bearer new"]
     assert upstream.log == ["open", "close", "open"]  # the refused answer was closed before the replay
     assert ex.record.attempts == 2
     again = exchange(auth=Authorization("p", "acct-1", oauth("old").auth_headers(), oauth("old")))
-    twice = ScriptedUpstream(Head(401), Head(401))
+    twice: Any = ScriptedUpstream(Head(401), Head(401))
     opened = await open_exchange(
         again,
         twice,
@@ -249,24 +249,25 @@ async def test_a_refused_oauth_token_is_refreshed_once_and_the_request_sent_agai
         None,
         server_timeout_s=5,
         head_timeout_s=5,
-        on_retry=None,  # type: ignore[arg-type]
+        on_retry=None,
     )
     assert opened.response.status == 401 and len(twice.calls) == 2  # once more, never a loop
 
 
 async def test_the_server_limit_covers_waiting_for_the_head() -> None:
     ex = exchange()
-    upstream = ScriptedUpstream(None)  # the head never comes
+    upstream: Any = ScriptedUpstream(None)  # the head never comes
+    authorizer: Any = Refreshing()
     with pytest.raises(TimeoutError):
         await open_exchange(
             ex,
             upstream,
             FAST,
-            Refreshing(),
+            authorizer,
             None,
             server_timeout_s=0.05,
             head_timeout_s=5,
-            on_retry=None,  # type: ignore[arg-type]
+            on_retry=None,
         )
 
 
@@ -304,10 +305,9 @@ async def test_the_relay_sends_the_answer_closes_the_response_and_counts_errors(
     for status in (200, 529):
         ex = exchange()
         ex.arrival.extra = [("access-control-allow-origin", "https://a.example")]
-        request, client = Request(), Client()
-        await relay_exchange(
-            client, OpenResponse(JsonResponse(status), 1, request), ex, stats, idle_timeout_s=1, body_timeout_s=1
-        )  # type: ignore[arg-type]
+        request, client, response = Request(), Client(), JsonResponse(status)
+        opened = OpenResponse(response, 1, request)  # type: ignore[arg-type]
+        await relay_exchange(client, opened, ex, stats, idle_timeout_s=1, body_timeout_s=1)
         assert request.closed == 1 and ex.relayed is not None
         assert client.sent[0][0] == status and ex.outcome.status == status
         assert ("access-control-allow-origin", "https://a.example") in client.sent[0][1]
@@ -365,8 +365,8 @@ async def test_the_stored_row_says_how_the_request_ended(ending: Any, head: int,
     else:
         ex.disconnected = ending == "disconnected"
         await cancelled_inside(ex, *([ending] if ending != "disconnected" else []))
-    writer = Writer()
-    recording.store(ex.record, ex.outcome, ex.started, writer, None, None, set())  # type: ignore[arg-type]
+    writer: Any = Writer()
+    recording.store(ex.record, ex.outcome, ex.started, writer, None, None, set())
     assert writer.rows == [ex.record]
     outcome, status, error = stored
     assert (ex.record.outcome, ex.record.response_status) == (outcome, status)
@@ -376,12 +376,12 @@ async def test_the_stored_row_says_how_the_request_ended(ending: Any, head: int,
 
 async def test_an_upstream_error_is_stored_as_one_and_a_completed_turn_feeds_the_linker() -> None:
     conversations = ConversationService(Linker(LinkIndex(100)), None)
-    writer = Writer()
+    writer: Any = Writer()
     failed = exchange()
     await link(failed, conversations, {})
     failed.outcome.status, failed.outcome.response_body = 529, b'{"type":"error"}'
     failed.record.attempts = 3
-    recording.store(failed.record, failed.outcome, failed.started, writer, conversations, None, set())  # type: ignore[arg-type]
+    recording.store(failed.record, failed.outcome, failed.started, writer, conversations, None, set())
     assert (failed.record.outcome, failed.record.error) == ("upstream_error", "upstream answered 529 after 3 attempts")
     assert writer.rows == [failed.record]
 
@@ -411,12 +411,12 @@ class Hub:
 def test_with_storage_off_the_integrations_still_get_a_completed_record() -> None:
     ex = exchange()
     ex.outcome.status = 200
-    hub = Hub()
-    recording.notify(ex, hub, stored=False)  # type: ignore[arg-type]
+    hub: Any = Hub()
+    recording.notify(ex, hub, stored=False)
     assert hub.seen[0][:2] == (200, True) and hub.seen[0][2] is not None
     stored = exchange()
     stored.outcome.status = 200
-    recording.notify(stored, hub, stored=True)  # type: ignore[arg-type]
+    recording.notify(stored, hub, stored=True)
     assert hub.seen[1] == (None, False, None)  # `store` completed it already; nothing is done twice
 
 
