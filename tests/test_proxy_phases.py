@@ -460,6 +460,76 @@ def test_a_selector_that_cannot_be_read_is_refused_not_ignored() -> None:
     check_selectors_readable(Headers({"x-api-key": "k"}, ["x-some-other"]))  # not a selector: no matter
 
 
+class RequestHeaders(dict[str, str]):
+    def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
+        return list(super().items())
+
+
+class Upload:
+    """Granian's request body: read in one call."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def __call__(self) -> bytes:
+        return self.body
+
+
+class Request2:
+    client = "127.0.0.1:50000"
+
+    def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> None:
+        self.method, self.path, self.query_string = method, path, ""
+        self.headers = RequestHeaders({"x-api-key": "sk-caller", **headers})
+        if body:
+            self.headers["content-length"] = str(len(body))
+
+
+@pytest.fixture
+def admission(tmp_path: Path) -> Any:
+    from nexus.proxy.app import ProxyApp
+
+    settings = load_settings(storage_enabled=False, credentials_dir=tmp_path, claude_api_base_url="http://127.0.0.1:9")
+    return ProxyApp(settings).admission
+
+
+async def admit(admission: Any, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> Any:
+    request = Request2(method, path, {"content-type": "application/json", **headers}, body)
+    return await admission.admit(request, Upload(body), path, method)
+
+
+async def test_admission_passes_a_good_request_with_its_body_analysed_once(admission: Any) -> None:
+    admitted = await admit(admission, "POST", "/v1/messages", {}, BODY)
+    assert (admitted.target, admitted.body, admitted.analysis.model) == ("/v1/messages", BODY, "claude-sonnet-4-5")
+    assert ("x-api-key", "sk-caller") in admitted.header_items and admitted.analysis_job is None
+    counted = await admit(admission, "POST", "/v1/messages/count_tokens", {}, b"not json")
+    assert counted.analysis is None  # only /v1/messages is refused for a body it cannot read
+    lenient = await admit(admission, "POST", "/v1/messages/count_tokens", {}, b'{"no": "messages"}')
+    assert lenient.analysis is not None  # read leniently: what /v1/messages would refuse is still analysed
+    listed = await admit(admission, "GET", "/v1/models", {})
+    assert listed.body is None and listed.analysis is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body", "status", "fragment"),
+    [
+        ("DELETE", "/v1/messages", {}, b"", 405, "use POST"),
+        ("TRACE", "/v1/models", {}, b"", 405, "is not forwarded"),
+        ("POST", "/v1/messages", {"sec-fetch-site": "cross-site"}, BODY, 403, "Cross-site"),
+        ("POST", "/v1/messages", {"origin": "https://evil.example"}, BODY, 403, "evil.example"),
+        ("POST", "/v1/messages", {}, b'{"model": 1}', 400, ""),
+    ],
+)
+async def test_admission_refuses_before_anything_goes_upstream(
+    admission: Any, method: str, path: str, headers: dict[str, str], body: bytes, status: int, fragment: str
+) -> None:
+    with pytest.raises(ProxyError) as refused:
+        await admit(admission, method, path, headers, body)
+    assert refused.value.status == status and fragment in refused.value.message
+    if status == 400:
+        assert refused.value.body_read == body  # stored with the refusal
+
+
 # --- services and settings ----------------------------------------------------------------------
 def test_services_without_storage_are_the_upstream_alone_and_close() -> None:
     settings = load_settings(storage_enabled=False, claude_api_base_url="http://127.0.0.1:9")
