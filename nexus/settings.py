@@ -657,6 +657,78 @@ class Settings(BaseSettings):
             return "GEMINI_API_KEY is required for the gemini analysis provider"
         return None
 
+    # --- durations in seconds, derived (not settings: the environment gives milliseconds) ------
+    # asyncio, the HTTP client and the pools take seconds; each conversion is written once, here.
+    @property
+    def server_timeout_s(self) -> float:
+        """PROXY_SERVER_TIMEOUT: the limit for one request until its response starts."""
+        return self.proxy_server_timeout / 1000
+
+    @property
+    def head_timeout_s(self) -> float:
+        """CLAUDE_API_TIMEOUT: the wait for the upstream's response head (and a buffered body)."""
+        return self.claude_api_timeout / 1000
+
+    @property
+    def stream_idle_timeout_s(self) -> float:
+        return self.stream_idle_timeout_ms / 1000
+
+    @property
+    def body_read_idle_timeout_s(self) -> float:
+        return self.body_read_idle_timeout_ms / 1000
+
+    @property
+    def body_read_timeout_s(self) -> float:
+        return self.body_read_timeout_ms / 1000
+
+    @property
+    def upstream_retry_base_delay_s(self) -> float:
+        return self.upstream_retry_base_delay_ms / 1000
+
+    @property
+    def upstream_retry_max_delay_s(self) -> float:
+        return self.upstream_retry_max_delay_ms / 1000
+
+    @property
+    def upstream_retry_budget_s(self) -> float:
+        return self.upstream_retry_budget_ms / 1000
+
+    @property
+    def storage_batch_interval_s(self) -> float:
+        return self.storage_batch_interval_ms / 1000
+
+    @property
+    def storage_write_timeout_s(self) -> float:
+        return self.storage_write_timeout_ms / 1000
+
+    @property
+    def link_lookup_timeout_s(self) -> float:
+        return self.link_lookup_timeout_ms / 1000
+
+    @property
+    def auth_failure_window_s(self) -> float:
+        return self.auth_failure_window_ms / 1000
+
+    @property
+    def shutdown_timeout_s(self) -> float:
+        return self.shutdown_timeout_ms / 1000
+
+    @property
+    def dashboard_live_interval_s(self) -> float:
+        return self.dashboard_live_interval_ms / 1000
+
+    @property
+    def ai_worker_poll_interval_s(self) -> float:
+        return self.ai_worker_poll_interval_ms / 1000
+
+    @property
+    def slack_batch_interval_s(self) -> float:
+        return self.slack_batch_interval_ms / 1000
+
+    @property
+    def telemetry_interval_s(self) -> float:
+        return self.telemetry_interval_ms / 1000
+
     @property
     def analysis_proxy_url(self) -> str:
         return self.ai_analysis_proxy_url or f"http://127.0.0.1:{self.port}"

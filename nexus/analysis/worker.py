@@ -51,7 +51,7 @@ class Worker:
         self.database_url = database_url
         self.provider = provider or build_provider(settings)
         self.id = f"{socket.gethostname()[:60]}:{os.getpid()}"
-        self.poll_s = settings.ai_worker_poll_interval_ms / 1000
+        self.poll_s = settings.ai_worker_poll_interval_s
         self.max_jobs = settings.ai_worker_max_concurrent_jobs
         self.job_timeout_s = settings.ai_worker_job_timeout_minutes * 60.0
         self.running: dict[asyncio.Task[None], tuple[queue.Job, bytes]] = {}

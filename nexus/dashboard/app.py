@@ -122,14 +122,14 @@ class Dashboard:
         self.auth = DashboardAuth(
             settings.dashboard_api_key,
             settings.dashboard_session_hours,
-            FailureThrottle(settings.auth_failure_limit, settings.auth_failure_window_ms / 1000),
+            FailureThrottle(settings.auth_failure_limit, settings.auth_failure_window_s),
             settings.trusted_proxy_networks,
         )
         self.env = render.environment()
         self.env.globals["proxy_url"] = shown_url(settings.host, settings.port)  # the empty states' advice
         self.pool = read_only_pool(database_url, settings.db_pool_size, querylog.pool_kwargs(settings))
         self.cache = PageCache(settings.dashboard_cache_ttl)
-        self.feed = LiveFeed(self.pool, self.render_row, settings.dashboard_live_interval_ms / 1000)
+        self.feed = LiveFeed(self.pool, self.render_row, settings.dashboard_live_interval_s)
         #: Sends feedback on Spark recommendations (docs/spark.md); None without SPARK_API_KEY.
         self.spark = (
             SparkClient(settings.spark_api_url, settings.spark_api_key)

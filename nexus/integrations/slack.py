@@ -84,7 +84,7 @@ class SlackConfig:
             notify_errors=s.slack_notify_errors,
             min_interval_s=60.0 / s.slack_max_posts_per_minute,
             batch_max=s.slack_batch_max,
-            batch_interval_s=s.slack_batch_interval_ms / 1000,
+            batch_interval_s=s.slack_batch_interval_s,
             queue_size=s.slack_queue_size,
             excerpt_chars=s.slack_excerpt_chars,
             dashboard_url=s.dashboard_link.rstrip("/"),

@@ -46,7 +46,7 @@ class Telemetry:
     @classmethod
     def of(cls, s: Settings) -> Telemetry:
         assert s.telemetry_endpoint is not None
-        return cls(s.telemetry_endpoint, s.telemetry_batch_size, s.telemetry_interval_ms / 1000, s.telemetry_queue_size)
+        return cls(s.telemetry_endpoint, s.telemetry_batch_size, s.telemetry_interval_s, s.telemetry_queue_size)
 
     def offer(self, event: FinishedRequest) -> None:
         self.queue.offer(event)

@@ -64,8 +64,8 @@ class McpEndpoint:
         self.data_access = data_access
         self.check_origin = check_origin
         self.max_body = settings.mcp_max_request_size
-        self.body_idle_s = settings.body_read_idle_timeout_ms / 1000
-        self.body_total_s = settings.body_read_timeout_ms / 1000
+        self.body_idle_s = settings.body_read_idle_timeout_s
+        self.body_total_s = settings.body_read_timeout_s
         self.sync: GitHubSync | None = build_sync(settings, self.registry)
         self._sync_task: asyncio.Task[None] | None = None
 

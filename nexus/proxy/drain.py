@@ -94,4 +94,4 @@ class Drain:
 def worker_kill_timeout_s(settings: Any) -> int:
     """How long Granian waits for a worker after SIGTERM before killing it: the in-flight deadline,
     then the writer's last flush (a database that hangs is given the write timeout), with a margin."""
-    return int(settings.shutdown_timeout_ms / 1000 + settings.storage_write_timeout_ms / 1000 + 15)
+    return int(settings.shutdown_timeout_s + settings.storage_write_timeout_s + 15)
