@@ -28,6 +28,7 @@ in-memory decision: linking never fails a request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -46,8 +47,11 @@ from nexus.conversations import repository
 from nexus.conversations.classify import COMPACTION, LINKED_TYPES, MAIN, SUBAGENT
 from nexus.conversations.compaction import reply_text
 from nexus.conversations.index import FAILED, OK, PENDING, Compaction, Entry, Invocation, LinkIndex
+from nexus.conversations.lease import SHARED, SOLO, SoloLease
 from nexus.conversations.linker import Link, Linker, LinkRequest, spawned_prompts
 from nexus.conversations.service import ConversationService, may_spawn_subagent
+from nexus.conversations.solo import SHARED_EVERY_S as SOLO_SHARED_EVERY_S
+from nexus.conversations.solo import SoloLog
 
 log = logging.getLogger("nexus.conversations")
 
@@ -186,8 +190,21 @@ class SharedConversationService(ConversationService):
         lookback_days: int = 30,
         wait_s: float = WAIT_S,
         max_wait_s: float = MAX_WAIT_S,
+        lease: SoloLease | None = None,
     ) -> None:
         super().__init__(linker, pool, lookup_timeout_s=lookup_timeout_s, lookback_days=lookback_days)
+        #: With a lease, decisions are taken in memory while this process is the only one linking
+        #: (lease.py), and written to the shared tables in batches (solo.py).
+        self.lease = lease
+        self.solo_log = SoloLog(pool, lookup_timeout_s) if lease is not None else None
+        if lease is not None:
+            lease.on_handover = self._hand_over
+        #: Decided alone and not yet completed (their outcome goes through `solo_log`, even once shared).
+        self._solo_live: dict[str, LinkRequest] = {}
+        self._solo_deciding = 0
+        self._solo_idle = asyncio.Event()  # no decision in memory under way
+        self._solo_idle.set()
+        self.solo_decisions = 0
         self.shared_pool = pool
         self.wait_s, self.max_wait_s = wait_s, max_wait_s
         #: Decided here and not yet completed: what the completion write needs to know of them.
@@ -216,6 +233,14 @@ class SharedConversationService(ConversationService):
             shared_waits=self.shared_waits,
             shared_ms_total=int(self.shared_ms),
         )
+        if self.lease is not None and self.solo_log is not None:
+            out.update(self.lease.stats())
+            out.update(
+                solo_decisions=self.solo_decisions,
+                solo_rows_written=self.solo_log.written,
+                solo_write_failures=self.solo_log.failures,
+                solo_queued=len(self.solo_log),
+            )
         return out
 
     def _database_away(self) -> bool:
@@ -227,6 +252,8 @@ class SharedConversationService(ConversationService):
         return False
 
     async def link(self, req: LinkRequest) -> Link:
+        if self.lease is not None and self.lease.state != SHARED and await self.lease.settled() == SOLO:
+            return await self._link_solo(req)
         if req.request_type not in LINKED_TYPES or not req.prefix_hashes or self._database_away():
             return await super().link(req)
         started = time.perf_counter()
@@ -249,6 +276,68 @@ class SharedConversationService(ConversationService):
         if len(self._live) > MAX_LIVE:  # completed requests are removed; this only bounds a leak
             self._live.pop(next(iter(self._live)))
         return link
+
+    # --- alone: decided in memory, written in batches ----------------------------------------------------
+    async def _link_solo(self, req: LinkRequest) -> Link:
+        """The single worker's decision (memory first, the database on a miss), queued for the shared
+        tables once final (after its lookup, when it needed one)."""
+        assert self.solo_log is not None
+        self._solo_deciding += 1
+        self._solo_idle.clear()
+        try:
+            link = await super().link(req)
+        finally:
+            self._solo_deciding -= 1
+            if not self._solo_deciding:
+                self._solo_idle.set()
+        if req.request_type not in LINKED_TYPES or not req.prefix_hashes:
+            return link
+        self.solo_decisions += 1
+        self._solo_live[req.request_id] = req
+        if len(self._solo_live) > MAX_LIVE:  # completed requests are removed; this only bounds a leak
+            self._solo_live.pop(next(iter(self._solo_live)))
+        pending = self.pending(req.request_id)
+        if pending is None:
+            self.solo_log.decided(req, link)
+        else:  # the row written is the settled link
+            log_ = self.solo_log
+            pending.add_done_callback(lambda t: log_.decided(req, t.result() if not t.cancelled() else link))
+        return link
+
+    async def _hand_over(self) -> None:
+        """Another process joined: let the decisions under way end (their lookups too), then commit all
+        that was decided alone (the lease lets the newcomer in only after this returns)."""
+        assert self.solo_log is not None
+        deadline = time.monotonic() + self.lookup_timeout_s * 5
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._solo_idle.wait(), self.lookup_timeout_s * 5)
+        lookups = [t for t in self._pending.values() if not t.done()]
+        if lookups:
+            await asyncio.wait(lookups, timeout=max(0.0, deadline - time.monotonic()))
+        await asyncio.sleep(0)  # the lookups' done callbacks queue their rows
+        self.solo_log.every_s = SOLO_SHARED_EVERY_S
+        await self.solo_log.drain(max(1.0, deadline - time.monotonic()))
+
+    def _complete_solo(
+        self, req: LinkRequest, link: Link | None, ok: bool, body: bytes | None, tools: list[str] | None
+    ) -> list[bytes]:
+        """Memory learns the outcome as a single worker's does; the shared tables get it in the next batch."""
+        assert self.solo_log is not None
+        keys = ConversationService.complete(self, req.request_id, link, ok, body, tools)
+        index = self.linker.index
+        invocations: list[tuple[int, Invocation]] = []
+        for n, key in enumerate(keys):
+            taken = {id(inv) for _, inv in invocations}
+            held = index.invocations(req.project, key)
+            inv = next((i for i in held if i.request_id == req.request_id and id(i) not in taken), None)
+            if inv is not None:
+                invocations.append((n, inv))
+        compaction = None
+        if req.request_type == COMPACTION and ok and index.compactions:
+            last = index.compactions[-1]
+            compaction = last if last.request_id == req.request_id else None
+        self.solo_log.completed(req.request_id, OK if ok else FAILED, invocations, compaction)
+        return keys
 
     async def _decide_shared(self, req: LinkRequest) -> Link:
         deadline = time.monotonic() + self.max_wait_s
@@ -450,6 +539,11 @@ class SharedConversationService(ConversationService):
     async def failed(self, request_id: str) -> None:
         """Mark a request failed as soon as its upstream answered with an error, before the client sees
         it: a client that retries at once (an SDK after a 529) must find the failure from any instance."""
+        if request_id in self._solo_live and self.solo_log is not None and not (self.lease and self.lease.solo):
+            # decided alone, failing after the hand-over: another process may be about to see its retry
+            self.solo_log.completed(request_id, FAILED, [], None)
+            await self.solo_log.flush()
+            return
         live = self._live.get(request_id)
         if live is None or self._database_away():
             return
@@ -467,6 +561,9 @@ class SharedConversationService(ConversationService):
     def complete(
         self, request_id: str, link: Link | None, ok: bool, body: bytes | None, tool_names: list[str] | None
     ) -> list[bytes]:
+        solo = self._solo_live.pop(request_id, None)
+        if solo is not None:
+            return self._complete_solo(solo, link, ok, body, tool_names)
         live = self._live.pop(request_id, None)
         if live is None:
             return super().complete(request_id, link, ok, body, tool_names)
@@ -569,9 +666,11 @@ class SharedConversationService(ConversationService):
             await asyncio.wait([task], timeout=self.lookup_timeout_s * 2)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
-        """Let the outcome writes under way finish (a worker that stops)."""
+        """Let the outcome writes under way finish (a worker that stops), and what was decided alone."""
         if self._writes:
             await asyncio.wait(list(self._writes), timeout=timeout_s)
+        if self.solo_log is not None:
+            await self.solo_log.drain(timeout_s)
 
 
 PRUNE = (

@@ -30,11 +30,11 @@ from nexus.api.routes import ApiRoutes, dump_json
 from nexus.auth.errors import ClientKeyError
 from nexus.auth.projects import ACCOUNT_HEADERS, DEFAULT_PROJECT, PROJECT_HEADERS, resolve_project
 from nexus.auth.service import Authorization, RequestAuthorizer, holds_secret
+from nexus.conversations.build import build_conversations
 from nexus.conversations.classify import classify
-from nexus.conversations.index import LinkIndex
-from nexus.conversations.linker import Link, Linker
+from nexus.conversations.linker import Link
 from nexus.conversations.service import ConversationService, LookupPool, link_request
-from nexus.conversations.shared import SHARED_OPTIONS, SharedConversationService
+from nexus.conversations.shared import SharedConversationService
 from nexus.errors import ProxyError
 from nexus.ids import new_request_id
 from nexus.integrations.hub import Integrations, build_integrations, credential_slack
@@ -165,25 +165,7 @@ class ProxyApp:
             self.integrations.start()
         if self.writer is not None:
             self.writer.start()
-            s = self.settings
-            assert s.database_url is not None  # a writer exists only with a database
-            if s.link_shared != "off":  # every worker of every instance decides from the same state
-                self.lookup_pool = LookupPool(s.database_url, s.link_lookup_timeout_ms, size=4, options=SHARED_OPTIONS)
-                self.conversations = SharedConversationService(
-                    Linker(LinkIndex(1000)),  # only decides while the database is away
-                    self.lookup_pool,
-                    lookup_timeout_s=s.link_lookup_timeout_ms / 1000,
-                    lookback_days=s.link_lookback_days,
-                )
-            else:
-                self.lookup_pool = LookupPool(s.database_url, s.link_lookup_timeout_ms)
-                self.conversations = ConversationService(
-                    Linker(LinkIndex(s.link_index_size)),
-                    self.lookup_pool,
-                    lookup_timeout_s=s.link_lookup_timeout_ms / 1000,
-                    lookback_days=s.link_lookback_days,
-                    flush_wait_s=(s.storage_batch_interval_ms + 30) / 1000 if s.proxy_workers > 1 else 0.0,
-                )
+            self.conversations, self.lookup_pool = build_conversations(self.settings)  # LINK_SHARED
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         upstream, self.upstream = self.upstream, None
