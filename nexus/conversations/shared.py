@@ -48,7 +48,7 @@ from nexus.conversations.classify import COMPACTION, LINKED_TYPES, MAIN, SUBAGEN
 from nexus.conversations.compaction import reply_text
 from nexus.conversations.index import FAILED, OK, PENDING, Compaction, Entry, Invocation, LinkIndex
 from nexus.conversations.lease import SHARED, SOLO, SoloLease
-from nexus.conversations.linker import Link, Linker, LinkRequest, spawned_prompts
+from nexus.conversations.linker import HASH, Link, Linker, LinkRequest, spawned_prompts
 from nexus.conversations.service import ConversationService, may_spawn_subagent
 from nexus.conversations.solo import SHARED_EVERY_S as SOLO_SHARED_EVERY_S
 from nexus.conversations.solo import SoloLog
@@ -80,48 +80,14 @@ _COLS = (
     'request_id::text, project_id, "timestamp", request_type, current_message_hash, conversation_id::text, '
     "branch_id, parent_request_id::text, is_subtask, parent_task_request_id::text, session_id, agent_id, status"
 )
-_WINDOW = '"timestamp" >= %(start)s AND "timestamp" <= %(end)s'
-_SAME = "session_id IS NOT DISTINCT FROM %(session)s"
-_SAME_AGENT = "agent_id IS NOT DISTINCT FROM %(agent)s"
-#: The candidates (as `repository.REQUESTS_WITH_HASHES`: per hash the newest rows, of which the newest
-#: few overall and of the request's session and agent) and, for those of the nearest proper prefix that
-#: has any (where the parent is), a child with a smaller and one with a larger history hash than this
-#: request's, sub-agents they spawned left out: "has the parent a child with another history?" is all
-#: the linker asks, and two index probes answer it however many children (retries) the parent has.
-CANDIDATES = f"""
-WITH c AS (
-    SELECT * FROM (
-        SELECT r.*, h.depth,
-            row_number() OVER (PARTITION BY h.depth ORDER BY r."timestamp" DESC) AS newest,
-            row_number() OVER (PARTITION BY h.depth, {_SAME}, {_SAME_AGENT} ORDER BY r."timestamp" DESC) AS in_group
-        FROM unnest(%(hashes)s::bytea[]) WITH ORDINALITY AS h(hash, depth)
-        CROSS JOIN LATERAL (
-            SELECT * FROM link_requests
-            WHERE current_message_hash = h.hash AND project_id = %(project)s AND {_WINDOW}
-            ORDER BY "timestamp" DESC LIMIT {repository.HASH_ROWS}
-        ) r
-    ) ranked
-    WHERE newest <= {repository.HASH_GROUP_ROWS}
-        OR (in_group <= {repository.HASH_GROUP_ROWS} AND ({_SAME} OR {_SAME_AGENT}))
-    ORDER BY depth DESC, "timestamp" DESC LIMIT {repository.HASH_CANDIDATES}
-), parents AS (
-    SELECT DISTINCT request_id AS parent FROM c
-    WHERE depth = (SELECT max(depth) FROM c WHERE depth < cardinality(%(hashes)s::bytea[]))
-)
-SELECT {_COLS} FROM c
-UNION ALL
-SELECT {_COLS} FROM parents p CROSS JOIN LATERAL (
-    (SELECT * FROM link_requests k WHERE k.parent_request_id = p.parent AND k.current_message_hash < %(mine)s
-        AND k.parent_task_request_id IS DISTINCT FROM p.parent
-        AND NOT (%(compaction)s AND k.request_type = 'compaction')
-        ORDER BY k.current_message_hash LIMIT 1)
-    UNION ALL
-    (SELECT * FROM link_requests k WHERE k.parent_request_id = p.parent AND k.current_message_hash > %(mine)s
-        AND k.parent_task_request_id IS DISTINCT FROM p.parent
-        AND NOT (%(compaction)s AND k.request_type = 'compaction')
-        ORDER BY k.current_message_hash DESC LIMIT 1)
-) k
-"""  # noqa: S608 (constants only)
+#: The lock and the reads of a decision in one call (migration 0017): the candidates (as
+#: `repository.REQUESTS_WITH_HASHES`: per hash the newest rows, of which the newest few overall and of the
+#: request's session and agent) and, for those of the nearest proper prefix that has any (where the
+#: parent is), a child with a smaller and one with a larger history hash than this request's, sub-agents
+#: they spawned left out: "has the parent a child with another history?" is all the linker asks, and two
+#: index probes answer it however many children (retries) the parent has.
+CANDIDATES = "SELECT * FROM link_candidates(%s, %s::bytea[], %s, %s, %s, %s, %s, %s, %s, %s::uuid, %s, %s)"
+UNLOCK = "SELECT pg_advisory_unlock(%s)"
 BY_ID = f"SELECT {_COLS} FROM link_requests WHERE request_id = ANY(%s::uuid[])"  # noqa: S608
 INVOCATIONS = (
     'SELECT request_id::text, n, tool_use_id, conversation_id::text, session_id, "timestamp" FROM link_invocations '
@@ -150,11 +116,6 @@ SEED_SUBTASKS = (
 MARK_STATUS = "UPDATE link_requests SET status = %s WHERE request_id = %s"
 MARK_DONE = "UPDATE link_requests SET status = %s WHERE request_id = ANY(%s::uuid[]) AND status = 0"
 DONE_EVERY_S, DONE_BATCH = 0.005, 500
-IN_FLIGHT = (
-    "SELECT EXISTS (SELECT 1 FROM link_requests WHERE project_id = %s AND session_id IS NOT DISTINCT FROM %s "
-    "AND status = 0 AND request_type IN ('main', 'compaction') AND \"timestamp\" >= %s AND \"timestamp\" <= %s "
-    "AND request_id <> %s)"
-)
 #: The turns whose outcome is recorded for every request: they may launch sub-agents or write a summary.
 RECORDED_TYPES = frozenset({MAIN, COMPACTION})
 CLAIM = "UPDATE link_invocations SET claimed = true WHERE request_id = %s AND n = %s"
@@ -372,59 +333,83 @@ class SharedConversationService(ConversationService):
                 raise
 
     async def _decide_and_insert(self, req: LinkRequest, last: bool, decided: asyncio.Future[Link | None]) -> None:
+        """Three statements in autocommit: the lock and the reads in one call (`link_candidates`, migration
+        0017; the request waits on this one only), the insert, the unlock (after the insert committed).
+        psycopg's pipeline mode saved round trips but cost more client CPU than it saved here."""
         pool = await self.shared_pool()
+        key = lock_key(req.project, req.prefix_hashes[:HASH])
+        async with pool.connection(timeout=self.lookup_timeout_s) as conn:
+            if not conn.autocommit:  # idle: set on the client, no round trip; every statement commits alone
+                await conn.set_autocommit(True)
+            done = False
+            try:
+                await self._decide_locked(conn, key, req, last, decided)
+                done = True
+            finally:
+                try:
+                    if done:
+                        await conn.execute(UNLOCK, (key,))
+                except BaseException:
+                    done = False
+                    raise
+                finally:
+                    if not done:  # the session's lock may be held: it goes with the connection
+                        await conn.close()
+
+    async def _decide_locked(
+        self, conn: AsyncConnection[Any], key: int, req: LinkRequest, last: bool, decided: asyncio.Future[Link | None]
+    ) -> None:
         hashes = req.hashes()
-        # Four statements (lock, candidates, insert, commit), the request waiting on the first two only.
-        # psycopg's pipeline mode saved round trips but cost more client CPU than it saved here.
-        async with pool.connection(timeout=self.lookup_timeout_s) as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(req.project, hashes[0]),))
-            # Asked before the launches are read: an outcome is committed with the launches of its reply,
-            # so a turn seen still in flight here is either still so, or its launches are read below.
-            in_flight = not last and self._could_be_late(req) and await self._turn_in_flight(conn, req)
-            linker, claims, newest = await self._load_shared(conn, req, hashes[-NEAR_HASHES:])
-            # Whatever was committed before this lock was granted was decided first, whichever
-            # instance's clock stamped it later: this decision comes after it (a second fork
-            # stamped a millisecond earlier than the first still sees the first as a sibling).
+        # Asked before the launches are read: an outcome is committed with the launches of its reply,
+        # so a turn seen still in flight here is either still so, or its launches are read below.
+        ask = not last and self._could_be_late(req)
+        linker, claims, newest, in_flight = await self._load_shared(conn, req, hashes[-NEAR_HASHES:], key, ask)
+        # Whatever was committed before this lock was granted was decided first, whichever
+        # instance's clock stamped it later: this decision comes after it (a second fork
+        # stamped a millisecond earlier than the first still sees the first as a sibling).
+        now = replace(req, timestamp=newest) if newest > req.timestamp else req
+        link = linker.decide(now)
+        if link.evidence == "new" and len(hashes) > NEAR_HASHES:  # a parent further back
+            linker, claims, newest, _ = await self._load_shared(conn, req, hashes[-LOOKUP_HASHES:], None, False)
             now = replace(req, timestamp=newest) if newest > req.timestamp else req
             link = linker.decide(now)
-            if link.evidence == "new" and len(hashes) > NEAR_HASHES:  # a parent further back
-                linker, claims, newest = await self._load_shared(conn, req, hashes[-LOOKUP_HASHES:])
-                now = replace(req, timestamp=newest) if newest > req.timestamp else req
+        if in_flight and self._may_be_late(req, link, linker):
+            decided.set_result(None)
+            return
+        if link.evidence == "new" and link.missed:  # nothing shared: rows older than these tables
+            if await self._load_stored(conn, req, linker.index):
                 link = linker.decide(now)
-            if in_flight and self._may_be_late(req, link, linker):
-                decided.set_result(None)
-                return
-            if link.evidence == "new" and link.missed:  # nothing shared: rows older than these tables
-                if await self._load_stored(conn, req, linker.index):
-                    link = linker.decide(now)
-            if link.evidence == "subtask" and link.conversation_id is not None:  # the row lock orders numbers
+        row = (
+            req.request_id,
+            req.project,
+            _at(req.timestamp),
+            req.request_type,
+            link.current_hash,
+            link.conversation_id,
+            link.branch_id,
+            link.parent_request_id,
+            link.is_subtask,
+            link.parent_task_request_id,
+            req.session,
+            req.agent_id,
+        )
+        if link.evidence == "subtask" and link.conversation_id is not None:  # the row lock orders numbers
+            async with conn.transaction():  # the number, the claim and the row together
                 cur = await conn.execute(NEXT_SUBTASK, (link.conversation_id,))
-                row = await cur.fetchone()
-                link.branch_id = f"subtask_{row[0] if row else 1}"
+                number = await cur.fetchone()
+                link.branch_id = f"subtask_{number[0] if number else 1}"
                 linker.register(now, link)
-                for inv, key in claims:
+                for inv, claim in claims:
                     if inv.claimed:
-                        await conn.execute(CLAIM, key)
+                        await conn.execute(CLAIM, claim)
                         break
-            link.missed = False
-            decided.set_result(link)  # the request goes on; the insert and commit follow
-            await conn.execute(
-                INSERT,
-                (
-                    req.request_id,
-                    req.project,
-                    _at(req.timestamp),
-                    req.request_type,
-                    link.current_hash,
-                    link.conversation_id,
-                    link.branch_id,
-                    link.parent_request_id,
-                    link.is_subtask,
-                    link.parent_task_request_id,
-                    req.session,
-                    req.agent_id,
-                ),
-            )
+                link.missed = False
+                decided.set_result(link)  # the request goes on; the insert and commit follow
+                await conn.execute(INSERT, (*row[:6], link.branch_id, *row[7:]))
+            return
+        link.missed = False
+        decided.set_result(link)  # the request goes on; the insert follows, committed before the unlock
+        await conn.execute(INSERT, row)
 
     @staticmethod
     def _could_be_late(req: LinkRequest) -> bool:
@@ -448,44 +433,43 @@ class SharedConversationService(ConversationService):
             return link.evidence != "prefix"
         return cls._could_be_late(req)
 
-    @staticmethod
-    async def _turn_in_flight(conn: AsyncConnection[Any], req: LinkRequest) -> bool:
-        """Whether a turn of this request's session that may launch sub-agents or write a summary has
-        not had its outcome recorded yet (then the launch or summary may still be on its way)."""
-        cur = await conn.execute(
-            IN_FLIGHT,
-            (req.project, req.session, _at(req.timestamp - IN_FLIGHT_S), _at(req.timestamp + 1), req.request_id),
-        )
-        row = await cur.fetchone()
-        return bool(row and row[0])
-
     async def _load_shared(
-        self, conn: AsyncConnection[Any], req: LinkRequest, hashes: list[bytes]
-    ) -> tuple[Linker, list[tuple[Invocation, tuple[str, int]]], float]:
-        """A linker over a scratch index of what the shared tables know that could be evidence."""
+        self, conn: AsyncConnection[Any], req: LinkRequest, hashes: list[bytes], key: int | None, ask: bool
+    ) -> tuple[Linker, list[tuple[Invocation, tuple[str, int]]], float, bool]:
+        """A linker over a scratch index of what the shared tables know that could be evidence (the lock
+        `key` taken first, unless None), and, when `ask`, whether a turn of this request's session that
+        may launch sub-agents or write a summary has not had its outcome recorded yet (then the launch
+        or summary may still be on its way)."""
         index = LinkIndex(capacity=100_000)
         # Up to a minute past the request's own stamp: another instance's clock, or a request stamped
         # later that still took the lock first (a decision comes after whatever committed before it).
         start, end = _at(req.timestamp) - timedelta(days=self.lookback_days), _at(req.timestamp + CLOCK_SLACK_S)
-        params = {
-            "hashes": hashes,
-            "mine": hashes[-1],
-            "compaction": req.request_type == COMPACTION,
-            "project": req.project,
-            "start": start,
-            "end": end,
-            "session": req.session,
-            "agent": req.agent_id,
-        }
+        since, until = (_at(req.timestamp - IN_FLIGHT_S), _at(req.timestamp + 1)) if ask else (None, None)
+        params = (
+            key,
+            hashes,
+            hashes[-1],
+            req.request_type == COMPACTION,
+            req.project,
+            start,
+            end,
+            req.session,
+            req.agent_id,
+            req.request_id,
+            since,
+            until,
+        )
         cur = await conn.execute(CANDIDATES, params)
-        entries = [_entry(r) for r in await cur.fetchall()]
+        rows = await cur.fetchall()
+        in_flight = bool(ask and rows and rows[0][0] is None and rows[0][12])
+        entries = [_entry(r) for r in rows if r[0] is not None]
         claims: list[tuple[Invocation, tuple[str, int]]] = []
         wanted: list[str] = []
         if len(hashes) == 1 and req.first_user_key is not None:
             cur = await conn.execute(INVOCATIONS, (req.first_user_key, req.project, start, end))
             for rid, n, tool_use_id, conversation, session, at in reversed(await cur.fetchall()):
-                key = req.first_user_key
-                inv = Invocation(rid, tool_use_id, req.project, conversation, session, at.timestamp(), key)
+                prompt = req.first_user_key
+                inv = Invocation(rid, tool_use_id, req.project, conversation, session, at.timestamp(), prompt)
                 index.add_invocation(inv)
                 claims.append((inv, (rid, n)))
                 wanted.append(rid)
@@ -506,7 +490,7 @@ class SharedConversationService(ConversationService):
             newest = max(newest, inv.timestamp)
         for c in index.compactions:
             newest = max(newest, c.timestamp)
-        return Linker(index, self.linker.new_id), claims, newest
+        return Linker(index, self.linker.new_id), claims, newest, in_flight
 
     async def _load_stored(self, conn: AsyncConnection[Any], req: LinkRequest, index: LinkIndex) -> bool:
         """The stored rows (`api_requests`) that could be evidence, for history older than the shared
@@ -621,7 +605,7 @@ class SharedConversationService(ConversationService):
         try:
             await self._inserted(req.request_id)
             pool = await self.shared_pool()
-            async with pool.connection(timeout=self.lookup_timeout_s) as conn:
+            async with pool.connection(timeout=self.lookup_timeout_s) as conn, conn.transaction():
                 at = _at(req.timestamp)
                 for n, ((tool_use_id, _), key) in enumerate(zip(spawned, keys, strict=True)):
                     await conn.execute(
