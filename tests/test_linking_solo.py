@@ -201,3 +201,19 @@ async def test_a_lone_process_alone_again_after_the_other_left_stays_shared(migr
         assert c.stats()["solo"] == 1
     finally:
         await leave(a, b, c)
+
+
+async def test_a_failure_decided_alone_reaches_the_newcomer_with_its_row(migrated_db: str) -> None:
+    """A sessionless request decided alone fails; its client retries at once, on a process that is just
+    joining (before the first one's completion is recorded): the hand-over wrote the row as failed, so
+    the retry is a retry."""
+    a, b = service(migrated_db), service(migrated_db)
+    try:
+        first_req = request("ping", at=T0, session=None)
+        first = await a.link(first_req)
+        await a.failed(first_req.request_id)
+        assert a.stats()["solo"] == 1
+        again = await b.link(request("ping", at=T0 + 0.1, session=None))
+        assert (again.evidence, again.conversation_id) == ("retry", first.conversation_id)
+    finally:
+        await leave(a, b)

@@ -523,10 +523,10 @@ class SharedConversationService(ConversationService):
     async def failed(self, request_id: str) -> None:
         """Mark a request failed as soon as its upstream answered with an error, before the client sees
         it: a client that retries at once (an SDK after a 529) must find the failure from any instance."""
-        if request_id in self._solo_live and self.solo_log is not None and not (self.lease and self.lease.solo):
-            # decided alone, failing after the hand-over: another process may be about to see its retry
-            self.solo_log.completed(request_id, FAILED, [], None)
-            await self.solo_log.flush()
+        if request_id in self._solo_live and self.solo_log is not None:  # decided alone
+            self.solo_log.completed(request_id, FAILED, [], None)  # with its row, if a hand-over comes first
+            if not (self.lease and self.lease.solo):  # after one: another process may see its retry now
+                await self.solo_log.flush()
             return
         live = self._live.get(request_id)
         if live is None or self._database_away():
