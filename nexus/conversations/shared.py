@@ -4,18 +4,23 @@ With one worker the in-memory index sees every request (`ConversationService`). 
 or several machines behind a load balancer, a request's parent, its sibling (a fork) or the reply that
 launched it may have gone through another process, and rows reach `api_requests` only when a batch is
 flushed. So here each decision is taken from what all of them have decided, and written before the
-request is forwarded, in one short transaction:
+request is forwarded, in three statements (autocommit):
 
-1. `pg_advisory_xact_lock` on (project, hash of the first message): every request that can be another's
-   retry, parent or sibling (they share a history, so its first message), and twin sub-agents (the same
-   prompt), decide one after the other, on any instance;
-2. one indexed query reads the candidates (the requests whose whole history is one of this request's
-   prefixes, and their children) from `link_requests`; a one-message sub-agent request also reads the
+1. `link_candidates` (migration 0017) takes a session-level advisory lock on (project, hash of the first
+   message): every request that can be another's retry, parent or sibling (they share a history, so its
+   first message), and twin sub-agents (the same prompt), decide one after the other, on any instance.
+   In the same call one indexed query reads the candidates (the requests whose whole history is one of
+   this request's prefixes, and their children) from `link_requests` (a VOLATILE function: the read
+   takes its snapshot after the lock was granted); a one-message sub-agent request also reads the
    unclaimed launches of its prompt, a post-compaction request the recent compaction replies;
-3. the unchanged `Linker` decides over a scratch index of those rows, so the rules are exactly the
-   single worker's (docs/conversations.md);
-4. the decision is inserted (with a sub-agent's claim and its `subtask_N` number, taken under a lock on
-   its conversation), and the transaction commits.
+2. the unchanged `Linker` decides over a scratch index of those rows, so the rules are exactly the
+   single worker's (docs/conversations.md); the request goes on with that decision;
+3. the decision is inserted (with a sub-agent's claim and its `subtask_N` number, taken under a lock on
+   its conversation, in one transaction) and committed, then the lock is released.
+
+A process that is the only one linking against its database (`LINK_SHARED=auto`, `lease.py`) decides
+in memory instead, as `ConversationService`, and writes its decisions here in batches (`solo.py`),
+until another linking process appears.
 
 What a reply adds (a failure, the sub-agents it launched, a compaction summary) is written when the
 response ends. A child cannot start before the reply it continues has reached the client, but that
