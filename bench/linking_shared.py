@@ -1,8 +1,10 @@
 """What shared linking costs per request: the proxy with `LINK_SHARED=off` (each worker links from its
-own memory) and `on` (every decision read from and written to PostgreSQL), in the same run, rounds
-alternating off/on so the machine's noise falls on both, and the upstream directly as the floor.
+own memory), `auto` (with one worker: alone against the database, so decided in memory and written in
+batches, the solo lease; with two: shared once the second worker starts) and `on` (every decision read
+from and written to PostgreSQL), in the same run, rounds alternating off/auto/on so the machine's noise
+falls on all, and the upstream directly as the floor.
 
-    python -m bench.linking_shared                   # 1 and 2 workers, 2 rounds, 5 s phases (~4 min)
+    python -m bench.linking_shared                   # 1 and 2 workers, 2 rounds, 5 s phases (~6 min)
     python -m bench.linking_shared --workers 1 --rounds 1 --seconds 3
 
 Per proxy: added latency at concurrency 1 (wrk, Claude Code bodies of the overhead corpus, p50 and
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 up_cmd, up_health = upstream_cmd("mock", loadgen, layout.upstream)
                 with server(up_cmd, up_health) as upstream:
                     for rnd in range(args.rounds):
-                        for mode in ("off", "on"):
+                        for mode in args.modes.split(","):
                             env = {
                                 "CLAUDE_API_BASE_URL": upstream.url,
                                 "DATABASE_URL": dsn,
@@ -80,7 +82,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                     return g
 
                                 tools = Tools(corpus, layout.loadgen, groups)
-                                if rnd == 0 and mode == "off":
+                                measured = {r["mode"] for r in out["runs"] if r["workers"] == workers}
+                                if "direct" not in measured:
                                     direct = measure(tools, Side("direct", upstream.url).url, args.seconds)
                                     out["runs"].append({"workers": workers, "mode": "direct", "round": 0, **direct})
                                 r = measure(tools, proxy.url, args.seconds)
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per worker count: medians over rounds of off and on, and on/off ratios."""
+    """Per worker count: medians over rounds of each mode, and their ratios to off."""
     rows = []
     for workers in sorted({r["workers"] for r in runs}):
 
@@ -107,12 +110,16 @@ def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             vals = [(r[key].get(sub, 0.0) if sub else r[key]) for r in runs if r["workers"] == w and r["mode"] == mode]
             return statistics.median(vals) if vals else float("nan")
 
+        modes = [m for m in ("off", "auto", "on") if any(r["mode"] == m for r in runs)]
         row: dict[str, Any] = {"workers": workers}
         for key in ("c1_p50_ms", "c1_p99_ms", "c32_rps"):
-            row[key] = {m: med(m, key) for m in ("direct", "off", "on")}
-            row[key]["on_over_off"] = row[key]["on"] / row[key]["off"]
+            row[key] = {m: med(m, key) for m in ("direct", *modes)}
+            for m in modes[1:]:
+                row[key][f"{m}_over_off"] = row[key][m] / row[key]["off"]
         for group in ("proxy", "database"):
-            row[f"cpu_{group}_us"] = {m: med(m, "cpu_us_per_request", group) for m in ("off", "on")}
+            row[f"cpu_{group}_us"] = {m: med(m, "cpu_us_per_request", group) for m in modes}
+        solo = [r["linking"].get("solo") for r in runs if r["workers"] == workers and r["mode"] == "auto"]
+        row["auto_solo"] = solo  # per round: whether /health said the proxy decided alone
         rows.append(row)
     return rows
 
@@ -120,7 +127,8 @@ def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", default="1,2", help="PROXY_WORKERS values, comma-separated")
-    ap.add_argument("--rounds", type=int, default=2, help="off/on pairs per worker count")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of every mode per worker count")
+    ap.add_argument("--modes", default="off,auto,on", help="LINK_SHARED values, in round order")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each measured phase")
     ap.add_argument("--sessions", type=int, default=64, help="Claude Code sessions in the corpus")
     ap.add_argument("--json", dest="json_out", type=Path)

@@ -4,8 +4,9 @@
     python -m bench.scaling --seconds 5         # shorter phases
 
 Each configuration is `nexus proxy` (storage and conversation linking on, as by default: with a
-`DATABASE_URL`, linking is shared through PostgreSQL, `LINK_SHARED=auto`; one row turns that off to show
-what the in-memory linker of a lone single-worker instance costs) in front of
+`DATABASE_URL`, `LINK_SHARED=auto`: a lone single-worker instance links in memory (the solo lease), more
+workers or instances share their decisions through PostgreSQL; two rows set LINK_SHARED=off and =on to
+show per-worker memory and always-shared decisions for one worker) in front of
 the Rust mock upstream, measured with wrk on the Claude Code corpus of bench/traffic.py: JSON latency at
 concurrency 1 (p50, p99) and throughput at concurrency 32 with the proxy's CPU per request; the
 upstream direct is measured in the same run as the baseline. "Two instances" are two `nexus proxy`
@@ -52,7 +53,8 @@ class Config:
 
 CONFIGS = (
     Config("1 worker, LINK_SHARED=off (one instance only)", 1, 1, (("LINK_SHARED", "off"),)),
-    Config("1 worker", 1, 1),
+    Config("1 worker, LINK_SHARED=on (always shared)", 1, 1, (("LINK_SHARED", "on"),)),
+    Config("1 worker", 1, 1),  # auto: alone against its database, so solo
     Config("2 workers", 1, 2),
     Config("4 workers", 1, 4),
     Config("2 instances x 1 worker", 2, 1),

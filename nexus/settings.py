@@ -185,8 +185,10 @@ class Settings(BaseSettings):
     link_shared: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Link every request against what all workers and instances decided, kept in PostgreSQL "
-        "(docs/scaling.md). auto: on, except `nexus serve` with its embedded database and one worker, where "
-        "the in-memory index sees every request; off: each worker links from its own memory.",
+        "(docs/scaling.md). auto: a process that is the only one linking against its database decides in memory "
+        "and writes its decisions in batches, and shares decisions from the moment another one starts (the solo "
+        "lease); `nexus serve` with its embedded database and one worker: off. on: always shared; off: each "
+        "worker links from its own memory.",
     )
 
     # --- cost ------------------------------------------------------------------------------------

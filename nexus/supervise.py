@@ -97,7 +97,9 @@ def serve_all(settings: Settings) -> int:
         _say(f"embedded PostgreSQL with its data in {data_dir}")
         env["DATABASE_URL"] = url
         if settings.link_shared == "auto" and settings.proxy_workers == 1:
-            env["LINK_SHARED"] = "off"  # one process uses this database: its memory sees every request
+            # one process uses this database: its memory sees every request, and nothing else will ever
+            # read the shared tables (auto would be solo, but still write them)
+            env["LINK_SHARED"] = "off"
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: Any) -> None:

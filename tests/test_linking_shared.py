@@ -176,3 +176,63 @@ async def test_a_continuation_waits_for_its_own_sessions_summary_not_another_ses
         assert b.shared_waits >= 1
     finally:
         await close(a, b)
+
+
+async def test_the_candidates_read_after_the_lock_see_what_committed_before_it_was_granted(migrated_db: str) -> None:
+    """`link_candidates` (migration 0017) takes the lock, then reads: in READ COMMITTED its read takes a
+    snapshot after the lock was granted, so a decision committed by the lock's previous holder is seen
+    (a snapshot from before the wait would miss it, and two forks would both stay on the parent's branch)."""
+    from nexus.conversations.shared import CANDIDATES, UNLOCK, lock_key
+
+    key, at = lock_key("p", b"h" * 16), datetime.fromtimestamp(T0, UTC)
+    holder = await psycopg.AsyncConnection.connect(migrated_db, autocommit=True)
+    waiter = await psycopg.AsyncConnection.connect(migrated_db, autocommit=True)
+    try:
+        await holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        params = (key, [b"h" * 16], b"h" * 16, False, "p", at - timedelta(days=1), at, None, None, rid(), None, None)
+        reading = asyncio.ensure_future(waiter.execute(CANDIDATES, params))
+        await asyncio.sleep(0.2)
+        assert not reading.done()  # waiting for the lock
+        await holder.execute(
+            'INSERT INTO link_requests (request_id, project_id, "timestamp", request_type, current_message_hash) '
+            "VALUES (%s, 'p', %s, 'main', %s)",
+            (rid(), at, b"h" * 16),
+        )
+        await holder.execute(UNLOCK, (key,))
+        rows = await (await reading).fetchall()
+        assert len(rows) == 1 and bytes(rows[0][4]) == b"h" * 16
+        await waiter.execute(UNLOCK, (key,))
+    finally:
+        await holder.close()
+        await waiter.close()
+
+
+async def test_no_decision_leaves_its_lock_held(migrated_db: str) -> None:
+    """The lock is taken at session level (one round trip less than a transaction): every decision,
+    the one that asks again for a launch not written yet too, releases it."""
+    a = service(migrated_db, max_wait_s=0.05)
+    try:
+        await asyncio.gather(*(a.link(request(f"hi {n}", "hello", "more", at=T0 + n)) for n in range(8)))
+        prompt = "SUBTASK: nothing launched this"
+        sub = request(prompt, at=T0 + 9, kind=SUBAGENT, agent_id="x", first_user_key=prompt_key(prompt))
+        await a.link(sub)
+        await a.drain()
+        with psycopg.connect(migrated_db) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()
+        assert row is not None and row[0] == 0
+        assert a.shared_decisions == 9 and a.shared_failures == 0
+    finally:
+        await close(a)
+
+
+def test_the_candidates_function_reads_as_many_rows_as_the_stored_lookup() -> None:
+    """Migration 0017 spells out the bounds that `repository` names: they must stay the same."""
+    from pathlib import Path
+
+    from nexus.conversations import repository
+
+    sql = (Path(repository.__file__).parents[1] / "storage" / "sql" / "0017_link_candidates.sql").read_text()
+    assert f'ORDER BY l."timestamp" DESC LIMIT {repository.HASH_ROWS}\n' in sql
+    assert f"WHERE newest <= {repository.HASH_GROUP_ROWS}\n" in sql
+    assert f"OR (in_group <= {repository.HASH_GROUP_ROWS} AND" in sql
+    assert f'ORDER BY depth DESC, "timestamp" DESC LIMIT {repository.HASH_CANDIDATES}\n' in sql

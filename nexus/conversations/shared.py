@@ -4,18 +4,23 @@ With one worker the in-memory index sees every request (`ConversationService`). 
 or several machines behind a load balancer, a request's parent, its sibling (a fork) or the reply that
 launched it may have gone through another process, and rows reach `api_requests` only when a batch is
 flushed. So here each decision is taken from what all of them have decided, and written before the
-request is forwarded, in one short transaction:
+request is forwarded, in three statements (autocommit):
 
-1. `pg_advisory_xact_lock` on (project, hash of the first message): every request that can be another's
-   retry, parent or sibling (they share a history, so its first message), and twin sub-agents (the same
-   prompt), decide one after the other, on any instance;
-2. one indexed query reads the candidates (the requests whose whole history is one of this request's
-   prefixes, and their children) from `link_requests`; a one-message sub-agent request also reads the
+1. `link_candidates` (migration 0017) takes a session-level advisory lock on (project, hash of the first
+   message): every request that can be another's retry, parent or sibling (they share a history, so its
+   first message), and twin sub-agents (the same prompt), decide one after the other, on any instance.
+   In the same call one indexed query reads the candidates (the requests whose whole history is one of
+   this request's prefixes, and their children) from `link_requests` (a VOLATILE function: the read
+   takes its snapshot after the lock was granted); a one-message sub-agent request also reads the
    unclaimed launches of its prompt, a post-compaction request the recent compaction replies;
-3. the unchanged `Linker` decides over a scratch index of those rows, so the rules are exactly the
-   single worker's (docs/conversations.md);
-4. the decision is inserted (with a sub-agent's claim and its `subtask_N` number, taken under a lock on
-   its conversation), and the transaction commits.
+2. the unchanged `Linker` decides over a scratch index of those rows, so the rules are exactly the
+   single worker's (docs/conversations.md); the request goes on with that decision;
+3. the decision is inserted (with a sub-agent's claim and its `subtask_N` number, taken under a lock on
+   its conversation, in one transaction) and committed, then the lock is released.
+
+A process that is the only one linking against its database (`LINK_SHARED=auto`, `lease.py`) decides
+in memory instead, as `ConversationService`, and writes its decisions here in batches (`solo.py`),
+until another linking process appears.
 
 What a reply adds (a failure, the sub-agents it launched, a compaction summary) is written when the
 response ends. A child cannot start before the reply it continues has reached the client, but that
@@ -28,6 +33,7 @@ in-memory decision: linking never fails a request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -44,8 +50,11 @@ from nexus._core import Reply
 from nexus.conversations import repository
 from nexus.conversations.classify import COMPACTION, LINKED_TYPES, MAIN, SUBAGENT
 from nexus.conversations.index import FAILED, OK, PENDING, Compaction, Entry, Invocation, LinkIndex
-from nexus.conversations.linker import Link, Linker, LinkRequest
+from nexus.conversations.lease import SHARED, SOLO, SoloLease
+from nexus.conversations.linker import HASH, Link, Linker, LinkRequest
 from nexus.conversations.service import ConversationService
+from nexus.conversations.solo import SHARED_EVERY_S as SOLO_SHARED_EVERY_S
+from nexus.conversations.solo import SoloLog
 
 log = logging.getLogger("nexus.conversations")
 
@@ -74,48 +83,14 @@ _COLS = (
     'request_id::text, project_id, "timestamp", request_type, current_message_hash, conversation_id::text, '
     "branch_id, parent_request_id::text, is_subtask, parent_task_request_id::text, session_id, agent_id, status"
 )
-_WINDOW = '"timestamp" >= %(start)s AND "timestamp" <= %(end)s'
-_SAME = "session_id IS NOT DISTINCT FROM %(session)s"
-_SAME_AGENT = "agent_id IS NOT DISTINCT FROM %(agent)s"
-#: The candidates (as `repository.REQUESTS_WITH_HASHES`: per hash the newest rows, of which the newest
-#: few overall and of the request's session and agent) and, for those of the nearest proper prefix that
-#: has any (where the parent is), a child with a smaller and one with a larger history hash than this
-#: request's, sub-agents they spawned left out: "has the parent a child with another history?" is all
-#: the linker asks, and two index probes answer it however many children (retries) the parent has.
-CANDIDATES = f"""
-WITH c AS (
-    SELECT * FROM (
-        SELECT r.*, h.depth,
-            row_number() OVER (PARTITION BY h.depth ORDER BY r."timestamp" DESC) AS newest,
-            row_number() OVER (PARTITION BY h.depth, {_SAME}, {_SAME_AGENT} ORDER BY r."timestamp" DESC) AS in_group
-        FROM unnest(%(hashes)s::bytea[]) WITH ORDINALITY AS h(hash, depth)
-        CROSS JOIN LATERAL (
-            SELECT * FROM link_requests
-            WHERE current_message_hash = h.hash AND project_id = %(project)s AND {_WINDOW}
-            ORDER BY "timestamp" DESC LIMIT {repository.HASH_ROWS}
-        ) r
-    ) ranked
-    WHERE newest <= {repository.HASH_GROUP_ROWS}
-        OR (in_group <= {repository.HASH_GROUP_ROWS} AND ({_SAME} OR {_SAME_AGENT}))
-    ORDER BY depth DESC, "timestamp" DESC LIMIT {repository.HASH_CANDIDATES}
-), parents AS (
-    SELECT DISTINCT request_id AS parent FROM c
-    WHERE depth = (SELECT max(depth) FROM c WHERE depth < cardinality(%(hashes)s::bytea[]))
-)
-SELECT {_COLS} FROM c
-UNION ALL
-SELECT {_COLS} FROM parents p CROSS JOIN LATERAL (
-    (SELECT * FROM link_requests k WHERE k.parent_request_id = p.parent AND k.current_message_hash < %(mine)s
-        AND k.parent_task_request_id IS DISTINCT FROM p.parent
-        AND NOT (%(compaction)s AND k.request_type = 'compaction')
-        ORDER BY k.current_message_hash LIMIT 1)
-    UNION ALL
-    (SELECT * FROM link_requests k WHERE k.parent_request_id = p.parent AND k.current_message_hash > %(mine)s
-        AND k.parent_task_request_id IS DISTINCT FROM p.parent
-        AND NOT (%(compaction)s AND k.request_type = 'compaction')
-        ORDER BY k.current_message_hash DESC LIMIT 1)
-) k
-"""  # noqa: S608 (constants only)
+#: The lock and the reads of a decision in one call (migration 0017): the candidates (as
+#: `repository.REQUESTS_WITH_HASHES`: per hash the newest rows, of which the newest few overall and of the
+#: request's session and agent) and, for those of the nearest proper prefix that has any (where the
+#: parent is), a child with a smaller and one with a larger history hash than this request's, sub-agents
+#: they spawned left out: "has the parent a child with another history?" is all the linker asks, and two
+#: index probes answer it however many children (retries) the parent has.
+CANDIDATES = "SELECT * FROM link_candidates(%s, %s::bytea[], %s, %s, %s, %s, %s, %s, %s, %s::uuid, %s, %s)"
+UNLOCK = "SELECT pg_advisory_unlock(%s)"
 BY_ID = f"SELECT {_COLS} FROM link_requests WHERE request_id = ANY(%s::uuid[])"  # noqa: S608
 INVOCATIONS = (
     'SELECT request_id::text, n, tool_use_id, conversation_id::text, session_id, "timestamp" FROM link_invocations '
@@ -144,11 +119,6 @@ SEED_SUBTASKS = (
 MARK_STATUS = "UPDATE link_requests SET status = %s WHERE request_id = %s"
 MARK_DONE = "UPDATE link_requests SET status = %s WHERE request_id = ANY(%s::uuid[]) AND status = 0"
 DONE_EVERY_S, DONE_BATCH = 0.005, 500
-IN_FLIGHT = (
-    "SELECT EXISTS (SELECT 1 FROM link_requests WHERE project_id = %s AND session_id IS NOT DISTINCT FROM %s "
-    "AND status = 0 AND request_type IN ('main', 'compaction') AND \"timestamp\" >= %s AND \"timestamp\" <= %s "
-    "AND request_id <> %s)"
-)
 #: The turns whose outcome is recorded for every request: they may launch sub-agents or write a summary.
 RECORDED_TYPES = frozenset({MAIN, COMPACTION})
 CLAIM = "UPDATE link_invocations SET claimed = true WHERE request_id = %s AND n = %s"
@@ -184,8 +154,21 @@ class SharedConversationService(ConversationService):
         lookback_days: int = 30,
         wait_s: float = WAIT_S,
         max_wait_s: float = MAX_WAIT_S,
+        lease: SoloLease | None = None,
     ) -> None:
         super().__init__(linker, pool, lookup_timeout_s=lookup_timeout_s, lookback_days=lookback_days)
+        #: With a lease, decisions are taken in memory while this process is the only one linking
+        #: (lease.py), and written to the shared tables in batches (solo.py).
+        self.lease = lease
+        self.solo_log = SoloLog(pool, lookup_timeout_s) if lease is not None else None
+        if lease is not None:
+            lease.on_handover = self._hand_over
+        #: Decided alone and not yet completed (their outcome goes through `solo_log`, even once shared).
+        self._solo_live: dict[str, LinkRequest] = {}
+        self._solo_deciding = 0
+        self._solo_idle = asyncio.Event()  # no decision in memory under way
+        self._solo_idle.set()
+        self.solo_decisions = 0
         self.shared_pool = pool
         self.wait_s, self.max_wait_s = wait_s, max_wait_s
         #: Decided here and not yet completed: what the completion write needs to know of them.
@@ -214,6 +197,14 @@ class SharedConversationService(ConversationService):
             shared_waits=self.shared_waits,
             shared_ms_total=int(self.shared_ms),
         )
+        if self.lease is not None and self.solo_log is not None:
+            out.update(self.lease.stats())
+            out.update(
+                solo_decisions=self.solo_decisions,
+                solo_rows_written=self.solo_log.written,
+                solo_write_failures=self.solo_log.failures,
+                solo_queued=len(self.solo_log),
+            )
         return out
 
     def _database_away(self) -> bool:
@@ -225,6 +216,8 @@ class SharedConversationService(ConversationService):
         return False
 
     async def link(self, req: LinkRequest) -> Link:
+        if self.lease is not None and self.lease.state != SHARED and await self.lease.settled() == SOLO:
+            return await self._link_solo(req)
         if req.request_type not in LINKED_TYPES or not req.prefix_hashes or self._database_away():
             return await super().link(req)
         started = time.perf_counter()
@@ -247,6 +240,66 @@ class SharedConversationService(ConversationService):
         if len(self._live) > MAX_LIVE:  # completed requests are removed; this only bounds a leak
             self._live.pop(next(iter(self._live)))
         return link
+
+    # --- alone: decided in memory, written in batches ----------------------------------------------------
+    async def _link_solo(self, req: LinkRequest) -> Link:
+        """The single worker's decision (memory first, the database on a miss), queued for the shared
+        tables once final (after its lookup, when it needed one)."""
+        assert self.solo_log is not None
+        self._solo_deciding += 1
+        self._solo_idle.clear()
+        try:
+            link = await super().link(req)
+        finally:
+            self._solo_deciding -= 1
+            if not self._solo_deciding:
+                self._solo_idle.set()
+        if req.request_type not in LINKED_TYPES or not req.prefix_hashes:
+            return link
+        self.solo_decisions += 1
+        self._solo_live[req.request_id] = req
+        if len(self._solo_live) > MAX_LIVE:  # completed requests are removed; this only bounds a leak
+            self._solo_live.pop(next(iter(self._solo_live)))
+        pending = self.pending(req.request_id)
+        if pending is None:
+            self.solo_log.decided(req, link)
+        else:  # the row written is the settled link
+            log_ = self.solo_log
+            pending.add_done_callback(lambda t: log_.decided(req, t.result() if not t.cancelled() else link))
+        return link
+
+    async def _hand_over(self) -> None:
+        """Another process joined: let the decisions under way end (their lookups too), then commit all
+        that was decided alone (the lease lets the newcomer in only after this returns)."""
+        assert self.solo_log is not None
+        deadline = time.monotonic() + self.lookup_timeout_s * 5
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._solo_idle.wait(), self.lookup_timeout_s * 5)
+        lookups = [t for t in self._pending.values() if not t.done()]
+        if lookups:
+            await asyncio.wait(lookups, timeout=max(0.0, deadline - time.monotonic()))
+        await asyncio.sleep(0)  # the lookups' done callbacks queue their rows
+        self.solo_log.every_s = SOLO_SHARED_EVERY_S
+        await self.solo_log.drain(max(1.0, deadline - time.monotonic()))
+
+    def _complete_solo(self, req: LinkRequest, link: Link | None, ok: bool, reply: Reply | None) -> list[bytes]:
+        """Memory learns the outcome as a single worker's does; the shared tables get it in the next batch."""
+        assert self.solo_log is not None
+        keys = ConversationService.complete(self, req.request_id, link, ok, reply)
+        index = self.linker.index
+        invocations: list[tuple[int, Invocation]] = []
+        for n, key in enumerate(keys):
+            taken = {id(inv) for _, inv in invocations}
+            held = index.invocations(req.project, key)
+            inv = next((i for i in held if i.request_id == req.request_id and id(i) not in taken), None)
+            if inv is not None:
+                invocations.append((n, inv))
+        compaction = None
+        if req.request_type == COMPACTION and ok and index.compactions:
+            last = index.compactions[-1]
+            compaction = last if last.request_id == req.request_id else None
+        self.solo_log.completed(req.request_id, OK if ok else FAILED, invocations, compaction)
+        return keys
 
     async def _decide_shared(self, req: LinkRequest) -> Link:
         deadline = time.monotonic() + self.max_wait_s
@@ -281,59 +334,83 @@ class SharedConversationService(ConversationService):
                 raise
 
     async def _decide_and_insert(self, req: LinkRequest, last: bool, decided: asyncio.Future[Link | None]) -> None:
+        """Three statements in autocommit: the lock and the reads in one call (`link_candidates`, migration
+        0017; the request waits on this one only), the insert, the unlock (after the insert committed).
+        psycopg's pipeline mode saved round trips but cost more client CPU than it saved here."""
         pool = await self.shared_pool()
+        key = lock_key(req.project, req.prefix_hashes[:HASH])
+        async with pool.connection(timeout=self.lookup_timeout_s) as conn:
+            if not conn.autocommit:  # idle: set on the client, no round trip; every statement commits alone
+                await conn.set_autocommit(True)
+            done = False
+            try:
+                await self._decide_locked(conn, key, req, last, decided)
+                done = True
+            finally:
+                try:
+                    if done:
+                        await conn.execute(UNLOCK, (key,))
+                except BaseException:
+                    done = False
+                    raise
+                finally:
+                    if not done:  # the session's lock may be held: it goes with the connection
+                        await conn.close()
+
+    async def _decide_locked(
+        self, conn: AsyncConnection[Any], key: int, req: LinkRequest, last: bool, decided: asyncio.Future[Link | None]
+    ) -> None:
         hashes = req.hashes()
-        # Four statements (lock, candidates, insert, commit), the request waiting on the first two only.
-        # psycopg's pipeline mode saved round trips but cost more client CPU than it saved here.
-        async with pool.connection(timeout=self.lookup_timeout_s) as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(req.project, hashes[0]),))
-            # Asked before the launches are read: an outcome is committed with the launches of its reply,
-            # so a turn seen still in flight here is either still so, or its launches are read below.
-            in_flight = not last and self._could_be_late(req) and await self._turn_in_flight(conn, req)
-            linker, claims, newest = await self._load_shared(conn, req, hashes[-NEAR_HASHES:])
-            # Whatever was committed before this lock was granted was decided first, whichever
-            # instance's clock stamped it later: this decision comes after it (a second fork
-            # stamped a millisecond earlier than the first still sees the first as a sibling).
+        # Asked before the launches are read: an outcome is committed with the launches of its reply,
+        # so a turn seen still in flight here is either still so, or its launches are read below.
+        ask = not last and self._could_be_late(req)
+        linker, claims, newest, in_flight = await self._load_shared(conn, req, hashes[-NEAR_HASHES:], key, ask)
+        # Whatever was committed before this lock was granted was decided first, whichever
+        # instance's clock stamped it later: this decision comes after it (a second fork
+        # stamped a millisecond earlier than the first still sees the first as a sibling).
+        now = replace(req, timestamp=newest) if newest > req.timestamp else req
+        link = linker.decide(now)
+        if link.evidence == "new" and len(hashes) > NEAR_HASHES:  # a parent further back
+            linker, claims, newest, _ = await self._load_shared(conn, req, hashes[-LOOKUP_HASHES:], None, False)
             now = replace(req, timestamp=newest) if newest > req.timestamp else req
             link = linker.decide(now)
-            if link.evidence == "new" and len(hashes) > NEAR_HASHES:  # a parent further back
-                linker, claims, newest = await self._load_shared(conn, req, hashes[-LOOKUP_HASHES:])
-                now = replace(req, timestamp=newest) if newest > req.timestamp else req
+        if in_flight and self._may_be_late(req, link, linker):
+            decided.set_result(None)
+            return
+        if link.evidence == "new" and link.missed:  # nothing shared: rows older than these tables
+            if await self._load_stored(conn, req, linker.index):
                 link = linker.decide(now)
-            if in_flight and self._may_be_late(req, link, linker):
-                decided.set_result(None)
-                return
-            if link.evidence == "new" and link.missed:  # nothing shared: rows older than these tables
-                if await self._load_stored(conn, req, linker.index):
-                    link = linker.decide(now)
-            if link.evidence == "subtask" and link.conversation_id is not None:  # the row lock orders numbers
+        row = (
+            req.request_id,
+            req.project,
+            _at(req.timestamp),
+            req.request_type,
+            link.current_hash,
+            link.conversation_id,
+            link.branch_id,
+            link.parent_request_id,
+            link.is_subtask,
+            link.parent_task_request_id,
+            req.session,
+            req.agent_id,
+        )
+        if link.evidence == "subtask" and link.conversation_id is not None:  # the row lock orders numbers
+            async with conn.transaction():  # the number, the claim and the row together
                 cur = await conn.execute(NEXT_SUBTASK, (link.conversation_id,))
-                row = await cur.fetchone()
-                link.branch_id = f"subtask_{row[0] if row else 1}"
+                number = await cur.fetchone()
+                link.branch_id = f"subtask_{number[0] if number else 1}"
                 linker.register(now, link)
-                for inv, key in claims:
+                for inv, claim in claims:
                     if inv.claimed:
-                        await conn.execute(CLAIM, key)
+                        await conn.execute(CLAIM, claim)
                         break
-            link.missed = False
-            decided.set_result(link)  # the request goes on; the insert and commit follow
-            await conn.execute(
-                INSERT,
-                (
-                    req.request_id,
-                    req.project,
-                    _at(req.timestamp),
-                    req.request_type,
-                    link.current_hash,
-                    link.conversation_id,
-                    link.branch_id,
-                    link.parent_request_id,
-                    link.is_subtask,
-                    link.parent_task_request_id,
-                    req.session,
-                    req.agent_id,
-                ),
-            )
+                link.missed = False
+                decided.set_result(link)  # the request goes on; the insert and commit follow
+                await conn.execute(INSERT, (*row[:6], link.branch_id, *row[7:]))
+            return
+        link.missed = False
+        decided.set_result(link)  # the request goes on; the insert follows, committed before the unlock
+        await conn.execute(INSERT, row)
 
     @staticmethod
     def _could_be_late(req: LinkRequest) -> bool:
@@ -357,44 +434,43 @@ class SharedConversationService(ConversationService):
             return link.evidence != "prefix"
         return cls._could_be_late(req)
 
-    @staticmethod
-    async def _turn_in_flight(conn: AsyncConnection[Any], req: LinkRequest) -> bool:
-        """Whether a turn of this request's session that may launch sub-agents or write a summary has
-        not had its outcome recorded yet (then the launch or summary may still be on its way)."""
-        cur = await conn.execute(
-            IN_FLIGHT,
-            (req.project, req.session, _at(req.timestamp - IN_FLIGHT_S), _at(req.timestamp + 1), req.request_id),
-        )
-        row = await cur.fetchone()
-        return bool(row and row[0])
-
     async def _load_shared(
-        self, conn: AsyncConnection[Any], req: LinkRequest, hashes: list[bytes]
-    ) -> tuple[Linker, list[tuple[Invocation, tuple[str, int]]], float]:
-        """A linker over a scratch index of what the shared tables know that could be evidence."""
+        self, conn: AsyncConnection[Any], req: LinkRequest, hashes: list[bytes], key: int | None, ask: bool
+    ) -> tuple[Linker, list[tuple[Invocation, tuple[str, int]]], float, bool]:
+        """A linker over a scratch index of what the shared tables know that could be evidence (the lock
+        `key` taken first, unless None), and, when `ask`, whether a turn of this request's session that
+        may launch sub-agents or write a summary has not had its outcome recorded yet (then the launch
+        or summary may still be on its way)."""
         index = LinkIndex(capacity=100_000)
         # Up to a minute past the request's own stamp: another instance's clock, or a request stamped
         # later that still took the lock first (a decision comes after whatever committed before it).
         start, end = _at(req.timestamp) - timedelta(days=self.lookback_days), _at(req.timestamp + CLOCK_SLACK_S)
-        params = {
-            "hashes": hashes,
-            "mine": hashes[-1],
-            "compaction": req.request_type == COMPACTION,
-            "project": req.project,
-            "start": start,
-            "end": end,
-            "session": req.session,
-            "agent": req.agent_id,
-        }
+        since, until = (_at(req.timestamp - IN_FLIGHT_S), _at(req.timestamp + 1)) if ask else (None, None)
+        params = (
+            key,
+            hashes,
+            hashes[-1],
+            req.request_type == COMPACTION,
+            req.project,
+            start,
+            end,
+            req.session,
+            req.agent_id,
+            req.request_id,
+            since,
+            until,
+        )
         cur = await conn.execute(CANDIDATES, params)
-        entries = [_entry(r) for r in await cur.fetchall()]
+        rows = await cur.fetchall()
+        in_flight = bool(ask and rows and rows[0][0] is None and rows[0][12])
+        entries = [_entry(r) for r in rows if r[0] is not None]
         claims: list[tuple[Invocation, tuple[str, int]]] = []
         wanted: list[str] = []
         if len(hashes) == 1 and req.first_user_key is not None:
             cur = await conn.execute(INVOCATIONS, (req.first_user_key, req.project, start, end))
             for rid, n, tool_use_id, conversation, session, at in reversed(await cur.fetchall()):
-                key = req.first_user_key
-                inv = Invocation(rid, tool_use_id, req.project, conversation, session, at.timestamp(), key)
+                prompt = req.first_user_key
+                inv = Invocation(rid, tool_use_id, req.project, conversation, session, at.timestamp(), prompt)
                 index.add_invocation(inv)
                 claims.append((inv, (rid, n)))
                 wanted.append(rid)
@@ -415,7 +491,7 @@ class SharedConversationService(ConversationService):
             newest = max(newest, inv.timestamp)
         for c in index.compactions:
             newest = max(newest, c.timestamp)
-        return Linker(index, self.linker.new_id), claims, newest
+        return Linker(index, self.linker.new_id), claims, newest, in_flight
 
     async def _load_stored(self, conn: AsyncConnection[Any], req: LinkRequest, index: LinkIndex) -> bool:
         """The stored rows (`api_requests`) that could be evidence, for history older than the shared
@@ -448,6 +524,11 @@ class SharedConversationService(ConversationService):
     async def failed(self, request_id: str) -> None:
         """Mark a request failed as soon as its upstream answered with an error, before the client sees
         it: a client that retries at once (an SDK after a 529) must find the failure from any instance."""
+        if request_id in self._solo_live and self.solo_log is not None:  # decided alone
+            self.solo_log.completed(request_id, FAILED, [], None)  # with its row, if a hand-over comes first
+            if not (self.lease and self.lease.solo):  # after one: another process may see its retry now
+                await self.solo_log.flush()
+            return
         live = self._live.get(request_id)
         if live is None or self._database_away():
             return
@@ -463,6 +544,9 @@ class SharedConversationService(ConversationService):
             log.warning("marking %s failed for linking failed (%s: %s)", request_id, type(exc).__name__, exc)
 
     def complete(self, request_id: str, link: Link | None, ok: bool, reply: Reply | None) -> list[bytes]:
+        solo = self._solo_live.pop(request_id, None)
+        if solo is not None:
+            return self._complete_solo(solo, link, ok, reply)
         live = self._live.pop(request_id, None)
         if live is None:
             return super().complete(request_id, link, ok, reply)
@@ -505,7 +589,7 @@ class SharedConversationService(ConversationService):
         try:
             await self._inserted(req.request_id)
             pool = await self.shared_pool()
-            async with pool.connection(timeout=self.lookup_timeout_s) as conn:
+            async with pool.connection(timeout=self.lookup_timeout_s) as conn, conn.transaction():
                 at = _at(req.timestamp)
                 for n, ((tool_use_id, _), key) in enumerate(zip(spawned, keys, strict=True)):
                     await conn.execute(
@@ -550,9 +634,11 @@ class SharedConversationService(ConversationService):
             await asyncio.wait([task], timeout=self.lookup_timeout_s * 2)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
-        """Let the outcome writes under way finish (a worker that stops)."""
+        """Let the outcome writes under way finish (a worker that stops), and what was decided alone."""
         if self._writes:
             await asyncio.wait(list(self._writes), timeout=timeout_s)
+        if self.solo_log is not None:
+            await self.solo_log.drain(timeout_s)
 
 
 PRUNE = (

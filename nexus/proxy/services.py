@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from nexus.conversations.index import LinkIndex
-from nexus.conversations.linker import Linker
+from nexus.conversations.build import build_conversations
 from nexus.conversations.service import ConversationService, LookupPool
-from nexus.conversations.shared import SHARED_OPTIONS, SharedConversationService
+from nexus.conversations.shared import SharedConversationService
 from nexus.observability import metrics as prom
 from nexus.observability.tracing import Tracer, build_tracer
 from nexus.proxy.upstream import Upstream
@@ -36,24 +35,7 @@ class Services:
 
     def _link(self, s: Settings) -> None:
         """The conversation service and its database pool (storage on only: links are stored rows)."""
-        assert s.database_url is not None  # a writer exists only with a database
-        if s.link_shared != "off":  # every worker of every instance decides from the same state
-            self.lookup_pool = LookupPool(s.database_url, s.link_lookup_timeout_ms, size=4, options=SHARED_OPTIONS)
-            self.conversations = SharedConversationService(
-                Linker(LinkIndex(1000)),  # only decides while the database is away
-                self.lookup_pool,
-                lookup_timeout_s=s.link_lookup_timeout_ms / 1000,
-                lookback_days=s.link_lookback_days,
-            )
-        else:
-            self.lookup_pool = LookupPool(s.database_url, s.link_lookup_timeout_ms)
-            self.conversations = ConversationService(
-                Linker(LinkIndex(s.link_index_size)),
-                self.lookup_pool,
-                lookup_timeout_s=s.link_lookup_timeout_ms / 1000,
-                lookback_days=s.link_lookback_days,
-                flush_wait_s=(s.storage_batch_interval_ms + 30) / 1000 if s.proxy_workers > 1 else 0.0,
-            )
+        self.conversations, self.lookup_pool = build_conversations(s)  # LINK_SHARED: off, auto (solo lease), on
 
     def close(self, loop: asyncio.AbstractEventLoop, can_run: bool) -> None:
         """Close in the reverse order of `build_services`: linking first (its last shared writes, then its
