@@ -4,6 +4,7 @@ two instances are: the races a single worker never meets, decided as a single wo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -236,3 +237,39 @@ def test_the_candidates_function_reads_as_many_rows_as_the_stored_lookup() -> No
     assert f"WHERE newest <= {repository.HASH_GROUP_ROWS}\n" in sql
     assert f"OR (in_group <= {repository.HASH_GROUP_ROWS} AND" in sql
     assert f'ORDER BY depth DESC, "timestamp" DESC LIMIT {repository.HASH_CANDIDATES}\n' in sql
+
+
+async def test_a_reply_reaches_the_client_only_after_its_decision_is_committed(migrated_db: str) -> None:
+    """The race behind the concurrent two-instance replay's rare miss: a request's decision is handed on
+    before its insert commits, and a fast upstream's reply could reach the client first; the client's
+    next request (here the sub-agent its reply launched) decided on the other instance then saw no turn
+    of its session in flight, did not wait for the launch, and opened a conversation of its own. The
+    proxy now waits for `committed()` before it relays a successful answer (`phases/forward.py`)."""
+    a, b = service(migrated_db), service(migrated_db, max_wait_s=5)
+    blocker = await psycopg.AsyncConnection.connect(migrated_db)
+    try:
+        await b.link(request("warm up", at=T0 - 10, session="other"))  # b's pool open
+        spawner_req = request("do it", at=T0)
+        await blocker.execute(  # an uncommitted row with its id: its insert waits for it, nothing else does
+            'INSERT INTO link_requests (request_id, project_id, "timestamp", request_type) '
+            "VALUES (%s, 'x', now(), 'main')",
+            (spawner_req.request_id,),
+        )
+        spawner = await a.link(spawner_req)  # decided; its insert now waits
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(a.committed(spawner_req.request_id), 0.3)
+            raise AssertionError("committed() returned while the decision's insert could not commit")
+        await blocker.rollback()  # the insert goes in
+        await asyncio.wait_for(a.committed(spawner_req.request_id), 5)
+        prompt = "SUBTASK: list the tests"
+        sub = request(prompt, at=T0 + 1, kind=SUBAGENT, agent_id="agent-1", first_user_key=prompt_key(prompt))
+        deciding = asyncio.ensure_future(b.link(sub))  # the client saw the reply: its turn is in flight
+        await asyncio.sleep(0.05)
+        reply = {"content": [{"type": "tool_use", "id": "toolu_1", "name": "Agent", "input": {"prompt": prompt}}]}
+        a.complete(spawner_req.request_id, spawner, True, read_reply(orjson.dumps(reply)))
+        link = await deciding
+        assert (link.evidence, link.parent_task_request_id) == ("subtask", spawner_req.request_id)
+        assert link.conversation_id == spawner.conversation_id
+    finally:
+        await blocker.close()
+        await close(a, b)

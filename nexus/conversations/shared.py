@@ -627,6 +627,14 @@ class SharedConversationService(ConversationService):
                 self.shared_failures += 1
                 log.warning("recording %d outcomes for linking failed (%s: %s)", len(ids), type(exc).__name__, exc)
 
+    async def committed(self, request_id: str) -> None:
+        """Return once this request's decision is committed (at once when it already is, or was decided
+        alone or from memory). The proxy awaits it before it relays a successful answer: a decision is
+        handed on before its insert commits, and with a fast upstream the client could otherwise send
+        its next request (a sub-agent the reply launched, a retry) to another instance before this one
+        is visible there as a turn in flight."""
+        await self._inserted(request_id)
+
     async def _inserted(self, request_id: str) -> None:
         """Wait until this request's decision is committed (an update must find its row)."""
         task = self._inserting.get(request_id)

@@ -70,8 +70,11 @@ async def open_exchange(
             opened = await open_upstream(upstream, policy, method, target, headers, body, head_timeout_s, on_retry)
             attempts += opened.attempts
         ex.record.attempts = attempts
-        if opened.response.status != 200 and isinstance(conversations, SharedConversationService):
-            await conversations.failed(ex.record.request_id)  # before the client can retry it anywhere
+        if isinstance(conversations, SharedConversationService):
+            if opened.response.status != 200:
+                await conversations.failed(ex.record.request_id)  # before the client can retry it anywhere
+            else:  # before the client can send what follows this answer to another instance
+                await conversations.committed(ex.record.request_id)
         server_deadline.reschedule(None)  # the response has started: streams may run long
     return opened
 
