@@ -10,6 +10,7 @@ pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod pgcopy;
+pub mod rows;
 pub mod safe;
 pub mod sse;
 

@@ -12,18 +12,18 @@ use crate::conversation::{self, analyze_request as analyze};
 #[pyclass(module = "nexus._core", name = "RequestAnalysis", frozen)]
 pub struct PyRequestAnalysis {
     #[pyo3(get)]
-    envelope: Py<PyBytes>,
+    pub(crate) envelope: Py<PyBytes>,
     #[pyo3(get)]
-    system_key: Option<Py<PyBytes>>,
+    pub(crate) system_key: Option<Py<PyBytes>>,
     #[pyo3(get)]
-    tools_key: Option<Py<PyBytes>>,
+    pub(crate) tools_key: Option<Py<PyBytes>>,
     #[pyo3(get)]
-    message_keys: Option<Py<PyList>>,
+    pub(crate) message_keys: Option<Py<PyList>>,
     /// `(key, kind, start, end)`: the part is `body[start:end]`.
     #[pyo3(get)]
-    part_spans: Py<PyList>,
+    pub(crate) part_spans: Py<PyList>,
     #[pyo3(get)]
-    model: Option<String>,
+    pub(crate) model: Option<String>,
     #[pyo3(get)]
     stream: Option<bool>,
     #[pyo3(get)]
@@ -36,7 +36,7 @@ pub struct PyRequestAnalysis {
     #[pyo3(get)]
     kept_roles: Py<PyBytes>,
     #[pyo3(get)]
-    system_hash: Option<Py<PyBytes>>,
+    pub(crate) system_hash: Option<Py<PyBytes>>,
     #[pyo3(get)]
     system_block_count: usize,
     #[pyo3(get)]
