@@ -12,7 +12,8 @@ import orjson
 from bench import traffic
 from nexus._core import analyze_request
 from nexus.fake_upstream.server import FakeAnthropic
-from nexus.storage.records import ExchangeRecord, to_row
+from nexus.storage.records import ExchangeRecord
+from tests.oracles.python_rows import to_row  # rows as Python values, for the encoder alone
 
 #: A mid-session Claude Code body of about 50 KiB (system blocks, 20 tools, ~20 messages).
 BODY = traffic.one_body(stream=True, kb=50)

@@ -104,7 +104,11 @@ fn owned(obj: &Bound<'_, PyAny>) -> Result<Cell<'static>, Failure> {
 fn surrogatepass(obj: &Bound<'_, PyAny>) -> Result<Vec<u8>, Failure> {
     let py = obj.py();
     let bytes = obj.call_method1(intern!(py, "encode"), ("utf-8", "surrogatepass"))?;
-    Ok(bytes.cast::<PyBytes>().map_err(PyErr::from)?.as_bytes().to_vec())
+    Ok(bytes
+        .cast::<PyBytes>()
+        .map_err(PyErr::from)?
+        .as_bytes()
+        .to_vec())
 }
 
 fn owned_scalar(obj: &Bound<'_, PyAny>) -> Result<Cell<'static>, Failure> {
@@ -170,10 +174,17 @@ fn json_object(pairs: &[(&str, &str)]) -> Vec<u8> {
 }
 
 /// The pairs of `pairs` (a list of 2-tuples of str, all UTF-8), or None for anything else.
-fn str_pairs<'a>(pairs: &'a [(Bound<'_, PyAny>, Bound<'_, PyAny>)]) -> Option<Vec<(&'a str, &'a str)>> {
+fn str_pairs<'a>(
+    pairs: &'a [(Bound<'_, PyAny>, Bound<'_, PyAny>)],
+) -> Option<Vec<(&'a str, &'a str)>> {
     pairs
         .iter()
-        .map(|(k, v)| Some((k.cast::<PyString>().ok()?.to_str().ok()?, v.cast::<PyString>().ok()?.to_str().ok()?)))
+        .map(|(k, v)| {
+            Some((
+                k.cast::<PyString>().ok()?.to_str().ok()?,
+                v.cast::<PyString>().ok()?.to_str().ok()?,
+            ))
+        })
         .collect()
 }
 
@@ -221,7 +232,10 @@ fn request_headers(
 }
 
 /// `dict(pairs)` as JSON; pairs that are not plain str go to Python's `headers_json`.
-fn response_headers(obj: &Bound<'_, PyAny>, json: &Bound<'_, PyAny>) -> Result<Cell<'static>, Failure> {
+fn response_headers(
+    obj: &Bound<'_, PyAny>,
+    json: &Bound<'_, PyAny>,
+) -> Result<Cell<'static>, Failure> {
     if obj.is_none() {
         return Ok(Cell::Null);
     }
@@ -233,12 +247,18 @@ fn response_headers(obj: &Bound<'_, PyAny>, json: &Bound<'_, PyAny>) -> Result<C
 
 /// The `model` of a split body's envelope, when it is a string.
 fn envelope_model(envelope: &[u8]) -> Cell<'static> {
-    let parsed = serde_json::from_slice::<serde_json::Value>(envelope).ok().or_else(|| {
-        let mut repaired = Vec::with_capacity(envelope.len());
-        safe::safe_json(envelope, &mut repaired);
-        serde_json::from_slice(&repaired).ok()
-    });
-    match parsed.as_ref().and_then(|v| v.get("model")).and_then(|m| m.as_str()) {
+    let parsed = serde_json::from_slice::<serde_json::Value>(envelope)
+        .ok()
+        .or_else(|| {
+            let mut repaired = Vec::with_capacity(envelope.len());
+            safe::safe_json(envelope, &mut repaired);
+            serde_json::from_slice(&repaired).ok()
+        });
+    match parsed
+        .as_ref()
+        .and_then(|v| v.get("model"))
+        .and_then(|m| m.as_str())
+    {
         Some(model) => Cell::Text(Cow::Owned(model.to_owned())),
         None => Cell::Null,
     }
@@ -341,10 +361,16 @@ fn build<'a>(
     let py = fetched.record.py();
     let a = &fetched.attrs;
     let mut blobs: Vec<Blob<'a>> = Vec::new();
-    let is_new = |key: &[u8], blobs: &[Blob<'_>], known_check: &dyn Fn() -> PyResult<bool>| -> PyResult<bool> {
-        Ok(!parts.seen.contains(key) && !blobs.iter().any(|b| b.key.as_ref() == key) && !known_check()?)
+    let is_new = |key: &[u8],
+                  blobs: &[Blob<'_>],
+                  known_check: &dyn Fn() -> PyResult<bool>|
+     -> PyResult<bool> {
+        Ok(!parts.seen.contains(key)
+            && !blobs.iter().any(|b| b.key.as_ref() == key)
+            && !known_check()?)
     };
-    let (request_headers, session_header, agent_id) = request_headers(&a[A::REQUEST_HEADERS], hooks)?;
+    let (request_headers, session_header, agent_id) =
+        request_headers(&a[A::REQUEST_HEADERS], hooks)?;
     let mut flags: Vec<Cell<'a>> = Vec::new();
     if a[A::REPAIRS].is_truthy()? {
         for item in a[A::REPAIRS].try_iter()? {
@@ -363,14 +389,12 @@ fn build<'a>(
         let an = analysis.get();
         let data = body.cast::<PyBytes>().map_err(PyErr::from)?.as_bytes();
         ex.envelope = Cell::Bytes(Cow::Borrowed(an.envelope.bind(py).as_bytes()));
-        ex.system_key = an
-            .system_key
-            .as_ref()
-            .map_or(Cell::Null, |k| Cell::Bytes(Cow::Borrowed(k.bind(py).as_bytes())));
-        ex.tools_key = an
-            .tools_key
-            .as_ref()
-            .map_or(Cell::Null, |k| Cell::Bytes(Cow::Borrowed(k.bind(py).as_bytes())));
+        ex.system_key = an.system_key.as_ref().map_or(Cell::Null, |k| {
+            Cell::Bytes(Cow::Borrowed(k.bind(py).as_bytes()))
+        });
+        ex.tools_key = an.tools_key.as_ref().map_or(Cell::Null, |k| {
+            Cell::Bytes(Cow::Borrowed(k.bind(py).as_bytes()))
+        });
         ex.message_keys = match &an.message_keys {
             Some(keys) => owned(keys.bind(py).as_any())?,
             None => Cell::Null,
@@ -400,8 +424,13 @@ fn build<'a>(
                 // not JSON: shown as text, and kept exactly as it came
                 let text = String::from_utf8_lossy(data);
                 let mut envelope = serde_json::Map::with_capacity(1);
-                envelope.insert("unparsed_body".into(), serde_json::Value::from(text.as_ref()));
-                ex.envelope = Cell::Bytes(Cow::Owned(serde_json::to_vec(&envelope).unwrap_or_default()));
+                envelope.insert(
+                    "unparsed_body".into(),
+                    serde_json::Value::from(text.as_ref()),
+                );
+                ex.envelope = Cell::Bytes(Cow::Owned(
+                    serde_json::to_vec(&envelope).unwrap_or_default(),
+                ));
                 ex.envelope_raw = Cell::Bytes(Cow::Borrowed(data));
                 flags.push(Cell::Text(Cow::Borrowed("request_not_json")));
             }
@@ -411,10 +440,9 @@ fn build<'a>(
                 let key_cell = |k: &body::Key| Cell::Bytes(Cow::Owned(k.to_vec()));
                 ex.system_key = split.system_key.as_ref().map_or(Cell::Null, key_cell);
                 ex.tools_key = split.tools_key.as_ref().map_or(Cell::Null, key_cell);
-                ex.message_keys = split
-                    .message_keys
-                    .as_ref()
-                    .map_or(Cell::Null, |keys| Cell::Array(keys.iter().map(key_cell).collect()));
+                ex.message_keys = split.message_keys.as_ref().map_or(Cell::Null, |keys| {
+                    Cell::Array(keys.iter().map(key_cell).collect())
+                });
                 for (key, kind, part) in split.parts {
                     if is_new(&key, &blobs, &|| known.contains(PyBytes::new(py, &key)))? {
                         blobs.push(Blob {
@@ -443,7 +471,8 @@ fn build<'a>(
                 .iter()
                 .map(|c| owned(&c))
                 .collect::<Result<Vec<_>, _>>()?;
-            let Ok::<[Cell<'static>; 7], _>([usage, input, output, creation, read, tools, more]) = cells.try_into()
+            let Ok::<[Cell<'static>; 7], _>([usage, input, output, creation, read, tools, more]) =
+                cells.try_into()
             else {
                 return Err(Failure::Build(pyo3::exceptions::PyValueError::new_err(
                     "reply_facts gives 7 values",
@@ -482,11 +511,9 @@ fn build<'a>(
         Cell::Null
     };
     ex.system_hash = match analysis {
-        Some(an) => an
-            .get()
-            .system_hash
-            .as_ref()
-            .map_or(Cell::Null, |h| Cell::Bytes(Cow::Borrowed(h.bind(py).as_bytes()))),
+        Some(an) => an.get().system_hash.as_ref().map_or(Cell::Null, |h| {
+            Cell::Bytes(Cow::Borrowed(h.bind(py).as_bytes()))
+        }),
         None => Cell::Null,
     };
     ex.session_id = match (&session_header, analysis) {
@@ -520,8 +547,8 @@ fn build<'a>(
         for name in LINK_ATTRS {
             cells.push(owned(&link.getattr(*name)?)?);
         }
-        let [conversation, branch, parent, subtask, task, current, parent_hash]: [Cell<'static>; 7] =
-            cells.try_into().unwrap_or_default();
+        let [conversation, branch, parent, subtask, task, current, parent_hash]: [Cell<'static>;
+            7] = cells.try_into().unwrap_or_default();
         ex.conversation_id = conversation;
         ex.branch_id = branch;
         ex.parent_request_id = parent;
@@ -621,10 +648,14 @@ pub fn build_request_batch<'py>(
                             .collect::<Result<Vec<_>, _>>()
                     });
                 match cells {
-                    Ok(cells) if cells.len() == REQUEST_COLUMNS.len() => rows.push(Row::Cells(cells)),
+                    Ok(cells) if cells.len() == REQUEST_COLUMNS.len() => {
+                        rows.push(Row::Cells(cells))
+                    }
                     Ok(cells) => lost.push((i, format!("a minimal row of {} cells", cells.len()))),
                     Err(Failure::Lost(msg)) => lost.push((i, msg)),
-                    Err(Failure::Build(e)) => lost.push((i, format!("the minimal row failed: {e}"))),
+                    Err(Failure::Build(e)) => {
+                        lost.push((i, format!("the minimal row failed: {e}")))
+                    }
                 }
             }
         }
@@ -651,11 +682,17 @@ pub fn build_request_batch<'py>(
 /// The `api_requests` columns written now, as (name, type) in their COPY order.
 #[pyfunction]
 pub fn request_columns() -> Vec<(&'static str, &'static str)> {
-    REQUEST_COLUMNS.iter().map(|c| (c.name, c.ty.name())).collect()
+    REQUEST_COLUMNS
+        .iter()
+        .map(|c| (c.name, c.ty.name()))
+        .collect()
 }
 
 /// The `content_blobs` columns, as (name, type) in their COPY order.
 #[pyfunction]
 pub fn blob_columns() -> Vec<(&'static str, &'static str)> {
-    rows::BLOB_COLUMNS.iter().map(|(n, t)| (*n, t.name())).collect()
+    rows::BLOB_COLUMNS
+        .iter()
+        .map(|(n, t)| (*n, t.name()))
+        .collect()
 }
