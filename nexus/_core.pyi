@@ -15,6 +15,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "REPAIR_NAMES",
     "STORED_REQUEST_HEADERS",
+    "KnownKeys",
     "NexusCoreError",
     "RequestAnalysis",
     "SplitBody",
@@ -158,6 +159,20 @@ REPAIR_NAMES: Final[tuple[str, ...]]
 the database (the ``repairs`` column), so they never change: ``nul_escaped``,
 ``surrogate_escaped``, ``invalid_utf8``, ``control_escaped``, ``number_as_text``,
 ``depth_limited``, ``not_json``, ``int_clamped``, ``stored_as_text``."""
+
+@final
+class KnownKeys:
+    """A bounded set of content keys known to be in the database, oldest forgotten first (the
+    writer's recent keys). Kept in Rust so ``build_request_batch`` checks a batch's parts against it
+    with the GIL released; any other container is checked with the GIL held."""
+
+    def __new__(cls, capacity: int, /) -> KnownKeys: ...
+    @property
+    def capacity(self) -> int: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def add_all(self, keys: Iterable[bytes], /) -> None:
+        """Remember ``keys`` as stored (the newest), forgetting the oldest past the capacity."""
 
 STORED_REQUEST_HEADERS: Final[frozenset[str]]
 """Request headers kept with a stored request: an allow-list, so no credential can ever be stored."""

@@ -16,7 +16,7 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nexus._core import SseObserver, analyze_request, copy_rows, encode_copy_binary
+from nexus._core import KnownKeys, SseObserver, analyze_request, copy_rows, encode_copy_binary
 from nexus.conversations.linker import Link
 from nexus.storage.payload import Batch
 from nexus.storage.records import (
@@ -320,3 +320,26 @@ def test_a_batch_spooled_by_the_python_builder_replays_as_a_new_one_is_stored(mi
     for new, old in zip(written, replayed, strict=True):
         # all but when the row reached the database
         assert [(c, a) for c, a, b in zip(columns, new, old, strict=True) if a != b and c != "created_at"] == []
+
+
+def test_known_keys_forget_the_oldest_and_a_key_added_again_is_new() -> None:
+    known = KnownKeys(3)
+    known.add_all([b"a", b"b", b"c"])
+    known.add_all([b"a"])  # now the newest
+    known.add_all([b"d"])
+    assert [k in known for k in (b"a", b"b", b"c", b"d")] == [True, False, True, True]
+    assert len(known) == 3 and "a" not in known  # type: ignore[operator]
+    for i in range(1000):  # stale entries do not pile up
+        known.add_all([b"a", bytes([i % 7])])
+    assert len(known) == 3
+
+
+def test_parts_the_writer_knows_are_left_out_as_with_a_python_set() -> None:
+    records = fixture_records()
+    first = build_batch(records[:6]).new_keys
+    known = KnownKeys(50_000)
+    known.add_all(first)
+    built = build_batch(records, known)
+    requests, blobs, keys = old_payloads(records, frozenset(first))
+    assert (built.requests, built.blobs, built.new_keys) == (requests, blobs, keys)
+    assert not set(first) & set(built.new_keys)

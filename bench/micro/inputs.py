@@ -48,12 +48,11 @@ def long_stream() -> list[bytes]:
 STREAM = long_stream()
 
 
-def storage_rows(n: int = 200) -> tuple[list[list[object]], list[list[object]]]:
-    """A writer batch: `n` api_requests rows and their distinct content blobs, from a real corpus."""
+def storage_records(n: int = 200) -> list[ExchangeRecord]:
+    """A writer batch: `n` records as the proxy hands them over, from a real corpus."""
     requests = traffic.corpus(12, stream_share=0.8)[:n]
     now = int(time.time() * 1_000_000)
-    blobs: dict[bytes, tuple[int, bytes]] = {}
-    rows = []
+    records = []
     for i, req in enumerate(requests):
         body = req.body.replace(traffic.TOKEN.encode(), b"a1b2c3")
         rec = ExchangeRecord(
@@ -62,5 +61,12 @@ def storage_rows(n: int = 200) -> tuple[list[list[object]], list[list[object]]]:
         rec.response_status, rec.response_headers, rec.streamed = 200, [("request-id", "req_1")], req.stream
         rec.response_body = b'{"id":"msg_1","type":"message","content":[{"type":"text","text":"done"}]}'
         rec.analysis = analyze_request(body, strict=False)
-        rows.append(to_row(rec, blobs))
+        records.append(rec)
+    return records
+
+
+def storage_rows(n: int = 200) -> tuple[list[list[object]], list[list[object]]]:
+    """A writer batch as Python rows (the Python builder's) and its distinct content blobs."""
+    blobs: dict[bytes, tuple[int, bytes]] = {}
+    rows = [to_row(rec, blobs) for rec in storage_records(n)]
     return rows, [[k, kind, raw, None] for k, (kind, raw) in blobs.items()]

@@ -139,7 +139,7 @@ class Writer:
         """The COPY batch for `records` (each with the reference's conversation id to keep)."""
         if not records:
             return Batch(b"", b""), []
-        built = build_batch([r for r, _ in records], self.known.members, conversations=[c for _, c in records])
+        built = build_batch([r for r, _ in records], self.known, conversations=[c for _, c in records])
         for request_id, why in built.lost:
             log.error("import: request %s could not be encoded: %s", request_id, why)
         return Batch(built.requests, built.blobs), built.new_keys

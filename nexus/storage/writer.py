@@ -23,12 +23,12 @@ import threading
 import time
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import Callable, Container
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
 
-from nexus._core import copy_rows
+from nexus._core import KnownKeys, copy_rows
 from nexus.settings import Settings
 from nexus.storage import quarantine
 from nexus.storage.failures import OUTAGE, UNKNOWN, classify, describe
@@ -84,27 +84,9 @@ class WriterMetrics:
     degraded_reasons: list[str] = field(default_factory=list)
 
 
-class RecentKeys:
-    """A bounded set of content keys known to be in the database, oldest forgotten first."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._keys: OrderedDict[bytes, None] = OrderedDict()
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._keys
-
-    @property
-    def members(self) -> Container[bytes]:
-        """The keys as a dict the Rust row builder checks without calling back into Python."""
-        return self._keys
-
-    def add_all(self, keys: list[bytes]) -> None:
-        for key in keys:
-            self._keys[key] = None
-            self._keys.move_to_end(key)
-        while len(self._keys) > self.capacity:
-            self._keys.popitem(last=False)
+#: A bounded set of content keys known to be in the database, oldest forgotten first. Kept in Rust
+#: (`_core.KnownKeys`) so the row builder checks a batch's parts against it with the GIL released.
+RecentKeys = KnownKeys
 
 
 class StorageWriter:
@@ -273,7 +255,7 @@ class StorageWriter:
     def _write_batch(self, records: list[ExchangeRecord]) -> None:
         try:
             # one call: rows built and encoded by the Rust core, the encoding with the GIL released
-            built = build_batch(records, self._known.members)
+            built = build_batch(records, self._known)
         except Exception:
             # build_batch never fails for a record's content: this is a bug. The records go one by
             # one, so only one that cannot be built is lost, loudly.

@@ -188,6 +188,7 @@ fn nexus_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pgcopy::copy_row_last_resort, m)?)?;
     m.add_function(wrap_pyfunction!(pgcopy::copy_row_field, m)?)?;
     m.add_function(wrap_pyfunction!(rows::build_request_batch, m)?)?;
+    m.add_class::<rows::KnownKeys>()?;
     m.add_function(wrap_pyfunction!(rows::request_columns, m)?)?;
     m.add_function(wrap_pyfunction!(rows::blob_columns, m)?)?;
     m.add(

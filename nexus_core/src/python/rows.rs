@@ -10,7 +10,8 @@
 //! content part (`rows::encode_batch`).
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -345,29 +346,29 @@ const LINK_ATTRS: &[&str] = &[
     "parent_hash",
 ];
 
-/// The batch being built: its content parts new to the database, each once.
-struct Parts<'a> {
-    blobs: Vec<Blob<'a>>,
-    seen: HashSet<Vec<u8>>,
+/// The content keys known to be in the database, as the builder is given them: the writer's own
+/// `KnownKeys` (checked with the GIL released) or any Python container (checked with it held).
+enum Known<'py> {
+    Rust(Bound<'py, KnownKeys>),
+    Py(Bound<'py, PyAny>),
 }
 
 /// One record's exchange, and the parts it adds (committed only when the whole row is built).
 fn build<'a>(
     fetched: &'a Fetched<'_>,
-    known: &Bound<'_, PyAny>,
+    known: &Known<'_>,
     hooks: &Hooks<'_>,
-    parts: &Parts<'_>,
 ) -> Result<(Exchange<'a>, Vec<Blob<'a>>), Failure> {
     let py = fetched.record.py();
     let a = &fetched.attrs;
+    // the record's parts: those a Python container of known keys holds are left out here, the rest
+    // after the GIL is released (`KnownKeys`, and each part once in the batch)
     let mut blobs: Vec<Blob<'a>> = Vec::new();
-    let is_new = |key: &[u8],
-                  blobs: &[Blob<'_>],
-                  known_check: &dyn Fn() -> PyResult<bool>|
-     -> PyResult<bool> {
-        Ok(!parts.seen.contains(key)
-            && !blobs.iter().any(|b| b.key.as_ref() == key)
-            && !known_check()?)
+    let is_new = |key: &[u8]| -> PyResult<bool> {
+        match known {
+            Known::Rust(_) => Ok(true),
+            Known::Py(container) => Ok(!container.contains(PyBytes::new(py, key))?),
+        }
     };
     let (request_headers, session_header, agent_id) =
         request_headers(&a[A::REQUEST_HEADERS], hooks)?;
@@ -395,25 +396,26 @@ fn build<'a>(
         ex.tools_key = an.tools_key.as_ref().map_or(Cell::Null, |k| {
             Cell::Bytes(Cow::Borrowed(k.bind(py).as_bytes()))
         });
-        ex.message_keys = match &an.message_keys {
-            Some(keys) => owned(keys.bind(py).as_any())?,
+        ex.message_keys = match &an.message_key_list {
+            Some(keys) => Cell::Array(
+                keys.iter()
+                    .map(|k| Cell::Bytes(Cow::Borrowed(k.as_slice())))
+                    .collect(),
+            ),
             None => Cell::Null,
         };
         ex.model = an
             .model
             .as_deref()
             .map_or(Cell::Null, |m| Cell::Text(Cow::Borrowed(m)));
-        for span in an.part_spans.bind(py).iter() {
-            let (key, kind, start, end): (Bound<'_, PyBytes>, u8, usize, usize) = span.extract()?;
-            let bytes = key.as_bytes();
-            if is_new(bytes, &blobs, &|| known.contains(&key))? {
+        for (key, kind, start, end) in &an.spans {
+            if is_new(key)? {
                 // as Python slices: a span past the body is cut to it (never from the request path)
-                let end = end.min(data.len());
-                let part = &data[start.min(end)..end];
+                let end = (*end).min(data.len());
                 blobs.push(Blob {
-                    key: Cow::Owned(bytes.to_vec()),
-                    kind,
-                    body: part,
+                    key: Cow::Borrowed(key.as_slice()),
+                    kind: *kind,
+                    body: &data[(*start).min(end)..end],
                 });
             }
         }
@@ -444,7 +446,7 @@ fn build<'a>(
                     Cell::Array(keys.iter().map(key_cell).collect())
                 });
                 for (key, kind, part) in split.parts {
-                    if is_new(&key, &blobs, &|| known.contains(PyBytes::new(py, &key)))? {
+                    if is_new(&key)? {
                         blobs.push(Blob {
                             key: Cow::Owned(key.to_vec()),
                             kind: kind as u8,
@@ -606,10 +608,11 @@ pub fn build_request_batch<'py>(
         }
         fetched.push(Fetched { record, attrs });
     }
-    let mut parts = Parts {
-        blobs: Vec::new(),
-        seen: HashSet::new(),
+    let known = match known.cast::<KnownKeys>() {
+        Ok(keys) => Known::Rust(keys.clone()),
+        Err(_) => Known::Py(known.clone()),
     };
+    let mut parts: Vec<Blob<'_>> = Vec::new();
     let mut rows: Vec<Row<'_>> = Vec::with_capacity(fetched.len());
     let mut lost: Vec<(usize, String)> = Vec::new();
     for (i, f) in fetched.iter().enumerate() {
@@ -621,7 +624,7 @@ pub fn build_request_batch<'py>(
                 .unwrap_or_else(|| pyo3::exceptions::PyAttributeError::new_err("record"));
             Err(Failure::Build(err))
         } else {
-            build(f, known, &hooks, &parts)
+            build(f, &known, &hooks)
         };
         match outcome {
             Ok((mut exchange, blobs)) => {
@@ -630,10 +633,7 @@ pub fn build_request_batch<'py>(
                         exchange.conversation_id = Cell::Text(Cow::Owned(conversation.clone()));
                     }
                 }
-                for blob in blobs {
-                    parts.seen.insert(blob.key.to_vec());
-                    parts.blobs.push(blob);
-                }
+                parts.extend(blobs);
                 rows.push(Row::Built(Box::new(exchange)));
             }
             Err(Failure::Lost(msg)) => lost.push((i, msg)),
@@ -663,14 +663,23 @@ pub fn build_request_batch<'py>(
     // rows and lost indices: a row's index in `rows` maps back to its record
     let mut index: Vec<usize> = (0..fetched.len()).collect();
     index.retain(|i| !lost.iter().any(|(at, _)| at == i));
-    let encoded = py.detach(|| rows::encode_batch(&rows, &parts.blobs))?;
+    let rust_known = match &known {
+        Known::Rust(keys) => Some(keys.get()),
+        Known::Py(_) => None,
+    };
+    let (encoded, new) = py.detach(|| {
+        // each part once, and none the database is known to have
+        let mut seen: HashSet<&[u8]> = HashSet::new();
+        let new: Vec<Blob<'_>> = parts
+            .iter()
+            .filter(|p| !rust_known.is_some_and(|k| k.contains(&p.key)) && seen.insert(&p.key))
+            .cloned()
+            .collect();
+        rows::encode_batch(&rows, &new).map(|encoded| (encoded, new))
+    })?;
     lost.extend(encoded.lost.into_iter().map(|(r, msg)| (index[r], msg)));
     lost.sort_by_key(|(i, _)| *i);
-    let keys = parts
-        .blobs
-        .iter()
-        .map(|b| PyBytes::new(py, &b.key))
-        .collect();
+    let keys = new.iter().map(|b| PyBytes::new(py, &b.key)).collect();
     Ok((
         PyBytes::new(py, &encoded.requests),
         PyBytes::new(py, &encoded.blobs),
@@ -695,4 +704,90 @@ pub fn blob_columns() -> Vec<(&'static str, &'static str)> {
         .iter()
         .map(|(n, t)| (*n, t.name()))
         .collect()
+}
+
+/// A bounded set of content keys known to be in the database, oldest forgotten first (the writer's
+/// recent keys). Kept in Rust so the row builder checks a batch's parts with the GIL released.
+#[pyclass(module = "nexus._core", name = "KnownKeys", frozen)]
+pub struct KnownKeys {
+    capacity: usize,
+    inner: Mutex<KnownInner>,
+}
+
+#[derive(Default)]
+struct KnownInner {
+    /// Each key and when it was last added.
+    stamps: HashMap<Vec<u8>, u64>,
+    /// Keys in the order they were added (an entry is stale when the key was added again since).
+    order: VecDeque<(Vec<u8>, u64)>,
+    next: u64,
+}
+
+impl KnownKeys {
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.lock().stamps.contains_key(key)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, KnownInner> {
+        // a panic while holding it cannot leave the set inconsistent in a harmful way: a key too many
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[pymethods]
+impl KnownKeys {
+    #[new]
+    #[pyo3(signature = (capacity, /))]
+    fn new(capacity: usize) -> Self {
+        KnownKeys {
+            capacity,
+            inner: Mutex::new(KnownInner::default()),
+        }
+    }
+
+    #[getter]
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn __len__(&self) -> usize {
+        self.lock().stamps.len()
+    }
+
+    fn __contains__(&self, key: &Bound<'_, PyAny>) -> bool {
+        key.cast::<PyBytes>()
+            .is_ok_and(|k| self.contains(k.as_bytes()))
+    }
+
+    /// Remember `keys` as stored (the newest), forgetting the oldest past the capacity.
+    #[pyo3(signature = (keys, /))]
+    fn add_all(&self, keys: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut inner = self.lock();
+        for key in keys.try_iter()? {
+            let key = key?;
+            let key = key
+                .cast::<PyBytes>()
+                .map_err(PyErr::from)?
+                .as_bytes()
+                .to_vec();
+            inner.next += 1;
+            let stamp = inner.next;
+            inner.stamps.insert(key.clone(), stamp);
+            inner.order.push_back((key, stamp));
+        }
+        while inner.stamps.len() > self.capacity {
+            let Some((key, stamp)) = inner.order.pop_front() else {
+                break;
+            };
+            if inner.stamps.get(&key) == Some(&stamp) {
+                inner.stamps.remove(&key);
+            }
+        }
+        // stale entries (keys added again) are dropped once they outnumber the live ones
+        if inner.order.len() > 2 * inner.stamps.len() + 64 {
+            let KnownInner { stamps, order, .. } = &mut *inner;
+            order.retain(|(key, stamp)| stamps.get(key) == Some(stamp));
+        }
+        Ok(())
+    }
 }
