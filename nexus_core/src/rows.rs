@@ -11,6 +11,7 @@
 //! encoding (every JSON cell made storable, every byte copied into the payload) is the heavy part.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use crate::pgcopy::{ColumnType, CopyEncoder, Value};
 use crate::NexusError;
@@ -223,40 +224,85 @@ pub fn request_types() -> Vec<ColumnType> {
 /// encoder refuses (a value of the wrong type for its column: a programming error, never content)
 /// is left out and reported, so one bad row never stops the batch.
 pub fn encode_batch(rows: &[Row<'_>], blobs: &[Blob<'_>]) -> Result<Encoded, NexusError> {
-    let mut requests = CopyEncoder::new(request_types())?;
-    let mut lost = Vec::new();
-    let mut values: Vec<Value<'_>> = Vec::with_capacity(REQUEST_COLUMNS.len());
-    for (i, row) in rows.iter().enumerate() {
-        values.clear();
-        match row {
-            Row::Built(exchange) => {
-                values.extend(REQUEST_COLUMNS.iter().map(|c| (c.cell)(exchange)))
-            }
-            Row::Cells(cells) => values.extend(cells.iter().map(Cell::value)),
-        }
-        if let Err(err) = requests.push_row(&values) {
-            lost.push((i, err.to_string()));
-        }
+    let mut encoder = BatchEncoder::new()?;
+    let rows: Vec<(usize, &Row<'_>)> = rows.iter().enumerate().collect();
+    encoder.push(&rows, blobs, |_| false)?;
+    Ok(encoder.finish())
+}
+
+/// A batch encoded a few rows at a time (the binding releases the GIL for each push), each new
+/// content part once.
+pub struct BatchEncoder {
+    requests: CopyEncoder,
+    blobs: CopyEncoder,
+    blob_count: usize,
+    seen: HashSet<Vec<u8>>,
+    /// The keys of the parts encoded, in their order.
+    pub new_keys: Vec<Vec<u8>>,
+    lost: Vec<(usize, String)>,
+}
+
+impl BatchEncoder {
+    pub fn new() -> Result<Self, NexusError> {
+        Ok(BatchEncoder {
+            requests: CopyEncoder::new(request_types())?,
+            blobs: CopyEncoder::new(BLOB_COLUMNS.iter().map(|(_, t)| *t).collect())?,
+            blob_count: 0,
+            seen: HashSet::new(),
+            new_keys: Vec::new(),
+            lost: Vec::new(),
+        })
     }
-    let blobs = if blobs.is_empty() {
-        Vec::new()
-    } else {
-        let mut encoder = CopyEncoder::new(BLOB_COLUMNS.iter().map(|(_, t)| *t).collect())?;
-        for blob in blobs {
-            encoder.push_row(&[
+
+    /// Encode `rows` (each with its index in the batch, for the report of a row left out) and the
+    /// parts of `parts` that are not `known` and not encoded before.
+    pub fn push(
+        &mut self,
+        rows: &[(usize, &Row<'_>)],
+        parts: &[Blob<'_>],
+        known: impl Fn(&[u8]) -> bool,
+    ) -> Result<(), NexusError> {
+        let mut values: Vec<Value<'_>> = Vec::with_capacity(REQUEST_COLUMNS.len());
+        for (i, row) in rows {
+            values.clear();
+            match row {
+                Row::Built(exchange) => {
+                    values.extend(REQUEST_COLUMNS.iter().map(|c| (c.cell)(exchange)))
+                }
+                Row::Cells(cells) => values.extend(cells.iter().map(Cell::value)),
+            }
+            if let Err(err) = self.requests.push_row(&values) {
+                self.lost.push((*i, err.to_string()));
+            }
+        }
+        for blob in parts {
+            if known(&blob.key) || self.seen.contains(blob.key.as_ref()) {
+                continue;
+            }
+            self.blobs.push_row(&[
                 Value::Bytes(&blob.key),
                 Value::Int(i64::from(blob.kind)),
                 Value::Bytes(blob.body),
                 Value::Null,
             ])?;
+            self.seen.insert(blob.key.to_vec());
+            self.new_keys.push(blob.key.to_vec());
+            self.blob_count += 1;
         }
-        encoder.finish()
-    };
-    Ok(Encoded {
-        requests: requests.finish(),
-        blobs,
-        lost,
-    })
+        Ok(())
+    }
+
+    pub fn finish(self) -> Encoded {
+        Encoded {
+            requests: self.requests.finish(),
+            blobs: if self.blob_count == 0 {
+                Vec::new()
+            } else {
+                self.blobs.finish()
+            },
+            lost: self.lost,
+        }
+    }
 }
 
 #[cfg(test)]

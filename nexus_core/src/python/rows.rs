@@ -10,7 +10,7 @@
 //! content part (`rows::encode_batch`).
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use pyo3::intern;
@@ -19,7 +19,7 @@ use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 use super::conversation::PyRequestAnalysis;
 use crate::body;
-use crate::rows::{self, Blob, Cell, Exchange, Row, REQUEST_COLUMNS};
+use crate::rows::{self, BatchEncoder, Blob, Cell, Exchange, Row, REQUEST_COLUMNS};
 use crate::safe;
 
 /// Request headers kept with a stored request: an allow-list, so no credential can ever be stored.
@@ -268,7 +268,8 @@ fn envelope_model(envelope: &[u8]) -> Cell<'static> {
 /// Everything read from one record, kept alive while its cells borrow from it.
 struct Fetched<'py> {
     record: Bound<'py, PyAny>,
-    attrs: Vec<Bound<'py, PyAny>>,
+    /// The attributes in `ATTRS` order, or the error reading one gave.
+    attrs: PyResult<Vec<Bound<'py, PyAny>>>,
 }
 
 /// The record attributes read, in this order (`A::*` index them).
@@ -356,11 +357,11 @@ enum Known<'py> {
 /// One record's exchange, and the parts it adds (committed only when the whole row is built).
 fn build<'a>(
     fetched: &'a Fetched<'_>,
+    a: &'a [Bound<'_, PyAny>],
     known: &Known<'_>,
     hooks: &Hooks<'_>,
 ) -> Result<(Exchange<'a>, Vec<Blob<'a>>), Failure> {
     let py = fetched.record.py();
-    let a = &fetched.attrs;
     // the record's parts: those a Python container of known keys holds are left out here, the rest
     // after the GIL is released (`KnownKeys`, and each part once in the batch)
     let mut blobs: Vec<Blob<'a>> = Vec::new();
@@ -562,6 +563,34 @@ fn build<'a>(
     Ok((ex, blobs))
 }
 
+/// Records read and encoded per GIL hold (see `build_request_batch`).
+const CHUNK: usize = 16;
+
+/// The minimal row of a record whose row could not be built (Python's `minimal`), or why not even
+/// that.
+fn minimal_row(
+    f: &Fetched<'_>,
+    err: &PyErr,
+    hooks: &Hooks<'_>,
+) -> Result<Vec<Cell<'static>>, String> {
+    let py = f.record.py();
+    let cells = hooks
+        .minimal
+        .call1((&f.record, err.value(py)))
+        .map_err(Failure::Build)
+        .and_then(|row| {
+            row.try_iter()?
+                .map(|c| owned(&c?))
+                .collect::<Result<Vec<_>, _>>()
+        });
+    match cells {
+        Ok(cells) if cells.len() == REQUEST_COLUMNS.len() => Ok(cells),
+        Ok(cells) => Err(format!("a minimal row of {} cells", cells.len())),
+        Err(Failure::Lost(msg)) => Err(msg),
+        Err(Failure::Build(e)) => Err(format!("the minimal row failed: {e}")),
+    }
+}
+
 /// Build and encode the rows of `records` (see `nexus._core.build_request_batch`).
 #[pyfunction]
 #[pyo3(signature = (records, known, /, *, reply, redact, headers, json, session, minimal, conversations = None))]
@@ -591,95 +620,69 @@ pub fn build_request_batch<'py>(
         session,
         minimal,
     };
-    let mut fetched = Vec::new();
-    let mut unread: Vec<(usize, PyErr)> = Vec::new();
-    for (i, record) in records.try_iter()?.enumerate() {
-        let record = record?;
-        let mut attrs = Vec::with_capacity(ATTRS.len());
-        for name in ATTRS {
-            match record.getattr(*name) {
-                Ok(value) => attrs.push(value),
-                Err(err) => {
-                    unread.push((i, err));
-                    attrs.clear();
-                    break;
-                }
-            }
-        }
-        fetched.push(Fetched { record, attrs });
-    }
     let known = match known.cast::<KnownKeys>() {
         Ok(keys) => Known::Rust(keys.clone()),
         Err(_) => Known::Py(known.clone()),
     };
-    let mut parts: Vec<Blob<'_>> = Vec::new();
-    let mut rows: Vec<Row<'_>> = Vec::with_capacity(fetched.len());
-    let mut lost: Vec<(usize, String)> = Vec::new();
-    for (i, f) in fetched.iter().enumerate() {
-        let outcome = if f.attrs.is_empty() {
-            let err = unread
-                .iter()
-                .find(|(at, _)| *at == i)
-                .map(|(_, e)| e.clone_ref(py))
-                .unwrap_or_else(|| pyo3::exceptions::PyAttributeError::new_err("record"));
-            Err(Failure::Build(err))
-        } else {
-            build(f, &known, &hooks)
-        };
-        match outcome {
-            Ok((mut exchange, blobs)) => {
-                if let Some(Some(conversation)) = conversations.as_ref().and_then(|c| c.get(i)) {
-                    if exchange.conversation_id.is_null() {
-                        exchange.conversation_id = Cell::Text(Cow::Owned(conversation.clone()));
-                    }
-                }
-                parts.extend(blobs);
-                rows.push(Row::Built(Box::new(exchange)));
-            }
-            Err(Failure::Lost(msg)) => lost.push((i, msg)),
-            Err(Failure::Build(err)) => {
-                let cells = hooks
-                    .minimal
-                    .call1((&f.record, err.value(py)))
-                    .map_err(Failure::Build)
-                    .and_then(|row| {
-                        row.try_iter()?
-                            .map(|c| owned(&c?))
-                            .collect::<Result<Vec<_>, _>>()
-                    });
-                match cells {
-                    Ok(cells) if cells.len() == REQUEST_COLUMNS.len() => {
-                        rows.push(Row::Cells(cells))
-                    }
-                    Ok(cells) => lost.push((i, format!("a minimal row of {} cells", cells.len()))),
-                    Err(Failure::Lost(msg)) => lost.push((i, msg)),
-                    Err(Failure::Build(e)) => {
-                        lost.push((i, format!("the minimal row failed: {e}")))
-                    }
-                }
-            }
-        }
-    }
-    // rows and lost indices: a row's index in `rows` maps back to its record
-    let mut index: Vec<usize> = (0..fetched.len()).collect();
-    index.retain(|i| !lost.iter().any(|(at, _)| at == i));
     let rust_known = match &known {
         Known::Rust(keys) => Some(keys.get()),
         Known::Py(_) => None,
     };
-    let (encoded, new) = py.detach(|| {
-        // each part once, and none the database is known to have
-        let mut seen: HashSet<&[u8]> = HashSet::new();
-        let new: Vec<Blob<'_>> = parts
+    let records = records.try_iter()?.collect::<PyResult<Vec<_>>>()?;
+    let mut encoder = BatchEncoder::new()?;
+    let mut lost: Vec<(usize, String)> = Vec::new();
+    // A few records at a time: the GIL is held only while they are read, then released while they
+    // are encoded, so a thread waiting for it (the event loop serving requests) gets it within one
+    // chunk's reading rather than the whole batch's.
+    for (c, chunk) in records.chunks(CHUNK).enumerate() {
+        let fetched: Vec<Fetched<'_>> = chunk
             .iter()
-            .filter(|p| !rust_known.is_some_and(|k| k.contains(&p.key)) && seen.insert(&p.key))
-            .cloned()
+            .map(|record| Fetched {
+                record: record.clone(),
+                attrs: ATTRS.iter().map(|name| record.getattr(*name)).collect(),
+            })
             .collect();
-        rows::encode_batch(&rows, &new).map(|encoded| (encoded, new))
-    })?;
-    lost.extend(encoded.lost.into_iter().map(|(r, msg)| (index[r], msg)));
+        let mut rows: Vec<(usize, Row<'_>)> = Vec::with_capacity(fetched.len());
+        let mut parts: Vec<Blob<'_>> = Vec::new();
+        for (j, f) in fetched.iter().enumerate() {
+            let i = c * CHUNK + j;
+            let outcome = match &f.attrs {
+                Ok(attrs) => build(f, attrs, &known, &hooks),
+                Err(err) => Err(Failure::Build(err.clone_ref(py))),
+            };
+            match outcome {
+                Ok((mut exchange, blobs)) => {
+                    if let Some(Some(conversation)) = conversations.as_ref().and_then(|c| c.get(i))
+                    {
+                        if exchange.conversation_id.is_null() {
+                            exchange.conversation_id = Cell::Text(Cow::Owned(conversation.clone()));
+                        }
+                    }
+                    parts.extend(blobs);
+                    rows.push((i, Row::Built(Box::new(exchange))));
+                }
+                Err(Failure::Lost(msg)) => lost.push((i, msg)),
+                Err(Failure::Build(err)) => match minimal_row(f, &err, &hooks) {
+                    Ok(cells) => rows.push((i, Row::Cells(cells))),
+                    Err(msg) => lost.push((i, msg)),
+                },
+            }
+        }
+        let rows: Vec<(usize, &Row<'_>)> = rows.iter().map(|(i, r)| (*i, r)).collect();
+        py.detach(|| {
+            encoder.push(&rows, &parts, |key| {
+                rust_known.is_some_and(|known| known.contains(key))
+            })
+        })?;
+    }
+    let keys = encoder
+        .new_keys
+        .iter()
+        .map(|k| PyBytes::new(py, k))
+        .collect();
+    let encoded = encoder.finish();
+    lost.extend(encoded.lost);
     lost.sort_by_key(|(i, _)| *i);
-    let keys = new.iter().map(|b| PyBytes::new(py, &b.key)).collect();
     Ok((
         PyBytes::new(py, &encoded.requests),
         PyBytes::new(py, &encoded.blobs),
