@@ -311,7 +311,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--turns", type=int, default=30)
     ap.add_argument("--database-url")
-    ap.add_argument("--stall-batches", type=int, default=50, help="batches of 200 built beside the event loop")
+    ap.add_argument("--stall-batches", type=int, default=500, help="batches of 200 built beside the event loop")
     args = ap.parse_args()
     stall = bench_stall(args.stall_batches)
     stop = None
