@@ -1,8 +1,7 @@
-"""What the proxy hands to storage for one exchange, and how it becomes an `api_requests` row.
-
-The request path only fills an `ExchangeRecord` with references to bytes it already holds: no parsing,
-no hashing, no copying. The writer thread turns records into rows (splitting the body into
-content-addressed parts, reading usage) off the event loop.
+"""The Python row builder the writer used before the Rust one (`nexus.storage.records.build_batch`),
+kept as its oracle: `tests/test_storage_rows.py` checks both give the same COPY payloads byte for byte,
+and `bench.storage` and `bench/micro` measure it as the "before". Frozen as it was (its own copy of the
+column layout too, checked equal to the one declared in Rust); not used by Nexus itself.
 """
 
 from __future__ import annotations
@@ -10,18 +9,18 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Container
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from nexus._core import RequestAnalysis, SseObserver, safe_json, split_body
+from nexus._core import safe_json, split_body
 from nexus.auth.client_keys import redact_client_keys
 from nexus.conversations.session import session_of
 from nexus.usage.counts import stored_count
 
 if TYPE_CHECKING:
     from nexus.conversations.linker import Link
+    from nexus.storage.records import ExchangeRecord
 
 log = logging.getLogger("nexus.storage")
 
@@ -112,48 +111,6 @@ BLOB_TYPES = [t for _, t in BLOB_COLUMNS]
 BLOB_NAMES = [n for n, _ in BLOB_COLUMNS]
 BLOB_NAMES_BY_COUNT: dict[int, list[str]] = {3: BLOB_NAMES[:3], 4: BLOB_NAMES}
 BLOB_TYPES_BY_COUNT: dict[int, list[str]] = {3: BLOB_TYPES[:3], 4: BLOB_TYPES}
-
-
-@dataclass(slots=True)
-class ExchangeRecord:
-    request_id: str
-    started_at_us: int
-    project_id: str
-    account_id: str | None
-    method: str
-    path: str
-    request_headers: list[tuple[str, str]]
-    request_body: bytes | None
-    response_status: int | None = None
-    response_headers: list[tuple[str, str]] | None = None
-    response_body: bytes | None = None  # JSON body, or the message rebuilt from a stream
-    streamed: bool = False
-    usage_json: bytes | None = None  # from the stream observer; JSON bodies carry their own
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_creation_input_tokens: int | None = None
-    cache_read_input_tokens: int | None = None
-    tool_call_count: int | None = None
-    duration_ms: int | None = None
-    first_byte_ms: int | None = None
-    outcome: str = "completed"
-    error: str | None = None
-    analysis: RequestAnalysis | None = None  # computed once on the request path (split + linking facts)
-    link: Link | None = None
-    request_type: str | None = None
-    task_prompt_keys: list[bytes] | None = None  # sub-agents the reply spawned
-    attempts: int | None = None  # upstream attempts (retries and an OAuth replay included)
-    repairs: list[str] | None = None  # what the stream observer had to repair to read the reply
-
-    def take_stream_usage(self, observer: SseObserver) -> None:
-        """What the stream observer read of the reply's usage and tool calls (a live stream's, or one
-        rebuilt from a reference system's stored chunks)."""
-        self.usage_json = observer.usage_json()
-        self.input_tokens = observer.input_tokens
-        self.output_tokens = observer.output_tokens
-        self.cache_creation_input_tokens = observer.cache_creation_input_tokens
-        self.cache_read_input_tokens = observer.cache_read_input_tokens
-        self.tool_call_count = len(observer.tool_uses)
 
 
 def _parse(data: bytes | None) -> Any:
