@@ -17,6 +17,7 @@ __all__ = [
     "STORED_REQUEST_HEADERS",
     "KnownKeys",
     "NexusCoreError",
+    "Reply",
     "RequestAnalysis",
     "SplitBody",
     "SseObserver",
@@ -33,6 +34,7 @@ __all__ = [
     "json_as_text",
     "normalize_text",
     "prompt_key",
+    "read_reply",
     "request_columns",
     "safe_json",
     "safe_text",
@@ -149,6 +151,66 @@ class SseObserver:
     def message_json(self) -> bytes | None:
         """The final message rebuilt from the stream as compact JSON (content blocks assembled,
         tool inputs parsed, stop reason and usage applied); None before ``message_start``."""
+    def reply(self) -> Reply:
+        """The reply's facts at the end of the stream: the same ``Reply`` as ``read_reply`` gives a
+        JSON body, from what the observer holds (ids and stop reason, ``usage_json()``, the four
+        counts, ``len(tool_uses)``), with the launches and text of the rebuilt message, which is
+        never written out and parsed again."""
+
+@final
+class Reply:
+    """What one upstream reply says, read once in Rust for every consumer: storage (usage, counts,
+    tool calls), the token counters, tracing (id, model, stop reason) and conversation linking
+    (sub-agent launches, the text a continuation quotes). From ``read_reply`` (a JSON body) or
+    ``SseObserver.reply`` (a stream). The Python code it replaced is ``tests.oracles.reply``."""
+
+    @property
+    def message_id(self) -> str | None:
+        """``id``, when it is a string."""
+    @property
+    def model(self) -> str | None:
+        """``model`` (the model that answered), when it is a string."""
+    @property
+    def stop_reason(self) -> str | None:
+        """``stop_reason``, when it is a string."""
+    @property
+    def usage_json(self) -> bytes | None:
+        """The ``usage`` object as storage keeps it (``orjson.dumps`` of it: compact, key order
+        kept); None when the reply has no ``usage`` object. A stream's is ``usage_json()``."""
+    @property
+    def input_tokens(self) -> int | None:
+        """The count its bigint column stores (``nexus.usage.counts.stored_count``): a whole number
+        >= 0, exact even past 64 bits (the encoder clamps it, flagged ``int_clamped``); None when
+        absent, null or not such a number (then ``usage_not_integer``)."""
+    @property
+    def output_tokens(self) -> int | None:
+        """As ``input_tokens``."""
+    @property
+    def cache_creation_input_tokens(self) -> int | None:
+        """As ``input_tokens``."""
+    @property
+    def cache_read_input_tokens(self) -> int | None:
+        """As ``input_tokens``."""
+    @property
+    def usage_not_integer(self) -> bool:
+        """A count was present, not null, and not a whole number >= 0 (the row's repair flag)."""
+    @property
+    def tool_call_count(self) -> int | None:
+        """Content blocks whose ``type`` ends with ``tool_use``; None when the reply has no usage
+        (as storage always counted them). A stream's counts its ``tool_uses``."""
+    @property
+    def launches(self) -> list[tuple[str, bytes]]:
+        """``(tool_use id, prompt_key(input.prompt))`` of each ``tool_use`` block named ``Agent`` or
+        ``Task`` with a string prompt, in order (the id as Python's ``str(id or "")``)."""
+    @property
+    def text(self) -> str:
+        """The string ``text`` of every content block joined by a newline, whitespace runs as one
+        space, trimmed, lower-cased (what a compaction's summary probe is looked for in)."""
+
+def read_reply(body: bytes, /) -> Reply:
+    """Read a JSON reply body once (GIL released). Never raises on content: what cannot be read is
+    absent. Parsed as storage always read it: as is, else as ``safe_json`` repairs it (a lone
+    surrogate, a number past a double, nesting past orjson's 1,024 levels)."""
 
 MAX_JSON_DEPTH: Final[int]
 """The deepest container nesting ``safe_json`` keeps as JSON (128; the root container is depth 1).

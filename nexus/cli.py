@@ -129,12 +129,14 @@ def _run_proxy() -> None:
     from granian.constants import Interfaces, Loops
     from granian.log import LogLevels
 
+    from nexus.allocator import tune_allocator
     from nexus.auth.service import startup_lines
     from nexus.observability import logs, metrics
     from nexus.ports import raise_open_files_limit
     from nexus.proxy.drain import worker_kill_timeout_s
 
     files = raise_open_files_limit()
+    tune_allocator()  # before Granian forks the workers, which inherit it
     backpressure = min(settings.proxy_backpressure, max(64, files // max(1, settings.proxy_workers) - 256))
     _prepare_storage(settings)
     stored_oauth = _import_credentials(settings)

@@ -137,6 +137,13 @@ class Settings(BaseSettings):
     storage_max_queue: int = Field(
         50_000, ge=100, description="Rows held in memory per worker before new ones are refused (and counted)."
     )
+    storage_max_queue_bytes: int = Field(
+        32 * MIB,
+        ge=MIB,
+        description="Request and response bytes held in memory per worker waiting to be written; past it the "
+        "oldest waiting rows go to the spool on disk and are written when the database catches up (a database "
+        "slower than the traffic costs disk, bounded by STORAGE_SPOOL_MAX_BYTES, never unbounded memory).",
+    )
     storage_retention_days: int = Field(
         0,
         ge=0,

@@ -540,6 +540,23 @@ def test_a_sub_agents_compaction_keeps_its_sub_agent_marks() -> None:
     assert (link.evidence, link.is_subtask, link.parent_task_request_id) == ("compaction", True, rid(80))
 
 
+def test_a_hostile_reply_launches_nothing_and_still_records_its_compaction() -> None:
+    """A tool call named by a list (unhashable) or a `content` that is a number made the Python reader
+    raise TypeError out of the completion: the summary was lost (and, with shared linking, the request
+    was never handed to storage)."""
+    d = Driver()
+    parent = Entry(rid(91), "p", T0, COMPACTION, None, "conv-y", "main", None, False, None, "s1", None)
+    d.index.add(parent)
+    hostile = summary_reply()
+    hostile["content"].append({"type": "tool_use", "id": "t", "name": ["Agent"], "input": {"prompt": "x"}})
+    assert d.linker.complete(parent.request_id, True, hostile) == []
+    link = d.linker.decide(d.request(CONTINUATION, continuation=CONTINUATION))
+    assert (link.evidence, link.parent_request_id) == ("compaction", parent.request_id)
+    odd = d.request("go")
+    d.linker.register(odd, d.linker.decide(odd))
+    assert d.linker.complete(odd.request_id, True, {"content": 5, "usage": {}}) == []
+
+
 def test_only_a_compaction_of_this_project_written_before_the_request_is_evidence() -> None:
     d = Driver()
     compacted(d, at=T0 + 100)

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from nexus._core import prompt_key
+from nexus._core import prompt_key, read_reply
 from nexus.conversations.classify import COMPACTION, MAIN, SUBAGENT
 from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Linker, LinkRequest
@@ -89,7 +89,7 @@ async def test_a_sub_agent_that_arrives_before_its_launch_is_written_waits_for_i
         await asyncio.sleep(0.03)
         assert not deciding.done()
         reply = {"content": [{"type": "tool_use", "id": "toolu_1", "name": "Agent", "input": {"prompt": prompt}}]}
-        keys = a.complete(spawner_req.request_id, spawner, True, orjson.dumps(reply), ["Agent"])
+        keys = a.complete(spawner_req.request_id, spawner, True, read_reply(orjson.dumps(reply)))
         assert keys == [prompt_key(prompt)]
         link = await deciding
         assert (link.evidence, link.branch_id) == ("subtask", "subtask_1")
@@ -162,14 +162,14 @@ async def test_a_continuation_waits_for_its_own_sessions_summary_not_another_ses
             req = request("hi", "hello", "summarise", at=T0 + 1, session=session, kind=COMPACTION)
             compactions[session] = (req, await a.link(req))
         other_req, other = compactions["s2"]
-        a.complete(other_req.request_id, other, True, orjson.dumps(summary_reply()), [])
+        a.complete(other_req.request_id, other, True, read_reply(orjson.dumps(summary_reply())))
         await a.drain()
         cont = request(CONTINUATION, at=T0 + 2, session="s1", continuation_text=CONTINUATION)
         deciding = asyncio.ensure_future(b.link(cont))
         await asyncio.sleep(0.05)
         assert not deciding.done()  # s2's summary is there, but s1's own turn is still in flight
         own_req, own = compactions["s1"]
-        a.complete(own_req.request_id, own, True, orjson.dumps(summary_reply()), [])
+        a.complete(own_req.request_id, own, True, read_reply(orjson.dumps(summary_reply())))
         link = await deciding
         assert (link.evidence, link.parent_request_id) == ("compaction", own_req.request_id)
         assert link.conversation_id == own.conversation_id != other.conversation_id

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from bench import traffic
-from nexus._core import RequestAnalysis, analyze_request
+from nexus._core import RequestAnalysis, analyze_request, read_reply
 from nexus.conversations.index import CHILD_HISTORIES, PER_KEY, HashBucket, LinkIndex
 from nexus.conversations.linker import Link, Linker
 from nexus.conversations.service import ConversationService, link_request
@@ -58,8 +58,8 @@ class Driver:
         rid = f"00000000-0000-7000-8000-{next(self.ids):012d}"
         req = link_request(rid, "p", float(next(self.clock)), "/v1/messages", headers, analysis)
         link = asyncio.run(self.service.link(req))
-        body = orjson.dumps(response) if response is not None else None
-        self.service.complete(rid, link, True, body, None)
+        reply = read_reply(orjson.dumps(response)) if response is not None else None
+        self.service.complete(rid, link, True, reply)
         return rid, link
 
     def examined(self) -> int:

@@ -82,7 +82,7 @@ def test_several_workers_files_interleaved_each_in_order_all_once(tmp_path: Path
     order, sends every batch exactly once, and a failure in the middle of the second file resumes there."""
     workers = [Spool(tmp_path, max_bytes=1 << 20) for _ in range(3)]
     for i, spool in enumerate(workers):
-        spool._name = f"spool-{1000 + i}-1.log"  # as three processes would name theirs
+        spool._prefix = f"spool-{1000 + i}-1"  # as three processes would name theirs
     written: dict[int, list[bytes]] = {i: [] for i in range(3)}
     for n in range(12):
         who = (n * 7) % 3
@@ -117,3 +117,17 @@ def test_frames_are_appended_to_a_private_file(tmp_path: Path) -> None:
     frames.append(path, b"NXS1", b"more")
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.read_bytes() == frames.frame(b"NXS1", b"payload") + frames.frame(b"NXS1", b"more")
+
+
+def test_spool_files_stay_small_enough_to_replay_one_at_a_time(tmp_path: Path) -> None:
+    """A replay reads one file into memory: a long slow-database spell spools into many bounded files,
+    not one that grows to the whole spool (hundreds of MB held at once by the replay), and they replay
+    in the order they were written."""
+    spool = Spool(tmp_path / "spool", 1 << 20, file_max_bytes=300)
+    for n in range(10):
+        spool.append(b"%03d" % n + b"x" * 97)
+    files = spool.pending_files()
+    assert len(files) == 5 and all(p.stat().st_size <= 300 for p in files)
+    sent: list[bytes] = []
+    assert spool.replay(sent.append) == 10
+    assert [p[:3] for p in sent] == [b"%03d" % n for n in range(10)]

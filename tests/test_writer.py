@@ -10,7 +10,7 @@ import psycopg
 
 from nexus.storage.records import ExchangeRecord
 from nexus.storage.spool import Spool
-from nexus.storage.writer import StorageWriter
+from nexus.storage.writer import StorageWriter, record_bytes
 
 
 def record(i: int, history: int) -> ExchangeRecord:
@@ -79,3 +79,46 @@ def test_database_down_and_spool_unwritable_is_loud_not_fatal(tmp_path: Path) ->
         writer.close()
     assert writer.metrics.last_error and writer.metrics.last_error.startswith("spool:")
     assert writer.snapshot()["database_ok"] is False
+
+
+def test_more_than_the_byte_bound_waiting_goes_to_disk_then_to_the_database(migrated_db: str, tmp_path: Path) -> None:
+    """A database slower than the traffic must cost disk, not memory: past STORAGE_MAX_QUEUE_BYTES the
+    oldest waiting rows are spooled, and replayed once the queue is back under the bound; nothing is
+    lost. (Before the bound, 50,000 queued rows of ~70 KB could hold gigabytes in one worker.)"""
+    records = [record(i, history=3) for i in range(50)]
+    for r in records:
+        r.request_body = (r.request_body or b"")[:-1] + b',"pad":"' + b"x" * 40_000 + b'"}'
+    size = record_bytes(records[0])
+    writer = StorageWriter(
+        migrated_db, batch_size=10, interval_ms=20, spool=Spool(tmp_path / "spool", 64 << 20), max_queue_bytes=size * 10
+    )
+    for r in records:  # queued before the thread starts: 50 wait where 10 may
+        writer.submit(r)
+    assert writer.snapshot()["queue_bytes"] == size * 50
+    writer.start()
+    try:
+        wait(lambda: writer.metrics.rows_written == 50 and not writer.spool.size())
+    finally:
+        writer.close()
+    m = writer.metrics
+    # over the bound until at most 10 wait: 40 rows spooled, or 30 when the writer thread took one
+    # batch to the database first
+    assert m.overflow_rows in (30, 40) and m.dropped_rows == 0
+    assert m.spooled_rows == m.replayed_rows == m.overflow_rows
+    assert writer.snapshot()["queue_bytes"] == 0
+    with psycopg.connect(migrated_db) as conn:
+        stored = conn.execute("SELECT count(DISTINCT request_id) FROM api_requests").fetchone()
+    assert stored == (50,)
+
+
+def test_a_replay_yields_to_the_queue_between_records(tmp_path: Path) -> None:
+    """The spool's replay stops before a record when told to (the writer's memory queue is over its
+    bound), keeps the rest in order, and sends it on the next replay."""
+    spool = Spool(tmp_path / "spool", 1 << 20)
+    for n in range(4):
+        spool.append(b"batch %d" % n)
+    sent: list[bytes] = []
+    assert spool.replay(sent.append, stop=lambda: len(sent) >= 2) == 2
+    assert sent == [b"batch 0", b"batch 1"] and spool.pending_files()
+    assert spool.replay(sent.append) == 2
+    assert sent == [b"batch %d" % n for n in range(4)] and not spool.pending_files()

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 
 from bench import traffic
-from nexus._core import analyze_request
+from nexus._core import SseObserver, analyze_request
 from nexus.fake_upstream.server import FakeAnthropic
 from nexus.storage.records import ExchangeRecord
 from tests.oracles.python_rows import to_row  # rows as Python values, for the encoder alone
@@ -46,6 +46,26 @@ def long_stream() -> list[bytes]:
 
 
 STREAM = long_stream()
+
+
+def _rebuilt(stream: list[bytes]) -> bytes:
+    observer = SseObserver()
+    for chunk in stream:
+        observer.feed(chunk)
+    message = observer.message_json()
+    assert message is not None
+    return message
+
+
+def _fixture_reply(name: str) -> bytes:
+    return orjson.dumps(orjson.loads((_FIXTURES / name).read_bytes())["response"]["body"])
+
+
+#: JSON replies as upstream sends them: a recorded one launching two background sub-agents (862 B), a
+#: recorded compaction summary (1 KB), and the long answer of `STREAM` in one piece (about 20 KB).
+REPLY_LAUNCH = _fixture_reply("subagents_background/0001-messages.json")
+REPLY_COMPACTION = _fixture_reply("compact/0004-messages.json")
+REPLY_LONG = _rebuilt(STREAM)
 
 
 def storage_records(n: int = 200) -> list[ExchangeRecord]:

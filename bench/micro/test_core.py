@@ -11,11 +11,21 @@ from typing import Any
 import orjson
 import pytest
 
-from bench.micro.inputs import BODY, RECORDED_BODY, STREAM, storage_records, storage_rows
+from bench.micro.inputs import (
+    BODY,
+    RECORDED_BODY,
+    REPLY_COMPACTION,
+    REPLY_LAUNCH,
+    REPLY_LONG,
+    STREAM,
+    storage_records,
+    storage_rows,
+)
 from nexus import _core
 from nexus.storage.records import BLOB_TYPES, REQUEST_TYPES, build_batch
 from tests.oracles import linking as ref_linking
 from tests.oracles import python_rows as ref_rows
+from tests.oracles import reply as ref_reply
 from tests.oracles import safe as ref_safe
 from tests.oracles.sse import ReferenceSseObserver
 
@@ -113,3 +123,54 @@ def test_analyze_rust(benchmark: Any) -> None:
 @pytest.mark.benchmark(group=f"request analysis + linking hashes: {len(BODY) // 1024} KiB")
 def test_analyze_python(benchmark: Any) -> None:
     benchmark(ref_linking.analyze_request, BODY)
+
+
+# --- one JSON reply: every consumer's facts -----------------------------------------------------------
+
+REPLIES = {"launch": (REPLY_LAUNCH, False), "compaction": (REPLY_COMPACTION, True), "long": (REPLY_LONG, False)}
+
+
+def _reply_rust(body: bytes, compaction: bool) -> tuple[Any, ...]:
+    """One call into Rust, then what each consumer reads of the result."""
+    r = _core.read_reply(body)
+    storage = (r.usage_json, r.input_tokens, r.output_tokens, r.cache_creation_input_tokens)
+    storage += (r.cache_read_input_tokens, r.usage_not_integer, r.tool_call_count)
+    return storage, (r.model, r.message_id, r.stop_reason), r.launches, r.text if compaction else ""
+
+
+def _reply_python(body: bytes, compaction: bool) -> tuple[Any, ...]:
+    """What ran in Python per JSON reply before: storage's parse (usage, counts, tool calls), the
+    counters' own parse, tracing's own parse, and linking's (after its byte pre-check) with the
+    prompt keys and, for a compaction, the text."""
+    parsed = ref_reply.parse(body)  # records._cells
+    usage = parsed["usage"]
+    counts = [ref_reply.stored_count(usage.get(k)) for k in ref_reply._COUNTS]
+    tools = sum(1 for b in parsed["content"] if isinstance(b, dict) and str(b.get("type", "")).endswith("tool_use"))
+    flagged = any(c is None and usage.get(k) is not None for c, k in zip(counts, ref_reply._COUNTS, strict=True))
+    storage = (ref_reply._dumps(usage), *counts, flagged, tools)
+    again = orjson.loads(body)  # counters._usage_from_body
+    _ = [again["usage"].get(k) for k in ref_reply._COUNTS], [b for b in again["content"] if isinstance(b, dict)]
+    traced = orjson.loads(body)  # app._reply_facts
+    trace = (traced.get("model"), traced.get("id"), traced.get("stop_reason"))
+    launches: list[tuple[str, bytes]] = []
+    text = ""
+    if compaction or any(f'"{n}"'.encode() in body for n in ref_reply.SUBAGENT_TOOLS):  # may_spawn_subagent
+        message = orjson.loads(body)  # service.complete / shared._message
+        launches = [(i, _core.prompt_key(p)) for i, p in ref_reply.spawned_prompts(message)]
+        text = ref_reply.reply_text(message) if compaction else ""
+    return storage, trace, launches, text
+
+
+@pytest.mark.parametrize("name", list(REPLIES))
+def test_reply_rust(benchmark: Any, name: str) -> None:
+    body, compaction = REPLIES[name]
+    benchmark.group = f"reply facts: {name}, {len(body):,} B JSON"
+    got = benchmark(_reply_rust, body, compaction)
+    assert got == _reply_python(body, compaction)
+
+
+@pytest.mark.parametrize("name", list(REPLIES))
+def test_reply_python(benchmark: Any, name: str) -> None:
+    body, compaction = REPLIES[name]
+    benchmark.group = f"reply facts: {name}, {len(body):,} B JSON"
+    benchmark(_reply_python, body, compaction)

@@ -79,57 +79,25 @@ class ClientKeyStore:
     def create(self, project: str, name: str | None = None, expires_days: float | None = None) -> tuple[ClientKey, str]:
         """A new key for `project`: its record, and the key itself (to be shown once, never stored)."""
         key = PREFIX + secrets.token_urlsafe(32)
-        digest = self.digest(key)
-        now = time.time()
-        key_id = digest[:ID_LENGTH]
-        record: dict[str, Any] = {
-            "id": key_id,
-            "digest": digest,
-            "project": project,
-            "name": name,
-            "preview": f"{PREFIX}****{key[-4:]}",
-            "created_at": now,
-            "expires_at": now + expires_days * 86400 if expires_days is not None else None,
-            "revoked_at": None,
-        }
-        write_atomically(self._path(key_id), record)
+        record = new_record(key, self.digest(key), project, name, expires_days)
+        write_atomically(self._path(record["id"]), record)
         return _from_record(record), key
 
     def import_key(self, key: str, project: str, name: str | None = None) -> tuple[ClientKey, bool]:
         """Store an existing key (one the reference system issued) as a salted record, like `create`;
         whether it was new. Importing the same key again changes nothing (its first project stays)."""
-        if not key.startswith(CLIENT_KEY_PREFIXES):
-            raise ValueError("only cnp_live_ / cnp_test_ keys can be imported")
-        digest = self.digest(key)
-        key_id = digest[:ID_LENGTH]
-        existing = self._read(key_id)
-        if existing is not None and hmac.compare_digest(str(existing.get("digest", "")), digest):
+        record = imported_record(key, self.digest(key), project, name)
+        existing = self._read(record["id"])
+        if existing is not None and hmac.compare_digest(str(existing.get("digest", "")), record["digest"]):
             return _from_record(existing), False
-        record: dict[str, Any] = {
-            "id": key_id,
-            "digest": digest,
-            "project": project,
-            "name": name,
-            "preview": f"{key[: len(PREFIX)]}****{key[-4:]}",
-            "created_at": time.time(),
-            "expires_at": None,
-            "revoked_at": None,
-        }
-        write_atomically(self._path(key_id), record)
+        write_atomically(self._path(record["id"]), record)
         return _from_record(record), True
 
     def check(self, presented: str) -> ClientKey:
         """The key's record when `presented` admits a request; else `ClientKeyRejected` saying why."""
         digest = self.digest(presented)
         record = self._read(digest[:ID_LENGTH]) if presented.startswith(CLIENT_KEY_PREFIXES) else None
-        stored = str(record.get("digest", "")) if record else "0" * len(digest)  # pragma: no mutate (timing only)
-        # the comparison runs whether or not a record was found, so timing tells nothing either way
-        if not hmac.compare_digest(stored, digest) or record is None:
-            raise UnknownClientKey("The client key is not valid.")
-        key = _from_record(record)
-        if (problem := key.problem()) is not None:
-            raise ClientKeyRejected(problem)
-        return key
+        return admit(digest, record)
 
     def list(self) -> list[ClientKey]:
         records = (self._read(p.stem) for p in sorted(self.directory.glob("*.json")) if len(p.stem) == ID_LENGTH)
@@ -157,6 +125,51 @@ class ClientKeyStore:
             return None
         data.setdefault("id", key_id)
         return data
+
+
+def admit(digest: str, record: dict[str, Any] | None) -> ClientKey:
+    """The rule both stores (files, database) apply to a presented key's digest and the record found
+    by its id: the key when it admits a request, else `ClientKeyRejected` saying why."""
+    stored = str(record.get("digest", "")) if record else "0" * len(digest)  # pragma: no mutate (timing only)
+    # the comparison runs whether or not a record was found, so timing tells nothing either way
+    if not hmac.compare_digest(stored, digest) or record is None:
+        raise UnknownClientKey("The client key is not valid.")
+    key = _from_record(record)
+    if (problem := key.problem()) is not None:
+        raise ClientKeyRejected(problem)
+    return key
+
+
+def new_record(key: str, digest: str, project: str, name: str | None, expires_days: float | None) -> dict[str, Any]:
+    """The stored record of a key issued now (never the key itself: its salted digest and a preview)."""
+    now = time.time()
+    return {
+        "id": digest[:ID_LENGTH],
+        "digest": digest,
+        "project": project,
+        "name": name,
+        "preview": f"{PREFIX}****{key[-4:]}",
+        "created_at": now,
+        "expires_at": now + expires_days * 86400 if expires_days is not None else None,
+        "revoked_at": None,
+    }
+
+
+def imported_record(key: str, digest: str, project: str, name: str | None) -> dict[str, Any]:
+    """The stored record of an existing key (one the reference system issued); ValueError for any
+    other kind of key."""
+    if not key.startswith(CLIENT_KEY_PREFIXES):
+        raise ValueError("only cnp_live_ / cnp_test_ keys can be imported")
+    return {
+        "id": digest[:ID_LENGTH],
+        "digest": digest,
+        "project": project,
+        "name": name,
+        "preview": f"{key[: len(PREFIX)]}****{key[-4:]}",
+        "created_at": time.time(),
+        "expires_at": None,
+        "revoked_at": None,
+    }
 
 
 def _from_record(record: dict[str, Any]) -> ClientKey:

@@ -29,10 +29,11 @@ from nexus.auth.client_keys import (
     ID_LENGTH,
     PREFIX,
     ClientKey,
-    ClientKeyRejected,
     ClientKeyStore,
-    UnknownClientKey,
     _from_record,
+    admit,
+    imported_record,
+    new_record,
 )
 from nexus.auth.credentials import RECHECK_S, _bounded_put
 
@@ -133,48 +134,19 @@ class DbClientKeyStore(ClientKeyStore):
     def check(self, presented: str) -> ClientKey:
         digest = self.digest(presented)
         record = self._cached(digest[:ID_LENGTH]) if presented.startswith(CLIENT_KEY_PREFIXES) else None
-        stored = str(record.get("digest", "")) if record else "0" * len(digest)  # pragma: no mutate (timing only)
-        if not hmac.compare_digest(stored, digest) or record is None:
-            raise UnknownClientKey("The client key is not valid.")
-        key = _from_record(record)
-        if (problem := key.problem()) is not None:
-            raise ClientKeyRejected(problem)
-        return key
+        return admit(digest, record)
 
     def create(self, project: str, name: str | None = None, expires_days: float | None = None) -> tuple[ClientKey, str]:
         key = PREFIX + secrets.token_urlsafe(32)
-        digest = self.digest(key)
-        now = time.time()
-        record: dict[str, Any] = {
-            "id": digest[:ID_LENGTH],
-            "digest": digest,
-            "project": project,
-            "name": name,
-            "preview": f"{PREFIX}****{key[-4:]}",
-            "created_at": now,
-            "expires_at": now + expires_days * 86400 if expires_days is not None else None,
-            "revoked_at": None,
-        }
+        record = new_record(key, self.digest(key), project, name, expires_days)
         self._insert(record)
         return _from_record(record), key
 
     def import_key(self, key: str, project: str, name: str | None = None) -> tuple[ClientKey, bool]:
-        if not key.startswith(CLIENT_KEY_PREFIXES):
-            raise ValueError("only cnp_live_ / cnp_test_ keys can be imported")
-        digest = self.digest(key)
-        existing = self._read(digest[:ID_LENGTH])
-        if existing is not None and hmac.compare_digest(str(existing.get("digest", "")), digest):
+        record = imported_record(key, self.digest(key), project, name)
+        existing = self._read(record["id"])
+        if existing is not None and hmac.compare_digest(str(existing.get("digest", "")), record["digest"]):
             return _from_record(existing), False
-        record: dict[str, Any] = {
-            "id": digest[:ID_LENGTH],
-            "digest": digest,
-            "project": project,
-            "name": name,
-            "preview": f"{key[: len(PREFIX)]}****{key[-4:]}",
-            "created_at": time.time(),
-            "expires_at": None,
-            "revoked_at": None,
-        }
         self._insert(record)
         return _from_record(record), True
 

@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from nexus._core import prompt_key
+import orjson
+
+from nexus._core import Reply, read_reply
 from nexus.conversations.classify import COMPACTION, LINKED_TYPES, SUBAGENT
-from nexus.conversations.compaction import reply_text, summary_probe
+from nexus.conversations.compaction import summary_probe
 from nexus.conversations.index import FAILED, OK, Compaction, Entry, Invocation, LinkIndex
 
 HASH = 16
@@ -273,16 +275,22 @@ class Linker:
         )
 
     def complete(self, request_id: str, ok: bool, message: Any) -> list[bytes]:
-        """Record how a request ended and what its reply spawned; return the reply's sub-agent prompt keys."""
+        """`complete_reply` for a reply held as a parsed message (a replay, generated data), read by
+        the same Rust reader as a live reply."""
+        reply = read_reply(orjson.dumps(message)) if ok and isinstance(message, dict) else None
+        return self.complete_reply(request_id, ok, reply)
+
+    def complete_reply(self, request_id: str, ok: bool, reply: Reply | None) -> list[bytes]:
+        """Record how a request ended and what its reply spawned; return the reply's sub-agent prompt
+        keys. `reply` was read once on the request path: its launches carry their keys already."""
         entry = self.index.get(request_id)
         if entry is None:
             return []
         entry.status = OK if ok else FAILED
-        if not ok or not isinstance(message, dict):
+        if not ok or reply is None:
             return []
         keys = []
-        for tool_use_id, prompt in spawned_prompts(message):
-            key = prompt_key(prompt)
+        for tool_use_id, key in reply.launches:
             keys.append(key)
             self.index.add_invocation(
                 Invocation(
@@ -290,7 +298,7 @@ class Linker:
                 )
             )
         if entry.request_type == COMPACTION:
-            text = reply_text(message)
+            text = reply.text
             if text:
                 self.index.compactions.append(
                     Compaction(

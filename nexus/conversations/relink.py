@@ -19,7 +19,7 @@ import orjson
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from nexus._core import NexusCoreError, analyze_request, join_body
+from nexus._core import NexusCoreError, analyze_request, join_body, read_reply
 from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Link, Linker
 from nexus.conversations.search import TITLE_BACKFILL
@@ -174,8 +174,8 @@ async def _relink_row(
     assert link is not None
     response = row[10]
     ok = row[9] == 200 and row[11] == "completed"
-    body_bytes = orjson.dumps(response) if response is not None else None
-    keys = service.complete(request_id, link, ok, body_bytes, None)
+    reply = read_reply(orjson.dumps(response)) if response is not None else None
+    keys = service.complete(request_id, link, ok, reply)
     system_hash = analysis.system_hash if analysis is not None else None
     cells = link_cells(link)
     return [request_id, at, link.request_type, *(cells.get(n) for n in LINK_COLUMNS), system_hash, keys or None]

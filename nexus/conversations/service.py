@@ -16,13 +16,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-import orjson
 from psycopg_pool import AsyncConnectionPool
 
-from nexus._core import RequestAnalysis
+from nexus._core import Reply, RequestAnalysis
 from nexus.conversations import repository
-from nexus.conversations.classify import COMPACTION, SUBAGENT, classify
-from nexus.conversations.linker import SUBAGENT_TOOLS, Link, Linker, LinkRequest
+from nexus.conversations.classify import SUBAGENT, classify
+from nexus.conversations.linker import Link, Linker, LinkRequest
 from nexus.conversations.session import session_of
 from nexus.storage.pools import GuardedPool
 
@@ -57,13 +56,6 @@ def link_request(
         analysis.first_user_key,
         analysis.continuation_text,
     )
-
-
-def may_spawn_subagent(response_body: bytes | None, tool_names: list[str] | None) -> bool:
-    """Cheap pre-check before a reply is parsed for Agent/Task tool calls."""
-    if tool_names is not None:
-        return any(name in SUBAGENT_TOOLS for name in tool_names)
-    return response_body is not None and any(f'"{n}"'.encode() in response_body for n in SUBAGENT_TOOLS)
 
 
 class LookupPool:
@@ -243,17 +235,13 @@ class ConversationService:
             index.add(entry)
         return found or bool(entries)
 
-    def complete(
-        self, request_id: str, link: Link | None, ok: bool, body: bytes | None, tool_names: list[str] | None
-    ) -> list[bytes]:
-        """After the response: record the outcome; return the prompt keys of sub-agents the reply launched."""
+    def complete(self, request_id: str, link: Link | None, ok: bool, reply: Reply | None) -> list[bytes]:
+        """After the response: record the outcome; return the prompt keys of sub-agents the reply
+        launched. `reply` is what the request path read of the reply once (`Outcome.reply`)."""
         if link is None or link.conversation_id is None:
             return []
-        message = None
         try:
-            if ok and body and (link.request_type == COMPACTION or may_spawn_subagent(body, tool_names)):
-                message = orjson.loads(body)
-            return self.linker.complete(request_id, ok, message)
+            return self.linker.complete_reply(request_id, ok, reply)
         except Exception:
             log.exception("recording the outcome of %s for linking failed", request_id)
             return []

@@ -36,18 +36,16 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from nexus._core import prompt_key
+from nexus._core import Reply
 from nexus.conversations import repository
 from nexus.conversations.classify import COMPACTION, LINKED_TYPES, MAIN, SUBAGENT
-from nexus.conversations.compaction import reply_text
 from nexus.conversations.index import FAILED, OK, PENDING, Compaction, Entry, Invocation, LinkIndex
-from nexus.conversations.linker import Link, Linker, LinkRequest, spawned_prompts
-from nexus.conversations.service import ConversationService, may_spawn_subagent
+from nexus.conversations.linker import Link, Linker, LinkRequest
+from nexus.conversations.service import ConversationService
 
 log = logging.getLogger("nexus.conversations")
 
@@ -464,21 +462,18 @@ class SharedConversationService(ConversationService):
             self._away_until = time.monotonic() + AWAY_S
             log.warning("marking %s failed for linking failed (%s: %s)", request_id, type(exc).__name__, exc)
 
-    def complete(
-        self, request_id: str, link: Link | None, ok: bool, body: bytes | None, tool_names: list[str] | None
-    ) -> list[bytes]:
+    def complete(self, request_id: str, link: Link | None, ok: bool, reply: Reply | None) -> list[bytes]:
         live = self._live.pop(request_id, None)
         if live is None:
-            return super().complete(request_id, link, ok, body, tool_names)
+            return super().complete(request_id, link, ok, reply)
         req, decided = live
+        spawned = reply.launches if ok and reply is not None else []  # (tool_use id, prompt key)
+        keys = [key for _, key in spawned]
         if time.monotonic() < self._away_until:
-            return [prompt_key(p) for _, p in self._spawned(req, ok, body, tool_names)]  # nothing to write to
+            return keys  # nothing to write to
         marked = request_id in self._failed_marked
         self._failed_marked.discard(request_id)
-        message = self._message(req, ok, body, tool_names)
-        spawned = spawned_prompts(message) if isinstance(message, dict) else []
-        keys = [prompt_key(prompt) for _, prompt in spawned]
-        summary = reply_text(message) if req.request_type == COMPACTION and isinstance(message, dict) else ""
+        summary = reply.text if ok and reply is not None and req.request_type == COMPACTION else ""
         status = None if marked else OK if ok else FAILED
         if req.request_type not in RECORDED_TYPES and status == OK:
             status = None  # a sub-agent's success: nothing waits on it
@@ -496,26 +491,12 @@ class SharedConversationService(ConversationService):
         task.add_done_callback(self._writes.discard)
         return keys
 
-    @staticmethod
-    def _message(req: LinkRequest, ok: bool, body: bytes | None, tool_names: list[str] | None) -> Any:
-        """The reply, parsed only when it may launch sub-agents or is a compaction's summary."""
-        try:
-            if ok and body and (req.request_type == COMPACTION or may_spawn_subagent(body, tool_names)):
-                return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass
-        return None
-
-    def _spawned(self, req: LinkRequest, ok: bool, body: bytes | None, tool_names: list[str] | None) -> list[Any]:
-        message = self._message(req, ok, body, tool_names)
-        return spawned_prompts(message) if isinstance(message, dict) else []
-
     async def _write_outcome(
         self,
         req: LinkRequest,
         link: Link,
         status: int | None,
-        spawned: list[tuple[str, str]],
+        spawned: list[tuple[str, bytes]],
         keys: list[bytes],
         summary: str,
     ) -> None:

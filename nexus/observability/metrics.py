@@ -215,7 +215,7 @@ class Families:
         # the bounded label values exist from the start, so a rate over them starts at 0, not at the first event
         for result in ("success", "failure"):
             self.oauth_refreshes.labels(result)
-        for result in ("written", "spooled", "replayed", "last_resort", "quarantined", "dropped"):
+        for result in ("written", "spooled", "overflowed", "replayed", "last_resort", "quarantined", "dropped"):
             self.storage_rows.labels(result)
         for reason in RETRY_REASONS:
             self.retries.labels(reason)

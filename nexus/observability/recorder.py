@@ -223,6 +223,7 @@ def storage_counts(m: Any) -> Iterable[tuple[str, int]]:
     """The writer's running totals, by the `result` label they are reported under."""
     yield "written", m.rows_written
     yield "spooled", m.spooled_rows
+    yield "overflowed", m.overflow_rows  # spooled because the queue was over its byte bound
     yield "replayed", m.replayed_rows
     yield "last_resort", m.rows_last_resort
     yield "quarantined", m.rows_quarantined

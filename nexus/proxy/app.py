@@ -542,11 +542,10 @@ class ProxyApp:
                 attempts=record.attempts,
                 project=project,
             )
-            if observer is not None:
-                facts.response_model, facts.response_id = observer.model, observer.message_id
-                facts.finish_reason = observer.stop_reason
-            elif outcome.response_body is not None and status == 200:
-                facts.response_model, facts.response_id, facts.finish_reason = _reply_facts(outcome.response_body)
+            reply = outcome.reply() if observer is not None or status == 200 else None
+            if reply is not None:
+                facts.response_model, facts.response_id = reply.model, reply.message_id
+                facts.finish_reason = reply.stop_reason
             self.tracer.end_request(span, facts)
 
     def _refused(self, path: str, status: int, arrived: float, span: Any) -> None:
@@ -686,10 +685,9 @@ class ProxyApp:
         assert self.writer is not None
         complete_record(record, outcome, started)
         if self.conversations is not None:
-            tools = [name for _, name in outcome.observer.tool_uses] if outcome.observer is not None else None
             ok = record.response_status == 200 and record.outcome == "completed"
             record.task_prompt_keys = (
-                self.conversations.complete(record.request_id, record.link, ok, record.response_body, tools) or None
+                self.conversations.complete(record.request_id, record.link, ok, record.reply) or None
             )
             if self.conversations.pending(record.request_id) is not None:
                 task = asyncio.ensure_future(self._submit_settled(record))
@@ -824,18 +822,6 @@ class ProxyApp:
     @staticmethod
     def _respond_json(proto: Any, status: int, payload: object, request_id: str) -> None:
         proto.response_bytes(status, [*JSON_HEADERS, ("x-request-id", request_id)], orjson.dumps(payload))
-
-
-def _reply_facts(body: bytes) -> tuple[str | None, str | None, str | None]:
-    """Model, id and stop reason of a JSON reply (read only when tracing)."""
-    try:
-        reply = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None, None, None
-    if not isinstance(reply, dict):
-        return None, None, None
-    facts = (reply.get("model"), reply.get("id"), reply.get("stop_reason"))
-    return tuple(v if isinstance(v, str) else None for v in facts)  # type: ignore[return-value]
 
 
 def _check_selectors_readable(headers: Any) -> None:

@@ -26,6 +26,7 @@ def complete_record(record: ExchangeRecord, outcome: Outcome, started: float) ->
         attempts = f" after {record.attempts} attempts" if record.attempts and record.attempts > 1 else ""
         record.outcome, record.error = "upstream_error", f"upstream answered {record.response_status}{attempts}"
     observer = outcome.observer
+    record.reply = outcome.reply()
     if observer is not None:
         record.response_body = observer.message_json()
         record.take_stream_usage(observer)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from granian.rsgi import ProtocolClosed
 
-from nexus._core import SseObserver
+from nexus._core import Reply, SseObserver, read_reply
 from nexus.errors import ProxyError, sse_error_event
 from nexus.proxy.deadline import Deadline
 from nexus.proxy.drain import is_shutdown
@@ -37,6 +37,18 @@ class Outcome:
     response_body: bytes | None = None
     observer: SseObserver | None = None
     error: str | None = None
+    _reply: Reply | None = None
+
+    def reply(self) -> Reply | None:
+        """What the reply says (ids, usage, tool calls, sub-agent launches, text), read once in Rust
+        for the counters, tracing, linking and storage: from the stream observer, or from the JSON
+        body (one crossing into Rust); None when there is neither."""
+        if self._reply is None:
+            if self.observer is not None:
+                self._reply = self.observer.reply()
+            elif self.response_body:
+                self._reply = read_reply(self.response_body)
+        return self._reply
 
 
 async def relay_stream(

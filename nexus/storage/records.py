@@ -1,10 +1,10 @@
 """What the proxy hands to storage for one exchange, and how it becomes an `api_requests` row.
 
 The request path only fills an `ExchangeRecord` with references to bytes it already holds: no parsing,
-no hashing, no copying. The writer thread turns a whole batch of records into its COPY payloads in one
-call to the Rust core (`build_batch`): the column layout is declared there once, the record's
-attributes are read once, and the encoding runs with the GIL released, so the event loop serving
-requests is not held up by it.
+no hashing, no copying (the reply was read once, in Rust: `ExchangeRecord.reply`). The writer thread
+turns a whole batch of records into its COPY payloads in one call to the Rust core (`build_batch`):
+the column layout is declared there once, the record's attributes are read once, and the encoding
+runs with the GIL released, so the event loop serving requests is not held up by it.
 """
 
 from __future__ import annotations
@@ -19,16 +19,17 @@ import orjson
 
 from nexus._core import STORED_REQUEST_HEADERS as _STORED_REQUEST_HEADERS
 from nexus._core import (
+    Reply,
     RequestAnalysis,
     SseObserver,
     blob_columns,
     build_request_batch,
+    read_reply,
     request_columns,
     safe_json,
 )
 from nexus.auth.client_keys import redact_client_keys
 from nexus.conversations.session import session_of
-from nexus.usage.counts import stored_count
 
 if TYPE_CHECKING:
     from nexus.conversations.linker import Link
@@ -91,6 +92,7 @@ class ExchangeRecord:
     task_prompt_keys: list[bytes] | None = None  # sub-agents the reply spawned
     attempts: int | None = None  # upstream attempts (retries and an OAuth replay included)
     repairs: list[str] | None = None  # what the stream observer had to repair to read the reply
+    reply: Reply | None = None  # the reply read once on the request path (`Outcome.reply`)
 
     def take_stream_usage(self, observer: SseObserver) -> None:
         """What the stream observer read of the reply's usage and tool calls (a live stream's, or one
@@ -125,20 +127,6 @@ def _dumps(value: Any) -> bytes:
         return orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError):
         return json.dumps(value, ensure_ascii=True, default=str).encode()
-
-
-def _count(usage: dict[str, Any], key: str, flags: list[str]) -> int | None:
-    """A token count as stored (`nexus.usage.counts.stored_count`); a value that is not one is NULL,
-    flagged."""
-    value = usage.get(key)
-    if value is None:
-        return None
-    count = stored_count(value)
-    if count is not None:
-        return count
-    if "usage_not_integer" not in flags:
-        flags.append("usage_not_integer")
-    return None
 
 
 class BuiltBatch(NamedTuple):
@@ -223,26 +211,22 @@ ReplyFacts = tuple[bytes | None, int | None, int | None, int | None, int | None,
 
 
 def reply_facts(rec: ExchangeRecord) -> ReplyFacts | None:
-    """The usage and tool calls of a JSON (not streamed) reply, read from its body; None when it
-    carries no usage (the record's own fields are then stored). One separate step of the row builder,
-    called by it only for a non-streamed record with a body."""
-    flags: list[str] = []
-    parsed = _parse(rec.response_body)  # once: it gives the usage and the tool calls
-    if not (isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict)):
+    """The usage and tool calls of a JSON (not streamed) reply; None when it carries no usage (the
+    record's own fields are then stored). One separate step of the row builder, called by it only for
+    a non-streamed record with a body: the reply read once, in Rust, on the request path (a record
+    built elsewhere, e.g. a replay, reads it here). Counts as `nexus.usage.counts.stored_count`;
+    others NULL, flagged."""
+    reply = rec.reply if rec.reply is not None else read_reply(rec.response_body or b"")
+    if reply.usage_json is None:
         return None
-    usage = parsed["usage"]
-    tool_calls = rec.tool_call_count
-    content = parsed.get("content")
-    if isinstance(content, list):
-        tool_calls = sum(1 for b in content if isinstance(b, dict) and str(b.get("type", "")).endswith("tool_use"))
     return (
-        _dumps(usage),
-        _count(usage, "input_tokens", flags),
-        _count(usage, "output_tokens", flags),
-        _count(usage, "cache_creation_input_tokens", flags),
-        _count(usage, "cache_read_input_tokens", flags),
-        tool_calls,
-        flags,
+        reply.usage_json,
+        reply.input_tokens,
+        reply.output_tokens,
+        reply.cache_creation_input_tokens,
+        reply.cache_read_input_tokens,
+        reply.tool_call_count,
+        ["usage_not_integer"] if reply.usage_not_integer else [],
     )
 
 

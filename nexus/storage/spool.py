@@ -31,16 +31,22 @@ class SpoolFullError(OSError):
     """The spool reached its size bound; the batch could not be kept."""
 
 
+#: A spool file is closed and a new one started past this size: a replay reads one file into memory.
+FILE_MAX_BYTES = 16 << 20
+
+
 class Spool:
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    def __init__(self, directory: Path, max_bytes: int, file_max_bytes: int = FILE_MAX_BYTES) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
+        self.file_max_bytes = file_max_bytes
         self._lock = threading.Lock()
-        self._name = f"spool-{os.getpid()}-{threading.get_ident()}.log"
+        self._prefix = f"spool-{os.getpid()}-{threading.get_ident()}"
+        self._seq = 0
 
     @property
     def active_path(self) -> Path:
-        return self.directory / self._name
+        return self.directory / f"{self._prefix}-{self._seq:06d}.log"
 
     def size(self) -> int:
         """Bytes waiting in all spool files of this directory (any process's)."""
@@ -64,6 +70,11 @@ class Spool:
                 raise SpoolFullError(f"spool at {self.directory} is full ({self.max_bytes} bytes)")
             if not self.directory.is_dir():
                 private_dir(self.directory)
+            try:
+                if self.active_path.stat().st_size + len(payload) > self.file_max_bytes:
+                    self._seq += 1  # files stay small enough to replay from memory one at a time
+            except FileNotFoundError:
+                pass
             frames.append(self.active_path, MAGIC, payload)
 
     def pending_files(self) -> list[Path]:
@@ -73,13 +84,16 @@ class Spool:
         files = [p for p in self.directory.glob("spool-*") if p.is_file()]
         return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
 
-    def replay(self, send: Callable[[bytes], None]) -> int:
+    def replay(self, send: Callable[[bytes], None], stop: Callable[[], bool] | None = None) -> int:
         """Send every spooled record in order; return how many were replayed.
 
-        Stops at the first failure of `send` (the database is still away): the rest stays spooled.
+        Stops at the first failure of `send` (the database is still away), or before a record when
+        `stop()` says so (the writer's memory queue needs it): the rest stays spooled.
         """
         replayed = 0
         for path in self.pending_files():
+            if stop is not None and stop():
+                break
             claimed = path if path.name.startswith("spool-claimed-") else self._claim(path)
             if claimed is None:
                 continue
@@ -87,6 +101,8 @@ class Spool:
             done = 0
             try:
                 for payload in records:
+                    if done and stop is not None and stop():
+                        break
                     send(payload)
                     done += 1
             finally:

@@ -48,6 +48,13 @@ STALE_AFTER_S = 60.0
 SLOW_CALL_S = 5.0
 #: When idle, the writer checks the database this often, so /health tells the truth without traffic.
 PING_EVERY_S = 5.0
+#: What a queued record holds besides its bodies (headers, analysis, link, the record itself), roughly.
+RECORD_OVERHEAD = 4096
+
+
+def record_bytes(record: ExchangeRecord) -> int:
+    """What a queued record keeps in memory, roughly: its bodies, which are almost all of it."""
+    return len(record.request_body or b"") + len(record.response_body or b"") + RECORD_OVERHEAD
 
 
 class OutageError(Exception):
@@ -65,6 +72,8 @@ class WriterMetrics:
     replayed_batches: int = 0
     replayed_rows: int = 0
     dropped_rows: int = 0
+    #: Rows sent to the spool because more than STORAGE_MAX_QUEUE_BYTES waited in memory.
+    overflow_rows: int = 0
     flush_failures: int = 0
     refused_batches: int = 0  # batches PostgreSQL refused for their content (then isolated)
     rows_last_resort: int = 0  # rows stored in their last-resort form
@@ -75,6 +84,7 @@ class WriterMetrics:
     last_error: str | None = None
     spool_bytes: int = 0
     queue_depth: int = 0
+    queue_bytes: int = 0
     oldest_unwritten_s: float = 0.0
     database_ok: bool = False
     #: Whether the writer has connected once and looked at the migrations.
@@ -98,6 +108,7 @@ class StorageWriter:
         interval_ms: int,
         spool: Spool,
         max_queue: int = 50_000,
+        max_queue_bytes: int = 32 << 20,
         known_keys: int = 50_000,
         retention_days: int = 0,
         link_days: int = 0,
@@ -113,10 +124,16 @@ class StorageWriter:
         self.interval_s = interval_ms / 1000
         self.spool = spool
         self.max_queue = max_queue
+        #: Past this many bytes waiting in memory, the oldest waiting rows are spooled (`_run`).
+        self.max_queue_bytes = max_queue_bytes
+        self._queued_bytes = 0
         self.metrics = WriterMetrics()
         self.quarantine_files = quarantine_files or quarantine.QuarantineFiles(spool.directory.parent / "quarantine")
         self._queue: deque[ExchangeRecord] = deque()
-        self._cv = threading.Condition()
+        lock = threading.Lock()
+        self._cv = threading.Condition(lock)
+        #: Wakes the overflow thread when more than `max_queue_bytes` wait (the queue's lock too).
+        self._over_cv = threading.Condition(lock)
         self._stopping = False
         self._known = RecentKeys(known_keys)
         self._conn: psycopg.Connection | None = None
@@ -137,6 +154,7 @@ class StorageWriter:
         #: Told the duration of each batch written (metrics), from the writer's thread.
         self.on_batch = on_batch
         self._thread = threading.Thread(target=self._run, name="nexus-storage-writer", daemon=True)
+        self._overflow = threading.Thread(target=self._overflow_run, name="nexus-storage-overflow", daemon=True)
 
     # --- request path ----------------------------------------------------------------------------
     def submit(self, record: ExchangeRecord) -> None:
@@ -147,13 +165,17 @@ class StorageWriter:
                 log.error("storage queue full (%d); request %s not stored", self.max_queue, record.request_id)
                 return
             self._queue.append(record)
+            self._queued_bytes += record_bytes(record)
             self.metrics.submitted += 1
             if len(self._queue) >= self.batch_size:
                 self._cv.notify()
+            if self._queued_bytes > self.max_queue_bytes:
+                self._over_cv.notify()
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         self._thread.start()
+        self._overflow.start()
 
     def close(self, timeout_s: float | None = None) -> None:
         """Flush (or spool) everything still queued, then stop. A database that hangs is given the
@@ -162,7 +184,10 @@ class StorageWriter:
         with self._cv:
             self._stopping = True
             self._cv.notify()
+            self._over_cv.notify()
         self._thread.join(timeout_s if timeout_s is not None else self.write_timeout_s + 5)
+        if self._overflow.ident is not None:
+            self._overflow.join(self.write_timeout_s)
         self._watchdog.stop()
         if self._thread.is_alive():
             self._spool_leftovers()
@@ -171,9 +196,14 @@ class StorageWriter:
         with self._cv:
             records = list(self._queue)
             self._queue.clear()
+            self._queued_bytes = 0
         if not records:
             return
         log.warning("storage: the writer is stuck; spooling %d queued rows at shutdown", len(records))
+        self._spool_records(records)
+
+    def _spool_records(self, records: list[ExchangeRecord]) -> None:
+        """Build and encode `records` and keep them in the spool (no database involved)."""
         built = build_batch(records)
         self._count_lost(built)
         self._to_spool(Batch(built.requests, built.blobs), len(records) - len(built.lost))
@@ -197,6 +227,7 @@ class StorageWriter:
         """For /health: counters, and why storage is degraded (empty when it is not)."""
         m = self.metrics
         m.queue_depth = len(self._queue)
+        m.queue_bytes = self._queued_bytes
         m.spool_bytes = self.spool.size()
         candidates = [self._queue[0].started_at_us / 1e6 if self._queue else None]
         candidates += [self._in_flight_since, self.spool.oldest_mtime()]
@@ -213,6 +244,11 @@ class StorageWriter:
         waiting = self._watchdog.busy_for()
         if waiting > SLOW_CALL_S:
             reasons.append(f"a database call has been waiting {waiting:.0f} s")
+        if m.overflow_rows:
+            reasons.append(
+                f"{m.overflow_rows} rows were spooled because the database wrote slower than requests came "
+                f"(more than {self.max_queue_bytes} bytes waited in memory)"
+            )
         if m.dropped_rows:
             reasons.append(f"{m.dropped_rows} rows could not be stored (queue full or spool unavailable)")
         if m.quarantine_rows or m.quarantine_file_rows:
@@ -235,6 +271,7 @@ class StorageWriter:
                 elif len(self._queue) < self.batch_size and not self._stopping:
                     self._cv.wait(self.interval_s)
                 batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+                self._queued_bytes -= sum(record_bytes(r) for r in batch)
                 stopping = self._stopping and not self._queue
             if batch:
                 self._in_flight_since = batch[0].started_at_us / 1e6
@@ -251,6 +288,23 @@ class StorageWriter:
                 break
         if self._conn is not None:
             self._conn.close()
+
+    def _overflow_run(self) -> None:
+        """Keep what waits in memory under `max_queue_bytes` while the writer thread is inside a
+        database call (a slow COPY, a spool replay): the oldest waiting rows go to the spool. Without
+        it, traffic faster than the database grew a worker by the arrival rate times the call's length
+        (hundreds of MB under load here)."""
+        while True:
+            with self._over_cv:
+                while not self._stopping and self._queued_bytes <= self.max_queue_bytes:
+                    self._over_cv.wait()
+                if self._stopping:
+                    return
+                batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+                self._queued_bytes -= sum(record_bytes(r) for r in batch)
+            if batch:
+                self.metrics.overflow_rows += len(batch)
+                self._spool_records(batch)
 
     def _write_batch(self, records: list[ExchangeRecord]) -> None:
         try:
@@ -448,7 +502,7 @@ class StorageWriter:
         if time.monotonic() < self._retry_at:
             return False
         try:
-            self.metrics.replayed_batches += self.spool.replay(self._replay_one)
+            self.metrics.replayed_batches += self.spool.replay(self._replay_one, stop=self._over_bound)
         except OutageError:
             return False
         except Exception as exc:  # a spool file that cannot be read: logged, kept for inspection
@@ -456,6 +510,11 @@ class StorageWriter:
             log.exception("spool replay failed")
             return False
         return not self.spool.pending_files()
+
+    def _over_bound(self) -> bool:
+        """Whether more than `max_queue_bytes` wait in memory: a replay then yields to the queue (which
+        sends its oldest rows to the spool), so replaying never lets memory grow."""
+        return self._queued_bytes > self.max_queue_bytes and not self._stopping
 
     def _replay_one(self, payload: bytes) -> None:
         batch = Batch.unpack(payload)
@@ -543,6 +602,7 @@ def build_writer(settings: Settings, on_batch: Callable[[float], None] | None = 
         interval_ms=settings.storage_batch_interval_ms,
         spool=spool,
         max_queue=settings.storage_max_queue,
+        max_queue_bytes=settings.storage_max_queue_bytes,
         retention_days=settings.storage_retention_days,
         link_days=settings.link_lookback_days if settings.link_shared != "off" else 0,
         quarantine_files=quarantine.QuarantineFiles(settings.nexus_home / "quarantine"),

@@ -6,15 +6,16 @@ updates and work with storage disabled or the database away. They are per worker
 response header says which);
 the durable, all-worker view is `/api/token-usage/*`, computed from the database.
 
-Each count is added as storage writes it to its bigint column (`nexus.usage.counts.column_count`):
-clamped into bigint's range, 0 when it is not an integer. So a reply claiming 2**64 - 1 output
-tokens (the SSE observer reads counts as u64) or a 30-digit number adds what the database will hold,
-and both views agree. A total can still pass 64 bits, so the proxy writes them with `dump_json`.
+The reply is read once, in Rust, for every consumer (`Outcome.reply`), so nothing is parsed here and
+a JSON reply is counted whatever its size. Each count is added as storage writes it to its bigint
+column (`nexus.usage.counts.column_count`): clamped into bigint's range, 0 when it is not an
+integer. So a reply claiming 2**64 - 1 output tokens (the SSE observer reads counts as u64) or a
+30-digit number adds what the database will hold, and both views agree. A total can still pass 64
+bits, so the proxy writes them with `dump_json`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -22,14 +23,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-import orjson
 
 from nexus.api.schemas import TokenStats
 from nexus.conversations.classify import AUXILIARY, LINKED_TYPES
 from nexus.usage.counts import column_count
-
-#: JSON responses larger than this are not parsed on the request path just to count their usage.
-MAX_PARSED_BODY = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -63,28 +60,6 @@ class ProjectCounters:
         return built
 
 
-def _usage_from_body(body: bytes | None) -> tuple[dict[str, Any], int] | None:
-    """The reply's usage and tool calls. Read as storage reads it: orjson, else the standard library
-    for what orjson refuses (a lone surrogate in the text, a number past a double), so a reply storage
-    counts is counted here too."""
-    if not body or len(body) > MAX_PARSED_BODY:
-        return None
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        try:
-            parsed = json.loads(body)
-        except (ValueError, RecursionError):
-            return None
-    if not isinstance(parsed, dict) or not isinstance(parsed.get("usage"), dict):
-        return None
-    content = parsed.get("content")
-    tools = 0
-    if isinstance(content, list):
-        tools = sum(1 for b in content if isinstance(b, dict) and str(b.get("type", "")).endswith("tool_use"))
-    return parsed["usage"], tools
-
-
 class TokenCounters:
     """One per worker process; only its event loop touches it, so no lock is needed."""
 
@@ -109,26 +84,17 @@ class TokenCounters:
         c.last_updated_ms = time.time_ns() // 1_000_000
         if outcome.status >= 400 or outcome.error or not outcome.status:
             c.error_count += 1
-        observer = outcome.observer
-        if observer is not None:
-            counts = (
-                column_count(observer.input_tokens),
-                column_count(observer.output_tokens),
-                column_count(observer.cache_read_input_tokens),
-                column_count(observer.cache_creation_input_tokens),
-            )
-            tools = len(observer.tool_uses)
-        else:
-            found = _usage_from_body(outcome.response_body) if outcome.status < 400 else None
-            if found is None:
-                return None
-            usage, tools = found
-            counts = (
-                column_count(usage.get("input_tokens")),
-                column_count(usage.get("output_tokens")),
-                column_count(usage.get("cache_read_input_tokens")),
-                column_count(usage.get("cache_creation_input_tokens")),
-            )
+        # a stream's counts whatever its status; a JSON reply's only when it succeeded and has a usage
+        reply = outcome.reply() if outcome.observer is not None or outcome.status < 400 else None
+        if reply is None or (outcome.observer is None and reply.usage_json is None):
+            return None
+        counts = (
+            column_count(reply.input_tokens),
+            column_count(reply.output_tokens),
+            column_count(reply.cache_read_input_tokens),
+            column_count(reply.cache_creation_input_tokens),
+        )
+        tools = reply.tool_call_count or 0
         c.input_tokens += counts[0]
         c.output_tokens += counts[1]
         c.cache_read_input_tokens += counts[2]

@@ -14,6 +14,7 @@ use crate::pgcopy::{
     copy_payload, copy_row_field, copy_row_fields, copy_row_last_resort, copy_rows as split_rows,
     ColumnType,
 };
+use crate::reply::read_reply;
 use crate::safe::{
     is_safe_json, json_as_text, safe_json as repair_json, safe_text as repair_text, Repairs,
 };
@@ -146,6 +147,32 @@ pub fn sse_observer(data: &[u8]) {
     }
 }
 
+/// Any bytes as a JSON reply, and as a stream: the reader never panics, reads the same twice,
+/// writes a usage that is a JSON object and a text already canonical; a stream's launches and text
+/// are those of its rebuilt message read as a JSON reply.
+pub fn reply(data: &[u8]) {
+    let reply = read_reply(data);
+    assert_eq!(reply, read_reply(data));
+    if let Some(usage) = &reply.usage_json {
+        json_object(usage);
+        assert!(reply.tool_call_count.is_some());
+    } else {
+        assert!(reply.tool_call_count.is_none() && !reply.usage_not_integer);
+    }
+    let text = reply.text();
+    assert_eq!(text.trim(), text);
+    assert!(!text.contains("  "));
+    let (observer, _) = observe(data, DEFAULT_MAX_LINE_BYTES, data.len().max(1));
+    let streamed = observer.reply();
+    let rebuilt = observer
+        .message_json()
+        .map(|m| read_reply(&m))
+        .unwrap_or_default();
+    assert_eq!(streamed.launches, rebuilt.launches);
+    assert_eq!(streamed.joined_text, rebuilt.joined_text);
+    assert_eq!(streamed.usage_json, observer.usage_json());
+}
+
 fn within(part: &[u8], body: &[u8]) -> bool {
     let (start, end) = (part.as_ptr() as usize, part.as_ptr() as usize + part.len());
     let (lo, hi) = (body.as_ptr() as usize, body.as_ptr() as usize + body.len());
@@ -224,12 +251,13 @@ mod tests {
     #[test]
     fn every_corpus_passes_its_check() {
         type Check = fn(&[u8]);
-        let targets: [(&str, Check); 5] = [
+        let targets: [(&str, Check); 6] = [
             ("safe_json", super::safe_json),
             ("safe_text", super::safe_text),
             ("copy_rows", super::copy_rows),
             ("sse_observer", super::sse_observer),
             ("analyze_request", super::analyze_request),
+            ("reply", super::reply),
         ];
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
         for (target, check) in targets {

@@ -10,6 +10,7 @@ pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod pgcopy;
+pub mod reply;
 pub mod rows;
 pub mod safe;
 pub mod sse;
@@ -18,4 +19,5 @@ pub mod sse;
 mod python;
 
 pub use error::NexusError;
+pub use reply::{read_reply, Reply};
 pub use sse::{ApiError, SseObserver, SseSummary, ToolUse, DEFAULT_MAX_LINE_BYTES};

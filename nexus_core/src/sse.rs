@@ -758,6 +758,32 @@ impl SseObserver {
         self.message_value()
             .map(|v| serde_json::to_vec(&v).unwrap_or_default())
     }
+
+    /// The reply's facts ([`crate::reply::Reply`]) at the end of the stream, from what the observer
+    /// holds: ids, stop reason, its usage and counts as observed, its tool calls, and the
+    /// launches and text of the rebuilt message (never serialised and parsed again).
+    pub fn reply(&self) -> crate::reply::Reply {
+        use crate::reply::Count;
+        let s = &self.summary;
+        let (launches, joined_text) = match self.message_value() {
+            Some(Value::Object(message)) => crate::reply::content_facts(&message),
+            _ => (Vec::new(), String::new()),
+        };
+        crate::reply::Reply {
+            message_id: s.message_id.clone(),
+            model: s.model.clone(),
+            stop_reason: s.stop_reason.clone(),
+            usage_json: self.usage_json(),
+            input_tokens: Some(Count::Int(s.input_tokens)),
+            output_tokens: Some(Count::Int(s.output_tokens)),
+            cache_creation_input_tokens: Some(Count::Int(s.cache_creation_input_tokens)),
+            cache_read_input_tokens: Some(Count::Int(s.cache_read_input_tokens)),
+            usage_not_integer: false,
+            tool_call_count: Some(s.tool_uses.len() as u64),
+            launches,
+            joined_text,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from nexus._core import safe_json, split_body
+from nexus._core import read_reply, safe_json, split_body
 from nexus.auth.client_keys import redact_client_keys
 from nexus.conversations.session import session_of
-from nexus.usage.counts import stored_count
 
 if TYPE_CHECKING:
     from nexus.conversations.linker import Link
@@ -137,20 +136,6 @@ def _dumps(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=True, default=str).encode()
 
 
-def _count(usage: dict[str, Any], key: str, flags: list[str]) -> int | None:
-    """A token count as stored (`nexus.usage.counts.stored_count`); a value that is not one is NULL,
-    flagged."""
-    value = usage.get(key)
-    if value is None:
-        return None
-    count = stored_count(value)
-    if count is not None:
-        return count
-    if "usage_not_integer" not in flags:
-        flags.append("usage_not_integer")
-    return None
-
-
 def to_row(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Container[bytes] = ()) -> list[object]:
     """The `api_requests` row for `rec` in `REQUEST_NAMES` order; its body parts not in `known` are
     added to `blobs`. Never raises: a record that cannot be turned into a full row becomes a minimal
@@ -213,19 +198,14 @@ def _cells(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
     tool_calls = rec.tool_call_count
     response_body = rec.response_body
     if not rec.streamed and response_body:
-        parsed = _parse(response_body)  # once: it gives the usage and the tool calls
-        if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
-            usage = parsed["usage"]
-            usage_bytes = _dumps(usage)
-            input_tokens = _count(usage, "input_tokens", flags)
-            output_tokens = _count(usage, "output_tokens", flags)
-            cache_creation = _count(usage, "cache_creation_input_tokens", flags)
-            cache_read = _count(usage, "cache_read_input_tokens", flags)
-            content = parsed.get("content")
-            if isinstance(content, list):
-                tool_calls = sum(
-                    1 for b in content if isinstance(b, dict) and str(b.get("type", "")).endswith("tool_use")
-                )
+        # read once, in Rust, on the request path (a record built elsewhere, e.g. a replay, reads it here)
+        reply = rec.reply if rec.reply is not None else read_reply(response_body)
+        if reply.usage_json is not None:  # counts as `nexus.usage.counts.stored_count`; others NULL, flagged
+            usage_bytes, tool_calls = reply.usage_json, reply.tool_call_count
+            input_tokens, output_tokens = reply.input_tokens, reply.output_tokens
+            cache_creation, cache_read = reply.cache_creation_input_tokens, reply.cache_read_input_tokens
+            if reply.usage_not_integer and "usage_not_integer" not in flags:
+                flags.append("usage_not_integer")
     cells = {
         "request_id": rec.request_id,
         "timestamp": rec.started_at_us,

@@ -6,6 +6,7 @@
 mod body;
 mod conversation;
 mod pgcopy;
+mod reply;
 mod rows;
 
 use pyo3::buffer::PyBuffer;
@@ -146,6 +147,11 @@ impl PySseObserver {
         self.inner.usage_json().map(|v| PyBytes::new(py, &v))
     }
 
+    /// The reply's facts at the end of the stream (the same `Reply` as `read_reply` gives a JSON body).
+    fn reply(&self) -> reply::PyReply {
+        self.inner.reply().into()
+    }
+
     /// Final message rebuilt from the stream as compact JSON bytes, or None before message_start.
     fn message_json<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
         self.inner.message_json().map(|v| PyBytes::new(py, &v))
@@ -202,5 +208,7 @@ fn nexus_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(conversation::prompt_key, m)?)?;
     m.add_function(wrap_pyfunction!(conversation::normalize_text, m)?)?;
     m.add_class::<conversation::PyRequestAnalysis>()?;
+    m.add_function(wrap_pyfunction!(reply::read_reply, m)?)?;
+    m.add_class::<reply::PyReply>()?;
     Ok(())
 }
