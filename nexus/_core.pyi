@@ -6,14 +6,16 @@ chunk and no per-event Python objects. The pure-Python twin used by the tests is
 ``tests.oracles.sse.ReferenceSseObserver``.
 """
 
-from collections.abc import Iterable, Sequence
-from typing import Final, final
+from collections.abc import Callable, Container, Iterable, Sequence
+from typing import Any, Final, final
 
 # The module's own list (PyO3 writes it from the names it adds): tests/test_core_stub.py keeps both equal.
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
     "MAX_JSON_DEPTH",
     "REPAIR_NAMES",
+    "STORED_REQUEST_HEADERS",
+    "KnownKeys",
     "NexusCoreError",
     "Reply",
     "RequestAnalysis",
@@ -21,6 +23,8 @@ __all__ = [
     "SseObserver",
     "__version__",
     "analyze_request",
+    "blob_columns",
+    "build_request_batch",
     "copy_payload",
     "copy_row_field",
     "copy_row_last_resort",
@@ -31,6 +35,7 @@ __all__ = [
     "normalize_text",
     "prompt_key",
     "read_reply",
+    "request_columns",
     "safe_json",
     "safe_text",
     "split_body",
@@ -216,6 +221,61 @@ REPAIR_NAMES: Final[tuple[str, ...]]
 the database (the ``repairs`` column), so they never change: ``nul_escaped``,
 ``surrogate_escaped``, ``invalid_utf8``, ``control_escaped``, ``number_as_text``,
 ``depth_limited``, ``not_json``, ``int_clamped``, ``stored_as_text``."""
+
+@final
+class KnownKeys:
+    """A bounded set of content keys known to be in the database, oldest forgotten first (the
+    writer's recent keys). Kept in Rust so ``build_request_batch`` checks a batch's parts against it
+    with the GIL released; any other container is checked with the GIL held."""
+
+    def __new__(cls, capacity: int, /) -> KnownKeys: ...
+    @property
+    def capacity(self) -> int: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def add_all(self, keys: Iterable[bytes], /) -> None:
+        """Remember ``keys`` as stored (the newest), forgetting the oldest past the capacity."""
+
+STORED_REQUEST_HEADERS: Final[frozenset[str]]
+"""Request headers kept with a stored request: an allow-list, so no credential can ever be stored."""
+
+def request_columns() -> list[tuple[str, str]]:
+    """The ``api_requests`` columns written now, as (name, type) in their COPY order.
+
+    The one declaration of the layout (``nexus_core/src/rows.rs``: each column's name, its type for the
+    encoder and how its cell is read from a record): the COPY column list, the encoder's types and the
+    rows ``build_request_batch`` builds all come from it."""
+
+def blob_columns() -> list[tuple[str, str]]:
+    """The ``content_blobs`` columns, as (name, type) in their COPY order."""
+
+def build_request_batch(
+    records: Sequence[object],
+    known: Container[bytes],
+    /,
+    *,
+    reply: Callable[[Any], tuple[object, ...] | None],
+    redact: Callable[[str], str],
+    headers: Callable[[Any], tuple[bytes, str | None, str | None]],
+    json: Callable[[Any], bytes],
+    session: Callable[[bytes], str | None],
+    minimal: Callable[[Any, BaseException], Sequence[object]],
+    conversations: Sequence[str | None] | None = None,
+) -> tuple[bytes, bytes, list[bytes], list[tuple[int, str]]]:
+    """Build and encode the ``api_requests`` rows of a batch of exchange records in one call.
+
+    Returns the requests' COPY payload, the payload of their content parts not in ``known`` (each
+    once; ``b""`` when there are none), those parts' keys, and the records left out as (index, why).
+    Each record's attributes are read once with the GIL held, its bodies borrowed, not copied; then
+    the GIL is released while every row and part is encoded (the heavy part), so other Python
+    threads (the proxy's event loop) run meanwhile. The Python steps are called back, each behind one
+    function (``nexus.storage.records``): ``reply`` (usage and tool calls of a non-streamed reply),
+    ``redact`` (a value that may hold a client key), ``headers`` and ``json`` (header lists that are
+    not plain str pairs, or a kept value to redact), ``session`` (the session in an envelope's
+    ``metadata.user_id`` when no header names it) and ``minimal`` (the row, in column order, of a
+    record whose row could not be built: a Python exception while reading it). A record is left
+    out only for a value no column can take (a bug), so one bad record never stops the batch.
+    ``conversations``: per record, a conversation id stored when its link has none."""
 
 def encode_copy_binary(types: Sequence[str], rows: Iterable[Sequence[object]], /) -> bytes:
     """Encode a whole batch into one PostgreSQL ``COPY ... FROM STDIN (FORMAT binary)`` payload.

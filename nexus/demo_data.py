@@ -4,7 +4,7 @@ What for: a dashboard and an API have to be judged (and benchmarked: bench/dashb
 database that looks like production, not against a handful of rows. So every row here is built the
 way the proxy builds it: the request body goes through the Rust analysis and the conversation linker
 (`nexus.conversations`) exactly as the proxy's request path does, the record through
-`nexus.storage.records.to_row` (bodies split into content-addressed parts, usage read) and the batch
+`nexus.storage.records.build_batch` (bodies split into content-addressed parts, usage read) and the batch
 through `nexus.storage.payload.send` (binary COPY, search vectors, conversation titles and summaries
 updated from the rows inserted), with the importer's writer (`nexus.importing.target.Writer`) so a
 batch PostgreSQL refuses is isolated and daily partitions are created first.

@@ -18,7 +18,7 @@ from nexus._core import NexusCoreError, copy_row_last_resort, copy_rows, encode_
 from nexus.storage.isolate import Isolated, _request_id, isolate
 from nexus.storage.payload import Batch
 from nexus.storage.quarantine import QuarantinedRow
-from nexus.storage.records import BLOB_TYPES, REQUEST_TYPES, ExchangeRecord, to_row
+from nexus.storage.records import BLOB_TYPES, REQUEST_TYPES, ExchangeRecord, build_batch
 
 
 def record(text: str = "hi") -> ExchangeRecord:
@@ -38,10 +38,8 @@ def record(text: str = "hi") -> ExchangeRecord:
 
 
 def batch_of(records: list[ExchangeRecord], with_blobs: bool = False) -> Batch:
-    blobs: dict[bytes, tuple[int, bytes]] = {}
-    rows = [to_row(r, blobs) for r in records]
-    blob_payload = encode_copy_binary(BLOB_TYPES, [[k, *v, None] for k, v in blobs.items()]) if with_blobs else b""
-    return Batch(encode_copy_binary(REQUEST_TYPES, rows), blob_payload)
+    built = build_batch(records)
+    return Batch(built.requests, built.blobs if with_blobs else b"")
 
 
 class FakeDatabase:

@@ -12,7 +12,8 @@ import orjson
 from bench import traffic
 from nexus._core import SseObserver, analyze_request
 from nexus.fake_upstream.server import FakeAnthropic
-from nexus.storage.records import ExchangeRecord, to_row
+from nexus.storage.records import ExchangeRecord
+from tests.oracles.python_rows import to_row  # rows as Python values, for the encoder alone
 
 #: A mid-session Claude Code body of about 50 KiB (system blocks, 20 tools, ~20 messages).
 BODY = traffic.one_body(stream=True, kb=50)
@@ -67,12 +68,11 @@ REPLY_COMPACTION = _fixture_reply("compact/0004-messages.json")
 REPLY_LONG = _rebuilt(STREAM)
 
 
-def storage_rows(n: int = 200) -> tuple[list[list[object]], list[list[object]]]:
-    """A writer batch: `n` api_requests rows and their distinct content blobs, from a real corpus."""
+def storage_records(n: int = 200) -> list[ExchangeRecord]:
+    """A writer batch: `n` records as the proxy hands them over, from a real corpus."""
     requests = traffic.corpus(12, stream_share=0.8)[:n]
     now = int(time.time() * 1_000_000)
-    blobs: dict[bytes, tuple[int, bytes]] = {}
-    rows = []
+    records = []
     for i, req in enumerate(requests):
         body = req.body.replace(traffic.TOKEN.encode(), b"a1b2c3")
         rec = ExchangeRecord(
@@ -81,5 +81,12 @@ def storage_rows(n: int = 200) -> tuple[list[list[object]], list[list[object]]]:
         rec.response_status, rec.response_headers, rec.streamed = 200, [("request-id", "req_1")], req.stream
         rec.response_body = b'{"id":"msg_1","type":"message","content":[{"type":"text","text":"done"}]}'
         rec.analysis = analyze_request(body, strict=False)
-        rows.append(to_row(rec, blobs))
+        records.append(rec)
+    return records
+
+
+def storage_rows(n: int = 200) -> tuple[list[list[object]], list[list[object]]]:
+    """A writer batch as Python rows (the Python builder's) and its distinct content blobs."""
+    blobs: dict[bytes, tuple[int, bytes]] = {}
+    rows = [to_row(rec, blobs) for rec in storage_records(n)]
     return rows, [[k, kind, raw, None] for k, (kind, raw) in blobs.items()]

@@ -11,15 +11,26 @@ from typing import Any
 import orjson
 import pytest
 
-from bench.micro.inputs import BODY, RECORDED_BODY, REPLY_COMPACTION, REPLY_LAUNCH, REPLY_LONG, STREAM, storage_rows
+from bench.micro.inputs import (
+    BODY,
+    RECORDED_BODY,
+    REPLY_COMPACTION,
+    REPLY_LAUNCH,
+    REPLY_LONG,
+    STREAM,
+    storage_records,
+    storage_rows,
+)
 from nexus import _core
-from nexus.storage.records import BLOB_TYPES, REQUEST_TYPES
+from nexus.storage.records import BLOB_TYPES, REQUEST_TYPES, build_batch
 from tests.oracles import linking as ref_linking
+from tests.oracles import python_rows as ref_rows
 from tests.oracles import reply as ref_reply
 from tests.oracles import safe as ref_safe
 from tests.oracles.sse import ReferenceSseObserver
 
 ROWS, BLOBS = storage_rows()
+RECORDS = storage_records()
 
 
 def _encode(encoder: Any) -> tuple[bytes, bytes]:
@@ -65,6 +76,27 @@ def test_split_orjson_reference(benchmark: Any) -> None:
 def test_copy_rust(benchmark: Any) -> None:
     requests, blobs = benchmark(_encode, _core.encode_copy_binary)
     assert requests.startswith(b"PGCOPY\n\xff\r\n\x00") and blobs.endswith(b"\xff\xff")
+
+
+def _python_batch() -> tuple[bytes, bytes]:
+    """The writer's batch before: rows built in Python (the oracle), then encoded by the Rust core."""
+    blobs: dict[bytes, tuple[int, bytes]] = {}
+    rows = [ref_rows.to_row(rec, blobs) for rec in RECORDS]
+    return _core.encode_copy_binary(REQUEST_TYPES, rows), _core.encode_copy_binary(
+        BLOB_TYPES, [[k, *v, None] for k, v in blobs.items()]
+    )
+
+
+# The writer's whole batch: rows built and encoded. Rust: one call, the encoding with the GIL released.
+@pytest.mark.benchmark(group=f"storage batch built + encoded: {len(RECORDS)} records")
+def test_batch_rust(benchmark: Any) -> None:
+    built = benchmark(build_batch, RECORDS)
+    assert (built.requests, built.blobs) == _python_batch()
+
+
+@pytest.mark.benchmark(group=f"storage batch built + encoded: {len(RECORDS)} records")
+def test_batch_python(benchmark: Any) -> None:
+    benchmark(_python_batch)
 
 
 # The check every jsonb cell goes through before COPY: normal JSON is validated once and copied as is.

@@ -5,7 +5,7 @@ altered schema can stop the read; here each value is checked and converted. A ro
 for a request at all (no usable id, time or project) raises `BadRow` with the reason, which the
 importer counts as failed and reports; anything else odd (headers that are not an object, a body that
 is not JSON, counts that are not numbers) is imported the way the proxy would store it, repaired and
-flagged by the same row builder (`nexus.storage.records.to_row`).
+flagged by the same row builder (`nexus.storage.records.build_batch`).
 """
 
 from __future__ import annotations

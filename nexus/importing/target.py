@@ -1,6 +1,6 @@
 """Writing imported rows into Nexus's database with the storage writer's own path, and the checkpoint.
 
-Rows are built by `nexus.storage.records.to_row` (bodies split into content-addressed parts, usage
+Rows are built by `nexus.storage.records.build_batch` (bodies split into content-addressed parts, usage
 read, client keys redacted, headers allow-listed) and sent as one COPY batch by
 `nexus.storage.payload.send` (`ON CONFLICT DO NOTHING`, conversation summaries updated from the rows
 actually inserted), in one transaction with the checkpoint: a batch is stored and remembered together
@@ -10,6 +10,7 @@ the writer's, so every row it accepts goes in and only the rest is quarantined (
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -17,16 +18,15 @@ from typing import Any
 
 import psycopg
 
-from nexus._core import encode_copy_binary
 from nexus.storage import quarantine
 from nexus.storage.failures import OUTAGE, classify
 from nexus.storage.isolate import isolate
 from nexus.storage.partitions import ensure_partition
 from nexus.storage.payload import STAGE_SQL, Batch, send
-from nexus.storage.records import BLOB_TYPES, REQUEST_NAMES, REQUEST_TYPES, ExchangeRecord, to_row
+from nexus.storage.records import ExchangeRecord, build_batch
 from nexus.storage.writer import RecentKeys
 
-CONVERSATION = REQUEST_NAMES.index("conversation_id")
+log = logging.getLogger("nexus.importing")
 
 
 @dataclass(slots=True)
@@ -137,16 +137,12 @@ class Writer:
 
     def rows(self, records: list[tuple[ExchangeRecord, str | None]]) -> tuple[Batch, list[bytes]]:
         """The COPY batch for `records` (each with the reference's conversation id to keep)."""
-        blobs: dict[bytes, tuple[int, bytes]] = {}
-        rows = []
-        for record, conversation in records:
-            row = to_row(record, blobs, self.known)
-            if conversation is not None and row[CONVERSATION] is None:
-                row[CONVERSATION] = conversation
-            rows.append(row)
-        keys = [k for k in blobs if k not in self.known]
-        payload = encode_copy_binary(BLOB_TYPES, [[k, *blobs[k], None] for k in keys]) if keys else b""
-        return Batch(encode_copy_binary(REQUEST_TYPES, rows) if rows else b"", payload), keys
+        if not records:
+            return Batch(b"", b""), []
+        built = build_batch([r for r, _ in records], self.known, conversations=[c for _, c in records])
+        for request_id, why in built.lost:
+            log.error("import: request %s could not be encoded: %s", request_id, why)
+        return Batch(built.requests, built.blobs), built.new_keys
 
     def store(
         self, batch: Batch, keys: list[bytes], checkpoint: Callable[[psycopg.Connection[Any], Refused], None]

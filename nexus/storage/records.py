@@ -2,20 +2,32 @@
 
 The request path only fills an `ExchangeRecord` with references to bytes it already holds: no parsing,
 no hashing, no copying (the reply was read once, in Rust: `ExchangeRecord.reply`). The writer thread
-turns records into rows (splitting the body into content-addressed parts) off the event loop.
+turns a whole batch of records into its COPY payloads in one call to the Rust core (`build_batch`):
+the column layout is declared there once, the record's attributes are read once, and the encoding
+runs with the GIL released, so the event loop serving requests is not held up by it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
-from nexus._core import Reply, RequestAnalysis, SseObserver, read_reply, safe_json, split_body
+from nexus._core import STORED_REQUEST_HEADERS as _STORED_REQUEST_HEADERS
+from nexus._core import (
+    Reply,
+    RequestAnalysis,
+    SseObserver,
+    blob_columns,
+    build_request_batch,
+    read_reply,
+    request_columns,
+    safe_json,
+)
 from nexus.auth.client_keys import redact_client_keys
 from nexus.conversations.session import session_of
 
@@ -24,81 +36,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nexus.storage")
 
-#: Request headers kept with a stored request. An allow-list, so no credential can ever be stored.
-STORED_REQUEST_HEADERS = frozenset(
-    {
-        "user-agent",
-        "content-type",
-        "accept",
-        "anthropic-version",
-        "anthropic-beta",
-        "x-app",
-        "x-claude-code-session-id",
-        "x-claude-code-agent-id",
-        "x-forwarded-for",
-        "x-real-ip",
-        "train-id",
-        "msl-project-id",
-        "x-train-account",
-        "msl-account",
-    }
-)
+#: Request headers kept with a stored request. An allow-list, so no credential can ever be stored
+#: (declared with the row builder, in Rust).
+STORED_REQUEST_HEADERS: frozenset[str] = _STORED_REQUEST_HEADERS
 
-#: `api_requests` columns of the first releases, in their COPY order (spooled batches of those
-#: releases are replayed with them).
-_BASE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("request_id", "uuid"),
-    ("timestamp", "timestamptz"),
-    ("project_id", "text"),
-    ("account_id", "text"),
-    ("method", "text"),
-    ("path", "text"),
-    ("model", "text"),
-    ("request_type", "text"),
-    ("request_headers", "jsonb"),
-    ("envelope", "jsonb"),
-    ("system_key", "bytea"),
-    ("tools_key", "bytea"),
-    ("message_keys", "bytea[]"),
-    ("message_count", "int4"),
-    ("response_status", "int4"),
-    ("response_headers", "jsonb"),
-    ("response_body", "jsonb"),
-    ("response_streaming", "bool"),
-    ("input_tokens", "int8"),
-    ("output_tokens", "int8"),
-    ("cache_creation_input_tokens", "int8"),
-    ("cache_read_input_tokens", "int8"),
-    ("usage", "jsonb"),
-    ("duration_ms", "int4"),
-    ("first_byte_ms", "int4"),
-    ("tool_call_count", "int4"),
-    ("outcome", "text"),
-    ("error", "text"),
-    ("conversation_id", "uuid"),
-    ("branch_id", "text"),
-    ("parent_request_id", "uuid"),
-    ("is_subtask", "bool"),
-    ("parent_task_request_id", "uuid"),
-    ("current_message_hash", "bytea"),
-    ("parent_message_hash", "bytea"),
-    ("system_hash", "bytea"),
-    ("session_id", "text"),
-    ("agent_id", "text"),
-    ("task_prompt_keys", "bytea[]"),
-    ("attempts", "int4"),
-)
-#: The columns written now. `raw` (bytea) holds the original bytes of the JSON column just before it
-#: when the encoder had to repair that value (NUL, lone surrogates, numbers or nesting PostgreSQL cannot
-#: hold); `storage_repairs` (text[], last) names what was repaired in the row. See nexus/_core.pyi.
-REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
-    *_BASE_COLUMNS[:10],
-    ("envelope_raw", "raw"),
-    *_BASE_COLUMNS[10:17],
-    ("response_raw", "raw"),
-    *_BASE_COLUMNS[17:],
-    ("storage_repairs", "repairs"),
-)
+#: The `api_requests` columns written now, (name, type) in their COPY order: the one table the Rust
+#: row builder declares (`nexus_core/src/rows.rs`, with how each cell is obtained). `raw` (bytea)
+#: holds the original bytes of the JSON column just before it when the encoder had to repair that
+#: value; `storage_repairs` (text[], last) names what was repaired in the row. See nexus/_core.pyi.
+REQUEST_COLUMNS: tuple[tuple[str, str], ...] = tuple(request_columns())
+#: The columns of the first releases: the same without the encoder's pseudo columns (spooled batches
+#: of those releases are replayed with them).
+_BASE_COLUMNS = tuple(c for c in REQUEST_COLUMNS if c[1] not in ("raw", "repairs"))
 REQUEST_TYPES = [t for _, t in REQUEST_COLUMNS]
 REQUEST_NAMES = [n for n, _ in REQUEST_COLUMNS]
 _LAYOUTS = (_BASE_COLUMNS[:28], _BASE_COLUMNS[:39], _BASE_COLUMNS, REQUEST_COLUMNS)
@@ -106,7 +55,7 @@ _LAYOUTS = (_BASE_COLUMNS[:28], _BASE_COLUMNS[:39], _BASE_COLUMNS, REQUEST_COLUM
 #: earlier release is replayed with the columns it was encoded with.
 REQUEST_NAMES_BY_COUNT: dict[int, list[str]] = {len(cols): [n for n, _ in cols] for cols in _LAYOUTS}
 REQUEST_TYPES_BY_COUNT: dict[int, list[str]] = {len(cols): [t for _, t in cols] for cols in _LAYOUTS}
-BLOB_COLUMNS: tuple[tuple[str, str], ...] = (("key", "bytea"), ("kind", "int2"), ("body", "jsonb"), ("raw", "raw"))
+BLOB_COLUMNS: tuple[tuple[str, str], ...] = tuple(blob_columns())
 BLOB_TYPES = [t for _, t in BLOB_COLUMNS]
 BLOB_NAMES = [n for n, _ in BLOB_COLUMNS]
 BLOB_NAMES_BY_COUNT: dict[int, list[str]] = {3: BLOB_NAMES[:3], 4: BLOB_NAMES}
@@ -180,116 +129,105 @@ def _dumps(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=True, default=str).encode()
 
 
-def to_row(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Container[bytes] = ()) -> list[object]:
-    """The `api_requests` row for `rec` in `REQUEST_NAMES` order; its body parts not in `known` are
-    added to `blobs`. Never raises: a record that cannot be turned into a full row becomes a minimal
-    one that says why, so the request is still found by its id."""
-    try:
-        cells = _cells(rec, blobs, known)
-    except Exception as exc:
-        log.exception("request %s: the row is stored without its bodies", rec.request_id)
-        cells = {
-            "request_id": rec.request_id,
-            "timestamp": rec.started_at_us,
-            "project_id": rec.project_id,
-            "method": rec.method,
-            "path": redact_client_keys(rec.path),
-            "response_status": rec.response_status,
-            "outcome": rec.outcome,
-            "error": f"stored without bodies: {exc.__class__.__name__}: {exc}"[:500],
-            "is_subtask": False,
-            "response_streaming": rec.streamed,
-            "storage_repairs": ["row_not_built"],
-        }
-    return [cells.get(name) for name in REQUEST_NAMES]
+class BuiltBatch(NamedTuple):
+    """A batch's two COPY payloads, the content keys it stores for the first time, and the records
+    left out (request id, why): only a value no column can take, a bug, never content."""
+
+    requests: bytes
+    blobs: bytes
+    new_keys: list[bytes]
+    lost: list[tuple[str, str]]
 
 
-def _cells(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Container[bytes]) -> dict[str, Any]:
-    # an allow-list, and no client key even in an allowed header's value (a client may put one anywhere)
-    headers = {k: redact_client_keys(v) for k, v in rec.request_headers if k in STORED_REQUEST_HEADERS}
-    flags: list[str] = list(rec.repairs or ())
-    envelope: bytes | None = None
-    envelope_raw: bytes | None = None
-    system_key = tools_key = None
-    message_keys: list[bytes] | None = None
-    model: str | None = None
-    analysis, body = rec.analysis, rec.request_body
-    if analysis is not None and body is not None:
-        envelope, system_key, tools_key = analysis.envelope, analysis.system_key, analysis.tools_key
-        message_keys, model = analysis.message_keys, analysis.model
-        for key, kind, start, end in analysis.part_spans:
-            if key not in known and key not in blobs:
-                blobs[key] = (kind, body[start:end])  # only parts the database may not have are copied
-    elif body:
-        try:
-            split = split_body(body)
-        except ValueError:  # not JSON: shown as text, and kept exactly as it came
-            envelope = _dumps({"unparsed_body": body.decode("utf-8", "replace")})
-            envelope_raw = body
-            flags.append("request_not_json")
-        else:
-            envelope, system_key, tools_key = split.envelope, split.system_key, split.tools_key
-            message_keys = split.message_keys
-            for key, kind, part in split.parts:
-                if key not in known:
-                    blobs.setdefault(key, (kind, part))
-            parsed_envelope = _parse(envelope)
-            found = parsed_envelope.get("model") if isinstance(parsed_envelope, dict) else None
-            model = found if isinstance(found, str) else None
-    usage_bytes = rec.usage_json
-    input_tokens, output_tokens = rec.input_tokens, rec.output_tokens
-    cache_creation, cache_read = rec.cache_creation_input_tokens, rec.cache_read_input_tokens
-    tool_calls = rec.tool_call_count
-    response_body = rec.response_body
-    if not rec.streamed and response_body:
-        # read once, in Rust, on the request path (a record built elsewhere, e.g. a replay, reads it here)
-        reply = rec.reply if rec.reply is not None else read_reply(response_body)
-        if reply.usage_json is not None:  # counts as `nexus.usage.counts.stored_count`; others NULL, flagged
-            usage_bytes, tool_calls = reply.usage_json, reply.tool_call_count
-            input_tokens, output_tokens = reply.input_tokens, reply.output_tokens
-            cache_creation, cache_read = reply.cache_creation_input_tokens, reply.cache_read_input_tokens
-            if reply.usage_not_integer and "usage_not_integer" not in flags:
-                flags.append("usage_not_integer")
+def build_batch(
+    records: Sequence[ExchangeRecord],
+    known: Container[bytes] = (),
+    conversations: Sequence[str | None] | None = None,
+) -> BuiltBatch:
+    """The `api_requests` rows of `records` and their content parts not in `known`, built and encoded
+    by the Rust core in one call (`build_request_batch`; the encoding runs with the GIL released).
+    Never raises for a record: one that cannot be turned into a full row becomes a minimal one that
+    says why (`minimal_row`), so the request is still found by its id. `conversations` gives, per
+    record, a conversation id to store when the record's link has none (imported history)."""
+    requests, blobs, keys, lost = build_request_batch(
+        records,
+        known,
+        reply=reply_facts,
+        redact=redact_client_keys,
+        headers=stored_headers,
+        json=headers_json,
+        session=envelope_session,
+        minimal=minimal_row,
+        conversations=conversations,
+    )
+    return BuiltBatch(requests, blobs, keys, [(_request_id(records[i]), why) for i, why in lost])
+
+
+def _request_id(rec: ExchangeRecord) -> str:
+    return str(getattr(rec, "request_id", "?"))[:100]
+
+
+def minimal_row(rec: ExchangeRecord, exc: BaseException) -> list[object]:
+    """The row of a record whose full row could not be built, in `REQUEST_NAMES` order: what
+    identifies it, and why its bodies are missing."""
+    log.error("request %s: the row is stored without its bodies", _request_id(rec), exc_info=exc)
     cells = {
         "request_id": rec.request_id,
         "timestamp": rec.started_at_us,
         "project_id": rec.project_id,
-        "account_id": rec.account_id,
         "method": rec.method,
         "path": redact_client_keys(rec.path),
-        "model": model,
-        "request_type": rec.request_type,
-        "request_headers": _dumps(headers),
-        "envelope": envelope,
-        "envelope_raw": envelope_raw,
-        "system_key": system_key,
-        "tools_key": tools_key,
-        "message_keys": message_keys,
-        "message_count": len(message_keys) if message_keys is not None else None,
         "response_status": rec.response_status,
-        "response_headers": _dumps(dict(rec.response_headers)) if rec.response_headers is not None else None,
-        "response_body": response_body or None,
-        "response_streaming": rec.streamed,
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "cache_creation_input_tokens": cache_creation,
-        "cache_read_input_tokens": cache_read,
-        "usage": usage_bytes,
-        "duration_ms": rec.duration_ms,
-        "first_byte_ms": rec.first_byte_ms,
-        "tool_call_count": tool_calls,
         "outcome": rec.outcome,
-        "error": redact_client_keys(rec.error) if rec.error else None,  # may quote a path or a header
-        "system_hash": analysis.system_hash if analysis is not None else None,
-        "session_id": session_of(headers, analysis.envelope if analysis is not None else None),
-        "agent_id": headers.get("x-claude-code-agent-id"),
-        "task_prompt_keys": rec.task_prompt_keys or None,
-        "attempts": rec.attempts,
-        "storage_repairs": flags or None,
+        "error": f"stored without bodies: {exc.__class__.__name__}: {exc}"[:500],
         "is_subtask": False,
+        "response_streaming": rec.streamed,
+        "storage_repairs": ["row_not_built"],
     }
-    cells.update(link_cells(rec.link))
-    return cells
+    return [cells.get(name) for name in REQUEST_NAMES]
+
+
+def stored_headers(pairs: list[tuple[str, str]]) -> tuple[bytes, str | None, str | None]:
+    """The request headers as stored (the allow-list, and no client key even in an allowed header's
+    value: a client may put one anywhere) as JSON, the session header (cut as `session_of` cuts it)
+    and the agent id. The Rust builder does the common case itself and calls this for the rest."""
+    headers = {k: redact_client_keys(v) for k, v in pairs if k in STORED_REQUEST_HEADERS}
+    session = session_of(headers, None)
+    return _dumps(headers), session, headers.get("x-claude-code-agent-id")
+
+
+def headers_json(pairs: list[tuple[str, str]]) -> bytes:
+    """Response headers as stored, for pairs the Rust builder does not take as they are."""
+    return _dumps(dict(pairs))
+
+
+def envelope_session(envelope: bytes) -> str | None:
+    """The session named in an envelope's `metadata.user_id` (no session header was sent)."""
+    return session_of({}, envelope)
+
+
+#: What `reply_facts` reads: usage as JSON, the four token counts, the tool calls, and the repairs.
+ReplyFacts = tuple[bytes | None, int | None, int | None, int | None, int | None, int | None, list[str]]
+
+
+def reply_facts(rec: ExchangeRecord) -> ReplyFacts | None:
+    """The usage and tool calls of a JSON (not streamed) reply; None when it carries no usage (the
+    record's own fields are then stored). One separate step of the row builder, called by it only for
+    a non-streamed record with a body: the reply read once, in Rust, on the request path (a record
+    built elsewhere, e.g. a replay, reads it here). Counts as `nexus.usage.counts.stored_count`;
+    others NULL, flagged."""
+    reply = rec.reply if rec.reply is not None else read_reply(rec.response_body or b"")
+    if reply.usage_json is None:
+        return None
+    return (
+        reply.usage_json,
+        reply.input_tokens,
+        reply.output_tokens,
+        reply.cache_creation_input_tokens,
+        reply.cache_read_input_tokens,
+        reply.tool_call_count,
+        ["usage_not_integer"] if reply.usage_not_integer else [],
+    )
 
 
 LINK_COLUMNS = (

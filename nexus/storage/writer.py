@@ -2,10 +2,11 @@
 
 `submit()` is all the request path ever calls: an append to a deque under a lock, never I/O. A
 dedicated thread (libpq and encoding stay off the request event loop) takes a batch when
-`STORAGE_BATCH_SIZE` records wait or `STORAGE_BATCH_INTERVAL_MS` passed, builds rows, has the Rust core
-encode each table's rows into one binary COPY payload (safe by construction: NUL, lone surrogates,
-numbers and nesting PostgreSQL cannot hold are repaired visibly and flagged), and sends both in one
-transaction (`payload.send`).
+`STORAGE_BATCH_SIZE` records wait or `STORAGE_BATCH_INTERVAL_MS` passed, and has the Rust core build
+and encode the batch in one call (`records.build_batch`): each table's rows become one binary COPY
+payload (safe by construction: NUL, lone surrogates, numbers and nesting PostgreSQL cannot hold are
+repaired visibly and flagged), the encoding done with the GIL released so the event loop serving
+requests keeps running, and both payloads are sent in one transaction (`payload.send`).
 
 When a batch cannot be sent, what happens depends on why (`failures.classify`). The database being
 away: the batch goes to the spool on disk and is replayed, in order, once it answers again. The
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from nexus._core import copy_rows, encode_copy_binary
+from nexus._core import KnownKeys, copy_rows
 from nexus.settings import Settings
 from nexus.storage import quarantine
 from nexus.storage.failures import OUTAGE, UNKNOWN, classify, describe
@@ -35,7 +36,7 @@ from nexus.storage.isolate import isolate
 from nexus.storage.migrate import pending_migrations
 from nexus.storage.partitions import drop_expired_partitions, ensure_partitions
 from nexus.storage.payload import STAGE_SQL, Batch, send
-from nexus.storage.records import BLOB_TYPES, REQUEST_TYPES, ExchangeRecord, to_row
+from nexus.storage.records import BuiltBatch, ExchangeRecord, build_batch
 from nexus.storage.spool import Spool, SpoolFullError
 from nexus.storage.watchdog import Watchdog
 
@@ -93,22 +94,9 @@ class WriterMetrics:
     degraded_reasons: list[str] = field(default_factory=list)
 
 
-class RecentKeys:
-    """A bounded set of content keys known to be in the database, oldest forgotten first."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._keys: OrderedDict[bytes, None] = OrderedDict()
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._keys
-
-    def add_all(self, keys: list[bytes]) -> None:
-        for key in keys:
-            self._keys[key] = None
-            self._keys.move_to_end(key)
-        while len(self._keys) > self.capacity:
-            self._keys.popitem(last=False)
+#: A bounded set of content keys known to be in the database, oldest forgotten first. Kept in Rust
+#: (`_core.KnownKeys`) so the row builder checks a batch's parts against it with the GIL released.
+RecentKeys = KnownKeys
 
 
 class StorageWriter:
@@ -216,13 +204,9 @@ class StorageWriter:
 
     def _spool_records(self, records: list[ExchangeRecord]) -> None:
         """Build and encode `records` and keep them in the spool (no database involved)."""
-        blobs: dict[bytes, tuple[int, bytes]] = {}
-        rows = [to_row(rec, blobs) for rec in records]
-        batch = Batch(
-            encode_copy_binary(REQUEST_TYPES, rows),
-            encode_copy_binary(BLOB_TYPES, [[k, *v, None] for k, v in blobs.items()]) if blobs else b"",
-        )
-        self._to_spool(batch, len(rows))
+        built = build_batch(records)
+        self._count_lost(built)
+        self._to_spool(Batch(built.requests, built.blobs), len(records) - len(built.lost))
 
     def queue_depth(self) -> int:
         return len(self._queue)
@@ -323,45 +307,50 @@ class StorageWriter:
                 self._spool_records(batch)
 
     def _write_batch(self, records: list[ExchangeRecord]) -> None:
-        blobs: dict[bytes, tuple[int, bytes]] = {}
-        rows = [to_row(rec, blobs, self._known) for rec in records]
-        new_keys = [k for k in blobs if k not in self._known]
-        new_blobs = [[k, *blobs[k], None] for k in new_keys]
         try:
-            batch = Batch(
-                encode_copy_binary(REQUEST_TYPES, rows),
-                encode_copy_binary(BLOB_TYPES, new_blobs) if new_blobs else b"",
-            )
-        except ValueError:
-            # The encoder refuses only what is not a value of its column's type: a bug, not data. The
-            # rows go one by one, so only the one that cannot be encoded is lost, loudly.
+            # one call: rows built and encoded by the Rust core, the encoding with the GIL released
+            built = build_batch(records, self._known)
+        except Exception:
+            # build_batch never fails for a record's content: this is a bug. The records go one by
+            # one, so only one that cannot be built is lost, loudly.
+            log.exception("storage: a batch could not be built; building its rows one by one")
             self._write_one_by_one(records)
             return
+        rows = len(records) - self._count_lost(built)
+        if not rows:
+            return
+        batch = Batch(built.requests, built.blobs)
         if self.spool.pending_files() and not self._replay_spool():
-            self._to_spool(batch, len(rows))  # keep order: older spooled batches go first
+            self._to_spool(batch, rows)  # keep order: older spooled batches go first
             return
         try:
-            self._deliver(batch, len(rows), len(new_blobs))
+            self._deliver(batch, rows, len(built.new_keys))
         except OutageError:
-            self._to_spool(batch, len(rows))
+            self._to_spool(batch, rows)
             return
         self.metrics.batches_written += 1
-        self._known.add_all(new_keys)
+        self._known.add_all(built.new_keys)
+
+    def _count_lost(self, built: BuiltBatch) -> int:
+        """Count and log the records the builder left out (a value no column can take: a bug)."""
+        for request_id, why in built.lost:
+            self.metrics.dropped_rows += 1
+            log.error("STORAGE LOSS: request %s could not be encoded: %s", request_id, why)
+        return len(built.lost)
 
     def _write_one_by_one(self, records: list[ExchangeRecord]) -> None:
         for rec in records:
-            blobs: dict[bytes, tuple[int, bytes]] = {}
             try:
-                batch = Batch(
-                    encode_copy_binary(REQUEST_TYPES, [to_row(rec, blobs)]),
-                    encode_copy_binary(BLOB_TYPES, [[k, kind, body, None] for k, (kind, body) in blobs.items()]),
-                )
-            except ValueError:
+                built = build_batch([rec])
+            except Exception:
                 self.metrics.dropped_rows += 1
-                log.exception("STORAGE LOSS: request %s could not be encoded", rec.request_id)
+                log.exception("STORAGE LOSS: request %s could not be built", getattr(rec, "request_id", "?"))
                 continue
+            if self._count_lost(built):
+                continue
+            batch = Batch(built.requests, built.blobs)
             try:
-                self._deliver(batch, 1, len(blobs))
+                self._deliver(batch, 1, len(built.new_keys))
             except OutageError:
                 self._to_spool(batch, 1)
 

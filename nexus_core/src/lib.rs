@@ -11,6 +11,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod pgcopy;
 pub mod reply;
+pub mod rows;
 pub mod safe;
 pub mod sse;
 

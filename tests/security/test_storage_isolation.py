@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 from nexus._core import encode_copy_binary
 from nexus.cli import main
 from nexus.storage.payload import Batch
-from nexus.storage.records import REQUEST_TYPES_BY_COUNT, ExchangeRecord, to_row
+from nexus.storage.records import REQUEST_TYPES_BY_COUNT, ExchangeRecord
 from nexus.storage.spool import Spool
 from nexus.storage.writer import StorageWriter
 from tests.freezable import freezable
 from tests.hostile import hostile_json, hostile_text
+from tests.oracles import python_rows as oracle
 
 
 def record(
@@ -155,7 +156,7 @@ def test_spool_replay_goes_past_a_batch_an_older_release_encoded_badly(migrated_
     first, second = [record("POISONMODEL"), record()], [record(), record()]
 
     def old_batch(records: list[ExchangeRecord]) -> bytes:
-        rows = [[*row[:10], *row[11:18], *row[19:41]] for row in (to_row(r, {}) for r in records)]  # 39 columns
+        rows = [[*row[:10], *row[11:18], *row[19:41]] for row in (oracle.to_row(r, {}) for r in records)]  # 39 columns
         payload = encode_copy_binary(layout, rows)
         return Batch(payload.replace(b"POISONMODEL", b"POISON\x00ODEL"), b"").pack()
 

@@ -3,6 +3,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
+use crate::body;
 use crate::conversation::{self, analyze_request as analyze};
 
 /// A request body analysed once on the request path (see `nexus._core.analyze_request`).
@@ -12,18 +13,18 @@ use crate::conversation::{self, analyze_request as analyze};
 #[pyclass(module = "nexus._core", name = "RequestAnalysis", frozen)]
 pub struct PyRequestAnalysis {
     #[pyo3(get)]
-    envelope: Py<PyBytes>,
+    pub(crate) envelope: Py<PyBytes>,
     #[pyo3(get)]
-    system_key: Option<Py<PyBytes>>,
+    pub(crate) system_key: Option<Py<PyBytes>>,
     #[pyo3(get)]
-    tools_key: Option<Py<PyBytes>>,
+    pub(crate) tools_key: Option<Py<PyBytes>>,
     #[pyo3(get)]
-    message_keys: Option<Py<PyList>>,
+    pub(crate) message_keys: Option<Py<PyList>>,
     /// `(key, kind, start, end)`: the part is `body[start:end]`.
     #[pyo3(get)]
-    part_spans: Py<PyList>,
+    pub(crate) part_spans: Py<PyList>,
     #[pyo3(get)]
-    model: Option<String>,
+    pub(crate) model: Option<String>,
     #[pyo3(get)]
     stream: Option<bool>,
     #[pyo3(get)]
@@ -36,7 +37,11 @@ pub struct PyRequestAnalysis {
     #[pyo3(get)]
     kept_roles: Py<PyBytes>,
     #[pyo3(get)]
-    system_hash: Option<Py<PyBytes>>,
+    pub(crate) system_hash: Option<Py<PyBytes>>,
+    /// The parts as `part_spans` gives them, for the storage row builder to read without Python.
+    pub(crate) spans: Vec<(body::Key, u8, usize, usize)>,
+    /// The message keys as `message_keys` gives them, likewise.
+    pub(crate) message_key_list: Option<Vec<body::Key>>,
     #[pyo3(get)]
     system_block_count: usize,
     #[pyo3(get)]
@@ -69,8 +74,10 @@ pub fn analyze_request(
     let bytes = |b: &[u8]| PyBytes::new(py, b).unbind();
     let base = data.as_ptr() as usize;
     let spans = PyList::empty(py);
+    let mut rust_spans = Vec::with_capacity(analysis.split.parts.len());
     for (key, kind, json) in &analysis.split.parts {
         let start = json.as_ptr() as usize - base;
+        rust_spans.push((*key, *kind as u8, start, start + json.len()));
         let item = PyTuple::new(
             py,
             [
@@ -93,6 +100,8 @@ pub fn analyze_request(
         system_key: split.system_key.as_ref().map(|k| bytes(k)),
         tools_key: split.tools_key.as_ref().map(|k| bytes(k)),
         message_keys,
+        message_key_list: split.message_keys.clone(),
+        spans: rust_spans,
         part_spans: spans.unbind(),
         model: facts.model,
         stream: facts.stream,

@@ -7,6 +7,7 @@ mod body;
 mod conversation;
 mod pgcopy;
 mod reply;
+mod rows;
 
 use pyo3::buffer::PyBuffer;
 use pyo3::create_exception;
@@ -192,6 +193,14 @@ fn nexus_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pgcopy::copy_payload, m)?)?;
     m.add_function(wrap_pyfunction!(pgcopy::copy_row_last_resort, m)?)?;
     m.add_function(wrap_pyfunction!(pgcopy::copy_row_field, m)?)?;
+    m.add_function(wrap_pyfunction!(rows::build_request_batch, m)?)?;
+    m.add_class::<rows::KnownKeys>()?;
+    m.add_function(wrap_pyfunction!(rows::request_columns, m)?)?;
+    m.add_function(wrap_pyfunction!(rows::blob_columns, m)?)?;
+    m.add(
+        "STORED_REQUEST_HEADERS",
+        pyo3::types::PyFrozenSet::new(m.py(), rows::STORED_REQUEST_HEADERS)?,
+    )?;
     m.add_function(wrap_pyfunction!(body::split_body, m)?)?;
     m.add_function(wrap_pyfunction!(body::join_body, m)?)?;
     m.add_class::<body::PySplitBody>()?;
