@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,3 +132,25 @@ def test_spool_files_stay_small_enough_to_replay_one_at_a_time(tmp_path: Path) -
     sent: list[bytes] = []
     assert spool.replay(sent.append) == 10
     assert [p[:3] for p in sent] == [b"%03d" % n for n in range(10)]
+
+
+def test_the_size_is_not_summed_for_every_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that spools every batch (its database slower than the traffic) listed and stat'ed the
+    spool directory for each append; the size is summed at most once a second, this process's appends
+    added in between, and summed again after a replay removed files."""
+    spool = Spool(tmp_path / "spool", 1 << 20)
+    listings = 0
+    real_glob = Path.glob
+
+    def counting_glob(self: Path, pattern: str) -> Any:
+        nonlocal listings
+        listings += pattern == "spool-*"
+        return real_glob(self, pattern)
+
+    monkeypatch.setattr(Path, "glob", counting_glob)
+    for n in range(50):
+        spool.append(b"batch %d" % n)
+    assert listings <= 2
+    assert spool.size() == sum(p.stat().st_size for p in real_glob(tmp_path / "spool", "spool-*"))
+    assert spool.replay(lambda _: None) == 50
+    assert spool.size() == 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,6 +34,8 @@ class SpoolFullError(OSError):
 
 #: A spool file is closed and a new one started past this size: a replay reads one file into memory.
 FILE_MAX_BYTES = 16 << 20
+#: How often the spool's size is summed from its files (between sums, this process's appends are added).
+SIZE_EVERY_S = 1.0
 
 
 class Spool:
@@ -43,17 +46,26 @@ class Spool:
         self._lock = threading.Lock()
         self._prefix = f"spool-{os.getpid()}-{threading.get_ident()}"
         self._seq = 0
+        #: (when the directory was last summed, the sum plus what this process appended since)
+        self._sized: tuple[float, int] | None = None
 
     @property
     def active_path(self) -> Path:
         return self.directory / f"{self._prefix}-{self._seq:06d}.log"
 
     def size(self) -> int:
-        """Bytes waiting in all spool files of this directory (any process's)."""
-        try:
-            return sum(p.stat().st_size for p in self.directory.glob("spool-*"))
-        except OSError:
-            return 0
+        """Bytes waiting in all spool files of this directory (any process's): summed from the files at
+        most every `SIZE_EVERY_S`, with this process's own appends added in between. A writer that spools
+        every batch (a database slower than the traffic) listed and stat'ed the directory per batch; the
+        bound may now be passed by what other workers spooled within that second."""
+        now = time.monotonic()
+        if self._sized is None or now - self._sized[0] > SIZE_EVERY_S:
+            try:
+                total = sum(p.stat().st_size for p in self.directory.glob("spool-*"))
+            except OSError:
+                total = 0
+            self._sized = (now, total)
+        return self._sized[1]
 
     def oldest_mtime(self) -> float | None:
         """When the oldest waiting spool file was last written (its rows are at least that old)."""
@@ -76,6 +88,8 @@ class Spool:
             except FileNotFoundError:
                 pass
             frames.append(self.active_path, MAGIC, payload)
+            if self._sized is not None:
+                self._sized = (self._sized[0], self._sized[1] + frames.HEADER.size + len(payload))
 
     def pending_files(self) -> list[Path]:
         """Spool files to replay, oldest first (claimed ones from a crashed replay included)."""
@@ -110,6 +124,7 @@ class Spool:
                     claimed.unlink(missing_ok=True)
                 elif done:
                     self._rewrite(claimed, records[done:])
+                self._sized = None  # summed again when next asked
             replayed += done
         return replayed
 
