@@ -177,7 +177,19 @@ def _authorization_token(value: str | None) -> str:
 def without_client_keys(upstream: list[tuple[str, str]], secret: str | None = None) -> list[tuple[str, str]]:
     """The upstream headers minus every header that carries one of our client keys, in whatever form
     (`nexus.auth.client_keys.carries_client_key`), or the secret part of the key this request
-    presented: a client key authorises a caller to this gateway and must never reach Anthropic."""
+    presented: a client key authorises a caller to this gateway and must never reach Anthropic.
+
+    Most requests carry no `cnp_` and no `%` in any header: then only the base64 look into credential
+    headers and cookies can find a key, and the other headers are not judged one by one (two checks per
+    header were a tenth of Nexus's own Python per request)."""
+    if not secret:
+        text = "\0".join(f"{k}\0{v}" for k, v in upstream)
+        if "%" not in text and "cnp_" not in text.lower():
+            return [
+                (k, v)
+                for k, v in upstream
+                if not ((k in _CALLER_AUTH or k == "cookie") and carries_client_key(v, deep=True))
+            ]
     return [
         (k, v)
         for k, v in upstream
