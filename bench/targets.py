@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 
 from bench import traffic
 from bench.harness.procs import (
@@ -186,8 +187,16 @@ def measure(
         "memory": {"nexus_worker_peak_mib": worker_peak, "floor_worker_peak_mib": floor_peak},
         "max_queue_depth": watch.max_queue,
         "linking": h.get("linking", {}),
-        "storage": {"health": h.get("storage"), **stored_rows(dsn), "proxied": h.get("stats", {})},
+        "storage": {"health": h.get("storage"), **_stored(dsn), "proxied": h.get("stats", {})},
     }
+
+
+def _stored(dsn: str) -> dict[str, int]:
+    """Rows stored (none, without a schema: `--env STORAGE_ENABLED=false` never migrates)."""
+    try:
+        return stored_rows(dsn)
+    except psycopg.errors.UndefinedTable:
+        return {"rows": 0, "with_parent": 0, "subtasks": 0, "conversations": 0}
 
 
 def render(r: dict[str, Any]) -> str:
