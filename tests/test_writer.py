@@ -122,3 +122,18 @@ def test_a_replay_yields_to_the_queue_between_records(tmp_path: Path) -> None:
     assert sent == [b"batch 0", b"batch 1"] and spool.pending_files()
     assert spool.replay(sent.append) == 2
     assert sent == [b"batch %d" % n for n in range(4)] and not spool.pending_files()
+
+
+def test_the_default_byte_bound_leaves_room_in_a_worker_budget() -> None:
+    """What waits in the queue is the part of a worker's memory that grows with a database slower than
+    the traffic, and it costs more than the bytes counted: each queued row also holds its record, the
+    request's analysis and the reply read from it, and the allocator keeps what a drained queue freed.
+    Measured with `python -m bench.targets` (bench/README.md, "Memory"): with 32 MiB counted the worker
+    peaked at ~230 MiB with ~600 rows waiting, with 4 MiB at ~160 MiB. Both the setting's default and the
+    writer's own default stay at 8 MiB (both used to be 32 MiB)."""
+    import inspect
+
+    from nexus.settings import Settings
+
+    assert Settings().storage_max_queue_bytes <= 8 << 20
+    assert inspect.signature(StorageWriter).parameters["max_queue_bytes"].default <= 8 << 20
