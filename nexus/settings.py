@@ -138,7 +138,7 @@ class Settings(BaseSettings):
         50_000, ge=100, description="Rows held in memory per worker before new ones are refused (and counted)."
     )
     storage_max_queue_bytes: int = Field(
-        32 * MIB,
+        8 * MIB,
         ge=MIB,
         description="Request and response bytes held in memory per worker waiting to be written; past it the "
         "oldest waiting rows go to the spool on disk and are written when the database catches up (a database "

@@ -108,7 +108,7 @@ class StorageWriter:
         interval_ms: int,
         spool: Spool,
         max_queue: int = 50_000,
-        max_queue_bytes: int = 32 << 20,
+        max_queue_bytes: int = 8 << 20,
         known_keys: int = 50_000,
         retention_days: int = 0,
         link_days: int = 0,
