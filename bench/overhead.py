@@ -30,7 +30,6 @@ bench/loadgen is built with cargo on first use (its own workspace, not part of `
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import subprocess
 import sys
@@ -48,20 +47,18 @@ from bench.harness import phases, report
 from bench.harness.phases import Side
 from bench.harness.procs import (
     Proc,
+    bench_database,
     descendants,
+    floor_command,
     memory_mib,
     pin_tree,
-    pinned,
     plan_layout,
-    postmaster_pid,
     proxy_command,
     server,
     upstream_command,
 )
 from bench.harness.tools import Corpus, Tools, build_loadgen
 from nexus import __version__
-from nexus.storage.embedded import start_embedded
-from tests.harness.servers import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -126,15 +123,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         home = Path(tmp)
         corpus = write_corpus(home, args.sessions)
         print(f"corpus: {args.sessions} Claude Code sessions, bodies 40-60 KiB, in {home}", flush=True)
-        stop_db = None
-        dsn = args.database_url or os.environ.get("NEXUS_BENCH_DATABASE_URL")
-        db_dir = home / "postgres"
-        if not dsn:
-            dsn, stop_db = start_embedded(db_dir)
-        try:
-            pm = postmaster_pid(db_dir) if stop_db else None
-            if pm is not None:
-                pin_tree(pm, layout.database)
+        with bench_database(args.database_url, home / "postgres", layout.database) as (dsn, pm):
             loadgen = build_loadgen()
             up_cmd, up_health = upstream_command(args.upstream, loadgen, layout.upstream)
             with server(up_cmd, up_health) as upstream:
@@ -151,9 +140,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if pm is not None:
                         pin_tree(pm, layout.database)  # backends forked since the first pinning
                     return measure(args, layout, corpus, upstream, proxy, pm, dsn)
-        finally:
-            if stop_db is not None:
-                stop_db()
 
 
 def measure(
@@ -210,12 +196,8 @@ def measure(
     ph["throughput_stream"] = {s.name: phases.throughput(tools, s, args.seconds, 32, stream=True) for s in sides}
     if args.floor:
         step("the stack's floor (bench/floor_proxy.py) at c=1 and c=32")
-        port = free_port()
-        cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--loop", "uvloop", "--log-level", "warning"]
-        floor_env = {"FLOOR_UPSTREAM": upstream.url, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-        with server(
-            pinned([*cmd, "--port", str(port), "bench.floor_proxy:app"], layout.proxy), "/health", env=floor_env
-        ) as fl:
+        floor_cmd, floor_env = floor_command(upstream.url, layout.proxy)
+        with server(floor_cmd, "/health", env=floor_env) as fl:
             floor_tools = Tools(corpus, layout.loadgen, lambda: {"proxy": fl.pids(), "upstream": upstream.pids()})
             fside = Side("floor", fl.url)
             floor_tools.wrk_run(fl.url, connections=8, seconds=2)

@@ -25,7 +25,6 @@ bench/results/targets-<time>.json.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -41,20 +40,18 @@ import psycopg
 from bench import traffic
 from bench.harness.procs import (
     Proc,
+    bench_database,
     descendants,
+    floor_command,
     memory_mib,
     pin_tree,
-    pinned,
     plan_layout,
-    postmaster_pid,
     proxy_command,
     server,
     upstream_command,
 )
 from bench.harness.tools import Tools, build_loadgen
 from bench.overhead import RESULTS, health, stored_rows, versions, write_corpus
-from nexus.storage.embedded import start_embedded
-from tests.harness.servers import free_port
 
 #: The issue's targets (docs: bench/README.md, "Issue 13's targets").
 CPU_RATIO, CPU_STRETCH, SAME_RATIO = 2.0, 1.3, 0.9
@@ -113,14 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         corpus = write_corpus(home, args.sessions)
         body = home / "same-body.json"
         body.write_bytes(traffic.one_body(stream=False, seed=7))
-        dsn = args.database_url or os.environ.get("NEXUS_BENCH_DATABASE_URL")
-        stop_db = None
-        if not dsn:
-            dsn, stop_db = start_embedded(home / "postgres")
-        try:
-            pm = postmaster_pid(home / "postgres") if stop_db else None
-            if pm is not None:
-                pin_tree(pm, layout.database)
+        with bench_database(args.database_url, home / "postgres", layout.database) as (dsn, pm):
             loadgen = build_loadgen()
             up_cmd, up_health = upstream_command("mock", loadgen, layout.upstream)
             with server(up_cmd, up_health) as upstream:
@@ -132,19 +122,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     **dict(kv.split("=", 1) for kv in args.env),
                 }
                 px_cmd, px_env = proxy_command(layout.proxy)
-                granian = [sys.executable, "-m", "granian", "--interface", "rsgi", "--loop", "uvloop"]
-                floor_cmd = pinned([*granian, "--log-level", "warning", "--port", str(free_port())], layout.proxy)
-                floor_env = {"FLOOR_UPSTREAM": upstream.url, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+                floor_cmd, floor_env = floor_command(upstream.url, layout.proxy)
                 with (
                     server(px_cmd, "/health", env={**env, **px_env}) as nexus,
-                    server([*floor_cmd, "bench.floor_proxy:app"], "/health", env=floor_env) as floor,
+                    server(floor_cmd, "/health", env=floor_env) as floor,
                 ):
                     if pm is not None:
                         pin_tree(pm, layout.database)
                     return measure(args, layout, corpus, body, {"floor": floor, "nexus": nexus}, upstream, pm, dsn)
-        finally:
-            if stop_db is not None:
-                stop_db()
 
 
 def measure(

@@ -232,3 +232,32 @@ def postmaster_pid(data_dir: Path) -> int | None:
         return int((data_dir / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def floor_command(upstream_url: str, cpus: frozenset[int]) -> tuple[list[str], dict[str, str]]:
+    """The stack's floor (bench/floor_proxy.py under Granian RSGI) forwarding to `upstream_url`: the
+    command line (holding its `--port`) and its environment."""
+    cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--loop", "uvloop", "--log-level", "warning"]
+    cmd = pinned([*cmd, "--port", str(free_port()), "bench.floor_proxy:app"], cpus)
+    return cmd, {"FLOOR_UPSTREAM": upstream_url, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+
+
+@contextmanager
+def bench_database(dsn: str | None, directory: Path, cpus: frozenset[int]) -> Iterator[tuple[str, int | None]]:
+    """The benchmark's PostgreSQL: `dsn` (or NEXUS_BENCH_DATABASE_URL) as given, else an embedded one in
+    `directory` pinned to `cpus`; yields its URL and, when embedded, its postmaster's pid (to meter it,
+    and to pin the backends forked later)."""
+    from nexus.storage.embedded import start_embedded
+
+    dsn = dsn or os.environ.get("NEXUS_BENCH_DATABASE_URL")
+    if dsn:
+        yield dsn, None
+        return
+    dsn, stop_db = start_embedded(directory)
+    try:
+        pm = postmaster_pid(directory)
+        if pm is not None:
+            pin_tree(pm, cpus)
+        yield dsn, pm
+    finally:
+        stop_db()
