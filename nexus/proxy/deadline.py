@@ -53,8 +53,8 @@ class _Wheel:
 
 
 class Deadline:
-    """`async with Deadline(delay_s) as d:` raises `TimeoutError` once `delay_s` passed since entering,
-    or since the last `d.touch()` (an idle timeout)."""
+    """`with Deadline(delay_s) as d:` (inside a task; `async with` works too) raises `TimeoutError` once
+    `delay_s` passed since entering, or since the last `d.touch()` (an idle timeout)."""
 
     __slots__ = ("_cancelling", "_wheel", "delay_s", "due", "expired", "task")
 
@@ -75,7 +75,9 @@ class Deadline:
         self._wheel.entries.pop(id(self), None)
         self.due = float("inf")
 
-    async def __aenter__(self) -> Deadline:
+    # Entering and leaving do no I/O, so a plain `with` serves (no coroutine per step, ~1 us less per
+    # deadline on the request path); `async with` stays for callers that prefer it.
+    def __enter__(self) -> Deadline:
         global _last
         loop = asyncio.get_running_loop()
         wheel = _last
@@ -92,7 +94,13 @@ class Deadline:
         wheel.add(self)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self._wheel.entries.pop(id(self), None)
         if self.expired and self.task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
             raise TimeoutError from exc
+
+    async def __aenter__(self) -> Deadline:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        self.__exit__(exc_type, exc, tb)

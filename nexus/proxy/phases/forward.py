@@ -64,7 +64,7 @@ async def open_exchange(
     one replay with a refreshed OAuth token; `TimeoutError` past the server limit."""
     admitted = ex.admitted
     auth, target, body, method = admitted.auth, admitted.target, admitted.body, ex.record.method
-    async with Deadline(server_timeout_s) as server_deadline:  # a loop timer per request cost ~4 us
+    with Deadline(server_timeout_s) as server_deadline:  # a loop timer per request cost ~4 us
         opened = await open_upstream(upstream, policy, method, target, auth.headers, body, head_timeout_s, on_retry)
         attempts = opened.attempts
         if credential.replayable(authorizer, auth, opened.response.status):
