@@ -1,15 +1,16 @@
 """Timeouts for the request path that cost a dict insert, not a loop timer.
 
 `asyncio.timeout` creates and cancels a loop timer each time (~6 us with uvloop), and the proxy needs
-two or three per request (upstream head, JSON body or stream idle); a stream's idle timeout was also
-re-armed on every chunk. Here every deadline of a worker's event loop is checked by one shared timer
-that ticks every `TICK_S` while any deadline is open and stops when none is: entering and leaving a
-deadline is ~1.6 us, and refreshing an idle deadline (`touch()`) is a float store.
+four per request (the body, the server limit, the upstream head, the JSON body or stream idle); a
+stream's idle timeout was also re-armed on every chunk. Here every deadline of a worker's event loop is
+checked by one shared timer that ticks every `TICK_S` while any deadline is open and stops when none
+is: entering and leaving a deadline is ~1.6 us, and refreshing an idle deadline (`touch()`) is a
+float store.
 
 The price is precision: a deadline fires between 0 and `TICK_S` after it is due. Every timeout this
 serves is a second or more (defaults of minutes), so 50 ms late changes nothing a client can see.
-Expiry works like `asyncio.timeout`: the task is cancelled and `__aexit__` turns that cancellation into
-`TimeoutError`; a cancellation from anyone else (e.g. the client-disconnect watcher) passes through.
+Expiry works like `asyncio.timeout`: the task is cancelled and leaving the block turns that cancellation
+into `TimeoutError`; a cancellation from anyone else (e.g. the client-disconnect watcher) passes through.
 `disarm()` is `asyncio.Timeout.reschedule(None)`: the server limit stops once a response has started.
 """
 
