@@ -75,6 +75,8 @@ Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]  # pragma: 
 
 
 def _in_networks(address: str, networks: Networks) -> bool:
+    if not networks:  # no TRUSTED_PROXIES (the default): nothing to parse, on every request
+        return False
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
