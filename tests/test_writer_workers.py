@@ -175,3 +175,36 @@ def test_a_batch_that_keeps_losing_deadlocks_is_spooled_and_replayed_not_lost(
     assert m.spooled_rows == 1 and m.dropped_rows == 0
     with psycopg.connect(migrated_db) as conn:
         assert conn.execute("SELECT count(*) FROM api_requests").fetchone() == (1,)
+
+
+def test_two_writers_replaying_one_spool_store_every_row_once(
+    migrated_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two workers start on one spool directory left by an outage and replay it at once: every spooled
+    row is stored, none is sent twice, and neither logs a failed replay (they used to replay each other's
+    claimed files, and failed with FileNotFoundError on files the other had removed)."""
+    spool_dir = tmp_path / "spool"
+    spooled = []
+    for worker in range(2):
+        spool = Spool(spool_dir, 64 << 20, file_max_bytes=4096)
+        spool._prefix = f"spool-{3000 + worker}-1"
+        for n in range(20):
+            rec = record(worker * 100 + n, history=1 + n % 3)
+            built = build_batch([rec])
+            spool.append(Batch(built.requests, built.blobs).pack())
+            spooled.append(rec.request_id)
+    writers = [
+        StorageWriter(migrated_db, batch_size=10, interval_ms=10, spool=Spool(spool_dir, 64 << 20)) for _ in range(2)
+    ]
+    for w in writers:
+        w.start()
+    try:
+        wait(lambda: not writers[0].spool.pending_files(), timeout_s=30)
+    finally:
+        for w in writers:
+            w.close()
+    assert "spool replay failed" not in caplog.text
+    assert sum(w.metrics.replayed_rows for w in writers) == len(spooled)  # none sent twice
+    with psycopg.connect(migrated_db) as conn:
+        stored = conn.execute("SELECT count(*), count(DISTINCT request_id) FROM api_requests").fetchone()
+    assert stored == (len(spooled), len(spooled))
