@@ -23,11 +23,20 @@ COPY_HEADER = 19  # signature (11) + flags (4) + header extension length (4)
 
 
 def blob_statements(names: list[str]) -> tuple[str, str]:
-    """COPY into staging, then insert the parts not stored yet. Built once from the constant column
-    lists: no user input reaches them."""
+    """COPY into staging, then insert the parts not stored yet, in key order. Built once from the
+    constant column lists: no user input reaches them.
+
+    The order is what keeps workers from deadlocking (PROXY_WORKERS > 1): an insert that meets a key
+    another transaction has inserted but not committed waits for that transaction, so two workers
+    storing the same new parts (the turns of the same conversations) in their own batch orders each
+    held one key the other waited for (`DeadlockDetected`). In one order, the second one waits for the
+    first and then skips what it stored."""
     cols = ", ".join(names)
     copy = f"COPY nexus_stage_blobs ({cols}) FROM STDIN (FORMAT binary)"
-    insert = f"INSERT INTO content_blobs ({cols}) SELECT {cols} FROM nexus_stage_blobs ON CONFLICT (key) DO NOTHING"  # noqa: S608
+    insert = (
+        f"INSERT INTO content_blobs ({cols}) SELECT {cols} FROM nexus_stage_blobs "  # noqa: S608
+        "ORDER BY key ON CONFLICT (key) DO NOTHING"
+    )
     return copy, insert
 
 

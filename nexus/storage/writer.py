@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import random
 import threading
 import time
 import zlib
@@ -50,6 +51,11 @@ SLOW_CALL_S = 5.0
 PING_EVERY_S = 5.0
 #: What a queued record holds besides its bodies (headers, analysis, link, the record itself), roughly.
 RECORD_OVERHEAD = 4096
+#: Deadlock detected, serialization failure: PostgreSQL ended the transaction to let another one (another
+#: worker's batch) go on. Nothing is wrong with the batch or the database: it is sent again at once.
+CONFLICTS = frozenset({"40P01", "40001"})
+#: How many times a batch ended by such a conflict is sent again before it is spooled like an outage.
+CONFLICT_RETRIES = 3
 
 
 def record_bytes(record: ExchangeRecord) -> int:
@@ -92,6 +98,8 @@ class WriterMetrics:
     #: Rows sent to the spool because even their encoded payloads were past the bound.
     overflow_rows: int = 0
     flush_failures: int = 0
+    #: Batches sent again because PostgreSQL ended them to break a deadlock with another worker's.
+    deadlock_retries: int = 0
     refused_batches: int = 0  # batches PostgreSQL refused for their content (then isolated)
     rows_last_resort: int = 0  # rows stored in their last-resort form
     rows_quarantined: int = 0  # rows kept in the quarantine by this process
@@ -647,15 +655,25 @@ class StorageWriter:
         return conn
 
     def _send(self, batch: Batch) -> None:
-        conn = self._connection()
-        try:
-            with self._watchdog.guard(conn):
-                send(conn, batch, search=self.search)
-                conn.commit()
-        except Exception as exc:
-            self._after_failure(exc)
-            raise
-        self._last_contact = time.monotonic()
+        """Send and commit `batch`; a transaction PostgreSQL ended to break a deadlock with another
+        worker (or a serialization failure) is sent again at once, up to `CONFLICT_RETRIES` times,
+        before it counts as an outage (and the batch is spooled)."""
+        for attempt in range(CONFLICT_RETRIES + 1):
+            conn = self._connection()
+            try:
+                with self._watchdog.guard(conn):
+                    send(conn, batch, search=self.search)
+                    conn.commit()
+            except Exception as exc:
+                self._after_failure(exc)
+                if getattr(exc, "sqlstate", None) not in CONFLICTS or attempt == CONFLICT_RETRIES:
+                    raise
+                self.metrics.deadlock_retries += 1
+                log.info("storage: another writer's transaction ended this batch's (%s); sent again", describe(exc))
+                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))  # jittered: the two do not meet again
+                continue
+            self._last_contact = time.monotonic()
+            return
 
     def _after_failure(self, exc: BaseException) -> None:
         """Roll back a refused transaction and keep the connection; close one that failed itself."""
