@@ -75,7 +75,7 @@ Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]  # pragma: 
 
 
 def _in_networks(address: str, networks: Networks) -> bool:
-    if not networks:  # no reverse proxy is trusted (the default): nothing to parse, on every request
+    if not networks:  # no TRUSTED_PROXIES (the default): nothing to parse, on every request
         return False
     # the same peers and hops come again and again: each parsed once (~5 us), long texts never cached
     ip = _cached_ip(address) if len(address) <= 64 else _parsed_ip(address)

@@ -47,16 +47,20 @@ def rewrite(path: Path, magic: bytes, payloads: Iterable[bytes]) -> None:
 
 def read(path: Path, magic: bytes) -> Iterator[bytes]:
     """The intact records of a file, in order; a torn or corrupt tail ends the file (logged)."""
-    data = path.read_bytes()
+    return records(path.read_bytes(), magic, path.name)
+
+
+def records(data: bytes, magic: bytes, name: str) -> Iterator[bytes]:
+    """The intact records of a file's contents `data`, in order (`read`; `name` is for the log)."""
     offset = 0
     while offset + HEADER.size <= len(data):
         found, length, crc = HEADER.unpack_from(data, offset)
         start = offset + HEADER.size
         payload = data[start : start + length]
         if found != magic or len(payload) != length or zlib.crc32(payload) != crc:
-            log.warning("%s: dropping a torn or corrupt record at byte %d", path.name, offset)
+            log.warning("%s: dropping a torn or corrupt record at byte %d", name, offset)
             return
         yield payload
         offset = start + length
     if offset != len(data):
-        log.warning("%s: dropping %d trailing bytes of a torn record", path.name, len(data) - offset)
+        log.warning("%s: dropping %d trailing bytes of a torn record", name, len(data) - offset)
