@@ -250,10 +250,17 @@ def render(r: dict[str, Any]) -> str:
     tail = (
         f"\nrows stored {st['rows']:,} (linked to a parent {st['with_parent']:,}); error answers {errors:g}; "
         f"most rows waiting in the write queue {r['max_queue_depth']:,}; "
+        f"{_past_the_bound(st.get('health') or {})}"
         f"other work on the machine up to {busy:.2f} cores during a phase; "
         f"linking: {', '.join(f'{k}={v}' for k, v in sorted(r['linking'].items()) if k.startswith(('shared', 'solo')))}"
     )
     return "\n".join(line for line, _ in rows) + tail
+
+
+def _past_the_bound(h: dict[str, Any]) -> str:
+    """What the writer did with rows past STORAGE_MAX_QUEUE_BYTES: encoded early (kept in memory), spooled."""
+    encoded, spooled = h.get("overflow_encoded_rows", 0), h.get("spooled_rows", 0)
+    return f"rows encoded early (past the queue's byte bound) {encoded:,}, spooled {spooled:,}; "
 
 
 def main() -> None:
