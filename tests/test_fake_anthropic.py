@@ -110,3 +110,25 @@ def test_text_tokens_header_sets_the_reply_length(upstream_url: str) -> None:
     assert usage["output_tokens"] == 300
     status, _, data = raw_post(upstream_url, body, {**HEADERS, "x-fake-text-tokens": "lots"})
     assert status == 400 and b"x-fake-text-tokens" in data
+
+
+def test_tool_marker_is_seen_before_claude_codes_trailing_system_messages(upstream_url: str) -> None:
+    """Claude Code 2.1 ends `messages` with `system`-role messages (agent types, skills) after the
+    user's turn: the marker in that turn must still call the tool, and its result still end the turn
+    (the fake answered plain text to every `claude -p '[[use_tool:...]]'` before)."""
+    tools = [{"name": "Bash", "description": "run", "input_schema": {"type": "object"}}]
+    system = {"role": "system", "content": "Available agent types for the Agent tool: ..."}
+    ask = {"role": "user", "content": [{"type": "text", "text": '[[use_tool:Bash {"command": "echo hi"}]]'}]}
+    body = {"model": "claude-opus-4-8", "max_tokens": 64, "tools": tools, "messages": [ask, system]}
+    status, _, data = raw_post(upstream_url, body)
+    reply = orjson.loads(data)
+    assert status == 200 and reply["stop_reason"] == "tool_use"
+    call = reply["content"][-1]
+    assert call["type"] == "tool_use" and call["name"] == "Bash" and call["input"] == {"command": "echo hi"}
+
+    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call["id"], "content": "hi"}]}
+    body["messages"] = [ask, {"role": "assistant", "content": reply["content"]}, result, system]
+    status, _, data = raw_post(upstream_url, body)
+    follow = orjson.loads(data)
+    assert status == 200 and follow["stop_reason"] == "end_turn"
+    assert [b["type"] for b in follow["content"]] == ["text"]

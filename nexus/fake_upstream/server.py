@@ -302,10 +302,14 @@ class FakeAnthropic:
         text = " ".join(REPLY_WORDS[i % len(REPLY_WORDS)] for i in range(text_tokens))
         blocks: list[dict[str, Any]] = [{"type": "text", "text": text}]
         tools = body.get("tools") or []
-        last = body["messages"][-1]
-        content = last.get("content") if isinstance(last, dict) else None
-        if not tools or last.get("role") != "user":
+        # Claude Code 2.1 appends `system`-role messages after the user's turn (the
+        # `mid-conversation-system` beta: agent types, skills); the turn being answered is the last
+        # message of another role, or the tool marker and tool results would never be seen.
+        turns = [m for m in body["messages"] if not (isinstance(m, dict) and m.get("role") == "system")]
+        last = turns[-1] if turns else None
+        if not tools or not isinstance(last, dict) or last.get("role") != "user":
             return blocks, "end_turn"
+        content = last.get("content")
         if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
             return blocks, "end_turn"
         last_text = (
