@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import http.client
+import subprocess
+import sys
 from urllib.parse import urlsplit
 
 import anthropic
@@ -132,3 +134,20 @@ def test_tool_marker_is_seen_before_claude_codes_trailing_system_messages(upstre
     follow = orjson.loads(data)
     assert status == 200 and follow["stop_reason"] == "end_turn"
     assert [b["type"] for b in follow["content"]] == ["text"]
+
+
+@pytest.mark.parametrize("command", [["-m", "nexus.cli", "fake-upstream"], ["-m", "nexus.fake_upstream"]])
+def test_a_second_fake_on_a_busy_port_says_so(upstream_url: str, command: list[str]) -> None:
+    """Granian binds with SO_REUSEPORT: a second fake on the first one's port used to start without a
+    word, and the kernel split requests, recordings and queued scenarios between the two."""
+    port = str(urlsplit(upstream_url).port)
+    proc = subprocess.Popen([sys.executable, *command, "--port", port], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _, raw_err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: Granian stops its worker too (a kill would orphan it)
+        proc.communicate(timeout=15)
+        pytest.fail("the second fake upstream started on a port the first one holds")
+    err = raw_err.decode()
+    assert proc.returncode != 0 and f"port {port} on 127.0.0.1 is already in use" in err, err
+    assert "--port" in err and "Traceback" not in err, err

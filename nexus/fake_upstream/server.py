@@ -57,6 +57,7 @@ import orjson
 
 from nexus.fake_upstream import scripted
 from nexus.fake_upstream.scenario import Scenario
+from nexus.ports import PortInUseError, ensure_port_free
 
 MODELS = [
     ("claude-opus-4-6", "Claude Opus 4.6", "2026-02-05T00:00:00Z"),
@@ -665,6 +666,10 @@ def serve(
     from granian.constants import Interfaces, Loops
     from granian.log import LogLevels
 
+    # Granian binds with SO_REUSEPORT: a second fake on a busy port started silently and the kernel
+    # split the requests (and `/_fake/requests`, scenarios, OAuth state) between the two processes.
+    ensure_port_free(host, port, "--port")
+    print(f"nexus fake-upstream on http://{host}:{port} (point CLAUDE_API_BASE_URL at it)", flush=True)
     os.environ["FAKE_ANTHROPIC_EVENT_DELAY_MS"] = str(event_delay_ms)
     os.environ["FAKE_ANTHROPIC_TEXT_TOKENS"] = str(text_tokens)
     os.environ["FAKE_ANTHROPIC_RECORD_BODIES"] = "1" if record_bodies else "0"
@@ -692,7 +697,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-record-bodies", action="store_true")
     ap.add_argument("--record-dir", help="write one JSON file per API request here (see nexus.fake_upstream.scripted)")
     args = ap.parse_args(argv)
-    serve(args.host, args.port, args.event_delay_ms, args.text_tokens, not args.no_record_bodies, args.record_dir)
+    try:
+        serve(args.host, args.port, args.event_delay_ms, args.text_tokens, not args.no_record_bodies, args.record_dir)
+    except PortInUseError as exc:
+        raise SystemExit(f"Error: {exc}") from None
 
 
 if __name__ == "__main__":
