@@ -151,3 +151,29 @@ def test_a_second_fake_on_a_busy_port_says_so(upstream_url: str, command: list[s
     err = raw_err.decode()
     assert proc.returncode != 0 and f"port {port} on 127.0.0.1 is already in use" in err, err
     assert "--port" in err and "Traceback" not in err, err
+
+
+def test_a_compaction_request_gets_a_summary_of_its_own_history(upstream_url: str) -> None:
+    """Claude Code's `/compact` asks for `<analysis>` then `<summary>` and quotes the summary in the
+    history it starts next; the fake's twelve fixed words gave it nothing to quote that the gateway could
+    join, so offline every `/compact` started a new conversation. Each history gets its own summary."""
+    tools = [{"name": "Bash", "description": "run", "input_schema": {"type": "object"}}]
+    prompt = "CRITICAL: TEXT ONLY.\n\nYour task is to create a detailed summary of the conversation so far, ..."
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+
+    def summary_of(messages: list[dict]) -> str:
+        body = {"model": "claude-opus-4-8", "max_tokens": 64, "tools": tools, "messages": messages}
+        status, _, data = raw_post(upstream_url, body)
+        reply = orjson.loads(data)
+        assert status == 200 and reply["stop_reason"] == "end_turn"
+        [block] = reply["content"]
+        assert block["type"] == "text"
+        return block["text"]
+
+    first = summary_of([*history, {"role": "user", "content": [{"type": "text", "text": prompt}]}])
+    analysis, _, rest = first.partition("</analysis>")
+    assert analysis.startswith("<analysis>") and rest.strip().startswith("<summary>") and first.endswith("</summary>")
+    assert len(rest.strip().removeprefix("<summary>").removesuffix("</summary>").strip()) >= 60
+    other = summary_of([*history, {"role": "user", "content": "more"}, {"role": "user", "content": prompt}])
+    assert other != first
+    assert summary_of([*history, {"role": "user", "content": [{"type": "text", "text": prompt}]}]) == first

@@ -35,7 +35,9 @@ OAuth: `POST /v1/oauth/token` (refresh and authorization-code grants, single-use
 tokens) and `GET /oauth/authorize` (the browser sign-in), configured with `/_fake/oauth` (`FakeOAuth`).
 
 Tool use is deterministic too: with `tools` in the request, a `tool_choice` of `tool`/`any`, or the
-marker `[[use_tool:NAME {json input}]]` in the last user message, the reply calls that tool.
+marker `[[use_tool:NAME {json input}]]` in the last user message, the reply calls that tool. A
+compaction request (Claude Code's `/compact` prompt) is answered with an `<analysis>` and a `<summary>`
+naming a digest of the history, so the conversation after `/compact` can be joined to it offline.
 """
 
 from __future__ import annotations
@@ -77,6 +79,22 @@ ERRORS: dict[int, tuple[str, str]] = {
 }
 REPLY_WORDS = "Hello! This is a deterministic reply from the fake Anthropic API: naïve café ✓.".split()
 TOOL_MARKER = re.compile(r"\[\[use_tool:([A-Za-z0-9_-]+)\s*(\{.*?\})?\]\]", re.S)
+
+
+#: Claude Code's `/compact` (and auto-compact) request ends with a user message holding this sentence.
+COMPACTION_PROMPT = "Your task is to create a detailed summary of the conversation so far"
+
+
+def _compaction_summary(messages: Any) -> str:
+    """The reply to a compaction request, in the shape Claude Code asks for (`<analysis>` then
+    `<summary>`), so the history it starts after `/compact` quotes a summary the gateway can join to
+    this reply. The summary names a digest of the history: two compactions never quote the same text."""
+    digest = hashlib.sha256(orjson.dumps(messages)).hexdigest()[:16]
+    return (
+        "<analysis>\nThe fake Anthropic API does not read the conversation; a model would think here.\n</analysis>\n\n"
+        f"<summary>\n1. Primary Request and Intent: a conversation of {len(messages)} messages, summarised by "
+        f"the fake Anthropic API (history {digest}).\n2. Pending Tasks: none.\n</summary>"
+    )
 
 
 def _rid(prefix: str) -> str:
@@ -308,7 +326,7 @@ class FakeAnthropic:
         # message of another role, or the tool marker and tool results would never be seen.
         turns = [m for m in body["messages"] if not (isinstance(m, dict) and m.get("role") == "system")]
         last = turns[-1] if turns else None
-        if not tools or not isinstance(last, dict) or last.get("role") != "user":
+        if not isinstance(last, dict) or last.get("role") != "user":
             return blocks, "end_turn"
         content = last.get("content")
         if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
@@ -318,6 +336,10 @@ class FakeAnthropic:
             if isinstance(content, str)
             else " ".join(b.get("text", "") for b in content or [] if isinstance(b, dict) and b.get("type") == "text")
         )
+        if COMPACTION_PROMPT in last_text:
+            return [{"type": "text", "text": _compaction_summary(body["messages"])}], "end_turn"
+        if not tools:
+            return blocks, "end_turn"
         choice = body.get("tool_choice") or {}
         name: str | None = None
         tool_input: Any = {}
