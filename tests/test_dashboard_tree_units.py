@@ -73,6 +73,18 @@ def test_time_line_bars_and_ticks() -> None:
     assert branch_view.timeline([], {}, {})["rows"] == []
 
 
+def test_time_line_leaves_room_for_the_longest_bars_label() -> None:
+    """The longest bar reaches the axis' end and its label ("14 ms · TTFB 7 ms") goes on past it: the
+    drawing was 40 px wider than the axis, and the label was cut off at its right edge."""
+    rows = [request("main", 0), request("main", 60)]
+    rows[0]["duration_ms"], rows[1]["duration_ms"] = 14, 65_432
+    out = branch_view.timeline(rows, {rows[0]["request_id"]: 7, rows[1]["request_id"]: 61_000}, {})
+    assert [r["value_text"] for r in out["rows"]] == ["14 ms · TTFB 7 ms", "1 min 5 s · TTFB 1 min 1 s"]
+    for r in out["rows"]:
+        label_end = out["plot_x"] + r["width"] + 4 + len(r["value_text"]) * 7.2  # 12px monospace
+        assert label_end <= out["width"], r
+
+
 def test_rate_limit_headers_read_as_stored_and_odd_values_left_out() -> None:
     got = ratelimits.parse(
         "acc",
