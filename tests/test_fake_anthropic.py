@@ -177,3 +177,11 @@ def test_a_compaction_request_gets_a_summary_of_its_own_history(upstream_url: st
     other = summary_of([*history, {"role": "user", "content": "more"}, {"role": "user", "content": prompt}])
     assert other != first
     assert summary_of([*history, {"role": "user", "content": [{"type": "text", "text": prompt}]}]) == first
+    # after a tool call, Claude Code 2.1 sends the prompt in the message that carries the tool's result
+    called = [
+        {"role": "user", "content": "run it"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {}}]},
+    ]
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "hi"}
+    after_tool = summary_of([*called, {"role": "user", "content": [result, {"type": "text", "text": prompt}]}])
+    assert after_tool.startswith("<analysis>") and after_tool not in (first, other)

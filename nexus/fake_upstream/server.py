@@ -329,15 +329,15 @@ class FakeAnthropic:
         if not isinstance(last, dict) or last.get("role") != "user":
             return blocks, "end_turn"
         content = last.get("content")
-        if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
-            return blocks, "end_turn"
         last_text = (
             content
             if isinstance(content, str)
             else " ".join(b.get("text", "") for b in content or [] if isinstance(b, dict) and b.get("type") == "text")
         )
-        if COMPACTION_PROMPT in last_text:
+        if COMPACTION_PROMPT in last_text:  # Claude Code may send it beside the last tool result
             return [{"type": "text", "text": _compaction_summary(body["messages"])}], "end_turn"
+        if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
+            return blocks, "end_turn"
         if not tools:
             return blocks, "end_turn"
         choice = body.get("tool_choice") or {}
