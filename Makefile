@@ -19,6 +19,7 @@ $(BIN)/python:
 	$(PIP) install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml Cargo.toml nexus_core/Cargo.toml $(shell find nexus_core/src -name '*.rs' 2>/dev/null)
+	@echo "installing into $(VENV) and building the Rust core with cargo (quiet; a few minutes the first time)"
 	$(PIP) install --quiet -e '.[test]'
 	touch $(STAMP)
 

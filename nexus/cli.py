@@ -329,8 +329,12 @@ def migrate_command(embedded: bool, wait_seconds: float) -> None:
 def fake_upstream(host: str, port: int, event_delay_ms: float, record_dir: str | None) -> None:
     """Run the faithful fake Anthropic API (for tests, benchmarks and offline trials)."""
     from nexus.fake_upstream.server import serve as serve_fake
+    from nexus.ports import PortInUseError
 
-    serve_fake(host=host, port=port, event_delay_ms=event_delay_ms, record_dir=record_dir)
+    try:
+        serve_fake(host=host, port=port, event_delay_ms=event_delay_ms, record_dir=record_dir)
+    except PortInUseError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _add_domain_commands() -> None:

@@ -51,6 +51,8 @@ def assert_rejected(status: int, headers: dict[str, str], body: Any, reason: str
     message = assert_anthropic_error(status, body, 401, "authentication_error")
     assert reason in message
     assert headers["www-authenticate"].startswith("Bearer realm=")
+    # no retry can fix a wrong key: without this Claude Code retried it ten times, minutes of backoff
+    assert headers["x-should-retry"] == "false"
 
 
 def test_the_right_key_passes_from_either_header_and_never_goes_upstream(
@@ -120,9 +122,10 @@ def test_own_credential_passes_beside_a_client_key_and_none_is_a_clear_401(
     assert status == 200, body
     sent = fake.requests()[-1]["headers"]
     assert sent["authorization"] == "Bearer sk-ant-oat01-my-own" and "x-api-key" not in sent
-    status, _, body = post(keyed_proxy, {"x-api-key": key})
+    status, headers, body = post(keyed_proxy, {"x-api-key": key})
     message = assert_anthropic_error(status, body, 401, "authentication_error")
     assert "No upstream credential for project 'no-file-project'" in message
+    assert headers["x-should-retry"] == "false"  # until an operator adds one: a retry only waits
     assert len(fake.requests()) == 1
 
 

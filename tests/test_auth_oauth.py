@@ -139,6 +139,7 @@ def test_invalid_grant_is_a_clear_401_and_needs_login_until_a_new_login(
         message = assert_anthropic_error(status, body, 401, "authentication_error")
         assert "needs a new login" in message and "nexus oauth login --project dead" in message
         assert headers["x-request-id"] == body["request_id"]
+        assert headers["x-should-retry"] == "false"  # only an operator's login helps: clients stop at once
     assert fake.oauth()["calls"] == 1  # the refused token is not tried again
     assert bearers(fake) == []
     [row] = status_of(creds, upstream_url)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import html
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from nexus.dashboard import branch_view, svg_chart, tree, usage_charts
+from nexus.dashboard import branch_view, render, svg_chart, tree, usage_charts
 from nexus.usage import ratelimits
 
 
@@ -71,6 +73,37 @@ def test_time_line_bars_and_ticks() -> None:
     assert out["rows"][1]["ttfb_ms"] == 12_345 and out["rows"][1]["width"] <= branch_view.TL_PLOT_W
     assert [t["label"] for t in out["ticks"]][:3] == ["0 ms", "5.0 s", "10.0 s"]
     assert branch_view.timeline([], {}, {})["rows"] == []
+
+
+def test_time_line_leaves_room_for_the_longest_bars_label() -> None:
+    """The longest bar reaches the axis' end and its label ("14 ms · TTFB 7 ms") goes on past it: the
+    drawing was 40 px wider than the axis, and the label was cut off at its right edge."""
+    rows = [request("main", 0), request("main", 60)]
+    rows[0]["duration_ms"], rows[1]["duration_ms"] = 14, 65_432
+    out = branch_view.timeline(rows, {rows[0]["request_id"]: 7, rows[1]["request_id"]: 61_000}, {})
+    assert [r["value_text"] for r in out["rows"]] == ["14 ms · TTFB 7 ms", "1 min 5 s · TTFB 1 min 1 s"]
+    for r in out["rows"]:
+        label_end = out["plot_x"] + r["width"] + 4 + len(r["value_text"]) * 7.2  # 12px monospace
+        assert label_end <= out["width"], r
+
+
+def test_the_tree_is_as_wide_as_its_longest_label_within_a_bound() -> None:
+    """A compaction on a dated branch ("#3 branch_20261206115034_abc0 · compaction · claude-opus-4-8 ·
+    200 · 4 ms · 40 out · $0.1158") ran past the fixed 620 px and its cost was cut to "$0"; a branch name
+    from a client cannot make the drawing arbitrarily wide."""
+    main, compaction = request("main", 0), request("branch_20261206115034_abc0", 1)
+    compaction.update(request_type="compaction", model="claude-haiku-4-5-20251001", output_tokens=40, cost_usd=0.1158)
+    hostile = request("b" * 5000, 2)
+    edges = {compaction["request_id"]: {"from": main["request_id"], "kind": "compaction"}}
+    out = tree.layout([main, compaction], edges)
+    page = render.environment().get_template("_tree.html").render(svg=out)
+    labels = [html.unescape(re.sub(r"<[^>]+>", "", t)) for t in re.findall(r"<text [^>]*>(.*?)</text>", page)]
+    assert labels[1].endswith("compaction · claude-haiku-4-5-20251001 · 200 · 1,001 ms · 40 out · $0.1158")
+    assert [tree.label_chars(n) for n in out.nodes] == [len(label) for label in labels]  # the template's text
+    label_x = out.nodes[0]["label_x"]
+    assert all(label_x + len(label) * 7.2 <= out.width for label in labels)
+    wide = tree.layout([main, hostile], {})
+    assert wide.width <= label_x + tree.LABEL_MAX_CHARS * tree.LABEL_CHAR_W + tree.LEFT + 1
 
 
 def test_rate_limit_headers_read_as_stored_and_odd_values_left_out() -> None:

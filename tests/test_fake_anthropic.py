@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import http.client
+import subprocess
+import sys
 from urllib.parse import urlsplit
 
 import anthropic
@@ -110,3 +112,76 @@ def test_text_tokens_header_sets_the_reply_length(upstream_url: str) -> None:
     assert usage["output_tokens"] == 300
     status, _, data = raw_post(upstream_url, body, {**HEADERS, "x-fake-text-tokens": "lots"})
     assert status == 400 and b"x-fake-text-tokens" in data
+
+
+def test_tool_marker_is_seen_before_claude_codes_trailing_system_messages(upstream_url: str) -> None:
+    """Claude Code 2.1 ends `messages` with `system`-role messages (agent types, skills) after the
+    user's turn: the marker in that turn must still call the tool, and its result still end the turn
+    (the fake answered plain text to every `claude -p '[[use_tool:...]]'` before)."""
+    tools = [{"name": "Bash", "description": "run", "input_schema": {"type": "object"}}]
+    system = {"role": "system", "content": "Available agent types for the Agent tool: ..."}
+    ask = {"role": "user", "content": [{"type": "text", "text": '[[use_tool:Bash {"command": "echo hi"}]]'}]}
+    body = {"model": "claude-opus-4-8", "max_tokens": 64, "tools": tools, "messages": [ask, system]}
+    status, _, data = raw_post(upstream_url, body)
+    reply = orjson.loads(data)
+    assert status == 200 and reply["stop_reason"] == "tool_use"
+    call = reply["content"][-1]
+    assert call["type"] == "tool_use" and call["name"] == "Bash" and call["input"] == {"command": "echo hi"}
+
+    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call["id"], "content": "hi"}]}
+    body["messages"] = [ask, {"role": "assistant", "content": reply["content"]}, result, system]
+    status, _, data = raw_post(upstream_url, body)
+    follow = orjson.loads(data)
+    assert status == 200 and follow["stop_reason"] == "end_turn"
+    assert [b["type"] for b in follow["content"]] == ["text"]
+
+
+@pytest.mark.parametrize("command", [["-m", "nexus.cli", "fake-upstream"], ["-m", "nexus.fake_upstream"]])
+def test_a_second_fake_on_a_busy_port_says_so(upstream_url: str, command: list[str]) -> None:
+    """Granian binds with SO_REUSEPORT: a second fake on the first one's port used to start without a
+    word, and the kernel split requests, recordings and queued scenarios between the two."""
+    port = str(urlsplit(upstream_url).port)
+    proc = subprocess.Popen([sys.executable, *command, "--port", port], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _, raw_err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: Granian stops its worker too (a kill would orphan it)
+        proc.communicate(timeout=15)
+        pytest.fail("the second fake upstream started on a port the first one holds")
+    err = raw_err.decode()
+    assert proc.returncode != 0 and f"port {port} on 127.0.0.1 is already in use" in err, err
+    assert "--port" in err and "Traceback" not in err, err
+
+
+def test_a_compaction_request_gets_a_summary_of_its_own_history(upstream_url: str) -> None:
+    """Claude Code's `/compact` asks for `<analysis>` then `<summary>` and quotes the summary in the
+    history it starts next; the fake's twelve fixed words gave it nothing to quote that the gateway could
+    join, so offline every `/compact` started a new conversation. Each history gets its own summary."""
+    tools = [{"name": "Bash", "description": "run", "input_schema": {"type": "object"}}]
+    prompt = "CRITICAL: TEXT ONLY.\n\nYour task is to create a detailed summary of the conversation so far, ..."
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+
+    def summary_of(messages: list[dict]) -> str:
+        body = {"model": "claude-opus-4-8", "max_tokens": 64, "tools": tools, "messages": messages}
+        status, _, data = raw_post(upstream_url, body)
+        reply = orjson.loads(data)
+        assert status == 200 and reply["stop_reason"] == "end_turn"
+        [block] = reply["content"]
+        assert block["type"] == "text"
+        return block["text"]
+
+    first = summary_of([*history, {"role": "user", "content": [{"type": "text", "text": prompt}]}])
+    analysis, _, rest = first.partition("</analysis>")
+    assert analysis.startswith("<analysis>") and rest.strip().startswith("<summary>") and first.endswith("</summary>")
+    assert len(rest.strip().removeprefix("<summary>").removesuffix("</summary>").strip()) >= 60
+    other = summary_of([*history, {"role": "user", "content": "more"}, {"role": "user", "content": prompt}])
+    assert other != first
+    assert summary_of([*history, {"role": "user", "content": [{"type": "text", "text": prompt}]}]) == first
+    # after a tool call, Claude Code 2.1 sends the prompt in the message that carries the tool's result
+    called = [
+        {"role": "user", "content": "run it"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {}}]},
+    ]
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "hi"}
+    after_tool = summary_of([*called, {"role": "user", "content": [result, {"type": "text", "text": prompt}]}])
+    assert after_tool.startswith("<analysis>") and after_tool not in (first, other)

@@ -328,6 +328,29 @@ def test_unknown_route_and_service_endpoints(proxy_url: str) -> None:
     c.close()
 
 
+def test_head_root_is_answered_not_refused(proxy_url: str) -> None:
+    """Claude Code 2.1 sends `HEAD /` to its base URL before each session: it must get GET's status
+    without a body, and not count (or be stored) as a refused request, one "error" per `claude -p`."""
+
+    def refused() -> int:
+        c = conn(proxy_url)
+        c.request("GET", "/health")
+        count = orjson.loads(c.getresponse().read())["stats"]["refused"]
+        c.close()
+        return count
+
+    before = refused()
+    c = conn(proxy_url)
+    c.request("HEAD", "/")
+    resp = c.getresponse()
+    assert resp.status == 200
+    assert resp.read() == b""
+    assert resp.getheader("x-request-id")
+    assert resp.getheader("content-type") == "application/json"
+    c.close()
+    assert refused() == before
+
+
 # --- line endings and framing the SSE spec allows (the relay must not normalise them) ------------
 
 ODD_STREAMS = {

@@ -11,6 +11,11 @@ from nexus.auth.credentials import Credential, CredentialError
 from nexus.errors import ProxyError
 
 WWW_AUTHENTICATE = [("www-authenticate", 'Bearer realm="nexus"')]
+#: On the gateway's own 401s, whose cause no retry can remove (a wrong key, a missing credential, an
+#: account waiting for an operator's login). Claude Code retries every 401 up to ten times, minutes of
+#: backoff, unless the answer carries this header; with it, `claude -p` stops at once with "Invalid API
+#: key" (measured with claude 2.1.197), and the failed-key throttle is not run into by the retries.
+NO_RETRY = [("x-should-retry", "false")]
 
 
 def login_command(cred: Credential) -> str:
@@ -40,6 +45,7 @@ def needs_login(cred: Credential) -> ProxyError:
         f"OAuth account {cred.name!r} needs a new login: its refresh token was refused. "
         f"An operator must run `{login_command(cred)}`.",
         "authentication_error",
+        headers=NO_RETRY,
     )
 
 
@@ -58,7 +64,7 @@ def client_key_required(reason: str, *, presented: bool = True) -> ProxyError:
         f"{reason} This gateway requires a client key issued by `nexus keys create`, "
         "sent as x-api-key or Authorization: Bearer.",
         "authentication_error",
-        headers=WWW_AUTHENTICATE,
+        headers=[*WWW_AUTHENTICATE, *NO_RETRY],
     )
 
 
@@ -68,4 +74,5 @@ def no_upstream_credential(project: str) -> ProxyError:
         f"No upstream credential for project {project!r}: add {project}.credentials.json to the credentials "
         "directory, or send your own Anthropic key (x-api-key or Authorization: Bearer) besides the client key.",
         "authentication_error",
+        headers=NO_RETRY,
     )

@@ -31,6 +31,8 @@ TL_LABEL_W = 150
 TL_PLOT_W = 520
 TL_TOP = 8
 TL_AXIS_H = 30
+#: Room a value label ("14 ms · TTFB 7 ms") takes per character: 12px monospace (tree.css) is ~7.2px wide.
+TL_CHAR_W = 7.5
 
 
 def pick_branch(branches: list[dict[str, Any]], wanted: str | None) -> str | None:
@@ -121,6 +123,7 @@ def timeline(requests: list[dict[str, Any]], first_byte: dict[str, Any], number:
     scale = TL_PLOT_W / axis_max
     start = shown[0]["timestamp"] if shown else None
     rows = []
+    right = float(TL_LABEL_W + TL_PLOT_W + 40)
     for i, r in enumerate(shown):
         rid = str(r["request_id"])
         duration = _ms(r.get("duration_ms"))
@@ -128,6 +131,12 @@ def timeline(requests: list[dict[str, Any]], first_byte: dict[str, Any], number:
         if ttfb is not None and duration is not None:
             ttfb = min(ttfb, duration)
         since = (r["timestamp"] - start).total_seconds() if start is not None else 0.0
+        duration_text = seconds(duration) if duration is not None else "unknown"
+        ttfb_text = seconds(ttfb) if ttfb is not None else "unknown"
+        value_text = f"{duration_text} · TTFB {ttfb_text}"
+        bar_w = round((duration or 0) * scale, 1)
+        # the longest bar reaches the axis' end and its label goes on past it: room for the widest label
+        right = max(right, TL_LABEL_W + bar_w + 4 + len(value_text) * TL_CHAR_W + 4)
         rows.append(
             {
                 "id": rid,
@@ -136,12 +145,13 @@ def timeline(requests: list[dict[str, Any]], first_byte: dict[str, Any], number:
                 "since": f"+{int(since // 60)}:{int(since % 60):02d}",
                 "duration_ms": duration,
                 "ttfb_ms": ttfb,
-                "width": round((duration or 0) * scale, 1),
+                "width": bar_w,
                 "ttfb_width": round((ttfb or 0) * scale, 1),
                 "status_class": status_class(r.get("response_status")),
                 "status": r.get("response_status"),
-                "duration_text": seconds(duration) if duration is not None else "unknown",
-                "ttfb_text": seconds(ttfb) if ttfb is not None else "unknown",
+                "duration_text": duration_text,
+                "ttfb_text": ttfb_text,
+                "value_text": value_text,
             }
         )
     height = TL_TOP + len(rows) * TL_ROW_H
@@ -156,6 +166,6 @@ def timeline(requests: list[dict[str, Any]], first_byte: dict[str, Any], number:
         "plot_x": TL_LABEL_W,
         "plot_w": TL_PLOT_W,
         "axis_y": height + 4,
-        "width": TL_LABEL_W + TL_PLOT_W + 40,
+        "width": math.ceil(right),
         "height": height + TL_AXIS_H,
     }

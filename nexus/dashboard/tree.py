@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nexus.dashboard.render import DASH, usd
+from nexus.dashboard.render import number as shown_number
+
 #: Requests drawn per page of the tree.
 PAGE_NODES = 400
 #: Lanes drawn; branches past these share the last lane.
@@ -28,8 +31,12 @@ LANE_W = 18
 TOP = 14
 LEFT = 14
 RADIUS = 6
-#: Room for each row's label, px.
+#: Room for each row's label, px: at least this, more when a label needs it (up to `LABEL_MAX_CHARS`).
 LABEL_W = 620
+#: Width of a label character: 12px monospace (tree.css) is ~7.2px wide.
+LABEL_CHAR_W = 7.5
+#: Labels longer than this (branch names and models come from clients) do not widen the drawing further.
+LABEL_MAX_CHARS = 200
 
 EDGE_KINDS = ("continuation", "branch", "subagent", "compaction")
 
@@ -171,4 +178,22 @@ def layout(
                 "kind": edge["kind"] if edge is not None else "root",
             }
         )
+    # a compaction on a dated branch with a long model name runs past LABEL_W: it was cut off at the edge
+    widest = max((min(label_chars(n), LABEL_MAX_CHARS) for n in out.nodes), default=0)
+    out.width = max(out.width, round(label_x + widest * LABEL_CHAR_W + LEFT))
     return out
+
+
+def label_chars(node: dict[str, Any]) -> int:
+    """The length of a node's label as `_tree.html` writes it."""
+    parts = [f"{node['number']} {node['branch']}"]
+    if node["request_type"] and node["request_type"] != "main":
+        parts.append(node["request_type"])
+    parts += [
+        node["model"] or DASH,
+        str(node["status"] or DASH),
+        f"{shown_number(node['duration_ms'])} ms",
+        f"{shown_number(node['output_tokens'])} out",
+        usd(node["cost_usd"]),
+    ]
+    return len(" · ".join(parts))

@@ -35,7 +35,9 @@ OAuth: `POST /v1/oauth/token` (refresh and authorization-code grants, single-use
 tokens) and `GET /oauth/authorize` (the browser sign-in), configured with `/_fake/oauth` (`FakeOAuth`).
 
 Tool use is deterministic too: with `tools` in the request, a `tool_choice` of `tool`/`any`, or the
-marker `[[use_tool:NAME {json input}]]` in the last user message, the reply calls that tool.
+marker `[[use_tool:NAME {json input}]]` in the last user message, the reply calls that tool. A
+compaction request (Claude Code's `/compact` prompt) is answered with an `<analysis>` and a `<summary>`
+naming a digest of the history, so the conversation after `/compact` can be joined to it offline.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ import orjson
 
 from nexus.fake_upstream import scripted
 from nexus.fake_upstream.scenario import Scenario
+from nexus.ports import PortInUseError, ensure_port_free
 
 MODELS = [
     ("claude-opus-4-6", "Claude Opus 4.6", "2026-02-05T00:00:00Z"),
@@ -76,6 +79,22 @@ ERRORS: dict[int, tuple[str, str]] = {
 }
 REPLY_WORDS = "Hello! This is a deterministic reply from the fake Anthropic API: naïve café ✓.".split()
 TOOL_MARKER = re.compile(r"\[\[use_tool:([A-Za-z0-9_-]+)\s*(\{.*?\})?\]\]", re.S)
+
+
+#: Claude Code's `/compact` (and auto-compact) request ends with a user message holding this sentence.
+COMPACTION_PROMPT = "Your task is to create a detailed summary of the conversation so far"
+
+
+def _compaction_summary(messages: Any) -> str:
+    """The reply to a compaction request, in the shape Claude Code asks for (`<analysis>` then
+    `<summary>`), so the history it starts after `/compact` quotes a summary the gateway can join to
+    this reply. The summary names a digest of the history: two compactions never quote the same text."""
+    digest = hashlib.sha256(orjson.dumps(messages)).hexdigest()[:16]
+    return (
+        "<analysis>\nThe fake Anthropic API does not read the conversation; a model would think here.\n</analysis>\n\n"
+        f"<summary>\n1. Primary Request and Intent: a conversation of {len(messages)} messages, summarised by "
+        f"the fake Anthropic API (history {digest}).\n2. Pending Tasks: none.\n</summary>"
+    )
 
 
 def _rid(prefix: str) -> str:
@@ -302,17 +321,25 @@ class FakeAnthropic:
         text = " ".join(REPLY_WORDS[i % len(REPLY_WORDS)] for i in range(text_tokens))
         blocks: list[dict[str, Any]] = [{"type": "text", "text": text}]
         tools = body.get("tools") or []
-        last = body["messages"][-1]
-        content = last.get("content") if isinstance(last, dict) else None
-        if not tools or last.get("role") != "user":
+        # Claude Code 2.1 appends `system`-role messages after the user's turn (the
+        # `mid-conversation-system` beta: agent types, skills); the turn being answered is the last
+        # message of another role, or the tool marker and tool results would never be seen.
+        turns = [m for m in body["messages"] if not (isinstance(m, dict) and m.get("role") == "system")]
+        last = turns[-1] if turns else None
+        if not isinstance(last, dict) or last.get("role") != "user":
             return blocks, "end_turn"
-        if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
-            return blocks, "end_turn"
+        content = last.get("content")
         last_text = (
             content
             if isinstance(content, str)
             else " ".join(b.get("text", "") for b in content or [] if isinstance(b, dict) and b.get("type") == "text")
         )
+        if COMPACTION_PROMPT in last_text:  # Claude Code may send it beside the last tool result
+            return [{"type": "text", "text": _compaction_summary(body["messages"])}], "end_turn"
+        if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
+            return blocks, "end_turn"
+        if not tools:
+            return blocks, "end_turn"
         choice = body.get("tool_choice") or {}
         name: str | None = None
         tool_input: Any = {}
@@ -661,6 +688,10 @@ def serve(
     from granian.constants import Interfaces, Loops
     from granian.log import LogLevels
 
+    # Granian binds with SO_REUSEPORT: a second fake on a busy port started silently and the kernel
+    # split the requests (and `/_fake/requests`, scenarios, OAuth state) between the two processes.
+    ensure_port_free(host, port, "--port")
+    print(f"nexus fake-upstream on http://{host}:{port} (point CLAUDE_API_BASE_URL at it)", flush=True)
     os.environ["FAKE_ANTHROPIC_EVENT_DELAY_MS"] = str(event_delay_ms)
     os.environ["FAKE_ANTHROPIC_TEXT_TOKENS"] = str(text_tokens)
     os.environ["FAKE_ANTHROPIC_RECORD_BODIES"] = "1" if record_bodies else "0"
@@ -688,7 +719,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-record-bodies", action="store_true")
     ap.add_argument("--record-dir", help="write one JSON file per API request here (see nexus.fake_upstream.scripted)")
     args = ap.parse_args(argv)
-    serve(args.host, args.port, args.event_delay_ms, args.text_tokens, not args.no_record_bodies, args.record_dir)
+    try:
+        serve(args.host, args.port, args.event_delay_ms, args.text_tokens, not args.no_record_bodies, args.record_dir)
+    except PortInUseError as exc:
+        raise SystemExit(f"Error: {exc}") from None
 
 
 if __name__ == "__main__":

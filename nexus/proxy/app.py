@@ -191,6 +191,11 @@ class ProxyApp:
                 proto.response_bytes(200, [*JSON_HEADERS, ("x-request-id", request_id)], openapi.document_bytes())
             elif path == "/" and method == "GET":
                 self._respond_json(proto, 200, self.descriptor(), request_id)
+            elif path == "/" and method == "HEAD":
+                # Claude Code 2.1 sends `HEAD /` to its base URL before every session (a pre-connect):
+                # answered like `GET /` without the body, not stored as a refused request (it was a
+                # 404 and an "error" on the dashboard for every `claude -p`).
+                proto.response_empty(200, [*JSON_HEADERS, ("x-request-id", request_id)])
             elif path.startswith("/api/event_logging/") or path == "/api/hello":
                 # Claude Code's own telemetry (acknowledged and dropped, never forwarded) and its
                 # connectivity probe (`HEAD /api/hello` when interactive mode starts).

@@ -253,6 +253,12 @@ def test_find_a_session_by_a_word_of_its_prompt_and_click_through_its_tree(
     hrefs = tree.first.locator("a.node").evaluate_all("nodes => nodes.map(n => n.getAttribute('href'))")
     assert sorted(hrefs) == sorted(f"/requests/{r[0]}" for r in rows)  # one node per request of the session
     assert len(rows) == 3  # the session's three turns (the title request is not part of it)
+    # every label of the tree and the time line is inside its drawing (long ones were cut off at the edge)
+    overflow = page.locator("svg.tree, svg.timeline").evaluate_all(
+        "svgs => svgs.flatMap(svg => [...svg.querySelectorAll('text')].map(t => { const b = t.getBBox(); "
+        "return [t.textContent, b.x + b.width - svg.viewBox.baseVal.width]; })).filter(([, over]) => over > 0)"
+    )
+    assert overflow == [], overflow
     # the conversation's cost: its three opus turns priced by hand, 65,332 + 3,120 + 2,900 micro-dollars
     assert re.search(r"\$0\.0714\s+cost \(USD\)", page.inner_text("body"))
 
