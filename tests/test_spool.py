@@ -154,3 +154,19 @@ def test_the_size_is_not_summed_for_every_append(tmp_path: Path, monkeypatch: py
     assert spool.size() == sum(p.stat().st_size for p in real_glob(tmp_path / "spool", "spool-*"))
     assert spool.replay(lambda _: None) == 50
     assert spool.size() == 0
+
+
+def test_a_record_appended_in_parts_is_written_as_the_joined_record(tmp_path: Path) -> None:
+    """The writer hands a batch to the spool as its parts (frame header, two COPY payloads), which are
+    written without being joined in memory first: the file holds exactly the joined record."""
+    from nexus.storage import frames
+
+    spool = Spool(tmp_path / "spool", 1 << 20)
+    spool.append([b"head", b"", b"requests" * 100, b"blobs"])
+    spool.append(b"whole")
+    (path,) = spool.pending_files()
+    assert path.read_bytes() == frames.frame(b"NXS1", b"head" + b"requests" * 100 + b"blobs") + frames.frame(
+        b"NXS1", b"whole"
+    )
+    assert list(read_records(path)) == [b"head" + b"requests" * 100 + b"blobs", b"whole"]
+    assert spool.size() == path.stat().st_size

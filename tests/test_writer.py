@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 import psycopg
+import pytest
 
 from nexus.storage.records import ExchangeRecord
 from nexus.storage.spool import Spool
@@ -122,3 +123,33 @@ def test_a_replay_yields_to_the_queue_between_records(tmp_path: Path) -> None:
     assert sent == [b"batch 0", b"batch 1"] and spool.pending_files()
     assert spool.replay(sent.append) == 2
     assert sent == [b"batch %d" % n for n in range(4)] and not spool.pending_files()
+
+
+def test_a_batch_ends_at_its_byte_bound(migrated_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """STORAGE_BATCH_SIZE rows of large bodies made one batch of tens of MB, held (encoded, then sent
+    or spooled) at once: a batch now ends at `BATCH_MAX_BYTES` of counted bytes, and every row is still
+    stored. (Before, the ten 1 MiB rows queued here went as one 10 MiB batch.)"""
+    from nexus.storage import writer as writer_module
+
+    records = [record(i, history=2) for i in range(10)]
+    for r in records:
+        r.request_body = (r.request_body or b"")[:-1] + b',"pad":"' + b"x" * (1 << 20) + b'"}'
+    built: list[int] = []
+    real = writer_module.build_batch
+
+    def counting(batch, *args):  # type: ignore[no-untyped-def]
+        built.append(sum(record_bytes(r) for r in batch))
+        return real(batch, *args)
+
+    monkeypatch.setattr(writer_module, "build_batch", counting)
+    writer = StorageWriter(migrated_db, batch_size=200, interval_ms=20, spool=Spool(tmp_path / "spool", 64 << 20))
+    for r in records:  # all queued before the thread starts: one batch, were it bounded by rows only
+        writer.submit(r)
+    writer.start()
+    try:
+        wait(lambda: writer.metrics.rows_written == 10)
+    finally:
+        writer.close()
+    size = record_bytes(records[0])
+    assert len(built) >= 3 and sum(built) == 10 * size
+    assert all(b < writer_module.BATCH_MAX_BYTES + size for b in built)

@@ -11,7 +11,7 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 log = logging.getLogger("nexus.storage")
@@ -23,11 +23,27 @@ def frame(magic: bytes, payload: bytes) -> bytes:
     return HEADER.pack(magic, len(payload), zlib.crc32(payload)) + payload
 
 
-def append(path: Path, magic: bytes, payload: bytes) -> None:
-    """Append one record and fsync before returning; the file is created 0600."""
+def append(path: Path, magic: bytes, payload: bytes | Sequence[bytes]) -> None:
+    """Append one record and fsync before returning; the file is created 0600.
+
+    `payload` may be given in parts (a batch's frame header and its two COPY payloads): they are
+    written as one record without being joined first, since joining copied megabytes per spooled batch
+    twice over (a worker's memory peak under overflow, docs/storage.md "Memory")."""
+    parts = [payload] if isinstance(payload, bytes | bytearray | memoryview) else list(payload)
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    views = [memoryview(HEADER.pack(magic, sum(len(p) for p in parts), crc))]
+    views += [memoryview(p).cast("B") for p in parts if len(p)]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        os.write(fd, frame(magic, payload))
+        while views:  # writev may write less than asked (a signal, a nearly full disk): go on from there
+            written = os.writev(fd, views)
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if views and written:
+                views[0] = views[0][written:]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -46,17 +62,22 @@ def rewrite(path: Path, magic: bytes, payloads: Iterable[bytes]) -> None:
 
 
 def read(path: Path, magic: bytes) -> Iterator[bytes]:
-    """The intact records of a file, in order; a torn or corrupt tail ends the file (logged)."""
-    data = path.read_bytes()
-    offset = 0
-    while offset + HEADER.size <= len(data):
-        found, length, crc = HEADER.unpack_from(data, offset)
-        start = offset + HEADER.size
-        payload = data[start : start + length]
-        if found != magic or len(payload) != length or zlib.crc32(payload) != crc:
-            log.warning("%s: dropping a torn or corrupt record at byte %d", path.name, offset)
-            return
-        yield payload
-        offset = start + length
-    if offset != len(data):
-        log.warning("%s: dropping %d trailing bytes of a torn record", path.name, len(data) - offset)
+    """The intact records of a file, in order; a torn or corrupt tail ends the file (logged).
+
+    Read record by record, so a caller that handles one record at a time holds one (a file of the
+    spool is megabytes: read whole, it was held twice, as the file and as its records)."""
+    with open(path, "rb") as fh:
+        offset = 0
+        while True:
+            head = fh.read(HEADER.size)
+            if len(head) < HEADER.size:
+                if head:
+                    log.warning("%s: dropping %d trailing bytes of a torn record", path.name, len(head))
+                return
+            found, length, crc = HEADER.unpack(head)
+            payload = fh.read(length) if found == magic else b""
+            if found != magic or len(payload) != length or zlib.crc32(payload) != crc:
+                log.warning("%s: dropping a torn or corrupt record at byte %d", path.name, offset)
+                return
+            yield payload
+            offset += HEADER.size + length

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from nexus.home import private_dir
@@ -32,8 +32,9 @@ class SpoolFullError(OSError):
     """The spool reached its size bound; the batch could not be kept."""
 
 
-#: A spool file is closed and a new one started past this size: a replay reads one file into memory.
-FILE_MAX_BYTES = 16 << 20
+#: A spool file is closed and a new one started past this size: a replay holds one file's records in
+#: memory (16 MiB files were most of a worker's memory peak while it spooled and replayed under load).
+FILE_MAX_BYTES = 4 << 20
 #: How often the spool's size is summed from its files (between sums, this process's appends are added).
 SIZE_EVERY_S = 1.0
 
@@ -75,21 +76,23 @@ class Spool:
             return None
         return min(times) if times else None
 
-    def append(self, payload: bytes) -> None:
-        """Append one record durably; raise `SpoolFullError` or `OSError` if it cannot be kept."""
+    def append(self, payload: bytes | Sequence[bytes]) -> None:
+        """Append one record durably (given whole or in parts, see `frames.append`); raise
+        `SpoolFullError` or `OSError` if it cannot be kept."""
+        size = len(payload) if isinstance(payload, bytes) else sum(len(p) for p in payload)
         with self._lock:
-            if self.size() + frames.HEADER.size + len(payload) > self.max_bytes:
+            if self.size() + frames.HEADER.size + size > self.max_bytes:
                 raise SpoolFullError(f"spool at {self.directory} is full ({self.max_bytes} bytes)")
             if not self.directory.is_dir():
                 private_dir(self.directory)
             try:
-                if self.active_path.stat().st_size + len(payload) > self.file_max_bytes:
+                if self.active_path.stat().st_size + size > self.file_max_bytes:
                     self._seq += 1  # files stay small enough to replay from memory one at a time
             except FileNotFoundError:
                 pass
             frames.append(self.active_path, MAGIC, payload)
             if self._sized is not None:
-                self._sized = (self._sized[0], self._sized[1] + frames.HEADER.size + len(payload))
+                self._sized = (self._sized[0], self._sized[1] + frames.HEADER.size + size)
 
     def pending_files(self) -> list[Path]:
         """Spool files to replay, oldest first (claimed ones from a crashed replay included)."""

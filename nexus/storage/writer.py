@@ -50,6 +50,12 @@ SLOW_CALL_S = 5.0
 PING_EVERY_S = 5.0
 #: What a queued record holds besides its bodies (headers, analysis, link, the record itself), roughly.
 RECORD_OVERHEAD = 4096
+#: A batch ends at this many counted bytes (`record_bytes`) even before STORAGE_BATCH_SIZE rows: a
+#: batch's COPY payloads are held while it is sent or spooled, and 200 rows of 50 KB bodies made ~10 MB
+#: per batch, twice over when the writer and the overflow thread both had one (the worker's memory peak
+#: under load). 4 MiB is ~80 such rows: a smaller bound cut the peak a little more but cost the writer
+#: thread more CPU per row (each batch is five statements; docs/storage.md, "Memory").
+BATCH_MAX_BYTES = 4 << 20
 
 
 def record_bytes(record: ExchangeRecord) -> int:
@@ -167,7 +173,7 @@ class StorageWriter:
             self._queue.append(record)
             self._queued_bytes += record_bytes(record)
             self.metrics.submitted += 1
-            if len(self._queue) >= self.batch_size:
+            if len(self._queue) >= self.batch_size or self._queued_bytes >= BATCH_MAX_BYTES:
                 self._cv.notify()
             if self._queued_bytes > self.max_queue_bytes:
                 self._over_cv.notify()
@@ -268,10 +274,9 @@ class StorageWriter:
             with self._cv:
                 if not self._queue and not self._stopping:
                     self._cv.wait(self.interval_s)
-                elif len(self._queue) < self.batch_size and not self._stopping:
+                elif not self._batch_ready() and not self._stopping:
                     self._cv.wait(self.interval_s)
-                batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
-                self._queued_bytes -= sum(record_bytes(r) for r in batch)
+                batch = self._take()
                 stopping = self._stopping and not self._queue
             if batch:
                 self._in_flight_since = batch[0].started_at_us / 1e6
@@ -289,6 +294,22 @@ class StorageWriter:
         if self._conn is not None:
             self._conn.close()
 
+    def _batch_ready(self) -> bool:
+        """A full batch waits (in rows or in bytes). Called with the queue's lock held."""
+        return len(self._queue) >= self.batch_size or self._queued_bytes >= BATCH_MAX_BYTES
+
+    def _take(self) -> list[ExchangeRecord]:
+        """The oldest waiting rows, up to STORAGE_BATCH_SIZE of them and `BATCH_MAX_BYTES` (at least
+        one row). Called with the queue's lock held."""
+        batch: list[ExchangeRecord] = []
+        size = 0
+        while self._queue and len(batch) < self.batch_size and size < BATCH_MAX_BYTES:
+            record = self._queue.popleft()
+            batch.append(record)
+            size += record_bytes(record)
+        self._queued_bytes -= size
+        return batch
+
     def _overflow_run(self) -> None:
         """Keep what waits in memory under `max_queue_bytes` while the writer thread is inside a
         database call (a slow COPY, a spool replay): the oldest waiting rows go to the spool. Without
@@ -300,8 +321,7 @@ class StorageWriter:
                     self._over_cv.wait()
                 if self._stopping:
                     return
-                batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
-                self._queued_bytes -= sum(record_bytes(r) for r in batch)
+                batch = self._take()
             if batch:
                 self.metrics.overflow_rows += len(batch)
                 self._spool_records(batch)
@@ -487,7 +507,7 @@ class StorageWriter:
 
     def _to_spool(self, batch: Batch, rows: int) -> None:
         try:
-            self.spool.append(batch.pack())
+            self.spool.append(batch.parts())
             self.metrics.spooled_batches += 1
             self.metrics.spooled_rows += rows
         except (SpoolFullError, OSError) as exc:
