@@ -79,7 +79,7 @@ class Spool:
     def append(self, payload: bytes | Sequence[bytes]) -> None:
         """Append one record durably (given whole or in parts, see `frames.append`); raise
         `SpoolFullError` or `OSError` if it cannot be kept."""
-        size = len(payload) if isinstance(payload, bytes) else sum(len(p) for p in payload)
+        size = len(payload) if isinstance(payload, bytes | bytearray | memoryview) else sum(len(p) for p in payload)
         with self._lock:
             if self.size() + frames.HEADER.size + size > self.max_bytes:
                 raise SpoolFullError(f"spool at {self.directory} is full ({self.max_bytes} bytes)")
