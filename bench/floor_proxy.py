@@ -11,6 +11,7 @@ import asyncio
 import os
 from typing import Any
 
+from granian.rsgi import ProtocolClosed
 from pyreqwest.client import Client, ClientBuilder
 
 UPSTREAM = os.environ.get("FLOOR_UPSTREAM", "http://127.0.0.1:8123")
@@ -33,8 +34,11 @@ class FloorProxy:
         async with request.streamed_read_buffer_limit(0).build_streamed() as resp:
             reader = resp.body_reader
             transport = proto.response_stream(resp.status, [("content-type", resp.get_header("content-type") or "")])
-            while (chunk := await reader.read_chunk()) is not None:
-                await transport.send_bytes(bytes(chunk))
+            try:
+                while (chunk := await reader.read_chunk()) is not None:
+                    await transport.send_bytes(bytes(chunk))
+            except ProtocolClosed:
+                pass  # wrk closed the connection mid-response at the end of a run: nothing to send to
 
 
 app = FloorProxy()

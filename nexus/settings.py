@@ -143,8 +143,9 @@ class Settings(BaseSettings):
         8 * MIB,
         ge=MIB,
         description="Request and response bytes held in memory per worker waiting to be written; past it the "
-        "oldest waiting rows go to the spool on disk and are written when the database catches up (a database "
-        "slower than the traffic costs disk, bounded by STORAGE_SPOOL_MAX_BYTES, never unbounded memory).",
+        "oldest waiting rows are encoded at once and wait as compact COPY payloads (up to half as many bytes), "
+        "then go to the spool on disk and are written when the database catches up (a database slower than the "
+        "traffic costs disk, bounded by STORAGE_SPOOL_MAX_BYTES, never unbounded memory).",
     )
     storage_retention_days: int = Field(
         0,

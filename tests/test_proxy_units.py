@@ -224,6 +224,12 @@ def test_request_ids_are_uuid7_and_ordered() -> None:
     assert prefixes == sorted(prefixes)
 
 
+def test_request_ids_are_written_as_uuid_writes_them() -> None:
+    for ms in (0, 1, 1_795_000_000_123, (1 << 48) - 1):
+        rid = new_request_id(ms)
+        assert rid == str(uuid.UUID(rid)) and len(rid) == 36  # lower-case hex, hyphens in place
+
+
 def test_request_id_carries_its_start_time() -> None:
     rid = new_request_id(1_795_000_000_123)
     assert request_id_unix_ms(rid) == 1_795_000_000_123
@@ -245,6 +251,33 @@ async def test_deadline_fires_only_after_silence() -> None:
         async with Deadline(0.06):
             await asyncio.sleep(5)
     assert 0.05 <= loop.time() - started < 1.0
+
+
+async def test_a_disarmed_deadline_never_fires() -> None:
+    """The server limit stops once the response head is there (`open_exchange`): a stream runs on."""
+    async with Deadline(0.05) as limit:
+        limit.disarm()
+        await asyncio.sleep(0.2)
+    assert not limit.expired
+
+
+async def test_deadlines_of_a_new_loop_tick_on_that_loop() -> None:
+    """The last loop's wheel is remembered; a deadline entered on another loop must not use it."""
+
+    async def fires() -> bool:
+        try:
+            async with Deadline(0.05):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            return True
+        return False
+
+    assert await fires()
+    other = asyncio.new_event_loop()
+    try:
+        assert await asyncio.get_running_loop().run_in_executor(None, other.run_until_complete, fires())
+    finally:
+        other.close()
 
 
 async def test_deadline_lets_other_cancellations_through() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +172,139 @@ def test_a_record_appended_in_parts_is_written_as_the_joined_record(tmp_path: Pa
     )
     assert list(read_records(path)) == [b"head" + b"requests" * 100 + b"blobs", b"whole"]
     assert spool.size() == path.stat().st_size
+
+
+# --- several workers on one spool directory (PROXY_WORKERS > 1) ----------------------------------
+
+
+def spool_of_workers(directory: Path, batches: int) -> list[bytes]:
+    """`batches` batches spooled by three workers, in files of a few batches each; the payloads."""
+    workers = [Spool(directory, max_bytes=1 << 20, file_max_bytes=100) for _ in range(3)]
+    for i, spool in enumerate(workers):
+        spool._prefix = f"spool-{2000 + i}-1"  # as three processes would name theirs
+    payloads = [b"batch-%03d" % n + b"x" * 20 for n in range(batches)]
+    for n, payload in enumerate(payloads):
+        workers[n % 3].append(payload)
+    return payloads
+
+
+def test_two_workers_replaying_one_spool_at_once_send_every_batch_once(tmp_path: Path) -> None:
+    """Two workers replay the same directory at once: a file the first one claimed and is sending is
+    not the second one's (it used to take any claimed file for one left by a crash: it sent the first
+    one's batches again, and read or stat'ed files the first one had just removed: FileNotFoundError)."""
+    payloads = spool_of_workers(tmp_path, 30)
+    sent: list[bytes] = []
+    errors: list[BaseException] = []
+    first_sending = threading.Event()
+
+    def slow(payload: bytes) -> None:
+        first_sending.set()
+        time.sleep(0.01)
+        sent.append(payload)
+
+    def replay(spool: Spool) -> None:
+        try:
+            spool.replay(slow)
+        except BaseException as exc:  # reported by the assert below
+            errors.append(exc)
+
+    first = threading.Thread(target=replay, args=(Spool(tmp_path, 1 << 20),))
+    first.start()
+    assert first_sending.wait(5)
+    second = threading.Thread(target=replay, args=(Spool(tmp_path, 1 << 20),))
+    second.start()
+    first.join(30)
+    second.join(30)
+    assert errors == []
+    Spool(tmp_path, 1 << 20).replay(sent.append)  # what either skipped (claimed by the other meanwhile)
+    assert sorted(sent) == payloads  # every batch, each once
+    assert Spool(tmp_path, 1 << 20).pending_files() == []
+
+
+def test_a_batch_appended_while_another_worker_claims_the_file_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker appends to its spool file while another worker claims that file to replay it: the
+    append must not land in a file already read and about to be removed (it was acknowledged as kept)."""
+    from nexus.storage import frames
+
+    owner = Spool(tmp_path, 1 << 20)
+    owner.append(b"first")
+    appending, go_on = threading.Event(), threading.Event()
+    real_write = frames.write
+
+    def paused_write(fd: int, magic: bytes, payload: bytes) -> None:
+        if payload == b"second":  # the file is open for this append: pause the append there
+            appending.set()
+            go_on.wait(5)
+        real_write(fd, magic, payload)
+
+    monkeypatch.setattr(frames, "write", paused_write)
+    appender = threading.Thread(target=owner.append, args=(b"second",))
+    appender.start()
+    try:
+        assert appending.wait(5)
+        sent: list[bytes] = []
+        Spool(tmp_path, 1 << 20).replay(sent.append)  # another worker, while the append is under way
+    finally:
+        go_on.set()
+        appender.join(10)
+    Spool(tmp_path, 1 << 20).replay(sent.append)
+    assert sorted(sent) == [b"first", b"second"]
+    assert Spool(tmp_path, 1 << 20).pending_files() == []
+
+
+def test_files_that_vanish_while_listed_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another worker removes a file between the listing and its stat: not an error, and the size and
+    the oldest file's age are still those of the files that remain."""
+    spool = Spool(tmp_path, 1 << 20)
+    spool.append(b"stays")
+    gone = tmp_path / "spool-9999-1-000000.log"
+    gone.write_bytes(b"x")
+    real_glob = Path.glob
+
+    def glob_then_remove(self: Path, pattern: str) -> Any:
+        found = list(real_glob(self, pattern))
+        gone.unlink(missing_ok=True)  # removed by another worker just after the listing
+        return iter(found)
+
+    monkeypatch.setattr(Path, "glob", glob_then_remove)
+    assert spool.pending_files() == [spool.active_path]
+    gone.write_bytes(b"x")
+    spool._sized = None
+    assert spool.size() == spool.active_path.stat().st_size
+    gone.write_bytes(b"x")
+    assert spool.oldest_mtime() == spool.active_path.stat().st_mtime
+
+
+def test_a_new_file_of_the_same_name_never_replaces_a_claimed_one(tmp_path: Path) -> None:
+    """A replay stops part-way (the database went away) and leaves its claimed file; the worker spools
+    on into a new file of the same name; another worker is replaying the claimed file when this one
+    claims the new file. The new claim must not take the claimed file's name (a rename replaces it:
+    its batches were lost)."""
+    import fcntl
+
+    owner = Spool(tmp_path, 1 << 20)
+    owner.append(b"a")
+    owner.append(b"b")
+    replayer = Spool(tmp_path, 1 << 20)
+    sent: list[bytes] = []
+
+    def away_at_b(payload: bytes) -> None:
+        if payload == b"b":
+            raise ConnectionError("database went away")
+        sent.append(payload)
+
+    with pytest.raises(ConnectionError):
+        replayer.replay(away_at_b)
+    (left,) = replayer.pending_files()
+    owner.append(b"c")  # a new file, the name the first one had before it was claimed
+    other = open(left, "rb")
+    try:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        replayer.replay(sent.append)
+    finally:
+        other.close()
+    replayer.replay(sent.append)
+    assert sorted(sent) == [b"a", b"b", b"c"]
+    assert replayer.pending_files() == []

@@ -55,3 +55,16 @@ def test_a_key_in_base64_in_a_credential_header_is_still_dropped_on_the_fast_pat
     basic = "Basic " + base64.b64encode(f"user:{KEY}".encode()).decode()
     headers = [("authorization", basic), ("user-agent", "claude-cli/2.1.3"), ("x-api-key", "sk-ant-api03-abc")]
     assert without_client_keys(headers) == headers[1:]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(max_size=60), st.text(alphabet="ABCDEFabcdef0123456789+/-_=", max_size=60)))
+def test_the_base64_look_decodes_as_the_standard_library_does(token: str) -> None:
+    """`_unbase64` skips `base64.urlsafe_b64decode`'s Python layers, never its answer."""
+    from nexus.auth.client_keys import _unbase64
+
+    try:
+        expected = base64.urlsafe_b64decode(token + "==")
+    except ValueError:  # binascii.Error is one
+        expected = b""
+    assert _unbase64(token) == expected

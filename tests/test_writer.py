@@ -82,34 +82,62 @@ def test_database_down_and_spool_unwritable_is_loud_not_fatal(tmp_path: Path) ->
     assert writer.snapshot()["database_ok"] is False
 
 
-def test_more_than_the_byte_bound_waiting_goes_to_disk_then_to_the_database(migrated_db: str, tmp_path: Path) -> None:
-    """A database slower than the traffic must cost disk, not memory: past STORAGE_MAX_QUEUE_BYTES the
-    oldest waiting rows are spooled, and replayed once the queue is back under the bound; nothing is
+def _run_over_the_bound(migrated_db: str, tmp_path: Path, records: list[ExchangeRecord]) -> StorageWriter:
+    """Queue `records` before the writer starts where the bound allows 10, then let it write them all."""
+    size = max(map(record_bytes, records))
+    writer = StorageWriter(
+        migrated_db, batch_size=10, interval_ms=20, spool=Spool(tmp_path / "spool", 64 << 20), max_queue_bytes=size * 10
+    )
+    for r in records:  # queued before the thread starts: all wait where 10 may
+        writer.submit(r)
+    assert writer.snapshot()["queue_bytes"] == sum(map(record_bytes, records))
+    writer.start()
+    try:
+        wait(lambda: writer.metrics.rows_written == len(records) and not writer.spool.size())
+    finally:
+        writer.close()
+    assert writer.snapshot()["queue_bytes"] == 0 and writer.queue_depth() == 0
+    with psycopg.connect(migrated_db) as conn:
+        stored = conn.execute("SELECT count(DISTINCT request_id) FROM api_requests").fetchone()
+    assert stored == (len(records),)
+    return writer
+
+
+def test_a_burst_over_the_byte_bound_is_encoded_in_memory_not_spooled(migrated_db: str, tmp_path: Path) -> None:
+    """Rows of one conversation (a long shared history, one new turn each) past STORAGE_MAX_QUEUE_BYTES
+    are encoded early into COPY payloads a fraction of their size and written from memory: a burst or
+    one slow COPY must not cost the spool's fsync and replay (before, every row over the bound went
+    to disk, under ordinary load at c=32 with 50 KB bodies, and /health said degraded)."""
+    history = [{"role": "user", "content": "h" * 20_000}, {"role": "assistant", "content": "a" * 20_000}]
+    records = []
+    for i in range(30):
+        r = record(i, history=1)
+        body = orjson.loads(r.request_body or b"")
+        body["messages"] = [*history, {"role": "user", "content": f"turn {i}"}]
+        r.request_body = orjson.dumps(body)
+        records.append(r)
+    writer = _run_over_the_bound(migrated_db, tmp_path, records)
+    m = writer.metrics
+    # over the bound until at most 10 wait: 20 rows encoded early (10 when the writer thread took one
+    # batch first), none spooled
+    assert m.overflow_encoded_rows in (10, 20) and m.dropped_rows == 0
+    assert m.overflow_rows == m.spooled_rows == m.replayed_rows == 0
+    assert not writer.snapshot()["degraded"]
+
+
+def test_more_than_the_byte_bound_encoded_goes_to_disk_then_to_the_database(migrated_db: str, tmp_path: Path) -> None:
+    """A database slower than the traffic must cost disk, not memory: rows past STORAGE_MAX_QUEUE_BYTES
+    are encoded early, and once those payloads pass half the bound (here each row's 40 KB is its own,
+    nothing to share) the oldest are spooled, and replayed once the database catches up; nothing is
     lost. (Before the bound, 50,000 queued rows of ~70 KB could hold gigabytes in one worker.)"""
     records = [record(i, history=3) for i in range(50)]
     for r in records:
         r.request_body = (r.request_body or b"")[:-1] + b',"pad":"' + b"x" * 40_000 + b'"}'
-    size = record_bytes(records[0])
-    writer = StorageWriter(
-        migrated_db, batch_size=10, interval_ms=20, spool=Spool(tmp_path / "spool", 64 << 20), max_queue_bytes=size * 10
-    )
-    for r in records:  # queued before the thread starts: 50 wait where 10 may
-        writer.submit(r)
-    assert writer.snapshot()["queue_bytes"] == size * 50
-    writer.start()
-    try:
-        wait(lambda: writer.metrics.rows_written == 50 and not writer.spool.size())
-    finally:
-        writer.close()
+    writer = _run_over_the_bound(migrated_db, tmp_path, records)
     m = writer.metrics
-    # over the bound until at most 10 wait: 40 rows spooled, or 30 when the writer thread took one
-    # batch to the database first
-    assert m.overflow_rows in (30, 40) and m.dropped_rows == 0
+    assert m.overflow_encoded_rows in (30, 40) and m.dropped_rows == 0
+    assert 0 < m.overflow_rows <= m.overflow_encoded_rows  # at most half the bound stays in memory
     assert m.spooled_rows == m.replayed_rows == m.overflow_rows
-    assert writer.snapshot()["queue_bytes"] == 0
-    with psycopg.connect(migrated_db) as conn:
-        stored = conn.execute("SELECT count(DISTINCT request_id) FROM api_requests").fetchone()
-    assert stored == (50,)
 
 
 def test_a_replay_yields_to_the_queue_between_records(tmp_path: Path) -> None:
@@ -153,3 +181,25 @@ def test_a_batch_ends_at_its_byte_bound(migrated_db: str, tmp_path: Path, monkey
     size = record_bytes(records[0])
     assert len(built) >= 3 and sum(built) == 10 * size
     assert all(b < writer_module.BATCH_MAX_BYTES + size for b in built)
+
+
+def test_encoded_batches_merge_into_one_copy_with_shared_parts(migrated_db: str) -> None:
+    """Batches encoded apart (each with the content parts it shares with the other) go to the database
+    as one COPY per table: every row once, a shared part stored once, nothing refused."""
+    from nexus._core import copy_rows
+    from nexus.storage.payload import STAGE_SQL, Batch, merge_copy, send
+    from nexus.storage.records import build_batch
+
+    first, second = build_batch([record(i, 3) for i in range(4)]), build_batch([record(i, 4) for i in range(4, 9)])
+    merged = Batch(merge_copy([first.requests, second.requests]), merge_copy([first.blobs, second.blobs]))
+    assert copy_rows(merged.requests) == copy_rows(first.requests) + copy_rows(second.requests)
+    assert len(copy_rows(merged.blobs)) == len(copy_rows(first.blobs)) + len(copy_rows(second.blobs))
+    with psycopg.connect(migrated_db) as conn:
+        for sql in STAGE_SQL:
+            conn.execute(sql)  # type: ignore[arg-type]
+        send(conn, merged)
+        conn.commit()
+        rows = conn.execute("SELECT count(*), count(DISTINCT request_id) FROM api_requests").fetchone()
+        blobs = conn.execute("SELECT count(*) FROM content_blobs").fetchone()
+    assert rows == (9, 9)
+    assert blobs == (5,)  # "sys" and four distinct turns, shared by both batches

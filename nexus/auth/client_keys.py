@@ -10,7 +10,6 @@ Unlike the reference system, nothing is stored in clear and nothing is compared 
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -31,6 +30,8 @@ log = logging.getLogger("nexus.auth")
 PREFIX = "cnp_live_"
 #: Prefixes of keys this gateway issues (`cnp_test_` from the reference's generator): never sent upstream.
 CLIENT_KEY_PREFIXES = ("cnp_live_", "cnp_test_")
+_PREFIX_BYTES = tuple(prefix.encode() for prefix in CLIENT_KEY_PREFIXES)
+assert len(_PREFIX_BYTES) == 2  # carries_base64_key checks both without a loop
 ID_LENGTH = 16
 
 
@@ -192,6 +193,8 @@ def is_client_key(value: str | None) -> bool:
 _KEY_IN_TEXT = re.compile(r"cnp_(?:live|test)_[A-Za-z0-9_\-]*", re.IGNORECASE)
 #: What separates base64 tokens in credential headers and cookies (`a=b; c=d`, `Basic x, y`).
 _TOKEN_SEPARATORS = re.compile(r"[\s=;,]+")
+#: The URL-safe base64 alphabet mapped to the standard one (what `base64.urlsafe_b64decode` does).
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
 def carries_client_key(value: str, *, deep: bool = False) -> bool:
@@ -203,9 +206,16 @@ def carries_client_key(value: str, *, deep: bool = False) -> bool:
         return True
     if "%" in value and any(prefix in unquote(value).lower() for prefix in CLIENT_KEY_PREFIXES):
         return True
-    if deep:
-        for token in _TOKEN_SEPARATORS.split(value):
-            if len(token) >= 12 and any(prefix.encode() in _unbase64(token).lower() for prefix in CLIENT_KEY_PREFIXES):
+    return deep and carries_base64_key(value)
+
+
+def carries_base64_key(value: str) -> bool:
+    """Whether a credential header or cookie holds one of our client keys inside base64 (the `deep`
+    part of `carries_client_key`)."""
+    for token in _TOKEN_SEPARATORS.split(value):
+        if len(token) >= 12:
+            decoded = _unbase64(token).lower()
+            if _PREFIX_BYTES[0] in decoded or _PREFIX_BYTES[1] in decoded:
                 return True
     return False
 
@@ -219,8 +229,9 @@ def redact_client_keys(text: str) -> str:
 
 def _unbase64(token: str) -> bytes:
     """Either base64 alphabet (the URL-safe one maps `-_` and keeps `+/`), padding optional: the
-    lenient decoder ignores padding beyond what is needed."""
+    lenient decoder ignores padding beyond what is needed. (`base64.urlsafe_b64decode` without its
+    Python layers: this runs on every request's credential headers.)"""
     try:
-        return base64.urlsafe_b64decode(token + "==")
-    except (ValueError, binascii.Error):
+        return binascii.a2b_base64(token.encode("ascii").translate(_URLSAFE) + b"==")
+    except (ValueError, binascii.Error):  # not ASCII (UnicodeEncodeError is a ValueError), or not base64
         return b""

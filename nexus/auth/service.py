@@ -19,6 +19,7 @@ from nexus.auth.client_keys import (
     ClientKeyRejected,
     ClientKeyStore,
     UnknownClientKey,
+    carries_base64_key,
     carries_client_key,
     is_client_key,
 )
@@ -34,6 +35,8 @@ from nexus.settings import Settings
 
 log = logging.getLogger("nexus.auth")
 _CALLER_AUTH = frozenset({"x-api-key", "authorization"})
+#: Headers a client key may hide in as base64 (credentials and cookies).
+_DEEP_CHECKED = _CALLER_AUTH | {"cookie"}
 POLICY_NOTICE = (
     "OAuth accounts loaded ({names}): subscription credentials are for their owner's own use "
     "(Anthropic: each person uses their own subscription); see docs/credentials.md"
@@ -183,13 +186,9 @@ def without_client_keys(upstream: list[tuple[str, str]], secret: str | None = No
     headers and cookies can find a key, and the other headers are not judged one by one (two checks per
     header were a tenth of Nexus's own Python per request)."""
     if not secret:
-        text = "\0".join(f"{k}\0{v}" for k, v in upstream)
-        if "%" not in text and "cnp_" not in text.lower():
-            return [
-                (k, v)
-                for k, v in upstream
-                if not ((k in _CALLER_AUTH or k == "cookie") and carries_client_key(v, deep=True))
-            ]
+        text = "\0".join(map("\0".join, upstream))
+        if "%" not in text and "cnp_" not in text.lower():  # so only base64 can hide one
+            return [(k, v) for k, v in upstream if not (k in _DEEP_CHECKED and carries_base64_key(v))]
     return [
         (k, v)
         for k, v in upstream

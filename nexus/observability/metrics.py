@@ -105,6 +105,19 @@ def multiprocess_dir() -> str | None:
 # --- the families ----------------------------------------------------------------------------------
 
 
+#: The `result` label values of nexus_storage_rows_total (docs/operations.md).
+STORAGE_RESULTS = (
+    "written",
+    "spooled",
+    "encoded_early",
+    "overflowed",
+    "replayed",
+    "last_resort",
+    "quarantined",
+    "dropped",
+)
+
+
 class Families:
     """Every metric Nexus exports; created once per process (`families()`)."""
 
@@ -215,7 +228,7 @@ class Families:
         # the bounded label values exist from the start, so a rate over them starts at 0, not at the first event
         for result in ("success", "failure"):
             self.oauth_refreshes.labels(result)
-        for result in ("written", "spooled", "overflowed", "replayed", "last_resort", "quarantined", "dropped"):
+        for result in STORAGE_RESULTS:
             self.storage_rows.labels(result)
         for reason in RETRY_REASONS:
             self.retries.labels(reason)

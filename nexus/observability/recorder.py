@@ -223,7 +223,8 @@ def storage_counts(m: Any) -> Iterable[tuple[str, int]]:
     """The writer's running totals, by the `result` label they are reported under."""
     yield "written", m.rows_written
     yield "spooled", m.spooled_rows
-    yield "overflowed", m.overflow_rows  # spooled because the queue was over its byte bound
+    yield "encoded_early", m.overflow_encoded_rows  # encoded ahead of the writer: the queue was over its byte bound
+    yield "overflowed", m.overflow_rows  # spooled because even the encoded payloads were over it
     yield "replayed", m.replayed_rows
     yield "last_resort", m.rows_last_resort
     yield "quarantined", m.rows_quarantined

@@ -265,13 +265,13 @@ class ProxyApp:
         if self.tracer is not None:
             arrival.span = self.tracer.start_request(method, path, scope.headers, started_us * 1000, request_id)
         try:
-            await self._forward(scope, proto, arrival)
+            await self._forward(scope, proto, arrival, task)
         finally:
             self.drain.tasks.discard(task)
             if self.metrics is not None:
                 self.metrics.in_flight -= 1
 
-    async def _forward(self, scope: Any, proto: Any, arrival: Arrival) -> None:
+    async def _forward(self, scope: Any, proto: Any, arrival: Arrival, task: asyncio.Task[Any]) -> None:
         """Admit, link, forward, relay; whatever ends the request, the record phase runs."""
         upstream, headers = self.upstream, scope.headers
         assert upstream is not None
@@ -280,7 +280,7 @@ class ProxyApp:
         if self.tracer is not None:
             self.tracer.set_model(arrival.span, arrival.path, ex.model)
         await link(ex, self.conversations, headers)
-        watcher = watch_client(proto, ex)
+        watcher = watch_client(proto, ex, task)
         ex.to_upstream = time.monotonic()
         if self.tracer is not None:
             ex.upstream_span = self.tracer.start_upstream(arrival.span, arrival.method, time.time_ns())

@@ -68,7 +68,7 @@ async def read_body(
     parts: list[bytes] = []
     size = 0
     try:
-        async with Deadline(total_s) as total, Deadline(idle_s) as idle:
+        with Deadline(total_s) as total, Deadline(idle_s) as idle:
             if upload is not None:
                 upload.attach(total)
             async for chunk in proto:
@@ -90,7 +90,7 @@ async def read_body(
 
 async def _read_at_once(proto: Any, declared: int, within_s: float, upload: Upload | None) -> bytes:
     try:
-        async with Deadline(within_s) as deadline:
+        with Deadline(within_s) as deadline:
             if upload is not None:
                 upload.attach(deadline)
             body: bytes = await proto()

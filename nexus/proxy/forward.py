@@ -51,7 +51,7 @@ async def open_upstream(
         attempt += 1
         request = upstream.request(method, target, headers, body)
         try:
-            async with Deadline(head_timeout_s) as deadline:
+            with Deadline(head_timeout_s) as deadline:
                 response = await request.__aenter__()
         except TimeoutError as exc:
             if deadline.expired:

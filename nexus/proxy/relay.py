@@ -67,7 +67,7 @@ async def relay_stream(
     transport = proto.response_stream(response.status, headers + extra if extra else headers)  # type: ignore[attr-defined]
     reader = response.body_reader
     try:
-        async with Deadline(idle_timeout_s) as idle:
+        with Deadline(idle_timeout_s) as idle:
             chunk = await reader.read_chunk()
             if chunk is not None:
                 outcome.first_byte_at = time.monotonic()
@@ -123,7 +123,7 @@ async def relay_buffered(
 ) -> None:
     response = opened.response
     try:
-        async with Deadline(timeout_s):
+        with Deadline(timeout_s):
             body = bytes(await response.bytes())
     except TimeoutError:
         raise ProxyError(504, f"Upstream response body not complete within {timeout_s:g} s.", "timeout_error") from None

@@ -75,11 +75,21 @@ Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]  # pragma: 
 
 
 def _in_networks(address: str, networks: Networks) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
+    if not networks:  # no TRUSTED_PROXIES (the default): nothing to parse, on every request
         return False
-    return any(ip in net for net in networks)
+    # the same peers and hops come again and again: each parsed once (~5 us), long texts never cached
+    ip = _cached_ip(address) if len(address) <= 64 else _parsed_ip(address)
+    return ip is not None and any(ip in net for net in networks)
+
+
+def _parsed_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError:
+        return None
+
+
+_cached_ip = lru_cache(maxsize=4096)(_parsed_ip)  # pragma: no mutate (a cache's size changes no answer)
 
 
 def client_address(peer: str | None, headers: Mapping[str, str], trusted: Networks = ()) -> str | None:

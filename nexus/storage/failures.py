@@ -4,7 +4,8 @@ The writer treats the two very differently: an outage is waited out (the batch g
 is replayed in order once the database answers), while a batch PostgreSQL refuses for its content
 would be refused for ever, so waiting would stop every row behind it. Content errors are the data
 exception and limit classes (22, 54) and integrity violations (23). Connection errors, shutdowns and
-crashes (08, 57P0x), exhausted resources (53), system errors (58), conflicts that pass (40, 55P03),
+crashes (08, 57P0x), exhausted resources (53), system errors (58), conflicts that pass (40, 55P03;
+the writer first sends a batch ended by a deadlock or a serialization failure again at once),
 cancelled statements (57014), a read-only server (25006) and a schema the writer does not match yet
 (42, 0A: a migration is missing) are outages. Anything else is an outage the first time and content
 once it repeats on the same rows.

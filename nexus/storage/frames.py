@@ -13,6 +13,7 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger("nexus.storage")
 
@@ -24,29 +25,33 @@ def frame(magic: bytes, payload: bytes) -> bytes:
 
 
 def append(path: Path, magic: bytes, payload: bytes | Sequence[bytes]) -> None:
-    """Append one record and fsync before returning; the file is created 0600.
+    """Append one record and fsync before returning; the file is created 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        write(fd, magic, payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-    `payload` may be given in parts (a batch's frame header and its two COPY payloads): they are
-    written as one record without being joined first, since joining copied megabytes per spooled batch
-    twice over (a worker's memory peak under overflow, docs/storage.md "Memory")."""
+
+def write(fd: int, magic: bytes, payload: bytes | Sequence[bytes]) -> None:
+    """Write one record to `fd` (not synced). `payload` may be given in parts (a batch's frame header
+    and its two COPY payloads): they are written as one record with `writev`, without being joined
+    first, since joining and framing copied megabytes per spooled batch three times over (a worker's
+    memory peak under overflow, docs/storage.md "Memory")."""
     parts = [payload] if isinstance(payload, bytes | bytearray | memoryview) else list(payload)
     crc = 0
     for part in parts:
         crc = zlib.crc32(part, crc)
     views = [memoryview(HEADER.pack(magic, sum(len(p) for p in parts), crc))]
     views += [memoryview(p).cast("B") for p in parts if len(p)]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        while views:  # writev may write less than asked (a signal, a nearly full disk): go on from there
-            written = os.writev(fd, views)
-            while views and written >= len(views[0]):
-                written -= len(views[0])
-                views.pop(0)
-            if views and written:
-                views[0] = views[0][written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    while views:  # writev may write less than asked (a signal, a nearly full disk): go on from there
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
 
 
 def rewrite(path: Path, magic: bytes, payloads: Iterable[bytes]) -> None:
@@ -62,22 +67,42 @@ def rewrite(path: Path, magic: bytes, payloads: Iterable[bytes]) -> None:
 
 
 def read(path: Path, magic: bytes) -> Iterator[bytes]:
-    """The intact records of a file, in order; a torn or corrupt tail ends the file (logged).
-
-    Read record by record, so a caller that handles one record at a time holds one (a file of the
-    spool is megabytes: read whole, it was held twice, as the file and as its records)."""
+    """The intact records of a file, in order; a torn or corrupt tail ends the file (logged)."""
     with open(path, "rb") as fh:
-        offset = 0
-        while True:
-            head = fh.read(HEADER.size)
-            if len(head) < HEADER.size:
-                if head:
-                    log.warning("%s: dropping %d trailing bytes of a torn record", path.name, len(head))
-                return
-            found, length, crc = HEADER.unpack(head)
-            payload = fh.read(length) if found == magic else b""
-            if found != magic or len(payload) != length or zlib.crc32(payload) != crc:
-                log.warning("%s: dropping a torn or corrupt record at byte %d", path.name, offset)
-                return
-            yield payload
-            offset += HEADER.size + length
+        yield from stream(fh, magic, path.name)
+
+
+def stream(fh: BinaryIO, magic: bytes, name: str) -> Iterator[bytes]:
+    """The intact records read from `fh`, in order, one at a time (`name` is for the log): a caller
+    that handles one record at a time holds one (a spool file is megabytes: read whole, it was held
+    twice, as the file and as its records)."""
+    offset = 0
+    while True:
+        head = fh.read(HEADER.size)
+        if len(head) < HEADER.size:
+            if head:
+                log.warning("%s: dropping %d trailing bytes of a torn record", name, len(head))
+            return
+        found, length, crc = HEADER.unpack(head)
+        payload = fh.read(length) if found == magic else b""
+        if found != magic or len(payload) != length or zlib.crc32(payload) != crc:
+            log.warning("%s: dropping a torn or corrupt record at byte %d", name, offset)
+            return
+        yield payload
+        offset += HEADER.size + length
+
+
+def records(data: bytes, magic: bytes, name: str) -> Iterator[bytes]:
+    """The intact records of a file's contents `data`, in order (`read`; `name` is for the log)."""
+    offset = 0
+    while offset + HEADER.size <= len(data):
+        found, length, crc = HEADER.unpack_from(data, offset)
+        start = offset + HEADER.size
+        payload = data[start : start + length]
+        if found != magic or len(payload) != length or zlib.crc32(payload) != crc:
+            log.warning("%s: dropping a torn or corrupt record at byte %d", name, offset)
+            return
+        yield payload
+        offset = start + length
+    if offset != len(data):
+        log.warning("%s: dropping %d trailing bytes of a torn record", name, len(data) - offset)

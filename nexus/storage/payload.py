@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from nexus._core import copy_payload, copy_rows
 from nexus.pricing.sql import COST, price_join
 from nexus.storage.records import BLOB_NAMES_BY_COUNT, REQUEST_NAMES_BY_COUNT, REQUEST_TYPES_BY_COUNT
 
@@ -22,11 +23,20 @@ COPY_HEADER = 19  # signature (11) + flags (4) + header extension length (4)
 
 
 def blob_statements(names: list[str]) -> tuple[str, str]:
-    """COPY into staging, then insert the parts not stored yet. Built once from the constant column
-    lists: no user input reaches them."""
+    """COPY into staging, then insert the parts not stored yet, in key order. Built once from the
+    constant column lists: no user input reaches them.
+
+    The order is what keeps workers from deadlocking (PROXY_WORKERS > 1): an insert that meets a key
+    another transaction has inserted but not committed waits for that transaction, so two workers
+    storing the same new parts (the turns of the same conversations) in their own batch orders each
+    held one key the other waited for (`DeadlockDetected`). In one order, the second one waits for the
+    first and then skips what it stored."""
     cols = ", ".join(names)
     copy = f"COPY nexus_stage_blobs ({cols}) FROM STDIN (FORMAT binary)"
-    insert = f"INSERT INTO content_blobs ({cols}) SELECT {cols} FROM nexus_stage_blobs ON CONFLICT (key) DO NOTHING"  # noqa: S608
+    insert = (
+        f"INSERT INTO content_blobs ({cols}) SELECT {cols} FROM nexus_stage_blobs "  # noqa: S608
+        "ORDER BY key ON CONFLICT (key) DO NOTHING"
+    )
     return copy, insert
 
 
@@ -140,6 +150,17 @@ class Batch:
     def request_types(self) -> list[str]:
         """The column types the request rows were encoded with (a COPY tuple carries its field count)."""
         return REQUEST_TYPES_BY_COUNT[_field_count(self.requests)]
+
+
+def merge_copy(payloads: list[bytes]) -> bytes:
+    """One COPY BINARY payload holding the rows of `payloads` (all of one column layout), in order
+    (the framing is the Rust encoder's: `copy_rows` splits a payload, `copy_payload` frames rows).
+    So batches encoded separately go to the database in one COPY and one transaction: a writer that
+    fell behind catches up by sending more rows per round trip (its cost per batch is mostly fixed:
+    the statements, and on a busy worker the wait for the GIL after each of them)."""
+    if len(payloads) == 1:
+        return payloads[0]
+    return copy_payload([row for p in payloads if p for row in copy_rows(p)])
 
 
 def _field_count(payload: bytes) -> int:

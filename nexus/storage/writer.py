@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import random
 import threading
 import time
 import zlib
@@ -35,7 +36,7 @@ from nexus.storage.failures import OUTAGE, UNKNOWN, classify, describe
 from nexus.storage.isolate import isolate
 from nexus.storage.migrate import pending_migrations
 from nexus.storage.partitions import drop_expired_partitions, ensure_partitions
-from nexus.storage.payload import STAGE_SQL, Batch, send
+from nexus.storage.payload import STAGE_SQL, Batch, merge_copy, send
 from nexus.storage.records import BuiltBatch, ExchangeRecord, build_batch
 from nexus.storage.spool import Spool, SpoolFullError
 from nexus.storage.watchdog import Watchdog
@@ -56,11 +57,30 @@ RECORD_OVERHEAD = 4096
 #: under load). 4 MiB is ~80 such rows: a smaller bound cut the peak a little more but cost the writer
 #: thread more CPU per row (each batch is five statements; docs/storage.md, "Memory").
 BATCH_MAX_BYTES = 4 << 20
+#: Deadlock detected, serialization failure: PostgreSQL ended the transaction to let another one (another
+#: worker's batch) go on. Nothing is wrong with the batch or the database: it is sent again at once.
+CONFLICTS = frozenset({"40P01", "40001"})
+#: How many times a batch ended by such a conflict is sent again before it is spooled like an outage.
+CONFLICT_RETRIES = 3
 
 
 def record_bytes(record: ExchangeRecord) -> int:
     """What a queued record keeps in memory, roughly: its bodies, which are almost all of it."""
     return len(record.request_body or b"") + len(record.response_body or b"") + RECORD_OVERHEAD
+
+
+@dataclass(slots=True)
+class Encoded:
+    """Rows the overflow thread built and encoded ahead of the writer: sent before any newer row."""
+
+    built: BuiltBatch
+    rows: int
+    #: Start (Unix s) of the oldest request in it, for /health's oldest unwritten row.
+    oldest_s: float
+
+    @property
+    def size(self) -> int:
+        return len(self.built.requests) + len(self.built.blobs)
 
 
 class OutageError(Exception):
@@ -78,9 +98,14 @@ class WriterMetrics:
     replayed_batches: int = 0
     replayed_rows: int = 0
     dropped_rows: int = 0
-    #: Rows sent to the spool because more than STORAGE_MAX_QUEUE_BYTES waited in memory.
+    #: Rows encoded early by the overflow thread because more than STORAGE_MAX_QUEUE_BYTES of records
+    #: waited in memory: kept in memory as COPY payloads (about a tenth of a record's size), in order.
+    overflow_encoded_rows: int = 0
+    #: Rows sent to the spool because even their encoded payloads were past the bound.
     overflow_rows: int = 0
     flush_failures: int = 0
+    #: Batches sent again because PostgreSQL ended them to break a deadlock with another worker's.
+    deadlock_retries: int = 0
     refused_batches: int = 0  # batches PostgreSQL refused for their content (then isolated)
     rows_last_resort: int = 0  # rows stored in their last-resort form
     rows_quarantined: int = 0  # rows kept in the quarantine by this process
@@ -130,9 +155,12 @@ class StorageWriter:
         self.interval_s = interval_ms / 1000
         self.spool = spool
         self.max_queue = max_queue
-        #: Past this many bytes waiting in memory, the oldest waiting rows are spooled (`_run`).
+        #: Past this many bytes of records waiting in memory, the oldest are encoded early
+        #: (`_overflow_run`); past half as many bytes of those payloads, the oldest go to the spool.
         self.max_queue_bytes = max_queue_bytes
         self._queued_bytes = 0
+        self._encoded: deque[Encoded] = deque()
+        self._encoded_bytes = 0
         self.metrics = WriterMetrics()
         self.quarantine_files = quarantine_files or quarantine.QuarantineFiles(spool.directory.parent / "quarantine")
         self._queue: deque[ExchangeRecord] = deque()
@@ -195,14 +223,20 @@ class StorageWriter:
         if self._overflow.ident is not None:
             self._overflow.join(self.write_timeout_s)
         self._watchdog.stop()
-        if self._thread.is_alive():
-            self._spool_leftovers()
+        self._spool_leftovers()
 
     def _spool_leftovers(self) -> None:
+        """At shutdown, what the writer did not send: queued records (a stuck writer) and batches the
+        overflow thread encoded after the writer's last look."""
         with self._cv:
             records = list(self._queue)
             self._queue.clear()
             self._queued_bytes = 0
+            encoded = list(self._encoded)
+            self._encoded.clear()
+            self._encoded_bytes = 0
+        for e in encoded:
+            self._to_spool(Batch(e.built.requests, e.built.blobs), e.rows)
         if not records:
             return
         log.warning("storage: the writer is stuck; spooling %d queued rows at shutdown", len(records))
@@ -215,7 +249,8 @@ class StorageWriter:
         self._to_spool(Batch(built.requests, built.blobs), len(records) - len(built.lost))
 
     def queue_depth(self) -> int:
-        return len(self._queue)
+        """Rows waiting in memory: queued records and rows encoded early."""
+        return len(self._queue) + sum(e.rows for e in list(self._encoded))
 
     def stuck_reason(self) -> str | None:
         """Why the writer cannot make progress (readiness), or None: its thread ended, a database call
@@ -232,10 +267,12 @@ class StorageWriter:
     def snapshot(self) -> dict[str, object]:
         """For /health: counters, and why storage is degraded (empty when it is not)."""
         m = self.metrics
-        m.queue_depth = len(self._queue)
-        m.queue_bytes = self._queued_bytes
+        m.queue_depth = self.queue_depth()
+        m.queue_bytes = self._queued_bytes + self._encoded_bytes
         m.spool_bytes = self.spool.size()
+        encoded = list(self._encoded)
         candidates = [self._queue[0].started_at_us / 1e6 if self._queue else None]
+        candidates += [encoded[0].oldest_s if encoded else None]
         candidates += [self._in_flight_since, self.spool.oldest_mtime()]
         found = [c for c in candidates if c is not None]
         oldest = min(found) if found else None
@@ -272,13 +309,21 @@ class StorageWriter:
         self._replay_spool()
         while True:
             with self._cv:
-                if not self._queue and not self._stopping:
+                if not self._encoded and not self._batch_ready() and not self._stopping:
                     self._cv.wait(self.interval_s)
-                elif not self._batch_ready() and not self._stopping:
-                    self._cv.wait(self.interval_s)
-                batch = self._take()
-                stopping = self._stopping and not self._queue
-            if batch:
+                encoded = self._take_encoded()
+                if encoded is None:
+                    batch = self._take()
+                else:
+                    batch = []
+                stopping = self._stopping and not self._queue and not self._encoded
+            if encoded is not None:  # older than anything still queued: first
+                self._in_flight_since = encoded.oldest_s
+                try:
+                    self._write_built(encoded.built, encoded.rows)
+                finally:
+                    self._in_flight_since = None
+            elif batch:
                 self._in_flight_since = batch[0].started_at_us / 1e6
                 try:
                     self._write_batch(batch)
@@ -310,11 +355,39 @@ class StorageWriter:
         self._queued_bytes -= size
         return batch
 
+    def _take_encoded(self) -> Encoded | None:
+        """The batches the overflow thread encoded, oldest first, merged into one (up to
+        `max_queue_bytes`): a writer that fell behind sends them in one transaction, not one per
+        batch (the caller holds the lock)."""
+        if not self._encoded:
+            return None
+        taken = [self._encoded.popleft()]
+        size = taken[0].size
+        while self._encoded and size + self._encoded[0].size <= self.max_queue_bytes:
+            taken.append(self._encoded.popleft())
+            size += taken[-1].size
+        self._encoded_bytes -= size
+        if len(taken) == 1:
+            return taken[0]
+        built = BuiltBatch(
+            merge_copy([e.built.requests for e in taken]),
+            merge_copy([e.built.blobs for e in taken]),
+            [k for e in taken for k in e.built.new_keys],
+            [],
+        )
+        return Encoded(built, sum(e.rows for e in taken), taken[0].oldest_s)
+
     def _overflow_run(self) -> None:
         """Keep what waits in memory under `max_queue_bytes` while the writer thread is inside a
-        database call (a slow COPY, a spool replay): the oldest waiting rows go to the spool. Without
-        it, traffic faster than the database grew a worker by the arrival rate times the call's length
-        (hundreds of MB under load here)."""
+        database call (a slow COPY, a spool replay). Without it, traffic faster than the database grew
+        a worker by the arrival rate times the call's length (hundreds of MB under load here).
+
+        The oldest waiting records are built and encoded here, ahead of the writer, and kept in memory
+        as COPY payloads: a queued record holds its bodies, its analysis and its headers (about three
+        times the bytes counted), its payload about a tenth of them (the conversation's history is
+        split into content parts stored once). So a short burst or one slow COPY costs neither disk
+        nor the spool's replay; only when the encoded payloads too pass half the bound (a database
+        slower than the traffic for long) do the oldest go to the spool, already encoded."""
         while True:
             with self._over_cv:
                 while not self._stopping and self._queued_bytes <= self.max_queue_bytes:
@@ -323,8 +396,28 @@ class StorageWriter:
                     return
                 batch = self._take()
             if batch:
-                self.metrics.overflow_rows += len(batch)
-                self._spool_records(batch)
+                self._encode_early(batch)
+
+    def _encode_early(self, records: list[ExchangeRecord]) -> None:
+        # parts the database already holds are left out, as the writer does (`KnownKeys` is shared
+        # safely: it locks); parts of batches encoded but not yet written are not known yet, so a
+        # later batch carries them again (stored once: ON CONFLICT DO NOTHING)
+        built = build_batch(records, self._known)
+        rows = len(records) - self._count_lost(built)
+        spill: list[Encoded] = []
+        with self._cv:
+            self.metrics.overflow_encoded_rows += rows
+            if rows:
+                encoded = Encoded(built, rows, records[0].started_at_us / 1e6)
+                self._encoded.append(encoded)
+                self._encoded_bytes += encoded.size
+            while self._encoded and self._encoded_bytes > self.max_queue_bytes // 2:
+                spill.append(self._encoded.popleft())
+                self._encoded_bytes -= spill[-1].size
+            self._cv.notify()
+        for encoded in spill:
+            self.metrics.overflow_rows += encoded.rows
+            self._to_spool(Batch(encoded.built.requests, encoded.built.blobs), encoded.rows)
 
     def _write_batch(self, records: list[ExchangeRecord]) -> None:
         try:
@@ -337,8 +430,11 @@ class StorageWriter:
             self._write_one_by_one(records)
             return
         rows = len(records) - self._count_lost(built)
-        if not rows:
-            return
+        if rows:
+            self._write_built(built, rows)
+
+    def _write_built(self, built: BuiltBatch, rows: int) -> None:
+        """Send a built batch (or spool it, behind older spooled batches or when the database is away)."""
         batch = Batch(built.requests, built.blobs)
         if self.spool.pending_files() and not self._replay_spool():
             self._to_spool(batch, rows)  # keep order: older spooled batches go first
@@ -579,15 +675,25 @@ class StorageWriter:
         return conn
 
     def _send(self, batch: Batch) -> None:
-        conn = self._connection()
-        try:
-            with self._watchdog.guard(conn):
-                send(conn, batch, search=self.search)
-                conn.commit()
-        except Exception as exc:
-            self._after_failure(exc)
-            raise
-        self._last_contact = time.monotonic()
+        """Send and commit `batch`; a transaction PostgreSQL ended to break a deadlock with another
+        worker (or a serialization failure) is sent again at once, up to `CONFLICT_RETRIES` times,
+        before it counts as an outage (and the batch is spooled)."""
+        for attempt in range(CONFLICT_RETRIES + 1):
+            conn = self._connection()
+            try:
+                with self._watchdog.guard(conn):
+                    send(conn, batch, search=self.search)
+                    conn.commit()
+            except Exception as exc:
+                self._after_failure(exc)
+                if getattr(exc, "sqlstate", None) not in CONFLICTS or attempt == CONFLICT_RETRIES:
+                    raise
+                self.metrics.deadlock_retries += 1
+                log.info("storage: another writer's transaction ended this batch's (%s); sent again", describe(exc))
+                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))  # jittered: the two do not meet again
+                continue
+            self._last_contact = time.monotonic()
+            return
 
     def _after_failure(self, exc: BaseException) -> None:
         """Roll back a refused transaction and keep the connection; close one that failed itself."""

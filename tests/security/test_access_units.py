@@ -190,6 +190,16 @@ def test_client_address_believes_forwarded_for_only_from_trusted_peers() -> None
     assert client_address("junk", xff, trusted) == "junk"
 
 
+def test_client_address_answers_the_same_when_asked_again() -> None:
+    """Parsed addresses are cached per text (`_cached_ip`); a long scoped IPv6 hop is parsed, not cached."""
+    trusted = (ipaddress.ip_network("fe80::/10"), ipaddress.ip_network("10.0.0.0/8"))
+    scoped = "fe80::1%" + "e" * 70  # an address (with its zone) longer than the cache takes
+    xff = {"x-forwarded-for": f"1.2.3.4, {scoped}, 10.0.0.7"}
+    for _ in range(3):
+        assert client_address("10.0.0.5:1", xff, trusted) == "1.2.3.4"
+        assert client_address("8.8.8.8:1", xff, trusted) == "8.8.8.8"
+
+
 def test_decide_without_a_key_serves_loopback_only() -> None:
     access = DataAccess(None, FailureThrottle())
     assert not access.key_required
