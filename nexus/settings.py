@@ -132,9 +132,7 @@ class Settings(BaseSettings):
     # --- storage ----------------------------------------------------------------------------
     database_url: str | None = Field(None, description="PostgreSQL URL; unset starts an embedded PostgreSQL.")
     storage_enabled: bool = Field(True, description="Store requests and responses.")
-    storage_batch_size: int = Field(
-        200, ge=1, le=100_000, description="Most rows per batch write (a batch also ends at 4 MiB of bodies)."
-    )
+    storage_batch_size: int = Field(200, ge=1, le=100_000, description="Rows per batch write.")
     storage_batch_interval_ms: int = Field(50, ge=1, description="Longest a row waits before its batch is flushed, ms.")
     storage_max_queue: int = Field(
         50_000, ge=100, description="Rows held in memory per worker before new ones are refused (and counted)."

@@ -51,11 +51,11 @@ SLOW_CALL_S = 5.0
 PING_EVERY_S = 5.0
 #: What a queued record holds besides its bodies (headers, analysis, link, the record itself), roughly.
 RECORD_OVERHEAD = 4096
-#: A batch ends at this many counted bytes (`record_bytes`) even before STORAGE_BATCH_SIZE rows: a
-#: batch's COPY payloads are held while it is sent or spooled, and 200 rows of 50 KB bodies made ~10 MB
-#: per batch, twice over when the writer and the overflow thread both had one (the worker's memory peak
-#: under load). 4 MiB is ~80 such rows: a smaller bound cut the peak a little more but cost the writer
-#: thread more CPU per row (each batch is five statements; docs/storage.md, "Memory").
+#: A batch the overflow thread encodes ends at this many counted bytes (`record_bytes`) even before
+#: STORAGE_BATCH_SIZE rows: 200 rows of 50 KB bodies made ~10 MB of payloads held at once beside the
+#: writer's own batch (the worker's memory peak under load). The writer's batches are not bounded so:
+#: each of its batches costs GIL round trips with the busy event loop, and 4 MiB batches (~80 rows)
+#: made it fall behind (more rows spooled, more CPU per request; docs/storage.md, "Memory").
 BATCH_MAX_BYTES = 4 << 20
 #: Deadlock detected, serialization failure: PostgreSQL ended the transaction to let another one (another
 #: worker's batch) go on. Nothing is wrong with the batch or the database: it is sent again at once.
@@ -201,7 +201,7 @@ class StorageWriter:
             self._queue.append(record)
             self._queued_bytes += record_bytes(record)
             self.metrics.submitted += 1
-            if len(self._queue) >= self.batch_size or self._queued_bytes >= BATCH_MAX_BYTES:
+            if len(self._queue) >= self.batch_size:
                 self._cv.notify()
             if self._queued_bytes > self.max_queue_bytes:
                 self._over_cv.notify()
@@ -309,11 +309,11 @@ class StorageWriter:
         self._replay_spool()
         while True:
             with self._cv:
-                if not self._encoded and not self._batch_ready() and not self._stopping:
+                if not self._encoded and len(self._queue) < self.batch_size and not self._stopping:
                     self._cv.wait(self.interval_s)
                 encoded = self._take_encoded()
                 if encoded is None:
-                    batch = self._take()
+                    batch = self._take(None)
                 else:
                     batch = []
                 stopping = self._stopping and not self._queue and not self._encoded
@@ -339,16 +339,12 @@ class StorageWriter:
         if self._conn is not None:
             self._conn.close()
 
-    def _batch_ready(self) -> bool:
-        """A full batch waits (in rows or in bytes). Called with the queue's lock held."""
-        return len(self._queue) >= self.batch_size or self._queued_bytes >= BATCH_MAX_BYTES
-
-    def _take(self) -> list[ExchangeRecord]:
-        """The oldest waiting rows, up to STORAGE_BATCH_SIZE of them and `BATCH_MAX_BYTES` (at least
-        one row). Called with the queue's lock held."""
+    def _take(self, max_bytes: int | None) -> list[ExchangeRecord]:
+        """The oldest waiting rows, up to STORAGE_BATCH_SIZE of them and `max_bytes` of counted bytes
+        (at least one row). Called with the queue's lock held."""
         batch: list[ExchangeRecord] = []
         size = 0
-        while self._queue and len(batch) < self.batch_size and size < BATCH_MAX_BYTES:
+        while self._queue and len(batch) < self.batch_size and (max_bytes is None or size < max_bytes):
             record = self._queue.popleft()
             batch.append(record)
             size += record_bytes(record)
@@ -394,7 +390,7 @@ class StorageWriter:
                     self._over_cv.wait()
                 if self._stopping:
                     return
-                batch = self._take()
+                batch = self._take(BATCH_MAX_BYTES)
             if batch:
                 self._encode_early(batch)
 
