@@ -1,6 +1,6 @@
 """glibc's allocator, told once (before the workers fork) to give large buffers back to the system.
 
-A proxy worker handles 50 KB bodies, COPY payloads of megabytes and spool files of up to 16 MiB from
+A proxy worker handles 50 KB bodies, COPY payloads of megabytes and spool files of up to 4 MiB from
 several threads. With glibc's defaults, each thread that allocates gets an arena of its own, and the
 threshold above which a buffer is mapped on its own (and unmapped when freed) rises to the size of the
 largest buffer freed so far, up to 32 MiB: after the first big batch, every body and payload comes from

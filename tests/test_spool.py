@@ -158,6 +158,22 @@ def test_the_size_is_not_summed_for_every_append(tmp_path: Path, monkeypatch: py
     assert spool.size() == 0
 
 
+def test_a_record_appended_in_parts_is_written_as_the_joined_record(tmp_path: Path) -> None:
+    """The writer hands a batch to the spool as its parts (frame header, two COPY payloads), which are
+    written without being joined in memory first: the file holds exactly the joined record."""
+    from nexus.storage import frames
+
+    spool = Spool(tmp_path / "spool", 1 << 20)
+    spool.append([b"head", b"", b"requests" * 100, b"blobs"])
+    spool.append(b"whole")
+    (path,) = spool.pending_files()
+    assert path.read_bytes() == frames.frame(b"NXS1", b"head" + b"requests" * 100 + b"blobs") + frames.frame(
+        b"NXS1", b"whole"
+    )
+    assert list(read_records(path)) == [b"head" + b"requests" * 100 + b"blobs", b"whole"]
+    assert spool.size() == path.stat().st_size
+
+
 # --- several workers on one spool directory (PROXY_WORKERS > 1) ----------------------------------
 
 
@@ -215,15 +231,15 @@ def test_a_batch_appended_while_another_worker_claims_the_file_is_not_lost(
     owner = Spool(tmp_path, 1 << 20)
     owner.append(b"first")
     appending, go_on = threading.Event(), threading.Event()
-    real_frame = frames.frame
+    real_write = frames.write
 
-    def paused_frame(magic: bytes, payload: bytes) -> bytes:
+    def paused_write(fd: int, magic: bytes, payload: bytes) -> None:
         if payload == b"second":  # the file is open for this append: pause the append there
             appending.set()
             go_on.wait(5)
-        return real_frame(magic, payload)
+        real_write(fd, magic, payload)
 
-    monkeypatch.setattr(frames, "frame", paused_frame)
+    monkeypatch.setattr(frames, "write", paused_write)
     appender = threading.Thread(target=owner.append, args=(b"second",))
     appender.start()
     try:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import orjson
 import psycopg
+import pytest
 
 from nexus.storage.records import ExchangeRecord
 from nexus.storage.spool import Spool
@@ -150,6 +152,42 @@ def test_a_replay_yields_to_the_queue_between_records(tmp_path: Path) -> None:
     assert sent == [b"batch 0", b"batch 1"] and spool.pending_files()
     assert spool.replay(sent.append) == 2
     assert sent == [b"batch %d" % n for n in range(4)] and not spool.pending_files()
+
+
+def test_an_early_encoded_batch_ends_at_its_byte_bound(
+    migrated_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overflow thread took STORAGE_BATCH_SIZE rows at a time: with large bodies, one batch of tens
+    of MB encoded at once beside the writer's own. Its batches now end at `BATCH_MAX_BYTES` of counted
+    bytes, and every row is still stored. (Before, the ten 1 MiB rows past the bound here went as one
+    10 MiB batch.)"""
+    from nexus.storage import writer as writer_module
+
+    records = [record(i, history=2) for i in range(12)]
+    for r in records:
+        r.request_body = (r.request_body or b"")[:-1] + b',"pad":"' + b"x" * (1 << 20) + b'"}'
+    size = record_bytes(records[0])
+    built: list[tuple[str, int]] = []
+    real = writer_module.build_batch
+
+    def counting(batch, *args):  # type: ignore[no-untyped-def]
+        built.append((threading.current_thread().name, sum(record_bytes(r) for r in batch)))
+        return real(batch, *args)
+
+    monkeypatch.setattr(writer_module, "build_batch", counting)
+    writer = StorageWriter(
+        migrated_db, batch_size=200, interval_ms=20, spool=Spool(tmp_path / "spool", 64 << 20), max_queue_bytes=size
+    )
+    for r in records:  # all queued before the threads start: 11 rows past the bound
+        writer.submit(r)
+    writer.start()
+    try:
+        wait(lambda: writer.metrics.rows_written == 12, timeout_s=30)
+    finally:
+        writer.close()
+    early = [n for name, n in built if name == "nexus-storage-overflow"]
+    assert early and sum(n for _, n in built) == 12 * size
+    assert all(n < writer_module.BATCH_MAX_BYTES + size for n in early)
 
 
 def test_encoded_batches_merge_into_one_copy_with_shared_parts(migrated_db: str) -> None:

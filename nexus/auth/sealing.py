@@ -13,22 +13,47 @@ answering "invalid token".
 With `NEXUS_SECRET_KEY` unset, a single machine keeps working with no setup: a key is generated once
 into `NEXUS_HOME/secret.key` (0600) and used from then on. Every instance that shares the database must
 share the key, so several machines must set `NEXUS_SECRET_KEY` to the same value (docs/scaling.md).
+
+`cryptography` is imported when a value is first sealed or opened, not with this module: every proxy
+worker with a database loads the box, and most never open a credential, while the library's Rust
+extension is ~6 MiB of each worker's resident size (docs/storage.md, "Memory"). A key is checked
+when the box is made all the same, the way Fernet checks it (32 url-safe base64-encoded bytes).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from typing import TYPE_CHECKING
 
 from nexus.home import private_dir
 
+if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
+
 KEY_FILE = "secret.key"
+#: url-safe base64 to the standard alphabet, for `binascii`'s strict decoder.
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
+def _fernet_key(key: bytes) -> bool:
+    """Whether `Fernet(key)` accepts it, without importing `cryptography`: 32 bytes in url-safe base64
+    (padding optional, whitespace ignored; `tests/test_sealing_import.py` compares the two)."""
+    text = key.translate(None, b" \t\n\r\x0c") if isinstance(key, bytes) else b""
+    if b"+" in text or b"/" in text:
+        return False
+    if not text.endswith(b"="):
+        text += b"=" * (-len(text) % 4)
+    try:
+        return len(binascii.a2b_base64(text.translate(_URLSAFE), strict_mode=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
 
 
 class SealingError(ValueError):
@@ -51,9 +76,7 @@ class SecretBox:
         if not self.keys:
             raise SealingError("no secret key")
         for i, key in enumerate(self.keys):
-            try:
-                Fernet(key)
-            except (ValueError, TypeError):
+            if not _fernet_key(key):
                 raise SealingError(
                     f"{self.source}: key {i + 1} is not a Fernet key (32 url-safe base64-encoded bytes; "
                     "make one with `nexus credentials new-key`)"
@@ -61,6 +84,8 @@ class SecretBox:
 
     @property
     def _fernet(self) -> MultiFernet:
+        from cryptography.fernet import Fernet, MultiFernet
+
         return MultiFernet([Fernet(k) for k in self.keys])
 
     @property
@@ -76,6 +101,8 @@ class SecretBox:
         return self._fernet.encrypt(plaintext)
 
     def open(self, sealed: bytes, sealed_with: str | None = None) -> bytes:
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._fernet.decrypt(bytes(sealed))
         except InvalidToken:
@@ -88,6 +115,8 @@ class SecretBox:
 
     def rotate(self, sealed: bytes) -> bytes:
         """`sealed` re-sealed under the first key (it must open with one of the keys)."""
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._fernet.rotate(bytes(sealed))
         except InvalidToken:
@@ -95,7 +124,7 @@ class SecretBox:
 
 
 def new_key() -> str:
-    return Fernet.generate_key().decode()
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()  # what Fernet.generate_key() makes
 
 
 def parse_keys(value: str) -> tuple[bytes, ...]:

@@ -135,7 +135,11 @@ class Batch:
     blobs: bytes
 
     def pack(self) -> bytes:
-        return FRAME.pack(len(self.requests), len(self.blobs)) + self.requests + self.blobs
+        return b"".join(self.parts())
+
+    def parts(self) -> list[bytes]:
+        """`pack()` unjoined, for the spool to write without copying the payloads."""
+        return [FRAME.pack(len(self.requests), len(self.blobs)), self.requests, self.blobs]
 
     @classmethod
     def unpack(cls, payload: bytes) -> Batch:

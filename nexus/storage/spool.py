@@ -33,7 +33,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from nexus.home import private_dir
@@ -56,8 +56,9 @@ class SpoolFullError(OSError):
     """The spool reached its size bound; the batch could not be kept."""
 
 
-#: A spool file is closed and a new one started past this size: a replay reads one file into memory.
-FILE_MAX_BYTES = 16 << 20
+#: A spool file is closed and a new one started past this size: a replay holds one file's records in
+#: memory (16 MiB files were most of a worker's memory peak while it spooled and replayed under load).
+FILE_MAX_BYTES = 4 << 20
 #: How often the spool's size is summed from its files (between sums, this process's appends are added).
 SIZE_EVERY_S = 1.0
 
@@ -106,23 +107,25 @@ class Spool:
             return []
         return found
 
-    def append(self, payload: bytes) -> None:
-        """Append one record durably; raise `SpoolFullError` or `OSError` if it cannot be kept."""
+    def append(self, payload: bytes | Sequence[bytes]) -> None:
+        """Append one record durably (given whole or in parts, see `frames.write`); raise
+        `SpoolFullError` or `OSError` if it cannot be kept."""
+        size = len(payload) if isinstance(payload, bytes | bytearray | memoryview) else sum(len(p) for p in payload)
         with self._lock:
-            if self.size() + frames.HEADER.size + len(payload) > self.max_bytes:
+            if self.size() + frames.HEADER.size + size > self.max_bytes:
                 raise SpoolFullError(f"spool at {self.directory} is full ({self.max_bytes} bytes)")
             if not self.directory.is_dir():
                 private_dir(self.directory)
             try:
-                if self.active_path.stat().st_size + len(payload) > self.file_max_bytes:
+                if self.active_path.stat().st_size + size > self.file_max_bytes:
                     self._seq += 1  # files stay small enough to replay from memory one at a time
             except FileNotFoundError:
                 pass
             self._append(payload)
             if self._sized is not None:
-                self._sized = (self._sized[0], self._sized[1] + frames.HEADER.size + len(payload))
+                self._sized = (self._sized[0], self._sized[1] + frames.HEADER.size + size)
 
-    def _append(self, payload: bytes) -> None:
+    def _append(self, payload: bytes | Sequence[bytes]) -> None:
         """Append one framed record to the active file and fsync it, under the file's lock: a file
         claimed (renamed) by a replaying worker between the open and the lock is not written to (that
         worker may have read it already); the record goes to a new file instead."""
@@ -140,7 +143,7 @@ class Spool:
                     fcntl.flock(fd, fcntl.LOCK_EX)
                 if not _still_at(fd, path):
                     continue
-                os.write(fd, frames.frame(MAGIC, payload))
+                frames.write(fd, MAGIC, payload)
                 os.fsync(fd)
                 return
             finally:
@@ -171,7 +174,7 @@ class Spool:
             claimed, fd = claim
             try:  # the lock is held until the file is removed or rewritten: no other worker reads it
                 with open(fd, "rb", closefd=False) as fh:  # the file locked, whatever its name is now
-                    records = list(frames.records(fh.read(), MAGIC, claimed.name))
+                    records = list(frames.stream(fh, MAGIC, claimed.name))
                 done = 0
                 try:
                     for payload in records:

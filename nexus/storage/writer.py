@@ -51,6 +51,12 @@ SLOW_CALL_S = 5.0
 PING_EVERY_S = 5.0
 #: What a queued record holds besides its bodies (headers, analysis, link, the record itself), roughly.
 RECORD_OVERHEAD = 4096
+#: A batch the overflow thread encodes ends at this many counted bytes (`record_bytes`) even before
+#: STORAGE_BATCH_SIZE rows: 200 rows of 50 KB bodies made ~10 MB of payloads held at once beside the
+#: writer's own batch (the worker's memory peak under load). The writer's batches are not bounded so:
+#: each of its batches costs GIL round trips with the busy event loop, and 4 MiB batches (~80 rows)
+#: made it fall behind (more rows spooled, more CPU per request; docs/storage.md, "Memory").
+BATCH_MAX_BYTES = 4 << 20
 #: Deadlock detected, serialization failure: PostgreSQL ended the transaction to let another one (another
 #: worker's batch) go on. Nothing is wrong with the batch or the database: it is sent again at once.
 CONFLICTS = frozenset({"40P01", "40001"})
@@ -307,8 +313,7 @@ class StorageWriter:
                     self._cv.wait(self.interval_s)
                 encoded = self._take_encoded()
                 if encoded is None:
-                    batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
-                    self._queued_bytes -= sum(record_bytes(r) for r in batch)
+                    batch = self._take(None)
                 else:
                     batch = []
                 stopping = self._stopping and not self._queue and not self._encoded
@@ -333,6 +338,18 @@ class StorageWriter:
                 break
         if self._conn is not None:
             self._conn.close()
+
+    def _take(self, max_bytes: int | None) -> list[ExchangeRecord]:
+        """The oldest waiting rows, up to STORAGE_BATCH_SIZE of them and `max_bytes` of counted bytes
+        (at least one row). Called with the queue's lock held."""
+        batch: list[ExchangeRecord] = []
+        size = 0
+        while self._queue and len(batch) < self.batch_size and (max_bytes is None or size < max_bytes):
+            record = self._queue.popleft()
+            batch.append(record)
+            size += record_bytes(record)
+        self._queued_bytes -= size
+        return batch
 
     def _take_encoded(self) -> Encoded | None:
         """The batches the overflow thread encoded, oldest first, merged into one (up to
@@ -373,8 +390,7 @@ class StorageWriter:
                     self._over_cv.wait()
                 if self._stopping:
                     return
-                batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
-                self._queued_bytes -= sum(record_bytes(r) for r in batch)
+                batch = self._take(BATCH_MAX_BYTES)
             if batch:
                 self._encode_early(batch)
 
@@ -583,7 +599,7 @@ class StorageWriter:
 
     def _to_spool(self, batch: Batch, rows: int) -> None:
         try:
-            self.spool.append(batch.pack())
+            self.spool.append(batch.parts())
             self.metrics.spooled_batches += 1
             self.metrics.spooled_rows += rows
         except (SpoolFullError, OSError) as exc:
