@@ -210,3 +210,32 @@ def test_encoded_batches_merge_into_one_copy_with_shared_parts(migrated_db: str)
         blobs = conn.execute("SELECT count(*) FROM content_blobs").fetchone()
     assert rows == (9, 9)
     assert blobs == (5,)  # "sys" and four distinct turns, shared by both batches
+
+
+def test_a_new_batch_is_not_spooled_behind_a_replay_that_yields_to_the_queue(migrated_db: str, tmp_path: Path) -> None:
+    """With batches in the spool and the queue over its byte bound (the replay yields to it), the
+    batch in hand goes straight to the database. Before, it went to the spool behind the others, and
+    so did every later one while the traffic kept the queue near its bound: a third of the rows under
+    c=32 written to disk and read back. The spooled rows are written once the queue allows."""
+    from nexus.storage.payload import Batch
+    from nexus.storage.records import build_batch
+
+    spool = Spool(tmp_path / "spool", 64 << 20)
+    old = build_batch([record(900, 2)])
+    spool.append(Batch(old.requests, old.blobs).parts())
+    queued = [record(i, 2) for i in range(5)]
+    writer = StorageWriter(migrated_db, batch_size=10, interval_ms=20, spool=spool, max_queue_bytes=1 << 20)
+    writer.max_queue_bytes = record_bytes(queued[0])  # over the bound once two wait (below the setting's minimum)
+    for r in queued:
+        writer.submit(r)
+    writer._write_built(build_batch([record(901, 2)]), 1)  # what the writer thread does with a batch in hand
+    m = writer.metrics
+    assert m.rows_written == 1 and m.spooled_rows == 0 and spool.pending_files()
+    writer.start()
+    try:
+        wait(lambda: writer.metrics.rows_written == 7 and not spool.pending_files())
+    finally:
+        writer.close()
+    with psycopg.connect(migrated_db) as conn:
+        stored = conn.execute("SELECT count(DISTINCT request_id) FROM api_requests").fetchone()
+    assert stored == (7,)
