@@ -210,6 +210,25 @@ def _tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(10_000, 50, 100)
+    _tune_switch_interval()
+
+
+#: How long a thread that wants the GIL waits before the holder is asked to let go (CPython: 5 ms).
+SWITCH_INTERVAL_S = 0.001
+
+
+def _tune_switch_interval() -> None:
+    """Hand the GIL over after 1 ms instead of 5 (in the workers, forked from here).
+
+    A worker's storage writer and overflow thread call into libpq and the Rust encoder with the GIL
+    released, and need it back after each call; with the event loop busy serving requests each of
+    those waits lasted up to the 5 ms default, so a batch's transaction took ~3x longer beside a busy
+    thread than alone (110 vs 34 ms for 200 rows, measured with `send` into PostgreSQL), the write
+    queue backed up and rows went through the spool. Measured 2026-12-06 (two `nexus proxy`
+    instances, one with each value, wrk c=32 of the varied Claude Code corpus, 3-4 alternated rounds,
+    twice): 8% less CPU per request (966 -> 875 us, 903 -> 833 us) and 9-11% more requests/s; at c=1 the
+    median fell (2.17 -> 1.92 ms) and the p99 stayed within the rounds' spread."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 def _proxy_options(fn: Any) -> Any:
