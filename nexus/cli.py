@@ -226,8 +226,10 @@ def _tune_switch_interval() -> None:
     thread than alone (110 vs 34 ms for 200 rows, measured with `send` into PostgreSQL), the write
     queue backed up and rows went through the spool. Measured 2026-12-06 (two `nexus proxy`
     instances, one with each value, wrk c=32 of the varied Claude Code corpus, 3-4 alternated rounds,
-    twice): 8% less CPU per request (966 -> 875 us, 903 -> 833 us) and 9-11% more requests/s; at c=1 the
-    median fell (2.17 -> 1.92 ms) and the p99 stayed within the rounds' spread."""
+    twice): 8% less CPU per request (966 -> 875 us, 903 -> 833 us) and 9-11% more requests/s. At c=1
+    (two runs, 4-5 rounds) the latency stayed within the rounds' spread either way (p50 2.17 -> 1.92 ms
+    in one, 1.38 -> 1.48 ms in the other), and the CPU per request was ~10% higher in the second (an idle
+    worker switches more often): the saturated case is the one the setting is for."""
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
