@@ -47,7 +47,6 @@ from bench.harness import phases, report
 from bench.harness.phases import Side
 from bench.harness.procs import (
     Proc,
-    bench_database,
     descendants,
     floor_command,
     memory_mib,
@@ -55,9 +54,9 @@ from bench.harness.procs import (
     plan_layout,
     proxy_command,
     server,
-    upstream_command,
 )
-from bench.harness.tools import Corpus, Tools, build_loadgen
+from bench.harness.stack import bench_stack
+from bench.harness.tools import Corpus, Tools
 from nexus import __version__
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -123,23 +122,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         home = Path(tmp)
         corpus = write_corpus(home, args.sessions)
         print(f"corpus: {args.sessions} Claude Code sessions, bodies 40-60 KiB, in {home}", flush=True)
-        with bench_database(args.database_url, home / "postgres", layout.database) as (dsn, pm):
-            loadgen = build_loadgen()
-            up_cmd, up_health = upstream_command(args.upstream, loadgen, layout.upstream)
-            with server(up_cmd, up_health) as upstream:
-                env = {
-                    "CLAUDE_API_BASE_URL": upstream.url,
-                    "DATABASE_URL": dsn,
-                    "NEXUS_HOME": str(home),
-                    "STORAGE_ENABLED": "true",
-                    "PROXY_WORKERS": str(args.workers),
-                    **dict(kv.split("=", 1) for kv in args.env),
-                }
-                px_cmd, px_env = proxy_command(layout.proxy)
-                with server(px_cmd, "/health", env={**env, **px_env}) as proxy:
-                    if pm is not None:
-                        pin_tree(pm, layout.database)  # backends forked since the first pinning
-                    return measure(args, layout, corpus, upstream, proxy, pm, dsn)
+        with bench_stack(args.database_url, home, layout, args.upstream) as stack:
+            env = {
+                **stack.proxy_env(args.workers),
+                "STORAGE_ENABLED": "true",
+                **dict(kv.split("=", 1) for kv in args.env),
+            }
+            px_cmd, px_env = proxy_command(layout.proxy)
+            with server(px_cmd, "/health", env={**env, **px_env}) as proxy:
+                if stack.postmaster is not None:
+                    pin_tree(stack.postmaster, layout.database)  # backends forked since the first pinning
+                return measure(args, layout, corpus, stack.upstream, proxy, stack.postmaster, stack.dsn)
 
 
 def measure(

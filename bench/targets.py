@@ -40,7 +40,6 @@ import psycopg
 from bench import traffic
 from bench.harness.procs import (
     Proc,
-    bench_database,
     descendants,
     floor_command,
     memory_mib,
@@ -48,9 +47,9 @@ from bench.harness.procs import (
     plan_layout,
     proxy_command,
     server,
-    upstream_command,
 )
-from bench.harness.tools import Tools, build_loadgen
+from bench.harness.stack import bench_stack
+from bench.harness.tools import Tools
 from bench.overhead import RESULTS, health, stored_rows, versions, write_corpus
 
 #: The issue's targets (docs: bench/README.md, "Issue 13's targets").
@@ -110,26 +109,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         corpus = write_corpus(home, args.sessions)
         body = home / "same-body.json"
         body.write_bytes(traffic.one_body(stream=False, seed=7))
-        with bench_database(args.database_url, home / "postgres", layout.database) as (dsn, pm):
-            loadgen = build_loadgen()
-            up_cmd, up_health = upstream_command("mock", loadgen, layout.upstream)
-            with server(up_cmd, up_health) as upstream:
-                env = {
-                    "CLAUDE_API_BASE_URL": upstream.url,
-                    "DATABASE_URL": dsn,
-                    "NEXUS_HOME": str(home),
-                    "PROXY_WORKERS": str(args.workers),
-                    **dict(kv.split("=", 1) for kv in args.env),
-                }
-                px_cmd, px_env = proxy_command(layout.proxy)
-                floor_cmd, floor_env = floor_command(upstream.url, layout.proxy)
-                with (
-                    server(px_cmd, "/health", env={**env, **px_env}) as nexus,
-                    server(floor_cmd, "/health", env=floor_env) as floor,
-                ):
-                    if pm is not None:
-                        pin_tree(pm, layout.database)
-                    return measure(args, layout, corpus, body, {"floor": floor, "nexus": nexus}, upstream, pm, dsn)
+        with bench_stack(args.database_url, home, layout) as stack:
+            env = stack.proxy_env(args.workers, args.env)
+            px_cmd, px_env = proxy_command(layout.proxy)
+            floor_cmd, floor_env = floor_command(stack.upstream.url, layout.proxy)
+            with (
+                server(px_cmd, "/health", env={**env, **px_env}) as nexus,
+                server(floor_cmd, "/health", env=floor_env) as floor,
+            ):
+                if stack.postmaster is not None:
+                    pin_tree(stack.postmaster, layout.database)
+                procs = {"floor": floor, "nexus": nexus}
+                return measure(args, layout, corpus, body, procs, stack.upstream, stack.postmaster, stack.dsn)
 
 
 def measure(

@@ -28,15 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness.procs import (
-    bench_database,
     descendants,
     memory_mib,
     plan_layout,
     proxy_command,
     server,
-    upstream_command,
 )
-from bench.harness.tools import Tools, build_loadgen
+from bench.harness.stack import bench_stack
+from bench.harness.tools import Tools
 from bench.overhead import health, write_corpus
 
 HERE = Path(__file__).resolve().parent
@@ -117,67 +116,62 @@ def main() -> None:
         probe = home / "probe"
         probe.mkdir()
         shim = build_shim(home)
-        with bench_database(None, home / "postgres", layout.database) as (dsn, _pm):
-            up_cmd, up_health = upstream_command("mock", build_loadgen(), layout.upstream)
-            with server(up_cmd, up_health) as upstream:
-                env = {
-                    "CLAUDE_API_BASE_URL": upstream.url,
-                    "DATABASE_URL": dsn,
-                    "NEXUS_HOME": str(home),
-                    "PROXY_WORKERS": "1",
-                    "NEXUS_MEMPROBE": str(probe),
-                    "PYTHONPATH": str(HERE / "site"),
-                    **({"LD_PRELOAD": str(shim), "MMAPLOG_DIR": str(probe)} if shim else {}),
-                    **dict(kv.split("=", 1) for kv in args.env),
-                }
-                px_cmd, px_env = proxy_command(layout.proxy)
-                with server(px_cmd, "/health", env={**env, **px_env}) as nexus:
-                    time.sleep(2)
-                    worker = max(descendants(nexus.proc.pid), key=lambda pid: memory_mib([pid])[0])
-                    show("idle worker", worker, probe)
-                    highest: dict[str, Any] = {"rss": 0.0, "owners": {}}
-                    stop = threading.Event()
+        with bench_stack(None, home, layout) as stack:
+            env = {
+                **stack.proxy_env(1),
+                "NEXUS_MEMPROBE": str(probe),
+                "PYTHONPATH": str(HERE / "site"),
+                **({"LD_PRELOAD": str(shim), "MMAPLOG_DIR": str(probe)} if shim else {}),
+                **dict(kv.split("=", 1) for kv in args.env),
+            }
+            px_cmd, px_env = proxy_command(layout.proxy)
+            with server(px_cmd, "/health", env={**env, **px_env}) as nexus:
+                time.sleep(2)
+                worker = max(descendants(nexus.proc.pid), key=lambda pid: memory_mib([pid])[0])
+                show("idle worker", worker, probe)
+                highest: dict[str, Any] = {"rss": 0.0, "owners": {}}
+                stop = threading.Event()
 
-                    def sample() -> None:
-                        while not stop.wait(0.2):
-                            try:
-                                rss = memory_mib([worker])[0]
-                                if rss > highest["rss"]:
-                                    highest.update(rss=rss, owners=by_owner(worker, owner_of(probe, worker)))
-                            except (OSError, ValueError):
-                                pass
+                def sample() -> None:
+                    while not stop.wait(0.2):
+                        try:
+                            rss = memory_mib([worker])[0]
+                            if rss > highest["rss"]:
+                                highest.update(rss=rss, owners=by_owner(worker, owner_of(probe, worker)))
+                        except (OSError, ValueError):
+                            pass
 
-                    sampler = threading.Thread(target=sample, daemon=True)
-                    sampler.start()
-                    tools = Tools(corpus, layout.loadgen, lambda: {"proxy": nexus.pids()})
-                    tools.wrk_run(nexus.url, connections=8, seconds=2)
-                    r = tools.wrk_run(nexus.url, connections=32, seconds=args.seconds)
-                    stop.set()
-                    sampler.join()
-                    cpu_us = r["meter"].cpu.get("proxy", 0.0) / max(1, r["requests"]) * 1e6
-                    busy = r["meter"].foreign
-                    print(f"load: {r['rps']:.0f} req/s, {cpu_us:.0f} us CPU a request, other work {busy:.2f} cores")
-                    print(f"== highest sampled resident size: {highest['rss']:.0f} MiB")
-                    for name, mib in highest["owners"].items():
-                        print(f"   {mib:6.1f} MiB  {name}")
-                    show("right after the load", worker, probe)
-                    time.sleep(3)
-                    show("3 s later", worker, probe)
-                    st = health(nexus.url).get("storage", {})
-                    print(
-                        "storage:",
-                        {k: st.get(k) for k in ("rows_written", "queue_depth", "overflow_rows", "spooled_batches")},
-                    )
-                    for log in sorted(probe.glob(f"{worker}.mallinfo")):
-                        lines = log.read_text().splitlines()
-                        most = max(lines, key=lambda line: int(re.search(r"arena=(\d+)", line).group(1)))
-                        print(f"glibc at its largest: {most.split(' ', 1)[1]}; last: {lines[-1].split(' ', 1)[1]}")
-                    xml = probe / f"{worker}.malloc_info.xml"
-                    if xml.exists():
-                        tail = re.findall(r'<total type="mmap" count="(\d+)" size="(\d+)"/>', xml.read_text())
-                        if tail:
-                            count, size = tail[-1]
-                            print(f"glibc's mmapped chunks at its largest: {count}, {int(size) / 2**20:.0f} MiB")
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                tools = Tools(corpus, layout.loadgen, lambda: {"proxy": nexus.pids()})
+                tools.wrk_run(nexus.url, connections=8, seconds=2)
+                r = tools.wrk_run(nexus.url, connections=32, seconds=args.seconds)
+                stop.set()
+                sampler.join()
+                cpu_us = r["meter"].cpu.get("proxy", 0.0) / max(1, r["requests"]) * 1e6
+                busy = r["meter"].foreign
+                print(f"load: {r['rps']:.0f} req/s, {cpu_us:.0f} us CPU a request, other work {busy:.2f} cores")
+                print(f"== highest sampled resident size: {highest['rss']:.0f} MiB")
+                for name, mib in highest["owners"].items():
+                    print(f"   {mib:6.1f} MiB  {name}")
+                show("right after the load", worker, probe)
+                time.sleep(3)
+                show("3 s later", worker, probe)
+                st = health(nexus.url).get("storage", {})
+                print(
+                    "storage:",
+                    {k: st.get(k) for k in ("rows_written", "queue_depth", "overflow_rows", "spooled_batches")},
+                )
+                for log in sorted(probe.glob(f"{worker}.mallinfo")):
+                    lines = log.read_text().splitlines()
+                    most = max(lines, key=lambda line: int(re.search(r"arena=(\d+)", line).group(1)))
+                    print(f"glibc at its largest: {most.split(' ', 1)[1]}; last: {lines[-1].split(' ', 1)[1]}")
+                xml = probe / f"{worker}.malloc_info.xml"
+                if xml.exists():
+                    tail = re.findall(r'<total type="mmap" count="(\d+)" size="(\d+)"/>', xml.read_text())
+                    if tail:
+                        count, size = tail[-1]
+                        print(f"glibc's mmapped chunks at its largest: {count}, {int(size) / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":
