@@ -217,9 +217,8 @@ def _stored(dsn: str) -> int:
 
 
 # Failed twice in ~45 runs under load (subagent_foreground linked apart): a reply relayed before its decision
-# committed (fixed 2026-12-06, tests/test_linking_shared.py reproduces it); 4/4 under load since. Kept out of
-# `make test` (-m stress) until more runs say it is steady.
-@pytest.mark.stress
+# committed (fixed 2026-12-06, tests/test_linking_shared.py reproduces it); 10/10 since (idle and under load),
+# so back in `make test`.
 @pytest.mark.timeout(240)
 def test_sessions_sent_concurrently_through_two_instances_with_a_restart_link_as_one_worker(
     upstream_url: str, migrated_db: str, tmp_path: Path, fake: FakeControl
