@@ -257,22 +257,7 @@ class Linker:
             ):
                 self.index.move(entry, link.parent_request_id, link.parent_task_request_id)
             return
-        self.index.add(
-            Entry(
-                req.request_id,
-                req.project,
-                req.timestamp,
-                req.request_type,
-                link.current_hash,
-                link.conversation_id,
-                link.branch_id,
-                link.parent_request_id,
-                link.is_subtask,
-                link.parent_task_request_id,
-                req.session,
-                req.agent_id,
-            )
-        )
+        self.index.add(Entry(*decided_fields(req, link)))
 
     def complete(self, request_id: str, ok: bool, message: Any) -> list[bytes]:
         """`complete_reply` for a reply held as a parsed message (a replay, generated data), read by
@@ -312,6 +297,25 @@ class Linker:
                     )
                 )
         return keys
+
+
+def decided_fields(req: LinkRequest, link: Link) -> tuple[Any, ...]:
+    """A decided request as the index's `Entry` holds it, field by field (the shared tables' row is the
+    same, its timestamp as a datetime: `shared.py`)."""
+    return (
+        req.request_id,
+        req.project,
+        req.timestamp,
+        req.request_type,
+        link.current_hash,
+        link.conversation_id,
+        link.branch_id,
+        link.parent_request_id,
+        link.is_subtask,
+        link.parent_task_request_id,
+        req.session,
+        req.agent_id,
+    )
 
 
 def spawned_prompts(message: dict[str, Any]) -> list[tuple[str, str]]:

@@ -51,7 +51,7 @@ from nexus.conversations import repository
 from nexus.conversations.classify import COMPACTION, LINKED_TYPES, MAIN, SUBAGENT
 from nexus.conversations.index import FAILED, OK, PENDING, Compaction, Entry, Invocation, LinkIndex
 from nexus.conversations.lease import SHARED, SOLO, SoloLease
-from nexus.conversations.linker import HASH, Link, Linker, LinkRequest
+from nexus.conversations.linker import HASH, Link, Linker, LinkRequest, decided_fields
 from nexus.conversations.service import ConversationService
 from nexus.conversations.solo import SHARED_EVERY_S as SOLO_SHARED_EVERY_S
 from nexus.conversations.solo import SoloLog
@@ -380,20 +380,8 @@ class SharedConversationService(ConversationService):
         if link.evidence == "new" and link.missed:  # nothing shared: rows older than these tables
             if await self._load_stored(conn, req, linker.index):
                 link = linker.decide(now)
-        row = (
-            req.request_id,
-            req.project,
-            _at(req.timestamp),
-            req.request_type,
-            link.current_hash,
-            link.conversation_id,
-            link.branch_id,
-            link.parent_request_id,
-            link.is_subtask,
-            link.parent_task_request_id,
-            req.session,
-            req.agent_id,
-        )
+        fields = decided_fields(req, link)
+        row = (*fields[:2], _at(req.timestamp), *fields[3:])
         if link.evidence == "subtask" and link.conversation_id is not None:  # the row lock orders numbers
             async with conn.transaction():  # the number, the claim and the row together
                 cur = await conn.execute(NEXT_SUBTASK, (link.conversation_id,))
