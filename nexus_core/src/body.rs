@@ -79,13 +79,23 @@ pub fn split_body_with<'a, V: FieldVisitor<'a>>(
     visitor: &mut V,
 ) -> Result<SplitBody<'a>, NexusError> {
     let text = std::str::from_utf8(body).map_err(|_| invalid("request body is not valid UTF-8"))?;
-    let object: indexmap_like::RawObject<'_> = serde_json::from_str(text).map_err(|e| {
-        if e.classify() == serde_json::error::Category::Data {
-            invalid("request body must be a JSON object")
-        } else {
-            invalid(format!("request body is not valid JSON: {e}"))
-        }
-    })?;
+    let read = |lists| {
+        indexmap_like::read(text, lists).map_err(|e| {
+            if e.classify() == serde_json::error::Category::Data {
+                invalid("request body must be a JSON object")
+            } else {
+                invalid(format!("request body is not valid JSON: {e}"))
+            }
+        })
+    };
+    let mut object = read(true)?;
+    if object
+        .0
+        .iter()
+        .any(|(_, v)| matches!(v, indexmap_like::Field::NotList))
+    {
+        object = read(false)?;
+    }
     let mut split = SplitBody {
         envelope: Vec::with_capacity(256),
         system_key: None,
@@ -101,7 +111,22 @@ pub fn split_body_with<'a, V: FieldVisitor<'a>>(
     };
     split.envelope.push(b'{');
     let mut first = true;
-    for (name, raw) in object.0 {
+    for (name, value) in object.0 {
+        let raw = match value {
+            // A `messages` list was read element by element in the same pass (no second parse).
+            indexmap_like::Field::List(items) if name == "messages" => {
+                let keys = items
+                    .iter()
+                    .map(|m| split.add(&mut seen, PartKind::Message, span(m)))
+                    .collect();
+                split.message_keys = Some(keys);
+                visitor.messages(&items)?;
+                continue;
+            }
+            indexmap_like::Field::Raw(raw) => raw,
+            // Read with `lists` only as `messages`, and a `NotList` made the body be read again.
+            _ => unreachable!("a list read as a field other than messages"),
+        };
         match name.as_ref() {
             "system" => {
                 split.system_key = Some(split.add(&mut seen, PartKind::System, span(raw)));
@@ -113,6 +138,8 @@ pub fn split_body_with<'a, V: FieldVisitor<'a>>(
                 visitor.field(&name, raw)?;
                 continue;
             }
+            // Read again without lists (a `messages` that is not one is in the body): a list here
+            // still splits, whatever else another copy of the field held.
             "messages" => {
                 if let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
                     let keys = items
@@ -186,31 +213,107 @@ pub fn join_body(
 }
 
 mod indexmap_like {
-    //! A top-level JSON object read as an ordered list of (name, raw value), duplicates kept.
-    use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+    //! A top-level JSON object read as an ordered list of (name, value), duplicates kept, in one pass:
+    //! a `messages` array is read as its raw elements right away, every other value as raw bytes.
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
     use serde_json::value::RawValue;
     use std::borrow::Cow;
     use std::fmt;
 
-    pub struct RawObject<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
+    pub enum Field<'a> {
+        Raw(&'a RawValue),
+        /// The elements of a `messages` array.
+        List(Vec<&'a RawValue>),
+        /// A `messages` that is not an array: its bytes were not kept (see [`read`]).
+        NotList,
+    }
 
-    impl<'de> Deserialize<'de> for RawObject<'de> {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = RawObject<'de>;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a JSON object")
-                }
-                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                    let mut out = Vec::new();
-                    while let Some((k, v)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-                        out.push((k, v));
-                    }
-                    Ok(RawObject(out))
-                }
+    pub struct RawObject<'a>(pub Vec<(Cow<'a, str>, Field<'a>)>);
+
+    /// Read the object; with `lists`, a `messages` array as its elements. serde_json cannot give back
+    /// the bytes of a value it started to read as an array, so a `messages` that turns out not to be
+    /// one reads as `NotList`, and the caller reads the body again without `lists` (a rare, refused
+    /// shape: the common one costs one pass over the messages instead of two).
+    pub fn read(text: &str, lists: bool) -> Result<RawObject<'_>, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let object = Object { lists }.deserialize(&mut de)?;
+        de.end()?;
+        Ok(object)
+    }
+
+    struct Object {
+        lists: bool,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Object {
+        type Value = RawObject<'de>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Object {
+        type Value = RawObject<'de>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                let v = if self.lists && k == "messages" {
+                    map.next_value_seed(Elements)?
+                } else {
+                    Field::Raw(map.next_value::<&'de RawValue>()?)
+                };
+                out.push((k, v));
             }
-            d.deserialize_map(V)
+            Ok(RawObject(out))
+        }
+    }
+
+    /// A `messages` value: an array's raw elements, or `NotList` (skipped) for anything else.
+    struct Elements;
+
+    impl<'de> DeserializeSeed<'de> for Elements {
+        type Value = Field<'de>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Elements {
+        type Value = Field<'de>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(16));
+            while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                out.push(item);
+            }
+            Ok(Field::List(out))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Field::NotList)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Field::NotList)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Field::NotList)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Field::NotList)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Field::NotList)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Field::NotList)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Field::NotList)
         }
     }
 }
@@ -259,6 +362,30 @@ mod tests {
         let split = split_body(br#"{"messages":{"oops":1}}"#).unwrap();
         assert_eq!(split.message_keys, None);
         assert_eq!(split.envelope, br#"{"messages":{"oops":1}}"#);
+        for other in [
+            r#""text""#,
+            "1",
+            "-2.5",
+            "true",
+            "null",
+            r#"{"a":[1,{"b":"c"}]}"#,
+        ] {
+            let body = format!(r#"{{"model":"m","messages":{other},"x":1}}"#);
+            let split = split_body(body.as_bytes()).unwrap();
+            assert_eq!(split.message_keys, None, "{body}");
+            let expected = format!(r#"{{"model":"m","messages":{other},"x":1}}"#);
+            assert_eq!(split.envelope, expected.as_bytes());
+        }
+        // A list and another copy that is not one: the list splits, the other stays in the envelope
+        // (as when every field was read raw).
+        for body in [
+            r#"{"messages":[{"role":"user","content":"hi"}],"messages":"x"}"#,
+            r#"{"messages":"x","messages":[{"role":"user","content":"hi"}]}"#,
+        ] {
+            let split = split_body(body.as_bytes()).unwrap();
+            assert_eq!(split.message_keys.as_ref().map(Vec::len), Some(1), "{body}");
+            assert_eq!(split.envelope, br#"{"messages":"x"}"#);
+        }
         assert!(split_body(b"[1]").is_err());
         assert!(split_body(b"{").is_err());
         assert!(split_body(b"\xff").is_err());

@@ -145,7 +145,8 @@ impl<'a> FieldVisitor<'a> for Collector {
         let mut seen_uses: HashSet<Cow<'a, str>> = HashSet::new();
         let mut seen_results: HashSet<Cow<'a, str>> = HashSet::new();
         let mut first_user: Option<String> = None;
-        let mut last_user: Option<String> = None;
+        // The last user message's blocks, joined once at the end (not a join per user message).
+        let mut last_user: Option<Vec<Block<'a>>> = None;
         for raw in items {
             let Ok(LMessage(Some((role, content)))) =
                 serde_json::from_str::<LMessage<'a>>(raw.get())
@@ -180,11 +181,10 @@ impl<'a> FieldVisitor<'a> for Collector {
                 .push(hasher.digest128().to_be_bytes());
             self.facts.kept_roles.push(role);
             if role == b'u' {
-                let text = joined_text(&blocks);
                 if first_user.is_none() {
-                    first_user = Some(text.clone());
+                    first_user = Some(joined_text(&blocks));
                 }
-                last_user = Some(text);
+                last_user = Some(blocks);
             }
         }
         if let Some(text) = first_user {
@@ -194,8 +194,8 @@ impl<'a> FieldVisitor<'a> for Collector {
                 self.facts.continuation_text = Some(text);
             }
         }
-        if let Some(text) = last_user {
-            self.facts.last_user_head = head(&text, HEAD_BYTES).to_owned();
+        if let Some(blocks) = last_user {
+            self.facts.last_user_head = head(&joined_text(&blocks), HEAD_BYTES).to_owned();
         }
         Ok(())
     }
@@ -252,7 +252,7 @@ impl Collector {
 
 /// A normalised block.
 enum Block<'a> {
-    Text(String),
+    Text(Cow<'a, str>),
     ToolUse {
         id: Cow<'a, str>,
         name: Cow<'a, str>,
@@ -317,16 +317,24 @@ impl Block<'_> {
     }
 }
 
-fn text_block(text: &str) -> Option<Block<'static>> {
-    let normalized = normalize_text(text);
-    (!normalized.is_empty()).then(|| Block::Text(normalized.into_owned()))
+/// A text block, or None when nothing is left after normalisation. The string the parser gave is
+/// kept as it is when normalisation leaves it whole (most texts): no copy per block.
+fn text_block(text: Cow<'_, str>) -> Option<Block<'_>> {
+    let normalized = match text {
+        Cow::Borrowed(s) => normalize_text(s),
+        Cow::Owned(s) => match normalize_text(&s) {
+            Cow::Borrowed(n) if n.len() == s.len() => Cow::Owned(s),
+            other => Cow::Owned(other.into_owned()),
+        },
+    };
+    (!normalized.is_empty()).then_some(Block::Text(normalized))
 }
 
 /// Normalised blocks of a message's `content` (a string is one text block).
 fn content_blocks(content: Content<'_>) -> Vec<Block<'_>> {
     match content {
         Content::Absent => Vec::new(),
-        Content::Text(text) => text_block(&text).into_iter().collect(),
+        Content::Text(text) => text_block(text).into_iter().collect(),
         Content::Blocks(blocks) => blocks.into_iter().filter_map(|b| block(b, true)).collect(),
         Content::Invalid => vec![Block::Other(Cow::Borrowed("invalid"))],
     }
@@ -349,7 +357,7 @@ fn block(raw: LBlock<'_>, top: bool) -> Option<Block<'_>> {
     } = *fields;
     let kind = kind.unwrap_or(Cow::Borrowed(""));
     match kind.as_ref() {
-        "text" => text_block(text.as_deref().unwrap_or_default()),
+        "text" => text_block(text.unwrap_or_default()),
         "thinking" | "redacted_thinking" => None,
         "tool_use" | "server_tool_use" | "mcp_tool_use" if top => {
             let id = id.unwrap_or_default();
@@ -369,7 +377,7 @@ fn block(raw: LBlock<'_>, top: bool) -> Option<Block<'_>> {
         "tool_result" if top => {
             let items = match content {
                 None | Some(Content::Absent) => Vec::new(),
-                Some(Content::Text(text)) => text_block(&text).into_iter().collect(),
+                Some(Content::Text(text)) => text_block(text).into_iter().collect(),
                 Some(Content::Blocks(items)) => {
                     items.into_iter().filter_map(|i| block(i, false)).collect()
                 }
@@ -417,7 +425,7 @@ fn joined_text(blocks: &[Block<'_>]) -> String {
     let texts: Vec<&str> = blocks
         .iter()
         .filter_map(|b| match b {
-            Block::Text(t) => Some(t.as_str()),
+            Block::Text(t) => Some(t.as_ref()),
             _ => None,
         })
         .collect();
