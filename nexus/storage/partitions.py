@@ -7,12 +7,51 @@ it. Rows for a day with no partition land in the DEFAULT partition, so nothing i
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 from psycopg import sql
 
 log = logging.getLogger("nexus.storage")
+
+#: The session-level advisory lock held by the one process doing the hourly upkeep ("nexus_up"): every
+#: proxy worker of every machine sharing the database schedules it, and the others skip it meanwhile.
+UPKEEP_LOCK_KEY = 0x6E657875735F7570
+
+
+@dataclass(slots=True)
+class Upkeep:
+    """What one run of `upkeep` did."""
+
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    pruned: int = 0
+
+
+def upkeep(conn: psycopg.Connection, retention_days: int, link_days: int, today: date | None = None) -> Upkeep | None:
+    """The hourly upkeep (partitions for the coming days, retention, the shared linking tables' look-back
+    window) unless another process is doing it right now: then None at once, without waiting.
+
+    `conn` must be in autocommit mode. The lock is session-level (`pg_try_advisory_lock`), not held by a
+    transaction: each partition is still created and dropped in a transaction of its own, so a DROP's
+    lock on `api_requests` is not kept for the whole upkeep; it is released before returning, also after
+    a failure (a connection that broke releases it by ending its session).
+    """
+    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (UPKEEP_LOCK_KEY,)).fetchone()[0]:  # type: ignore[index]
+        log.debug("upkeep skipped: another process is doing it")
+        return None
+    try:
+        done = Upkeep(created=ensure_partitions(conn, today=today))
+        done.dropped = drop_expired_partitions(conn, retention_days, today)
+        if link_days:
+            from nexus.conversations.shared import prune  # not at import: conversations imports storage
+
+            done.pruned = prune(conn, link_days)
+        return done
+    finally:
+        if not conn.closed and not conn.broken:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (UPKEEP_LOCK_KEY,))
 
 
 def partition_name(day: date) -> str:
