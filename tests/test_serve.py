@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from tests.harness.servers import free_port, stop, wait_until_healthy
 from tests.helpers import wait_for
@@ -90,6 +91,13 @@ def test_serve_runs_both_and_stops_both_on_sigterm(tmp_path: Path, upstream_url:
     assert proc.wait(45) == 0
     assert not _alive(pids["proxy"]) and not _alive(pids["dashboard"])
     assert _refused(proxy + "/health") and _refused(dashboard + "/health")
+    # one last line says it stopped, and where the data stays (not the database's password)
+    last = log.read_text().strip().splitlines()[-1]
+    info = conninfo_to_dict(migrated_db)
+    database = f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info['dbname']}"
+    kept = f"NEXUS_HOME={tmp_path}; database: {database} (DATABASE_URL)"
+    assert last == f"nexus serve: stopped on SIGTERM; data kept: {kept}"
+    assert not info.get("password") or str(info["password"]) not in log.read_text()
 
 
 def test_serve_runs_the_analysis_worker_when_enabled(tmp_path: Path, upstream_url: str, migrated_db: str) -> None:
