@@ -5,8 +5,9 @@ Each child runs in its own session, so a Ctrl-C in the terminal reaches only thi
 then sends SIGTERM to each child's main PID (never to a process group: Granian's shutdown can hang
 when its workers are signalled directly). If either child dies, the other is stopped and `serve`
 exits non-zero, so a container or service manager sees the failure and restarts the whole gateway.
-On Linux the children also get SIGTERM if the supervisor itself is killed. When it stops, it says so in
-one line, with where the data is kept (NEXUS_HOME, the database).
+On Linux the children also get SIGTERM if the supervisor itself is killed. Its first line says where the
+data lives (NEXUS_HOME, the database: every checkout shares the default NEXUS_HOME, so its embedded
+database), and its last line, when it stops, says so again.
 """
 
 from __future__ import annotations
@@ -106,12 +107,11 @@ def serve_all(settings: Settings) -> int:
     url = settings.database_url
     stop_embedded = None
     embedded = settings.storage_enabled and url is None
+    _say(f"nexus serve: {where_data_lives(settings, embedded)}")
     if embedded:
         from nexus.storage.embedded import start_embedded
 
-        data_dir = settings.nexus_home / "postgres"
-        url, stop_embedded = start_embedded(data_dir)
-        _say(f"embedded PostgreSQL with its data in {data_dir}")
+        url, stop_embedded = start_embedded(settings.nexus_home / "postgres")
         env["DATABASE_URL"] = url
         if settings.link_shared == "auto" and settings.proxy_workers == 1:
             # one process uses this database: its memory sees every request, and nothing else will ever
