@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -81,3 +81,40 @@ def test_upkeep_releases_its_lock_after_a_failure(migrated_db: str, monkeypatch:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             upkeep(conn, retention_days=30, link_days=0)
         assert other.execute("SELECT pg_try_advisory_lock(%s)", (UPKEEP_LOCK_KEY,)).fetchone()[0]  # type: ignore[index]
+
+
+def test_a_worker_skips_the_upkeep_another_did_within_the_period(migrated_db: str, tmp_path: Path) -> None:
+    """Workers' hours are not aligned: the one that comes later in the hour finds the upkeep done (with the
+    same settings) and skips it; it runs again once the period has passed, or for other settings."""
+    ahead = partition_name(datetime.now(UTC).date() + timedelta(days=7))
+    writers = [
+        StorageWriter(migrated_db, batch_size=10, interval_ms=20, spool=Spool(tmp_path / n, 1 << 20), retention_days=d)
+        for n, d in (("a", 30), ("b", 30), ("c", 60))
+    ]
+    try:
+        with psycopg.connect(migrated_db, autocommit=True) as conn:
+            writers[0]._maintain()
+            assert conn.execute("SELECT name FROM nexus_upkeep").fetchall() == [("hourly retention=30 links=0",)]
+            conn.execute(f'DROP TABLE "{ahead}"')
+            writers[1]._maintain()  # done a moment ago: skipped
+            assert conn.execute("SELECT to_regclass(%s)", (ahead,)).fetchone() == (None,)
+            writers[2]._maintain()  # other settings (another retention): done
+            assert conn.execute("SELECT to_regclass(%s)", (ahead,)).fetchone() != (None,)
+            conn.execute(f'DROP TABLE "{ahead}"')
+            conn.execute("UPDATE nexus_upkeep SET done_at = now() - interval '56 minutes'")
+            writers[1]._maintained_at = float("-inf")  # its hour has come again
+            writers[1]._maintain()
+            assert conn.execute("SELECT to_regclass(%s)", (ahead,)).fetchone() != (None,)
+    finally:
+        for writer in writers:
+            if writer._conn is not None:
+                writer._conn.close()
+
+
+def test_the_upkeep_runs_without_migration_0018(migrated_db: str) -> None:
+    """A database that lacks the `nexus_upkeep` table (migration pending): every worker does the upkeep,
+    as before the table existed."""
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute("DROP TABLE nexus_upkeep")
+        for _ in range(2):
+            assert upkeep(conn, retention_days=0, link_days=0, every_s=3300) is not None

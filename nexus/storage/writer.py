@@ -35,7 +35,7 @@ from nexus.storage import quarantine
 from nexus.storage.failures import OUTAGE, UNKNOWN, classify, describe
 from nexus.storage.isolate import isolate
 from nexus.storage.migrate import pending_migrations
-from nexus.storage.partitions import upkeep
+from nexus.storage.partitions import UPKEEP_EVERY_S, upkeep
 from nexus.storage.payload import STAGE_SQL, Batch, merge_copy, send
 from nexus.storage.records import BuiltBatch, ExchangeRecord, build_batch
 from nexus.storage.spool import Spool, SpoolFullError
@@ -566,8 +566,9 @@ class StorageWriter:
 
     def _maintain(self) -> None:
         """Hourly, when idle: partitions for the coming days, retention by dropping old days (skipped
-        while another worker or machine on the same database does it: `partitions.upkeep`), and a fresh
-        count of the quarantine (rows retried or dropped by `nexus storage quarantine`)."""
+        while another worker or machine on the same database does it, or did it in the last 55 minutes:
+        `partitions.upkeep`), and a fresh count of the quarantine (rows retried or dropped by `nexus
+        storage quarantine`)."""
         if time.monotonic() - self._maintained_at < 3600:
             return
         self._maintained_at = time.monotonic()
@@ -576,7 +577,7 @@ class StorageWriter:
             conn.autocommit = True
             try:
                 with self._watchdog.guard(conn):
-                    done = upkeep(conn, self.retention_days, self.link_days)
+                    done = upkeep(conn, self.retention_days, self.link_days, every_s=UPKEEP_EVERY_S)
             finally:
                 if not conn.closed:
                     conn.autocommit = False
