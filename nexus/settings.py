@@ -165,7 +165,11 @@ class Settings(BaseSettings):
     storage_spool_max_bytes: int = Field(
         1024 * MIB, ge=MIB, description="Disk bound of the spool that keeps batches while the database is away."
     )
-    nexus_home: Path = Field(Path("~/.local/share/nexus"), description="Local state: embedded database, spool.")
+    nexus_home: Path = Field(
+        Path("~/.local/share/nexus"),
+        description="Local state: embedded database, spool. Every install of the same user shares the default; "
+        "set it per install to keep them apart.",
+    )
 
     # --- conversation tracking ----------------------------------------------------------------
     link_index_size: int = Field(

@@ -5,7 +5,9 @@ Each child runs in its own session, so a Ctrl-C in the terminal reaches only thi
 then sends SIGTERM to each child's main PID (never to a process group: Granian's shutdown can hang
 when its workers are signalled directly). If either child dies, the other is stopped and `serve`
 exits non-zero, so a container or service manager sees the failure and restarts the whole gateway.
-On Linux the children also get SIGTERM if the supervisor itself is killed.
+On Linux the children also get SIGTERM if the supervisor itself is killed. Its first line says where the
+data lives (NEXUS_HOME, the database: every checkout shares the default NEXUS_HOME, so its embedded
+database), and its last line, when it stops, says so again.
 """
 
 from __future__ import annotations
@@ -84,17 +86,32 @@ def stop_children(children: dict[str, subprocess.Popen[bytes]], timeout_s: float
             proc.wait(5)
 
 
+def where_data_lives(settings: Settings, embedded: bool) -> str:
+    """Where this gateway keeps what it stores: NEXUS_HOME, and the database (the start and stop lines).
+
+    Every checkout and install of Nexus run by the same user shares the default NEXUS_HOME, and so one
+    embedded database: the lines say which one this is (set NEXUS_HOME to keep two apart)."""
+    home = settings.nexus_home
+    if embedded:
+        return f"NEXUS_HOME={home}; database: embedded PostgreSQL with its data in {home / 'postgres'}"
+    if settings.database_url is not None:
+        from nexus.importing.source import source_name  # host:port/database, never the password
+
+        return f"NEXUS_HOME={home}; database: {source_name(settings.database_url)} (DATABASE_URL)"
+    return f"NEXUS_HOME={home}; no database (storage disabled)"
+
+
 def serve_all(settings: Settings) -> int:
     """Run until SIGTERM / SIGINT (exit 0) or until a child dies (exit 1)."""
     env = dict(os.environ)
     url = settings.database_url
     stop_embedded = None
-    if settings.storage_enabled and url is None:
+    embedded = settings.storage_enabled and url is None
+    _say(f"nexus serve: {where_data_lives(settings, embedded)}")
+    if embedded:
         from nexus.storage.embedded import start_embedded
 
-        data_dir = settings.nexus_home / "postgres"
-        url, stop_embedded = start_embedded(data_dir)
-        _say(f"embedded PostgreSQL with its data in {data_dir}")
+        url, stop_embedded = start_embedded(settings.nexus_home / "postgres")
         env["DATABASE_URL"] = url
         if settings.link_shared == "auto" and settings.proxy_workers == 1:
             # one process uses this database: its memory sees every request, and nothing else will ever
@@ -132,3 +149,5 @@ def serve_all(settings: Settings) -> int:
             signal.signal(sig, handler)
         if stop_embedded is not None:
             stop_embedded()
+        why = f" on {signal.Signals(stopping[0]).name}" if stopping else ""
+        _say(f"nexus serve: stopped{why}; data kept: {where_data_lives(settings, embedded)}")

@@ -81,6 +81,24 @@ def test_validation_errors_have_the_api_shape(
     assert err["type"] == "error" and err["error"]["type"] == etype and err["request_id"].startswith("req_")
 
 
+def test_its_401s_say_do_not_retry_like_the_real_api(upstream_url: str, fake: FakeControl) -> None:
+    """A 401 cannot be cured by retrying: the API (and Nexus's own 401s) say so with `x-should-retry:
+    false`, which Claude Code obeys (else it retries a 401 for minutes). The fake's 401s must say it too,
+    or tests of what the proxy forwards prove nothing about it."""
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    no_key = {"content-type": "application/json", "anthropic-version": "2023-06-01"}
+    fake.oauth(revoke_access="sk-ant-oat01-revoked")
+    revoked = {**no_key, "authorization": "Bearer sk-ant-oat01-revoked", "anthropic-beta": "oauth-2025-04-20"}
+    fake.queue("error:401")
+    for headers in (no_key, revoked, HEADERS):
+        status, got, data = raw_post(upstream_url, body, headers)
+        assert status == 401 and orjson.loads(data)["error"]["type"] == "authentication_error"
+        assert got.get("x-should-retry") == "false", headers
+    fake.queue("error:500")
+    status, got, _ = raw_post(upstream_url, body)
+    assert status == 500 and "x-should-retry" not in got  # only where no retry can help
+
+
 def test_scenario_queue_and_recording(upstream_url: str, fake: FakeControl) -> None:
     client = anthropic.Anthropic(base_url=upstream_url, api_key="sk-ant-x", max_retries=0)
     fake.queue("error:529", "ok")

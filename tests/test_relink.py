@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import psycopg
 
+from nexus.conversations.relink import relink
 from tests.test_linking_fixtures import FIXTURES, check
 
 SCENARIO = "subagents_background"
@@ -90,3 +94,45 @@ def test_replay_stores_and_relink_rebuilds(migrated_db: str, tmp_path: Path) -> 
             "(r.conversation_id, r.branch_id, r.parent_request_id, r.request_type)"
         ).fetchone()
     assert differ == (0,)
+
+
+def test_relink_beside_a_batch_being_stored_waits_instead_of_deadlocking(migrated_db: str, tmp_path: Path) -> None:
+    """The storage writer's statement upserts conversation summaries, then its triggers the usage
+    summaries. A batch in the middle of that (simulated in the same order: the conversation rows, then
+    the hour's usage row) while a relink runs: the relink must wait for it, not lock a usage row first
+    and then wait for the conversations (a deadlock PostgreSQL breaks by failing one of them)."""
+    env = {"DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path), "STORAGE_BATCH_INTERVAL_MS": "10"}
+    lines = nexus("replay", str(FIXTURES / SCENARIO), env=env).splitlines()
+    failures: list[BaseException] = []
+
+    def run_relink() -> None:
+        try:
+            asyncio.run(relink(migrated_db))
+        except BaseException as exc:  # reported by the test
+            failures.append(exc)
+
+    with psycopg.connect(migrated_db) as batch, psycopg.connect(migrated_db, autocommit=True) as watch:
+        batch.execute("SET deadlock_timeout = '100ms'")  # a deadlock, if any, is found (here) at once
+        batch.execute("UPDATE conversations SET request_count = request_count")  # the writer's first half
+        thread = threading.Thread(target=run_relink, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not watch.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> %s "
+            "AND datname = current_database()",
+            (batch.info.backend_pid,),
+        ).fetchone()[0]:  # type: ignore[index]
+            assert thread.is_alive() and time.monotonic() < deadline, failures
+            time.sleep(0.02)
+        try:
+            batch.execute("UPDATE usage_hourly SET requests = requests")  # its triggers' half
+            batch.commit()
+        except psycopg.errors.DeadlockDetected as exc:
+            failures.append(exc)
+            batch.rollback()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert failures == []
+    with psycopg.connect(migrated_db) as conn:
+        count = conn.execute("SELECT sum(request_count) FROM conversations").fetchone()[0]  # type: ignore[index]
+    assert count == len(lines)

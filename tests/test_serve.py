@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from tests.harness.servers import free_port, stop, wait_until_healthy
 from tests.helpers import wait_for
@@ -90,6 +91,15 @@ def test_serve_runs_both_and_stops_both_on_sigterm(tmp_path: Path, upstream_url:
     assert proc.wait(45) == 0
     assert not _alive(pids["proxy"]) and not _alive(pids["dashboard"])
     assert _refused(proxy + "/health") and _refused(dashboard + "/health")
+    # the first line says where the data lives, one last line that it stopped and where the data stays
+    # (not the database's password)
+    first, *_, last = log.read_text().strip().splitlines()
+    info = conninfo_to_dict(migrated_db)
+    database = f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info['dbname']}"
+    kept = f"NEXUS_HOME={tmp_path}; database: {database} (DATABASE_URL)"
+    assert first == f"nexus serve: {kept}"
+    assert last == f"nexus serve: stopped on SIGTERM; data kept: {kept}"
+    assert not info.get("password") or str(info["password"]) not in log.read_text()
 
 
 def test_serve_runs_the_analysis_worker_when_enabled(tmp_path: Path, upstream_url: str, migrated_db: str) -> None:
@@ -118,3 +128,19 @@ def test_serve_exits_when_either_service_dies(tmp_path: Path, upstream_url: str,
         wait_for(lambda: not _group_members(pids[victim]), 10, f"{victim}'s workers stopped")
     finally:
         stop(proc, 40)
+
+
+def test_the_lines_name_the_embedded_database_under_nexus_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every checkout shares the default NEXUS_HOME, so one embedded database: the start line says which."""
+    from nexus.settings import Settings
+    from nexus.supervise import where_data_lives
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("NEXUS_HOME", raising=False)
+    home = tmp_path / "home"
+    settings = Settings(nexus_home=home)  # type: ignore[call-arg]
+    assert where_data_lives(settings, embedded=True) == (
+        f"NEXUS_HOME={home}; database: embedded PostgreSQL with its data in {home / 'postgres'}"
+    )
+    default = Settings()  # type: ignore[call-arg]
+    assert f"NEXUS_HOME={Path.home() / '.local/share/nexus'};" in where_data_lives(default, embedded=True)

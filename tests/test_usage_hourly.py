@@ -299,3 +299,41 @@ async def test_dashboard_stats_equal_the_same_counts_over_the_requests(migrated_
             )
             hours = [tuple(r) for r in await cur.fetchall()]
             assert [(h["hour"], h["requests"], h["tokens"]) for h in got["hours"]] == hours
+
+
+def test_repricing_and_a_batch_being_stored_wait_for_each_other_without_deadlock(migrated_db: str) -> None:
+    """Repricing writes only the usage summaries (in the triggers' key order); the writer's statement
+    upserts conversation summaries, then the usage summaries in the same order. A reprice holding its
+    usage rows must hold no conversation row, so a batch gets its conversations, waits for the usage
+    rows, and goes on once the reprice commits: no cycle (`nexus relink`, which also rewrites the
+    conversations, takes them first: tests/test_relink.py)."""
+    import threading
+
+    from nexus.pricing.sql import REPRICE_RANGE
+
+    fill(migrated_db, 60, seed=3, days=2, batch_rows=30, today=TODAY)
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute("UPDATE api_requests SET cost_usd = coalesce(cost_usd, 0) + 1")  # so that all are repriced
+    period = {"start": datetime(1970, 1, 1, tzinfo=UTC), "end": datetime(2100, 1, 1, tzinfo=UTC)}
+    with psycopg.connect(migrated_db) as reprice, psycopg.connect(migrated_db) as batch:
+        assert reprice.execute(REPRICE_RANGE, period).rowcount == 60  # its transaction left open
+        batch.execute("SET lock_timeout = '10s'")
+        batch.execute("UPDATE conversations SET request_count = request_count")  # not held by the reprice
+        failures: list[BaseException] = []
+
+        def usage_half() -> None:
+            try:
+                batch.execute("UPDATE usage_hourly SET requests = requests")  # waits for the reprice
+                batch.commit()
+            except BaseException as exc:  # reported by the test
+                failures.append(exc)
+
+        thread = threading.Thread(target=usage_half, daemon=True)
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive()  # waiting for the reprice's usage rows
+        reprice.commit()
+        thread.join(10)
+        assert not thread.is_alive() and failures == []
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        assert differences(conn) == (0, 0, 0, 0)

@@ -58,6 +58,14 @@ UPDATE_COLUMNS = (
     ("system_hash", "bytea"),
     ("task_prompt_keys", "bytea[]"),
 )
+#: Taken first (SHARE ROW EXCLUSIVE: readers go on, writers of the summaries wait, and so does another
+#: relink): see `_apply`.
+LOCK_CONVERSATIONS = "LOCK TABLE conversations IN SHARE ROW EXCLUSIVE MODE"
+#: The `link_requests` rows to rewrite, locked in request id order, the order in which the linker's
+#: one-statement updates of several rows (`shared.MARK_DONE`, through the primary key) lock them.
+LOCK_SHARED_ROWS = (
+    "SELECT 1 FROM link_requests l JOIN nexus_relink u USING (request_id) ORDER BY l.request_id FOR UPDATE OF l"
+)
 REBUILD_SUMMARIES = (
     """
 DELETE FROM conversations;
@@ -186,6 +194,12 @@ async def _apply(conn: AsyncConnection[Any], updates: list[list[object]]) -> Non
     names = [n for n, _ in UPDATE_COLUMNS]
     assignments = ", ".join(f'"{n}" = u."{n}"' for n in names[2:])
     async with conn.transaction():
+        # In the storage writer's lock order (no deadlock with a batch being stored): its one statement
+        # upserts the conversation summaries, then its triggers the usage summaries (each in key
+        # order). This transaction takes the conversations first too, all of them at once (the rebuild
+        # below replaces every row), before its UPDATE's triggers lock any usage row: a batch that holds
+        # conversation rows is waited for, one that comes later waits for the relink.
+        await conn.execute(LOCK_CONVERSATIONS)
         await conn.execute(f"CREATE TEMP TABLE nexus_relink ({columns}) ON COMMIT DROP")  # type: ignore[arg-type]
         async with conn.cursor() as cur:
             async with cur.copy(f"COPY nexus_relink ({', '.join(names)}) FROM STDIN") as cp:  # type: ignore[arg-type]
@@ -198,6 +212,7 @@ async def _apply(conn: AsyncConnection[Any], updates: list[list[object]]) -> Non
             # What shared linking decides from (docs/scaling.md) follows, so later turns continue the
             # rebuilt links rather than the ones they replaced.
             shared = ", ".join(f'"{n}" = u."{n}"' for n in SHARED_COLUMNS)
+            await cur.execute(LOCK_SHARED_ROWS)  # in request id order, as the linker's batched updates
             await cur.execute(
                 f"UPDATE link_requests l SET {shared} FROM nexus_relink u WHERE l.request_id = u.request_id"  # type: ignore[arg-type]  # noqa: S608
             )

@@ -13,7 +13,8 @@ later `/v1/messages` request without the header takes the next one. Specs:
 
     ok                      a normal answer
     error:<status>          the API's error for that status (400 401 403 404 413 429 500 503 529);
-                            429 carries `retry-after: 1`, or `error:429:retry-after=<s>`
+                            429 carries `retry-after: 1`, or `error:429:retry-after=<s>`; 401 (as
+                            the fake's own, for a missing or revoked credential) `x-should-retry: false`
     delay:<ms>              wait before sending the response head
     event-delay:<ms>        pace stream events
     hang                    never answer; hold the request until the client leaves
@@ -167,6 +168,8 @@ class FakeAnthropic:
         etype, default = ERRORS.get(status, ("api_error", "Error."))
         request_id = headers[0][1] if headers and headers[0][0] == "request-id" else _rid("req_")
         body = {"type": "error", "error": {"type": etype, "message": message or default}, "request_id": request_id}
+        if status == 401:  # as the API's: no retry cures a refused credential (Claude Code obeys this)
+            headers = [*headers, ("x-should-retry", "false")]
         self._json(proto, status, body, headers)
 
     def _record_event(self, index: int, outcome: str, sent: int) -> None:

@@ -7,12 +7,88 @@ it. Rows for a day with no partition land in the DEFAULT partition, so nothing i
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 from psycopg import sql
 
 log = logging.getLogger("nexus.storage")
+
+#: The session-level advisory lock held by the one process doing the hourly upkeep ("nexus_up"): every
+#: proxy worker of every machine sharing the database schedules it, and the others skip it meanwhile.
+UPKEEP_LOCK_KEY = 0x6E657875735F7570
+#: A worker skips the upkeep that another did with the same settings less than this long ago: shorter
+#: than its own hour, so the worker that did it last does it again an hour later.
+UPKEEP_EVERY_S = 3300.0
+
+
+@dataclass(slots=True)
+class Upkeep:
+    """What one run of `upkeep` did."""
+
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    pruned: int = 0
+
+
+def upkeep(
+    conn: psycopg.Connection,
+    retention_days: int,
+    link_days: int,
+    today: date | None = None,
+    every_s: float | None = None,
+) -> Upkeep | None:
+    """The hourly upkeep (partitions for the coming days, retention, the shared linking tables' look-back
+    window) unless another process is doing it right now, or (with `every_s`) did it with the same
+    settings less than `every_s` ago (`nexus_upkeep`, migration 0018): then None at once, without waiting.
+
+    `conn` must be in autocommit mode. The lock is session-level (`pg_try_advisory_lock`), not held by a
+    transaction: each partition is still created and dropped in a transaction of its own, so a DROP's
+    lock on `api_requests` is not kept for the whole upkeep; it is released before returning, also after
+    a failure (a connection that broke releases it by ending its session). A run that failed is not
+    recorded, so the next caller tries again.
+    """
+    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (UPKEEP_LOCK_KEY,)).fetchone()[0]:  # type: ignore[index]
+        log.debug("upkeep skipped: another process is doing it")
+        return None
+    name = f"hourly retention={retention_days} links={link_days}"
+    try:
+        if every_s is not None and _done_within(conn, name, every_s):
+            log.debug("upkeep skipped: done less than %g s ago", every_s)
+            return None
+        done = Upkeep(created=ensure_partitions(conn, today=today))
+        done.dropped = drop_expired_partitions(conn, retention_days, today)
+        if link_days:
+            from nexus.conversations.shared import prune  # not at import: conversations imports storage
+
+            done.pruned = prune(conn, link_days)
+        _record(conn, name)
+        return done
+    finally:
+        if not conn.closed and not conn.broken:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (UPKEEP_LOCK_KEY,))
+
+
+def _done_within(conn: psycopg.Connection, name: str, every_s: float) -> bool:
+    try:
+        row = conn.execute(
+            "SELECT done_at > now() - make_interval(secs => %s) FROM nexus_upkeep WHERE name = %s", (every_s, name)
+        ).fetchone()
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege):
+        return False  # migration 0018 not applied, or not granted: every worker does it, as before
+    return bool(row and row[0])
+
+
+def _record(conn: psycopg.Connection, name: str) -> None:
+    try:
+        conn.execute(
+            "INSERT INTO nexus_upkeep (name, done_at) VALUES (%s, now()) "
+            "ON CONFLICT (name) DO UPDATE SET done_at = excluded.done_at",
+            (name,),
+        )
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege):
+        pass
 
 
 def partition_name(day: date) -> str:

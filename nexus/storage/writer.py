@@ -35,7 +35,7 @@ from nexus.storage import quarantine
 from nexus.storage.failures import OUTAGE, UNKNOWN, classify, describe
 from nexus.storage.isolate import isolate
 from nexus.storage.migrate import pending_migrations
-from nexus.storage.partitions import drop_expired_partitions, ensure_partitions
+from nexus.storage.partitions import UPKEEP_EVERY_S, upkeep
 from nexus.storage.payload import STAGE_SQL, Batch, merge_copy, send
 from nexus.storage.records import BuiltBatch, ExchangeRecord, build_batch
 from nexus.storage.spool import Spool, SpoolFullError
@@ -565,8 +565,10 @@ class StorageWriter:
             pass
 
     def _maintain(self) -> None:
-        """Hourly, when idle: partitions for the coming days, retention by dropping old days, and a
-        fresh count of the quarantine (rows retried or dropped by `nexus storage quarantine`)."""
+        """Hourly, when idle: partitions for the coming days, retention by dropping old days (skipped
+        while another worker or machine on the same database does it, or did it in the last 55 minutes:
+        `partitions.upkeep`), and a fresh count of the quarantine (rows retried or dropped by `nexus
+        storage quarantine`)."""
         if time.monotonic() - self._maintained_at < 3600:
             return
         self._maintained_at = time.monotonic()
@@ -575,17 +577,12 @@ class StorageWriter:
             conn.autocommit = True
             try:
                 with self._watchdog.guard(conn):
-                    ensure_partitions(conn)
-                    dropped = drop_expired_partitions(conn, self.retention_days)
-                    if self.link_days:
-                        from nexus.conversations.shared import prune
-
-                        prune(conn, self.link_days)
+                    done = upkeep(conn, self.retention_days, self.link_days, every_s=UPKEEP_EVERY_S)
             finally:
                 if not conn.closed:
                     conn.autocommit = False
-            if dropped:
-                log.info("retention: dropped partitions %s", ", ".join(dropped))
+            if done is not None and done.dropped:
+                log.info("retention: dropped partitions %s", ", ".join(done.dropped))
         except Exception as exc:
             self._maintained_at -= 3000  # try again in ten minutes
             log.warning("partition maintenance failed: %s", exc)
