@@ -235,6 +235,10 @@ class KnownKeys:
     def __contains__(self, key: object, /) -> bool: ...
     def add_all(self, keys: Iterable[bytes], /) -> None:
         """Remember ``keys`` as stored (the newest), forgetting the oldest past the capacity."""
+    def unsent(self, payload: bytes, /) -> tuple[bytes, list[bytes]]:
+        """The ``content_blobs`` rows of a COPY payload still to send (none whose key this set holds,
+        each key once) and their keys; the payload itself when every row stays. Raises
+        ``NexusCoreError`` for a malformed payload."""
 
 STORED_REQUEST_HEADERS: Final[frozenset[str]]
 """Request headers kept with a stored request: an allow-list, so no credential can ever be stored."""

@@ -239,3 +239,45 @@ def test_a_new_batch_is_not_spooled_behind_a_replay_that_yields_to_the_queue(mig
     with psycopg.connect(migrated_db) as conn:
         stored = conn.execute("SELECT count(DISTINCT request_id) FROM api_requests").fetchone()
     assert stored == (7,)
+
+
+def test_batches_encoded_earlier_send_only_the_parts_the_database_lacks(migrated_db: str, tmp_path: Path) -> None:
+    """A batch read back from the spool, or batches encoded ahead of the writer and merged into one,
+    carry the content parts of their conversations again (they were encoded before the batches with
+    those parts were written). PostgreSQL parsed every staged part as jsonb before `ON CONFLICT`
+    skipped it: at c=32 four fifths of the parts sent were such repeats, and the writer that had
+    fallen behind fell further behind. Now a part this worker has stored, or one the batch already
+    carries, is left out; the rows still find every part."""
+    from nexus._core import copy_rows
+    from nexus.storage.payload import Batch, merge_copy
+    from nexus.storage.records import build_batch
+
+    spool = Spool(tmp_path / "spool", 64 << 20)
+    writer = StorageWriter(migrated_db, batch_size=10, interval_ms=20, spool=spool)
+    sent: list[int] = []
+    send = writer._send
+
+    def counting(batch: Batch) -> None:
+        sent.append(len(copy_rows(batch.blobs)) if batch.blobs else 0)
+        send(batch)
+
+    writer._send = counting  # type: ignore[method-assign]
+    writer._write_built(build_batch([record(i, 3) for i in range(3)]), 3)  # "sys", turns 0-2
+    assert sent == [4]
+    late = build_batch([record(10, 5)])  # encoded before those were written: all six parts
+    spool.append(Batch(late.requests, late.blobs).parts())
+    assert writer._replay_spool()
+    assert sent[-1] == 2  # turns 3 and 4 only
+    first, second = build_batch([record(20, 6)]), build_batch([record(21, 7)])  # encoded apart
+    merged = Batch(merge_copy([first.requests, second.requests]), merge_copy([first.blobs, second.blobs]))
+    writer._deliver(merged, 2)
+    assert sent[-1] == 2  # turns 5 and 6, once each (the two carried 13 parts between them)
+    with psycopg.connect(migrated_db) as conn:
+        rows = conn.execute(
+            "SELECT count(*), count(b.key) FROM api_requests r CROSS JOIN LATERAL unnest(r.message_keys) m(key) "
+            "LEFT JOIN content_blobs b ON b.key = m.key"
+        ).fetchone()
+        stored = conn.execute("SELECT count(*) FROM content_blobs").fetchone()
+    assert rows == (3 * 3 + 5 + 6 + 7,) * 2  # every message of every row has its part
+    assert stored == (8,)
+    assert writer.metrics.rows_written == 6

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from nexus._core import KnownKeys, copy_rows
+from nexus._core import KnownKeys, NexusCoreError, copy_rows
 from nexus.settings import Settings
 from nexus.storage import quarantine
 from nexus.storage.failures import OUTAGE, UNKNOWN, classify, describe
@@ -447,12 +447,11 @@ class StorageWriter:
             self._to_spool(batch, rows)  # the database is away: behind the others
             return
         try:
-            self._deliver(batch, rows, len(built.new_keys))
+            self._deliver(batch, rows)
         except OutageError:
             self._to_spool(batch, rows)
             return
         self.metrics.batches_written += 1
-        self._known.add_all(built.new_keys)
 
     def _count_lost(self, built: BuiltBatch) -> int:
         """Count and log the records the builder left out (a value no column can take: a bug)."""
@@ -473,16 +472,18 @@ class StorageWriter:
                 continue
             batch = Batch(built.requests, built.blobs)
             try:
-                self._deliver(batch, 1, len(built.new_keys))
+                self._deliver(batch, 1)
             except OutageError:
                 self._to_spool(batch, 1)
 
-    def _deliver(self, batch: Batch, rows: int, blobs: int) -> None:
-        """Store `batch` (`rows` requests, `blobs` content parts), isolating refused rows; `OutageError`
-        when the database is away."""
+    def _deliver(self, batch: Batch, rows: int) -> None:
+        """Store `batch` (`rows` requests and its content parts the database is not known to hold),
+        isolating refused rows; `OutageError` when the database is away. The parts sent are then
+        known to be stored."""
+        sent, keys = self._unsent(batch)
         started = time.perf_counter()
         try:
-            self._send(batch)
+            self._send(sent)
         except Exception as exc:
             kind = classify(exc)
             if kind == UNKNOWN and not self._repeated(batch, exc):
@@ -493,14 +494,33 @@ class StorageWriter:
                 self._retry_at = max(self._retry_at, time.monotonic() + 1.0)
                 log.warning("storage flush failed (%s); the batch waits in the spool", self.metrics.last_error)
                 raise OutageError from exc
-            self._isolate(batch, exc)
+            self._isolate(sent, exc)
             return
         elapsed = time.perf_counter() - started
         self.metrics.last_flush_ms = elapsed * 1000
         if self.on_batch is not None:
             self.on_batch(elapsed)
         self.metrics.rows_written += rows
-        self.metrics.blobs_written += blobs
+        self.metrics.blobs_written += len(keys)
+        self._known.add_all(keys)
+
+    def _unsent(self, batch: Batch) -> tuple[Batch, list[bytes]]:
+        """`batch` without the content parts this worker has stored since it was encoded, or that it
+        carries twice, and the keys of the parts it sends (`KnownKeys.unsent`).
+
+        A batch built by the writer just now holds none of those, but one encoded ahead of a writer
+        that fell behind, several of those merged into one, or one read back from the spool holds
+        many (the batches before it carried the same conversations' parts): PostgreSQL parsed each as
+        jsonb before skipping it, four fifths of the parts sent at saturation, which made a writer
+        that fell behind fall further behind. Leaving out parts the database holds keeps the rule
+        that a row never points at a part the database may lack."""
+        if not batch.blobs:
+            return batch, []
+        try:
+            blobs, keys = self._known.unsent(batch.blobs)
+        except NexusCoreError:  # not a payload we can read: sent as it is, PostgreSQL judges it
+            return batch, []
+        return (batch if blobs is batch.blobs else Batch(batch.requests, blobs)), keys
 
     def _isolate(self, batch: Batch, exc: BaseException) -> None:
         self.metrics.refused_batches += 1
@@ -643,7 +663,7 @@ class StorageWriter:
     def _replay_one(self, payload: bytes) -> None:
         batch = Batch.unpack(payload)
         rows = len(copy_rows(batch.requests)) if batch.requests else 0
-        self._deliver(batch, rows, 0)
+        self._deliver(batch, rows)
         self.metrics.replayed_rows += rows
 
     def _connection(self) -> psycopg.Connection:

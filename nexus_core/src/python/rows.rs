@@ -762,6 +762,28 @@ impl KnownKeys {
             .is_ok_and(|k| self.contains(k.as_bytes()))
     }
 
+    /// The content parts of a COPY payload (`content_blobs` rows) still to send: without the rows
+    /// whose key this set holds and without a key's repeats (`pgcopy::unsent_parts`), and the keys
+    /// kept (to remember once the batch is committed). The payload itself when every row stays.
+    #[pyo3(signature = (payload, /))]
+    fn unsent<'py>(
+        &self,
+        payload: &Bound<'py, PyBytes>,
+    ) -> PyResult<(Bound<'py, PyBytes>, Vec<Bound<'py, PyBytes>>)> {
+        let py = payload.py();
+        let data = payload.as_bytes();
+        let (out, keys) = py.detach(|| {
+            let inner = self.lock();
+            crate::pgcopy::unsent_parts(data, |key| inner.stamps.contains_key(key))
+        })?;
+        let keys = keys.into_iter().map(|k| PyBytes::new(py, k)).collect();
+        let out = match out {
+            Some(bytes) => PyBytes::new(py, &bytes),
+            None => payload.clone(),
+        };
+        Ok((out, keys))
+    }
+
     /// Remember `keys` as stored (the newest), forgetting the oldest past the capacity.
     #[pyo3(signature = (keys, /))]
     fn add_all(&self, keys: &Bound<'_, PyAny>) -> PyResult<()> {
