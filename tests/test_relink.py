@@ -136,3 +136,42 @@ def test_relink_beside_a_batch_being_stored_waits_instead_of_deadlocking(migrate
     with psycopg.connect(migrated_db) as conn:
         count = conn.execute("SELECT sum(request_count) FROM conversations").fetchone()[0]  # type: ignore[index]
     assert count == len(lines)
+
+
+def test_relink_waits_for_a_repricing_before_touching_a_row(migrated_db: str, tmp_path: Path) -> None:
+    """`nexus relink` and repricing each update many stored requests in one transaction, in an order
+    a join decides, so two at once could each hold rows the other waits for (a deadlock that fails
+    one of them). Both take the bulk-update lock first (nexus/storage/bulk_lock.py): a relink that
+    starts while a repricing holds rows waits for the lock, never for one of those rows."""
+    from nexus.pricing.sync import reprice_unpriced
+
+    env = {"DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path), "STORAGE_BATCH_INTERVAL_MS": "10"}
+    nexus("replay", str(FIXTURES / SCENARIO), env=env)
+    failures: list[BaseException] = []
+
+    def run_relink() -> None:
+        try:
+            asyncio.run(relink(migrated_db))
+        except BaseException as exc:  # reported by the test
+            failures.append(exc)
+
+    with psycopg.connect(migrated_db) as reprice, psycopg.connect(migrated_db, autocommit=True) as watch:
+        with reprice.transaction():
+            reprice_unpriced(reprice, 10**6)  # its lock, held until the outer transaction ends
+            reprice.execute("UPDATE api_requests SET cost_usd = cost_usd")  # a repricing's rows, held
+            thread = threading.Thread(target=run_relink, daemon=True)
+            thread.start()
+            deadline = time.monotonic() + 30
+            waits: list[tuple[Any, ...]] = []
+            while not waits:
+                assert thread.is_alive() and time.monotonic() < deadline, failures
+                time.sleep(0.02)
+                waits = watch.execute(
+                    "SELECT l.locktype FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                    "WHERE NOT l.granted AND a.datname = current_database() AND l.pid <> %s",
+                    (reprice.info.backend_pid,),
+                ).fetchall()
+            assert waits == [("advisory",)]
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert failures == []

@@ -24,6 +24,7 @@ from nexus.conversations.index import LinkIndex
 from nexus.conversations.linker import Link, Linker
 from nexus.conversations.search import TITLE_BACKFILL
 from nexus.conversations.service import ConversationService, link_request
+from nexus.storage.bulk_lock import BULK_UPDATE_LOCK
 from nexus.storage.payload import TOKEN_SUMS, capped_sum
 from nexus.storage.records import LINK_COLUMNS, link_cells
 
@@ -199,6 +200,7 @@ async def _apply(conn: AsyncConnection[Any], updates: list[list[object]]) -> Non
         # order). This transaction takes the conversations first too, all of them at once (the rebuild
         # below replaces every row), before its UPDATE's triggers lock any usage row: a batch that holds
         # conversation rows is waited for, one that comes later waits for the relink.
+        await conn.execute(BULK_UPDATE_LOCK)  # one bulk rewrite at a time (repricing: nexus.storage.bulk_lock)
         await conn.execute(LOCK_CONVERSATIONS)
         await conn.execute(f"CREATE TEMP TABLE nexus_relink ({columns}) ON COMMIT DROP")  # type: ignore[arg-type]
         async with conn.cursor() as cur:

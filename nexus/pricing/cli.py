@@ -97,6 +97,7 @@ def reprice(unpriced: bool, since: datetime | None, until: datetime | None) -> N
     from nexus.cli_support import settings_or_exit
     from nexus.pricing.sql import REPRICE_RANGE
     from nexus.pricing.sync import reprice_unpriced, sync_prices
+    from nexus.storage.bulk_lock import BULK_UPDATE_LOCK
 
     settings = settings_or_exit()
     if settings.database_url is None:
@@ -109,6 +110,7 @@ def reprice(unpriced: bool, since: datetime | None, until: datetime | None) -> N
             count = reprice_unpriced(conn, 2**62)
         else:
             with conn.transaction():
+                conn.execute(BULK_UPDATE_LOCK)  # one bulk rewrite at a time (nexus.storage.bulk_lock)
                 count = conn.execute(REPRICE_RANGE, {"start": start, "end": end}).rowcount
         left = conn.execute("SELECT count(*) FROM api_requests WHERE cost_usd IS NULL").fetchone()
     click.echo(f"repriced {count} requests; {left[0] if left else 0} have no price (unknown models)")

@@ -16,6 +16,7 @@ import psycopg
 
 from nexus.pricing.sql import REPRICE_UNPRICED
 from nexus.pricing.table import Price
+from nexus.storage.bulk_lock import BULK_UPDATE_LOCK
 
 _COLUMNS = (
     "model, effective_from, input, output, cache_read, cache_write_5m, cache_write_1h, "
@@ -51,6 +52,7 @@ START_REPRICE_LIMIT = 20_000
 def reprice_unpriced(conn: psycopg.Connection[Any], limit: int) -> int:
     """Price up to `limit` of the newest stored requests without a cost; return how many got one."""
     with conn.transaction():
+        conn.execute(BULK_UPDATE_LOCK)  # one bulk rewrite at a time (`nexus relink`: nexus.storage.bulk_lock)
         return conn.execute(REPRICE_UNPRICED, {"limit": limit}).rowcount
 
 

@@ -44,6 +44,23 @@ impl<'a> SplitBody<'a> {
         }
         key
     }
+
+    /// A `messages` list: each element a part (its key in order), then shown to `visitor`. One
+    /// place for both ways the list is read (in the first pass, or from a body read again).
+    fn add_messages<V: FieldVisitor<'a>>(
+        &mut self,
+        seen: &mut HashSet<Key>,
+        items: &[&'a RawValue],
+        span: impl Fn(&RawValue) -> &'a [u8],
+        visitor: &mut V,
+    ) -> Result<(), NexusError> {
+        let keys = items
+            .iter()
+            .map(|m| self.add(seen, PartKind::Message, span(m)))
+            .collect();
+        self.message_keys = Some(keys);
+        visitor.messages(items)
+    }
 }
 
 /// The storage key of a part: xxh3-128 of its exact bytes, big-endian.
@@ -115,12 +132,7 @@ pub fn split_body_with<'a, V: FieldVisitor<'a>>(
         let raw = match value {
             // A `messages` list was read element by element in the same pass (no second parse).
             indexmap_like::Field::List(items) if name == "messages" => {
-                let keys = items
-                    .iter()
-                    .map(|m| split.add(&mut seen, PartKind::Message, span(m)))
-                    .collect();
-                split.message_keys = Some(keys);
-                visitor.messages(&items)?;
+                split.add_messages(&mut seen, &items, span, visitor)?;
                 continue;
             }
             indexmap_like::Field::Raw(raw) => raw,
@@ -142,12 +154,7 @@ pub fn split_body_with<'a, V: FieldVisitor<'a>>(
             // still splits, whatever else another copy of the field held.
             "messages" => {
                 if let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
-                    let keys = items
-                        .iter()
-                        .map(|m| split.add(&mut seen, PartKind::Message, span(m)))
-                        .collect();
-                    split.message_keys = Some(keys);
-                    visitor.messages(&items)?;
+                    split.add_messages(&mut seen, &items, span, visitor)?;
                     continue;
                 }
             }
