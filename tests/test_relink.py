@@ -96,26 +96,37 @@ def test_replay_stores_and_relink_rebuilds(migrated_db: str, tmp_path: Path) -> 
     assert differ == (0,)
 
 
+def replay_stored(dsn: str, home: Path) -> list[str]:
+    """The scenario's recorded traffic stored by `nexus replay --store`; its output lines."""
+    env = {"DATABASE_URL": dsn, "NEXUS_HOME": str(home), "STORAGE_BATCH_INTERVAL_MS": "10"}
+    return nexus("replay", str(FIXTURES / SCENARIO), env=env).splitlines()
+
+
+def start_relink(dsn: str, failures: list[BaseException]) -> threading.Thread:
+    """`nexus relink` started in a thread; what it raises goes to `failures`."""
+
+    def run() -> None:
+        try:
+            asyncio.run(relink(dsn))
+        except BaseException as exc:  # reported by the test
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_relink_beside_a_batch_being_stored_waits_instead_of_deadlocking(migrated_db: str, tmp_path: Path) -> None:
     """The storage writer's statement upserts conversation summaries, then its triggers the usage
     summaries. A batch in the middle of that (simulated in the same order: the conversation rows, then
     the hour's usage row) while a relink runs: the relink must wait for it, not lock a usage row first
     and then wait for the conversations (a deadlock PostgreSQL breaks by failing one of them)."""
-    env = {"DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path), "STORAGE_BATCH_INTERVAL_MS": "10"}
-    lines = nexus("replay", str(FIXTURES / SCENARIO), env=env).splitlines()
+    lines = replay_stored(migrated_db, tmp_path)
     failures: list[BaseException] = []
-
-    def run_relink() -> None:
-        try:
-            asyncio.run(relink(migrated_db))
-        except BaseException as exc:  # reported by the test
-            failures.append(exc)
-
     with psycopg.connect(migrated_db) as batch, psycopg.connect(migrated_db, autocommit=True) as watch:
         batch.execute("SET deadlock_timeout = '100ms'")  # a deadlock, if any, is found (here) at once
         batch.execute("UPDATE conversations SET request_count = request_count")  # the writer's first half
-        thread = threading.Thread(target=run_relink, daemon=True)
-        thread.start()
+        thread = start_relink(migrated_db, failures)
         deadline = time.monotonic() + 30
         while not watch.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> %s "
@@ -145,22 +156,13 @@ def test_relink_waits_for_a_repricing_before_touching_a_row(migrated_db: str, tm
     starts while a repricing holds rows waits for the lock, never for one of those rows."""
     from nexus.pricing.sync import reprice_unpriced
 
-    env = {"DATABASE_URL": migrated_db, "NEXUS_HOME": str(tmp_path), "STORAGE_BATCH_INTERVAL_MS": "10"}
-    nexus("replay", str(FIXTURES / SCENARIO), env=env)
+    replay_stored(migrated_db, tmp_path)
     failures: list[BaseException] = []
-
-    def run_relink() -> None:
-        try:
-            asyncio.run(relink(migrated_db))
-        except BaseException as exc:  # reported by the test
-            failures.append(exc)
-
     with psycopg.connect(migrated_db) as reprice, psycopg.connect(migrated_db, autocommit=True) as watch:
         with reprice.transaction():
             reprice_unpriced(reprice, 10**6)  # its lock, held until the outer transaction ends
             reprice.execute("UPDATE api_requests SET cost_usd = cost_usd")  # a repricing's rows, held
-            thread = threading.Thread(target=run_relink, daemon=True)
-            thread.start()
+            thread = start_relink(migrated_db, failures)
             deadline = time.monotonic() + 30
             waits: list[tuple[Any, ...]] = []
             while not waits:
