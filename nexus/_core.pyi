@@ -233,6 +233,8 @@ class KnownKeys:
     def capacity(self) -> int: ...
     def __len__(self) -> int: ...
     def __contains__(self, key: object, /) -> bool: ...
+    def clear(self) -> None:
+        """Forget every key."""
     def add_all(self, keys: Iterable[bytes], /) -> None:
         """Remember ``keys`` as stored (the newest), forgetting the oldest past the capacity."""
     def unsent(self, payload: bytes, /) -> tuple[bytes, list[bytes]]:
@@ -265,6 +267,7 @@ def build_request_batch(
     session: Callable[[bytes], str | None],
     minimal: Callable[[Any, BaseException], Sequence[object]],
     conversations: Sequence[str | None] | None = None,
+    pending: KnownKeys | None = None,
 ) -> tuple[bytes, bytes, list[bytes], list[tuple[int, str]]]:
     """Build and encode the ``api_requests`` rows of a batch of exchange records in one call.
 
@@ -279,7 +282,9 @@ def build_request_batch(
     ``metadata.user_id`` when no header names it) and ``minimal`` (the row, in column order, of a
     record whose row could not be built: a Python exception while reading it). A record is left
     out only for a value no column can take (a bug), so one bad record never stops the batch.
-    ``conversations``: per record, a conversation id stored when its link has none."""
+    ``conversations``: per record, a conversation id stored when its link has none. ``pending``:
+    parts another batch still in memory carries, left out like those in ``known`` (the writer's
+    batches encoded early, `nexus.storage.writer`)."""
 
 def encode_copy_binary(types: Sequence[str], rows: Iterable[Sequence[object]], /) -> bytes:
     """Encode a whole batch into one PostgreSQL ``COPY ... FROM STDIN (FORMAT binary)`` payload.

@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
 import pytest
 
+from nexus.storage.payload import Batch
 from nexus.storage.records import ExchangeRecord
 from nexus.storage.spool import Spool
 from nexus.storage.writer import StorageWriter, record_bytes
@@ -170,9 +172,9 @@ def test_an_early_encoded_batch_ends_at_its_byte_bound(
     built: list[tuple[str, int]] = []
     real = writer_module.build_batch
 
-    def counting(batch, *args):  # type: ignore[no-untyped-def]
+    def counting(batch, *args, **kwargs):  # type: ignore[no-untyped-def]
         built.append((threading.current_thread().name, sum(record_bytes(r) for r in batch)))
-        return real(batch, *args)
+        return real(batch, *args, **kwargs)
 
     monkeypatch.setattr(writer_module, "build_batch", counting)
     writer = StorageWriter(
@@ -281,3 +283,117 @@ def test_batches_encoded_earlier_send_only_the_parts_the_database_lacks(migrated
     assert rows == (3 * 3 + 5 + 6 + 7,) * 2  # every message of every row has its part
     assert stored == (8,)
     assert writer.metrics.rows_written == 6
+
+
+def _shared_history(ids: range) -> list[ExchangeRecord]:
+    """Rows of one conversation: a long shared history (two parts) and a new turn each."""
+    history = [{"role": "user", "content": "h" * 20_000}, {"role": "assistant", "content": "a" * 20_000}]
+    records = []
+    for i in ids:
+        r = record(i, history=1)
+        body = orjson.loads(r.request_body or b"")
+        body["messages"] = [*history, {"role": "user", "content": f"turn {i}"}]
+        r.request_body = orjson.dumps(body)
+        records.append(r)
+    return records
+
+
+def _parts(payload: bytes) -> int:
+    from nexus._core import copy_rows
+
+    return len(copy_rows(payload)) if payload else 0
+
+
+def test_batches_encoded_early_carry_a_shared_part_once_and_leave_memory_together(
+    migrated_db: str, tmp_path: Path
+) -> None:
+    """Under a backlog the overflow thread encodes batch after batch of the same conversations, and
+    each carried their whole history again (the parts were not stored yet): ~14 KB a row encoded where
+    ~3 KB were new, most of the thread's CPU at c=32. A batch now leaves out parts an earlier batch
+    still in memory carries, so those batches go to the database, or to the spool, all together: one
+    of them alone could point at a part only another holds. Every row finds every part."""
+    spool = Spool(tmp_path / "spool", 64 << 20)
+    writer = StorageWriter(migrated_db, batch_size=10, interval_ms=20, spool=spool, max_queue_bytes=1 << 30)
+    first, second = _shared_history(range(3)), _shared_history(range(3, 6))
+    writer._encode_early(first)
+    writer._encode_early(second)
+    assert [_parts(e.built.blobs) for e in writer._encoded] == [6, 3]  # "sys", 2 history parts, 3 turns; 3 turns
+    writer.max_queue_bytes = 2  # past half the bound: all of them go to the spool, as one batch
+    writer._encode_early(_shared_history(range(6, 8)))
+    assert not writer._encoded and writer.metrics.overflow_rows == 8 and len(spool.pending_files()) == 1
+    assert writer._replay_spool()
+    with psycopg.connect(migrated_db) as conn:
+        rows = conn.execute(
+            "SELECT count(DISTINCT r.request_id), count(*), count(b.key) FROM api_requests r "
+            "CROSS JOIN LATERAL unnest(r.message_keys) m(key) LEFT JOIN content_blobs b ON b.key = m.key"
+        ).fetchone()
+    assert rows == (8, 24, 24)
+
+
+def test_a_batch_encoded_while_the_others_left_memory_carries_its_own_parts(
+    migrated_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overflow thread encodes outside the lock: if the writer takes the batches encoded early in
+    the meantime (their parts then in flight, maybe spooled), the new batch must not rely on them. It is
+    encoded again with its own parts; the writer's merged batch and it are each complete."""
+    from nexus.storage import writer as writer_module
+
+    writer = StorageWriter(migrated_db, batch_size=10, interval_ms=20, spool=Spool(tmp_path / "spool", 64 << 20))
+    writer._encode_early(_shared_history(range(3)))
+    real = writer_module.build_batch
+    taken: list[Any] = []
+
+    def racing(batch, *args, **kwargs):  # type: ignore[no-untyped-def]
+        built = real(batch, *args, **kwargs)
+        if not taken:
+            with writer._cv:
+                taken.append(writer._take_all_encoded())  # the writer, meanwhile
+        return built
+
+    monkeypatch.setattr(writer_module, "build_batch", racing)
+    writer._encode_early(_shared_history(range(3, 6)))
+    assert taken[0] is not None and _parts(taken[0].built.blobs) == 6
+    assert [_parts(e.built.blobs) for e in writer._encoded] == [6]  # its own "sys" and history too
+    monkeypatch.setattr(writer_module, "build_batch", real)
+    spool = writer.spool
+    spool.append(Batch(taken[0].built.requests, taken[0].built.blobs).parts())  # say the writer's send failed
+    writer._write_built(writer._take_all_encoded().built, 3)  # type: ignore[union-attr]
+    with psycopg.connect(migrated_db) as conn:
+        found = conn.execute(
+            "SELECT count(*), count(b.key) FROM api_requests r "
+            "CROSS JOIN LATERAL unnest(r.message_keys) m(key) LEFT JOIN content_blobs b ON b.key = m.key"
+        ).fetchone()
+    assert found == (18, 18)
+
+
+def test_the_overflow_thread_survives_a_batch_it_cannot_encode(
+    migrated_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in encoding one early batch used to end the overflow thread, and with it the byte bound on
+    the write queue. The rows are spooled one by one instead; the thread goes on."""
+    from nexus.storage import writer as writer_module
+
+    records = _shared_history(range(12))
+    real = writer_module.build_batch
+    failed: list[int] = []
+
+    def failing_once(batch, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "nexus-storage-overflow" and not failed:
+            failed.append(len(batch))
+            raise RuntimeError("a bug")
+        return real(batch, *args, **kwargs)
+
+    monkeypatch.setattr(writer_module, "build_batch", failing_once)
+    size = record_bytes(records[0])
+    writer = StorageWriter(
+        migrated_db, batch_size=4, interval_ms=20, spool=Spool(tmp_path / "spool", 64 << 20), max_queue_bytes=size * 2
+    )
+    for r in records:
+        writer.submit(r)
+    writer.start()
+    try:
+        wait(lambda: writer.metrics.rows_written == 12, timeout_s=30)
+        assert writer._overflow.is_alive()
+    finally:
+        writer.close()
+    assert failed and writer.metrics.dropped_rows == 0

@@ -19,6 +19,7 @@ import orjson
 
 from nexus._core import STORED_REQUEST_HEADERS as _STORED_REQUEST_HEADERS
 from nexus._core import (
+    KnownKeys,
     Reply,
     RequestAnalysis,
     SseObserver,
@@ -143,12 +144,14 @@ def build_batch(
     records: Sequence[ExchangeRecord],
     known: Container[bytes] = (),
     conversations: Sequence[str | None] | None = None,
+    pending: KnownKeys | None = None,
 ) -> BuiltBatch:
     """The `api_requests` rows of `records` and their content parts not in `known`, built and encoded
     by the Rust core in one call (`build_request_batch`; the encoding runs with the GIL released).
     Never raises for a record: one that cannot be turned into a full row becomes a minimal one that
     says why (`minimal_row`), so the request is still found by its id. `conversations` gives, per
-    record, a conversation id to store when the record's link has none (imported history)."""
+    record, a conversation id to store when the record's link has none (imported history); `pending`
+    holds parts batches still in memory carry, left out too (the writer's early encoding)."""
     requests, blobs, keys, lost = build_request_batch(
         records,
         known,
@@ -159,6 +162,7 @@ def build_batch(
         session=envelope_session,
         minimal=minimal_row,
         conversations=conversations,
+        pending=pending,
     )
     return BuiltBatch(requests, blobs, keys, [(_request_id(records[i]), why) for i, why in lost])
 

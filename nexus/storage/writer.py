@@ -62,6 +62,9 @@ BATCH_MAX_BYTES = 4 << 20
 CONFLICTS = frozenset({"40P01", "40001"})
 #: How many times a batch ended by such a conflict is sent again before it is spooled like an outage.
 CONFLICT_RETRIES = 3
+#: The most content keys the early-encoded batches are remembered to carry (they hold at most half of
+#: STORAGE_MAX_QUEUE_BYTES: far fewer parts than this).
+PENDING_KEYS = 1 << 20
 
 
 def record_bytes(record: ExchangeRecord) -> int:
@@ -172,6 +175,11 @@ class StorageWriter:
         self._over_cv = threading.Condition(lock)
         self._stopping = False
         self._known = RecentKeys(known_keys)
+        #: Content parts the batches encoded early (`_encoded`) carry: a later one leaves them out. So
+        #: those batches leave memory only all together (`_take_all_encoded`), which clears this and
+        #: counts an epoch; a batch encoded across that is encoded again carrying its own parts.
+        self._pending = RecentKeys(PENDING_KEYS)
+        self._epoch = 0
         self._conn: psycopg.Connection | None = None
         self._retry_at = 0.0
         self.retention_days = retention_days
@@ -234,11 +242,9 @@ class StorageWriter:
             records = list(self._queue)
             self._queue.clear()
             self._queued_bytes = 0
-            encoded = list(self._encoded)
-            self._encoded.clear()
-            self._encoded_bytes = 0
-        for e in encoded:
-            self._to_spool(Batch(e.built.requests, e.built.blobs), e.rows)
+            encoded = self._take_all_encoded()
+        if encoded is not None:
+            self._to_spool(Batch(encoded.built.requests, encoded.built.blobs), encoded.rows)
         if not records:
             return
         log.warning("storage: the writer is stuck; spooling %d queued rows at shutdown", len(records))
@@ -313,7 +319,7 @@ class StorageWriter:
             with self._cv:
                 if not self._encoded and len(self._queue) < self.batch_size and not self._stopping:
                     self._cv.wait(self.interval_s)
-                encoded = self._take_encoded()
+                encoded = self._take_all_encoded()
                 if encoded is None:
                     batch = self._take(None)
                 else:
@@ -353,18 +359,21 @@ class StorageWriter:
         self._queued_bytes -= size
         return batch
 
-    def _take_encoded(self) -> Encoded | None:
-        """The batches the overflow thread encoded, oldest first, merged into one (up to
-        `max_queue_bytes`): a writer that fell behind sends them in one transaction, not one per
-        batch (the caller holds the lock)."""
+    def _take_all_encoded(self) -> Encoded | None:
+        """Every batch encoded early, oldest first, merged into one (the caller holds the lock): a
+        writer that fell behind sends them in one transaction, not one per batch.
+
+        They leave memory together because each may leave out parts an older one carries
+        (`_pending`): together they hold every part the database is not known to hold, as every batch
+        sent or spooled must; one of them alone might not. They hold at most about half of
+        STORAGE_MAX_QUEUE_BYTES (`_encode_early` spills past it)."""
         if not self._encoded:
             return None
-        taken = [self._encoded.popleft()]
-        size = taken[0].size
-        while self._encoded and size + self._encoded[0].size <= self.max_queue_bytes:
-            taken.append(self._encoded.popleft())
-            size += taken[-1].size
-        self._encoded_bytes -= size
+        taken = list(self._encoded)
+        self._encoded.clear()
+        self._encoded_bytes = 0
+        self._pending.clear()
+        self._epoch += 1
         if len(taken) == 1:
             return taken[0]
         built = BuiltBatch(
@@ -385,7 +394,8 @@ class StorageWriter:
         times the bytes counted), its payload about a tenth of them (the conversation's history is
         split into content parts stored once). So a short burst or one slow COPY costs neither disk
         nor the spool's replay; only when the encoded payloads too pass half the bound (a database
-        slower than the traffic for long) do the oldest go to the spool, already encoded."""
+        slower than the traffic for long) do they go to the spool, already encoded, all together
+        (`_take_all_encoded`)."""
         while True:
             with self._over_cv:
                 while not self._stopping and self._queued_bytes <= self.max_queue_bytes:
@@ -394,28 +404,53 @@ class StorageWriter:
                     return
                 batch = self._take(BATCH_MAX_BYTES)
             if batch:
-                self._encode_early(batch)
+                try:
+                    self._encode_early(batch)
+                except Exception:  # a bug, never content: this thread must not end (memory would grow)
+                    log.exception("storage: rows could not be encoded early; spooling them one by one")
+                    self._spool_one_by_one(batch)
+
+    def _spool_one_by_one(self, records: list[ExchangeRecord]) -> None:
+        for rec in records:
+            try:
+                self._spool_records([rec])
+            except Exception:
+                self.metrics.dropped_rows += 1
+                log.exception("STORAGE LOSS: request %s could not be built", getattr(rec, "request_id", "?"))
 
     def _encode_early(self, records: list[ExchangeRecord]) -> None:
-        # parts the database already holds are left out, as the writer does (`KnownKeys` is shared
-        # safely: it locks); parts of batches encoded but not yet written are not known yet, so a
-        # later batch carries them again (stored once: ON CONFLICT DO NOTHING)
-        built = build_batch(records, self._known)
-        rows = len(records) - self._count_lost(built)
-        spill: list[Encoded] = []
+        # Parts the database holds are left out, as the writer does (`KnownKeys` is shared safely: it
+        # locks), and so are parts an earlier batch still in memory carries (`_pending`): under a
+        # backlog each batch used to carry its conversations' whole history again (~14 KB a row of
+        # parts encoded where ~3 KB were new). If those batches left memory while this one was being
+        # encoded (the writer took them, or they were spilled), it is encoded again with its own parts.
         with self._cv:
-            self.metrics.overflow_encoded_rows += rows
-            if rows:
-                encoded = Encoded(built, rows, records[0].started_at_us / 1e6)
-                self._encoded.append(encoded)
-                self._encoded_bytes += encoded.size
-            while self._encoded and self._encoded_bytes > self.max_queue_bytes // 2:
-                spill.append(self._encoded.popleft())
-                self._encoded_bytes -= spill[-1].size
-            self._cv.notify()
-        for encoded in spill:
-            self.metrics.overflow_rows += encoded.rows
-            self._to_spool(Batch(encoded.built.requests, encoded.built.blobs), encoded.rows)
+            epoch = self._epoch
+        built = build_batch(records, self._known, pending=self._pending)
+        rows = len(records) - self._count_lost(built)
+        with self._cv:
+            current = epoch == self._epoch
+            spill = self._keep_encoded(built, rows, records) if current else None
+        if not current:
+            built = build_batch(records, self._known)  # self-contained: fits whatever memory holds now
+            with self._cv:
+                spill = self._keep_encoded(built, rows, records)
+        if spill is not None:
+            self.metrics.overflow_rows += spill.rows
+            self._to_spool(Batch(spill.built.requests, spill.built.blobs), spill.rows)
+
+    def _keep_encoded(self, built: BuiltBatch, rows: int, records: list[ExchangeRecord]) -> Encoded | None:
+        """Keep a batch encoded early in memory (the caller holds the lock); past half the byte bound
+        all of them are returned, merged, for the spool (they depend on each other's parts)."""
+        self.metrics.overflow_encoded_rows += rows
+        if rows:
+            encoded = Encoded(built, rows, records[0].started_at_us / 1e6)
+            self._encoded.append(encoded)
+            self._encoded_bytes += encoded.size
+            self._pending.add_all(built.new_keys)
+        spill = self._take_all_encoded() if self._encoded_bytes > self.max_queue_bytes // 2 else None
+        self._cv.notify()
+        return spill
 
     def _write_batch(self, records: list[ExchangeRecord]) -> None:
         try:

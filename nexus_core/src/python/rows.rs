@@ -593,7 +593,7 @@ fn minimal_row(
 
 /// Build and encode the rows of `records` (see `nexus._core.build_request_batch`).
 #[pyfunction]
-#[pyo3(signature = (records, known, /, *, reply, redact, headers, json, session, minimal, conversations = None))]
+#[pyo3(signature = (records, known, /, *, reply, redact, headers, json, session, minimal, conversations = None, pending = None))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn build_request_batch<'py>(
     py: Python<'py>,
@@ -606,6 +606,7 @@ pub fn build_request_batch<'py>(
     session: Bound<'py, PyAny>,
     minimal: Bound<'py, PyAny>,
     conversations: Option<Vec<Option<String>>>,
+    pending: Option<Bound<'py, KnownKeys>>,
 ) -> PyResult<(
     Bound<'py, PyBytes>,
     Bound<'py, PyBytes>,
@@ -628,6 +629,8 @@ pub fn build_request_batch<'py>(
         Known::Rust(keys) => Some(keys.get()),
         Known::Py(_) => None,
     };
+    // parts another batch still in memory carries (the writer's batches encoded early): left out too
+    let pending_keys = pending.as_ref().map(|p| p.get());
     let records = records.try_iter()?.collect::<PyResult<Vec<_>>>()?;
     let mut encoder = BatchEncoder::new()?;
     let mut lost: Vec<(usize, String)> = Vec::new();
@@ -672,6 +675,7 @@ pub fn build_request_batch<'py>(
         py.detach(|| {
             encoder.push(&rows, &parts, |key| {
                 rust_known.is_some_and(|known| known.contains(key))
+                    || pending_keys.is_some_and(|pending| pending.contains(key))
             })
         })?;
     }
@@ -782,6 +786,13 @@ impl KnownKeys {
             None => payload.clone(),
         };
         Ok((out, keys))
+    }
+
+    /// Forget every key.
+    fn clear(&self) {
+        let mut inner = self.lock();
+        inner.stamps.clear();
+        inner.order.clear();
     }
 
     /// Remember `keys` as stored (the newest), forgetting the oldest past the capacity.
