@@ -16,7 +16,7 @@ import psycopg
 
 from nexus._core import copy_payload, copy_rows
 from nexus.pricing.sql import COST, price_join
-from nexus.storage.records import BLOB_NAMES_BY_COUNT, REQUEST_NAMES_BY_COUNT, REQUEST_TYPES_BY_COUNT
+from nexus.storage.records import BLOB_NAMES_BY_COUNT, REQUEST_NAMES_BY_COUNT, REQUEST_TYPES_BY_COUNT, SEARCH_TEXT
 
 FRAME = struct.Struct(">II")
 COPY_HEADER = 19  # signature (11) + flags (4) + header extension length (4)
@@ -98,7 +98,16 @@ ON CONFLICT (conversation_id) DO UPDATE SET
 SEARCH_VECTOR = "nexus_search_vector(s.message_keys, s.response_body, s.request_type)"
 STAGE_SQL = (
     "CREATE TEMP TABLE IF NOT EXISTS nexus_stage_requests (LIKE api_requests INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+    f"ALTER TABLE nexus_stage_requests ADD COLUMN IF NOT EXISTS {SEARCH_TEXT} text",
     "CREATE TEMP TABLE IF NOT EXISTS nexus_stage_blobs (LIKE content_blobs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+)
+#: The search vector of a row whose text the Rust builder staged (`nexus_core/src/search.rs`: the same
+#: text the SQL function extracts): PostgreSQL only runs `to_tsvector`, about half of a row's insert
+#: before. A row staged without it (a batch spooled by an earlier release, a text the builder left to
+#: PostgreSQL) is given the function's.
+STAGED_SEARCH_VECTOR = (
+    f"CASE WHEN s.{SEARCH_TEXT} IS NOT NULL THEN to_tsvector('english'::regconfig, s.{SEARCH_TEXT}) "
+    f"ELSE {SEARCH_VECTOR} END"
 )
 
 
@@ -106,10 +115,11 @@ def request_statements(names: list[str], search: bool = True) -> tuple[str, str]
     """COPY into staging, then insert what is new, each row priced (`cost_usd`, nexus/pricing/sql.py)
     and made searchable (`search_vector`; NULL with `search` off: STORAGE_SEARCH_ENABLED), and update
     the conversation summaries (and titles), for a column list."""
-    vector = SEARCH_VECTOR if search else "NULL::tsvector"
-    cols = ", ".join(f'"{n}"' for n in names)
-    staged = ", ".join(f's."{n}"' for n in names)
-    copy = f"COPY nexus_stage_requests ({cols}) FROM STDIN (FORMAT binary)"
+    copy = "COPY nexus_stage_requests ({}) FROM STDIN (FORMAT binary)".format(", ".join(f'"{n}"' for n in names))
+    stored = [n for n in names if n != SEARCH_TEXT]  # the staged search text is no column of api_requests
+    vector = (STAGED_SEARCH_VECTOR if SEARCH_TEXT in names else SEARCH_VECTOR) if search else "NULL::tsvector"
+    cols = ", ".join(f'"{n}"' for n in stored)
+    staged = ", ".join(f's."{n}"' for n in stored)
     insert = (
         f"WITH ins AS (INSERT INTO api_requests ({cols}, cost_usd, search_vector) "  # noqa: S608 (constant column lists)
         f"SELECT {staged}, {COST}, {vector} FROM nexus_stage_requests AS s {price_join('s')} "

@@ -46,12 +46,21 @@ STORED_REQUEST_HEADERS: frozenset[str] = _STORED_REQUEST_HEADERS
 #: holds the original bytes of the JSON column just before it when the encoder had to repair that
 #: value; `storage_repairs` (text[], last) names what was repaired in the row. See nexus/_core.pyi.
 REQUEST_COLUMNS: tuple[tuple[str, str], ...] = tuple(request_columns())
-#: The columns of the first releases: the same without the encoder's pseudo columns (spooled batches
-#: of those releases are replayed with them).
-_BASE_COLUMNS = tuple(c for c in REQUEST_COLUMNS if c[1] not in ("raw", "repairs"))
+#: The staged search text (`nexus_core/src/search.rs`): not a column of `api_requests`, PostgreSQL
+#: builds the row's `search_vector` from it (nexus/storage/payload.py).
+SEARCH_TEXT = "search_text"
+#: The columns of the first releases: the same without the encoder's pseudo columns and the staged
+#: search text (spooled batches of those releases are replayed with them).
+_BASE_COLUMNS = tuple(c for c in REQUEST_COLUMNS if c[1] not in ("raw", "repairs") and c[0] != SEARCH_TEXT)
 REQUEST_TYPES = [t for _, t in REQUEST_COLUMNS]
 REQUEST_NAMES = [n for n, _ in REQUEST_COLUMNS]
-_LAYOUTS = (_BASE_COLUMNS[:28], _BASE_COLUMNS[:39], _BASE_COLUMNS, REQUEST_COLUMNS)
+_LAYOUTS = (
+    _BASE_COLUMNS[:28],
+    _BASE_COLUMNS[:39],
+    _BASE_COLUMNS,
+    tuple(c for c in REQUEST_COLUMNS if c[0] != SEARCH_TEXT),  # before the search text was staged
+    REQUEST_COLUMNS,
+)
 #: Every column layout by its length (a COPY tuple carries its field count), so a batch spooled by an
 #: earlier release is replayed with the columns it was encoded with.
 REQUEST_NAMES_BY_COUNT: dict[int, list[str]] = {len(cols): [n for n, _ in cols] for cols in _LAYOUTS}

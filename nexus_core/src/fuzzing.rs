@@ -149,7 +149,7 @@ pub fn sse_observer(data: &[u8]) {
 
 /// Any bytes as a JSON reply, and as a stream: the reader never panics, reads the same twice,
 /// writes a usage that is a JSON object and a text already canonical; a stream's launches and text
-/// are those of its rebuilt message read as a JSON reply.
+/// are those of its rebuilt message read as a JSON reply; its search text is bounded, without NUL.
 pub fn reply(data: &[u8]) {
     let reply = read_reply(data);
     assert_eq!(reply, read_reply(data));
@@ -171,6 +171,12 @@ pub fn reply(data: &[u8]) {
     assert_eq!(streamed.launches, rebuilt.launches);
     assert_eq!(streamed.joined_text, rebuilt.joined_text);
     assert_eq!(streamed.usage_json, observer.usage_json());
+    // the same bytes as the last message and as the reply of a stored row: the staged search text
+    // (`search.rs`) never panics, never holds a NUL and stays within its bound
+    if let Some(text) = crate::search::search_text(&[data], None, Some(data)) {
+        assert!(!text.contains('\0'));
+        assert!(text.chars().count() <= 100_000);
+    }
 }
 
 fn within(part: &[u8], body: &[u8]) -> bool {

@@ -102,6 +102,30 @@ pub struct Exchange<'a> {
     pub attempts: Cell<'a>,
     /// Names of what was repaired before encoding (an array, or NULL); the encoder adds its own.
     pub storage_repairs: Cell<'a>,
+    /// The text the row is found by (`search::search_text`), staged for PostgreSQL's `to_tsvector`
+    /// and never stored as a column; NULL lets PostgreSQL extract it itself. Filled by
+    /// [`Exchange::fill_search_text`] from the fields below.
+    pub search_text: Cell<'a>,
+    /// The request's last (up to four) message parts, newest first: what `search_text` reads.
+    pub search_messages: Vec<&'a [u8]>,
+}
+
+impl Exchange<'_> {
+    /// Compute `search_text` from the last messages, the request type and the reply (called with
+    /// the GIL released, just before encoding).
+    pub fn fill_search_text(&mut self) {
+        let request_type = match &self.request_type {
+            Cell::Text(t) => Some(t.as_ref()),
+            _ => None,
+        };
+        let reply = match &self.response_body {
+            Cell::Bytes(b) => Some(b.as_ref()),
+            Cell::Text(t) => Some(t.as_bytes()),
+            _ => None,
+        };
+        self.search_text = crate::search::search_text(&self.search_messages, request_type, reply)
+            .map_or(Cell::Null, |text| Cell::Text(text.into()));
+    }
 }
 
 /// How a column's cell is read from an exchange.
@@ -126,7 +150,8 @@ macro_rules! column {
 
 /// The `api_requests` columns written now, in their COPY order. `envelope_raw` and `response_raw`
 /// keep the original bytes of the JSON cell just before them when it had to be repaired (or the
-/// exact bytes of a body stored as text); `storage_repairs` (last) names what was repaired in the row.
+/// exact bytes of a body stored as text); `search_text` is staged only (PostgreSQL builds the row's
+/// search vector from it); `storage_repairs` (last) names what was repaired in the row.
 pub const REQUEST_COLUMNS: &[Column] = &[
     column!(request_id, Uuid),
     column!(timestamp, Timestamptz),
@@ -181,6 +206,7 @@ pub const REQUEST_COLUMNS: &[Column] = &[
     column!(agent_id, Text),
     column!(task_prompt_keys, ByteaArray),
     column!(attempts, Int4),
+    column!(search_text, Text),
     column!(storage_repairs, Repairs),
 ];
 
@@ -223,8 +249,13 @@ pub fn request_types() -> Vec<ColumnType> {
 /// Encode `rows` and `blobs` into their COPY payloads (`blobs` empty: no blob payload). A row the
 /// encoder refuses (a value of the wrong type for its column: a programming error, never content)
 /// is left out and reported, so one bad row never stops the batch.
-pub fn encode_batch(rows: &[Row<'_>], blobs: &[Blob<'_>]) -> Result<Encoded, NexusError> {
+pub fn encode_batch(rows: &mut [Row<'_>], blobs: &[Blob<'_>]) -> Result<Encoded, NexusError> {
     let mut encoder = BatchEncoder::new()?;
+    for row in rows.iter_mut() {
+        if let Row::Built(exchange) = row {
+            exchange.fill_search_text();
+        }
+    }
     let rows: Vec<(usize, &Row<'_>)> = rows.iter().enumerate().collect();
     encoder.push(&rows, blobs, |_| false)?;
     Ok(encoder.finish())
@@ -337,12 +368,12 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), REQUEST_COLUMNS.len());
-        assert_eq!(REQUEST_COLUMNS.len(), 43);
+        assert_eq!(REQUEST_COLUMNS.len(), 44);
     }
 
     #[test]
     fn a_built_row_has_its_derived_cells() {
-        let out = encode_batch(&[Row::Built(Box::new(exchange()))], &[]).unwrap();
+        let out = encode_batch(&mut [Row::Built(Box::new(exchange()))], &[]).unwrap();
         assert!(out.lost.is_empty() && out.blobs.is_empty());
         let rows = copy_rows(&out.requests).unwrap();
         assert_eq!(rows.len(), 1);
@@ -360,7 +391,7 @@ mod tests {
     fn a_row_the_encoder_refuses_is_left_out_and_the_rest_kept() {
         let mut bad = exchange();
         bad.request_id = Cell::Text("not a uuid".into());
-        let rows = [
+        let mut rows = [
             Row::Built(Box::new(exchange())),
             Row::Built(Box::new(bad)),
             Row::Built(Box::new(exchange())),
@@ -370,7 +401,7 @@ mod tests {
             kind: 1,
             body: b"{}",
         }];
-        let out = encode_batch(&rows, &blobs).unwrap();
+        let out = encode_batch(&mut rows, &blobs).unwrap();
         assert_eq!(out.lost.len(), 1);
         assert_eq!(out.lost[0].0, 1);
         assert_eq!(copy_rows(&out.requests).unwrap().len(), 2);

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
@@ -96,11 +97,18 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     *_BASE_COLUMNS[10:17],
     ("response_raw", "raw"),
     *_BASE_COLUMNS[17:],
+    ("search_text", "text"),
     ("storage_repairs", "repairs"),
 )
 REQUEST_TYPES = [t for _, t in REQUEST_COLUMNS]
 REQUEST_NAMES = [n for n, _ in REQUEST_COLUMNS]
-_LAYOUTS = (_BASE_COLUMNS[:28], _BASE_COLUMNS[:39], _BASE_COLUMNS, REQUEST_COLUMNS)
+_LAYOUTS = (
+    _BASE_COLUMNS[:28],
+    _BASE_COLUMNS[:39],
+    _BASE_COLUMNS,
+    tuple(c for c in REQUEST_COLUMNS if c[0] != "search_text"),
+    REQUEST_COLUMNS,
+)
 #: Every column layout by its length (a COPY tuple carries its field count), so a batch spooled by an
 #: earlier release is replayed with the columns it was encoded with.
 REQUEST_NAMES_BY_COUNT: dict[int, list[str]] = {len(cols): [n for n, _ in cols] for cols in _LAYOUTS}
@@ -170,10 +178,13 @@ def _cells(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
     message_keys: list[bytes] | None = None
     model: str | None = None
     analysis, body = rec.analysis, rec.request_body
+    parts: dict[bytes, bytes] = {}
     if analysis is not None and body is not None:
         envelope, system_key, tools_key = analysis.envelope, analysis.system_key, analysis.tools_key
         message_keys, model = analysis.message_keys, analysis.model
+        parts = {}
         for key, kind, start, end in analysis.part_spans:
+            parts.setdefault(key, body[start:end])
             if key not in known and key not in blobs:
                 blobs[key] = (kind, body[start:end])  # only parts the database may not have are copied
     elif body:
@@ -187,6 +198,7 @@ def _cells(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
             envelope, system_key, tools_key = split.envelope, split.system_key, split.tools_key
             message_keys = split.message_keys
             for key, kind, part in split.parts:
+                parts.setdefault(key, part)
                 if key not in known:
                     blobs.setdefault(key, (kind, part))
             parsed_envelope = _parse(envelope)
@@ -243,9 +255,80 @@ def _cells(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
         "attempts": rec.attempts,
         "storage_repairs": flags or None,
         "is_subtask": False,
+        "search_text": search_text(
+            [parts[k] for k in reversed((message_keys or [])[-4:]) if k in parts], rec.request_type, response_body
+        ),
     }
     cells.update(link_cells(rec.link))
     return cells
+
+
+#: Migration 0012's injected blocks, in its order.
+SEARCH_TAGS = (
+    "system-reminder",
+    "command-name",
+    "command-message",
+    "command-args",
+    "local-command-stdout",
+    "local-command-stderr",
+    "local-command-caveat",
+    "task-notification",
+    "bash-input",
+    "bash-stdout",
+    "bash-stderr",
+    "user-prompt-submit-hook",
+)
+
+
+def visible_text(content: Any) -> str | None:
+    """Migration 0012's `nexus_visible_text`, written again from its SQL (the Rust one's oracle); None
+    where the Rust one leaves the text to PostgreSQL (a NUL)."""
+    if isinstance(content, str):
+        txt = content[:50_000]
+    elif isinstance(content, list):
+        texts = [
+            b["text"][:20_000]
+            for b in content[:100]
+            if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+        ]
+        if not texts:
+            return ""
+        txt = "\n".join(texts)[:50_000]
+    else:
+        return ""
+    if "\x00" in txt:
+        return None
+    for tag in SEARCH_TAGS:
+        if f"<{tag}>" in txt:
+            txt = re.sub(f"<{tag}>.*?</{tag}>", " ", txt, flags=re.S)
+            txt = re.sub(f"<{tag}>.*\\Z", " ", txt, count=1, flags=re.S)
+    return txt.strip(" \t\r\n")
+
+
+def search_text(messages: list[bytes], request_type: str | None, reply: bytes | None) -> str | None:
+    """The staged search text: the newest user message of the last four (`messages`, newest first)
+    unless a compaction or auxiliary request, a newline, the reply's text; cut to 100,000 characters."""
+    try:
+        user = ""
+        if request_type not in ("compaction", "auxiliary"):
+            for part in messages:
+                message = orjson.loads(part)
+                if isinstance(message, dict) and message.get("role") == "user":
+                    found = visible_text(message.get("content"))
+                    if found is None:
+                        return None
+                    user = found
+                    break
+        reply_text = ""
+        if reply:
+            parsed = orjson.loads(reply)
+            found = visible_text(parsed.get("content") if isinstance(parsed, dict) else None)
+            if found is None:
+                return None
+            reply_text = found
+    except orjson.JSONDecodeError:
+        return None
+    return (user + "\n" + reply_text)[:100_000]
 
 
 LINK_COLUMNS = (

@@ -409,16 +409,27 @@ fn build<'a>(
             .model
             .as_deref()
             .map_or(Cell::Null, |m| Cell::Text(Cow::Borrowed(m)));
+        // as Python slices: a span past the body is cut to it (never from the request path)
+        let span = |start: usize, end: usize| {
+            let end = end.min(data.len());
+            &data[start.min(end)..end]
+        };
         for (key, kind, start, end) in &an.spans {
             if is_new(key)? {
-                // as Python slices: a span past the body is cut to it (never from the request path)
-                let end = (*end).min(data.len());
                 blobs.push(Blob {
                     key: Cow::Borrowed(key.as_slice()),
                     kind: *kind,
-                    body: &data[(*start).min(end)..end],
+                    body: span(*start, *end),
                 });
             }
+        }
+        if let Some(keys) = &an.message_key_list {
+            ex.search_messages = last_messages(keys, |key| {
+                an.spans
+                    .iter()
+                    .find(|(k, ..)| k.as_slice() == key.as_slice())
+                    .map(|(_, _, start, end)| span(*start, *end))
+            });
         }
     } else if body.is_truthy()? {
         let data = body.cast::<PyBytes>().map_err(PyErr::from)?.as_bytes();
@@ -446,6 +457,15 @@ fn build<'a>(
                 ex.message_keys = split.message_keys.as_ref().map_or(Cell::Null, |keys| {
                     Cell::Array(keys.iter().map(key_cell).collect())
                 });
+                if let Some(keys) = &split.message_keys {
+                    ex.search_messages = last_messages(keys, |key| {
+                        split
+                            .parts
+                            .iter()
+                            .find(|(k, ..)| k == key)
+                            .map(|(.., part)| *part)
+                    });
+                }
                 for (key, kind, part) in split.parts {
                     if is_new(&key)? {
                         blobs.push(Blob {
@@ -591,6 +611,15 @@ fn minimal_row(
     }
 }
 
+/// The bytes of the last (up to four) messages, newest first, as the search text reads them (a key
+/// without its part is skipped, as PostgreSQL's join skips it).
+fn last_messages<'b>(
+    keys: &[body::Key],
+    part: impl Fn(&body::Key) -> Option<&'b [u8]>,
+) -> Vec<&'b [u8]> {
+    keys.iter().rev().take(4).filter_map(part).collect()
+}
+
 /// Build and encode the rows of `records` (see `nexus._core.build_request_batch`).
 #[pyfunction]
 #[pyo3(signature = (records, known, /, *, reply, redact, headers, json, session, minimal, conversations = None, pending = None))]
@@ -671,8 +700,13 @@ pub fn build_request_batch<'py>(
                 },
             }
         }
-        let rows: Vec<(usize, &Row<'_>)> = rows.iter().map(|(i, r)| (*i, r)).collect();
         py.detach(|| {
+            for (_, row) in rows.iter_mut() {
+                if let Row::Built(exchange) = row {
+                    exchange.fill_search_text();
+                }
+            }
+            let rows: Vec<(usize, &Row<'_>)> = rows.iter().map(|(i, r)| (*i, r)).collect();
             encoder.push(&rows, &parts, |key| {
                 rust_known.is_some_and(|known| known.contains(key))
                     || pending_keys.is_some_and(|pending| pending.contains(key))

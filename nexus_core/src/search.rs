@@ -1,0 +1,207 @@
+//! The text a stored request is found by: its newest user message and its reply, without what the
+//! client injects. PostgreSQL's `nexus_search_vector` (migration 0012) computes the same text from the
+//! stored row and the content parts; the writer now stages this text with the row, so PostgreSQL only
+//! runs `to_tsvector` on it (extracting it in plpgsql was about half of a row's insert).
+//!
+//! Every rule here is the SQL's, to the character: `nexus_visible_text` keeps the `content` string,
+//! or the `text` of the first 100 blocks of type `text` (each cut to 20,000 characters, joined by a
+//! newline), cuts to 50,000 characters, removes each injected block (`<tag>…</tag>`, the shortest
+//! match, and then an unclosed `<tag>` to the end of the text, each replaced by one space) tag after
+//! tag in [`TAGS`] order, and trims spaces, tabs and line ends. The user message is the newest of
+//! the last four messages whose `role` is `user` (none for a compaction or an auxiliary request),
+//! and the whole is cut to 100,000 characters. Where this code cannot be sure to read what
+//! PostgreSQL reads (a part that is not JSON serde reads, a NUL it would have stored repaired), it
+//! answers `None` and PostgreSQL computes the text itself, as before.
+
+use serde_json::Value;
+
+/// The injected blocks removed, in the order the SQL removes them.
+pub const TAGS: [&str; 12] = [
+    "system-reminder",
+    "command-name",
+    "command-message",
+    "command-args",
+    "local-command-stdout",
+    "local-command-stderr",
+    "local-command-caveat",
+    "task-notification",
+    "bash-input",
+    "bash-stdout",
+    "bash-stderr",
+    "user-prompt-submit-hook",
+];
+
+/// The first `n` characters of `s` (PostgreSQL's `left`).
+fn left(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((at, _)) => &s[..at],
+        None => s,
+    }
+}
+
+/// `nexus_visible_text(content)`; `None` when the text holds a NUL (PostgreSQL stores those repaired).
+pub fn visible_text(content: Option<&Value>) -> Option<String> {
+    let mut txt = match content {
+        Some(Value::String(s)) => left(s, 50_000).to_owned(),
+        Some(Value::Array(blocks)) => {
+            // string_agg: a newline between the texts, empty ones included; none at all is no text
+            let texts: Vec<&str> = blocks
+                .iter()
+                .take(100)
+                .filter_map(Value::as_object)
+                .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .map(|t| left(t, 20_000))
+                .collect();
+            if texts.is_empty() {
+                return Some(String::new());
+            }
+            left(&texts.join("\n"), 50_000).to_owned()
+        }
+        _ => return Some(String::new()),
+    };
+    if txt.contains('\0') {
+        return None;
+    }
+    for tag in TAGS {
+        let open = format!("<{tag}>");
+        if !txt.contains(&open) {
+            continue;
+        }
+        let close = format!("</{tag}>");
+        txt = remove_blocks(&txt, &open, &close);
+        if let Some(at) = txt.find(&open) {
+            txt.truncate(at);
+            txt.push(' ');
+        }
+    }
+    Some(txt.trim_matches([' ', '\t', '\r', '\n']).to_owned())
+}
+
+/// `regexp_replace(txt, '<tag>.*?</tag>', ' ', 'g')`: each leftmost, shortest block becomes a space.
+fn remove_blocks(txt: &str, open: &str, close: &str) -> String {
+    let mut out = String::with_capacity(txt.len());
+    let mut rest = txt;
+    while let Some(start) = rest.find(open) {
+        let after = &rest[start + open.len()..];
+        let Some(end) = after.find(close) else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        out.push(' ');
+        rest = &after[end + close.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The staged search text of a request: `messages` are the bytes of its last (up to four) message
+/// parts, newest first; `reply` the stored response body. `None`: let PostgreSQL compute it.
+pub fn search_text(
+    messages: &[&[u8]],
+    request_type: Option<&str>,
+    reply: Option<&[u8]>,
+) -> Option<String> {
+    let mut user = String::new();
+    if !matches!(request_type, Some("compaction") | Some("auxiliary")) {
+        for part in messages.iter().take(4) {
+            let message: Value = serde_json::from_slice(part).ok()?;
+            if message.get("role").and_then(Value::as_str) == Some("user") {
+                user = visible_text(message.get("content"))?;
+                break;
+            }
+        }
+    }
+    let reply_text = match reply {
+        Some(bytes) => {
+            let reply: Value = serde_json::from_slice(bytes).ok()?;
+            visible_text(reply.get("content"))?
+        }
+        None => String::new(),
+    };
+    user.push('\n');
+    user.push_str(&reply_text);
+    Some(left(&user, 100_000).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn text(v: Value) -> String {
+        visible_text(Some(&v)).unwrap()
+    }
+
+    #[test]
+    fn strings_and_text_blocks() {
+        assert_eq!(text(json!("  hello \n")), "hello");
+        let blocks = json!([
+            {"type": "text", "text": "a"},
+            {"type": "tool_use", "text": "no"},
+            "not an object",
+            {"type": "text", "text": ""},
+            {"type": "text", "text": 5},
+            {"type": "text", "text": "b"}
+        ]);
+        assert_eq!(text(blocks), "a\n\nb");
+        assert_eq!(text(json!([])), "");
+        assert_eq!(text(json!({"type": "text"})), "");
+        assert_eq!(visible_text(None), Some(String::new()));
+    }
+
+    #[test]
+    fn only_the_first_hundred_blocks_and_the_character_limits() {
+        let mut blocks: Vec<Value> = (0..101)
+            .map(|i| json!({"type": "text", "text": i.to_string()}))
+            .collect();
+        blocks[0] = json!({"type": "text", "text": "é".repeat(20_001)});
+        let out = text(Value::Array(blocks));
+        assert!(out.starts_with(&"é".repeat(20_000)));
+        assert!(out.ends_with("\n99"));
+        assert_eq!(text(json!("x".repeat(50_001))).chars().count(), 50_000);
+    }
+
+    #[test]
+    fn injected_blocks_go() {
+        assert_eq!(
+            text(json!(
+                "a<system-reminder>x</system-reminder>b<system-reminder>y"
+            )),
+            "a b"
+        );
+        assert_eq!(
+            text(json!(
+                "<command-name>/x</command-name><command-args></command-args>hi"
+            )),
+            "hi"
+        );
+        assert_eq!(
+            text(json!("a<bash-input>1<bash-input>2</bash-input>3")),
+            "a 3"
+        );
+    }
+
+    #[test]
+    fn a_nul_is_left_to_postgresql() {
+        assert_eq!(visible_text(Some(&json!("a\u{0}b"))), None);
+    }
+
+    #[test]
+    fn the_newest_user_message_and_the_reply() {
+        let user = br#"{"role":"user","content":"find it"}"#.as_slice();
+        let older = br#"{"role":"user","content":"older"}"#.as_slice();
+        let assistant = br#"{"role":"assistant","content":"no"}"#.as_slice();
+        let reply = br#"{"content":[{"type":"text","text":"found"}]}"#.as_slice();
+        assert_eq!(
+            search_text(&[assistant, user, older], None, Some(reply)).unwrap(),
+            "find it\nfound"
+        );
+        assert_eq!(
+            search_text(&[user], Some("compaction"), Some(reply)).unwrap(),
+            "\nfound"
+        );
+        assert_eq!(search_text(&[], None, None).unwrap(), "\n");
+        assert_eq!(search_text(&[b"{not json"], None, None), None);
+    }
+}

@@ -1,0 +1,177 @@
+"""The search text built in Rust (`nexus_core/src/search.rs`) is the text migration 0012's SQL extracts.
+
+The writer stages it with each row and PostgreSQL only runs `to_tsvector` on it (extracting it in
+plpgsql was about half of a row's insert). The SQL function stays, for rows staged without the text
+and as the oracle here: hostile contents (injected blocks open, closed, nested, cut; block lists of any
+shape; roles and types of the wrong type; characters past the limits) are stored through the writer's
+own statements, and every stored vector must equal the one the SQL function computes from the stored
+row and parts.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+
+import orjson
+import psycopg
+
+from nexus._core import analyze_request, copy_row_field, copy_rows
+from nexus.storage.payload import STAGE_SQL, Batch, send
+from nexus.storage.records import REQUEST_NAMES, ExchangeRecord, build_batch
+from tests.oracles.python_rows import SEARCH_TAGS
+
+WORDS = ["find", "the", "zebra", "files", "running", "é", "日本", "🦓", " ", "\n", "\t", "\r\n", "<", ">", "/"]
+
+
+def _text(rng: random.Random) -> str:
+    pieces = []
+    for _ in range(rng.randrange(0, 12)):
+        roll = rng.random()
+        tag = rng.choice([*SEARCH_TAGS, "other-tag"])
+        if roll < 0.2:
+            pieces.append(f"<{tag}>")
+        elif roll < 0.35:
+            pieces.append(f"</{tag}>")
+        elif roll < 0.4:
+            pieces.append("x" * rng.choice([19_999, 20_000, 20_001, 50_001]))
+        else:
+            pieces.append(rng.choice(WORDS))
+    return "".join(pieces)
+
+
+def _content(rng: random.Random) -> object:
+    roll = rng.random()
+    if roll < 0.35:
+        return _text(rng)
+    if roll < 0.9:
+        blocks: list[object] = []
+        for _ in range(rng.choice([0, 1, 2, 3, 5, 101, 102])):
+            kind = rng.random()
+            if kind < 0.6:
+                blocks.append({"type": "text", "text": _text(rng)})
+            elif kind < 0.7:
+                blocks.append({"type": "tool_result", "tool_use_id": "t", "content": _text(rng)})
+            elif kind < 0.8:
+                blocks.append({"type": "text", "text": 5})
+            elif kind < 0.9:
+                blocks.append({"type": ["text"], "text": "wrong type"})
+            else:
+                blocks.append(rng.choice(["a string", 3, None, ["text"]]))
+        return blocks
+    return rng.choice([None, 7, {"type": "text", "text": "an object"}])
+
+
+def _record(rng: random.Random, i: int) -> ExchangeRecord:
+    messages = []
+    for _ in range(rng.randrange(0, 7)):
+        role = rng.choice(["user", "user", "assistant", "system", ["user"]])
+        messages.append({"role": role, "content": _content(rng)})
+    body = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 5, "messages": messages})
+    reply = None
+    if rng.random() < 0.8:
+        reply = orjson.dumps({"type": "message", "role": "assistant", "content": _content(rng), "usage": {}})
+    rec = ExchangeRecord(
+        str(uuid.uuid4()),
+        int(time.time() * 1_000_000) + i,
+        "p",
+        None,
+        "POST",
+        "/v1/messages",
+        [],
+        body,
+        200,
+        [],
+        reply,
+    )
+    rec.analysis = analyze_request(body, strict=False)
+    rec.request_type = rng.choice([None, "main", "subagent", "compaction", "auxiliary"])
+    return rec
+
+
+#: The text migration 0012's `nexus_search_vector` gives `to_tsvector`, from a stored row `r`.
+SQL_TEXT = """left(coalesce((
+    SELECT nexus_visible_text(b.body -> 'content')
+    FROM unnest(r.message_keys[greatest(1, coalesce(array_length(r.message_keys, 1), 0) - 3):])
+        WITH ORDINALITY AS k(key, i)
+    JOIN content_blobs b ON b.key = k.key
+    WHERE b.body ->> 'role' = 'user' AND r.request_type IS DISTINCT FROM 'compaction'
+      AND r.request_type IS DISTINCT FROM 'auxiliary'
+    ORDER BY k.i DESC LIMIT 1), '') || E'\\n' || nexus_visible_text(r.response_body -> 'content'), 100000)"""
+
+
+def _edge_records() -> list[ExchangeRecord]:
+    """The limits exactly: the 100th block and the 101st, 20,000 and 50,000 characters (multi-byte)."""
+    rng = random.Random(5)
+    contents: list[object] = [
+        [{"type": "text", "text": f"word{i}"} for i in range(101)],
+        [{"type": "text", "text": "é" * 19_999 + "zebra"}, {"type": "text", "text": "giraffe"}],
+        "日" * 49_999 + " zebra giraffe",
+        [{"type": "text", "text": "a" * 20_000} for _ in range(3)] + [{"type": "text", "text": "okapi"}],
+        "<system-reminder>hidden</system-reminder>shown<command-name>cut",
+        "  \r\n\t  ",
+    ]
+    records = []
+    for i, content in enumerate(contents):
+        rec = _record(rng, 10_000 + i)
+        body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": content}]}
+        rec.request_body = orjson.dumps(body)
+        rec.analysis = analyze_request(rec.request_body, strict=False)
+        rec.request_type = "main"
+        rec.response_body = orjson.dumps({"content": content})
+        records.append(rec)
+    return records
+
+
+def test_the_staged_search_text_is_the_text_the_sql_extracts(migrated_db: str) -> None:
+    rng = random.Random(12)
+    records = [_record(rng, i) for i in range(400)] + _edge_records()
+    built = build_batch(records)
+    column = REQUEST_NAMES.index("search_text")
+    staged = [copy_row_field(row, column) for row in copy_rows(built.requests)]
+    assert all(text is not None for text in staged)  # none left to PostgreSQL here
+    with psycopg.connect(migrated_db) as conn:
+        for sql in STAGE_SQL:
+            conn.execute(sql)  # type: ignore[arg-type]
+        send(conn, Batch(built.requests, built.blobs))
+        conn.execute("CREATE TEMP TABLE staged (request_id uuid, t text)")
+        with conn.cursor().copy("COPY staged (request_id, t) FROM STDIN") as cp:
+            for rec, text in zip(records, staged, strict=True):
+                cp.write_row((rec.request_id, (text or b"").decode()))
+        different = conn.execute(
+            f"SELECT r.request_id, s.t, {SQL_TEXT} FROM api_requests r JOIN staged s USING (request_id) "  # noqa: S608
+            f"WHERE s.t IS DISTINCT FROM {SQL_TEXT}"
+        ).fetchall()
+        vectors = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE search_vector = "
+            "nexus_search_vector(message_keys, response_body, request_type)), "
+            "count(*) FILTER (WHERE search_vector::text <> '') FROM api_requests"
+        ).fetchone()
+    assert [(rid, t[:200], sql[:200]) for rid, t, sql in different] == []
+    assert vectors is not None and vectors[:2] == (len(records), len(records))
+    assert vectors[2] > 100  # and many have words to find
+
+
+def test_a_text_rust_cannot_read_as_postgresql_does_is_left_to_postgresql(migrated_db: str) -> None:
+    """A NUL (PostgreSQL stores it repaired, as text) or a reply that is not JSON: no staged text, and
+    the SQL function builds the vector from the stored row as before."""
+    rng = random.Random(3)
+    nul, not_json = _record(rng, 0), _record(rng, 1)
+    nul.request_body = orjson.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "a\0b"}]})
+    nul.analysis = analyze_request(nul.request_body, strict=False)
+    nul.request_type = "main"
+    not_json.response_body = b"not json at all"
+    built = build_batch([nul, not_json])
+    column = REQUEST_NAMES.index("search_text")
+    assert [copy_row_field(row, column) for row in copy_rows(built.requests)] == [None, None]
+    with psycopg.connect(migrated_db) as conn:
+        for sql in STAGE_SQL:
+            conn.execute(sql)  # type: ignore[arg-type]
+        send(conn, Batch(built.requests, built.blobs))
+        conn.commit()
+        vectors = conn.execute(
+            "SELECT search_vector IS NOT DISTINCT FROM nexus_search_vector(message_keys, response_body, request_type) "
+            "FROM api_requests"
+        ).fetchall()
+    assert vectors == [(True,), (True,)]
