@@ -472,6 +472,10 @@ class RequestAnalysis:
     @property
     def continuation_text(self) -> str | None:
         """The first user text when it opens a post-compaction continuation."""
+    @property
+    def trimmed_hash(self) -> bytes | None:
+        """When the last kept message is a user message of two blocks or more: the history's hash with
+        that message's last block left out (what a compaction merged into the last turn continues)."""
 
 def analyze_request(body: bytes, /, *, strict: bool = True) -> RequestAnalysis:
     """Analyse a request body once (GIL released while parsing and hashing).

@@ -257,6 +257,75 @@ def test_compaction_and_the_turn_after_it_join_the_conversation() -> None:
     assert (lp2.parent_request_id, lp2.conversation_id, lp2.branch_id) == (p1, l1.conversation_id, lp1.branch_id)
 
 
+COMPACTION_PROMPT = (
+    "CRITICAL: Respond with TEXT ONLY. Do NOT call any tools.\n\n- Do NOT use Read, Bash, Grep, Glob, Edit, Write, or "
+    "ANY other tool.\n\nYour task is to create a detailed summary of the conversation so far, paying close "
+    "attention to the user's explicit requests and your previous actions."
+)
+
+
+def merged_compaction(history: list[dict[str, Any]], last_turn: str) -> list[dict[str, Any]]:
+    """Claude Code 2.1.197's `/compact` (tests/fixtures/claude_code/compact_merged, 0004): the history up
+    to the last user turn *without that turn's reply*, the turn's text re-sent with a newline and the
+    summary prompt appended to it as a second block."""
+    return [*uncache(history), {"role": "user", "content": [text(last_turn + "\n"), text(COMPACTION_PROMPT)]}]
+
+
+def test_a_compaction_merged_into_the_last_turn_continues_that_turn_on_its_line() -> None:
+    """Recorded shapes: a tool loop, a second turn, then `/compact` merged into that turn. By prefix alone
+    its parent was the turn before (which already had the second turn as a child): a side branch."""
+    s = Session()
+    m1 = [{"role": "user", "content": [REMINDER, text("COMPACT-1: print the working directory")]}, env_message()]
+    r1_reply = reply(tool_use("toolu_01CPBashPwd00000000000001", command="pwd"))
+    _, l1 = s.send(m1, r1_reply)
+    results = {"role": "user", "content": [tool_result("toolu_01CPBashPwd00000000000001", "/work")]}
+    m2 = [*uncache(m1), assistant(*r1_reply["content"]), results]
+    s.send(m2, reply(text("The working directory is shown above.")))
+    m3 = [*uncache(m2), assistant(text("The working directory is shown above.")), user("COMPACT-2: what is 6 * 7?")]
+    r3, l3 = s.send(m3, reply(text("6 * 7 = 42.")))
+    summary = "1. Primary Request and Intent: the working directory, then 6 * 7."
+    compacted = reply(text(f"<analysis>\nthe user asked twice\n</analysis>\n\n<summary>\n{summary}\n</summary>"))
+    merged = merged_compaction(m3[:-1], "COMPACT-2: what is 6 * 7?")
+    _, lk = s.send(merged, status=529)
+    assert lk.request_type == COMPACTION
+    assert (lk.parent_request_id, lk.branch_id, lk.conversation_id) == (r3, "main", l1.conversation_id)
+    k, retry = s.send(merged, compacted)  # re-sent after the 529: a retry, on the same line
+    assert (retry.evidence, retry.parent_request_id, retry.branch_id) == ("retry", r3, "main")
+    opening = (
+        "This session is being continued from a previous conversation that ran out of context. The summary "
+        f"below covers the earlier portion of the conversation.\n\nSummary:\n{summary}\n\n"
+        "If you need specific details from before compaction, read the full transcript."
+    )
+    after = [
+        {"role": "user", "content": [REMINDER, text(opening)]},
+        assistant(text("6 * 7 = 42.")),
+        user("AFTER-COMPACT-1: what did we compute before?"),
+    ]
+    _, la = s.send(after, reply(text("We computed 6 * 7 = 42.")))
+    assert (la.evidence, la.parent_request_id, la.conversation_id) == ("compaction", k, l1.conversation_id)
+    assert la.branch_id is not None and la.branch_id.startswith("compact_")
+    assert l3.branch_id == "main"
+
+
+def test_a_merged_compaction_of_a_fork_stays_on_the_fork_and_an_edited_turn_is_still_a_branch() -> None:
+    s = Session()
+    m1 = [user("BASE-1: pick a colour")]
+    r1, _ = s.send(m1, reply(text("Blue.")))
+    m2 = [*uncache(m1), assistant(text("Blue.")), user("BASE-2: and a second one")]
+    r2, _ = s.send(m2, reply(text("Green.")))
+    fork = [*uncache(m1), assistant(text("Blue.")), user("FORK-A: no, pick an animal")]
+    f, lf = s.send(fork, reply(text("A cat.")), session="s2")
+    assert (lf.parent_request_id, lf.branch_id != "main") == (r1, True)
+    _, lk = s.send(merged_compaction(fork[:-1], "FORK-A: no, pick an animal"), reply(text("summary")), session="s2")
+    assert (lk.request_type, lk.parent_request_id, lk.branch_id) == (COMPACTION, f, lf.branch_id)
+    # not a compaction: a turn re-sent with a block added is an edit of that turn, a branch at its parent
+    edited = [*uncache(m2[:-1]), {"role": "user", "content": [text("BASE-2: and a second one"), text("bigger")]}]
+    _, le = s.send(edited, reply(text("Red.")))
+    assert (le.request_type, le.parent_request_id) == (MAIN, r1)
+    assert le.branch_id not in ("main", lf.branch_id)
+    assert r2 != le.parent_request_id
+
+
 def test_auxiliary_requests_are_not_linked() -> None:
     s = Session()
     title = [{"role": "user", "content": [text("<session>\nTURN-ONE hello\n</session>\n\nWrite the title ...")]}]

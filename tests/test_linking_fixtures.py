@@ -89,7 +89,7 @@ def test_through_the_proxy(
     through_proxy(scenario, upstream_url, migrated_db, tmp_path, fake, workers=1)
 
 
-@pytest.mark.parametrize("scenario", ["subagent_foreground", "tool_loop"])
+@pytest.mark.parametrize("scenario", ["subagent_foreground", "tool_loop", "compact_merged"])
 def test_through_two_workers(
     scenario: str, upstream_url: str, migrated_db: str, tmp_path: Path, fake: FakeControl
 ) -> None:

@@ -29,6 +29,7 @@ FACTS = [
     "first_user_head",
     "last_user_head",
     "continuation_text",
+    "trimmed_hash",
 ]
 
 words = st.sampled_from(

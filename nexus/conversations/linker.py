@@ -10,7 +10,8 @@ Evidence, strongest first, all scoped to the request's project:
 3. *Prefix*: the longest proper prefix of the history that is some request's whole history: that
    request is the parent (tool loops, turns, compaction requests, background task notifications).
    If the parent already has another child with a different history, this one starts a new branch;
-   otherwise it stays on the parent's branch.
+   otherwise it stays on the parent's branch. A compaction merged into the last user turn (Claude
+   Code 2.1.197) continues the request of that turn instead (`_compacted_turn`).
 4. *Compaction continuation*: a first user message quoting the summary a compaction request wrote
    (checked after the prefix, because every later turn of the compacted session still opens with it).
    The restarted history is a segment of its own: a new `compact_…` branch under the compaction.
@@ -52,10 +53,21 @@ class LinkRequest:
     agent_id: str | None = None
     first_user_key: bytes | None = None  # pragma: no mutate (no invocation has an empty key either)
     continuation_text: str | None = None
+    #: The history without the last block of its last user message (`RequestAnalysis.trimmed_hash`).
+    trimmed_hash: bytes | None = None
 
     def hashes(self) -> list[bytes]:
         raw = self.prefix_hashes
         return [raw[i : i + HASH] for i in range(0, len(raw), HASH)]
+
+    def lookup_hashes(self, n: int) -> list[bytes]:
+        """The histories whose requests could be evidence, for a database read: the last `n` prefix
+        hashes and, for a compaction merged into its last turn, that turn's history, just before the
+        request's own (it is the nearest possible parent: `Linker._compacted_turn`)."""
+        hashes = self.hashes()[-n:]
+        if self.request_type == COMPACTION and self.trimmed_hash is not None and hashes:
+            hashes.insert(len(hashes) - 1, self.trimmed_hash)
+        return hashes
 
 
 @dataclass(slots=True)  # pragma: no mutate (slots save memory; no behaviour depends on them)
@@ -119,14 +131,19 @@ class Linker:
                     None,
                     "subtask",
                 )
+        turn = self._compacted_turn(req)
+        if turn is not None:
+            assert req.trimmed_hash is not None
+            return self._child_of(req, turn, req.trimmed_hash, current, "prefix")
         for k in range(len(hashes) - 2, -1, -1):
             candidates = self.index.with_hash(req.project, hashes[k], req.session, req.agent_id)
             parent = self._pick(req, [e for e in candidates if e.timestamp <= req.timestamp])
             if parent is not None:
                 link = self._child_of(req, parent, hashes[k], current, "prefix")
                 # A turn normally adds two messages (the reply and the new user turn). A parent found
-                # further back may stand for a nearer one this index has not seen (another worker's).
-                link.missed = k < len(hashes) - 3
+                # further back may stand for a nearer one this index has not seen (another worker's), and
+                # so may the turn a compaction was merged into (`_compacted_turn`).
+                link.missed = k < len(hashes) - 3 or self._may_merge(req)
                 return link
         if req.continuation_text is not None:  # after the prefix: later turns still open with the summary
             compaction = self._compaction(req, req.continuation_text)
@@ -146,6 +163,29 @@ class Linker:
                     )
         could_find = len(hashes) > 1 or req.continuation_text is not None or req.request_type == SUBAGENT
         return self._new(req, current, missed=could_find)
+
+    @staticmethod
+    def _may_merge(req: LinkRequest) -> bool:
+        return req.request_type == COMPACTION and req.trimmed_hash is not None
+
+    def _compacted_turn(self, req: LinkRequest) -> Entry | None:
+        """The request a compaction continues when the client merged it into the last user turn.
+
+        Claude Code 2.1.197 (what `npm install @anthropic-ai/claude-code` gave in 2026-12) sends
+        `/compact` as the session's last user turn *without that turn's reply*, with the summary prompt
+        appended to it as one more block: `[..., reply of P, user(turn text, summary prompt)]`. By prefix,
+        its parent would be P, the request *before* that turn, which already has a child (the turn
+        itself), so the compaction would open a side branch. It compacts the line that ends with the
+        turn: the request whose whole history is this one's without the appended block is its parent,
+        on that request's branch (`tests/fixtures/claude_code/compact_merged`). Later shapes (2.1.332:
+        the whole history, the last reply, the prompt as a message of its own) continue their parent by
+        prefix and never reach here with a match. Only a compaction: any other request whose last block
+        is left out is a different turn (an edited prompt is a real branch)."""
+        if not self._may_merge(req):
+            return None
+        assert req.trimmed_hash is not None
+        candidates = self.index.with_hash(req.project, req.trimmed_hash, req.session, req.agent_id)
+        return self._pick(req, [e for e in candidates if e.timestamp <= req.timestamp])
 
     def _new(self, req: LinkRequest, current: bytes | None, *, missed: bool) -> Link:
         return Link(req.request_type, self.new_id(), MAIN_BRANCH, current_hash=current, evidence="new", missed=missed)

@@ -55,6 +55,7 @@ def link_request(
         agent_id,
         analysis.first_user_key,
         analysis.continuation_text,
+        analysis.trimmed_hash,
     )
 
 
@@ -204,7 +205,7 @@ class ConversationService:
                 entries = await repository.requests_with_hashes(  # the nearest 16 ancestors, and itself
                     conn,
                     req.project,
-                    req.hashes()[-17:],
+                    req.lookup_hashes(17),
                     req.timestamp,
                     self.lookback_days,
                     req.session,

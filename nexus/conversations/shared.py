@@ -364,14 +364,15 @@ class SharedConversationService(ConversationService):
         # Asked before the launches are read: an outcome is committed with the launches of its reply,
         # so a turn seen still in flight here is either still so, or its launches are read below.
         ask = not last and self._could_be_late(req)
-        linker, claims, newest, in_flight = await self._load_shared(conn, req, hashes[-NEAR_HASHES:], key, ask)
+        linker, claims, newest, in_flight = await self._load_shared(conn, req, req.lookup_hashes(NEAR_HASHES), key, ask)
         # Whatever was committed before this lock was granted was decided first, whichever
         # instance's clock stamped it later: this decision comes after it (a second fork
         # stamped a millisecond earlier than the first still sees the first as a sibling).
         now = replace(req, timestamp=newest) if newest > req.timestamp else req
         link = linker.decide(now)
         if link.evidence == "new" and len(hashes) > NEAR_HASHES:  # a parent further back
-            linker, claims, newest, _ = await self._load_shared(conn, req, hashes[-LOOKUP_HASHES:], None, False)
+            wider = req.lookup_hashes(LOOKUP_HASHES)
+            linker, claims, newest, _ = await self._load_shared(conn, req, wider, None, False)
             now = replace(req, timestamp=newest) if newest > req.timestamp else req
             link = linker.decide(now)
         if in_flight and self._may_be_late(req, link, linker):
@@ -486,7 +487,7 @@ class SharedConversationService(ConversationService):
         tables; True if any were found."""
         days = self.lookback_days
         entries = await repository.requests_with_hashes(
-            conn, req.project, req.hashes()[-17:], req.timestamp, days, req.session, req.agent_id
+            conn, req.project, req.lookup_hashes(17), req.timestamp, days, req.session, req.agent_id
         )
         found = bool(entries)
         if req.first_user_key is not None and len(req.prefix_hashes) == 16 and req.request_type == SUBAGENT:

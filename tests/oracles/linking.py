@@ -239,6 +239,7 @@ def analyze_request(body: bytes) -> dict[str, Any]:
         "first_user_head": "",
         "last_user_head": "",
         "continuation_text": None,
+        "trimmed_hash": None,
     }
     if "system" in parsed:
         _system(parsed["system"], facts)
@@ -251,6 +252,7 @@ def analyze_request(body: bytes) -> dict[str, Any]:
     seen_uses: set[str] = set()
     seen_results: set[str] = set()
     first_user = last_user = None
+    trimmed = None  # the hash with the last message's last block left out, when it is a user message of 2+
     for message in messages:
         if not isinstance(message, dict) or not isinstance(message.get("role", ""), str):
             continue
@@ -268,6 +270,14 @@ def analyze_request(body: bytes) -> dict[str, Any]:
         seen_results.update(results)
         if repeats or not blocks:
             continue
+        trimmed = None
+        if role == "user" and len(blocks) > 1:
+            before = Stream()
+            before.h = stream.h.copy()
+            before.put(b"Mu")
+            for block in blocks[:-1]:
+                before.block(block)
+            trimmed = before.h.digest()
         stream.put(b"M" + (b"u" if role == "user" else b"a"))
         for block in blocks:
             stream.block(block)
@@ -286,4 +296,5 @@ def analyze_request(body: bytes) -> dict[str, Any]:
             facts["continuation_text"] = first_user
     if last_user is not None:
         facts["last_user_head"] = head(last_user)
+    facts["trimmed_hash"] = trimmed
     return facts

@@ -53,6 +53,11 @@ pub struct RequestFacts {
     pub last_user_head: String,
     /// The whole first user text when it opens a post-compaction continuation.
     pub continuation_text: Option<String>,
+    /// When the last kept message is a user message of two blocks or more: the hash of the history
+    /// with that message's last block left out. Claude Code 2.1.197 sends `/compact` as the last user
+    /// turn with the summary prompt appended as one more block (and without that turn's reply): this
+    /// is the history of the request the compaction continues (the linker's rule, `linker.py`).
+    pub trimmed_hash: Option<Key>,
 }
 
 /// A body split for storage plus its facts.
@@ -141,7 +146,11 @@ impl<'a> FieldVisitor<'a> for Collector {
         facts.first_user_head.clear();
         facts.last_user_head.clear();
         facts.continuation_text = None;
+        facts.trimmed_hash = None;
         let mut hasher = Xxh3Default::new();
+        // The state before the last kept message, kept only when it is a user message of two blocks
+        // or more (a clone of the hasher's small state, not a second pass).
+        let mut before_last: Option<Xxh3Default> = None;
         let mut seen_uses: HashSet<Cow<'a, str>> = HashSet::new();
         let mut seen_results: HashSet<Cow<'a, str>> = HashSet::new();
         let mut first_user: Option<String> = None;
@@ -171,6 +180,7 @@ impl<'a> FieldVisitor<'a> for Collector {
             if repeats || blocks.is_empty() {
                 continue;
             }
+            before_last = (role == b'u' && blocks.len() > 1).then(|| hasher.clone());
             hasher.tag(b'M');
             hasher.tag(role);
             for block in &blocks {
@@ -196,6 +206,14 @@ impl<'a> FieldVisitor<'a> for Collector {
         }
         if let Some(blocks) = last_user {
             self.facts.last_user_head = head(&joined_text(&blocks), HEAD_BYTES).to_owned();
+            if let Some(mut trimmed) = before_last {
+                trimmed.tag(b'M');
+                trimmed.tag(b'u');
+                for block in &blocks[..blocks.len() - 1] {
+                    block.feed(&mut trimmed);
+                }
+                self.facts.trimmed_hash = Some(trimmed.digest128().to_be_bytes());
+            }
         }
         Ok(())
     }

@@ -58,6 +58,8 @@ pub struct PyRequestAnalysis {
     last_user_head: String,
     #[pyo3(get)]
     continuation_text: Option<String>,
+    #[pyo3(get)]
+    trimmed_hash: Option<Py<PyBytes>>,
 }
 
 /// Analyse a request body: split for storage, check it (`strict`), and compute the linking facts.
@@ -118,6 +120,7 @@ pub fn analyze_request(
         first_user_head: facts.first_user_head,
         last_user_head: facts.last_user_head,
         continuation_text: facts.continuation_text,
+        trimmed_hash: facts.trimmed_hash.as_ref().map(|k| bytes(k)),
     })
 }
 

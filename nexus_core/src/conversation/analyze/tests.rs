@@ -206,3 +206,28 @@ fn a_repeated_field_is_read_as_its_last_copy_like_the_stored_body() {
     assert_eq!(twice.split.message_keys, once.split.message_keys);
     assert_eq!(twice.facts.kept_roles.len(), twice.facts.message_count);
 }
+
+#[test]
+fn a_last_user_turn_with_a_block_appended_also_hashes_without_it() {
+    // Claude Code 2.1.197's `/compact`: the last turn re-sent without its reply, the prompt appended.
+    let turn = facts(&body(json!([
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "reply"},
+        {"role": "user", "content": [{"type": "text", "text": "third", "cache_control": {"type": "ephemeral"}}]}
+    ])));
+    let compaction = facts(&body(json!([
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "reply"},
+        {"role": "user", "content": [{"type": "text", "text": "third\n"},
+                                      {"type": "text", "text": "Your task is to create a detailed summary"}]}
+    ])));
+    assert_eq!(turn.trimmed_hash, None); // one block: nothing to leave out
+    assert_eq!(compaction.trimmed_hash, turn.prefix_hashes.last().copied());
+    assert_ne!(compaction.prefix_hashes.last(), turn.prefix_hashes.last());
+    // only the last kept message counts, and only a user one
+    let answered = facts(&body(json!([
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
+    ])));
+    assert_eq!(answered.trimmed_hash, None);
+}
