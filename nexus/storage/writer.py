@@ -376,11 +376,9 @@ class StorageWriter:
         self._epoch += 1
         if len(taken) == 1:
             return taken[0]
+        # no new keys: what a sent batch adds to the known set is what `_deliver` sends (`_unsent`)
         built = BuiltBatch(
-            merge_copy([e.built.requests for e in taken]),
-            merge_copy([e.built.blobs for e in taken]),
-            [k for e in taken for k in e.built.new_keys],
-            [],
+            merge_copy([e.built.requests for e in taken]), merge_copy([e.built.blobs for e in taken]), [], []
         )
         return Encoded(built, sum(e.rows for e in taken), taken[0].oldest_s)
 

@@ -10,8 +10,9 @@
 //! tag in [`TAGS`] order, and trims spaces, tabs and line ends. The user message is the newest of
 //! the last four messages whose `role` is `user` (none for a compaction or an auxiliary request),
 //! and the whole is cut to 100,000 characters. Where this code cannot be sure to read what
-//! PostgreSQL reads (a part that is not JSON serde reads, a NUL it would have stored repaired), it
-//! answers `None` and PostgreSQL computes the text itself, as before.
+//! PostgreSQL reads (a part that is not JSON serde reads, a NUL it would have stored repaired), or
+//! would read a part bigger than [`MAX_READ_BYTES`], it answers `None` and PostgreSQL computes the
+//! text itself, as before.
 
 use serde_json::Value;
 
@@ -30,6 +31,10 @@ pub const TAGS: [&str; 12] = [
     "bash-stderr",
     "user-prompt-submit-hook",
 ];
+
+/// The largest message or reply read here: a bigger one (a hostile body of many small objects would
+/// become a tree many times its size in memory) is left to PostgreSQL, as before.
+pub const MAX_READ_BYTES: usize = 256 * 1024;
 
 /// The first `n` characters of `s` (PostgreSQL's `left`).
 fn left(s: &str, n: usize) -> &str {
@@ -62,6 +67,9 @@ pub fn visible_text(content: Option<&Value>) -> Option<String> {
     };
     if txt.contains('\0') {
         return None;
+    }
+    if !txt.contains('<') {
+        return Some(txt.trim_matches([' ', '\t', '\r', '\n']).to_owned());
     }
     for tag in TAGS {
         let open = format!("<{tag}>");
@@ -105,6 +113,9 @@ pub fn search_text(
     let mut user = String::new();
     if !matches!(request_type, Some("compaction") | Some("auxiliary")) {
         for part in messages.iter().take(4) {
+            if part.len() > MAX_READ_BYTES {
+                return None;
+            }
             let message: Value = serde_json::from_slice(part).ok()?;
             if message.get("role").and_then(Value::as_str) == Some("user") {
                 user = visible_text(message.get("content"))?;
@@ -113,6 +124,7 @@ pub fn search_text(
         }
     }
     let reply_text = match reply {
+        Some(bytes) if bytes.len() > MAX_READ_BYTES => return None,
         Some(bytes) => {
             let reply: Value = serde_json::from_slice(bytes).ok()?;
             visible_text(reply.get("content"))?
@@ -203,5 +215,11 @@ mod tests {
         );
         assert_eq!(search_text(&[], None, None).unwrap(), "\n");
         assert_eq!(search_text(&[b"{not json"], None, None), None);
+        let huge = format!(
+            r#"{{"role":"user","content":[{}{{}}]}}"#,
+            "{},".repeat(MAX_READ_BYTES / 3)
+        );
+        assert_eq!(search_text(&[huge.as_bytes()], None, None), None);
+        assert_eq!(search_text(&[], None, Some(huge.as_bytes())), None);
     }
 }

@@ -263,6 +263,8 @@ def _cells(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
     return cells
 
 
+#: The largest message or reply the search text is read from (`search.rs`, `MAX_READ_BYTES`).
+SEARCH_MAX_READ = 256 * 1024
 #: Migration 0012's injected blocks, in its order.
 SEARCH_TAGS = (
     "system-reminder",
@@ -308,6 +310,8 @@ def visible_text(content: Any) -> str | None:
 def search_text(messages: list[bytes], request_type: str | None, reply: bytes | None) -> str | None:
     """The staged search text: the newest user message of the last four (`messages`, newest first)
     unless a compaction or auxiliary request, a newline, the reply's text; cut to 100,000 characters."""
+    if any(len(part) > SEARCH_MAX_READ for part in messages[:4]) or len(reply or b"") > SEARCH_MAX_READ:
+        return None  # the Rust builder leaves a part this big to PostgreSQL (memory)
     try:
         user = ""
         if request_type not in ("compaction", "auxiliary"):
