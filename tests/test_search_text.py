@@ -183,3 +183,76 @@ def test_a_text_rust_cannot_read_as_postgresql_does_is_left_to_postgresql(migrat
             "FROM api_requests"
         ).fetchall()
     assert vectors == [(True,), (True,), (True,)]
+
+
+def _title_records() -> list[ExchangeRecord]:
+    """The title's own edges: every ASCII space the SQL's `\\s` collapses, spaces outside ASCII (left to
+    PostgreSQL), a continued session's summary, 120 and 121 characters (multi-byte), the first user
+    text as the 12th message and as the 13th, only injected blocks."""
+    rng = random.Random(9)
+    summary = "This session is being continued from a previous conversation that ran out of context."
+    firsts: list[list[object]] = [
+        [" \v\f fix\t\tthe \r\n\n bug \x0b"],
+        ["a\u00a0b"],
+        ["a\u3000b"],
+        ["a\x1cb"],
+        [summary, "the real first prompt"],
+        ["é" * 120],
+        ["日" * 121],
+        ["<system-reminder>x</system-reminder>", [{"type": "text", "text": "  from  blocks "}]],
+        [*(["<command-name>/clear</command-name>"] * 11), "twelfth"],
+        [*(["<command-name>/clear</command-name>"] * 12), "thirteenth"],
+    ]
+    records = []
+    for i, contents in enumerate(firsts):
+        rec = _record(rng, 20_000 + i)
+        messages = [{"role": "user", "content": c} for c in contents] + [{"role": "assistant", "content": "ok"}]
+        rec.request_body = orjson.dumps({"model": "m", "max_tokens": 5, "messages": messages})
+        rec.analysis = analyze_request(rec.request_body, strict=False)
+        records.append(rec)
+    return records
+
+
+def test_the_staged_title_is_the_title_the_sql_gives(migrated_db: str) -> None:
+    """The Rust builder's title (staged with the row for the conversation summary) equals migration
+    0012's `nexus_title` over the stored row's parts, on the hostile rows above and the title's own
+    edges; where it cannot be sure (a space PostgreSQL classes by its locale), it stages none and the
+    summary gets the SQL's title, as every summary did before."""
+    from nexus.conversations.linker import Link
+
+    rng = random.Random(21)
+    records = [_record(rng, i) for i in range(400)] + _edge_records() + _title_records()
+    for n, rec in enumerate(records):  # each its own conversation, so each summary takes its title
+        rec.link = Link("main", conversation_id=str(uuid.UUID(int=n + 1)), branch_id="main")
+    built = build_batch(records)
+    column = REQUEST_NAMES.index("conversation_title")
+    staged = [copy_row_field(row, column) for row in copy_rows(built.requests)]
+    assert sum(t is None for t in staged) < len(records) // 10
+    assert sum(bool(t) for t in staged) > 100  # many have a title
+    by_id = {rec.request_id: t for rec, t in zip(records, staged, strict=True)}
+    assert by_id[records[-10].request_id] == b"fix the bug"
+    assert [by_id[r.request_id] for r in records[-9:-6]] == [None, None, None]  # left to PostgreSQL
+    with psycopg.connect(migrated_db) as conn:
+        for sql in STAGE_SQL:
+            conn.execute(sql)  # type: ignore[arg-type]
+        send(conn, Batch(built.requests, built.blobs))
+        conn.commit()
+        rows = conn.execute(
+            "SELECT r.request_id::text, nexus_title(r.message_keys), c.title FROM api_requests r "
+            "JOIN conversations c USING (conversation_id)"
+        ).fetchall()
+    assert len(rows) == len(records)
+    different = [(rid, sql, stored) for rid, sql, stored in rows if stored != sql]
+    assert different == []
+    for rid, sql, _ in rows:
+        if by_id[rid] is not None:
+            assert by_id[rid].decode() == (sql or ""), rid  # type: ignore[union-attr]
+    titles = {rid: sql for rid, sql, _ in rows}
+    assert [titles[r.request_id] for r in records[-6:]] == [
+        "the real first prompt",
+        "é" * 120,
+        "日" * 119 + "…",
+        "from blocks",
+        "twelfth",
+        None,
+    ]

@@ -16,7 +16,14 @@ import psycopg
 
 from nexus._core import copy_payload, copy_rows
 from nexus.pricing.sql import COST, price_join
-from nexus.storage.records import BLOB_NAMES_BY_COUNT, REQUEST_NAMES_BY_COUNT, REQUEST_TYPES_BY_COUNT, SEARCH_TEXT
+from nexus.storage.records import (
+    BLOB_NAMES_BY_COUNT,
+    CONVERSATION_TITLE,
+    REQUEST_NAMES_BY_COUNT,
+    REQUEST_TYPES_BY_COUNT,
+    SEARCH_TEXT,
+    STAGED_ONLY,
+)
 
 FRAME = struct.Struct(">II")
 COPY_HEADER = 19  # signature (11) + flags (4) + header extension length (4)
@@ -62,12 +69,17 @@ def capped_add(left: str, right: str) -> str:
 
 
 #: A conversation's title (migration 0012's `nexus_title`), looked for only while it has none: in the
-#: batch's first main-thread request of the conversation.
-TITLE = """CASE WHEN EXISTS (SELECT 1 FROM conversations t WHERE t.conversation_id = ins.conversation_id
+#: batch's first main-thread request of the conversation. The Rust row builder stages it with the row
+#: (`conversation_title`: empty for none); PostgreSQL computes it for a row staged without (1 ms a
+#: conversation: reading and parsing its first messages' parts).
+TITLE = f"""CASE WHEN EXISTS (SELECT 1 FROM conversations t WHERE t.conversation_id = ins.conversation_id
                           AND t.title IS NOT NULL) THEN NULL
-         ELSE (SELECT nexus_title(f.message_keys) FROM ins f WHERE f.conversation_id = ins.conversation_id
+         ELSE (SELECT CASE WHEN st.{CONVERSATION_TITLE} IS NULL THEN nexus_title(f.message_keys)
+                           ELSE nullif(st.{CONVERSATION_TITLE}, '') END
+               FROM ins f LEFT JOIN nexus_stage_requests st ON st.request_id = f.request_id
+               WHERE f.conversation_id = ins.conversation_id
                ORDER BY f.is_subtask, f.request_type IS DISTINCT FROM 'main', f."timestamp", f.request_id
-               LIMIT 1) END"""
+               LIMIT 1) END"""  # noqa: S608 (a constant column name)
 #: Rows actually inserted (never a replayed duplicate) are folded into their conversation's summary.
 _CONVERSATION_UPSERT = """
 INSERT INTO conversations AS c (conversation_id, project_id, first_at, last_at, request_count, input_tokens,
@@ -112,6 +124,7 @@ STAGE_SQL = (
     SESSION_SQL,
     "CREATE TEMP TABLE IF NOT EXISTS nexus_stage_requests (LIKE api_requests INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
     f"ALTER TABLE nexus_stage_requests ADD COLUMN IF NOT EXISTS {SEARCH_TEXT} text",
+    f"ALTER TABLE nexus_stage_requests ADD COLUMN IF NOT EXISTS {CONVERSATION_TITLE} text",
     "CREATE TEMP TABLE IF NOT EXISTS nexus_stage_blobs (LIKE content_blobs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
 )
 #: The search vector of a row whose text the Rust builder staged (`nexus_core/src/search.rs`: the same
@@ -129,7 +142,7 @@ def request_statements(names: list[str], search: bool = True) -> tuple[str, str]
     and made searchable (`search_vector`; NULL with `search` off: STORAGE_SEARCH_ENABLED), and update
     the conversation summaries (and titles), for a column list."""
     copy = "COPY nexus_stage_requests ({}) FROM STDIN (FORMAT binary)".format(", ".join(f'"{n}"' for n in names))
-    stored = [n for n in names if n != SEARCH_TEXT]  # the staged search text is no column of api_requests
+    stored = [n for n in names if n not in STAGED_ONLY]  # the staged texts are no columns of api_requests
     vector = (STAGED_SEARCH_VECTOR if SEARCH_TEXT in names else SEARCH_VECTOR) if search else "NULL::tsvector"
     cols = ", ".join(f'"{n}"' for n in stored)
     staged = ", ".join(f's."{n}"' for n in stored)

@@ -49,16 +49,22 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = tuple(request_columns())
 #: The staged search text (`nexus_core/src/search.rs`): not a column of `api_requests`, PostgreSQL
 #: builds the row's `search_vector` from it (nexus/storage/payload.py).
 SEARCH_TEXT = "search_text"
+#: The staged title (`search.rs`: `nexus_title`'s text, empty for none, NULL for PostgreSQL to decide):
+#: not a column of `api_requests`, the conversation summary takes it while it has no title.
+CONVERSATION_TITLE = "conversation_title"
+#: What only the staging table holds.
+STAGED_ONLY = (SEARCH_TEXT, CONVERSATION_TITLE)
 #: The columns of the first releases: the same without the encoder's pseudo columns and the staged
-#: search text (spooled batches of those releases are replayed with them).
-_BASE_COLUMNS = tuple(c for c in REQUEST_COLUMNS if c[1] not in ("raw", "repairs") and c[0] != SEARCH_TEXT)
+#: texts (spooled batches of those releases are replayed with them).
+_BASE_COLUMNS = tuple(c for c in REQUEST_COLUMNS if c[1] not in ("raw", "repairs") and c[0] not in STAGED_ONLY)
 REQUEST_TYPES = [t for _, t in REQUEST_COLUMNS]
 REQUEST_NAMES = [n for n, _ in REQUEST_COLUMNS]
 _LAYOUTS = (
     _BASE_COLUMNS[:28],
     _BASE_COLUMNS[:39],
     _BASE_COLUMNS,
-    tuple(c for c in REQUEST_COLUMNS if c[0] != SEARCH_TEXT),  # before the search text was staged
+    tuple(c for c in REQUEST_COLUMNS if c[0] not in STAGED_ONLY),  # before the search text was staged
+    tuple(c for c in REQUEST_COLUMNS if c[0] != CONVERSATION_TITLE),  # before the title was staged
     REQUEST_COLUMNS,
 )
 #: Every column layout by its length (a COPY tuple carries its field count), so a batch spooled by an

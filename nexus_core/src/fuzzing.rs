@@ -177,6 +177,11 @@ pub fn reply(data: &[u8]) {
         assert!(!text.contains('\0'));
         assert!(text.chars().count() <= 100_000);
     }
+    // and as the first message: the staged title holds no NUL, no run of spaces, at most 120 characters
+    if let Some(Some(title)) = crate::search::title(&[data]) {
+        assert!(!title.contains('\0') && !title.contains("  "));
+        assert!(!title.is_empty() && title.chars().count() <= 120);
+    }
 }
 
 fn within(part: &[u8], body: &[u8]) -> bool {

@@ -108,6 +108,12 @@ pub struct Exchange<'a> {
     pub search_text: Cell<'a>,
     /// The request's last (up to four) message parts, newest first: what `search_text` reads.
     pub search_messages: Vec<&'a [u8]>,
+    /// The title its conversation gets from it (`search::title`), staged for the conversation
+    /// summary (read only while the conversation has none) and never stored as a column: NULL lets
+    /// PostgreSQL's `nexus_title` decide, an empty text means no title. Filled with `search_text`.
+    pub conversation_title: Cell<'a>,
+    /// The request's first (up to twelve) message parts, in order: what `conversation_title` reads.
+    pub title_messages: Vec<&'a [u8]>,
 }
 
 impl Exchange<'_> {
@@ -125,6 +131,10 @@ impl Exchange<'_> {
         };
         self.search_text = crate::search::search_text(&self.search_messages, request_type, reply)
             .map_or(Cell::Null, |text| Cell::Text(text.into()));
+        self.conversation_title = match crate::search::title(&self.title_messages) {
+            Some(title) => Cell::Text(title.unwrap_or_default().into()),
+            None => Cell::Null,
+        };
     }
 }
 
@@ -207,6 +217,7 @@ pub const REQUEST_COLUMNS: &[Column] = &[
     column!(task_prompt_keys, ByteaArray),
     column!(attempts, Int4),
     column!(search_text, Text),
+    column!(conversation_title, Text),
     column!(storage_repairs, Repairs),
 ];
 
@@ -368,7 +379,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), REQUEST_COLUMNS.len());
-        assert_eq!(REQUEST_COLUMNS.len(), 44);
+        assert_eq!(REQUEST_COLUMNS.len(), 45);
     }
 
     #[test]

@@ -136,6 +136,60 @@ pub fn search_text(
     Some(left(&user, 100_000).to_owned())
 }
 
+/// The prefix of the summary a continued Claude Code session opens with: never a title.
+const CONTINUED: &str = "This session is being continued from a previous conversation";
+
+/// `btrim(regexp_replace(txt, '\s+', ' ', 'g'))`: runs of whitespace become one space, spaces at the
+/// ends go. `None` when the text holds a character whose class depends on PostgreSQL's locale or
+/// collation provider (a control character or a space outside ASCII): PostgreSQL decides those.
+fn collapse_spaces(txt: &str) -> Option<String> {
+    let mut out = String::with_capacity(txt.len());
+    let mut space = false;
+    for c in txt.chars() {
+        if matches!(c, ' ' | '\t' | '\n' | '\u{b}' | '\u{c}' | '\r') {
+            space = true;
+            continue;
+        }
+        if c.is_control()
+            || (!c.is_ascii()
+                && (c.is_whitespace() || matches!(c, '\u{180e}' | '\u{200b}' | '\u{feff}')))
+        {
+            return None;
+        }
+        if space && !out.is_empty() {
+            out.push(' ');
+        }
+        space = false;
+        out.push(c);
+    }
+    Some(out)
+}
+
+/// `nexus_title(keys)` (migration 0012) of a request whose first (up to twelve) message parts are
+/// `messages`, in order: the first user message with text of its own (not a continued session's
+/// summary), spaces collapsed, cut to 120 characters. `Some(None)`: no title in them; `None`: let
+/// PostgreSQL compute it (a part it reads otherwise, or bigger than [`MAX_READ_BYTES`]).
+pub fn title(messages: &[&[u8]]) -> Option<Option<String>> {
+    for part in messages.iter().take(12) {
+        if part.len() > MAX_READ_BYTES {
+            return None;
+        }
+        let message: Value = serde_json::from_slice(part).ok()?;
+        if message.get("role").and_then(Value::as_str) != Some("user") {
+            continue;
+        }
+        let text = collapse_spaces(&visible_text(message.get("content"))?)?;
+        if text.is_empty() || text.starts_with(CONTINUED) {
+            continue;
+        }
+        if text.chars().nth(120).is_none() {
+            return Some(Some(text));
+        }
+        return Some(Some(format!("{}…", left(&text, 119))));
+    }
+    Some(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,5 +275,49 @@ mod tests {
         );
         assert_eq!(search_text(&[huge.as_bytes()], None, None), None);
         assert_eq!(search_text(&[], None, Some(huge.as_bytes())), None);
+    }
+
+    #[test]
+    fn the_title_is_the_first_user_text_collapsed_and_cut() {
+        let user = |c: Value| serde_json::to_vec(&json!({"role": "user", "content": c})).unwrap();
+        let assistant = serde_json::to_vec(&json!({"role": "assistant", "content": "no"})).unwrap();
+        let empty = user(json!("<system-reminder>only this</system-reminder>"));
+        let continued = user(json!(format!("{CONTINUED} that ran out")));
+        let first = user(json!("  fix\tthe \n\n bug  "));
+        let parts: Vec<&[u8]> = vec![&assistant, &empty, &continued, &first];
+        assert_eq!(title(&parts), Some(Some("fix the bug".to_owned())));
+        assert_eq!(title(&parts[..3]), Some(None));
+        let long = user(json!("é".repeat(121)));
+        assert_eq!(
+            title(&[&long]).unwrap().unwrap(),
+            format!("{}…", "é".repeat(119))
+        );
+        let exact = user(json!("é".repeat(120)));
+        assert_eq!(title(&[&exact]).unwrap().unwrap(), "é".repeat(120));
+        let late = user(json!("late"));
+        let thirteen: Vec<&[u8]> = (0..12)
+            .map(|_| assistant.as_slice())
+            .chain([late.as_slice()])
+            .collect();
+        assert_eq!(title(&thirteen), Some(None));
+    }
+
+    #[test]
+    fn a_title_postgresql_reads_by_its_locale_is_left_to_it() {
+        let user = |c: &str| serde_json::to_vec(&json!({"role": "user", "content": c})).unwrap();
+        for odd in [
+            "a\u{a0}b",
+            "a\u{3000}b",
+            "a\u{1c}b",
+            "a\u{200b}b",
+            "a\u{85}b",
+        ] {
+            assert_eq!(title(&[&user(odd)]), None, "{odd:?}");
+        }
+        assert_eq!(title(&[b"{not json"]), None);
+        assert_eq!(
+            title(&[&user("a\u{b}\u{c}b")]),
+            Some(Some("a b".to_owned()))
+        );
     }
 }

@@ -98,6 +98,7 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("response_raw", "raw"),
     *_BASE_COLUMNS[17:],
     ("search_text", "text"),
+    ("conversation_title", "text"),
     ("storage_repairs", "repairs"),
 )
 REQUEST_TYPES = [t for _, t in REQUEST_COLUMNS]
@@ -106,7 +107,8 @@ _LAYOUTS = (
     _BASE_COLUMNS[:28],
     _BASE_COLUMNS[:39],
     _BASE_COLUMNS,
-    tuple(c for c in REQUEST_COLUMNS if c[0] != "search_text"),
+    tuple(c for c in REQUEST_COLUMNS if c[0] not in ("search_text", "conversation_title")),
+    tuple(c for c in REQUEST_COLUMNS if c[0] != "conversation_title"),
     REQUEST_COLUMNS,
 )
 #: Every column layout by its length (a COPY tuple carries its field count), so a batch spooled by an
@@ -258,6 +260,7 @@ def _cells(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
         "search_text": search_text(
             [parts[k] for k in reversed((message_keys or [])[-4:]) if k in parts], rec.request_type, response_body
         ),
+        "conversation_title": title([parts[k] for k in (message_keys or [])[:12] if k in parts]),
     }
     cells.update(link_cells(rec.link))
     return cells
@@ -333,6 +336,36 @@ def search_text(messages: list[bytes], request_type: str | None, reply: bytes | 
     except orjson.JSONDecodeError:
         return None
     return (user + "\n" + reply_text)[:100_000]
+
+
+#: Characters whose class (space or not) PostgreSQL's regular expressions take from the locale or the
+#: collation provider: a title holding one is left to PostgreSQL.
+_LOCALE_SPACES = re.compile(
+    r"[\x00-\x08\x0e-\x1f\x7f-\x9f\u00a0\u1680\u180e\u2000-\u200b\u2028\u2029\u202f\u205f\u3000\ufeff]"
+)
+
+
+def title(messages: list[bytes]) -> str | None:
+    """Migration 0012's `nexus_title` over the first twelve message parts, written again from its SQL:
+    the first user message with text (not a continued session's summary), whitespace runs as one
+    space, cut to 120 characters with an ellipsis; "" for none, None where PostgreSQL decides."""
+    for part in messages[:12]:
+        if len(part) > SEARCH_MAX_READ:
+            return None
+        try:
+            message = orjson.loads(part)
+        except orjson.JSONDecodeError:
+            return None
+        if not (isinstance(message, dict) and message.get("role") == "user"):
+            continue
+        text = visible_text(message.get("content"))
+        if text is None or _LOCALE_SPACES.search(text):
+            return None
+        text = re.sub(r"[ \t\n\v\f\r]+", " ", text).strip(" ")
+        if not text or text.startswith("This session is being continued from a previous conversation"):
+            continue
+        return text if len(text) <= 120 else text[:119] + "…"
+    return ""
 
 
 LINK_COLUMNS = (

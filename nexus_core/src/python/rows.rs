@@ -424,12 +424,14 @@ fn build<'a>(
             }
         }
         if let Some(keys) = &an.message_key_list {
-            ex.search_messages = last_messages(keys, |key| {
+            let part = |key: &body::Key| {
                 an.spans
                     .iter()
                     .find(|(k, ..)| k.as_slice() == key.as_slice())
                     .map(|(_, _, start, end)| span(*start, *end))
-            });
+            };
+            ex.search_messages = last_messages(keys, part);
+            ex.title_messages = first_messages(keys, part);
         }
     } else if body.is_truthy()? {
         let data = body.cast::<PyBytes>().map_err(PyErr::from)?.as_bytes();
@@ -458,13 +460,15 @@ fn build<'a>(
                     Cell::Array(keys.iter().map(key_cell).collect())
                 });
                 if let Some(keys) = &split.message_keys {
-                    ex.search_messages = last_messages(keys, |key| {
+                    let part = |key: &body::Key| {
                         split
                             .parts
                             .iter()
                             .find(|(k, ..)| k == key)
                             .map(|(.., part)| *part)
-                    });
+                    };
+                    ex.search_messages = last_messages(keys, part);
+                    ex.title_messages = first_messages(keys, part);
                 }
                 for (key, kind, part) in split.parts {
                     if is_new(&key)? {
@@ -618,6 +622,15 @@ fn last_messages<'b>(
     part: impl Fn(&body::Key) -> Option<&'b [u8]>,
 ) -> Vec<&'b [u8]> {
     keys.iter().rev().take(4).filter_map(part).collect()
+}
+
+/// The bytes of the first (up to twelve) messages, in order, as the title reads them (a key without
+/// its part is skipped, as PostgreSQL's join skips it).
+fn first_messages<'b>(
+    keys: &[body::Key],
+    part: impl Fn(&body::Key) -> Option<&'b [u8]>,
+) -> Vec<&'b [u8]> {
+    keys.iter().take(12).filter_map(part).collect()
 }
 
 /// Build and encode the rows of `records` (see `nexus._core.build_request_batch`).
