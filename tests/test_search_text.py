@@ -224,14 +224,21 @@ def test_the_staged_title_is_the_title_the_sql_gives(migrated_db: str) -> None:
     records = [_record(rng, i) for i in range(400)] + _edge_records() + _title_records()
     for n, rec in enumerate(records):  # each its own conversation, so each summary takes its title
         rec.link = Link("main", conversation_id=str(uuid.UUID(int=n + 1)), branch_id="main")
+    # only a conversation's first request is given a title (no parent); a conversation that opened
+    # elsewhere and is still untitled gets the SQL's
+    later = [rec for rec in records[:400] if rec.link is not None][::7]
+    for rec in later:
+        assert rec.link is not None
+        rec.link.parent_request_id = str(uuid.uuid4())
     built = build_batch(records)
     column = REQUEST_NAMES.index("conversation_title")
     staged = [copy_row_field(row, column) for row in copy_rows(built.requests)]
-    assert sum(t is None for t in staged) < len(records) // 10
+    assert sum(t is None for t in staged) < len(records) // 10 + len(later)
     assert sum(bool(t) for t in staged) > 100  # many have a title
     by_id = {rec.request_id: t for rec, t in zip(records, staged, strict=True)}
     assert by_id[records[-10].request_id] == b"fix the bug"
     assert [by_id[r.request_id] for r in records[-9:-6]] == [None, None, None]  # left to PostgreSQL
+    assert {by_id[r.request_id] for r in later} == {None}
     with psycopg.connect(migrated_db) as conn:
         for sql in STAGE_SQL:
             conn.execute(sql)  # type: ignore[arg-type]

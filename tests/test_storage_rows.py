@@ -22,7 +22,6 @@ from nexus.storage.payload import Batch
 from nexus.storage.records import (
     BLOB_TYPES,
     REQUEST_COLUMNS,
-    REQUEST_NAMES,
     REQUEST_TYPES,
     REQUEST_TYPES_BY_COUNT,
     STORED_REQUEST_HEADERS,
@@ -44,10 +43,7 @@ def old_payloads(
     blobs: dict[bytes, tuple[int, bytes]] = {}
     rows = []
     for i, rec in enumerate(records):
-        row = oracle.to_row(rec, blobs, known)
-        if conversations and conversations[i] is not None and row[REQUEST_NAMES.index("conversation_id")] is None:
-            row[REQUEST_NAMES.index("conversation_id")] = conversations[i]
-        rows.append(row)
+        rows.append(oracle.to_row(rec, blobs, known, conversations[i] if conversations else None))
     keys = [k for k in blobs if k not in known]
     payload = encode_copy_binary(BLOB_TYPES, [[k, *blobs[k], None] for k in keys]) if keys else b""
     return encode_copy_binary(REQUEST_TYPES, rows), payload, keys

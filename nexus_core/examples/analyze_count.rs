@@ -1,5 +1,5 @@
 //! One pass of `analyze_request` (or, with `split`, of `split_body`; with `search`, the staged search
-//! text of each body's last messages, timed) over every body in a folder: run
+//! text of each body's last messages and the staged title of its first ones, timed) over every body in a folder: run
 //! it under `valgrind --tool=callgrind` to count instructions, which stay comparable on a busy machine
 //! where time does not (bench/README.md, "Counting instructions").
 fn main() {
@@ -7,6 +7,7 @@ fn main() {
     let what = std::env::args().nth(2).unwrap_or_default();
     let mut n = 0;
     let mut searched = std::time::Duration::ZERO;
+    let mut titled = std::time::Duration::ZERO;
     for e in std::fs::read_dir(dir).unwrap() {
         let b = std::fs::read(e.unwrap().path()).unwrap();
         if what == "split" {
@@ -27,9 +28,23 @@ fn main() {
                         .map(|(.., part)| *part)
                 })
                 .collect();
+            let first: Vec<&[u8]> = keys
+                .iter()
+                .take(12)
+                .filter_map(|k| {
+                    split
+                        .parts
+                        .iter()
+                        .find(|(p, ..)| p == k)
+                        .map(|(.., part)| *part)
+                })
+                .collect();
             let started = std::time::Instant::now();
             std::hint::black_box(nexus_core::search::search_text(&last, Some("main"), None));
             searched += started.elapsed();
+            let started = std::time::Instant::now();
+            std::hint::black_box(nexus_core::search::title(&first));
+            titled += started.elapsed();
         } else {
             std::hint::black_box(nexus_core::conversation::analyze_request(&b, true).unwrap());
         }
@@ -38,8 +53,9 @@ fn main() {
     eprintln!("{n} bodies");
     if what == "search" {
         eprintln!(
-            "search text: {:.1} us a body",
-            searched.as_secs_f64() * 1e6 / f64::from(n)
+            "search text: {:.1} us a body, title: {:.1} us a body",
+            searched.as_secs_f64() * 1e6 / f64::from(n),
+            titled.as_secs_f64() * 1e6 / f64::from(n)
         );
     }
 }

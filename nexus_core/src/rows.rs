@@ -110,7 +110,8 @@ pub struct Exchange<'a> {
     pub search_messages: Vec<&'a [u8]>,
     /// The title its conversation gets from it (`search::title`), staged for the conversation
     /// summary (read only while the conversation has none) and never stored as a column: NULL lets
-    /// PostgreSQL's `nexus_title` decide, an empty text means no title. Filled with `search_text`.
+    /// PostgreSQL's `nexus_title` decide, an empty text means no title. Filled with `search_text`,
+    /// for a conversation's first request only (no parent).
     pub conversation_title: Cell<'a>,
     /// The request's first (up to twelve) message parts, in order: what `conversation_title` reads.
     pub title_messages: Vec<&'a [u8]>,
@@ -131,9 +132,13 @@ impl Exchange<'_> {
         };
         self.search_text = crate::search::search_text(&self.search_messages, request_type, reply)
             .map_or(Cell::Null, |text| Cell::Text(text.into()));
-        self.conversation_title = match crate::search::title(&self.title_messages) {
-            Some(title) => Cell::Text(title.unwrap_or_default().into()),
-            None => Cell::Null,
+        // only a conversation's first request gives it its title (13 us a Claude Code body, the first
+        // message often carrying the client's context): any other row is staged without, and the
+        // summary of a conversation still untitled then asks `nexus_title`, as before
+        let opens = !self.conversation_id.is_null() && self.parent_request_id.is_null();
+        self.conversation_title = match opens.then(|| crate::search::title(&self.title_messages)) {
+            Some(Some(title)) => Cell::Text(title.unwrap_or_default().into()),
+            _ => Cell::Null,
         };
     }
 }

@@ -146,12 +146,18 @@ def _dumps(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=True, default=str).encode()
 
 
-def to_row(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Container[bytes] = ()) -> list[object]:
+def to_row(
+    rec: ExchangeRecord,
+    blobs: dict[bytes, tuple[int, bytes]],
+    known: Container[bytes] = (),
+    conversation: str | None = None,
+) -> list[object]:
     """The `api_requests` row for `rec` in `REQUEST_NAMES` order; its body parts not in `known` are
-    added to `blobs`. Never raises: a record that cannot be turned into a full row becomes a minimal
-    one that says why, so the request is still found by its id."""
+    added to `blobs`; `conversation` fills an empty link's conversation (an import). Never raises: a
+    record that cannot be turned into a full row becomes a minimal one that says why, so the request
+    is still found by its id."""
     try:
-        cells = _cells(rec, blobs, known)
+        cells = _cells(rec, blobs, known, conversation)
     except Exception as exc:
         log.exception("request %s: the row is stored without its bodies", rec.request_id)
         cells = {
@@ -170,7 +176,9 @@ def to_row(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
     return [cells.get(name) for name in REQUEST_NAMES]
 
 
-def _cells(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Container[bytes]) -> dict[str, Any]:
+def _cells(
+    rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Container[bytes], conversation: str | None
+) -> dict[str, Any]:
     # an allow-list, and no client key even in an allowed header's value (a client may put one anywhere)
     headers = {k: redact_client_keys(v) for k, v in rec.request_headers if k in STORED_REQUEST_HEADERS}
     flags: list[str] = list(rec.repairs or ())
@@ -260,9 +268,12 @@ def _cells(rec: ExchangeRecord, blobs: dict[bytes, tuple[int, bytes]], known: Co
         "search_text": search_text(
             [parts[k] for k in reversed((message_keys or [])[-4:]) if k in parts], rec.request_type, response_body
         ),
-        "conversation_title": title([parts[k] for k in (message_keys or [])[:12] if k in parts]),
     }
     cells.update(link_cells(rec.link))
+    if cells.get("conversation_id") is None and conversation is not None:
+        cells["conversation_id"] = conversation
+    opens = cells.get("conversation_id") is not None and cells.get("parent_request_id") is None
+    cells["conversation_title"] = title([parts[k] for k in (message_keys or [])[:12] if k in parts]) if opens else None
     return cells
 
 
