@@ -38,6 +38,9 @@ pub const MAX_READ_BYTES: usize = 256 * 1024;
 
 /// The first `n` characters of `s` (PostgreSQL's `left`).
 fn left(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s; // no more characters than bytes: nothing to cut, and no walk through the text
+    }
     match s.char_indices().nth(n) {
         Some((at, _)) => &s[..at],
         None => s,
