@@ -32,6 +32,7 @@ __all__ = [
     "encode_copy_binary",
     "join_body",
     "json_as_text",
+    "merge_payloads",
     "normalize_text",
     "prompt_key",
     "read_reply",
@@ -359,6 +360,12 @@ def copy_rows(payload: bytes, /) -> list[bytes]:
 def copy_payload(rows: Iterable[bytes], /) -> bytes:
     """A COPY BINARY payload of the header, ``rows`` (tuples as ``copy_rows`` gives them), the
     trailer: the halves of the writer's bisection."""
+
+def merge_payloads(payloads: Sequence[bytes], /) -> bytes:
+    """One COPY BINARY payload holding the rows of ``payloads`` (each from the encoder, of one column
+    layout; empty ones hold none), in order: what ``copy_payload(row for p in payloads for row in
+    copy_rows(p))`` gives, without a bytes object per row. Raises ``NexusCoreError`` for a malformed
+    payload."""
 
 def copy_row_last_resort(types: Sequence[str], row: bytes, /) -> bytes:
     """``row`` (one tuple encoded for ``types``, pseudo columns included) with every jsonb/json

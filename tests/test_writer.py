@@ -428,3 +428,18 @@ def test_the_writer_session_runs_without_jit_and_compresses_with_lz4(migrated_db
     assert jit == "off"
     if lz4 is not None and lz4[0]:
         assert (compression, stored) == ("lz4", ("lz4",))
+
+
+def test_merged_payloads_are_the_rows_of_each_in_order_and_a_bad_one_is_refused() -> None:
+    """`merge_copy` (Rust `merge_payloads`) gives what framing every payload's rows again gives, byte
+    for byte, empty payloads included, and refuses a payload that is not one."""
+    from nexus._core import NexusCoreError, copy_payload, copy_rows
+    from nexus.storage.payload import merge_copy
+    from nexus.storage.records import build_batch
+
+    first, second = build_batch([record(i, 3) for i in range(4)]), build_batch([record(i, 4) for i in range(4, 9)])
+    payloads = [first.requests, b"", second.requests]
+    assert merge_copy(payloads) == copy_payload([row for p in payloads if p for row in copy_rows(p)])
+    assert merge_copy([first.requests]) is first.requests
+    with pytest.raises(NexusCoreError):
+        merge_copy([first.requests, first.requests[:-3]])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from nexus._core import copy_payload, copy_rows
+from nexus._core import merge_payloads
 from nexus.pricing.sql import COST, price_join
 from nexus.storage.records import (
     BLOB_NAMES_BY_COUNT,
@@ -190,13 +190,13 @@ class Batch:
 
 def merge_copy(payloads: list[bytes]) -> bytes:
     """One COPY BINARY payload holding the rows of `payloads` (all of one column layout), in order
-    (the framing is the Rust encoder's: `copy_rows` splits a payload, `copy_payload` frames rows).
-    So batches encoded separately go to the database in one COPY and one transaction: a writer that
-    fell behind catches up by sending more rows per round trip (its cost per batch is mostly fixed:
-    the statements, and on a busy worker the wait for the GIL after each of them)."""
+    (in Rust, `merge_payloads`: the rows never become objects of their own). So batches encoded
+    separately go to the database in one COPY and one transaction: a writer that fell behind catches
+    up by sending more rows per round trip (its cost per batch is mostly fixed: the statements, and
+    on a busy worker the wait for the GIL after each of them)."""
     if len(payloads) == 1:
         return payloads[0]
-    return copy_payload([row for p in payloads if p for row in copy_rows(p)])
+    return merge_payloads(payloads)
 
 
 def _field_count(payload: bytes) -> int:

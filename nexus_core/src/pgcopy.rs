@@ -620,6 +620,20 @@ pub fn copy_payload<'a>(rows: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     out
 }
 
+/// One payload holding the rows of every payload of `payloads` (empty ones hold none), in order:
+/// batches encoded apart leave in one COPY without their rows becoming objects of their own.
+pub fn merge_payloads<'a>(
+    payloads: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Vec<u8>, NexusError> {
+    let mut rows = Vec::new();
+    for payload in payloads {
+        if !payload.is_empty() {
+            rows.extend(copy_rows(payload)?);
+        }
+    }
+    Ok(copy_payload(rows))
+}
+
 /// `unsent_parts`'s answer: the payload to send (`None`: the one given, unchanged) and its keys.
 pub type UnsentParts<'a> = (Option<Vec<u8>>, Vec<&'a [u8]>);
 
@@ -1163,6 +1177,14 @@ mod tests {
         assert_eq!(copy_row_field(rows[1], 0).unwrap(), None);
         assert!(copy_row_field(rows[0], 2).is_err());
         assert!(copy_rows(&copy_payload([])).unwrap().is_empty());
+        // merged: the rows of each payload in order, an empty payload holding none
+        let first = copy_payload([rows[0]]);
+        let merged = merge_payloads([&first[..], &[], &payload[..]]).unwrap();
+        assert_eq!(
+            copy_rows(&merged).unwrap(),
+            [&[rows[0]][..], &rows[..]].concat()
+        );
+        assert!(merge_payloads([&first[..], &payload[..payload.len() - 1]]).is_err());
     }
 
     #[test]

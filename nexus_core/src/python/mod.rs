@@ -191,6 +191,7 @@ fn nexus_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pgcopy::json_as_text, m)?)?;
     m.add_function(wrap_pyfunction!(pgcopy::copy_rows, m)?)?;
     m.add_function(wrap_pyfunction!(pgcopy::copy_payload, m)?)?;
+    m.add_function(wrap_pyfunction!(pgcopy::merge_payloads, m)?)?;
     m.add_function(wrap_pyfunction!(pgcopy::copy_row_last_resort, m)?)?;
     m.add_function(wrap_pyfunction!(pgcopy::copy_row_field, m)?)?;
     m.add_function(wrap_pyfunction!(rows::build_request_batch, m)?)?;

@@ -244,6 +244,18 @@ pub fn copy_payload<'py>(
     Ok(PyBytes::new(py, &payload))
 }
 
+/// One COPY BINARY payload with the rows of `payloads` in order (each checked, none copied into an
+/// object of its own).
+#[pyfunction]
+#[pyo3(signature = (payloads, /))]
+pub fn merge_payloads<'py>(
+    py: Python<'py>,
+    payloads: Vec<Bound<'py, PyBytes>>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let merged = pgcopy::merge_payloads(payloads.iter().map(|p| p.as_bytes()))?;
+    Ok(PyBytes::new(py, &merged))
+}
+
 /// A tuple with every jsonb/json field stored as a JSON string (the writer's last resort).
 #[pyfunction]
 #[pyo3(signature = (types, row, /))]
