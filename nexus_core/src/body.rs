@@ -95,7 +95,8 @@ pub fn split_body_with<'a, V: FieldVisitor<'a>>(
     body: &'a [u8],
     visitor: &mut V,
 ) -> Result<SplitBody<'a>, NexusError> {
-    let text = std::str::from_utf8(body).map_err(|_| invalid("request body is not valid UTF-8"))?;
+    let text =
+        simdutf8::basic::from_utf8(body).map_err(|_| invalid("request body is not valid UTF-8"))?;
     let read = |lists| {
         indexmap_like::read(text, lists).map_err(|e| {
             if e.classify() == serde_json::error::Category::Data {
