@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from typing import Any
 
 import orjson
 import psycopg
@@ -124,6 +125,14 @@ def _edge_records() -> list[ExchangeRecord]:
     return records
 
 
+def _store(conn: psycopg.Connection, built: Any) -> None:
+    """Write `built` (a `build_batch` result) with the writer's own statements, and commit."""
+    for sql in STAGE_SQL:
+        conn.execute(sql)  # type: ignore[arg-type]
+    send(conn, Batch(built.requests, built.blobs))
+    conn.commit()
+
+
 def test_the_staged_search_text_is_the_text_the_sql_extracts(migrated_db: str) -> None:
     rng = random.Random(12)
     records = [_record(rng, i) for i in range(400)] + _edge_records()
@@ -174,10 +183,7 @@ def test_a_text_rust_cannot_read_as_postgresql_does_is_left_to_postgresql(migrat
     column = REQUEST_NAMES.index("search_text")
     assert [copy_row_field(row, column) for row in copy_rows(built.requests)] == [None, None, None]
     with psycopg.connect(migrated_db) as conn:
-        for sql in STAGE_SQL:
-            conn.execute(sql)  # type: ignore[arg-type]
-        send(conn, Batch(built.requests, built.blobs))
-        conn.commit()
+        _store(conn, built)
         vectors = conn.execute(
             "SELECT search_vector IS NOT DISTINCT FROM nexus_search_vector(message_keys, response_body, request_type) "
             "FROM api_requests"
@@ -240,10 +246,7 @@ def test_the_staged_title_is_the_title_the_sql_gives(migrated_db: str) -> None:
     assert [by_id[r.request_id] for r in records[-9:-6]] == [None, None, None]  # left to PostgreSQL
     assert {by_id[r.request_id] for r in later} == {None}
     with psycopg.connect(migrated_db) as conn:
-        for sql in STAGE_SQL:
-            conn.execute(sql)  # type: ignore[arg-type]
-        send(conn, Batch(built.requests, built.blobs))
-        conn.commit()
+        _store(conn, built)
         rows = conn.execute(
             "SELECT r.request_id::text, nexus_title(r.message_keys), c.title FROM api_requests r "
             "JOIN conversations c USING (conversation_id)"
@@ -263,3 +266,30 @@ def test_the_staged_title_is_the_title_the_sql_gives(migrated_db: str) -> None:
         "twelfth",
         None,
     ]
+
+
+def test_a_batch_spooled_before_the_title_was_staged_gets_the_sql_title(migrated_db: str) -> None:
+    """A batch of the 44-column layout (the search text staged, the title not: spooled by the release
+    before this one) is written as it was: each conversation's title comes from `nexus_title`."""
+    from nexus._core import encode_copy_binary
+    from nexus.conversations.linker import Link
+    from nexus.storage.records import BLOB_TYPES, REQUEST_NAMES_BY_COUNT, REQUEST_TYPES_BY_COUNT
+    from tests.oracles import python_rows as oracle
+
+    rng = random.Random(33)
+    records = _title_records() + [_record(rng, i) for i in range(40)]
+    for n, rec in enumerate(records):
+        rec.link = Link("main", conversation_id=str(uuid.UUID(int=n + 1)), branch_id="main")
+    blobs: dict[bytes, tuple[int, bytes]] = {}
+    rows = [oracle.to_row(rec, blobs) for rec in records]
+    names = REQUEST_NAMES_BY_COUNT[44]
+    assert "conversation_title" not in names and "search_text" in names
+    old = [[row[REQUEST_NAMES.index(n)] for n in names] for row in rows]
+    parts = encode_copy_binary(BLOB_TYPES, [[k, *v, None] for k, v in blobs.items()])
+    with psycopg.connect(migrated_db) as conn:
+        _store(conn, Batch(encode_copy_binary(REQUEST_TYPES_BY_COUNT[44], old), parts))
+        titles = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE c.title IS NOT DISTINCT FROM nexus_title(r.message_keys)), "
+            "count(c.title) FROM api_requests r JOIN conversations c USING (conversation_id)"
+        ).fetchone()
+    assert titles is not None and titles[:2] == (len(records), len(records)) and titles[2] > 10

@@ -16,29 +16,15 @@ fn main() {
             // the staged search text of the body's last messages (the storage row builder's step)
             let split = nexus_core::body::split_body(&b).unwrap();
             let keys = split.message_keys.unwrap_or_default();
-            let last: Vec<&[u8]> = keys
-                .iter()
-                .rev()
-                .take(4)
-                .filter_map(|k| {
-                    split
-                        .parts
-                        .iter()
-                        .find(|(p, ..)| p == k)
-                        .map(|(.., part)| *part)
-                })
-                .collect();
-            let first: Vec<&[u8]> = keys
-                .iter()
-                .take(12)
-                .filter_map(|k| {
-                    split
-                        .parts
-                        .iter()
-                        .find(|(p, ..)| p == k)
-                        .map(|(.., part)| *part)
-                })
-                .collect();
+            let part = |k: &nexus_core::body::Key| {
+                split
+                    .parts
+                    .iter()
+                    .find(|(p, ..)| p == k)
+                    .map(|(.., part)| *part)
+            };
+            let last: Vec<&[u8]> = keys.iter().rev().take(4).filter_map(part).collect();
+            let first: Vec<&[u8]> = keys.iter().take(12).filter_map(part).collect();
             let started = std::time::Instant::now();
             std::hint::black_box(nexus_core::search::search_text(&last, Some("main"), None));
             searched += started.elapsed();
