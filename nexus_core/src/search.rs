@@ -71,19 +71,19 @@ pub fn visible_text(content: Option<&Value>) -> Option<String> {
     if txt.contains('\0') {
         return None;
     }
-    if !txt.contains('<') {
-        return Some(txt.trim_matches([' ', '\t', '\r', '\n']).to_owned());
-    }
-    for tag in TAGS {
-        let open = format!("<{tag}>");
-        if !txt.contains(&open) {
-            continue;
-        }
-        let close = format!("</{tag}>");
-        txt = remove_blocks(&txt, &open, &close);
-        if let Some(at) = txt.find(&open) {
-            txt.truncate(at);
-            txt.push(' ');
+    if txt.contains('<') {
+        // every injected block opens with one: without it there is nothing to remove
+        for tag in TAGS {
+            let open = format!("<{tag}>");
+            if !txt.contains(&open) {
+                continue;
+            }
+            let close = format!("</{tag}>");
+            txt = remove_blocks(&txt, &open, &close);
+            if let Some(at) = txt.find(&open) {
+                txt.truncate(at);
+                txt.push(' ');
+            }
         }
     }
     Some(txt.trim_matches([' ', '\t', '\r', '\n']).to_owned())

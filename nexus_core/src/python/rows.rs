@@ -380,6 +380,9 @@ fn build<'a>(
         }
     }
     let mut ex = Exchange::default();
+    // first: whether the row opens a conversation (no parent) decides if its title is read
+    link_cells(&mut ex, &a[A::LINK])?;
+    let opens = ex.parent_request_id.is_null();
     let analysis = a[A::ANALYSIS].cast::<PyRequestAnalysis>().ok();
     if !a[A::ANALYSIS].is_none() && analysis.is_none() {
         return Err(Failure::Build(pyo3::exceptions::PyTypeError::new_err(
@@ -431,7 +434,9 @@ fn build<'a>(
                     .map(|(_, _, start, end)| span(*start, *end))
             };
             ex.search_messages = last_messages(keys, part);
-            ex.title_messages = first_messages(keys, part);
+            if opens {
+                ex.title_messages = first_messages(keys, part);
+            }
         }
     } else if body.is_truthy()? {
         let data = body.cast::<PyBytes>().map_err(PyErr::from)?.as_bytes();
@@ -468,7 +473,9 @@ fn build<'a>(
                             .map(|(.., part)| *part)
                     };
                     ex.search_messages = last_messages(keys, part);
-                    ex.title_messages = first_messages(keys, part);
+                    if opens {
+                        ex.title_messages = first_messages(keys, part);
+                    }
                 }
                 for (key, kind, part) in split.parts {
                     if is_new(&key)? {
@@ -566,25 +573,29 @@ fn build<'a>(
     } else {
         Cell::Array(flags)
     };
-    let link = &a[A::LINK];
+    Ok((ex, blobs))
+}
+
+/// The link's cells (conversation, branch, parent, sub-task, hashes) into `ex`; none for no link.
+fn link_cells(ex: &mut Exchange<'_>, link: &Bound<'_, PyAny>) -> Result<(), Failure> {
     if link.is_none() {
         ex.is_subtask = Cell::Bool(false);
-    } else {
-        let mut cells = Vec::with_capacity(LINK_ATTRS.len());
-        for name in LINK_ATTRS {
-            cells.push(owned(&link.getattr(*name)?)?);
-        }
-        let [conversation, branch, parent, subtask, task, current, parent_hash]: [Cell<'static>;
-            7] = cells.try_into().unwrap_or_default();
-        ex.conversation_id = conversation;
-        ex.branch_id = branch;
-        ex.parent_request_id = parent;
-        ex.is_subtask = subtask;
-        ex.parent_task_request_id = task;
-        ex.current_message_hash = current;
-        ex.parent_message_hash = parent_hash;
+        return Ok(());
     }
-    Ok((ex, blobs))
+    let mut cells = Vec::with_capacity(LINK_ATTRS.len());
+    for name in LINK_ATTRS {
+        cells.push(owned(&link.getattr(*name)?)?);
+    }
+    let [conversation, branch, parent, subtask, task, current, parent_hash]: [Cell<'static>; 7] =
+        cells.try_into().unwrap_or_default();
+    ex.conversation_id = conversation;
+    ex.branch_id = branch;
+    ex.parent_request_id = parent;
+    ex.is_subtask = subtask;
+    ex.parent_task_request_id = task;
+    ex.current_message_hash = current;
+    ex.parent_message_hash = parent_hash;
+    Ok(())
 }
 
 /// Records read and encoded per GIL hold (see `build_request_batch`).
