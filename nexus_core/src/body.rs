@@ -7,7 +7,7 @@
 //! keys); the rest of the body is the envelope. `join_body` rebuilds a body equal to the original
 //! after canonical re-serialisation (parsed-JSON equality; key order is the database's concern).
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 
 use serde_json::value::RawValue;
 use xxhash_rust::xxh3::xxh3_128;

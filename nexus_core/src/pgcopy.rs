@@ -651,8 +651,7 @@ pub fn unsent_parts(
     mut known: impl FnMut(&[u8]) -> bool,
 ) -> Result<UnsentParts<'_>, NexusError> {
     let rows = copy_rows(payload)?;
-    let mut seen: std::collections::HashSet<&[u8]> =
-        std::collections::HashSet::with_capacity(rows.len());
+    let mut seen: foldhash::HashSet<&[u8]> = foldhash::HashSetExt::with_capacity(rows.len());
     let mut kept: Vec<&[u8]> = Vec::with_capacity(rows.len());
     let mut keys: Vec<&[u8]> = Vec::with_capacity(rows.len());
     for row in &rows {

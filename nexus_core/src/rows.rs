@@ -11,7 +11,8 @@
 //! encoding (every JSON cell made storable, every byte copied into the payload) is the heavy part.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+
+use foldhash::{HashSet, HashSetExt};
 
 use crate::pgcopy::{ColumnType, CopyEncoder, Value};
 use crate::NexusError;

@@ -8,7 +8,8 @@
 //! cannot shift the prefixes. Malformed messages never fail the request: they hash as an opaque block.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+
+use foldhash::{HashSet, HashSetExt};
 
 use serde_json::value::RawValue;
 use serde_json::Value;

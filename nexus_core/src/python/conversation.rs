@@ -14,15 +14,8 @@ use crate::conversation::{self, analyze_request as analyze};
 pub struct PyRequestAnalysis {
     #[pyo3(get)]
     pub(crate) envelope: Py<PyBytes>,
-    #[pyo3(get)]
-    pub(crate) system_key: Option<Py<PyBytes>>,
-    #[pyo3(get)]
-    pub(crate) tools_key: Option<Py<PyBytes>>,
-    #[pyo3(get)]
-    pub(crate) message_keys: Option<Py<PyList>>,
-    /// `(key, kind, start, end)`: the part is `body[start:end]`.
-    #[pyo3(get)]
-    pub(crate) part_spans: Py<PyList>,
+    pub(crate) system_key: Option<body::Key>,
+    pub(crate) tools_key: Option<body::Key>,
     #[pyo3(get)]
     pub(crate) model: Option<String>,
     #[pyo3(get)]
@@ -38,9 +31,10 @@ pub struct PyRequestAnalysis {
     kept_roles: Py<PyBytes>,
     #[pyo3(get)]
     pub(crate) system_hash: Option<Py<PyBytes>>,
-    /// The parts as `part_spans` gives them, for the storage row builder to read without Python.
+    /// `(key, kind, start, end)`: the part is `body[start:end]` (the storage row builder reads them
+    /// without Python; `part_spans` makes the Python objects only when asked).
     pub(crate) spans: Vec<(body::Key, u8, usize, usize)>,
-    /// The message keys as `message_keys` gives them, likewise.
+    /// The message keys, likewise (`message_keys`).
     pub(crate) message_key_list: Option<Vec<body::Key>>,
     #[pyo3(get)]
     system_block_count: usize,
@@ -75,36 +69,25 @@ pub fn analyze_request(
     let analysis = py.detach(|| analyze(data, strict))?;
     let bytes = |b: &[u8]| PyBytes::new(py, b).unbind();
     let base = data.as_ptr() as usize;
-    let spans = PyList::empty(py);
-    let mut rust_spans = Vec::with_capacity(analysis.split.parts.len());
-    for (key, kind, json) in &analysis.split.parts {
-        let start = json.as_ptr() as usize - base;
-        rust_spans.push((*key, *kind as u8, start, start + json.len()));
-        let item = PyTuple::new(
-            py,
-            [
-                PyBytes::new(py, key).into_any(),
-                (*kind as u8).into_pyobject(py)?.into_any(),
-                start.into_pyobject(py)?.into_any(),
-                (start + json.len()).into_pyobject(py)?.into_any(),
-            ],
-        )?;
-        spans.append(item)?;
-    }
-    let split = &analysis.split;
+    // the request path reads none of the parts in Python: they stay Rust values (no Python object
+    // per part or message key on every request; the getters below make them when asked)
+    let spans = analysis
+        .split
+        .parts
+        .iter()
+        .map(|(key, kind, json)| {
+            let start = json.as_ptr() as usize - base;
+            (*key, *kind as u8, start, start + json.len())
+        })
+        .collect();
+    let split = analysis.split;
     let facts = analysis.facts;
-    let message_keys = match &split.message_keys {
-        Some(keys) => Some(PyList::new(py, keys.iter().map(|k| PyBytes::new(py, k)))?.unbind()),
-        None => None,
-    };
     Ok(PyRequestAnalysis {
         envelope: bytes(&split.envelope),
-        system_key: split.system_key.as_ref().map(|k| bytes(k)),
-        tools_key: split.tools_key.as_ref().map(|k| bytes(k)),
-        message_keys,
-        message_key_list: split.message_keys.clone(),
-        spans: rust_spans,
-        part_spans: spans.unbind(),
+        system_key: split.system_key,
+        tools_key: split.tools_key,
+        message_key_list: split.message_keys,
+        spans,
         model: facts.model,
         stream: facts.stream,
         message_count: facts.message_count,
@@ -122,6 +105,48 @@ pub fn analyze_request(
         continuation_text: facts.continuation_text,
         trimmed_hash: facts.trimmed_hash.as_ref().map(|k| bytes(k)),
     })
+}
+
+#[pymethods]
+impl PyRequestAnalysis {
+    #[getter]
+    fn system_key<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.system_key.as_ref().map(|k| PyBytes::new(py, k))
+    }
+
+    #[getter]
+    fn tools_key<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.tools_key.as_ref().map(|k| PyBytes::new(py, k))
+    }
+
+    #[getter]
+    fn message_keys<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
+        self.message_key_list
+            .as_ref()
+            .map(|keys| PyList::new(py, keys.iter().map(|k| PyBytes::new(py, k))))
+            .transpose()
+    }
+
+    /// `(key, kind, start, end)` per distinct part: the part is `body[start:end]`.
+    #[getter]
+    fn part_spans<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let items = self
+            .spans
+            .iter()
+            .map(|(key, kind, start, end)| {
+                PyTuple::new(
+                    py,
+                    [
+                        PyBytes::new(py, key).into_any(),
+                        kind.into_pyobject(py)?.into_any(),
+                        start.into_pyobject(py)?.into_any(),
+                        end.into_pyobject(py)?.into_any(),
+                    ],
+                )
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, items)
+    }
 }
 
 /// The key a sub-agent prompt is matched by (xxh3-128 of the normalised text).

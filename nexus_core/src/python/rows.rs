@@ -10,7 +10,9 @@
 //! content part (`rows::encode_batch`).
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::sync::Mutex;
 
 use pyo3::intern;
@@ -394,12 +396,14 @@ fn build<'a>(
         let an = analysis.get();
         let data = body.cast::<PyBytes>().map_err(PyErr::from)?.as_bytes();
         ex.envelope = Cell::Bytes(Cow::Borrowed(an.envelope.bind(py).as_bytes()));
-        ex.system_key = an.system_key.as_ref().map_or(Cell::Null, |k| {
-            Cell::Bytes(Cow::Borrowed(k.bind(py).as_bytes()))
-        });
-        ex.tools_key = an.tools_key.as_ref().map_or(Cell::Null, |k| {
-            Cell::Bytes(Cow::Borrowed(k.bind(py).as_bytes()))
-        });
+        ex.system_key = an
+            .system_key
+            .as_ref()
+            .map_or(Cell::Null, |k| Cell::Bytes(Cow::Borrowed(k.as_slice())));
+        ex.tools_key = an
+            .tools_key
+            .as_ref()
+            .map_or(Cell::Null, |k| Cell::Bytes(Cow::Borrowed(k.as_slice())));
         ex.message_keys = match &an.message_key_list {
             Some(keys) => Cell::Array(
                 keys.iter()
