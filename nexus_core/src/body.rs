@@ -50,8 +50,8 @@ impl<'a> SplitBody<'a> {
     fn add_messages<V: FieldVisitor<'a>>(
         &mut self,
         seen: &mut HashSet<Key>,
-        items: &[&'a RawValue],
-        span: impl Fn(&RawValue) -> &'a [u8],
+        items: &[&'a str],
+        span: impl Fn(&str) -> &'a [u8],
         visitor: &mut V,
     ) -> Result<(), NexusError> {
         let keys = items
@@ -75,11 +75,11 @@ fn invalid(msg: impl Into<String>) -> NexusError {
 /// Called for the fields of a body while it is split, so other passes need not parse it again.
 pub trait FieldVisitor<'a> {
     /// A top-level field other than a `messages` list.
-    fn field(&mut self, _name: &str, _raw: &'a RawValue) -> Result<(), NexusError> {
+    fn field(&mut self, _name: &str, _raw: &'a str) -> Result<(), NexusError> {
         Ok(())
     }
     /// The elements of a `messages` list, in order.
-    fn messages(&mut self, _items: &[&'a RawValue]) -> Result<(), NexusError> {
+    fn messages(&mut self, _items: &[&'a str]) -> Result<(), NexusError> {
         Ok(())
     }
 }
@@ -106,14 +106,23 @@ pub fn split_body_with<'a, V: FieldVisitor<'a>>(
             }
         })
     };
-    let mut object = read(true)?;
-    if object
-        .0
-        .iter()
-        .any(|(_, v)| matches!(v, indexmap_like::Field::NotList))
-    {
-        object = read(false)?;
-    }
+    // the quick read accepts only what serde_json accepts; anything else (an error, a `messages` that
+    // is not a list, a key with an escape) is read by serde_json, which says what is wrong
+    let object = match indexmap_like::read_quick(text) {
+        Some(object) => object,
+        None => {
+            let object = read(true)?;
+            if object
+                .0
+                .iter()
+                .any(|(_, v)| matches!(v, indexmap_like::Field::NotList))
+            {
+                read(false)?
+            } else {
+                object
+            }
+        }
+    };
     let mut split = SplitBody {
         envelope: Vec::with_capacity(256),
         system_key: None,
@@ -122,10 +131,10 @@ pub fn split_body_with<'a, V: FieldVisitor<'a>>(
         parts: Vec::new(),
     };
     let mut seen = HashSet::new();
-    // `RawValue`s point into `text`, which is `body`: recover each span as a borrow of `body`.
-    let span = |raw: &RawValue| -> &'a [u8] {
-        let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
-        &body[start..start + raw.get().len()]
+    // Raw values point into `text`, which is `body`: recover each span as a borrow of `body`.
+    let span = |raw: &str| -> &'a [u8] {
+        let start = raw.as_ptr() as usize - text.as_ptr() as usize;
+        &body[start..start + raw.len()]
     };
     split.envelope.push(b'{');
     let mut first = true;
@@ -154,7 +163,8 @@ pub fn split_body_with<'a, V: FieldVisitor<'a>>(
             // Read again without lists (a `messages` that is not one is in the body): a list here
             // still splits, whatever else another copy of the field held.
             "messages" => {
-                if let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
+                if let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw) {
+                    let items: Vec<&str> = items.iter().map(|r| r.get()).collect();
                     split.add_messages(&mut seen, &items, span, visitor)?;
                     continue;
                 }
@@ -169,7 +179,7 @@ pub fn split_body_with<'a, V: FieldVisitor<'a>>(
         serde_json::to_writer(&mut split.envelope, name.as_ref())
             .map_err(|e| invalid(e.to_string()))?;
         split.envelope.push(b':');
-        split.envelope.extend_from_slice(raw.get().as_bytes());
+        split.envelope.extend_from_slice(raw.as_bytes());
     }
     split.envelope.push(b'}');
     Ok(split)
@@ -220,6 +230,35 @@ pub fn join_body(
     Ok(out)
 }
 
+/// The quick read of a body agrees with serde_json's wherever it answers: serde_json accepts the body
+/// and reads the same fields, values and `messages` elements (the same bytes). A fuzz check
+/// (`fuzzing::analyze_request`) and the tests below.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn check_quick_read(body: &[u8]) {
+    use indexmap_like::Field;
+    let Ok(text) = std::str::from_utf8(body) else {
+        return;
+    };
+    let Some(quick) = indexmap_like::read_quick(text) else {
+        return;
+    };
+    let slow = indexmap_like::read(text, true)
+        .unwrap_or_else(|e| panic!("serde_json refuses what the quick read accepted: {e}"));
+    let same = |a: &str, b: &str| std::ptr::eq(a, b);
+    assert_eq!(quick.0.len(), slow.0.len());
+    for ((qk, qv), (sk, sv)) in quick.0.iter().zip(&slow.0) {
+        assert_eq!(qk, sk);
+        match (qv, sv) {
+            (Field::Raw(a), Field::Raw(b)) => assert!(same(a, b), "{a:?} / {b:?}"),
+            (Field::List(a), Field::List(b)) => {
+                assert_eq!(a.len(), b.len());
+                assert!(a.iter().zip(b).all(|(x, y)| same(x, y)), "{a:?} / {b:?}");
+            }
+            _ => panic!("the quick read gave another shape for {qk:?}"),
+        }
+    }
+}
+
 mod indexmap_like {
     //! A top-level JSON object read as an ordered list of (name, value), duplicates kept, in one pass:
     //! a `messages` array is read as its raw elements right away, every other value as raw bytes.
@@ -229,9 +268,10 @@ mod indexmap_like {
     use std::fmt;
 
     pub enum Field<'a> {
-        Raw(&'a RawValue),
+        /// A value's JSON text, as the client sent it.
+        Raw(&'a str),
         /// The elements of a `messages` array.
-        List(Vec<&'a RawValue>),
+        List(Vec<&'a str>),
         /// A `messages` that is not an array: its bytes were not kept (see [`read`]).
         NotList,
     }
@@ -247,6 +287,81 @@ mod indexmap_like {
         let object = Object { lists }.deserialize(&mut de)?;
         de.end()?;
         Ok(object)
+    }
+
+    /// The same as `read(text, true)` where serde_json would accept the body, found with
+    /// [`crate::scan`] (a third of serde_json's instructions on Claude Code bodies); None for anything
+    /// else: a body serde_json refuses, a `messages` that is not a list, a key with an escape (serde
+    /// decodes those), so the caller reads it with serde_json.
+    pub fn read_quick(text: &str) -> Option<RawObject<'_>> {
+        use crate::scan::{skip_string, skip_value, skip_ws};
+        let b = text.as_bytes();
+        let mut at = skip_ws(b, 0);
+        if b.get(at) != Some(&b'{') {
+            return None;
+        }
+        let mut out = Vec::new();
+        at = skip_ws(b, at + 1);
+        if b.get(at) == Some(&b'}') {
+            at += 1;
+        } else {
+            loop {
+                if b.get(at) != Some(&b'"') {
+                    return None;
+                }
+                let end = skip_string(b, at + 1)?;
+                let key = &text[at + 1..end - 1];
+                if key.contains('\\') {
+                    return None;
+                }
+                at = skip_ws(b, end);
+                if b.get(at) != Some(&b':') {
+                    return None;
+                }
+                at = skip_ws(b, at + 1);
+                let value = if key == "messages" {
+                    if b.get(at) != Some(&b'[') {
+                        return None;
+                    }
+                    let mut items = Vec::with_capacity(16);
+                    at = skip_ws(b, at + 1);
+                    if b.get(at) == Some(&b']') {
+                        at += 1;
+                    } else {
+                        loop {
+                            let end = skip_value(b, at)?;
+                            items.push(&text[at..end]);
+                            at = skip_ws(b, end);
+                            match b.get(at)? {
+                                b',' => at = skip_ws(b, at + 1),
+                                b']' => {
+                                    at += 1;
+                                    break;
+                                }
+                                _ => return None,
+                            }
+                        }
+                    }
+                    Field::List(items)
+                } else {
+                    let end = skip_value(b, at)?;
+                    let raw = &text[at..end];
+                    at = end;
+                    Field::Raw(raw)
+                };
+                out.push((Cow::Borrowed(key), value));
+                at = skip_ws(b, at);
+                match b.get(at)? {
+                    b',' => at = skip_ws(b, at + 1),
+                    b'}' => {
+                        at += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        (skip_ws(b, at) == b.len()).then_some(RawObject(out))
     }
 
     struct Object {
@@ -271,7 +386,7 @@ mod indexmap_like {
                 let v = if self.lists && k == "messages" {
                     map.next_value_seed(Elements)?
                 } else {
-                    Field::Raw(map.next_value::<&'de RawValue>()?)
+                    Field::Raw(map.next_value::<&'de RawValue>()?.get())
                 };
                 out.push((k, v));
             }
@@ -297,7 +412,7 @@ mod indexmap_like {
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(16));
             while let Some(item) = seq.next_element::<&'de RawValue>()? {
-                out.push(item);
+                out.push(item.get());
             }
             Ok(Field::List(out))
         }
@@ -333,6 +448,41 @@ mod tests {
     const BODY: &str = r#"{"model":"m","system":[{"type":"text","text":"s"}],"max_tokens":5,
         "messages":[{"role":"user","content":"hi \u00e9"},{"role":"assistant","content":"yo"},{"role":"user","content":"hi \u00e9"}],
         "tools":[{"name":"t"}],"stream":true,"we\"ird":1}"#;
+
+    #[test]
+    fn quick_read_agrees_with_serde_json() {
+        use indexmap_like::read_quick;
+        // a key with an escape is left to serde_json (it decodes keys); without one, the quick read
+        let plain = BODY.replace(r#""we\"ird""#, r#""weird""#);
+        assert!(read_quick(BODY).is_none());
+        assert!(read_quick(&plain).is_some());
+        assert_eq!(split_body(BODY.as_bytes()).unwrap().parts.len(), 4);
+        check_quick_read(plain.as_bytes());
+        // every one-byte deletion and every insertion of a JSON-significant byte: wherever the quick
+        // read answers, serde_json agrees (check_quick_read), and the split is the same either way
+        let bytes = plain.as_bytes();
+        let mut variants = 0;
+        for at in 0..bytes.len() {
+            let mut deleted = bytes.to_vec();
+            deleted.remove(at);
+            check_quick_read(&deleted);
+            for c in [b'"', b'\\', b',', b'}', b']', b'0', b'-', b'\x01', b' '] {
+                let mut inserted = bytes.to_vec();
+                inserted.insert(at, c);
+                check_quick_read(&inserted);
+                variants += 1;
+            }
+        }
+        assert!(variants > 1000);
+        // a `messages` that is not a list, and a body that is not an object: serde_json's answers
+        assert!(read_quick(r#"{"messages":{"a":1}}"#).is_none());
+        assert_eq!(
+            split_body(br#"{"messages":{"a":1}}"#).unwrap().message_keys,
+            None
+        );
+        assert!(split_body(b"[1]").is_err());
+        assert!(split_body(br#"{"a":01}"#).is_err());
+    }
 
     #[test]
     fn splits_and_joins() {

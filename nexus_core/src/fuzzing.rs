@@ -195,6 +195,7 @@ fn within(part: &[u8], body: &[u8]) -> bool {
 /// the body; one role and one prefix hash per kept message; heads within their bound), the strict
 /// checks hold when they pass, and the body rebuilt from the split splits to the same keys.
 pub fn analyze_request(data: &[u8]) {
+    crate::body::check_quick_read(data);
     let lenient = analyze(data, false);
     let strict = analyze(data, true);
     if let (Ok(strict), Err(e)) = (&strict, &lenient) {

@@ -13,6 +13,7 @@ pub mod pgcopy;
 pub mod reply;
 pub mod rows;
 pub mod safe;
+pub mod scan;
 pub mod search;
 pub mod sse;
 

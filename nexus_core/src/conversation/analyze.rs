@@ -11,7 +11,6 @@ use std::borrow::Cow;
 
 use foldhash::{HashSet, HashSetExt};
 
-use serde_json::value::RawValue;
 use serde_json::Value;
 use xxhash_rust::xxh3::{xxh3_128, Xxh3Default};
 
@@ -118,17 +117,17 @@ struct Collector {
 }
 
 impl<'a> FieldVisitor<'a> for Collector {
-    fn field(&mut self, name: &str, raw: &'a RawValue) -> Result<(), NexusError> {
+    fn field(&mut self, name: &str, raw: &'a str) -> Result<(), NexusError> {
         match name {
-            "model" => self.facts.model = serde_json::from_str::<String>(raw.get()).ok(),
+            "model" => self.facts.model = serde_json::from_str::<String>(raw).ok(),
             // A field given twice is read as its last copy, as the stored body keeps it.
             "stream" => {
-                let stream = serde_json::from_str::<bool>(raw.get()).ok();
+                let stream = serde_json::from_str::<bool>(raw).ok();
                 self.facts.stream = stream;
                 self.bad_stream = stream.is_none();
             }
             "tools" => {
-                let t = raw.get().trim_ascii();
+                let t = raw.trim_ascii();
                 self.facts.has_tools = t.starts_with('[') && trim_ws(&t[1..]) != "]";
             }
             "system" => self.system(raw),
@@ -137,7 +136,7 @@ impl<'a> FieldVisitor<'a> for Collector {
         Ok(())
     }
 
-    fn messages(&mut self, items: &[&'a RawValue]) -> Result<(), NexusError> {
+    fn messages(&mut self, items: &[&'a str]) -> Result<(), NexusError> {
         // Only the last `messages` list counts (the split keeps that one): forget an earlier one.
         let facts = &mut self.facts;
         facts.prefix_hashes.clear();
@@ -158,8 +157,7 @@ impl<'a> FieldVisitor<'a> for Collector {
         // The last user message's blocks, joined once at the end (not a join per user message).
         let mut last_user: Option<Vec<Block<'a>>> = None;
         for raw in items {
-            let Ok(LMessage(Some((role, content)))) =
-                serde_json::from_str::<LMessage<'a>>(raw.get())
+            let Ok(LMessage(Some((role, content)))) = serde_json::from_str::<LMessage<'a>>(raw)
             else {
                 continue; // not an object: nothing a later turn could match
             };
@@ -221,13 +219,13 @@ impl<'a> FieldVisitor<'a> for Collector {
 }
 
 impl Collector {
-    fn system(&mut self, raw: &RawValue) {
+    fn system(&mut self, raw: &str) {
         // Only the last `system` counts (the split keeps that one): forget an earlier one.
         self.facts.system_block_count = 0;
         self.facts.is_subagent = false;
         self.facts.system_hash = None;
         self.facts.system_head.clear();
-        let texts: Vec<Cow<'_, str>> = match serde_json::from_str::<Content<'_>>(raw.get()) {
+        let texts: Vec<Cow<'_, str>> = match serde_json::from_str::<Content<'_>>(raw) {
             Ok(Content::Text(s)) => vec![s],
             Ok(Content::Blocks(blocks)) => blocks
                 .into_iter()
