@@ -82,6 +82,10 @@ pub trait FieldVisitor<'a> {
     fn messages(&mut self, _items: &[&'a str]) -> Result<(), NexusError> {
         Ok(())
     }
+    /// The `system` value, with the key the split stores it by (the xxh3-128 of its bytes).
+    fn system(&mut self, raw: &'a str, _key: &Key) -> Result<(), NexusError> {
+        self.field("system", raw)
+    }
 }
 
 impl<'a> FieldVisitor<'a> for () {}
@@ -151,8 +155,9 @@ pub fn split_body_with<'a, V: FieldVisitor<'a>>(
         };
         match name.as_ref() {
             "system" => {
-                split.system_key = Some(split.add(&mut seen, PartKind::System, span(raw)));
-                visitor.field(&name, raw)?;
+                let key = split.add(&mut seen, PartKind::System, span(raw));
+                split.system_key = Some(key);
+                visitor.system(raw, &key)?;
                 continue;
             }
             "tools" => {

@@ -8,8 +8,9 @@
 //! cannot shift the prefixes. Malformed messages never fail the request: they hash as an opaque block.
 
 use std::borrow::Cow;
+use std::sync::{LazyLock, Mutex};
 
-use foldhash::{HashSet, HashSetExt};
+use foldhash::{HashMap, HashSet, HashSetExt};
 
 use serde_json::Value;
 use xxhash_rust::xxh3::{xxh3_128, Xxh3Default};
@@ -17,7 +18,7 @@ use xxhash_rust::xxh3::{xxh3_128, Xxh3Default};
 use super::digest::Sink;
 use super::lenient::{Content, Fields, LBlock, LMessage};
 use super::text::{head, normalize_text, trim_ws};
-use crate::body::{split_body_with, FieldVisitor, Key, SplitBody};
+use crate::body::{content_key, split_body_with, FieldVisitor, Key, SplitBody};
 use crate::NexusError;
 
 /// Bytes kept of the short texts the linker classifies by (system prompt, first and last user turn).
@@ -130,9 +131,14 @@ impl<'a> FieldVisitor<'a> for Collector {
                 let t = raw.trim_ascii();
                 self.facts.has_tools = t.starts_with('[') && trim_ws(&t[1..]) != "]";
             }
-            "system" => self.system(raw),
+            "system" => self.system_facts(raw, &content_key(raw.as_bytes())),
             _ => {}
         }
+        Ok(())
+    }
+
+    fn system(&mut self, raw: &'a str, key: &Key) -> Result<(), NexusError> {
+        self.system_facts(raw, key);
         Ok(())
     }
 
@@ -218,53 +224,87 @@ impl<'a> FieldVisitor<'a> for Collector {
     }
 }
 
+/// What a `system` value gives the linker: a function of its exact bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct SystemFacts {
+    block_count: usize,
+    is_subagent: bool,
+    hash: Option<Key>,
+    head: String,
+}
+
+/// The facts of the system prompts seen last, by the key the split stores them by (the xxh3-128 of
+/// their bytes). Claude Code sends a session's system prompt unchanged with each of its requests,
+/// and reading it (~10 KB unescaped, reminders and the billing line taken out, hashed) was a third of
+/// the request analysis. Cleared when full: a handful of prompts are in use at a time.
+static SYSTEMS: LazyLock<Mutex<HashMap<Key, SystemFacts>>> = LazyLock::new(Mutex::default);
+const SYSTEMS_KEPT: usize = 256;
+
 impl Collector {
-    fn system(&mut self, raw: &str) {
-        // Only the last `system` counts (the split keeps that one): forget an earlier one.
-        self.facts.system_block_count = 0;
-        self.facts.is_subagent = false;
-        self.facts.system_hash = None;
-        self.facts.system_head.clear();
-        let texts: Vec<Cow<'_, str>> = match serde_json::from_str::<Content<'_>>(raw) {
-            Ok(Content::Text(s)) => vec![s],
-            Ok(Content::Blocks(blocks)) => blocks
-                .into_iter()
-                .filter_map(|b| match b {
-                    LBlock::Block(fields) => fields.text,
-                    LBlock::Invalid => None,
-                })
-                .collect(),
-            _ => return,
-        };
-        self.facts.system_block_count = texts.len();
-        let mut kept: Vec<String> = Vec::new();
-        for text in &texts {
-            let mut lines = String::with_capacity(text.len());
-            for line in text.split_inclusive('\n') {
-                let start = line.trim_start_matches([' ', '\t']);
-                let is_billing = start.len() >= BILLING_LINE.len()
-                    && start.as_bytes()[..BILLING_LINE.len()]
-                        .eq_ignore_ascii_case(BILLING_LINE.as_bytes());
-                if is_billing {
-                    self.facts.is_subagent |= line.contains(SUBAGENT_FLAG);
-                    if line.ends_with('\n') {
-                        lines.push('\n');
-                    }
-                } else {
-                    lines.push_str(line);
-                }
+    fn system_facts(&mut self, raw: &str, key: &Key) {
+        // Only the last `system` counts (the split keeps that one): an earlier one's facts are replaced.
+        let systems = || SYSTEMS.lock().unwrap_or_else(|e| e.into_inner());
+        let known = systems().get(key).cloned();
+        let facts = known.unwrap_or_else(|| {
+            let facts = read_system(raw);
+            let mut systems = systems();
+            if systems.len() >= SYSTEMS_KEPT {
+                systems.clear();
             }
-            let normalized = normalize_text(&lines);
-            if !normalized.is_empty() {
-                kept.push(normalized.into_owned());
+            systems.insert(*key, facts.clone());
+            facts
+        });
+        self.facts.system_block_count = facts.block_count;
+        self.facts.is_subagent = facts.is_subagent;
+        self.facts.system_hash = facts.hash;
+        self.facts.system_head = facts.head;
+    }
+}
+
+/// The facts of a `system` value (the text blocks' texts without the billing line, normalised,
+/// joined by newlines, hashed; its first bytes kept for classification).
+fn read_system(raw: &str) -> SystemFacts {
+    let mut facts = SystemFacts::default();
+    let texts: Vec<Cow<'_, str>> = match serde_json::from_str::<Content<'_>>(raw) {
+        Ok(Content::Text(s)) => vec![s],
+        Ok(Content::Blocks(blocks)) => blocks
+            .into_iter()
+            .filter_map(|b| match b {
+                LBlock::Block(fields) => fields.text,
+                LBlock::Invalid => None,
+            })
+            .collect(),
+        _ => return facts,
+    };
+    facts.block_count = texts.len();
+    let mut kept: Vec<String> = Vec::new();
+    for text in &texts {
+        let mut lines = String::with_capacity(text.len());
+        for line in text.split_inclusive('\n') {
+            let start = line.trim_start_matches([' ', '\t']);
+            let is_billing = start.len() >= BILLING_LINE.len()
+                && start.as_bytes()[..BILLING_LINE.len()]
+                    .eq_ignore_ascii_case(BILLING_LINE.as_bytes());
+            if is_billing {
+                facts.is_subagent |= line.contains(SUBAGENT_FLAG);
+                if line.ends_with('\n') {
+                    lines.push('\n');
+                }
+            } else {
+                lines.push_str(line);
             }
         }
-        let joined = kept.join("\n");
-        if !joined.is_empty() {
-            self.facts.system_hash = Some(xxh3_128(joined.as_bytes()).to_be_bytes());
-            self.facts.system_head = head(&joined, HEAD_BYTES).to_owned();
+        let normalized = normalize_text(&lines);
+        if !normalized.is_empty() {
+            kept.push(normalized.into_owned());
         }
     }
+    let joined = kept.join("\n");
+    if !joined.is_empty() {
+        facts.hash = Some(xxh3_128(joined.as_bytes()).to_be_bytes());
+        facts.head = head(&joined, HEAD_BYTES).to_owned();
+    }
+    facts
 }
 
 /// A normalised block.

@@ -231,3 +231,25 @@ fn a_last_user_turn_with_a_block_appended_also_hashes_without_it() {
     ])));
     assert_eq!(answered.trimmed_hash, None);
 }
+
+/// A system prompt's facts come from the cache from its second request on: the same as read afresh
+/// (the billing line's sub-agent flag, the block count, the hash and head without the reminder).
+#[test]
+fn system_facts_from_the_cache_are_those_read() {
+    let body = br#"{"model":"m","system":[{"type":"text","text":"x-anthropic-billing-header: cc_version=1.abc; cc_is_subagent=true;"},{"type":"text","text":"You are\r\n  helpful <system-reminder>r</system-reminder>"}],"messages":[]}"#;
+    let key = crate::body::split_body(body).unwrap().system_key.unwrap();
+    super::SYSTEMS.lock().unwrap().remove(&key);
+    let read = analyze_request(body, true).unwrap().facts;
+    assert!(super::SYSTEMS.lock().unwrap().contains_key(&key));
+    let cached = analyze_request(body, true).unwrap().facts;
+    assert_eq!(read, cached);
+    assert!(read.is_subagent);
+    assert_eq!(read.system_block_count, 2);
+    assert_eq!(read.system_head, "You are\n  helpful");
+    // another billing hex: another cache entry, the same hash
+    let other = String::from_utf8(body.to_vec())
+        .unwrap()
+        .replace("1.abc", "1.def");
+    let other = analyze_request(other.as_bytes(), true).unwrap().facts;
+    assert_eq!(other.system_hash, read.system_hash);
+}
