@@ -122,6 +122,23 @@ def _edge_records() -> list[ExchangeRecord]:
         rec.request_type = "main"
         rec.response_body = orjson.dumps({"content": content})
         records.append(rec)
+    # written by hand (what a dict cannot hold): a repeated key (jsonb keeps the last), blocks that are
+    # no objects, an escaped key, a number past a double and nesting past 128 in fields nobody reads
+    deep = "[" * 200 + "]" * 200
+    raw_messages = [
+        '{"role":"assistant","role":"user","content":"no","content":[{"type":"text","text":"first",'
+        '"text":"kept zebra"},"x",7,{"type":"image"},{"type":"text","type":"tool_use","text":"hidden"}]}',
+        '{"role":"user","content":[{"type":"text","t\\u0065xt":"escaped okapi"}]}',
+        f'{{"role":"user","n":1e400,"deep":{deep},"content":"past the double giraffe"}}',
+        '{"role":"user","content":{"type":"text","text":"an object is no content"}}',
+    ]
+    for i, message in enumerate(raw_messages):
+        rec = _record(rng, 10_100 + i)
+        rec.request_body = ('{"model":"m","max_tokens":5,"messages":[' + message + "]}").encode()
+        rec.analysis = analyze_request(rec.request_body, strict=False)
+        rec.request_type = "main"
+        rec.response_body = message.encode()
+        records.append(rec)
     return records
 
 

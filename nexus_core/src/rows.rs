@@ -353,6 +353,55 @@ impl BatchEncoder {
     }
 }
 
+/// A JSON object of string pairs (the stored request and response headers), the later value of a
+/// repeated name winning in the first one's place (as a Python dict built from them).
+pub fn json_object(pairs: &[(&str, &str)]) -> Vec<u8> {
+    if pairs.len() > DIRECT_PAIRS {
+        return json_object_map(pairs);
+    }
+    // written as it goes (no map of owned strings per header): a name given again keeps its first
+    // place and takes its last value, as `dict(pairs)` and the map below do
+    let mut out = Vec::with_capacity(
+        pairs
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 6)
+            .sum::<usize>()
+            + 2,
+    );
+    out.push(b'{');
+    for (i, (name, _)) in pairs.iter().enumerate() {
+        if pairs[..i].iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        let value = pairs[i..]
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, v)| v);
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        // writing a str into a Vec cannot fail
+        let _ = serde_json::to_writer(&mut out, name);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut out, value);
+    }
+    out.push(b'}');
+    out
+}
+
+/// Up to this many pairs, `json_object` looks for a repeated name by scanning the pairs before it;
+/// past it (a hostile upstream's thousands of headers), through a map.
+const DIRECT_PAIRS: usize = 64;
+
+fn json_object_map(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut map = serde_json::Map::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        map.insert((*name).to_owned(), serde_json::Value::from(*value));
+    }
+    serde_json::to_vec(&map).unwrap_or_else(|_| b"{}".to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,5 +472,16 @@ mod tests {
         assert_eq!(out.lost[0].0, 1);
         assert_eq!(copy_rows(&out.requests).unwrap().len(), 2);
         assert_eq!(copy_rows(&out.blobs).unwrap().len(), 1);
+    }
+
+    proptest::proptest! {
+        /// Headers written as they go are the object a map of them gives (a repeated name keeps its
+        /// first place and its last value), escapes and all.
+        #[test]
+        fn json_object_is_the_map_s(pairs in proptest::collection::vec(
+            (proptest::sample::select(vec!["a", "b", "x-api-key", "é\"\n", ""]), ".{0,6}"), 0..80)) {
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            proptest::prop_assert_eq!(json_object(&pairs), json_object_map(&pairs));
+        }
     }
 }

@@ -14,7 +14,9 @@
 //! would read a part bigger than [`MAX_READ_BYTES`], it answers `None` and PostgreSQL computes the
 //! text itself, as before.
 
-use serde_json::Value;
+use std::borrow::Cow;
+
+use crate::conversation::lenient::{Content, LBlock, LMessage};
 
 /// The injected blocks removed, in the order the SQL removes them.
 pub const TAGS: [&str; 12] = [
@@ -47,18 +49,31 @@ fn left(s: &str, n: usize) -> &str {
     }
 }
 
+/// A message's (or a reply's) `role` and `content`, the last of each where a key repeats (as jsonb
+/// keeps it), read without building a tree: every other field is skipped unread (a tool result's
+/// file, an image), so a part costs a scan instead of a map per object. `None`: not JSON serde reads.
+fn read_message(bytes: &[u8]) -> Option<(Option<Cow<'_, str>>, Content<'_>)> {
+    match serde_json::from_slice::<LMessage<'_>>(bytes).ok()? {
+        LMessage(Some(message)) => Some(message),
+        LMessage(None) => Some((None, Content::Absent)), // not an object: no role, no content
+    }
+}
+
 /// `nexus_visible_text(content)`; `None` when the text holds a NUL (PostgreSQL stores those repaired).
-pub fn visible_text(content: Option<&Value>) -> Option<String> {
+pub(crate) fn visible_text(content: &Content<'_>) -> Option<String> {
     let mut txt = match content {
-        Some(Value::String(s)) => left(s, 50_000).to_owned(),
-        Some(Value::Array(blocks)) => {
+        Content::Text(s) => left(s, 50_000).to_owned(),
+        Content::Blocks(blocks) => {
             // string_agg: a newline between the texts, empty ones included; none at all is no text
             let texts: Vec<&str> = blocks
                 .iter()
                 .take(100)
-                .filter_map(Value::as_object)
-                .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
-                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .filter_map(|b| match b {
+                    LBlock::Block(fields) if fields.kind.as_deref() == Some("text") => {
+                        fields.text.as_deref()
+                    }
+                    _ => None,
+                })
                 .map(|t| left(t, 20_000))
                 .collect();
             if texts.is_empty() {
@@ -119,9 +134,9 @@ pub fn search_text(
             if part.len() > MAX_READ_BYTES {
                 return None;
             }
-            let message: Value = serde_json::from_slice(part).ok()?;
-            if message.get("role").and_then(Value::as_str) == Some("user") {
-                user = visible_text(message.get("content"))?;
+            let (role, content) = read_message(part)?;
+            if role.as_deref() == Some("user") {
+                user = visible_text(&content)?;
                 break;
             }
         }
@@ -129,8 +144,8 @@ pub fn search_text(
     let reply_text = match reply {
         Some(bytes) if bytes.len() > MAX_READ_BYTES => return None,
         Some(bytes) => {
-            let reply: Value = serde_json::from_slice(bytes).ok()?;
-            visible_text(reply.get("content"))?
+            let (_, content) = read_message(bytes)?;
+            visible_text(&content)?
         }
         None => String::new(),
     };
@@ -177,11 +192,11 @@ pub fn title(messages: &[&[u8]]) -> Option<Option<String>> {
         if part.len() > MAX_READ_BYTES {
             return None;
         }
-        let message: Value = serde_json::from_slice(part).ok()?;
-        if message.get("role").and_then(Value::as_str) != Some("user") {
+        let (role, content) = read_message(part)?;
+        if role.as_deref() != Some("user") {
             continue;
         }
-        let text = collapse_spaces(&visible_text(message.get("content"))?)?;
+        let text = collapse_spaces(&visible_text(&content)?)?;
         if text.is_empty() || text.starts_with(CONTINUED) {
             continue;
         }
@@ -196,10 +211,16 @@ pub fn title(messages: &[&[u8]]) -> Option<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn text(v: Value) -> String {
-        visible_text(Some(&v)).unwrap()
+        content_text(&v).unwrap()
+    }
+
+    /// `visible_text` of a JSON value given as a message's content.
+    fn content_text(v: &Value) -> Option<String> {
+        let message = serde_json::to_vec(&json!({ "content": v })).unwrap();
+        visible_text(&read_message(&message).unwrap().1)
     }
 
     #[test]
@@ -216,7 +237,9 @@ mod tests {
         assert_eq!(text(blocks), "a\n\nb");
         assert_eq!(text(json!([])), "");
         assert_eq!(text(json!({"type": "text"})), "");
-        assert_eq!(visible_text(None), Some(String::new()));
+        assert_eq!(visible_text(&Content::Absent), Some(String::new()));
+        assert_eq!(text(json!({"text": "an object is no content"})), "");
+        assert_eq!(text(json!(7)), "");
     }
 
     #[test]
@@ -253,7 +276,7 @@ mod tests {
 
     #[test]
     fn a_nul_is_left_to_postgresql() {
-        assert_eq!(visible_text(Some(&json!("a\u{0}b"))), None);
+        assert_eq!(content_text(&json!("a\u{0}b")), None);
     }
 
     #[test]

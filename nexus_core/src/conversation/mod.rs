@@ -10,7 +10,7 @@
 
 pub mod analyze;
 pub mod digest;
-mod lenient;
+pub(crate) mod lenient;
 pub mod text;
 
 pub use analyze::{analyze_request, Analysis, RequestFacts};

@@ -166,16 +166,6 @@ fn redacted<'a>(value: &'a Bound<'_, PyAny>, hooks: &Hooks<'_>) -> Result<Cell<'
     owned(&hooks.redact.call1((value,))?)
 }
 
-/// A JSON object of string pairs, the later value of a repeated name winning in the first one's
-/// place (as a Python dict built from them).
-fn json_object(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let mut map = serde_json::Map::with_capacity(pairs.len());
-    for (name, value) in pairs {
-        map.insert((*name).to_owned(), serde_json::Value::from(*value));
-    }
-    serde_json::to_vec(&map).unwrap_or_else(|_| b"{}".to_vec())
-}
-
 /// The pairs of `pairs` (a list of 2-tuples of str, all UTF-8), or None for anything else.
 fn str_pairs<'a>(
     pairs: &'a [(Bound<'_, PyAny>, Bound<'_, PyAny>)],
@@ -231,7 +221,11 @@ fn request_headers(
         _ => Cell::Null,
     };
     let agent = last(AGENT_HEADER).map_or(Cell::Null, |v| Cell::Text(Cow::Owned(v.to_owned())));
-    Ok((Cell::Bytes(Cow::Owned(json_object(&kept))), session, agent))
+    Ok((
+        Cell::Bytes(Cow::Owned(crate::rows::json_object(&kept))),
+        session,
+        agent,
+    ))
 }
 
 /// `dict(pairs)` as JSON; pairs that are not plain str go to Python's `headers_json`.
@@ -243,7 +237,7 @@ fn response_headers(
         return Ok(Cell::Null);
     }
     if let Some(pairs) = pairs_of(obj).as_deref().and_then(str_pairs) {
-        return Ok(Cell::Bytes(Cow::Owned(json_object(&pairs))));
+        return Ok(Cell::Bytes(Cow::Owned(crate::rows::json_object(&pairs))));
     }
     owned(&json.call1((obj,))?)
 }
