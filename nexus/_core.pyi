@@ -30,6 +30,7 @@ __all__ = [
     "copy_row_last_resort",
     "copy_rows",
     "encode_copy_binary",
+    "envelope_session",
     "join_body",
     "json_as_text",
     "merge_payloads",
@@ -39,6 +40,7 @@ __all__ = [
     "request_columns",
     "safe_json",
     "safe_text",
+    "session_in_user_id",
     "split_body",
 ]
 
@@ -265,7 +267,6 @@ def build_request_batch(
     redact: Callable[[str], str],
     headers: Callable[[Any], tuple[bytes, str | None, str | None]],
     json: Callable[[Any], bytes],
-    session: Callable[[bytes], str | None],
     minimal: Callable[[Any, BaseException], Sequence[object]],
     conversations: Sequence[str | None] | None = None,
     pending: KnownKeys | None = None,
@@ -279,8 +280,7 @@ def build_request_batch(
     threads (the proxy's event loop) run meanwhile. The Python steps are called back, each behind one
     function (``nexus.storage.records``): ``reply`` (usage and tool calls of a non-streamed reply),
     ``redact`` (a value that may hold a client key), ``headers`` and ``json`` (header lists that are
-    not plain str pairs, or a kept value to redact), ``session`` (the session in an envelope's
-    ``metadata.user_id`` when no header names it) and ``minimal`` (the row, in column order, of a
+    not plain str pairs, or a kept value to redact) and ``minimal`` (the row, in column order, of a
     record whose row could not be built: a Python exception while reading it). A record is left
     out only for a value no column can take (a bug), so one bad record never stops the batch.
     ``conversations``: per record, a conversation id stored when its link has none. ``pending``:
@@ -480,6 +480,9 @@ class RequestAnalysis:
     def continuation_text(self) -> str | None:
         """The first user text when it opens a post-compaction continuation."""
     @property
+    def envelope_session(self) -> str | None:
+        """The session the envelope's ``metadata.user_id`` names (``envelope_session``)."""
+    @property
     def trimmed_hash(self) -> bytes | None:
         """When the last kept message is a user message of two blocks or more: the history's hash with
         that message's last block left out (what a compaction merged into the last turn continues)."""
@@ -490,6 +493,14 @@ def analyze_request(body: bytes, /, *, strict: bool = True) -> RequestAnalysis:
     With ``strict`` the fields the proxy relies on are checked and a bad body raises
     ``NexusCoreError`` with a message meant for the client (``model: Field required ...``).
     """
+
+def envelope_session(envelope: bytes, /) -> str | None:
+    """The session named in ``metadata.user_id`` of a body's envelope: ``..._session_<id>`` (Claude
+    Code 1.0, 2.0) or ``{"session_id": ...}`` (2.1), values of up to 512 characters, the session cut
+    to 128; None when there is none or the envelope is not a JSON object."""
+
+def session_in_user_id(user_id: str, /) -> str | None:
+    """The session a ``metadata.user_id`` value names (``envelope_session``'s rule), or None."""
 
 def prompt_key(text: str, /) -> bytes:
     """The key a sub-agent prompt is matched by: xxh3-128 of ``normalize_text(text)``."""

@@ -22,7 +22,7 @@ from nexus._core import Reply, RequestAnalysis
 from nexus.conversations import repository
 from nexus.conversations.classify import SUBAGENT, classify
 from nexus.conversations.linker import Link, Linker, LinkRequest
-from nexus.conversations.session import session_of
+from nexus.conversations.session import request_session
 from nexus.storage.pools import GuardedPool
 
 log = logging.getLogger("nexus.conversations")
@@ -51,7 +51,7 @@ def link_request(
         timestamp,
         request_type,
         analysis.prefix_hashes,
-        session_of(headers, analysis.envelope),
+        request_session(headers, analysis),
         agent_id,
         analysis.first_user_key,
         analysis.continuation_text,

@@ -9,15 +9,15 @@ The value comes from the client: it is bounded, and only ever compared, never tr
 
 from __future__ import annotations
 
-import re
 from typing import Any, Protocol
 
-import orjson
+from nexus._core import RequestAnalysis, envelope_session, session_in_user_id
 
-#: Longer `user_id` values are not parsed (a session id is a UUID; anything much longer is not one).
-MAX_USER_ID = 512
+__all__ = ["MAX_SESSION", "request_session", "session_in_user_id", "session_of"]
+
+#: A session is cut to this many characters (the envelope's rule is the Rust core's:
+#: `nexus_core/src/conversation/session.rs`, which reads `user_id` values of up to 512 characters).
 MAX_SESSION = 128
-_LEGACY = re.compile(r"_session_([A-Za-z0-9-]{1,128})\Z")
 
 
 class Headers(Protocol):
@@ -30,27 +30,12 @@ def session_of(headers: Headers, envelope: bytes | None) -> str | None:
     header = headers.get("x-claude-code-session-id")
     if header:
         return str(header)[:MAX_SESSION]
-    if not envelope or b'"user_id"' not in envelope:
-        return None
-    try:
-        body = orjson.loads(envelope)
-    except orjson.JSONDecodeError:
-        return None
-    metadata = body.get("metadata") if isinstance(body, dict) else None
-    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
-    return session_in_user_id(user_id) if isinstance(user_id, str) else None
+    return envelope_session(envelope) if envelope else None
 
 
-def session_in_user_id(user_id: str) -> str | None:
-    """`..._session_<id>` (Claude Code 1.0, 2.0) or `{"session_id": ...}` (2.1)."""
-    if len(user_id) > MAX_USER_ID:
-        return None
-    if user_id.startswith("{"):
-        try:
-            value = orjson.loads(user_id)
-        except orjson.JSONDecodeError:
-            return None
-        session = value.get("session_id") if isinstance(value, dict) else None
-        return session[:MAX_SESSION] if isinstance(session, str) and session else None
-    found = _LEGACY.search(user_id)
-    return found.group(1) if found else None
+def request_session(headers: Headers, analysis: RequestAnalysis) -> str | None:
+    """`session_of` for an analysed request: the envelope's session was read by the analysis."""
+    header = headers.get("x-claude-code-session-id")
+    if header:
+        return str(header)[:MAX_SESSION]
+    return analysis.envelope_session

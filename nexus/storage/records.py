@@ -174,7 +174,6 @@ def build_batch(
         redact=redact_client_keys,
         headers=stored_headers,
         json=headers_json,
-        session=envelope_session,
         minimal=minimal_row,
         conversations=conversations,
         pending=pending,
@@ -218,11 +217,6 @@ def stored_headers(pairs: list[tuple[str, str]]) -> tuple[bytes, str | None, str
 def headers_json(pairs: list[tuple[str, str]]) -> bytes:
     """Response headers as stored, for pairs the Rust builder does not take as they are."""
     return _dumps(dict(pairs))
-
-
-def envelope_session(envelope: bytes) -> str | None:
-    """The session named in an envelope's `metadata.user_id` (no session header was sent)."""
-    return session_of({}, envelope)
 
 
 #: What `reply_facts` reads: usage as JSON, the four token counts, the tool calls, and the repairs.

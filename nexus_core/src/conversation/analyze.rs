@@ -59,6 +59,8 @@ pub struct RequestFacts {
     /// turn with the summary prompt appended as one more block (and without that turn's reply): this
     /// is the history of the request the compaction continues (the linker's rule, `linker.py`).
     pub trimmed_hash: Option<Key>,
+    /// The session the envelope's `metadata.user_id` names ([`super::session`]).
+    pub envelope_session: Option<String>,
 }
 
 /// A body split for storage plus its facts.
@@ -100,6 +102,7 @@ pub fn analyze_request(body: &[u8], strict: bool) -> Result<Analysis<'_>, NexusE
         }
     }
     facts.message_count = split.message_keys.as_ref().map_or(0, Vec::len);
+    facts.envelope_session = super::session::envelope_session(&split.envelope);
     Ok(Analysis { split, facts })
 }
 

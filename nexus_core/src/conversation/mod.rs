@@ -11,6 +11,7 @@
 pub mod analyze;
 pub mod digest;
 pub(crate) mod lenient;
+pub mod session;
 pub mod text;
 
 pub use analyze::{analyze_request, Analysis, RequestFacts};

@@ -52,6 +52,9 @@ pub struct PyRequestAnalysis {
     last_user_head: String,
     #[pyo3(get)]
     continuation_text: Option<String>,
+    /// The session named in the envelope's `metadata.user_id` (`conversation::session`).
+    #[pyo3(get)]
+    pub(crate) envelope_session: Option<String>,
     #[pyo3(get)]
     trimmed_hash: Option<Py<PyBytes>>,
 }
@@ -103,6 +106,7 @@ pub fn analyze_request(
         first_user_head: facts.first_user_head,
         last_user_head: facts.last_user_head,
         continuation_text: facts.continuation_text,
+        envelope_session: facts.envelope_session,
         trimmed_hash: facts.trimmed_hash.as_ref().map(|k| bytes(k)),
     })
 }
@@ -147,6 +151,20 @@ impl PyRequestAnalysis {
             .collect::<PyResult<Vec<_>>>()?;
         PyList::new(py, items)
     }
+}
+
+/// The session named in an envelope's `metadata.user_id`, or None.
+#[pyfunction]
+#[pyo3(signature = (envelope, /))]
+pub fn envelope_session(envelope: &[u8]) -> Option<String> {
+    conversation::session::envelope_session(envelope)
+}
+
+/// The session a `metadata.user_id` value names, or None.
+#[pyfunction]
+#[pyo3(signature = (user_id, /))]
+pub fn session_in_user_id(user_id: &str) -> Option<String> {
+    conversation::session::session_in_user_id(user_id)
 }
 
 /// The key a sub-agent prompt is matched by (xxh3-128 of the normalised text).

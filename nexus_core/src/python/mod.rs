@@ -207,6 +207,8 @@ fn nexus_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<body::PySplitBody>()?;
     m.add_function(wrap_pyfunction!(conversation::analyze_request, m)?)?;
     m.add_function(wrap_pyfunction!(conversation::prompt_key, m)?)?;
+    m.add_function(wrap_pyfunction!(conversation::envelope_session, m)?)?;
+    m.add_function(wrap_pyfunction!(conversation::session_in_user_id, m)?)?;
     m.add_function(wrap_pyfunction!(conversation::normalize_text, m)?)?;
     m.add_class::<conversation::PyRequestAnalysis>()?;
     m.add_function(wrap_pyfunction!(reply::read_reply, m)?)?;

@@ -4,9 +4,8 @@
 //! With the GIL held, each record's attributes are read once and turned into an [`Exchange`] that
 //! borrows the bodies (no copy); the few steps that are Python's own are called back, each kept
 //! behind one function (`nexus.storage.records`): reading usage from a JSON reply (`reply`), the
-//! rare values that need client-key redaction (`redact`) or the Python header path (`headers`), the
-//! session named in the envelope (`session`), and the minimal row of a record that cannot be built
-//! (`minimal`). Then the GIL is released for the heavy part: encoding every row and every new
+//! rare values that need client-key redaction (`redact`) or the Python header path (`headers`), and
+//! the minimal row of a record that cannot be built (`minimal`). Then the GIL is released for the heavy part: encoding every row and every new
 //! content part (`rows::encode_batch`).
 
 use std::borrow::Cow;
@@ -43,8 +42,7 @@ pub const STORED_REQUEST_HEADERS: &[&str] = &[
 ];
 const SESSION_HEADER: &str = "x-claude-code-session-id";
 const AGENT_HEADER: &str = "x-claude-code-agent-id";
-/// Characters of a session id kept (`nexus.conversations.session.MAX_SESSION`).
-const MAX_SESSION: usize = 128;
+use crate::conversation::session::MAX_SESSION;
 
 /// The Python steps of the row builder (see the module doc).
 struct Hooks<'py> {
@@ -52,7 +50,6 @@ struct Hooks<'py> {
     redact: Bound<'py, PyAny>,
     headers: Bound<'py, PyAny>,
     json: Bound<'py, PyAny>,
-    session: Bound<'py, PyAny>,
     minimal: Bound<'py, PyAny>,
 }
 
@@ -549,14 +546,12 @@ fn build<'a>(
         None => Cell::Null,
     };
     ex.session_id = match (&session_header, analysis) {
-        (Cell::Null, Some(an)) => {
-            let envelope = an.get().envelope.bind(py);
-            if memchr::memmem::find(envelope.as_bytes(), b"\"user_id\"").is_some() {
-                owned(&hooks.session.call1((envelope,))?)?
-            } else {
-                Cell::Null
-            }
-        }
+        // the session the analysis read in the envelope's metadata (no header was sent)
+        (Cell::Null, Some(an)) => an
+            .get()
+            .envelope_session
+            .as_deref()
+            .map_or(Cell::Null, |s| Cell::Text(Cow::Borrowed(s))),
         _ => session_header,
     };
     ex.agent_id = agent_id;
@@ -644,7 +639,7 @@ fn first_messages<'b>(
 
 /// Build and encode the rows of `records` (see `nexus._core.build_request_batch`).
 #[pyfunction]
-#[pyo3(signature = (records, known, /, *, reply, redact, headers, json, session, minimal, conversations = None, pending = None))]
+#[pyo3(signature = (records, known, /, *, reply, redact, headers, json, minimal, conversations = None, pending = None))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn build_request_batch<'py>(
     py: Python<'py>,
@@ -654,7 +649,6 @@ pub fn build_request_batch<'py>(
     redact: Bound<'py, PyAny>,
     headers: Bound<'py, PyAny>,
     json: Bound<'py, PyAny>,
-    session: Bound<'py, PyAny>,
     minimal: Bound<'py, PyAny>,
     conversations: Option<Vec<Option<String>>>,
     pending: Option<Bound<'py, KnownKeys>>,
@@ -669,7 +663,6 @@ pub fn build_request_batch<'py>(
         redact,
         headers,
         json,
-        session,
         minimal,
     };
     let known = match known.cast::<KnownKeys>() {
