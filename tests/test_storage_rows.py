@@ -16,7 +16,7 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nexus._core import KnownKeys, SseObserver, analyze_request, copy_rows, encode_copy_binary
+from nexus._core import KnownKeys, SseObserver, analyze_request, copy_rows, encode_copy_binary, read_reply
 from nexus.conversations.linker import Link
 from nexus.storage.payload import Batch
 from nexus.storage.records import (
@@ -221,8 +221,10 @@ def hostile_records(draw: st.DrawFn) -> ExchangeRecord:
         request_type=draw(st.one_of(st.none(), _text)),
         task_prompt_keys=draw(st.one_of(st.none(), st.lists(st.binary(min_size=16, max_size=16), max_size=2))),
         attempts=draw(st.one_of(st.none(), st.integers(min_value=0, max_value=2**33))),
-        repairs=draw(st.one_of(st.none(), st.lists(_text, max_size=2))),
+        repairs=draw(st.one_of(st.none(), st.lists(st.one_of(_text, st.just("usage_not_integer")), max_size=2))),
     )
+    if reply and draw(st.booleans()):
+        rec.reply = read_reply(reply)  # as the request path reads it (the row builder takes its facts in Rust)
     if body and body_kind != "bytes" and draw(st.booleans()):
         try:
             rec.analysis = analyze_request(body, strict=False)

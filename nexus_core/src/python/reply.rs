@@ -8,7 +8,7 @@ use crate::reply::{self, Count};
 /// What one upstream reply says, read once (see `nexus._core.Reply`).
 #[pyclass(module = "nexus._core", name = "Reply", frozen)]
 pub struct PyReply {
-    inner: reply::Reply,
+    pub(crate) inner: reply::Reply,
 }
 
 impl From<reply::Reply> for PyReply {

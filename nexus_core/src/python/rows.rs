@@ -19,7 +19,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 use super::conversation::PyRequestAnalysis;
+use super::reply::PyReply;
 use crate::body;
+use crate::reply::Count;
 use crate::rows::{self, BatchEncoder, Blob, Cell, Exchange, Row, REQUEST_COLUMNS};
 use crate::safe;
 
@@ -139,6 +141,18 @@ fn owned_scalar(obj: &Bound<'_, PyAny>) -> Result<Cell<'static>, Failure> {
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "?".into());
     Err(Failure::Lost(format!("unsupported value of type {kind}")))
+}
+
+/// A token count as the Python int `Reply` gives for it would be stored: past i64, only its sign.
+fn count_cell(count: Option<Count>) -> Cell<'static> {
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2**63
+    match count {
+        None => Cell::Null,
+        Some(Count::Int(u)) => i64::try_from(u).map_or(Cell::BigInt { negative: false }, Cell::Int),
+        // whole, so exact wherever it is within i64
+        Some(Count::Whole(f)) if (-LIMIT..LIMIT).contains(&f) => Cell::Int(f as i64),
+        Some(Count::Whole(f)) => Cell::BigInt { negative: f < 0.0 },
+    }
 }
 
 /// Whether `redact_client_keys` could change `text`: it holds a `%` (judged decoded) or `cnp_` in
@@ -491,7 +505,29 @@ fn build<'a>(
     ex.cache_read_input_tokens = cell(&a[A::CACHE_READ])?;
     ex.tool_call_count = cell(&a[A::TOOL_CALL_COUNT])?;
     let response_body = &a[A::RESPONSE_BODY];
-    if !a[A::STREAMED].is_truthy()? && response_body.is_truthy()? {
+    let reply = if !a[A::STREAMED].is_truthy()? && response_body.is_truthy()? {
+        fetched.record.getattr(intern!(py, "reply")).ok()
+    } else {
+        None
+    };
+    if let Some(read) = reply.as_ref().and_then(|r| r.cast::<PyReply>().ok()) {
+        // the reply the request path read (in Rust): its facts as `records.reply_facts` gives them
+        let read = &read.get().inner;
+        if let Some(usage) = &read.usage_json {
+            ex.usage = Cell::Bytes(Cow::Owned(usage.clone()));
+            ex.input_tokens = count_cell(read.input_tokens);
+            ex.output_tokens = count_cell(read.output_tokens);
+            ex.cache_creation_input_tokens = count_cell(read.cache_creation_input_tokens);
+            ex.cache_read_input_tokens = count_cell(read.cache_read_input_tokens);
+            ex.tool_call_count = read
+                .tool_call_count
+                .map_or(Cell::Null, |n| count_cell(Some(Count::Int(n))));
+            let flag = Cell::Text(Cow::Borrowed("usage_not_integer"));
+            if read.usage_not_integer && !flags.contains(&flag) {
+                flags.push(flag);
+            }
+        }
+    } else if reply.is_some() {
         // the reply's own facts (usage, tool calls): one separate step, `records.reply_facts`
         let facts = hooks.reply.call1((&fetched.record,))?;
         if !facts.is_none() {
@@ -511,7 +547,11 @@ fn build<'a>(
             (ex.cache_creation_input_tokens, ex.cache_read_input_tokens) = (creation, read);
             ex.tool_call_count = tools;
             if let Cell::Array(more) = more {
-                flags.extend(more);
+                for flag in more {
+                    if !flags.contains(&flag) {
+                        flags.push(flag);
+                    }
+                }
             }
         }
     }
