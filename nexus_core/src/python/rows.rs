@@ -615,9 +615,12 @@ fn link_cells(ex: &mut Exchange<'_>, link: &Bound<'_, PyAny>) -> Result<(), Fail
         ex.is_subtask = Cell::Bool(false);
         return Ok(());
     }
+    let py = link.py();
     let mut cells = Vec::with_capacity(LINK_ATTRS.len());
     for name in LINK_ATTRS {
-        cells.push(owned(&link.getattr(*name)?)?);
+        // interned: the type's attribute cache is keyed by the name object (a new str each time
+        // missed it and walked the class hierarchy for every attribute of every row)
+        cells.push(owned(&link.getattr(PyString::intern(py, name))?)?);
     }
     let [conversation, branch, parent, subtask, task, current, parent_hash]: [Cell<'static>; 7] =
         cells.try_into().unwrap_or_default();
@@ -718,6 +721,9 @@ pub fn build_request_batch<'py>(
     let records = records.try_iter()?.collect::<PyResult<Vec<_>>>()?;
     let mut encoder = BatchEncoder::new()?;
     let mut lost: Vec<(usize, String)> = Vec::new();
+    // interned once: Python's attribute cache is keyed by the name object, so a new str per read
+    // missed it and walked the record's class hierarchy for each of ~30 attributes of every row
+    let names: Vec<Bound<'py, PyString>> = ATTRS.iter().map(|n| PyString::intern(py, n)).collect();
     // A few records at a time: the GIL is held only while they are read, then released while they
     // are encoded, so a thread waiting for it (the event loop serving requests) gets it within one
     // chunk's reading rather than the whole batch's.
@@ -726,7 +732,7 @@ pub fn build_request_batch<'py>(
             .iter()
             .map(|record| Fetched {
                 record: record.clone(),
-                attrs: ATTRS.iter().map(|name| record.getattr(*name)).collect(),
+                attrs: names.iter().map(|name| record.getattr(name)).collect(),
             })
             .collect();
         let mut rows: Vec<(usize, Row<'_>)> = Vec::with_capacity(fetched.len());
