@@ -54,12 +54,13 @@ impl<'a> SplitBody<'a> {
         span: impl Fn(&str) -> &'a [u8],
         visitor: &mut V,
     ) -> Result<(), NexusError> {
-        let keys = items
+        let keys: Vec<Key> = items
             .iter()
             .map(|m| self.add(seen, PartKind::Message, span(m)))
             .collect();
+        visitor.messages(items, &keys)?;
         self.message_keys = Some(keys);
-        visitor.messages(items)
+        Ok(())
     }
 }
 
@@ -78,8 +79,8 @@ pub trait FieldVisitor<'a> {
     fn field(&mut self, _name: &str, _raw: &'a str) -> Result<(), NexusError> {
         Ok(())
     }
-    /// The elements of a `messages` list, in order.
-    fn messages(&mut self, _items: &[&'a str]) -> Result<(), NexusError> {
+    /// The elements of a `messages` list, in order, with the keys the split stores them by.
+    fn messages(&mut self, _items: &[&'a str], _keys: &[Key]) -> Result<(), NexusError> {
         Ok(())
     }
     /// The `system` value, with the key the split stores it by (the xxh3-128 of its bytes).

@@ -8,7 +8,7 @@
 //! cannot shift the prefixes. Malformed messages never fail the request: they hash as an opaque block.
 
 use std::borrow::Cow;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use foldhash::{HashMap, HashSet, HashSetExt};
 
@@ -145,7 +145,7 @@ impl<'a> FieldVisitor<'a> for Collector {
         Ok(())
     }
 
-    fn messages(&mut self, items: &[&'a str]) -> Result<(), NexusError> {
+    fn messages(&mut self, items: &[&'a str], keys: &[Key]) -> Result<(), NexusError> {
         // Only the last `messages` list counts (the split keeps that one): forget an earlier one.
         let facts = &mut self.facts;
         facts.prefix_hashes.clear();
@@ -156,55 +156,49 @@ impl<'a> FieldVisitor<'a> for Collector {
         facts.last_user_head.clear();
         facts.continuation_text = None;
         facts.trimmed_hash = None;
+        let digests = message_digests(items, keys);
         let mut hasher = Xxh3Default::new();
         // The state before the last kept message, kept only when it is a user message of two blocks
         // or more (a clone of the hasher's small state, not a second pass).
         let mut before_last: Option<Xxh3Default> = None;
-        let mut seen_uses: HashSet<Cow<'a, str>> = HashSet::new();
-        let mut seen_results: HashSet<Cow<'a, str>> = HashSet::new();
-        let mut first_user: Option<String> = None;
-        // The last user message's blocks, joined once at the end (not a join per user message).
-        let mut last_user: Option<Vec<Block<'a>>> = None;
-        for raw in items {
-            let Ok(LMessage(Some((role, content)))) = serde_json::from_str::<LMessage<'a>>(raw)
-            else {
-                continue; // not an object: nothing a later turn could match
-            };
-            let role = match role.as_deref() {
-                Some("user") => b'u',
-                Some("assistant") => b'a',
-                Some("system") => {
+        let mut seen_uses: HashSet<&str> = HashSet::new();
+        let mut seen_results: HashSet<&str> = HashSet::new();
+        let mut first_user: Option<&str> = None;
+        let mut last_user: Option<&MessageDigest> = None;
+        for digest in &digests {
+            let role = match digest.role {
+                Role::User => b'u',
+                Role::Assistant => b'a',
+                Role::System => {
                     self.facts.system_message_count += 1;
                     continue;
                 }
-                _ => continue,
+                Role::Other => continue, // not an object, or another role: nothing a turn could match
             };
-            let blocks = content_blocks(content);
-            let (uses, results) = tool_ids(&blocks);
-            let repeats = uses.iter().any(|id| seen_uses.contains(id))
-                || results.iter().any(|id| seen_results.contains(id));
-            seen_uses.extend(uses);
-            seen_results.extend(results);
-            if repeats || blocks.is_empty() {
+            let repeats = digest.uses.iter().any(|id| seen_uses.contains(id.as_str()))
+                || digest
+                    .results
+                    .iter()
+                    .any(|id| seen_results.contains(id.as_str()));
+            seen_uses.extend(digest.uses.iter().map(String::as_str));
+            seen_results.extend(digest.results.iter().map(String::as_str));
+            if repeats || digest.block_count == 0 {
                 continue;
             }
-            before_last = (role == b'u' && blocks.len() > 1).then(|| hasher.clone());
+            before_last = (role == b'u' && digest.block_count > 1).then(|| hasher.clone());
             hasher.tag(b'M');
             hasher.tag(role);
-            for block in &blocks {
-                block.feed(&mut hasher);
-            }
+            hasher.put(&digest.stream);
             self.facts
                 .prefix_hashes
                 .push(hasher.digest128().to_be_bytes());
             self.facts.kept_roles.push(role);
             if role == b'u' {
-                if first_user.is_none() {
-                    first_user = Some(joined_text(&blocks));
-                }
-                last_user = Some(blocks);
+                first_user = first_user.or(digest.text.as_deref());
+                last_user = Some(digest);
             }
         }
+        let first_user = first_user.map(str::to_owned);
         if let Some(text) = first_user {
             self.facts.first_user_key = Some(xxh3_128(text.as_bytes()).to_be_bytes());
             self.facts.first_user_head = head(&text, HEAD_BYTES).to_owned();
@@ -212,19 +206,140 @@ impl<'a> FieldVisitor<'a> for Collector {
                 self.facts.continuation_text = Some(text);
             }
         }
-        if let Some(blocks) = last_user {
-            self.facts.last_user_head = head(&joined_text(&blocks), HEAD_BYTES).to_owned();
+        if let Some(last) = last_user {
+            let text = last.text.as_deref().unwrap_or_default();
+            self.facts.last_user_head = head(text, HEAD_BYTES).to_owned();
             if let Some(mut trimmed) = before_last {
                 trimmed.tag(b'M');
                 trimmed.tag(b'u');
-                for block in &blocks[..blocks.len() - 1] {
-                    block.feed(&mut trimmed);
-                }
+                trimmed.put(&last.stream[..last.last_block_at]);
                 self.facts.trimmed_hash = Some(trimmed.digest128().to_be_bytes());
             }
         }
         Ok(())
     }
+}
+
+/// A message's role as linking reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    User,
+    Assistant,
+    /// Claude Code's `role: "system"` entries (counted, never hashed).
+    System,
+    /// Not an object, or any other role.
+    Other,
+}
+
+/// What linking reads of one message: a function of its exact bytes.
+#[derive(Debug)]
+struct MessageDigest {
+    role: Role,
+    /// The canonical stream of its normalised blocks (`digest.rs`), without the `M` + role prefix.
+    stream: Vec<u8>,
+    /// Where the last block's stream starts (the trimmed hash leaves that block out).
+    last_block_at: usize,
+    block_count: usize,
+    /// The ids of its tool calls and of the results it carries (a repeated one drops the message).
+    uses: Vec<String>,
+    results: Vec<String>,
+    /// A user message's texts joined by newlines (the first and last user heads, a continuation).
+    text: Option<String>,
+}
+
+impl MessageDigest {
+    fn read(raw: &str) -> MessageDigest {
+        let mut digest = MessageDigest {
+            role: Role::Other,
+            stream: Vec::new(),
+            last_block_at: 0,
+            block_count: 0,
+            uses: Vec::new(),
+            results: Vec::new(),
+            text: None,
+        };
+        let Ok(LMessage(Some((role, content)))) = serde_json::from_str::<LMessage<'_>>(raw) else {
+            return digest;
+        };
+        digest.role = match role.as_deref() {
+            Some("user") => Role::User,
+            Some("assistant") => Role::Assistant,
+            Some("system") => Role::System,
+            _ => Role::Other,
+        };
+        if matches!(digest.role, Role::System | Role::Other) {
+            return digest;
+        }
+        let blocks = content_blocks(content);
+        let (uses, results) = tool_ids(&blocks);
+        digest.uses = uses.into_iter().map(Cow::into_owned).collect();
+        digest.results = results.into_iter().map(Cow::into_owned).collect();
+        for block in &blocks {
+            digest.last_block_at = digest.stream.len();
+            block.feed(&mut digest.stream);
+        }
+        digest.block_count = blocks.len();
+        if digest.role == Role::User {
+            digest.text = Some(joined_text(&blocks));
+        }
+        digest
+    }
+
+    /// Bytes it holds, for the memo's bound (with what the map entry, the allocations and the id
+    /// strings' headers cost: so a flood of tiny messages is bounded too).
+    fn size(&self) -> usize {
+        let ids: usize = self.uses.iter().chain(&self.results).map(|id| id.len() + 32).sum();
+        self.stream.len() + self.text.as_ref().map_or(0, String::len) + ids + 256
+    }
+}
+
+/// The digests of recently seen messages, by the key the split stores them by (the xxh3-128 of
+/// their bytes). Claude Code re-sends the whole history every turn: all but the newest messages of a
+/// request were read for an earlier one (parsed, unescaped, reminders stripped), which was a fifth of
+/// the request analysis. Bounded in bytes (cleared when full); a message bigger than a part of the
+/// bound is read each time.
+static MESSAGES: LazyLock<Mutex<Memo>> = LazyLock::new(Mutex::default);
+const MESSAGES_BYTES: usize = 4 << 20;
+const MESSAGE_KEPT_BYTES: usize = 256 << 10;
+
+#[derive(Default)]
+struct Memo {
+    digests: HashMap<Key, Arc<MessageDigest>>,
+    bytes: usize,
+}
+
+/// The digest of each message, from the memo or read (and remembered).
+fn message_digests(items: &[&str], keys: &[Key]) -> Vec<Arc<MessageDigest>> {
+    let memo = || MESSAGES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut known: Vec<Option<Arc<MessageDigest>>> = {
+        let memo = memo();
+        keys.iter().map(|k| memo.digests.get(k).cloned()).collect()
+    };
+    let mut read = Vec::new();
+    for ((slot, raw), key) in known.iter_mut().zip(items).zip(keys) {
+        if slot.is_none() {
+            let digest = Arc::new(MessageDigest::read(raw));
+            read.push((*key, digest.clone()));
+            *slot = Some(digest);
+        }
+    }
+    if !read.is_empty() {
+        let mut memo = memo();
+        for (key, digest) in read {
+            let size = digest.size();
+            if size > MESSAGE_KEPT_BYTES {
+                continue;
+            }
+            if memo.bytes + size > MESSAGES_BYTES {
+                memo.digests.clear();
+                memo.bytes = 0;
+            }
+            if memo.digests.insert(key, digest).is_none() {
+                memo.bytes += size;
+            }
+        }
+    }
+    known.into_iter().flatten().collect()
 }
 
 /// What a `system` value gives the linker: a function of its exact bytes.

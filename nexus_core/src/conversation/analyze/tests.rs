@@ -253,3 +253,34 @@ fn system_facts_from_the_cache_are_those_read() {
     let other = analyze_request(other.as_bytes(), true).unwrap().facts;
     assert_eq!(other.system_hash, read.system_hash);
 }
+
+/// The recorded Claude Code sessions (their histories repeat turn after turn, tool loops, a
+/// compaction, sub-agents, forks): every request's facts are the same whether its messages come from
+/// the memo of earlier requests or are read afresh.
+#[test]
+fn message_digests_from_the_memo_are_those_read() {
+    let root =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/claude_code");
+    let mut files: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).into_iter().flatten())
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("-messages.json"))
+        .collect();
+    files.sort();
+    assert!(files.len() > 40, "{} fixture requests", files.len());
+    let clear = || super::MESSAGES.lock().unwrap().digests.clear();
+    clear();
+    let mut kept = 0;
+    for file in &files {
+        let recorded: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        let body = serde_json::to_vec(&recorded["body"]).unwrap();
+        let warm = analyze_request(&body, true).unwrap().facts;
+        kept = kept.max(super::MESSAGES.lock().unwrap().digests.len());
+        let saved = std::mem::take(&mut super::MESSAGES.lock().unwrap().digests);
+        let cold = analyze_request(&body, true).unwrap().facts;
+        super::MESSAGES.lock().unwrap().digests = saved;
+        assert_eq!(warm, cold, "{}", file.display());
+    }
+    assert!(kept > 20, "the memo held {kept} messages");
+}
