@@ -300,7 +300,7 @@ mod indexmap_like {
     /// else: a body serde_json refuses, a `messages` that is not a list, a key with an escape (serde
     /// decodes those), so the caller reads it with serde_json.
     pub fn read_quick(text: &str) -> Option<RawObject<'_>> {
-        use crate::scan::{skip_string, skip_value, skip_ws};
+        use crate::scan::{after_item, skip_string, skip_value, skip_ws};
         let b = text.as_bytes();
         let mut at = skip_ws(b, 0);
         if b.get(at) != Some(&b'{') {
@@ -337,14 +337,10 @@ mod indexmap_like {
                         loop {
                             let end = skip_value(b, at)?;
                             items.push(&text[at..end]);
-                            at = skip_ws(b, end);
-                            match b.get(at)? {
-                                b',' => at = skip_ws(b, at + 1),
-                                b']' => {
-                                    at += 1;
-                                    break;
-                                }
-                                _ => return None,
+                            let closed;
+                            (at, closed) = after_item(b, end, b']')?;
+                            if closed {
+                                break;
                             }
                         }
                     }
@@ -356,14 +352,10 @@ mod indexmap_like {
                     Field::Raw(raw)
                 };
                 out.push((Cow::Borrowed(key), value));
-                at = skip_ws(b, at);
-                match b.get(at)? {
-                    b',' => at = skip_ws(b, at + 1),
-                    b'}' => {
-                        at += 1;
-                        break;
-                    }
-                    _ => return None,
+                let closed;
+                (at, closed) = after_item(b, at, b'}')?;
+                if closed {
+                    break;
                 }
             }
         }

@@ -67,6 +67,17 @@ pub fn skip_value(b: &[u8], mut at: usize) -> Option<usize> {
     }
 }
 
+/// After an array's element or an object's member: `(where the next one starts, false)` past a comma
+/// (and the whitespace after it), `(the byte after it, true)` past `close`, None for anything else.
+pub fn after_item(b: &[u8], at: usize, close: u8) -> Option<(usize, bool)> {
+    let at = skip_ws(b, at);
+    match *b.get(at)? {
+        b',' => Some((skip_ws(b, at + 1), false)),
+        c if c == close => Some((at + 1, true)),
+        _ => None,
+    }
+}
+
 /// After `{` or `,` in an object (whitespace skipped): the key, the colon, and where the value starts.
 fn member_value(b: &[u8], at: usize) -> Option<usize> {
     if b.get(at) != Some(&b'"') {

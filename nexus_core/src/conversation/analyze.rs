@@ -288,7 +288,12 @@ impl MessageDigest {
     /// Bytes it holds, for the memo's bound (with what the map entry, the allocations and the id
     /// strings' headers cost: so a flood of tiny messages is bounded too).
     fn size(&self) -> usize {
-        let ids: usize = self.uses.iter().chain(&self.results).map(|id| id.len() + 32).sum();
+        let ids: usize = self
+            .uses
+            .iter()
+            .chain(&self.results)
+            .map(|id| id.len() + 32)
+            .sum();
         self.stream.len() + self.text.as_ref().map_or(0, String::len) + ids + 256
     }
 }
