@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from nexus._core import RequestAnalysis, envelope_session, session_in_user_id
 
-__all__ = ["MAX_SESSION", "request_session", "session_in_user_id", "session_of"]
+__all__ = ["MAX_SESSION", "header_session", "request_session", "session_in_user_id", "session_of"]
 
 #: A session is cut to this many characters (the envelope's rule is the Rust core's:
 #: `nexus_core/src/conversation/session.rs`, which reads `user_id` values of up to 512 characters).
@@ -27,15 +27,15 @@ class Headers(Protocol):
 def session_of(headers: Headers, envelope: bytes | None) -> str | None:
     """The session header, else the session named in `metadata.user_id` of the body's envelope (the
     body without messages, system and tools), else None."""
-    header = headers.get("x-claude-code-session-id")
-    if header:
-        return str(header)[:MAX_SESSION]
-    return envelope_session(envelope) if envelope else None
+    return header_session(headers) or (envelope_session(envelope) if envelope else None)
 
 
 def request_session(headers: Headers, analysis: RequestAnalysis) -> str | None:
     """`session_of` for an analysed request: the envelope's session was read by the analysis."""
+    return header_session(headers) or analysis.envelope_session
+
+
+def header_session(headers: Headers) -> str | None:
+    """The `x-claude-code-session-id` header (Claude Code 2.1), cut to `MAX_SESSION` characters."""
     header = headers.get("x-claude-code-session-id")
-    if header:
-        return str(header)[:MAX_SESSION]
-    return analysis.envelope_session
+    return str(header)[:MAX_SESSION] if header else None
