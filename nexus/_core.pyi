@@ -278,10 +278,11 @@ def build_request_batch(
     Each record's attributes are read once with the GIL held, its bodies borrowed, not copied; then
     the GIL is released while every row and part is encoded (the heavy part), so other Python
     threads (the proxy's event loop) run meanwhile. The Python steps are called back, each behind one
-    function (``nexus.storage.records``): ``reply`` (usage and tool calls of a non-streamed reply),
-    ``redact`` (a value that may hold a client key), ``headers`` and ``json`` (header lists that are
-    not plain str pairs, or a kept value to redact) and ``minimal`` (the row, in column order, of a
-    record whose row could not be built: a Python exception while reading it). A record is left
+    function (``nexus.storage.records``): ``reply`` (usage and tool calls of a non-streamed reply
+    the record does not carry already read), ``redact`` (a value that may hold a client key),
+    ``headers`` and ``json`` (header lists that are not plain str pairs, or a kept value to redact)
+    and ``minimal`` (the row, in column order, of a record whose row could not be built: a Python
+    exception while reading it). A record is left
     out only for a value no column can take (a bug), so one bad record never stops the batch.
     ``conversations``: per record, a conversation id stored when its link has none. ``pending``:
     parts another batch still in memory carries, left out like those in ``known`` (the writer's

@@ -18,7 +18,7 @@ use xxhash_rust::xxh3::{xxh3_128, Xxh3Default};
 use super::digest::Sink;
 use super::lenient::{Content, Fields, LBlock, LMessage};
 use super::text::{head, normalize_text, trim_ws};
-use crate::body::{content_key, split_body_with, FieldVisitor, Key, SplitBody};
+use crate::body::{split_body_with, FieldVisitor, Key, SplitBody};
 use crate::NexusError;
 
 /// Bytes kept of the short texts the linker classifies by (system prompt, first and last user turn).
@@ -134,7 +134,6 @@ impl<'a> FieldVisitor<'a> for Collector {
                 let t = raw.trim_ascii();
                 self.facts.has_tools = t.starts_with('[') && trim_ws(&t[1..]) != "]";
             }
-            "system" => self.system_facts(raw, &content_key(raw.as_bytes())),
             _ => {}
         }
         Ok(())

@@ -3,10 +3,11 @@
 //!
 //! With the GIL held, each record's attributes are read once and turned into an [`Exchange`] that
 //! borrows the bodies (no copy); the few steps that are Python's own are called back, each kept
-//! behind one function (`nexus.storage.records`): reading usage from a JSON reply (`reply`), the
-//! rare values that need client-key redaction (`redact`) or the Python header path (`headers`), and
-//! the minimal row of a record that cannot be built (`minimal`). Then the GIL is released for the heavy part: encoding every row and every new
-//! content part (`rows::encode_batch`).
+//! behind one function (`nexus.storage.records`): reading usage from a JSON reply the request path
+//! did not read (`reply`), the rare values that need client-key redaction (`redact`) or the Python
+//! header path (`headers`), and the minimal row of a record that cannot be built (`minimal`). Then
+//! the GIL is released for the heavy part: encoding every row and every new content part
+//! (`rows::encode_batch`).
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
