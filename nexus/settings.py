@@ -14,7 +14,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -605,7 +605,7 @@ class Settings(BaseSettings):
         if value is None or value == "":
             return None
         parts = urlsplit(value)
-        if parts.scheme not in ("postgres", "postgresql") and not value.startswith("host="):
+        if parts.scheme not in ("postgres", "postgresql") and not _is_conninfo(value):
             raise ValueError("must be a postgresql:// URL or a libpq connection string")
         if parts.scheme:
             try:
@@ -836,12 +836,38 @@ def mask_secret(value: str) -> str:
     return f"{value[:4]}…{value[-2:]}"
 
 
+def _is_conninfo(value: str) -> bool:
+    """A libpq `key=value` connection string (its keywords in any order: `dbname=x host=/tmp`)."""
+    if "=" not in value or "://" in value:
+        return False
+    import psycopg.conninfo  # here: settings are read by commands that never connect
+
+    try:
+        psycopg.conninfo.conninfo_to_dict(value)
+    except psycopg.ProgrammingError:
+        return False
+    return True
+
+
 def mask_url_password(url: str) -> str:
+    """The URL or libpq connection string with its password, wherever it is, replaced by `****`: in
+    the URL's user part, as a `password=` query parameter, or as a `password=` keyword."""
+    if _is_conninfo(url):
+        import psycopg.conninfo
+
+        params = psycopg.conninfo.conninfo_to_dict(url)
+        if "password" not in params:
+            return url
+        return psycopg.conninfo.make_conninfo("", **{**params, "password": "****"})
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":****@", 1)
+    query = parts.query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(k == "password" for k, _ in pairs):
+        query = urlencode([(k, "****" if k == "password" else v) for k, v in pairs], safe="/*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def load_settings(**overrides: Any) -> Settings:

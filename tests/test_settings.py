@@ -95,3 +95,36 @@ def test_masked_secrets_show_at_most_a_four_and_two_character_hint() -> None:
         assert longest <= 4, (secret, shown)
         assert sum(c.isalpha() for c in shown) <= 6, (secret, shown)
         assert not (length > 2 and secret[-3:] in shown), (secret, shown)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "host=/tmp/pg dbname=nexus user=nexus",
+        "dbname=nexus host=/tmp/pg",  # libpq takes its keywords in any order
+        "port=5433 host=db dbname=nexus",
+    ],
+)
+def test_database_url_takes_a_connection_string_in_any_order(url: str) -> None:
+    assert Settings(database_url=url).database_url == url
+
+
+@pytest.mark.parametrize("url", ["dbname", "mysql://u@db/x", "sqlite:///x.db", "host='unclosed"])
+def test_database_url_refuses_what_is_no_postgresql_address(url: str) -> None:
+    with pytest.raises(ValueError, match="postgresql:// URL or a libpq connection string"):
+        Settings(database_url=url)
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("dbname=nexus host=db password=hunter2", "hunter2"),
+        ("host=db password='pa ss' dbname=nexus", "pa ss"),
+        ("postgresql://nexus@db/nexus?password=hunter2&sslmode=require", "hunter2"),
+        ("postgresql://nexus:pa55word@db/nexus?password=other", "other"),
+    ],
+)
+def test_masked_hides_the_password_of_any_database_address(url: str, secret: str) -> None:
+    shown = Settings(database_url=url).masked()["DATABASE_URL"]
+    assert secret not in shown and "pa55word" not in shown
+    assert "****" in shown
