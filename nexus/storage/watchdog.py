@@ -21,6 +21,8 @@ from typing import Any
 
 import psycopg
 
+from nexus.observability.threads import name_this_thread
+
 log = logging.getLogger("nexus.storage")
 
 
@@ -55,6 +57,7 @@ class Watchdog:
         self._stop.set()
 
     def _run(self) -> None:
+        name_this_thread()
         tick = min(1.0, self.timeout_s / 4)
         while not self._stop.wait(tick):
             with self._lock:

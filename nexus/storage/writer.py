@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from nexus._core import KnownKeys, NexusCoreError, copy_rows
+from nexus.observability.threads import name_this_thread
 from nexus.settings import Settings
 from nexus.storage import quarantine
 from nexus.storage.failures import OUTAGE, UNKNOWN, classify, describe
@@ -313,6 +314,7 @@ class StorageWriter:
 
     # --- writer thread ---------------------------------------------------------------------------
     def _run(self) -> None:
+        name_this_thread()
         self._count_quarantine()
         self._replay_spool()
         while True:
@@ -394,6 +396,7 @@ class StorageWriter:
         nor the spool's replay; only when the encoded payloads too pass half the bound (a database
         slower than the traffic for long) do they go to the spool, already encoded, all together
         (`_take_all_encoded`)."""
+        name_this_thread()
         while True:
             with self._over_cv:
                 while not self._stopping and self._queued_bytes <= self.max_queue_bytes:
