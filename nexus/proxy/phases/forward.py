@@ -2,9 +2,8 @@
 
 The server limit (PROXY_SERVER_TIMEOUT) covers everything until the response head arrives, retries and
 the OAuth replay included; once the head is there a stream may run as long as it keeps sending (the
-relay's idle limit takes over). The client leaving cancels the request task (noticed once the request
-has run `WATCH_AFTER_S`), which drops the upstream connection, so an abandoned generation stops costing
-tokens.
+relay's idle limit takes over). The client leaving cancels the request task at once, which drops the
+upstream connection, so an abandoned generation stops costing tokens.
 """
 
 from __future__ import annotations
