@@ -197,46 +197,6 @@ async def test_a_disconnect_cancels_the_request_only_while_it_runs() -> None:
     assert not done.disconnected
 
 
-async def test_the_client_is_watched_only_once_the_request_has_run_a_while() -> None:
-    """Granian's disconnect future costs the event loop per request: a request answered within
-    `after_s` never asks for it, and a client that left before then is noticed when watching starts."""
-
-    class Counting(Proto):
-        def __init__(self) -> None:
-            super().__init__()
-            self.asked = 0
-
-        def client_disconnect(self) -> asyncio.Future[None]:
-            self.asked += 1
-            return self.gone
-
-    quick, proto = exchange(), Counting()
-
-    async def answered_at_once() -> None:
-        watch = watch_client(proto, quick, after_s=0.05)
-        await asyncio.sleep(0.005)
-        quick.done = True
-        watch.cancel()
-
-    await answered_at_once()
-    await asyncio.sleep(0.08)
-    assert proto.asked == 0 and not quick.disconnected
-
-    slow, left = exchange(), Counting()
-    left.gone.set_result(None)  # the client left before the watch started
-
-    async def long_generation() -> None:
-        watch_client(left, slow, after_s=0.02)
-        await asyncio.sleep(10)
-
-    task = asyncio.ensure_future(long_generation())
-    await asyncio.sleep(0.01)
-    assert left.asked == 0 and not task.done()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(task, 2)
-    assert left.asked == 1 and slow.disconnected
-
-
 # --- credential and forward: the OAuth replay --------------------------------------------------------
 class Refreshing:
     """The authorizer's two OAuth calls (the real rule for `refreshable`), refreshing to a new token."""

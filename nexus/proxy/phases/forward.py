@@ -32,64 +32,21 @@ log = logging.getLogger("nexus.proxy")
 FAILURES = (TimeoutError, ProxyError, asyncio.CancelledError)
 
 
-#: How long a request runs before its client's connection is watched. Watching costs Granian a
-#: future per request (about a twentieth of the event loop's time per request at c=32 when the
-#: upstream answers in a millisecond); a client that leaves earlier is noticed this much later, and
-#: no generation worth cancelling ends sooner than this.
-WATCH_AFTER_S = 0.05
-
-
-class ClientWatch:
-    """Cancels the request task the moment its client disconnects, once the request has run for
-    `WATCH_AFTER_S` (until `ex.done`); `cancel()` when the request ends."""
-
-    __slots__ = ("_ex", "_future", "_proto", "_task", "_timer")
-
-    def __init__(self, proto: Any, ex: Exchange, task: asyncio.Task[Any], after_s: float) -> None:
-        self._proto, self._ex, self._task = proto, ex, task
-        self._future: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        if after_s > 0:
-            self._timer = asyncio.get_running_loop().call_later(after_s, self._start)
-        else:
-            self._start()
-
-    def _start(self) -> None:
-        self._timer = None
-        if self._ex.done:
-            return
-        self._future = asyncio.ensure_future(self._proto.client_disconnect())
-        self._future.add_done_callback(self._on_disconnect)
-
-    def _on_disconnect(self, fut: asyncio.Future[None]) -> None:
-        if not fut.cancelled() and not self._ex.done:
-            self._ex.disconnected = True
-            self._task.cancel()
-
-    @property
-    def watching(self) -> bool:
-        """Whether Granian's disconnect future is being awaited (the delay has passed)."""
-        return self._future is not None and not self._future.done()
-
-    def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._future is not None:
-            self._future.cancel()
-
-
-def watch_client(
-    proto: Any, ex: Exchange, task: asyncio.Task[Any] | None = None, after_s: float = WATCH_AFTER_S
-) -> ClientWatch:
-    """Cancel the request task (`task`, by default the running one) when its client disconnects, so an
-    abandoned generation stops costing tokens; the caller cancels the returned watch when the request
-    ends. Granian's `client_disconnect()` is a future already, so watching costs a callback, not a
-    task; it starts after `after_s`, so a request answered sooner costs not even that."""
+def watch_client(proto: Any, ex: Exchange, task: asyncio.Task[Any] | None = None) -> asyncio.Future[None]:
+    """Cancel the request task (`task`, by default the running one) the moment its client disconnects
+    (until `ex.done`); the caller cancels the returned watcher when the request ends. Granian's
+    `client_disconnect()` is a future already, so this costs a callback, not a task."""
     if task is None:
         task = asyncio.current_task()
-    assert task is not None, "watch_client runs inside the request's task"
-    return ClientWatch(proto, ex, task, after_s)
+    watcher = asyncio.ensure_future(proto.client_disconnect())
+
+    def on_disconnect(fut: asyncio.Future[None]) -> None:
+        if not fut.cancelled() and not ex.done and task is not None:
+            ex.disconnected = True
+            task.cancel()
+
+    watcher.add_done_callback(on_disconnect)
+    return watcher
 
 
 async def open_exchange(
