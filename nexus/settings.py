@@ -130,7 +130,11 @@ class Settings(BaseSettings):
     )
 
     # --- storage ----------------------------------------------------------------------------
-    database_url: str | None = Field(None, description="PostgreSQL URL; unset starts an embedded PostgreSQL.")
+    database_url: str | None = Field(
+        None,
+        description="PostgreSQL URL (postgresql://...) or libpq connection string (host=... dbname=...); "
+        "unset starts an embedded PostgreSQL.",
+    )
     storage_enabled: bool = Field(True, description="Store requests and responses.")
     storage_batch_size: int = Field(200, ge=1, le=100_000, description="Rows per batch write.")
     storage_batch_interval_ms: int = Field(50, ge=1, description="Longest a row waits before its batch is flushed, ms.")
