@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 wait_drained(procs[side].url)
             for side in SIDES:
                 linking = health(procs[side].url).get("linking", {})
-                if not args.env_allows_shared and not linking.get("solo"):
+                if not args.allow_shared and not linking.get("solo"):
                     raise SystemExit(f"the {side} build links shared, not solo: {linking}; not a fair A/B")
             rounds: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
             same = body if args.same_body else None
@@ -242,7 +242,6 @@ def main() -> None:
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="a setting for both builds")
     ap.add_argument(
         "--allow-shared",
-        dest="env_allows_shared",
         action="store_true",
         help="run even when a side links shared (when --env asks for it: LINK_SHARED=on)",
     )
