@@ -11,10 +11,12 @@ alternating the order each round, and the table gives each round's figures and t
 counted per request: the worker tree's CPU (split by thread, so a change that moves work between the
 event loop and the storage threads shows), its context switches, and requests/s and latency from wrk.
 
-Each build has a database of its own on one PostgreSQL. Two builds sharing one database would see
-each other through the solo lease (nexus/conversations/lease.py) and both link shared, a transaction
-per request: the A/B would measure shared linking instead of the default. So each side's /health
-must say `solo`, or the run stops. Between rounds each side's write queue and spool are let drain,
+Each build has a database of its own on one PostgreSQL (the base's, `nexus_ab_base`, is dropped
+and made anew on the server given, so point `--database-url` only at a server kept for benchmarks).
+Two builds sharing one database would see each other through the solo lease
+(nexus/conversations/lease.py) and both link shared, a transaction per request: the A/B would
+measure shared linking instead of the default. So each side's /health must say `solo`, or the run
+stops. Between rounds each side's write queue and spool are let drain,
 so one side's backlog is not written on the other's time.
 
 The base is checked out as a git worktree in a temporary directory. Its Rust core is the working

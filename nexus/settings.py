@@ -841,8 +841,9 @@ def mask_secret(value: str) -> str:
 
 
 def _is_conninfo(value: str) -> bool:
-    """A libpq `key=value` connection string (its keywords in any order: `dbname=x host=/tmp`)."""
-    if "=" not in value or "://" in value:
+    """A libpq `key=value` connection string (its keywords in any order: `dbname=x host=/tmp`); a
+    value with a URL scheme is a URL, whatever follows (`options='-c x=a://b'` is still a keyword)."""
+    if "=" not in value or urlsplit(value).scheme:
         return False
     import psycopg.conninfo  # here: settings are read by commands that never connect
 

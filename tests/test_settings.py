@@ -103,6 +103,7 @@ def test_masked_secrets_show_at_most_a_four_and_two_character_hint() -> None:
         "host=/tmp/pg dbname=nexus user=nexus",
         "dbname=nexus host=/tmp/pg",  # libpq takes its keywords in any order
         "port=5433 host=db dbname=nexus",
+        "dbname=nexus options='-c search_path=a://b' host=db",  # a "://" inside a value: still keywords
     ],
 )
 def test_database_url_takes_a_connection_string_in_any_order(url: str) -> None:
@@ -120,6 +121,7 @@ def test_database_url_refuses_what_is_no_postgresql_address(url: str) -> None:
     [
         ("dbname=nexus host=db password=hunter2", "hunter2"),
         ("host=db password='pa ss' dbname=nexus", "pa ss"),
+        ("password=hunter2 options='-c x=a://b' host=db", "hunter2"),
         ("postgresql://nexus@db/nexus?password=hunter2&sslmode=require", "hunter2"),
         ("postgresql://nexus:pa55word@db/nexus?password=other", "other"),
     ],

@@ -42,4 +42,5 @@ def name_this_thread(name: str | None = None) -> bool:
     fn = _setname()
     if fn is None:
         return False
-    return bool(fn(threading.get_ident(), os_name(name or threading.current_thread().name)) == 0)
+    result: int = fn(threading.get_ident(), os_name(name or threading.current_thread().name))
+    return result == 0
