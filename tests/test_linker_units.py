@@ -112,6 +112,21 @@ def test_prefix_hashes_are_the_rust_cores_sixteen_byte_hashes_one_per_kept_messa
     assert HASH == 16 and len(analysis.prefix_hashes) == 48
     assert req.hashes() == [analysis.prefix_hashes[i : i + 16] for i in (0, 16, 32)]
     assert LinkRequest("r", "p", T0, MAIN).hashes() == []
+    assert req.hash_count() == 3 and [req.hash_at(k) for k in range(3)] == req.hashes()
+    assert req.lookup_hashes(2) == req.hashes()[-2:] and req.lookup_hashes(9) == req.hashes()
+    assert LinkRequest("r", "p", T0, MAIN).lookup_hashes(2) == []
+
+
+def test_deciding_reads_only_the_hashes_it_compares_never_the_whole_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Claude Code history holds a hundred messages; a turn's decision compares its last two or three
+    hashes, so slicing them all per request (`hashes()`) was most of the linker's own cost."""
+    d = Driver()
+    parent = d.request("a", "b", "c")
+    d.linker.register(parent, d.linker.decide(parent))
+    monkeypatch.setattr(LinkRequest, "hashes", lambda self: pytest.fail("every hash sliced"))
+    child = d.request("a", "b", "c", "d", "e")
+    link = d.linker.decide(child)
+    assert (link.evidence, link.parent_request_id) == ("prefix", parent.request_id)
 
 
 def test_a_request_with_no_history_is_a_new_conversation_with_nothing_to_look_up() -> None:

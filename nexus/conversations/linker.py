@@ -60,11 +60,20 @@ class LinkRequest:
         raw = self.prefix_hashes
         return [raw[i : i + HASH] for i in range(0, len(raw), HASH)]
 
+    def hash_count(self) -> int:
+        return len(self.prefix_hashes) // HASH
+
+    def hash_at(self, k: int) -> bytes:
+        """The `k`th prefix hash (0: the first message's), taken alone: `decide` reads the last two or
+        three of a history of a hundred, so slicing them all (`hashes`) was most of its own cost."""
+        return self.prefix_hashes[k * HASH : (k + 1) * HASH]
+
     def lookup_hashes(self, n: int) -> list[bytes]:
         """The histories whose requests could be evidence, for a database read: the last `n` prefix
         hashes and, for a compaction merged into its last turn, that turn's history, just before the
         request's own (it is the nearest possible parent: `Linker._compacted_turn`)."""
-        hashes = self.hashes()[-n:]
+        count = self.hash_count()
+        hashes = [self.hash_at(k) for k in range(max(0, count - n), count)]
         if self.request_type == COMPACTION and self.trimmed_hash is not None and hashes:
             hashes.insert(len(hashes) - 1, self.trimmed_hash)
         return hashes
@@ -96,10 +105,10 @@ class Linker:
     def decide(self, req: LinkRequest) -> Link:
         if req.request_type not in LINKED_TYPES:
             return Link(req.request_type)
-        hashes = req.hashes()
-        if not hashes:
+        count = req.hash_count()
+        if not count:
             return self._new(req, None, missed=False)
-        current = hashes[-1]
+        current = req.hash_at(count - 1)
         same = self.index.with_hash(req.project, current, req.session, req.agent_id)
         retry_of = self._pick(req, [e for e in same if self._is_retry(req, e)])
         if retry_of is not None:
@@ -114,7 +123,7 @@ class Linker:
                 None,
                 "retry",
             )
-        if len(hashes) == 1 and req.first_user_key is not None:
+        if count == 1 and req.first_user_key is not None:
             inv = self._invocation(req)
             if inv is not None:
                 spawner = self.index.get(inv.request_id)
@@ -135,15 +144,16 @@ class Linker:
         if turn is not None:
             assert req.trimmed_hash is not None
             return self._child_of(req, turn, req.trimmed_hash, current, "prefix")
-        for k in range(len(hashes) - 2, -1, -1):
-            candidates = self.index.with_hash(req.project, hashes[k], req.session, req.agent_id)
+        for k in range(count - 2, -1, -1):
+            earlier = req.hash_at(k)
+            candidates = self.index.with_hash(req.project, earlier, req.session, req.agent_id)
             parent = self._pick(req, [e for e in candidates if e.timestamp <= req.timestamp])
             if parent is not None:
-                link = self._child_of(req, parent, hashes[k], current, "prefix")
+                link = self._child_of(req, parent, earlier, current, "prefix")
                 # A turn normally adds two messages (the reply and the new user turn). A parent found
                 # further back may stand for a nearer one this index has not seen (another worker's), and
                 # so may the turn a compaction was merged into (`_compacted_turn`).
-                link.missed = k < len(hashes) - 3 or self._may_merge(req)
+                link.missed = k < count - 3 or self._may_merge(req)
                 return link
         if req.continuation_text is not None:  # after the prefix: later turns still open with the summary
             compaction = self._compaction(req, req.continuation_text)
@@ -161,7 +171,7 @@ class Linker:
                         None,
                         "compaction",
                     )
-        could_find = len(hashes) > 1 or req.continuation_text is not None or req.request_type == SUBAGENT
+        could_find = count > 1 or req.continuation_text is not None or req.request_type == SUBAGENT
         return self._new(req, current, missed=could_find)
 
     @staticmethod

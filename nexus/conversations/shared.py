@@ -360,7 +360,6 @@ class SharedConversationService(ConversationService):
     async def _decide_locked(
         self, conn: AsyncConnection[Any], key: int, req: LinkRequest, last: bool, decided: asyncio.Future[Link | None]
     ) -> None:
-        hashes = req.hashes()
         # Asked before the launches are read: an outcome is committed with the launches of its reply,
         # so a turn seen still in flight here is either still so, or its launches are read below.
         ask = not last and self._could_be_late(req)
@@ -370,7 +369,7 @@ class SharedConversationService(ConversationService):
         # stamped a millisecond earlier than the first still sees the first as a sibling).
         now = replace(req, timestamp=newest) if newest > req.timestamp else req
         link = linker.decide(now)
-        if link.evidence == "new" and len(hashes) > NEAR_HASHES:  # a parent further back
+        if link.evidence == "new" and req.hash_count() > NEAR_HASHES:  # a parent further back
             wider = req.lookup_hashes(LOOKUP_HASHES)
             linker, claims, newest, _ = await self._load_shared(conn, req, wider, None, False)
             now = replace(req, timestamp=newest) if newest > req.timestamp else req
