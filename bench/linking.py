@@ -4,7 +4,8 @@ Bodies are real Claude Code 2.1 requests from tests/fixtures/claude_code, grown 
 repeating their tool loop (the shape of a long session). For each size it times, in one run:
 the Rust analysis (split + checks + prefix hashes, what the proxy calls once per request), the linker's
 decision and registration on a warm index, and the pure-Python reference analysis for comparison.
-Memory: tracemalloc over filling a `LinkIndex` with 100,000 linked requests.
+Memory: the resident size a fresh process gains filling a `LinkIndex` with 100,000 linked requests
+(and, of that, what tracemalloc sees in Python).
 
     python -m bench.linking [--sizes-kb 50,1024] [--repeat 200] [--index 100000] [--json out.json]
 """
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import statistics
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -97,21 +101,44 @@ def measure_size(size_kb: int, repeat: int) -> dict[str, Any]:
 
 
 def measure_index(entries: int) -> dict[str, float]:
+    """What `entries` linked requests add to the resident size of a fresh process (the index is held
+    in Rust since the tenth session: tracemalloc sees only its Python part, also reported)."""
+    out = subprocess.run(
+        [sys.executable, "-c", f"from bench.linking import _fill_index; _fill_index({int(entries)})"],
+        capture_output=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    return orjson.loads(out.stdout)
+
+
+def _fill_index(entries: int) -> None:
+    """In a process of its own: fill an index of `entries` with 10-turn conversations (one hash per
+    request, a parent for most, UUIDv7-shaped ids as the proxy's) and print what it cost."""
     linker = Linker(LinkIndex(entries))
     reqs = []
-    for i in range(entries):  # 10-turn conversations: one hash per request, a parent for most
+    for i in range(entries):
         conversation, turn = divmod(i, 10)
         hashes = b"".join(f"{conversation:08d}{t:08d}".encode() for t in range(turn + 1))
-        reqs.append(LinkRequest(f"0000000{i:05d}-0000-7000-8000-{i:012d}", "project-a", float(i), "main", hashes,
+        reqs.append(LinkRequest(f"{i:08x}-0000-7000-8000-{i:012x}", "project-a", float(i), "main", hashes,
                                 f"session-{conversation}"))  # fmt: skip
+    gc.collect()
     tracemalloc.start()
-    before = tracemalloc.take_snapshot()
+    before, rss_before = tracemalloc.take_snapshot(), _rss()
     for req in reqs:
         linker.register(req, linker.decide(req))
-    after = tracemalloc.take_snapshot()
+    gc.collect()
+    after, rss_after = tracemalloc.take_snapshot(), _rss()
     tracemalloc.stop()
-    total = sum(s.size_diff for s in after.compare_to(before, "filename"))
-    return {"entries": entries, "bytes_total": total, "bytes_per_request": total / entries}
+    python = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    total = rss_after - rss_before
+    print(orjson.dumps({"entries": entries, "bytes_total": total, "bytes_per_request": total / entries,
+                        "python_bytes_per_request": python / entries}).decode())  # fmt: skip
+
+
+def _rss() -> int:
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(status["VmRSS"].split()[0]) * 1024
 
 
 def main() -> None:
@@ -129,8 +156,9 @@ def main() -> None:
         row = " ".join(f"{c['p50_us']:>8.1f}/{c['p99_us']:<6.0f}" for c in cells)
         print(f"{r['body_bytes'] / 1024:>7.0f}KB {r['messages']:>5} {row}   (p50/p99 µs)")
     idx = results["index"]
-    print(f"index: {idx['entries']:,} requests use {idx['bytes_total'] / 2**20:.1f} MiB "
-          f"({idx['bytes_per_request']:.0f} B per request)")  # fmt: skip
+    print(f"index: {idx['entries']:,} requests use {idx['bytes_total'] / 2**20:.1f} MiB resident "
+          f"({idx['bytes_per_request']:.0f} B per request, "
+          f"{idx['python_bytes_per_request']:.0f} of them Python objects)")  # fmt: skip
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
 

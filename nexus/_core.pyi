@@ -12,10 +12,14 @@ from typing import Any, Final, final
 # The module's own list (PyO3 writes it from the names it adds): tests/test_core_stub.py keeps both equal.
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
+    "LINK_CHILD_HISTORIES",
+    "LINK_PER_KEY",
     "MAX_JSON_DEPTH",
     "REPAIR_NAMES",
     "STORED_REQUEST_HEADERS",
+    "IndexEntry",
     "KnownKeys",
+    "LinkEntries",
     "NexusCoreError",
     "Reply",
     "RequestAnalysis",
@@ -508,3 +512,88 @@ def prompt_key(text: str, /) -> bytes:
 
 def normalize_text(text: str, /) -> str:
     """``<system-reminder>`` blocks (and the whitespace before them) removed, CRLF as LF, trimmed."""
+
+LINK_PER_KEY: Final[int]
+"""Entries a history hash keeps for each group a pick can prefer (see ``LinkEntries.with_hash``)."""
+LINK_CHILD_HISTORIES: Final[int]
+"""Distinct child histories a parent keeps, for ordinary children and compactions apart."""
+
+@final
+class IndexEntry:
+    """What the linker remembers of one request (``nexus.conversations.index.Entry``). Built on each
+    lookup from what ``LinkEntries`` holds; compared field by field. Ids that are canonical UUIDs are
+    held as 16 bytes and formatted when read."""
+
+    def __new__(
+        cls,
+        request_id: str,
+        project: str,
+        timestamp: float,
+        request_type: str,
+        current: bytes | None,
+        conversation_id: str | None,
+        branch_id: str | None,
+        parent_request_id: str | None,
+        is_subtask: bool,
+        parent_task_request_id: str | None,
+        session: str | None,
+        agent_id: str | None,
+        status: int = 0,
+    ) -> IndexEntry: ...
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def project(self) -> str: ...
+    @property
+    def timestamp(self) -> float: ...
+    @property
+    def request_type(self) -> str: ...
+    @property
+    def current(self) -> bytes | None: ...
+    @property
+    def conversation_id(self) -> str | None: ...
+    @property
+    def branch_id(self) -> str | None: ...
+    @property
+    def parent_request_id(self) -> str | None: ...
+    @property
+    def is_subtask(self) -> bool: ...
+    @property
+    def parent_task_request_id(self) -> str | None: ...
+    @property
+    def session(self) -> str | None: ...
+    @property
+    def agent_id(self) -> str | None: ...
+    status: int
+    def _fields(self) -> tuple[object, ...]: ...
+
+@final
+class LinkEntries:
+    """The linker's requests by id, by history hash and by parent, at most ``capacity``, oldest
+    forgotten first (``nexus_core/src/linkindex.rs``). Strings entries share are interned once."""
+
+    def __new__(cls, capacity: int, compaction: str) -> LinkEntries: ...
+    @property
+    def capacity(self) -> int: ...
+    examined: int
+    def __len__(self) -> int: ...
+    def add(self, entry: IndexEntry, /) -> None:
+        """File an entry; one already held (by id) is left as it is."""
+    def get(self, request_id: str, /) -> IndexEntry | None: ...
+    def with_hash(self, project: str, digest: bytes, session: str | None, agent: str | None) -> list[IndexEntry]:
+        """Entries of ``project`` whose history hashes to ``digest`` that can win a pick for a request
+        from ``session`` and ``agent``: the newest ``LINK_PER_KEY`` of each group (the same may appear
+        twice)."""
+    def children(self, request_id: str, /) -> list[IndexEntry]:
+        """Children that can make a newcomer a branch (at most 4 x ``LINK_CHILD_HISTORIES``)."""
+    def revise(self, request_id: str, conversation_id: str | None, branch_id: str | None, is_subtask: bool, /) -> bool:
+        """A held entry's conversation, branch and mark, revised; False when it is not held."""
+    def move(self, request_id: str, parent_request_id: str | None, parent_task_request_id: str | None, /) -> bool:
+        """A held entry filed again under another parent; False when it is not held."""
+    def set_status(self, request_id: str, status: int, /) -> bool: ...
+    def entries_in_order(self) -> list[IndexEntry]:
+        """Every entry, oldest first."""
+    def consistent(self) -> bool:
+        """Whether every entry a bucket or a parent holds is live and each group within its bound."""
+    def symbol_count(self) -> int:
+        """Strings interned (projects, sessions, agents, branches, types, ids that are not UUIDs)."""

@@ -179,7 +179,7 @@ class Settings(BaseSettings):
     link_index_size: int = Field(
         50_000,
         ge=100,
-        description="Recent requests the linker keeps in memory per worker (about 0.35 KB each); older "
+        description="Recent requests the linker keeps in memory per worker (about 0.27 KB each); older "
         "parents are found in the database.",
     )
     link_lookup_timeout_ms: int = Field(

@@ -697,7 +697,8 @@ def test_completion_records_the_outcome_and_what_the_reply_launched() -> None:
     assert e is not None and e.status == PENDING
     launch = reply({"type": "text", "text": "launching"}, agent_call("t1", "Alpha"), agent_call("t2", " Beta\r\n"))
     assert d.linker.complete(req.request_id, True, launch) == [prompt_key("Alpha"), prompt_key("Beta")]
-    assert e.status == OK
+    done = d.index.get(req.request_id)  # an entry is read from the index as it is now
+    assert done is not None and done.status == OK and e.status == PENDING
     [a] = d.index.invocations("p", prompt_key("Alpha"))
     assert (a.request_id, a.tool_use_id, a.project, a.conversation_id, a.session, a.timestamp, a.claimed) == (
         req.request_id,

@@ -8,47 +8,37 @@ Everything is scoped by project, so identical content in two projects never link
 The work of one lookup is bounded too, whatever the traffic: identical bodies are everyday traffic
 (retries, health prompts, the same sub-agent prompt) and anyone can send them, so no bucket is allowed
 to grow with how often a body was seen. Each keeps only what can still change a decision (see
-`HashBucket`, `_adopt` and `add_invocation`); an entry dropped from a bucket stays reachable by id.
+`with_hash`, `children` and `add_invocation`); an entry dropped from a bucket stays reachable by id.
+The requests themselves are held by the Rust core (`nexus_core/src/linkindex.rs`, the rules there).
 """
 
 from __future__ import annotations
 
-import sys
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
+from nexus._core import LINK_CHILD_HISTORIES, LINK_PER_KEY, IndexEntry, LinkEntries
 from nexus.conversations.classify import COMPACTION
 
+#: An entry's status: its request still running, answered 200 and complete, or failed.
 PENDING, OK, FAILED = 0, 1, 2
 #: Entries kept per history hash for each (project, session, agent), each (project, agent), each
 #: (project, session) and each project: the newest, and always the newest that succeeded.
-PER_KEY = 4
+PER_KEY: int = LINK_PER_KEY
 #: Distinct child histories kept per parent, for ordinary children and for compactions apart (two are
 #: enough for "has a sibling with another history"; one more for the child that is moved or forgotten),
 #: each by its oldest and its newest request.
-CHILD_HISTORIES = 3
+CHILD_HISTORIES: int = LINK_CHILD_HISTORIES
 #: Sub-agent invocations kept per (project, prompt): claimed ones are dropped first, then the oldest.
 PER_PROMPT = 32
 
 
-@dataclass(slots=True)
-class Entry:
-    """What the linker remembers of one request."""
-
-    request_id: str
-    project: str
-    timestamp: float
-    request_type: str
-    current: bytes | None
-    conversation_id: str | None
-    branch_id: str | None
-    parent_request_id: str | None
-    is_subtask: bool
-    parent_task_request_id: str | None
-    session: str | None
-    agent_id: str | None
-    status: int = PENDING
+#: What the linker remembers of one request: request_id, project, timestamp, request_type, current (the
+#: history hash), conversation_id, branch_id, parent_request_id, is_subtask, parent_task_request_id,
+#: session, agent_id, status. Held in Rust (`LinkEntries`); an `Entry` is built on each lookup, so a
+#: change to one is made through the index (`revise`, `move`, `set_status`).
+Entry = IndexEntry
 
 
 @dataclass(slots=True)
@@ -79,151 +69,85 @@ class Compaction:
 
 
 class LinkIndex:
-    """Requests by id, by history hash and by parent, bounded, oldest forgotten first.
+    """Requests by id, by history hash and by parent (`_core.LinkEntries`, bounded, oldest forgotten
+    first), and the sub-agent launches and compaction summaries replies added.
 
-    Memory matters at 100,000 entries: buckets hold a single entry until a second one arrives (most
-    hashes and parents have one), and the strings many entries share (project, session, conversation
-    id) are interned, so each entry costs about a third of a kilobyte (`bench.linking`).
+    Memory matters at 50,000 entries: in Python each cost ~0.35 KB of objects and ~0.57 KB of a
+    worker's resident size (the pools they pinned); in Rust an entry is a slot of a vector, its ids
+    16 bytes, the strings entries share (project, session, agent, branch) interned once.
     """
 
     def __init__(self, capacity: int = 100_000, invocations: int = 20_000, compactions: int = 500) -> None:
-        self.capacity = capacity
-        #: By id, and in the order added (oldest forgotten first): a plain dict and a deque cost ~50 bytes
-        #: an entry less than an OrderedDict's linked nodes (entries leave only from the old end).
-        self.entries: dict[str, Entry] = {}
-        self._order: deque[Entry] = deque()
-        self._by_hash: dict[bytes, Entry | HashBucket] = {}
-        self._children: dict[str, Entry | list[Entry]] = {}
+        self._entries = LinkEntries(capacity, COMPACTION)
         self._tasks: dict[tuple[str, bytes], list[Invocation]] = {}
         self._task_order: deque[Invocation] = deque()
         self._task_capacity = invocations
         self.compactions: deque[Compaction] = deque(maxlen=compactions)
         self._subtasks: OrderedDict[str, int] = OrderedDict()
-        #: Entries and invocations looked at by lookups and upkeep since start: the linker's work,
-        #: counted rather than timed so a test can tell whether it grows with repeated traffic.
-        self.examined = 0
+        #: Work of the lookups in Python (invocations, compactions) beside what the entries count.
+        self._examined = 0
+
+    @property
+    def capacity(self) -> int:
+        return self._entries.capacity
+
+    @property
+    def examined(self) -> int:
+        """Entries and invocations looked at by lookups and upkeep since start: the linker's work,
+        counted rather than timed so a test can tell whether it grows with repeated traffic."""
+        return self._entries.examined + self._examined
+
+    @examined.setter
+    def examined(self, value: int) -> None:
+        self._examined = value - self._entries.examined
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self._entries)
 
     # --- requests ------------------------------------------------------------------------------
     def add(self, entry: Entry) -> None:
-        if entry.request_id in self.entries:
-            return
-        entry.project = sys.intern(entry.project)
-        if entry.session is not None:
-            entry.session = sys.intern(entry.session)
-        if entry.conversation_id is not None:
-            entry.conversation_id = sys.intern(entry.conversation_id)
-        self.entries[entry.request_id] = entry
-        self._order.append(entry)
-        if entry.current is not None:
-            held = self._by_hash.get(entry.current)
-            if held is None:
-                self._by_hash[entry.current] = entry
-            elif isinstance(held, HashBucket):
-                self.examined += held.add(entry)
-            else:
-                bucket = self._by_hash[entry.current] = HashBucket()
-                self.examined += bucket.add(held) + bucket.add(entry)
-        self._adopt(entry)
-        while len(self.entries) > self.capacity:
-            old = self._order.popleft()
-            del self.entries[old.request_id]
-            self._forget(old)
-
-    def _forget(self, old: Entry) -> None:
-        if old.current is not None:
-            held = self._by_hash.get(old.current)
-            if held is old:
-                del self._by_hash[old.current]
-            elif isinstance(held, HashBucket):
-                self.examined += held.remove(old)
-                if held.empty():
-                    del self._by_hash[old.current]
-        self._disown(old)
+        """File a decided request (one already held, by id, is left as it is)."""
+        self._entries.add(entry)
 
     def get(self, request_id: str) -> Entry | None:
-        return self.entries.get(request_id)
+        return self._entries.get(request_id)
 
-    def move(self, entry: Entry, parent_request_id: str | None, parent_task_request_id: str | None) -> None:
+    def entries(self) -> list[Entry]:
+        """Every entry, oldest first."""
+        return self._entries.entries_in_order()
+
+    def revise(self, request_id: str, conversation_id: str | None, branch_id: str | None, is_subtask: bool) -> None:
+        """A decision taken again after a database lookup: the entry's conversation, branch and mark."""
+        self._entries.revise(request_id, conversation_id, branch_id, is_subtask)
+
+    def move(self, request_id: str, parent_request_id: str | None, parent_task_request_id: str | None) -> None:
         """Give an indexed entry another parent or parent task (a decision revised after a database
         lookup): it is filed again under its parent's children."""
-        self._disown(entry)
-        entry.parent_request_id, entry.parent_task_request_id = parent_request_id, parent_task_request_id
-        if entry.request_id in self.entries:
-            self._adopt(entry)
+        self._entries.move(request_id, parent_request_id, parent_task_request_id)
+
+    def set_status(self, request_id: str, status: int) -> None:
+        self._entries.set_status(request_id, status)
 
     def with_hash(self, project: str, digest: bytes, session: str | None, agent: str | None) -> list[Entry]:
         """Requests of `project` whose whole (normalised) history hashes to `digest` that can win the
         linker's pick for a request from `session` and `agent` (same agent, then same session, then
-        not failed, then newest): the newest few of each of those groups, at most 4 x `PER_KEY`. The
-        same entry may appear twice."""
-        held = self._by_hash.get(digest)
-        if held is None:
-            return []
-        if isinstance(held, Entry):
-            self.examined += 1
-            return [held] if held.project == project else []
-        found = held.candidates(project, session, agent)
-        self.examined += len(found)
-        return found
+        not failed, then newest): the newest `PER_KEY` of each of its (project, session, agent), its
+        (project, agent), its (project, session) and its project, the newest that succeeded always
+        among them. The same entry may appear twice. The same body sent ten thousand times, from one
+        session or a new one each time, costs a lookup of at most 4 x `PER_KEY` entries."""
+        return self._entries.with_hash(project, digest, session, agent)
 
     def children(self, request_id: str) -> list[Entry]:
-        """Children of a request that can make a newcomer a branch (see `_adopt`), at most
-        4 x `CHILD_HISTORIES`."""
-        held = _get(self._children, request_id)
-        self.examined += len(held)
-        return held
+        """Children of a request that can make a newcomer a branch, at most 4 x `CHILD_HISTORIES`: a
+        sub-agent the parent spawned is never such a child; children with one history (retries, the
+        same turn sent again) are kept by their oldest and newest request, and only the first
+        `CHILD_HISTORIES` histories of ordinary children and of compactions are kept (once two are,
+        every newcomer already has a sibling with another history)."""
+        return self._entries.children(request_id)
 
-    def _adopt(self, entry: Entry) -> None:
-        """File `entry` under its parent's children, keeping only what "does the parent already have
-        a child with another history?" needs. A sub-agent the parent spawned is never such a child, so
-        it is not filed. Children with one history (retries, the same turn sent again) are kept by their
-        oldest and newest request (the oldest passes every "sent before me" test; the newest is the last
-        to be forgotten), and only the first `CHILD_HISTORIES` histories of ordinary children and of
-        compactions are kept: once two are, every newcomer already has a sibling with another history."""
-        parent = entry.parent_request_id
-        if parent is None or entry.parent_task_request_id == parent:
-            return
-        held = self._children.get(parent)
-        if held is None:
-            self._children[parent] = entry
-            return
-        kids = held if isinstance(held, list) else [held]
-        self.examined += len(kids)
-        compaction = entry.request_type == COMPACTION
-        same = [c for c in kids if c.current == entry.current and (c.request_type == COMPACTION) == compaction]
-        if not same:
-            histories = {c.current for c in kids if (c.request_type == COMPACTION) == compaction}
-            if len(histories) >= CHILD_HISTORIES:
-                return
-        elif len(same) >= 2:  # kept by its oldest and its newest: the newcomer replaces one, or neither
-            oldest, newest = min(same, key=_ts), max(same, key=_ts)
-            if entry.timestamp >= newest.timestamp:
-                _drop(kids, newest)
-            elif entry.timestamp < oldest.timestamp:
-                _drop(kids, oldest)
-            else:
-                return
-        kids.append(entry)
-        if held is not kids:
-            self._children[parent] = kids
-
-    def _disown(self, entry: Entry) -> None:
-        parent = entry.parent_request_id
-        if parent is None:
-            return
-        held = self._children.get(parent)
-        if held is entry:
-            del self._children[parent]
-        elif isinstance(held, list):
-            self.examined += len(held)
-            if _drop(held, entry):
-                if len(held) == 1:
-                    self._children[parent] = held[0]
-                elif not held:
-                    del self._children[parent]
+    def consistent(self) -> bool:
+        """Every entry a bucket or a parent holds is live, each within its bound (for tests)."""
+        return self._entries.consistent()
 
     # --- sub-agent invocations ---------------------------------------------------------------------
     def add_invocation(self, inv: Invocation) -> None:
@@ -231,7 +155,7 @@ class LinkIndex:
         prompt launched over and over drops claimed invocations first (they are never candidates
         again), then the oldest unclaimed one (a sub-agent starts within seconds of its launch)."""
         bucket = self._tasks.setdefault((inv.project, inv.prompt_key), [])
-        self.examined += len(bucket)
+        self._examined += len(bucket)
         if any(i.request_id == inv.request_id and i.tool_use_id == inv.tool_use_id for i in bucket):
             return
         bucket.append(inv)
@@ -243,13 +167,13 @@ class LinkIndex:
             key = (old.project, old.prompt_key)
             held = self._tasks.get(key)
             if held is not None:
-                self.examined += len(held)
+                self._examined += len(held)
                 if _drop(held, old) and not held:
                     del self._tasks[key]
 
     def invocations(self, project: str, prompt_key: bytes) -> list[Invocation]:
         held = self._tasks.get((project, prompt_key), [])
-        self.examined += len(held)
+        self._examined += len(held)
         return held
 
     def subtask_count(self, conversation_id: str) -> int:
@@ -264,73 +188,6 @@ class LinkIndex:
                 self._subtasks.popitem(last=False)
 
 
-class HashBucket:
-    """The requests that share one history hash (two or more), kept per group a pick can prefer.
-
-    `Linker._pick` ranks same agent, then same session, then not failed, then newest, and a retry must
-    match session and agent exactly: so the best candidate for any request is among the newest few of
-    its (project, session, agent), its (project, agent), its (project, session) or its project. Each of
-    those groups keeps `PER_KEY` entries: the newest, and always the newest that succeeded (a pick
-    prefers a request that did not fail, and a pending one may still fail). The same body sent ten
-    thousand times, from one session or from a new one each time, costs a lookup of at most
-    4 x `PER_KEY` entries; a thousand sessions that open with the same prompt each find their own.
-    """
-
-    __slots__ = ("groups",)
-
-    def __init__(self) -> None:
-        self.groups: dict[tuple[Any, ...], list[Entry]] = {}
-
-    @staticmethod
-    def _keys(entry: Entry) -> list[tuple[Any, ...]]:
-        keys: list[tuple[Any, ...]] = [("sa", entry.project, entry.session, entry.agent_id), ("p", entry.project)]
-        if entry.agent_id is not None:
-            keys.append(("a", entry.project, entry.agent_id))
-        if entry.session is not None:
-            keys.append(("s", entry.project, entry.session))
-        return keys
-
-    def add(self, entry: Entry) -> int:
-        """File `entry`; return how many entries were looked at."""
-        seen = 0
-        for key in self._keys(entry):
-            group = self.groups.get(key)
-            if group is None:
-                self.groups[key] = [entry]
-                continue
-            group.append(entry)
-            seen += len(group)
-            if len(group) > PER_KEY:  # drop the oldest, unless it is the newest that succeeded
-                ok = max((e for e in group if e.status == OK), key=_ts, default=None)
-                _drop(group, min((e for e in group if e is not ok), key=_ts))
-        return seen
-
-    def remove(self, entry: Entry) -> int:
-        seen = 0
-        for key in self._keys(entry):
-            group = self.groups.get(key)
-            if group is not None:
-                seen += len(group)
-                if _drop(group, entry) and not group:
-                    del self.groups[key]
-        return seen
-
-    def empty(self) -> bool:
-        return not self.groups
-
-    def candidates(self, project: str, session: str | None, agent: str | None) -> list[Entry]:
-        out = [*self.groups.get(("sa", project, session, agent), ()), *self.groups.get(("p", project), ())]
-        if agent is not None:
-            out += self.groups.get(("a", project, agent), ())
-        if session is not None:
-            out += self.groups.get(("s", project, session), ())
-        return out
-
-
-def _ts(entry: Entry) -> float:
-    return entry.timestamp
-
-
 def _drop(items: list[Any], item: object) -> bool:
     """Remove `item` itself (not an equal one) from `items`; False when it is not there."""
     for n, x in enumerate(items):
@@ -338,10 +195,3 @@ def _drop(items: list[Any], item: object) -> bool:
             del items[n]
             return True
     return False
-
-
-def _get(table: dict[Any, Entry | list[Entry]], key: object) -> list[Entry]:
-    held = table.get(key)
-    if held is None:
-        return []
-    return held if isinstance(held, list) else [held]

@@ -296,16 +296,12 @@ class Linker:
             return
         entry = self.index.get(req.request_id)
         if entry is not None:
-            entry.conversation_id, entry.branch_id, entry.is_subtask = (
-                link.conversation_id,
-                link.branch_id,
-                link.is_subtask,
-            )
+            self.index.revise(req.request_id, link.conversation_id, link.branch_id, link.is_subtask)
             if (entry.parent_request_id, entry.parent_task_request_id) != (
                 link.parent_request_id,
                 link.parent_task_request_id,
             ):
-                self.index.move(entry, link.parent_request_id, link.parent_task_request_id)
+                self.index.move(req.request_id, link.parent_request_id, link.parent_task_request_id)
             return
         self.index.add(Entry(*decided_fields(req, link)))
 
@@ -321,7 +317,7 @@ class Linker:
         entry = self.index.get(request_id)
         if entry is None:
             return []
-        entry.status = OK if ok else FAILED
+        self.index.set_status(request_id, OK if ok else FAILED)
         if not ok or reply is None:
             return []
         keys = []

@@ -9,6 +9,7 @@ pub mod error;
 /// The fuzz targets' checks (`nexus_core/fuzz/`), also run over their corpora by `cargo test`.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod linkindex;
 pub mod pgcopy;
 pub mod reply;
 pub mod rows;

@@ -5,6 +5,7 @@
 
 mod body;
 mod conversation;
+mod linkindex;
 mod pgcopy;
 mod reply;
 mod rows;
@@ -212,6 +213,10 @@ fn nexus_core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(conversation::normalize_text, m)?)?;
     m.add_class::<conversation::PyRequestAnalysis>()?;
     m.add_function(wrap_pyfunction!(reply::read_reply, m)?)?;
+    m.add_class::<linkindex::LinkEntries>()?;
+    m.add_class::<linkindex::IndexEntry>()?;
+    m.add("LINK_PER_KEY", crate::linkindex::PER_KEY)?;
+    m.add("LINK_CHILD_HISTORIES", crate::linkindex::CHILD_HISTORIES)?;
     m.add_class::<reply::PyReply>()?;
     Ok(())
 }
