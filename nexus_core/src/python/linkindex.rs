@@ -273,6 +273,12 @@ impl Symbols {
         })
     }
 
+    /// An id given as a string (None stays None), counted.
+    fn retain_str_id(&mut self, s: Option<&Bound<'_, PyString>>) -> PyResult<Option<Id>> {
+        s.map(|s| self.retain_id(&IdVal::of(s)?, s.py()))
+            .transpose()
+    }
+
     fn retain_opt_id(&mut self, v: Option<&IdVal>, py: Python<'_>) -> PyResult<Option<Id>> {
         v.map(|v| self.retain_id(v, py)).transpose()
     }
@@ -369,6 +375,14 @@ impl LinkEntries {
             agent_id: sym(slot.agent),
             status: slot.status,
         }
+    }
+
+    /// The id of `request_id` when the index holds it.
+    fn held(&self, request_id: &Bound<'_, PyString>) -> PyResult<Option<Id>> {
+        Ok(self
+            .symbols
+            .find_id(request_id)?
+            .filter(|id| self.inner.get(id).is_some()))
     }
 
     fn entries(&self, found: Vec<u32>, py: Python<'_>) -> Vec<IndexEntry> {
@@ -497,22 +511,15 @@ impl LinkEntries {
     #[pyo3(signature = (request_id, conversation_id, branch_id, is_subtask, /))]
     fn revise(
         &mut self,
-        py: Python<'_>,
         request_id: &Bound<'_, PyString>,
         conversation_id: Option<&Bound<'_, PyString>>,
         branch_id: Option<&Bound<'_, PyString>>,
         is_subtask: bool,
     ) -> PyResult<bool> {
-        let Some(id) = self.symbols.find_id(request_id)? else {
+        let Some(id) = self.held(request_id)? else {
             return Ok(false);
         };
-        if self.inner.get(&id).is_none() {
-            return Ok(false);
-        }
-        let conversation = match conversation_id {
-            Some(c) => Some(self.symbols.retain_id(&IdVal::of(c)?, py)?),
-            None => None,
-        };
+        let conversation = self.symbols.retain_str_id(conversation_id)?;
         let branch = match branch_id {
             Some(b) => self.symbols.retain(b)?,
             None => NO,
@@ -531,25 +538,15 @@ impl LinkEntries {
     #[pyo3(name = "move", signature = (request_id, parent_request_id, parent_task_request_id, /))]
     fn move_to(
         &mut self,
-        py: Python<'_>,
         request_id: &Bound<'_, PyString>,
         parent_request_id: Option<&Bound<'_, PyString>>,
         parent_task_request_id: Option<&Bound<'_, PyString>>,
     ) -> PyResult<bool> {
-        let Some(id) = self.symbols.find_id(request_id)? else {
+        let Some(id) = self.held(request_id)? else {
             return Ok(false);
         };
-        if self.inner.get(&id).is_none() {
-            return Ok(false);
-        }
-        let parent = match parent_request_id {
-            Some(p) => Some(self.symbols.retain_id(&IdVal::of(p)?, py)?),
-            None => None,
-        };
-        let task = match parent_task_request_id {
-            Some(p) => Some(self.symbols.retain_id(&IdVal::of(p)?, py)?),
-            None => None,
-        };
+        let parent = self.symbols.retain_str_id(parent_request_id)?;
+        let task = self.symbols.retain_str_id(parent_task_request_id)?;
         let old = self.inner.move_to(&id, parent, task).expect("held");
         self.symbols.release_id(old.parent);
         self.symbols.release_id(old.parent_task);
