@@ -132,3 +132,18 @@ def test_strings_are_forgotten_with_the_last_entry_that_names_them() -> None:
     # 10 entries: each its id, conversation and session, and the project and "main" (their type and
     # their branch: one string) they share
     assert len(index) == 10 and index._entries.symbol_count() == 10 * 3 + 2
+
+
+def test_strings_no_utf8_can_hold_are_held_apart_like_any_other() -> None:
+    """A session or agent with a lone surrogate (no UTF-8 holds one: an escaped `\\ud800` in JSON) made
+    the Rust index raise where the Python one did not, and no two such strings may be taken for one."""
+    index, oracle = LinkIndex(10), OracleIndex(10)
+    digest = bytes(16)
+    for n, session in enumerate(["s\ud800", "s\udc00", "s\ud800", "s"]):
+        args = (IDS[n], "p", float(n), "main", digest, None, "main", None, False, None, session, "a\udfff")
+        index.add(Entry(*args))
+        oracle.add(OracleEntry(*args))
+    for session in ["s\ud800", "s\udc00", "s", None]:
+        got = [view(e) for e in index.with_hash("p", digest, session, "a\udfff")]
+        assert got == [view(e) for e in oracle.with_hash("p", digest, session, "a\udfff")]
+    assert [e.session for e in index.entries()] == ["s\ud800", "s\udc00", "s\ud800", "s"]

@@ -5,6 +5,7 @@
 //! a canonical UUID) are interned here, each kept as one Python string with a count of the entries
 //! that name it, and forgotten with the last of them.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use pyo3::prelude::*;
@@ -64,7 +65,7 @@ fn format_uuid(b: &[u8; 16]) -> String {
 
 impl IdVal {
     fn of(s: &Bound<'_, PyString>) -> PyResult<Self> {
-        Ok(match parse_uuid(s.to_str()?) {
+        Ok(match s.to_str().ok().and_then(parse_uuid) {
             Some(b) => IdVal::Uuid(b),
             None => IdVal::Str(s.clone().unbind()),
         })
@@ -227,18 +228,32 @@ impl IndexEntry {
     }
 }
 
+/// A string's identity as the symbol table keys it: its UTF-8, or for a string holding a lone
+/// surrogate (no UTF-8: a header or JSON value can carry an escaped one) its `surrogatepass`
+/// encoding, which no valid string's UTF-8 equals. So such a string neither fails the index nor is
+/// taken for another.
+fn key<'a>(s: &'a Bound<'_, PyString>) -> PyResult<Cow<'a, [u8]>> {
+    match s.to_str() {
+        Ok(text) => Ok(Cow::Borrowed(text.as_bytes())),
+        Err(_) => Ok(Cow::Owned(
+            s.call_method1("encode", ("utf-8", "surrogatepass"))?
+                .extract::<Vec<u8>>()?,
+        )),
+    }
+}
+
 /// The interned strings, each with the number of entries that name it.
 #[derive(Default)]
 struct Symbols {
     strings: Vec<Option<(Py<PyString>, u32)>>,
-    by_text: HashMap<String, Sym>,
+    by_text: HashMap<Box<[u8]>, Sym>,
     free: Vec<Sym>,
 }
 
 impl Symbols {
     fn retain(&mut self, s: &Bound<'_, PyString>) -> PyResult<Sym> {
-        let text = s.to_str()?;
-        if let Some(&n) = self.by_text.get(text) {
+        let text = key(s)?;
+        if let Some(&n) = self.by_text.get(text.as_ref()) {
             if let Some((_, count)) = self.strings[n as usize].as_mut() {
                 *count += 1;
             }
@@ -255,7 +270,7 @@ impl Symbols {
                 (self.strings.len() - 1) as Sym
             }
         };
-        self.by_text.insert(text.to_owned(), n);
+        self.by_text.insert(text.into_owned().into_boxed_slice(), n);
         Ok(n)
     }
 
@@ -292,8 +307,8 @@ impl Symbols {
         };
         *count -= 1;
         if *count == 0 {
-            if let Ok(text) = Python::attach(|py| s.bind(py).to_str().map(str::to_owned)) {
-                self.by_text.remove(&text);
+            if let Ok(text) = Python::attach(|py| key(s.bind(py)).map(Cow::into_owned)) {
+                self.by_text.remove(text.as_slice());
             }
             self.strings[n as usize] = None;
             self.free.push(n);
@@ -336,14 +351,14 @@ impl Symbols {
     fn find(&self, s: Option<&Bound<'_, PyString>>) -> PyResult<Option<Sym>> {
         match s {
             None => Ok(Some(NO)),
-            Some(s) => Ok(self.by_text.get(s.to_str()?).copied()),
+            Some(s) => Ok(self.by_text.get(key(s)?.as_ref()).copied()),
         }
     }
 
     fn find_id(&self, s: &Bound<'_, PyString>) -> PyResult<Option<Id>> {
-        Ok(match parse_uuid(s.to_str()?) {
+        Ok(match s.to_str().ok().and_then(parse_uuid) {
             Some(b) => Some(Id::Uuid(b)),
-            None => self.by_text.get(s.to_str()?).map(|&n| Id::Sym(n)),
+            None => self.by_text.get(key(s)?.as_ref()).map(|&n| Id::Sym(n)),
         })
     }
 }
@@ -439,7 +454,11 @@ impl LinkEntries {
             project: s.retain(e.project.bind(py))?,
             timestamp: e.timestamp,
             kind: s.retain(e.request_type.bind(py))?,
-            compaction: e.request_type.bind(py).to_str()? == self.compaction,
+            compaction: e
+                .request_type
+                .bind(py)
+                .to_str()
+                .is_ok_and(|t| t == self.compaction),
             current: e.current,
             conversation: s.retain_opt_id(e.conversation_id.as_ref(), py)?,
             branch: s.retain_opt(e.branch_id.as_ref(), py)?,
